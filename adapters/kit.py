@@ -1,0 +1,363 @@
+"""The `tiny` model kit: an SD1.5-shaped pipeline, canny ControlNet and IP-Adapter with random weights.
+
+The kit is built locally from a seed, in the same folder layout as the public checkpoints, so
+that the engine loads it through exactly the code paths it uses for real weights
+(`from_pretrained`, `load_ip_adapter`). Same seed and library versions, same bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+KIT_FORMAT_VERSION = 1
+KIT_MANIFEST = "KIT.json"
+IP_ADAPTER_WEIGHT_NAME = "ip-adapter_tiny.safetensors"
+
+# Toy sizes with SD1.5's structure: 4 VAE blocks (8x downscale), 3 cross-attention levels.
+CROSS_ATTENTION_DIM = 32
+IMAGE_EMBED_DIM = 32
+IMAGE_ENCODER_SIZE = 32
+VOCAB_SIZE = 49408
+BOS_TOKEN_ID = 49406
+EOS_TOKEN_ID = 49407
+
+# Standard deviations of the weights that would be zero (ControlNet) or trained (IP-Adapter).
+# Chosen by measuring the tiny pipeline at 128 px: large enough that a control image or an IP
+# scale change moves pixels by several levels, small enough that nothing saturates or NaNs.
+CONTROLNET_ZERO_CONV_STD = 0.05
+CONTROLNET_EMBED_GAIN = 1.7
+CONTROLNET_EMBED_STD = 0.5
+IP_PROJ_STD = 0.5
+IP_KV_STD = 0.5
+
+
+def build_tiny_kit(dest: Path, *, seed: int = 0) -> Path:
+    """Write the whole kit into `dest` (created, must not hold a kit already) and return it."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise FileExistsError(f"tiny kit destination {dest} is not empty")
+
+    unet = _build_unet(seed)
+    _save_base(dest / "base", unet, seed)
+    _save_controlnet(dest / "controlnet", unet, seed)
+    ip_dir = dest / "ip_adapter" / "models"
+    _save_image_encoder(ip_dir / "image_encoder", seed)
+    _save_ip_adapter(ip_dir / IP_ADAPTER_WEIGHT_NAME, unet, seed)
+
+    files = _kit_files(dest)
+    manifest = {
+        "format": KIT_FORMAT_VERSION,
+        "seed": seed,
+        "revision": _files_sha256(dest, files),
+        "files": {rel: (dest / rel).stat().st_size for rel in files},
+    }
+    # Written last: its presence marks the kit as complete.
+    (dest / KIT_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return dest
+
+
+def ensure_tiny_kit(cache_dir: Path) -> Path:
+    """The kit under `cache_dir/tiny-<format>/`, built once (atomically) and reused after."""
+    cache_dir = Path(cache_dir)
+    final = cache_dir / f"tiny-{KIT_FORMAT_VERSION}"
+    if kit_manifest(final) is not None:
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Build beside the final folder so the rename is atomic (same filesystem); a concurrent
+    # builder either wins the rename or finds a complete kit afterwards.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir))
+    try:
+        build_tiny_kit(tmp)
+        if final.exists():
+            # An incomplete leftover (a crash mid-copy, files deleted by hand): move it aside first.
+            stale = Path(tempfile.mkdtemp(prefix=f".{final.name}-stale-", dir=cache_dir))
+            try:
+                final.rename(stale / "kit")
+            except FileNotFoundError:
+                pass  # someone else removed it meanwhile
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if kit_manifest(final) is None:
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def kit_manifest(kit: Path) -> dict | None:
+    """The parsed KIT.json of a complete kit of the current format, else None."""
+    try:
+        manifest = json.loads((Path(kit) / KIT_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != KIT_FORMAT_VERSION:
+        return None
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return None
+    # Sizes, not hashes: cheap enough to check on every load, and catches a truncated copy.
+    for rel, size in files.items():
+        try:
+            if (Path(kit) / rel).stat().st_size != size:
+                return None
+        except OSError:
+            return None
+    return manifest
+
+
+# --------------------------------------------------------------------------- components
+
+
+def _build_unet(seed: int):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        attention_head_dim=8,
+        cross_attention_dim=CROSS_ATTENTION_DIM,
+        norm_num_groups=32,
+    )
+
+
+def _build_vae(seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed + 1)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=128,
+        scaling_factor=0.18215,
+    )
+
+
+def _build_text_encoder(seed: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed + 2)
+    config = CLIPTextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=CROSS_ATTENTION_DIM,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=CROSS_ATTENTION_DIM,
+        bos_token_id=BOS_TOKEN_ID,
+        eos_token_id=EOS_TOKEN_ID,
+        pad_token_id=EOS_TOKEN_ID,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def _build_tokenizer():
+    """The exact SD1.5 CLIP tokenizer, rebuilt offline from open-clip-torch's BPE file."""
+    from transformers import CLIPTokenizer
+
+    raw = resources.files("open_clip").joinpath("bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    lines = gzip.decompress(raw).decode("utf-8").split("\n")
+    # Same slice as CLIP's SimpleTokenizer: 49152 - 256 - 2 merges after the version line.
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_chars = list(_bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    assert len(vocab) == VOCAB_SIZE, len(vocab)
+    # transformers 5 takes merges as tuples; strings would be split differently.
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return tokenizer, vocab, merges
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest above 255.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def _scheduler():
+    from diffusers import PNDMScheduler
+
+    # SD1.5's shipped scheduler config; the engine swaps in others with from_config.
+    return PNDMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+def _save_base(path: Path, unet, seed: int) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    tokenizer, vocab, merges = _build_tokenizer()
+    pipe = StableDiffusionPipeline(
+        vae=_build_vae(seed),
+        text_encoder=_build_text_encoder(seed),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_scheduler(),
+        safety_checker=None,
+        # No feature extractor: a 224 px default would not fit the 32 px image encoder.
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    # transformers 5 saves tokenizer.json only; the HF layout also has the slow-tokenizer files.
+    tok_dir = path / "tokenizer"
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+    merge_lines = ["#version: 0.2"] + [" ".join(m) for m in merges]
+    (tok_dir / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
+
+
+def _save_controlnet(path: Path, unet, seed: int) -> None:
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 16, 32, 32))
+    # from_unet zero-initialises the output convolutions, so a fresh ControlNet ignores its
+    # input; random values make the control image matter, as it does for a trained one.
+    gen = torch.Generator().manual_seed(seed + 3)
+    embedding = controlnet.controlnet_cond_embedding
+    with torch.no_grad():
+        # PyTorch's default init shrinks the signal at every layer: through 7 convolutions a
+        # sparse edge map fades to ~1e-4 of the output. Instead use a variance-keeping init
+        # with zero biases (a blank map then embeds to 0), and scale the output convolution
+        # so that a fixed edge probe embeds with a chosen std, whatever the seed.
+        for conv in [embedding.conv_in, *embedding.blocks]:
+            fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (CONTROLNET_EMBED_GAIN / fan_in**0.5))
+            conv.bias.zero_()
+        out = embedding.conv_out
+        out.weight.copy_(torch.randn(out.weight.shape, generator=gen))
+        out.bias.zero_()
+        probe_std = embedding(_edge_probe()).std()
+        out.weight.mul_(CONTROLNET_EMBED_STD / probe_std)
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * CONTROLNET_ZERO_CONV_STD)
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen) * CONTROLNET_ZERO_CONV_STD)
+    controlnet.save_pretrained(path, safe_serialization=True)
+
+
+def _edge_probe() -> torch.Tensor:
+    """A fixed 64 px edge map (white rectangle outline on black), the kind canny produces."""
+    probe = torch.zeros(1, 3, 64, 64)
+    probe[..., 16:48, 16] = probe[..., 16:48, 47] = 1.0
+    probe[..., 16, 16:48] = probe[..., 47, 16:48] = 1.0
+    return probe
+
+
+def _save_image_encoder(path: Path, seed: int) -> None:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed + 4)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=IMAGE_ENCODER_SIZE,
+        patch_size=4,
+        projection_dim=IMAGE_EMBED_DIM,
+        hidden_act="quick_gelu",
+    )
+    CLIPVisionModelWithProjection(config).eval().save_pretrained(path, safe_serialization=True)
+
+
+def _save_ip_adapter(path: Path, unet, seed: int) -> None:
+    """IP-Adapter weights in the original h94 key layout that `load_ip_adapter` converts.
+
+    `image_proj.proj` maps the image embedding to 4 tokens; `ip_adapter.<n>.to_{k,v}_ip` are the
+    extra key/value projections, numbered like the h94 checkpoints: every attention processor
+    counts, self-attention takes the even numbers, so cross-attention layers get 1, 3, 5, ...
+    """
+    gen = torch.Generator().manual_seed(seed + 5)
+
+    def randn(*shape: int, std: float) -> torch.Tensor:
+        return (torch.randn(shape, generator=gen) * std).contiguous()
+
+    num_tokens = 4
+    state = {
+        "image_proj.proj.weight": randn(num_tokens * CROSS_ATTENTION_DIM, IMAGE_EMBED_DIM, std=IP_PROJ_STD),
+        "image_proj.proj.bias": randn(num_tokens * CROSS_ATTENTION_DIM, std=IP_PROJ_STD),
+        "image_proj.norm.weight": torch.ones(CROSS_ATTENTION_DIM),
+        "image_proj.norm.bias": torch.zeros(CROSS_ATTENTION_DIM),
+    }
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        hidden = _hidden_size(unet, name)
+        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = randn(hidden, CROSS_ATTENTION_DIM, std=IP_KV_STD)
+        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = randn(hidden, CROSS_ATTENTION_DIM, std=IP_KV_STD)
+        key_id += 2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def _hidden_size(unet, processor_name: str) -> int:
+    # Mirrors diffusers' _convert_ip_adapter_attn_to_diffusers so the shapes line up.
+    channels = list(unet.config.block_out_channels)
+    if processor_name.startswith("mid_block"):
+        return channels[-1]
+    block_id = int(processor_name.split(".")[1])
+    if processor_name.startswith("up_blocks"):
+        return list(reversed(channels))[block_id]
+    return channels[block_id]
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _kit_files(root: Path) -> list[str]:
+    """Every file of the kit except the manifest, as sorted POSIX relative paths."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != KIT_MANIFEST)
+
+
+def _files_sha256(root: Path, rel_paths: list[str]) -> str:
+    digest = hashlib.sha256()
+    for rel in rel_paths:
+        # Path and length framing, so moving bytes between files changes the revision.
+        data = (root / rel).read_bytes()
+        digest.update(f"{rel}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+__all__ = ["KIT_FORMAT_VERSION", "build_tiny_kit", "ensure_tiny_kit", "kit_manifest"]

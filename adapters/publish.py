@@ -1,0 +1,128 @@
+"""Publishing a run: images, parquet table parts, the gallery, and the manifest written last."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from adapters.storage import ObjectStore, join_uri, split_uri
+from tasks.tables import TABLES, Published, to_frame
+
+MANIFEST = "_MANIFEST.json"
+
+_SIMPLE_TYPES = {
+    "string": pa.string(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "list<string>": pa.list_(pa.string()),
+    "map<string,string>": pa.map_(pa.string(), pa.string()),
+}
+
+
+def arrow_schema(table: str) -> pa.Schema:
+    """The parquet schema of a metadata table, from its column list in `tasks.tables`."""
+    return pa.schema([pa.field(c.name, _SIMPLE_TYPES[c.type]) for c in TABLES[table]])
+
+
+def run_uri(assets: str, run_id: str, *parts: str) -> str:
+    return join_uri(assets, "runs", run_id, *parts)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes that depend only on the pixels (no timestamps or text chunks)."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def put_image(store: ObjectStore, assets: str, run_id: str, asset_id: str, image: Image.Image) -> Published:
+    data = encode_png(image)
+    uri = run_uri(assets, run_id, "images", f"{asset_id}.png")
+    store.put(uri, data, content_type="image/png")
+    return Published(asset_id=asset_id, uri=uri, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
+def table_bytes(table: str, rows: Sequence[dict]) -> bytes:
+    frame = to_frame(table, rows)
+    arrow = pa.Table.from_pandas(frame, schema=arrow_schema(table), preserve_index=False)
+    buf = io.BytesIO()
+    pq.write_table(arrow, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def put_table_part(store: ObjectStore, assets: str, table: str, run_date: str, name: str, rows: Sequence[dict]) -> dict:
+    """Write one Hive-partitioned parquet part; returns its manifest entry."""
+    data = table_bytes(table, rows)
+    uri = join_uri(assets, "tables", table, f"run_date={run_date}", f"{name}.parquet")
+    store.put(uri, data, content_type="application/vnd.apache.parquet")
+    return {"table": table, "uri": uri, "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def put_text(store: ObjectStore, uri: str, text: str, content_type: str) -> None:
+    store.put(uri, text.encode(), content_type=content_type)
+
+
+def write_manifest(store: ObjectStore, assets: str, run_id: str, manifest: dict) -> str:
+    """The run's commit record; readers trust only parts and images a manifest lists."""
+    uri = run_uri(assets, run_id, MANIFEST)
+    store.put(uri, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode(),
+              content_type="application/json", if_absent=True)
+    return uri
+
+
+def read_manifests(store: ObjectStore, assets: str) -> list[dict]:
+    """Every committed run's manifest under the assets prefix."""
+    prefix = join_uri(assets, "runs") + "/"
+    return [json.loads(store.get(o.uri)) for o in store.list(prefix) if o.key.endswith("/" + MANIFEST)]
+
+
+def published_asset_ids(store: ObjectStore, assets: str) -> set[str]:
+    """Asset ids some committed run already published."""
+    return {img["asset_id"] for m in read_manifests(store, assets) for img in m.get("images", [])}
+
+
+def read_table(store: ObjectStore, manifest: dict, table: str) -> pd.DataFrame:
+    """One table's rows from the parts a manifest lists."""
+    frames = [pq.read_table(io.BytesIO(store.get(p["uri"]))).to_pandas()
+              for p in manifest["parts"] if p["table"] == table]
+    if not frames:
+        return arrow_schema(table).empty_table().to_pandas()
+    return pd.concat(frames, ignore_index=True)
+
+
+def mirror_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> Path:
+    """Copy a committed run to `out_dir/<run_id>/` and point `out_dir/latest` at it."""
+    manifest = json.loads(store.get(run_uri(assets, run_id, MANIFEST)))
+    target = out_dir / run_id
+    (target / "images").mkdir(parents=True, exist_ok=True)
+    for img in manifest["images"]:
+        (target / "images" / f"{img['asset_id']}.png").write_bytes(store.get(img["uri"]))
+    gens = read_table(store, manifest, "generations")
+    pq.write_table(pa.Table.from_pandas(gens, schema=arrow_schema("generations"), preserve_index=False),
+                   target / "generations.parquet")
+    if manifest.get("gallery"):
+        (target / "index.html").write_bytes(store.get(manifest["gallery"]))
+    (target / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    latest = out_dir / "latest"
+    tmp = out_dir / f".latest-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(run_id)
+    tmp.replace(latest)
+    return target
+
+
+def bucket_of(uri: str) -> str:
+    return split_uri(uri)[0]

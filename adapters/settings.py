@@ -1,0 +1,76 @@
+"""Settings, read once from the environment. The only module that reads `os.environ`.
+
+Every variable is `STYLEMATRIX_<FIELD>`, except the S3 endpoint, which follows the AWS
+convention (`AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`) so that boto3, pyarrow and
+Prefect blocks all talk to the same server.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STYLEMATRIX_", extra="ignore", frozen=True)
+
+    catalog: str = "s3://stylematrix-catalog"
+    assets: str = "s3://stylematrix-assets"
+    profile: str = "tiny"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    model_cache: Path = Path.home() / ".cache" / "stylematrix" / "models"
+    out_dir: Path = Path("out")
+    s3_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "STYLEMATRIX_S3_ENDPOINT"),
+    )
+    s3_region: str = Field(
+        default="us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION", "STYLEMATRIX_S3_REGION")
+    )
+
+    @field_validator("catalog", "assets")
+    @classmethod
+    def _s3_uri(cls, value: str) -> str:
+        if not value.startswith("s3://") or len(value) <= len("s3://"):
+            raise ValueError(f"expected an s3://bucket[/prefix] URI, got {value!r}")
+        return value.rstrip("/")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()
+
+
+# Environment for the libraries we embed: telemetry off (it errors without network and
+# races on a fresh ephemeral database) and Hugging Face offline unless told otherwise.
+_QUIET_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def prepare_runtime_env() -> None:
+    """Set quiet defaults for embedded libraries, keeping anything the user set."""
+    for key, value in _QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def export_s3_endpoint(endpoint: str, *, access_key: str = "stylematrix", secret_key: str = "stylematrix") -> None:
+    """Point every S3 client in this process (boto3, pyarrow, Prefect) at `endpoint`.
+
+    Used for the embedded server; credentials are dummies that only it accepts.
+    """
+    os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", access_key)
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", secret_key)
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    get_settings.cache_clear()

@@ -1,0 +1,1 @@
+"""Prefect flows, task policy and the `stylematrix` command line."""

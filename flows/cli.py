@@ -1,0 +1,132 @@
+"""The `stylematrix` command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adapters.settings import export_s3_endpoint, get_settings, prepare_runtime_env
+
+prepare_runtime_env()  # before Prefect is imported anywhere below
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Style-matrix image campaigns: IP-Adapter + ControlNet on S3 catalogs.")
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConnectionError, PermissionError)
+
+
+def fail(exc: BaseException) -> None:
+    """One line a person can act on, instead of a traceback."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    typer.echo(f"stylematrix: error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _finish(summary: dict, store, assets: str, out_dir: Path, elapsed: float) -> None:
+    from adapters.publish import mirror_run
+    from flows.campaign import summary_lines
+
+    local = mirror_run(store, assets, summary["run_id"], out_dir)
+    for line in summary_lines(summary):
+        typer.echo(line)
+    typer.echo(f"  local copy: {local}/ (also {out_dir / 'latest'})")
+    if summary["gallery"]:
+        typer.echo(f"  open:     {local / 'index.html'}")
+    typer.echo(f"  wall time: {elapsed:.1f} s")
+
+
+@app.command()
+def run(
+    campaign: Annotated[str, typer.Option(help="campaign YAML: a local path, an s3:// URI, or a name under <catalog>/campaigns/")],
+    catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] of the catalog (default STYLEMATRIX_CATALOG)")] = None,
+    assets: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] for outputs (default STYLEMATRIX_ASSETS)")] = None,
+    profile: Annotated[str | None, typer.Option(help="model profile, overriding the campaign's (tiny, sd15, ...)")] = None,
+) -> None:
+    """Run a campaign against the configured S3 endpoint and model profile."""
+    from adapters import catalog_io
+    from adapters.storage import S3Store
+    from catalogs import load_profiles, parse_campaign
+
+    start = time.perf_counter()
+    settings = get_settings()
+    catalog, assets = catalog or settings.catalog, assets or settings.assets
+    try:
+        store = S3Store.from_settings(settings)
+        store.check_reachable(catalog)
+        store.check_reachable(assets)
+        source = catalog_io.campaign_uri(campaign, catalog)
+        spec = parse_campaign(catalog_io.read_campaign(store, source), origin=campaign)
+        chosen = profile or spec.generation.profile or settings.profile
+        if chosen not in load_profiles():
+            raise ValueError(f"unknown model profile {chosen!r}; known: {sorted(load_profiles())}")
+    except USER_ERRORS as exc:
+        fail(exc)
+    from flows.campaign import run_campaign
+
+    try:
+        summary = run_campaign(campaign=source, catalog=catalog, assets=assets, profile=profile, triggered_by="cli")
+    except USER_ERRORS as exc:
+        fail(exc)
+    _finish(summary, store, assets, settings.out_dir, time.perf_counter() - start)
+
+
+@app.command()
+def demo() -> None:
+    """Start an embedded S3 server, seed the sample catalog, run the sample campaign, stop the server."""
+    from adapters.catalog_io import seed_sample_catalog
+    from adapters.kit import ensure_tiny_kit
+    from adapters.local_s3 import LocalS3Server
+    from adapters.storage import S3Store, split_uri
+
+    start = time.perf_counter()
+    with LocalS3Server() as server:
+        export_s3_endpoint(server.endpoint)
+        settings = get_settings()
+        typer.echo(f"embedded S3 server: {server.endpoint}")
+        store = S3Store.from_settings(settings)
+        for uri in (settings.catalog, settings.assets):
+            store.ensure_bucket(split_uri(uri)[0])
+        counts = seed_sample_catalog(store, settings.catalog)
+        typer.echo(f"sample catalog: {counts} at {settings.catalog}")
+        kit = ensure_tiny_kit(settings.model_cache)
+        typer.echo(f"model kit 'tiny': {kit}")
+        from flows.campaign import run_campaign
+
+        try:
+            summary = run_campaign(campaign="sample", catalog=settings.catalog, assets=settings.assets,
+                                   profile="tiny", triggered_by="demo")
+        except USER_ERRORS as exc:
+            fail(exc)
+        _finish(summary, store, settings.assets, settings.out_dir, time.perf_counter() - start)
+    typer.echo("embedded S3 server stopped")
+
+
+@app.command()
+def seed(catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] to seed (default STYLEMATRIX_CATALOG)")] = None) -> None:
+    """Write the sample catalog (products, style sets, the sample campaign) to an S3 catalog."""
+    from adapters.catalog_io import seed_sample_catalog
+    from adapters.storage import S3Store
+
+    settings = get_settings()
+    catalog = catalog or settings.catalog
+    try:
+        store = S3Store.from_settings(settings)
+        store.check_reachable(catalog)
+        typer.echo(f"sample catalog: {seed_sample_catalog(store, catalog)} at {catalog}")
+    except USER_ERRORS as exc:
+        fail(exc)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("stylematrix: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Task policy in one place: which steps retry, which cache, which must never hash their inputs.
+
+Steps that receive a store, an engine or images use NO_CACHE: hashing them is meaningless
+or fails. Idempotency comes from deterministic asset ids and the manifest, not from
+Prefect's result cache.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from adapters import catalog_io, publish
+from adapters.engine import model_identity
+from tasks.matrix import expand_matrix
+from tasks.plan import group_batches, plan_jobs, plan_shards, select
+
+# Pure steps: cheap, deterministic, no retries needed.
+expand = task(expand_matrix, name="expand-matrix", cache_policy=NO_CACHE)
+choose = task(select, name="select-inputs", cache_policy=NO_CACHE)
+plan = task(plan_jobs, name="plan-jobs", cache_policy=NO_CACHE)
+batch = task(group_batches, name="group-batches", cache_policy=NO_CACHE)
+shard = task(plan_shards, name="plan-shards", cache_policy=NO_CACHE)
+
+# I/O steps: S3 can blip, so they retry.
+read_campaign = task(catalog_io.read_campaign, name="read-campaign", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+read_catalog = task(catalog_io.read_catalog, name="read-catalog", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+published = task(publish.published_asset_ids, name="published-assets", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+identity = task(model_identity, name="model-identity", cache_policy=NO_CACHE)

@@ -1,0 +1,246 @@
+"""Job planning: one job per image, each with a deterministic asset id, grouped into batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pydantic import BaseModel, ConfigDict
+
+from catalogs.models import Campaign, Product, StyleSet
+from tasks.matrix import Cell, render_prompt
+
+ASSET_ID_VERSION = 1
+
+# Parameters every image of one pipeline call must share; prompts and seeds may differ.
+BATCH_PARAMS = (
+    "mode", "width", "height", "steps", "scheduler", "guidance", "ip_scale",
+    "controlnet_scale", "canny_low", "canny_high",
+)
+
+
+Param = str | int | float
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Job(_Frozen):
+    """One image to make, with everything that decides its pixels."""
+
+    asset_id: str
+    product_id: str
+    style_id: str
+    cell_index: int
+    cell: dict[str, str]
+    prompt: str
+    negative_prompt: str
+    seed: int
+    params: dict[str, Param]
+    profile: str
+    profile_revision: str
+    dtype: str
+    product_sha256: str
+    reference_sha256s: tuple[str, ...]
+
+    @property
+    def batch_key(self) -> tuple[str, str, str]:
+        return (self.product_id, self.style_id, json.dumps(self.params, sort_keys=True))
+
+
+class Batch(_Frozen):
+    """Jobs that run in one pipeline call: one control image, one style set, many prompts and seeds."""
+
+    index: int
+    product_id: str
+    style_id: str
+    params: dict[str, Param]
+    jobs: tuple[Job, ...]
+
+
+class Shard(_Frozen):
+    """Batches that one worker runs with one loaded engine, with the catalog entries they need."""
+
+    index: int
+    batches: tuple[Batch, ...]
+    products: dict[str, Product]
+    styles: dict[str, StyleSet]
+
+    @property
+    def image_count(self) -> int:
+        return sum(len(b.jobs) for b in self.batches)
+
+
+def asset_id(
+    *,
+    product_sha256: str,
+    reference_sha256s: Sequence[str],
+    reference_weights: Sequence[float],
+    prompt: str,
+    negative_prompt: str,
+    seed: int,
+    params: dict[str, object],
+    profile: str,
+    profile_revision: str,
+    dtype: str,
+) -> str:
+    """A key that is the same whenever the inputs are: 32 hex digits of a sha256."""
+    payload = {
+        "v": ASSET_ID_VERSION,
+        "product": product_sha256,
+        "references": list(reference_sha256s),
+        "weights": [float(w) for w in reference_weights],
+        "prompt": prompt,
+        "negative": negative_prompt,
+        "seed": int(seed),
+        "params": params,
+        "profile": profile,
+        "revision": profile_revision,
+        "dtype": dtype,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def job_params(campaign: Campaign, style: StyleSet) -> dict[str, object]:
+    """The generation parameters of one (campaign, style set) pair.
+
+    The style set's own IP-Adapter scale applies unless the campaign sets one explicitly.
+    """
+    gen = campaign.generation
+    params = {name: getattr(gen, name) for name in BATCH_PARAMS}
+    if "ip_scale" not in gen.model_fields_set and style.ip_scale is not None:
+        params["ip_scale"] = style.ip_scale
+    return params
+
+
+def plan_jobs(
+    campaign: Campaign,
+    products: Sequence[Product],
+    styles: Sequence[StyleSet],
+    cells: Sequence[Cell],
+    *,
+    profile_revision: str,
+    dtype: str,
+) -> list[Job]:
+    """Every image of the campaign, product by product, style by style, cell by cell, seed by seed."""
+    matrix = campaign.matrix
+    if not campaign.generation.profile:
+        raise ValueError(f"campaign {campaign.name!r}: no model profile decided (set generation.profile or STYLEMATRIX_PROFILE)")
+    jobs = []
+    for product in products:
+        for style in styles:
+            params = job_params(campaign, style)
+            ref_shas = tuple(r.sha256 for r in style.references)
+            ref_weights = tuple(r.weight for r in style.references)
+            for cell in cells:
+                prompt = render_prompt(matrix.template, cell, product)
+                for seed in matrix.seed_list:
+                    aid = asset_id(
+                        product_sha256=product.sha256,
+                        reference_sha256s=ref_shas,
+                        reference_weights=ref_weights,
+                        prompt=prompt,
+                        negative_prompt=matrix.negative,
+                        seed=seed,
+                        params=params,
+                        profile=campaign.generation.profile,
+                        profile_revision=profile_revision,
+                        dtype=dtype,
+                    )
+                    jobs.append(
+                        Job(
+                            asset_id=aid,
+                            product_id=product.product_id,
+                            style_id=style.style_id,
+                            cell_index=cell.index,
+                            cell=cell.as_dict(),
+                            prompt=prompt,
+                            negative_prompt=matrix.negative,
+                            seed=seed,
+                            params=params,
+                            profile=campaign.generation.profile,
+                            profile_revision=profile_revision,
+                            dtype=dtype,
+                            product_sha256=product.sha256,
+                            reference_sha256s=ref_shas,
+                        )
+                    )
+    duplicated = len(jobs) - len({j.asset_id for j in jobs})
+    if duplicated:
+        raise ValueError(f"campaign {campaign.name!r}: {duplicated} jobs repeat another job's inputs exactly")
+    return jobs
+
+
+def group_batches(jobs: Iterable[Job], batch_size: int) -> list[Batch]:
+    """Jobs grouped by (product, style set, parameters) in first-seen order, then cut to `batch_size`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.batch_key, []).append(job)
+    batches = []
+    for members in groups.values():
+        first = members[0]
+        for start in range(0, len(members), batch_size):
+            batches.append(
+                Batch(
+                    index=len(batches),
+                    product_id=first.product_id,
+                    style_id=first.style_id,
+                    params=first.params,
+                    jobs=tuple(members[start : start + batch_size]),
+                )
+            )
+    return batches
+
+
+def plan_shards(
+    batches: Sequence[Batch],
+    products: Sequence[Product],
+    styles: Sequence[StyleSet],
+    *,
+    images_per_shard: int,
+) -> list[Shard]:
+    """Batches packed in order into shards of about `images_per_shard` images (never splitting a batch)."""
+    if images_per_shard < 1:
+        raise ValueError(f"images_per_shard must be at least 1, got {images_per_shard}")
+    by_product = {p.product_id: p for p in products}
+    by_style = {s.style_id: s for s in styles}
+    groups: list[list[Batch]] = []
+    count = 0
+    for batch in batches:
+        if not groups or count + len(batch.jobs) > images_per_shard:
+            groups.append([])
+            count = 0
+        groups[-1].append(batch)
+        count += len(batch.jobs)
+    return [
+        Shard(
+            index=i,
+            batches=tuple(group),
+            products={b.product_id: by_product[b.product_id] for b in group},
+            styles={b.style_id: by_style[b.style_id] for b in group},
+        )
+        for i, group in enumerate(groups)
+    ]
+
+
+def select(campaign: Campaign, products: Sequence[Product], styles: Sequence[StyleSet]) -> tuple[list[Product], list[StyleSet]]:
+    """The catalog entries a campaign's selectors pick; raises ValueError when either side is empty
+    or an explicitly named id is missing from the catalog."""
+    for kind, selector, ids in (
+        ("product", campaign.products, {p.product_id for p in products}),
+        ("style set", campaign.styles, {s.style_id for s in styles}),
+    ):
+        missing = [i for i in selector.ids if i not in ids]
+        if missing:
+            raise ValueError(f"campaign {campaign.name!r}: {kind} ids {missing} are not in the catalog (or were quarantined)")
+    chosen_products = [p for p in products if campaign.products.matches(p.product_id, p.tags)]
+    chosen_styles = [s for s in styles if campaign.styles.matches(s.style_id, s.tags)]
+    if not chosen_products:
+        raise ValueError(f"campaign {campaign.name!r}: no product in the catalog matches its product selector")
+    if not chosen_styles:
+        raise ValueError(f"campaign {campaign.name!r}: no style set in the catalog matches its style selector")
+    return chosen_products, chosen_styles

@@ -1,0 +1,58 @@
+"""Shared fixtures: one embedded S3 server per test session, a store and a fresh bucket per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from adapters.local_s3 import LocalS3Server
+from adapters.settings import Settings
+from adapters.storage import S3Store
+
+# Dummy credentials and an isolated AWS config: boto3 must never read the developer's
+# ~/.aws files or wait on the EC2 instance-metadata service during tests.
+_AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "stylematrix-test",
+    "AWS_SECRET_ACCESS_KEY": "stylematrix-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": "/nonexistent/stylematrix-aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/stylematrix-aws-credentials",
+}
+_AWS_CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[LocalS3Server]:
+    """moto's S3 server in a subprocess on 127.0.0.1, with dummy AWS credentials set."""
+    patch = pytest.MonkeyPatch()
+    for name in _AWS_CLEARED:
+        patch.delenv(name, raising=False)
+    for name, value in _AWS_TEST_ENV.items():
+        patch.setenv(name, value)
+    try:
+        with LocalS3Server() as server:
+            yield server
+    finally:
+        patch.undo()
+
+
+@pytest.fixture
+def store(s3_server: LocalS3Server) -> S3Store:
+    """An S3Store against the session's server.
+
+    The endpoint is passed by its alias: `Settings(s3_endpoint=...)` is silently ignored,
+    because the field has a validation_alias and the model does not validate by name.
+    """
+    settings = Settings(AWS_ENDPOINT_URL_S3=s3_server.endpoint, AWS_REGION="us-east-1")
+    return S3Store.from_settings(settings)
+
+
+@pytest.fixture
+def fresh_bucket(store: S3Store) -> str:
+    """The name of a new, empty bucket, unique to this test."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    store.ensure_bucket(name)
+    return name
