@@ -1,6 +1,6 @@
 """Reading the S3 catalog into validated models, seeding the sample catalog, loading images.
 
-Catalog layout under a catalog URI (keys below are relative to it):
+Catalog layout under a catalog URI (paths below are relative to it):
 
     products/<product_id>/image.{png,jpg,jpeg,webp}  (+ mask.png, product.yaml)
     styles/<style_id>/*.{png,jpg,jpeg,webp}          (+ style.yaml)
@@ -8,17 +8,21 @@ Catalog layout under a catalog URI (keys below are relative to it):
 
 Reading is defensive: an object that cannot be used puts its product or style set in
 quarantine with a reason a person can act on, and the rest of the catalog is still read.
+Every key the models carry (`Product.image_key`, `Reference.key`, ...) is a full `s3://`
+URI, so later steps and the metadata tables need no catalog root to find an object;
+quarantine reasons use catalog-relative paths, which read better.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -36,6 +40,7 @@ __all__ = [
     "MAX_PIXELS",
     "CatalogState",
     "QuarantineEntry",
+    "campaign_uri",
     "load_image",
     "read_campaign",
     "read_catalog",
@@ -55,8 +60,8 @@ M = TypeVar("M", bound=BaseModel)
 
 @dataclass(frozen=True)
 class QuarantineEntry:
-    """A catalog entry left out: `key` is the product/style folder (or stray object), relative
-    to the catalog URI; `reason` names the offending file and the problem."""
+    """A catalog entry left out: `key` is the URI of its product/style folder (or of a stray
+    object); `reason` names the offending file, relative to the catalog, and the problem."""
 
     key: str
     reason: str
@@ -64,18 +69,13 @@ class QuarantineEntry:
 
 @dataclass
 class CatalogState:
-    """What `read_catalog` found: usable products and style sets, and what it left out.
-
-    Every key is relative to `catalog_uri`; `uri(key)` gives the full object URI.
-    """
+    """What `read_catalog` found under `catalog_uri`: usable products and style sets, and
+    what it left out."""
 
     products: list[Product]
     styles: list[StyleSet]
     quarantine: list[QuarantineEntry]
     catalog_uri: str = ""
-
-    def uri(self, key: str) -> str:
-        return join_uri(self.catalog_uri, key)
 
 
 class _Rejected(Exception):
@@ -100,22 +100,35 @@ def read_catalog(store: ObjectStore, catalog_uri: str, *, workers: int = 8) -> C
     style_dirs, strays = _folders(store, catalog_uri, "styles")
     quarantine += strays
 
-    def guarded(reader: Callable[[ObjectStore, str, str, dict[str, ObjectInfo]], M], section: str):
-        def run(item: tuple[str, dict[str, ObjectInfo]]) -> M | QuarantineEntry:
-            entry_id, files = item
-            try:
-                return reader(store, catalog_uri, entry_id, files)
-            except _Rejected as exc:
-                return QuarantineEntry(key=f"{section}/{entry_id}/", reason=str(exc))
-
-        return run
-
+    read_product = functools.partial(_attempt, _read_product, "products", store, catalog_uri)
+    read_style = functools.partial(_attempt, _read_style, "styles", store, catalog_uri)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="catalog-read") as pool:
-        for result in pool.map(guarded(_read_product, "products"), sorted(product_dirs.items())):
-            (quarantine if isinstance(result, QuarantineEntry) else products).append(result)
-        for result in pool.map(guarded(_read_style, "styles"), sorted(style_dirs.items())):
-            (quarantine if isinstance(result, QuarantineEntry) else styles).append(result)
+        for product in pool.map(read_product, sorted(product_dirs.items())):
+            if isinstance(product, QuarantineEntry):
+                quarantine.append(product)
+            else:
+                products.append(product)
+        for style in pool.map(read_style, sorted(style_dirs.items())):
+            if isinstance(style, QuarantineEntry):
+                quarantine.append(style)
+            else:
+                styles.append(style)
     return CatalogState(products=products, styles=styles, quarantine=quarantine, catalog_uri=catalog_uri)
+
+
+def _attempt(
+    reader: Callable[[ObjectStore, str, str, dict[str, ObjectInfo]], M],
+    section: str,
+    store: ObjectStore,
+    catalog_uri: str,
+    item: tuple[str, dict[str, ObjectInfo]],
+) -> M | QuarantineEntry:
+    """One entry read by `reader`, or its quarantine entry if it cannot be used."""
+    entry_id, files = item
+    try:
+        return reader(store, catalog_uri, entry_id, files)
+    except _Rejected as exc:
+        return QuarantineEntry(key=join_uri(catalog_uri, f"{section}/{entry_id}/"), reason=str(exc))
 
 
 def _folders(
@@ -135,7 +148,7 @@ def _folders(
             folders.setdefault(parts[1], {})[parts[2]] = info
         else:
             reason = f"{relative}: not read (expected {section}/<id>/<file>, one folder per entry)"
-            strays.append(QuarantineEntry(key=relative, reason=reason))
+            strays.append(QuarantineEntry(key=info.uri, reason=reason))
     return folders, strays
 
 
@@ -165,8 +178,8 @@ def _read_product(store: ObjectStore, catalog_uri: str, product_id: str, files: 
     try:
         return Product(
             product_id=product_id,
-            image_key=image_key,
-            mask_key=mask_key,
+            image_key=join_uri(catalog_uri, image_key),
+            mask_key=join_uri(catalog_uri, mask_key) if mask_key else None,
             # A product without product.yaml is still usable: its folder name reads as a title.
             title=meta.title or re.sub(r"[-_]+", " ", product_id),
             category=meta.category,
@@ -193,7 +206,9 @@ def _read_style(store: ObjectStore, catalog_uri: str, style_id: str, files: dict
     # silently weighting the intended file 1.0.
     unknown = sorted(set(meta.weights) - set(names))
     if unknown:
-        raise _Rejected(f"{folder}style.yaml: weights name {', '.join(unknown)}, not reference images in {folder}")
+        raise _Rejected(
+            f"{folder}style.yaml: weights given for {', '.join(unknown)}, but no such reference image is in {folder}"
+        )
 
     references = []
     for name in names:
@@ -202,10 +217,14 @@ def _read_style(store: ObjectStore, catalog_uri: str, style_id: str, files: dict
         _inspect(data, key)
         try:
             references.append(
-                Reference(key=key, weight=meta.weights.get(name, 1.0), sha256=hashlib.sha256(data).hexdigest())
+                Reference(
+                    key=join_uri(catalog_uri, key),
+                    weight=meta.weights.get(name, 1.0),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                )
             )
         except ValidationError as exc:
-            raise _Rejected(f"{folder}style.yaml: weight of {name}: {_first_error(exc)}") from None
+            raise _Rejected(f"{folder}style.yaml: weight of {name}: {exc.errors()[0]['msg']}") from None
     try:
         return StyleSet(
             style_id=style_id,
@@ -337,6 +356,16 @@ def load_image(store: ObjectStore, uri: str) -> Image.Image:
 # --------------------------------------------------------------------------- campaigns
 
 
+def campaign_uri(campaign: str, catalog_uri: str) -> str:
+    """Where a campaign named by a user lives: an `s3://` URI or a local file as given,
+    a bare name such as `sample` as `<catalog>/campaigns/sample.yaml`."""
+    if campaign.startswith("s3://") or Path(campaign).expanduser().is_file():
+        return campaign
+    if re.fullmatch(ID_PATTERN, campaign):
+        return join_uri(catalog_uri, "campaigns", f"{campaign}.yaml")
+    return campaign  # a path that does not exist: read_campaign says so
+
+
 def read_campaign(store: ObjectStore | None, spec: str) -> str:
     """The YAML text of a campaign named by a local path or an `s3://` URI."""
     if spec.startswith("s3://"):
@@ -436,6 +465,7 @@ def _yaml_bytes(data: dict[str, object]) -> bytes:
     return yaml.safe_dump(data, sort_keys=True, allow_unicode=True).encode("utf-8")
 
 
+@functools.lru_cache(maxsize=32)  # pure and deterministic: reseeding in one process reuses the bytes
 def _sample_png(source: str, max_side: int, background: Literal["keep", "transparent"]) -> bytes:
     """One skimage photo as deterministic PNG bytes: RGB (or RGBA), long side <= max_side."""
     from skimage import data as skdata  # only seeding needs scikit-image
@@ -456,7 +486,7 @@ def _sample_png(source: str, max_side: int, background: Literal["keep", "transpa
         image = image.resize(size, Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     # No metadata chunks and a fixed compression level: the same pixels give the same bytes.
-    image.save(buffer, format="PNG", compress_level=9)
+    image.save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
 
 

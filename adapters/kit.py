@@ -12,11 +12,16 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 KIT_FORMAT_VERSION = 1
 KIT_MANIFEST = "KIT.json"
@@ -30,12 +35,14 @@ VOCAB_SIZE = 49408
 BOS_TOKEN_ID = 49406
 EOS_TOKEN_ID = 49407
 
-# Standard deviations of the weights that would be zero (ControlNet) or trained (IP-Adapter).
-# Chosen by measuring the tiny pipeline at 128 px: large enough that a control image or an IP
-# scale change moves pixels by several levels, small enough that nothing saturates or NaNs.
-CONTROLNET_ZERO_CONV_STD = 0.05
-CONTROLNET_EMBED_GAIN = 1.7
-CONTROLNET_EMBED_STD = 0.5
+# Magnitudes of the weights that a fresh model would have at zero (ControlNet) or that training
+# would set (IP-Adapter). Measured on the tiny pipeline, 128 px, 2 steps: a rectangle edge map
+# vs a blank one moves pixels by ~15/255 on average, IP scale 0.6 vs 0 by ~20/255, with <1%
+# of pixels clipped and no NaNs. Larger values push more pixels to 0/255; much smaller ones and
+# "the control image matters" would only measure float noise.
+CONTROLNET_ZERO_CONV_STD = 0.1
+CONTROLNET_EMBED_GAIN = 1.7  # per-layer gain of the conditioning embedding (silu halves variance)
+CONTROLNET_EMBED_STD = 0.5  # std of the embedded edge probe, near that of the latent after conv_in
 IP_PROJ_STD = 0.5
 IP_KV_STD = 0.5
 
@@ -47,12 +54,16 @@ def build_tiny_kit(dest: Path, *, seed: int = 0) -> Path:
     if any(dest.iterdir()):
         raise FileExistsError(f"tiny kit destination {dest} is not empty")
 
-    unet = _build_unet(seed)
-    _save_base(dest / "base", unet, seed)
-    _save_controlnet(dest / "controlnet", unet, seed)
-    ip_dir = dest / "ip_adapter" / "models"
-    _save_image_encoder(ip_dir / "image_encoder", seed)
-    _save_ip_adapter(ip_dir / IP_ADAPTER_WEIGHT_NAME, unet, seed)
+    import torch
+
+    # fork_rng: the builders seed the global generator; the caller's random state is left as it was.
+    with quiet_progress_bars(), torch.random.fork_rng(devices=[]):
+        unet = _build_unet(seed)
+        _save_base(dest / "base", unet, seed)
+        _save_controlnet(dest / "controlnet", unet, seed)
+        ip_dir = dest / "ip_adapter" / "models"
+        _save_image_encoder(ip_dir / "image_encoder", seed)
+        _save_ip_adapter(ip_dir / IP_ADAPTER_WEIGHT_NAME, unet, seed)
 
     files = _kit_files(dest)
     manifest = {
@@ -96,7 +107,7 @@ def ensure_tiny_kit(cache_dir: Path) -> Path:
     return final
 
 
-def kit_manifest(kit: Path) -> dict | None:
+def kit_manifest(kit: Path) -> dict[str, Any] | None:
     """The parsed KIT.json of a complete kit of the current format, else None."""
     try:
         manifest = json.loads((Path(kit) / KIT_MANIFEST).read_text())
@@ -120,7 +131,8 @@ def kit_manifest(kit: Path) -> dict | None:
 # --------------------------------------------------------------------------- components
 
 
-def _build_unet(seed: int):
+def _build_unet(seed: int) -> UNet2DConditionModel:
+    import torch
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
@@ -138,7 +150,8 @@ def _build_unet(seed: int):
     )
 
 
-def _build_vae(seed: int):
+def _build_vae(seed: int) -> AutoencoderKL:
+    import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed + 1)
@@ -156,7 +169,8 @@ def _build_vae(seed: int):
     )
 
 
-def _build_text_encoder(seed: int):
+def _build_text_encoder(seed: int) -> CLIPTextModel:
+    import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed + 2)
@@ -176,7 +190,7 @@ def _build_text_encoder(seed: int):
     return CLIPTextModel(config).eval()
 
 
-def _build_tokenizer():
+def _build_tokenizer() -> tuple[CLIPTokenizer, dict[str, int], list[tuple[str, ...]]]:
     """The exact SD1.5 CLIP tokenizer, rebuilt offline from open-clip-torch's BPE file."""
     from transformers import CLIPTokenizer
 
@@ -204,10 +218,10 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
-def _scheduler():
+def _scheduler() -> PNDMScheduler:
     from diffusers import PNDMScheduler
 
     # SD1.5's shipped scheduler config; the engine swaps in others with from_config.
@@ -223,7 +237,7 @@ def _scheduler():
     )
 
 
-def _save_base(path: Path, unet, seed: int) -> None:
+def _save_base(path: Path, unet: UNet2DConditionModel, seed: int) -> None:
     from diffusers import StableDiffusionPipeline
 
     tokenizer, vocab, merges = _build_tokenizer()
@@ -247,7 +261,8 @@ def _save_base(path: Path, unet, seed: int) -> None:
     (tok_dir / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
 
 
-def _save_controlnet(path: Path, unet, seed: int) -> None:
+def _save_controlnet(path: Path, unet: UNet2DConditionModel, seed: int) -> None:
+    import torch
     from diffusers import ControlNetModel
 
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 16, 32, 32))
@@ -277,6 +292,8 @@ def _save_controlnet(path: Path, unet, seed: int) -> None:
 
 def _edge_probe() -> torch.Tensor:
     """A fixed 64 px edge map (white rectangle outline on black), the kind canny produces."""
+    import torch
+
     probe = torch.zeros(1, 3, 64, 64)
     probe[..., 16:48, 16] = probe[..., 16:48, 47] = 1.0
     probe[..., 16, 16:48] = probe[..., 47, 16:48] = 1.0
@@ -284,6 +301,7 @@ def _edge_probe() -> torch.Tensor:
 
 
 def _save_image_encoder(path: Path, seed: int) -> None:
+    import torch
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed + 4)
@@ -300,13 +318,16 @@ def _save_image_encoder(path: Path, seed: int) -> None:
     CLIPVisionModelWithProjection(config).eval().save_pretrained(path, safe_serialization=True)
 
 
-def _save_ip_adapter(path: Path, unet, seed: int) -> None:
+def _save_ip_adapter(path: Path, unet: UNet2DConditionModel, seed: int) -> None:
     """IP-Adapter weights in the original h94 key layout that `load_ip_adapter` converts.
 
     `image_proj.proj` maps the image embedding to 4 tokens; `ip_adapter.<n>.to_{k,v}_ip` are the
     extra key/value projections, numbered like the h94 checkpoints: every attention processor
     counts, self-attention takes the even numbers, so cross-attention layers get 1, 3, 5, ...
     """
+    import torch
+    from safetensors.torch import save_file
+
     gen = torch.Generator().manual_seed(seed + 5)
 
     def randn(*shape: int, std: float) -> torch.Tensor:
@@ -331,7 +352,7 @@ def _save_ip_adapter(path: Path, unet, seed: int) -> None:
     save_file(state, str(path), metadata={"format": "pt"})
 
 
-def _hidden_size(unet, processor_name: str) -> int:
+def _hidden_size(unet: UNet2DConditionModel, processor_name: str) -> int:
     # Mirrors diffusers' _convert_ip_adapter_attn_to_diffusers so the shapes line up.
     channels = list(unet.config.block_out_channels)
     if processor_name.startswith("mid_block"):
@@ -340,6 +361,23 @@ def _hidden_size(unet, processor_name: str) -> int:
     if processor_name.startswith("up_blocks"):
         return list(reversed(channels))[block_id]
     return channels[block_id]
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide transformers' and diffusers' load/save progress bars, restoring their settings after."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    enabled = [(lib, lib.is_progress_bar_enabled()) for lib in (transformers_logging, diffusers_logging)]
+    for lib, _ in enabled:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was_enabled in enabled:
+            if was_enabled:
+                lib.enable_progress_bar()
 
 
 # --------------------------------------------------------------------------- hashing
@@ -360,4 +398,4 @@ def _files_sha256(root: Path, rel_paths: list[str]) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["KIT_FORMAT_VERSION", "build_tiny_kit", "ensure_tiny_kit", "kit_manifest"]
+__all__ = ["KIT_FORMAT_VERSION", "build_tiny_kit", "ensure_tiny_kit", "kit_manifest", "quiet_progress_bars"]

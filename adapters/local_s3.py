@@ -33,7 +33,7 @@ class LocalS3Server:
     """moto's S3 server on 127.0.0.1, started on enter and stopped on exit.
 
     >>> with LocalS3Server() as server:
-    ...     store = S3Store.from_settings(Settings(AWS_ENDPOINT_URL_S3=server.endpoint))
+    ...     store = S3Store.from_settings(Settings(s3_endpoint=server.endpoint))
     """
 
     def __init__(

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STYLEMATRIX_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="STYLEMATRIX_", extra="ignore", frozen=True, populate_by_name=True)
 
     catalog: str = "s3://stylematrix-catalog"
     assets: str = "s3://stylematrix-assets"

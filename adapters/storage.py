@@ -131,9 +131,7 @@ class S3Store:
             # subdomains; AWS itself keeps its default virtual-host addressing.
             s3={"addressing_style": "path" if settings.s3_endpoint else "auto"},
         )
-        client = boto3.client(
-            "s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region, config=config
-        )
+        client = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region, config=config)
         return cls(client)
 
     # ------------------------------------------------------------------ objects

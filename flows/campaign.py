@@ -27,7 +27,8 @@ from tasks.tables import run_row
 IMAGES_PER_SHARD = 64
 
 
-def prepare_controls(store: S3Store, assets: str, run_id: str, products: Sequence[Product], batches: Sequence[Batch]) -> dict[str, str]:
+def prepare_controls(store: S3Store, assets: str, run_id: str, products: Sequence[Product],
+                     batches: Sequence[Batch]) -> dict[str, str]:
     """Canny control images, once per product and canvas: computed here, stored with the run."""
     by_id = {p.product_id: p for p in products}
     controls: dict[str, str] = {}

@@ -22,9 +22,10 @@ def render_batch(engine: Engine, store: S3Store, batch: Batch, shard: Shard, *, 
     """Generate one batch, publish its images, and return its `generations` rows and timing."""
     product = shard.products[batch.product_id]
     style = shard.styles[batch.style_id]
+    reference_keys = [r.key for r in style.references]
     control = catalog_io.load_image(store, control_uri).convert("RGB")
     style_input = StyleInput.from_images(
-        [catalog_io.load_image(store, r.key) for r in style.references], [r.sha256 for r in style.references]
+        [catalog_io.load_image(store, k) for k in reference_keys], [r.sha256 for r in style.references]
     )
     start = time.perf_counter()
     images = engine.generate(
@@ -41,7 +42,7 @@ def render_batch(engine: Engine, store: S3Store, batch: Batch, shard: Shard, *, 
         ctx, batch, outputs,
         product_key=product.image_key,
         control_key=control_uri,
-        reference_keys=[r.key for r in style.references],
+        reference_keys=reference_keys,
         seconds=seconds,
         created_at=datetime.now(UTC),
     )
@@ -68,7 +69,8 @@ def generate_shard(shard: Shard, run_id: str, campaign: str, assets: str, contro
     rows: list[dict] = []
     seconds = 0.0
     for batch in shard.batches:
-        result = render(engine, store, batch, shard, ctx=ctx, assets=assets, control_uri=controls[control_name(batch.product_id, batch.params)])
+        result = render(engine, store, batch, shard, ctx=ctx, assets=assets,
+                        control_uri=controls[control_name(batch.product_id, batch.params)])
         rows += result["rows"]
         seconds += result["seconds"]
         n = len(batch.jobs)

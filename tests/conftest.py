@@ -41,12 +41,8 @@ def s3_server() -> Iterator[LocalS3Server]:
 
 @pytest.fixture
 def store(s3_server: LocalS3Server) -> S3Store:
-    """An S3Store against the session's server.
-
-    The endpoint is passed by its alias: `Settings(s3_endpoint=...)` is silently ignored,
-    because the field has a validation_alias and the model does not validate by name.
-    """
-    settings = Settings(AWS_ENDPOINT_URL_S3=s3_server.endpoint, AWS_REGION="us-east-1")
+    """An S3Store against the session's server (settings built explicitly, not from the environment)."""
+    settings = Settings(s3_endpoint=s3_server.endpoint, s3_region="us-east-1")
     return S3Store.from_settings(settings)
 
 
@@ -56,3 +52,15 @@ def fresh_bucket(store: S3Store) -> str:
     name = f"test-{uuid.uuid4().hex[:16]}"
     store.ensure_bucket(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A throwaway Prefect API for the whole session (it takes seconds to start)."""
+    from adapters.settings import prepare_runtime_env
+
+    prepare_runtime_env()
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

@@ -1,0 +1,412 @@
+"""Model profiles: where their weights live, how they are loaded, and which exact weights they are.
+
+A `WeightsRef.source` is one of:
+- `builtin:tiny`: the random-weight kit, built once into the model cache (adapters/kit.py);
+- `s3://bucket/prefix`: mirrored into `<model_cache>/s3/bucket/prefix` (changed objects only);
+- a local folder (absolute, `./`, `../`, `~`, `file://`, or any existing directory);
+- otherwise a Hugging Face repo id, loaded through the HF cache (offline when HF_HUB_OFFLINE=1).
+
+Loading goes through diffusers' own `from_pretrained` and `load_ip_adapter`, so the tiny kit
+and the real checkpoints take the same code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from adapters.kit import ensure_tiny_kit, kit_manifest, quiet_progress_bars
+from adapters.settings import Settings
+from catalogs.models import IPAdapterRef, ModelProfile, WeightsRef
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionControlNetPipeline
+
+TINY_SOURCE = "builtin:tiny"
+S3_INDEX_NAME = ".stylematrix-s3-index.json"
+_HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_ROLES = (("base", "base weights"), ("controlnet", "ControlNet weights"), ("ip_adapter", "IP-Adapter weights"))
+
+
+@dataclass(frozen=True)
+class S3Mirror:
+    """A local copy of an s3:// prefix and what the last sync did."""
+
+    folder: Path
+    revision: str
+    downloaded: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Location:
+    root: str  # a local folder, or an HF repo id
+    local: bool
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def resolve_weights(ref: WeightsRef, settings: Settings) -> str:
+    """What to pass to `from_pretrained` for `ref`.
+
+    A local folder (kit, mirror or directory) comes back with `ref.subfolder` joined on; an HF
+    repo id comes back as is, to be loaded with `revision=` and `subfolder=`.
+    """
+    return _component_path(ref, _locate(ref, settings, f"weights {ref.source!r}", {}))
+
+
+def load_pipeline(
+    profile: ModelProfile, settings: Settings, *, device: str, dtype: torch.dtype
+) -> StableDiffusionControlNetPipeline:
+    """The profile's ControlNet pipeline with its IP-Adapter loaded, on `device`, progress bars off."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    label = _labels(profile)
+    if _source_kind(profile.base.source) == "hf" and profile.base.subfolder:
+        raise ValueError(
+            f"{label['base']}: a pipeline loads from the root of a Hugging Face repo, not subfolder {profile.base.subfolder!r}"
+        )
+    if not profile.ip_adapter.weight_name:
+        raise ValueError(f"{label['ip_adapter']}: weight_name is required (the adapter's weight file)")
+    # Resolve and check all three before loading any, so a missing piece fails fast.
+    mirrors: dict[str, S3Mirror] = {}
+    base = _locate(profile.base, settings, label["base"], mirrors)
+    control = _locate(profile.controlnet, settings, label["controlnet"], mirrors)
+    ip = _locate(profile.ip_adapter, settings, label["ip_adapter"], mirrors)
+    _check_local_files(profile, base, control, ip, label)
+
+    # One pipeline load prints half a dozen "Loading weights" bars; the engine logs instead.
+    with quiet_progress_bars():
+        with _friendly_load_errors(label["controlnet"], profile.controlnet.source):
+            controlnet = ControlNetModel.from_pretrained(
+                _component_path(profile.controlnet, control), dtype=dtype, **_hub_kwargs(profile.controlnet, control)
+            )
+        with _friendly_load_errors(label["base"], profile.base.source):
+            pipe = StableDiffusionControlNetPipeline.from_pretrained(
+                _component_path(profile.base, base),
+                controlnet=controlnet,
+                safety_checker=None,
+                requires_safety_checker=False,
+                dtype=dtype,
+                **_hub_kwargs(profile.base, base, subfolder=False),
+            )
+        with _friendly_load_errors(label["ip_adapter"], profile.ip_adapter.source):
+            pipe.load_ip_adapter(
+                ip.root,
+                subfolder=profile.ip_adapter.subfolder or "",
+                weight_name=profile.ip_adapter.weight_name,
+                image_encoder_folder=profile.ip_adapter.image_encoder_folder,
+                **({} if ip.local else {"revision": profile.ip_adapter.revision}),
+            )
+    _fit_feature_extractor(pipe)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def profile_revision(profile: ModelProfile, settings: Settings) -> str:
+    """A stable string naming the exact weights of `profile`; part of every asset id.
+
+    The tiny kit is its KIT.json revision. Otherwise `base=...;controlnet=...;ip_adapter=...`,
+    each an HF repo (commit from the local cache, else the revision given, else `unpinned`), a
+    local folder (hash of file names and sizes: hashing GBs of contents on every run is too
+    slow, and mtimes change on copy) or an s3 prefix (hash of the objects' ETags).
+    """
+    refs = {role: getattr(profile, role) for role, _ in _ROLES}
+    if all(ref.source == TINY_SOURCE for ref in refs.values()):
+        return _tiny_manifest(settings)["revision"]
+    label = _labels(profile)
+    parts = [f"{role}={_ref_revision(ref, settings, label[role])}" for role, ref in refs.items()]
+    return ";".join(parts)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose numerics shape the pixels."""
+    return {name: metadata.version(name) for name in ("torch", "diffusers", "transformers")}
+
+
+def mirror_s3_prefix(uri: str, settings: Settings) -> S3Mirror:
+    """Bring `s3://bucket/prefix` into the model cache, downloading only objects whose ETag or size changed."""
+    bucket, prefix = _split_s3(uri)
+    folder = settings.model_cache / "s3" / bucket / prefix
+    client = _s3_client(settings)
+    listing = _s3_listing(client, bucket, prefix, uri)
+
+    index_path = folder / S3_INDEX_NAME
+    try:
+        index: dict[str, dict[str, Any]] = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+
+    downloaded: list[str] = []
+    for rel, entry in sorted(listing.items()):
+        target = folder / rel
+        if index.get(rel) == entry and target.is_file() and target.stat().st_size == entry["size"]:
+            continue
+        key = f"{prefix}/{rel}" if prefix else rel
+        # IfMatch: the bytes we keep are those of the ETag we record, even if the object
+        # is replaced between listing and download.
+        body = client.get_object(Bucket=bucket, Key=key, IfMatch=entry["etag"])["Body"]
+        _atomic_write(target, body)
+        index[rel] = entry
+        downloaded.append(rel)
+
+    # Only files this mirror downloaded are removed; anything else in the folder is left alone.
+    removed = sorted(set(index) - set(listing))
+    for rel in removed:
+        (folder / rel).unlink(missing_ok=True)
+        del index[rel]
+    if downloaded or removed or not index_path.is_file():
+        text = json.dumps(index, indent=1, sort_keys=True).encode()
+        _atomic_write(index_path, text)
+    return S3Mirror(
+        folder=folder, revision=_listing_revision(listing), downloaded=tuple(downloaded), removed=tuple(removed)
+    )
+
+
+# --------------------------------------------------------------------------- resolving
+
+
+def _labels(profile: ModelProfile) -> dict[str, str]:
+    return {role: f"profile {profile.name!r}: {what}" for role, what in _ROLES}
+
+
+def _source_kind(source: str) -> str:
+    if source.startswith("builtin:"):
+        return "builtin"
+    if source.startswith("s3://"):
+        return "s3"
+    if source.startswith(("/", "./", "../", "~", "file://")) or os.path.isdir(source):
+        # An existing directory wins over a same-named repo id, as in diffusers itself.
+        return "local"
+    return "hf"
+
+
+def _locate(ref: WeightsRef, settings: Settings, label: str, mirrors: dict[str, S3Mirror]) -> _Location:
+    kind = _source_kind(ref.source)
+    if kind == "builtin":
+        if ref.source != TINY_SOURCE:
+            raise ValueError(f"{label}: unknown builtin {ref.source!r} (the only one is {TINY_SOURCE!r})")
+        return _Location(str(ensure_tiny_kit(settings.model_cache)), local=True)
+    if kind == "s3":
+        if ref.source not in mirrors:
+            mirrors[ref.source] = mirror_s3_prefix(ref.source, settings)
+        return _Location(str(mirrors[ref.source].folder), local=True)
+    if kind == "local":
+        folder = Path(ref.source.removeprefix("file://")).expanduser().resolve()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{label}: folder {str(folder)!r} does not exist")
+        return _Location(str(folder), local=True)
+    if not _HF_REPO_ID.match(ref.source):
+        raise ValueError(
+            f"{label}: {ref.source!r} is not a Hugging Face repo id, a local folder, an s3:// prefix or {TINY_SOURCE!r}"
+        )
+    if _hf_offline() and _hf_cached_commit(ref.source, ref.revision) is None:
+        revision = f" (revision {ref.revision!r})" if ref.revision else ""
+        raise FileNotFoundError(
+            f"{label} {ref.source!r}{revision} are not in the local Hugging Face cache and HF_HUB_OFFLINE=1"
+        )
+    return _Location(ref.source, local=False)
+
+
+def _component_path(ref: WeightsRef, loc: _Location) -> str:
+    if loc.local and ref.subfolder:
+        return str(Path(loc.root) / ref.subfolder)
+    return loc.root
+
+
+def _hub_kwargs(ref: WeightsRef, loc: _Location, *, subfolder: bool = True) -> dict[str, Any]:
+    """`revision`/`subfolder` for an HF repo; nothing for a local folder (already joined)."""
+    if loc.local:
+        return {}
+    kwargs: dict[str, Any] = {"revision": ref.revision}
+    if subfolder and ref.subfolder:
+        kwargs["subfolder"] = ref.subfolder
+    return kwargs
+
+
+def _check_local_files(
+    profile: ModelProfile, base: _Location, control: _Location, ip: _Location, label: dict[str, str]
+) -> None:
+    """Name the missing file of a local kit, folder or mirror before diffusers does it obscurely."""
+    needed: list[tuple[str, Path]] = []
+    if base.local:
+        needed.append((label["base"], Path(_component_path(profile.base, base)) / "model_index.json"))
+    if control.local:
+        needed.append((label["controlnet"], Path(_component_path(profile.controlnet, control)) / "config.json"))
+    if ip.local:
+        ref: IPAdapterRef = profile.ip_adapter
+        adapter_dir = Path(ip.root) / (ref.subfolder or "")
+        needed.append((label["ip_adapter"], adapter_dir / str(ref.weight_name)))
+        # Same rule as load_ip_adapter: a bare name sits inside the subfolder, a path is from the root.
+        encoder = ref.image_encoder_folder
+        encoder_dir = adapter_dir / encoder if "/" not in encoder else Path(ip.root) / encoder
+        needed.append((f"{label['ip_adapter']} image encoder", encoder_dir / "config.json"))
+    for what, path in needed:
+        if not path.is_file():
+            raise FileNotFoundError(f"{what}: {str(path)!r} is missing")
+
+
+@contextmanager
+def _friendly_load_errors(label: str, source: str) -> Iterator[None]:
+    """Re-raise a loader's OSError as FileNotFoundError naming the profile and the weights."""
+    try:
+        yield
+    except OSError as exc:
+        text = str(exc).strip()
+        first_line = text.splitlines()[0] if text else type(exc).__name__
+        raise FileNotFoundError(f"{label}: could not load {source!r}: {first_line}") from exc
+
+
+def _fit_feature_extractor(pipe: StableDiffusionControlNetPipeline) -> None:
+    """Make the image processor produce what the image encoder expects.
+
+    `load_ip_adapter` only creates a processor when none is registered; a pipeline that ships a
+    224 px one with a smaller encoder (the tiny kit's is 32 px) would fail at the first image.
+    """
+    from transformers import CLIPImageProcessor
+
+    if pipe.image_encoder is None:
+        return
+    size = int(pipe.image_encoder.config.image_size)
+    current = pipe.feature_extractor
+    crop = getattr(current, "crop_size", None)
+    crop_hw = (getattr(crop, "height", None), getattr(crop, "width", None)) if crop is not None else None
+    if current is None or crop_hw != (size, size):
+        pipe.register_modules(feature_extractor=CLIPImageProcessor(size=size, crop_size=size))
+
+
+# --------------------------------------------------------------------------- Hugging Face cache
+
+
+def _hf_offline() -> bool:
+    from huggingface_hub import is_offline_mode
+
+    return bool(is_offline_mode())
+
+
+def _hf_cached_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit a revision points to in the local HF cache, or None if it is not there."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    repo_dir = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    rev = revision or "main"
+    commit = rev if _COMMIT.match(rev) else None
+    if commit is None:
+        try:
+            commit = (repo_dir / "refs" / rev).read_text().strip()
+        except OSError:
+            return None
+    return commit if (repo_dir / "snapshots" / commit).is_dir() else None
+
+
+# --------------------------------------------------------------------------- revisions
+
+
+def _tiny_manifest(settings: Settings) -> dict[str, Any]:
+    kit = ensure_tiny_kit(settings.model_cache)
+    manifest = kit_manifest(kit)
+    if manifest is None:  # only if someone deletes files between the two calls
+        raise FileNotFoundError(f"tiny kit at {str(kit)!r} is incomplete")
+    return manifest
+
+
+def _ref_revision(ref: WeightsRef, settings: Settings, label: str) -> str:
+    where = "/".join(p for p in (ref.subfolder, ref.weight_name) if p)
+    kind = _source_kind(ref.source)
+    if kind == "builtin":
+        _locate(ref, settings, label, {})  # validates the builtin name
+        name, rev = ref.source, _tiny_manifest(settings)["revision"]
+    elif kind == "s3":
+        bucket, prefix = _split_s3(ref.source)
+        name, rev = "s3", _listing_revision(_s3_listing(_s3_client(settings), bucket, prefix, ref.source))
+    elif kind == "local":
+        folder = Path(_component_path(ref, _locate(ref, settings, label, {})))
+        name, rev = "local", _folder_fingerprint(folder)
+    else:
+        rev = ref.revision if ref.revision and _COMMIT.match(ref.revision) else None
+        name, rev = ref.source, rev or _hf_cached_commit(ref.source, ref.revision) or ref.revision or "unpinned"
+    return f"{name}{'/' + where if where else ''}@{rev}"
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != S3_INDEX_NAME):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{path.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- S3
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    if not bucket:
+        raise ValueError(f"expected s3://bucket[/prefix], got {uri!r}")
+    return bucket, prefix
+
+
+def _s3_client(settings: Settings) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region)
+
+
+def _s3_listing(client: Any, bucket: str, prefix: str, uri: str) -> dict[str, dict[str, Any]]:
+    """`{relative path: {"etag", "size"}}` of every object under the prefix."""
+    listing: dict[str, dict[str, Any]] = {}
+    key_prefix = f"{prefix}/" if prefix else ""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(key_prefix) :]
+            if not rel or rel.endswith("/"):
+                continue  # folder markers some tools create
+            parts = PurePosixPath(rel).parts
+            if PurePosixPath(rel).is_absolute() or ".." in parts or S3_INDEX_NAME in parts:
+                raise ValueError(f"{uri}: object key {obj['Key']!r} cannot be mirrored to a local path")
+            listing[rel] = {"etag": obj["ETag"], "size": int(obj["Size"])}
+    if not listing:
+        raise FileNotFoundError(f"{uri}: no objects under this prefix")
+    return listing
+
+
+def _atomic_write(target: Path, data: bytes | BinaryIO) -> None:
+    """Write through a uniquely named temp file and rename: workers sharing a model cache may
+    mirror the same prefix at once, and a reader must never see half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(data, bytes):
+                out.write(data)
+            else:
+                shutil.copyfileobj(data, out, length=8 << 20)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _listing_revision(listing: dict[str, dict[str, Any]]) -> str:
+    digest = hashlib.sha256()
+    for rel in sorted(listing):
+        digest.update(f"{rel}\0{listing[rel]['etag']}\0{listing[rel]['size']}\n".encode())
+    return digest.hexdigest()
+
+
+__all__ = ["S3Mirror", "library_versions", "load_pipeline", "mirror_s3_prefix", "profile_revision", "resolve_weights"]

@@ -1,0 +1,132 @@
+"""The whole campaign flow under prefect_test_harness against the local S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from adapters import publish
+from adapters.catalog_io import seed_sample_catalog
+from adapters.settings import get_settings
+from adapters.storage import S3Store
+from tasks.tables import GENERATIONS, RUNS
+
+
+@pytest.fixture
+def campaign_env(s3_server, store: S3Store, tmp_path_factory, monkeypatch, prefect_harness):
+    """A seeded catalog bucket, an empty assets bucket, and settings pointing at both."""
+    import uuid
+
+    suffix = uuid.uuid4().hex[:10]
+    catalog, assets = f"s3://catalog-{suffix}", f"s3://assets-{suffix}/team-a"
+    store.ensure_bucket(f"catalog-{suffix}")
+    store.ensure_bucket(f"assets-{suffix}")
+    seed_sample_catalog(store, catalog)
+    # One broken product beside the good ones: it is quarantined, the run goes on.
+    store.put(f"{catalog}/products/broken-mug/image.png", b"this is not a png", content_type="image/png")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
+    monkeypatch.setenv("STYLEMATRIX_CATALOG", catalog)
+    monkeypatch.setenv("STYLEMATRIX_ASSETS", assets)
+    monkeypatch.setenv("STYLEMATRIX_MODEL_CACHE", str(tmp_path_factory.getbasetemp() / "models"))
+    monkeypatch.setenv("STYLEMATRIX_DEVICE", "cpu")
+    get_settings.cache_clear()
+    yield {"catalog": catalog, "assets": assets}
+    get_settings.cache_clear()
+
+
+def objects(store: S3Store, prefix: str) -> set[str]:
+    return {o.uri for o in store.list(prefix)}
+
+
+def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(campaign_env, store):
+    from flows.campaign import run_campaign
+
+    catalog, assets = campaign_env["catalog"], campaign_env["assets"]
+    summary = run_campaign(campaign="sample", triggered_by="test")
+
+    expected = 4 * 2 * 4 * 2  # products x style sets x cells x seeds
+    assert summary["images_generated"] == expected
+    assert summary["images_skipped"] == 0
+    assert summary["quarantined"] == 1
+
+    manifest = json.loads(store.get(summary["manifest"]))
+    assert len(manifest["images"]) == expected
+    gens = publish.read_table(store, manifest, "generations")
+    assert list(gens.columns) == [c.name for c in GENERATIONS]
+    assert len(gens) == expected and gens["asset_id"].is_unique
+    assert set(gens["product_id"]) == {"coffee-cup", "rocket", "alarm-clock", "brand-logo"}
+    assert set(gens["style_id"]) == {"space-age", "earthy-textures"}
+    assert set(gens["seed"]) == {11, 42}
+    assert {tuple(sorted(dict(c).items())) for c in gens["cell"]} == {
+        (("lighting", light), ("surface", surface))
+        for surface in ("a marble counter", "a sunny beach")
+        for light in ("soft morning light", "warm evening glow")
+    }
+    row = gens[gens["product_id"] == "coffee-cup"].iloc[0]
+    assert row["prompt"].startswith("a product photo of cup of coffee on ")
+    assert row["negative_prompt"] == "blurry, low quality, watermark, text"
+    assert row["profile"] == "tiny" and len(row["profile_revision"]) >= 12
+    assert row["dtype"] == "float32" and row["device"].startswith("cpu")
+    assert row["torch_version"] and row["diffusers_version"] and row["transformers_version"]
+    assert len(row["reference_keys"]) == len(row["reference_sha256s"])
+    three = gens[gens["style_id"] == "earthy-textures"].iloc[0]
+    assert len(three["reference_keys"]) == 3
+
+    # Every row's object exists, is a PNG of the recorded size, and has the recorded sha256.
+    for r in gens.itertuples():
+        data = store.get(r.output_key)
+        assert hashlib.sha256(data).hexdigest() == r.sha256
+        assert r.output_key == f"{assets}/runs/{summary['run_id']}/images/{r.asset_id}.png"
+        assert Image.open(io.BytesIO(data)).size == (r.width, r.height) == (128, 128)
+        assert store.exists(r.control_key)
+
+    runs = publish.read_table(store, manifest, "runs")
+    assert list(runs.columns) == [c.name for c in RUNS]
+    assert runs.iloc[0]["images_generated"] == expected and runs.iloc[0]["triggered_by"] == "test"
+    assert summary["gallery"] and b"<figure" in store.get(summary["gallery"])
+    for part in manifest["parts"]:
+        assert "/run_date=" in part["uri"]
+        assert pq.read_table(io.BytesIO(store.get(part["uri"]))).num_rows == part["rows"]
+
+    # A rerun of the same campaign generates nothing and publishes no image or generations row.
+    before = objects(store, f"{assets}/runs/") | objects(store, f"{assets}/tables/generations/")
+    again = run_campaign(campaign=f"{catalog}/campaigns/sample.yaml", triggered_by="test")
+    after = objects(store, f"{assets}/runs/") | objects(store, f"{assets}/tables/generations/")
+    assert again["images_generated"] == 0 and again["images_skipped"] == expected
+    assert again["gallery"] is None
+    assert after - before == {again["manifest"]}
+    assert publish.published_asset_ids(store, assets) == set(gens["asset_id"])
+
+
+def test_mirror_writes_out_dir_with_latest_link(campaign_env, store, tmp_path):
+    from flows.campaign import run_campaign
+
+    small = (
+        "name: small\nproducts: {ids: [rocket]}\nstyles: {ids: [space-age]}\n"
+        "matrix: {template: '{product} on {surface}', axes: {surface: [sand]}, seeds: 2}\n"
+        "generation: {profile: tiny, width: 64, height: 64, steps: 2}\n"
+    )
+    spec = tmp_path / "small.yaml"
+    spec.write_text(small)
+    summary = run_campaign(campaign=str(spec), triggered_by="test")
+    local = publish.mirror_run(store, campaign_env["assets"], summary["run_id"], tmp_path / "out")
+    assert (tmp_path / "out" / "latest").resolve() == local.resolve()
+    assert len(list((local / "images").glob("*.png"))) == 2
+    assert pq.read_table(local / "generations.parquet").num_rows == 2
+    assert json.loads((local / "_MANIFEST.json").read_text())["run_id"] == summary["run_id"]
+    assert (local / "index.html").read_text().count("<figure") == 2
+
+
+def test_bad_campaign_fails_before_any_image(campaign_env, store, tmp_path):
+    from flows.campaign import run_campaign
+
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: bad\nmatrix: {template: '{product} on {surface}', axes: {surface: []}}\n")
+    with pytest.raises(ValueError, match="axis 'surface' is empty"):
+        run_campaign(campaign=str(spec), triggered_by="test")
+    assert objects(store, f"{campaign_env['assets']}/") == set()
