@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image
 
@@ -24,7 +26,10 @@ def fit_to_canvas(image: Image.Image, width: int, height: int, background: tuple
 
 def canny_map(image: Image.Image, low: int, high: int) -> Image.Image:
     """controlnet_aux's canny edges of `image`, at exactly the image's size, as RGB."""
-    from controlnet_aux import CannyDetector  # slow import (loads every annotator): only here
+    with warnings.catch_warnings():
+        # controlnet_aux imports every annotator (timm, segment-anything, ...) and each one warns.
+        warnings.simplefilter("ignore")
+        from controlnet_aux import CannyDetector
 
     if low > high:
         raise ValueError(f"canny low threshold {low} is above high threshold {high}")

@@ -1,0 +1,61 @@
+"""The `stylematrix` command: one clear line for user errors, and the demo end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from adapters.local_s3 import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "flows.cli"]
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run(CLI + args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_campaign_file_is_one_line_not_a_traceback(s3_server, store, fresh_bucket, tmp_path):
+    bad = tmp_path / "spring.yaml"
+    bad.write_text("name: spring\nmatrix: {template: '{product} on {surface}', axes: {surface: []}}\n")
+    env = {"AWS_ENDPOINT_URL_S3": s3_server.endpoint, "STYLEMATRIX_CATALOG": f"s3://{fresh_bucket}",
+           "STYLEMATRIX_ASSETS": f"s3://{fresh_bucket}/assets"}
+    result = run_cli(["run", "--campaign", str(bad)], env, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"stylematrix: error: {bad}: campaign 'spring': matrix.axes: Value error, axis 'surface' is empty"]
+    assert "Traceback" not in result.stdout + result.stderr
+
+    missing = run_cli(["run", "--campaign", str(tmp_path / "nope.yaml")], env, tmp_path)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "nope.yaml" in missing.stderr and "not found" in missing.stderr
+
+
+def test_unreachable_endpoint_is_one_line(tmp_path):
+    port = free_port()  # nothing listens there
+    env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
+    result = run_cli(["run", "--campaign", "sample"], env, tmp_path, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"stylematrix: error: cannot reach S3 endpoint http://127.0.0.1:{port}")
+
+
+@pytest.mark.slow
+def test_demo_runs_the_sample_campaign_and_mirrors_it(tmp_path):
+    env = {"STYLEMATRIX_MODEL_CACHE": str(tmp_path / "models"), "STYLEMATRIX_OUT_DIR": str(tmp_path / "out")}
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        env[name] = ""
+    result = run_cli(["demo"], env, tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "64 images generated" in out and "batch 8/8 done" in result.stdout + result.stderr
+    assert "embedded S3 server stopped" in out
+    latest = tmp_path / "out" / "latest"
+    assert len(list((latest / "images").glob("*.png"))) == 64
+    assert pq.read_table(latest / "generations.parquet").num_rows == 64
+    assert (latest / "_MANIFEST.json").is_file() and (latest / "index.html").is_file()
