@@ -47,11 +47,26 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def image_uri(assets: str, run_id: str, asset_id: str) -> str:
+    return run_uri(assets, run_id, "images", f"{asset_id}.png")
+
+
 def put_image(store: ObjectStore, assets: str, run_id: str, asset_id: str, image: Image.Image) -> Published:
     data = encode_png(image)
-    uri = run_uri(assets, run_id, "images", f"{asset_id}.png")
+    uri = image_uri(assets, run_id, asset_id)
     store.put(uri, data, content_type="image/png")
     return Published(asset_id=asset_id, uri=uri, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
+def existing_image(store: ObjectStore, assets: str, run_id: str, asset_id: str) -> tuple[Published, Image.Image] | None:
+    """An image this run already wrote (a retried shard reuses it instead of generating it again)."""
+    uri = image_uri(assets, run_id, asset_id)
+    if not store.exists(uri):
+        return None
+    data = store.get(uri)
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return Published(asset_id=asset_id, uri=uri, sha256=hashlib.sha256(data).hexdigest(), size=len(data)), image
 
 
 def table_bytes(table: str, rows: Sequence[dict]) -> bytes:
@@ -62,12 +77,26 @@ def table_bytes(table: str, rows: Sequence[dict]) -> bytes:
     return buf.getvalue()
 
 
+def table_part_uri(assets: str, table: str, run_date: str, name: str) -> str:
+    return join_uri(assets, "tables", table, f"run_date={run_date}", f"{name}.parquet")
+
+
 def put_table_part(store: ObjectStore, assets: str, table: str, run_date: str, name: str, rows: Sequence[dict]) -> dict:
     """Write one Hive-partitioned parquet part; returns its manifest entry."""
     data = table_bytes(table, rows)
-    uri = join_uri(assets, "tables", table, f"run_date={run_date}", f"{name}.parquet")
+    uri = table_part_uri(assets, table, run_date, name)
     store.put(uri, data, content_type="application/vnd.apache.parquet")
-    return {"table": table, "uri": uri, "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    return _entry(table, uri, data)
+
+
+def part_entry(store: ObjectStore, table: str, uri: str) -> dict:
+    """The manifest entry of a part another process wrote."""
+    return _entry(table, uri, store.get(uri))
+
+
+def _entry(table: str, uri: str, data: bytes) -> dict:
+    rows = pq.read_metadata(io.BytesIO(data)).num_rows
+    return {"table": table, "uri": uri, "rows": rows, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
 def put_text(store: ObjectStore, uri: str, text: str, content_type: str) -> None:

@@ -8,6 +8,7 @@ Prefect blocks all talk to the same server.
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,13 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     model_cache: Path = Path.home() / ".cache" / "stylematrix" / "models"
     out_dir: Path = Path("out")
+    # Scale-out: with a shard deployment ("generate-shard/generate-shard") shards run as flow
+    # runs on the GPU pool; without one they run in the campaign's own process.
+    shard_deployment: str | None = None
+    images_per_shard: int = Field(default=64, ge=1)
+    shard_attempts: int = Field(default=3, ge=1)
+    shard_poll_seconds: float = Field(default=2.0, gt=0)
+    worker_name: str = Field(default_factory=socket.gethostname)
     s3_endpoint: str | None = Field(
         default=None,
         validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "STYLEMATRIX_S3_ENDPOINT"),

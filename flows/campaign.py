@@ -18,14 +18,11 @@ from adapters.storage import S3Store
 from catalogs import parse_campaign
 from catalogs.models import Campaign, Product
 from flows import steps
-from flows.shard import generate_shard
+from flows.dispatch import run_shards
 from tasks.canny import control_image, control_name
 from tasks.gallery import render_gallery
 from tasks.plan import Batch
 from tasks.tables import run_row
-
-IMAGES_PER_SHARD = 64
-
 
 def prepare_controls(store: S3Store, assets: str, run_id: str, products: Sequence[Product],
                      batches: Sequence[Batch]) -> dict[str, str]:
@@ -89,13 +86,13 @@ def run_campaign(campaign: str, catalog: str | None = None, assets: str | None =
                 len(jobs) - len(todo), len(todo))
 
     batches = steps.batch(todo, spec.generation.batch_size)
-    shards = steps.shard(batches, products, styles, images_per_shard=IMAGES_PER_SHARD)
+    shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
     controls = controls_step(store, assets, run_id, products, batches) if batches else {}
-    results = [
-        generate_shard(shard, run_id=run_id, campaign=spec.name, assets=assets, controls=controls,
-                       run_date=run_date, batch_total=len(batches))
-        for shard in shards
-    ]
+    results = run_shards(
+        shards, store=store, deployment=settings.shard_deployment, attempts=settings.shard_attempts,
+        poll_seconds=settings.shard_poll_seconds,
+        run_id=run_id, campaign=spec.name, assets=assets, controls=controls, run_date=run_date, batch_total=len(batches),
+    )
     gen_seconds = sum(r["seconds"] for r in results)
     images = [img for r in results for img in r["images"]]
     parts = [r["part"] for r in results]

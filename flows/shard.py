@@ -27,17 +27,24 @@ def render_batch(engine: Engine, store: S3Store, batch: Batch, shard: Shard, *, 
     style_input = StyleInput.from_images(
         [catalog_io.load_image(store, k) for k in reference_keys], [r.sha256 for r in style.references]
     )
+    # A retried shard finds the images its first attempt wrote and only makes the rest.
+    earlier = {j.asset_id: publish.existing_image(store, assets, ctx.run_id, j.asset_id) for j in batch.jobs}
+    todo = [j for j in batch.jobs if earlier[j.asset_id] is None]
     start = time.perf_counter()
-    images = engine.generate(
+    fresh = engine.generate(
         control=control,
         style=style_input,
-        prompts=[j.prompt for j in batch.jobs],
-        negatives=[j.negative_prompt for j in batch.jobs],
-        seeds=[j.seed for j in batch.jobs],
+        prompts=[j.prompt for j in todo],
+        negatives=[j.negative_prompt for j in todo],
+        seeds=[j.seed for j in todo],
         params=batch.params,
-    )
+    ) if todo else []
     seconds = time.perf_counter() - start
-    outputs = [publish.put_image(store, assets, ctx.run_id, j.asset_id, img) for j, img in zip(batch.jobs, images, strict=True)]
+    made = dict(zip([j.asset_id for j in todo], fresh, strict=True))
+    outputs = [
+        earlier[j.asset_id][0] if earlier[j.asset_id] else publish.put_image(store, assets, ctx.run_id, j.asset_id, made[j.asset_id])
+        for j in batch.jobs
+    ]
     rows = generation_rows(
         ctx, batch, outputs,
         product_key=product.image_key,
@@ -47,6 +54,11 @@ def render_batch(engine: Engine, store: S3Store, batch: Batch, shard: Shard, *, 
         created_at=datetime.now(UTC),
     )
     return {"rows": rows, "seconds": seconds}
+
+
+def shard_part_name(run_id: str, index: int) -> str:
+    """The shard's `generations` part: fixed, so a retried shard overwrites its own part."""
+    return f"{run_id}-{index:05d}"
 
 
 render = task(render_batch, name="render-batch", retries=1, cache_policy=NO_CACHE, tags=["gpu"])
@@ -65,7 +77,8 @@ def generate_shard(shard: Shard, run_id: str, campaign: str, assets: str, contro
     store = S3Store.from_settings(settings)
     profile = shard.batches[0].jobs[0].profile
     engine = get_engine(profile, settings)
-    ctx = RunContext(run_id=run_id, campaign=campaign, device=engine.device_name, versions=engine.versions)
+    ctx = RunContext(run_id=run_id, campaign=campaign, device=engine.device_name, versions=engine.versions,
+                     worker=settings.worker_name)
     rows: list[dict] = []
     seconds = 0.0
     for batch in shard.batches:
@@ -77,6 +90,6 @@ def generate_shard(shard: Shard, run_id: str, campaign: str, assets: str, contro
         logger.info("batch %d/%d done: %d images of %s x %s in %.2f s (%.1f images/s)",
                     batch.index + 1, batch_total, n, batch.product_id, batch.style_id,
                     result["seconds"], n / max(result["seconds"], 1e-9))
-    part = write_part(store, assets, "generations", run_date, f"{run_id}-{shard.index:05d}", rows)
+    part = write_part(store, assets, "generations", run_date, shard_part_name(run_id, shard.index), rows)
     images = [{"asset_id": r["asset_id"], "uri": r["output_key"], "sha256": r["sha256"]} for r in rows]
     return {"part": part, "images": images, "seconds": seconds}

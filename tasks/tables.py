@@ -51,6 +51,7 @@ GENERATIONS = (
     Column("profile_revision", "string", "exact revision of the profile's weights"),
     Column("dtype", "string", "torch dtype the pipeline ran in"),
     Column("device", "string", "device the pipeline ran on (cpu, cuda:0, ...)"),
+    Column("worker", "string", "worker that ran the shard (STYLEMATRIX_WORKER_NAME, default the host name)"),
     Column("torch_version", "string", "torch version"),
     Column("diffusers_version", "string", "diffusers version"),
     Column("transformers_version", "string", "transformers version"),
@@ -108,6 +109,7 @@ class RunContext:
     campaign: str
     device: str
     versions: dict[str, str]
+    worker: str = ""
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ def generation_rows(
                 "profile_revision": job.profile_revision,
                 "dtype": job.dtype,
                 "device": ctx.device,
+                "worker": ctx.worker,
                 "torch_version": ctx.versions.get("torch", ""),
                 "diffusers_version": ctx.versions.get("diffusers", ""),
                 "transformers_version": ctx.versions.get("transformers", ""),
