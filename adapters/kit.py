@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-KIT_FORMAT_VERSION = 1
+KIT_FORMAT_VERSION = 2  # 2: a tiny CLIP (text + vision with projections) under clip/ for scoring
 KIT_MANIFEST = "KIT.json"
 IP_ADAPTER_WEIGHT_NAME = "ip-adapter_tiny.safetensors"
 
@@ -64,6 +64,7 @@ def build_tiny_kit(dest: Path, *, seed: int = 0) -> Path:
         ip_dir = dest / "ip_adapter" / "models"
         _save_image_encoder(ip_dir / "image_encoder", seed)
         _save_ip_adapter(ip_dir / IP_ADAPTER_WEIGHT_NAME, unet, seed)
+        _save_clip(dest / "clip", seed)
 
     files = _kit_files(dest)
     manifest = {
@@ -316,6 +317,32 @@ def _save_image_encoder(path: Path, seed: int) -> None:
         hidden_act="quick_gelu",
     )
     CLIPVisionModelWithProjection(config).eval().save_pretrained(path, safe_serialization=True)
+
+
+def _save_clip(path: Path, seed: int) -> None:
+    """A CLIP model with both towers and projections, in the layout `CLIPModel.from_pretrained` reads:
+    what the scorers use for prompt alignment and style similarity."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed + 6)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": VOCAB_SIZE, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+            "bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": EOS_TOKEN_ID,
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "image_size": IMAGE_ENCODER_SIZE, "patch_size": 4, "hidden_act": "quick_gelu",
+        },
+        projection_dim=IMAGE_EMBED_DIM,
+    )
+    CLIPModel(config).eval().save_pretrained(path, safe_serialization=True)
+    tokenizer, _, _ = _build_tokenizer()
+    size = {"shortest_edge": IMAGE_ENCODER_SIZE}
+    crop = {"height": IMAGE_ENCODER_SIZE, "width": IMAGE_ENCODER_SIZE}
+    CLIPProcessor(image_processor=CLIPImageProcessor(size=size, crop_size=crop), tokenizer=tokenizer).save_pretrained(path)
 
 
 def _save_ip_adapter(path: Path, unet: UNet2DConditionModel, seed: int) -> None:

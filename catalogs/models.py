@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 BUILTIN_PLACEHOLDERS = frozenset({"product", "category"})
+
+# How a style set's references become one image prompt: their tokens side by side (diffusers'
+# default), or the mean of their embeddings, plain or weighted by each reference's weight.
+Combine = Literal["concat", "average", "weighted"]
+# Which UNet blocks the IP-Adapter feeds (InstantStyle): all, the style blocks, the layout blocks.
+Preset = Literal["full", "style-only", "layout-only"]
+Mode = Literal["ip_adapter", "img2img", "preserve"]
+ControlType = Literal["canny", "depth", "softedge", "mask"]
+# What an IP-Adapter of a profile is fed: the style set's references, or the product photo.
+AdapterImage = Literal["style", "product"]
 
 
 class _Strict(BaseModel):
@@ -35,7 +45,11 @@ class Product(_Strict):
     sha256: str = ""
     width: int = 0
     height: int = 0
-    mask_source: Literal["file", "alpha", "none"] = "none"
+    # Where the product's mask comes from: mask.png, the alpha channel, an automatic mask
+    # from a plain background, or none (see tasks/masks.py).
+    mask_source: Literal["file", "alpha", "auto", "none"] = "none"
+    mode: str = ""  # stored pixel mode (RGB, RGBA, P, CMYK, I;16, ...) before conversion
+    phash: str = ""  # 64-bit perceptual hash, 16 hex digits
 
 
 class Reference(_Strict):
@@ -51,10 +65,12 @@ class StyleSet(_Strict):
 
     style_id: str = Field(pattern=ID_PATTERN)
     references: tuple[Reference, ...] = Field(min_length=1)
-    combine: Literal["concat"] = "concat"
+    combine: Combine = "concat"
     tags: tuple[str, ...] = ()
     ip_scale: float | None = Field(default=None, ge=0, le=2)
-    preset: Literal["full"] = "full"
+    preset: Preset = "full"
+    # An image whose embedding replaces the zero unconditional image embedding: "not like this".
+    negative: Reference | None = None
 
 
 class ProductMeta(_Strict):
@@ -69,41 +85,58 @@ class StyleMeta(_Strict):
     """The optional `style.yaml` beside a style set's references."""
 
     weights: dict[str, float] = {}
-    combine: Literal["concat"] = "concat"
+    combine: Combine = "concat"
     tags: tuple[str, ...] = ()
     ip_scale: float | None = Field(default=None, ge=0, le=2)
-    preset: Literal["full"] = "full"
+    preset: Preset = "full"
 
 
 # --------------------------------------------------------------------------- campaign
 
 
+# Axes whose values set a generation parameter (or pick the style set) instead of words.
+PARAMETER_AXES = frozenset({
+    "mode", "style", "steps", "scheduler", "guidance", "strength", "ip_scale", "ip_preset", "ip_start", "ip_end",
+    "controlnet_scale", "controlnet_start", "controlnet_end",
+})
+# The cell key recording which optional parts (`a|b|c`) a cell switches on.
+OPTIONAL_KEY = "optional"
+AxisValue = str | int | float
+
+
 class PromptMatrix(_Strict):
     """A prompt template with `{axis}` placeholders and the values of each axis.
 
-    `{product}` and `{category}` are filled from the product; every other placeholder
-    must be a named axis, and every axis must be used.
+    `{product}` and `{category}` are filled from the product; every other placeholder must
+    be a named axis. Word axes must be used in the template; parameter axes (PARAMETER_AXES)
+    set that generation parameter for their cells and need not appear in it. Axes named in
+    one `zip` group advance together instead of multiplying. `base|b|c` in the template makes
+    AUTOMATIC1111's optional parts: every subset of {b, c} appended to the base.
     """
 
     template: str = Field(min_length=1)
-    axes: dict[str, tuple[str, ...]] = {}
+    axes: dict[str, tuple[AxisValue, ...]] = {}
+    zip: tuple[tuple[str, ...], ...] = ()
     negative: str = ""
     seeds: tuple[int, ...] | int = (0,)
     max_cells: int = Field(default=256, ge=1)
 
     @field_validator("axes")
     @classmethod
-    def _axes_named_and_filled(cls, axes: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    def _axes_named_and_filled(cls, axes: dict[str, tuple[AxisValue, ...]]) -> dict[str, tuple[AxisValue, ...]]:
+        checked: dict[str, tuple[AxisValue, ...]] = {}
         for name, values in axes.items():
             if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
                 raise ValueError(f"axis name {name!r} must be lowercase letters, digits or _")
-            if name in BUILTIN_PLACEHOLDERS:
-                raise ValueError(f"axis name {name!r} is reserved (it is filled from the product)")
+            if name in BUILTIN_PLACEHOLDERS or name == OPTIONAL_KEY:
+                raise ValueError(f"axis name {name!r} is reserved (it is filled from the product or the template)")
             if not values:
                 raise ValueError(f"axis {name!r} is empty")
-            if len(set(values)) != len(values):
+            # Words are substituted as text: YAML's 12 and "12" are the same word.
+            checked[name] = values if name in PARAMETER_AXES else tuple(str(v) for v in values)
+            if len({str(v) for v in values}) != len(values):
                 raise ValueError(f"axis {name!r} repeats a value")
-        return axes
+        return checked
 
     @field_validator("seeds")
     @classmethod
@@ -122,13 +155,30 @@ class PromptMatrix(_Strict):
 
     @model_validator(mode="after")
     def _placeholders_match_axes(self) -> PromptMatrix:
+        _, parts = split_optional(self.template)
+        if any(not p for p in parts):
+            raise ValueError(f"template {self.template!r} has an empty optional part (nothing between two |)")
         used = template_fields(self.template)
         unknown = used - set(self.axes) - BUILTIN_PLACEHOLDERS
         if unknown:
             raise ValueError(f"template uses {sorted(unknown)} but no axis has that name")
-        unused = set(self.axes) - used
+        unused = set(self.axes) - used - PARAMETER_AXES
         if unused:
             raise ValueError(f"axes {sorted(unused)} are not used in the template")
+        seen: set[str] = set()
+        for group in self.zip:
+            if len(group) < 2:
+                raise ValueError(f"zip group {list(group)} needs at least two axes")
+            for name in group:
+                if name not in self.axes:
+                    raise ValueError(f"zip group {list(group)} names {name!r}, which is not an axis")
+                if name in seen:
+                    raise ValueError(f"axis {name!r} is in more than one zip group")
+                seen.add(name)
+            sizes = {name: len(self.axes[name]) for name in group}
+            if len(set(sizes.values())) > 1:
+                counts = ", ".join(f"{k} has {v}" for k, v in sizes.items())
+                raise ValueError(f"zip group {list(group)}: zipped axes need the same number of values ({counts})")
         return self
 
     @property
@@ -137,11 +187,34 @@ class PromptMatrix(_Strict):
         return tuple(range(self.seeds)) if isinstance(self.seeds, int) else self.seeds
 
     @property
+    def axis_groups(self) -> tuple[tuple[str, ...], ...]:
+        """The units the matrix multiplies, in declared order: a lone axis, or a zip group at its first axis."""
+        group_of = {name: group for group in self.zip for name in group}
+        units: list[tuple[str, ...]] = []
+        for name in self.axes:
+            unit = group_of.get(name, (name,))
+            if unit not in units:
+                units.append(unit)
+        return tuple(units)
+
+    @property
+    def optional_parts(self) -> tuple[str, ...]:
+        return split_optional(self.template)[1]
+
+    @property
     def cell_count(self) -> int:
-        n = 1
-        for values in self.axes.values():
-            n *= len(values)
+        n = 2 ** len(self.optional_parts)
+        for unit in self.axis_groups:
+            n *= len(self.axes[unit[0]])
         return n
+
+
+def split_optional(template: str) -> tuple[str, tuple[str, ...]]:
+    """`base|b|c` -> ("base", ("b", "c")), each part stripped of spaces and commas at its ends (as A1111)."""
+    base, *parts = template.split("|")
+    if not parts:
+        return template, ()
+    return base.strip().strip(",").strip(), tuple(p.strip().strip(",").strip() for p in parts)
 
 
 def template_fields(template: str) -> set[str]:
@@ -176,25 +249,48 @@ SCHEDULERS = ("unipc", "ddim", "euler", "euler_a", "dpmpp_2m")
 
 
 class Generation(_Strict):
-    """Generation parameters shared by every image of a campaign."""
+    """Generation parameters shared by every image of a campaign (parameter axes override some per cell)."""
 
     profile: str | None = None  # None: the STYLEMATRIX_PROFILE setting decides
-    mode: Literal["ip_adapter"] = "ip_adapter"
+    mode: Mode = "ip_adapter"
     width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
     height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
     steps: int = Field(default=30, ge=1, le=200)
     scheduler: Literal["unipc", "ddim", "euler", "euler_a", "dpmpp_2m"] = "unipc"
     guidance: float = Field(default=7.0, ge=0, le=30)
+    # img2img and preserve: how far from the init image the denoising starts (None: 0.75 for
+    # img2img, 1.0 for preserve). Text-to-image (ip_adapter) always starts from noise.
+    strength: float | None = Field(default=None, gt=0, le=1)
     ip_scale: float = Field(default=0.6, ge=0, le=2)
+    ip_preset: Preset = "full"  # the style set's preset applies unless this is set
+    ip_start: float = Field(default=0.0, ge=0, le=1)  # fraction of the steps where the adapter starts
+    ip_end: float = Field(default=1.0, ge=0, le=1)  # ... and where it stops (0 = never on)
+    ip_scales: dict[AdapterImage, float] = {}  # per adapter of the profile, by what it is fed; default ip_scale
+    negative_reference: str | None = None  # catalog key or s3:// URI of a negative reference image
     controlnet_scale: float = Field(default=1.0, ge=0, le=2)
+    controlnet_start: float = Field(default=0.0, ge=0, lt=1)
+    controlnet_end: float = Field(default=1.0, gt=0, le=1)
+    control_scales: dict[ControlType, float] = {}  # per ControlNet of the profile, by type; default controlnet_scale
     canny_low: int = Field(default=100, ge=0, le=255)
     canny_high: int = Field(default=200, ge=0, le=255)
     batch_size: int = Field(default=8, ge=1, le=256)
 
+    @field_validator("ip_scales", "control_scales")
+    @classmethod
+    def _scales_in_range(cls, scales: dict[str, float]) -> dict[str, float]:
+        for name, value in scales.items():
+            if not 0 <= value <= 2:
+                raise ValueError(f"scale of {name!r} must be between 0 and 2, got {value}")
+        return scales
+
     @model_validator(mode="after")
-    def _thresholds_ordered(self) -> Generation:
+    def _ranges_ordered(self) -> Generation:
         if self.canny_low > self.canny_high:
             raise ValueError(f"canny_low {self.canny_low} is above canny_high {self.canny_high}")
+        if self.ip_start > self.ip_end:
+            raise ValueError(f"ip_start {self.ip_start} is after ip_end {self.ip_end}")
+        if self.controlnet_start >= self.controlnet_end:
+            raise ValueError(f"controlnet_start {self.controlnet_start} must be before controlnet_end {self.controlnet_end}")
         return self
 
 
@@ -206,6 +302,25 @@ class Campaign(_Strict):
     styles: Selector = Selector()
     matrix: PromptMatrix
     generation: Generation = Generation()
+
+    @model_validator(mode="after")
+    def _parameter_axes_valid(self) -> Campaign:
+        for name, values in self.matrix.axes.items():
+            if name == "style":
+                if self.styles.ids or self.styles.tags:
+                    raise ValueError("matrix axis 'style' picks the style sets: leave `styles` empty")
+                bad = [v for v in values if not isinstance(v, str) or not re.fullmatch(ID_PATTERN, v)]
+                if bad:
+                    raise ValueError(f"matrix axis 'style': {bad} are not style set ids")
+            elif name in PARAMETER_AXES:
+                adapter = TypeAdapter(Annotated[Generation.model_fields[name].annotation, *Generation.model_fields[name].metadata])
+                for value in values:
+                    try:
+                        adapter.validate_python(value)
+                    except ValidationError as exc:
+                        msg = exc.errors()[0]["msg"]
+                        raise ValueError(f"matrix axis {name!r}: value {value!r}: {msg}") from None
+        return self
 
 
 # --------------------------------------------------------------------------- models
@@ -223,15 +338,76 @@ class WeightsRef(_Strict):
     weight_name: str | None = None
 
 
+class ControlNetRef(WeightsRef):
+    """A ControlNet and the kind of control image it was trained on."""
+
+    control: ControlType = "canny"
+
+
 class IPAdapterRef(WeightsRef):
+    """An IP-Adapter; every adapter of a profile shares the first one's image encoder."""
+
     image_encoder_folder: str = "image_encoder"
+    image: AdapterImage = "style"
 
 
 class ModelProfile(_Strict):
-    """A named set of weights the engine loads together."""
+    """A named set of weights the engine loads together: one or more ControlNets and IP-Adapters."""
 
     name: str = Field(pattern=ID_PATTERN)
+    pipeline: Literal["sd15", "sdxl"] = "sd15"
     base: WeightsRef
-    controlnet: WeightsRef
-    ip_adapter: IPAdapterRef
+    controlnet: ControlNetRef | tuple[ControlNetRef, ...]
+    ip_adapter: IPAdapterRef | tuple[IPAdapterRef, ...]
     description: str = ""
+
+    @model_validator(mode="after")
+    def _one_of_each_kind(self) -> ModelProfile:
+        if not self.controlnets or not self.ip_adapters:
+            raise ValueError(f"profile {self.name!r}: needs at least one ControlNet and one IP-Adapter")
+        if len(set(self.control_types)) != len(self.control_types):
+            raise ValueError(f"profile {self.name!r}: two ControlNets take the same control type {list(self.control_types)}")
+        images = [a.image for a in self.ip_adapters]
+        if len(set(images)) != len(images) or images[0] != "style":
+            raise ValueError(f"profile {self.name!r}: the first IP-Adapter must take the style references and the "
+                             f"others different images, got {images}")
+        return self
+
+    @property
+    def controlnets(self) -> tuple[ControlNetRef, ...]:
+        return self.controlnet if isinstance(self.controlnet, tuple) else (self.controlnet,)
+
+    @property
+    def ip_adapters(self) -> tuple[IPAdapterRef, ...]:
+        return self.ip_adapter if isinstance(self.ip_adapter, tuple) else (self.ip_adapter,)
+
+    @property
+    def control_types(self) -> tuple[str, ...]:
+        return tuple(c.control for c in self.controlnets)
+
+    @property
+    def adapter_images(self) -> tuple[str, ...]:
+        return tuple(a.image for a in self.ip_adapters)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class RunRequest(_Strict):
+    """What starts a campaign run: the CLI, a schedule, or the form in the Prefect UI."""
+
+    campaign: str = Field(
+        description="Campaign: a name under <catalog>/campaigns/, an s3:// URI, or a path on the worker",
+        examples=["sample"],
+    )
+    catalog: str | None = Field(default=None, description="s3:// URI of the catalog (default: the worker's setting)")
+    assets: str | None = Field(default=None, description="s3:// URI for outputs (default: the worker's setting)")
+    profile: str | None = Field(default=None, description="Model profile, overriding the campaign's (tiny, sd15, ...)")
+    products: tuple[str, ...] = Field(default=(), description="Only these product ids (of those the campaign selects)")
+    styles: tuple[str, ...] = Field(default=(), description="Only these style set ids (of those the campaign selects)")
+    axes: dict[str, tuple[str, ...]] = Field(
+        default={}, description="Replace the values of some matrix axes, e.g. {\"surface\": [\"marble\"]}"
+    )
+    seeds: tuple[int, ...] = Field(default=(), description="Replace the campaign's seeds")
+    dry_run: bool = Field(default=False, description="Plan and report counts; generate and publish nothing")
+    triggered_by: Literal["cli", "demo", "schedule", "ui", "api", "test"] = "api"

@@ -16,12 +16,13 @@ from adapters import catalog_io, publish
 from adapters.settings import get_settings
 from adapters.storage import S3Store
 from catalogs import parse_campaign
-from catalogs.models import Campaign, Product
+from catalogs.models import Product, RunRequest
 from flows import steps
 from flows.dispatch import run_shards
 from tasks.canny import control_image, control_name
 from tasks.gallery import render_gallery
 from tasks.plan import Batch
+from tasks.request import apply_request, narrow
 from tasks.tables import run_row
 
 def prepare_controls(store: S3Store, assets: str, run_id: str, products: Sequence[Product],
@@ -43,37 +44,25 @@ def prepare_controls(store: S3Store, assets: str, run_id: str, products: Sequenc
 controls_step = task(prepare_controls, name="canny-controls", retries=1, cache_policy=NO_CACHE)
 
 
-def with_profile(spec: Campaign, override: str | None, default: str) -> Campaign:
-    """The campaign with its model profile decided: the override, else its own, else the default."""
-    chosen = override or spec.generation.profile or default
-    if chosen == spec.generation.profile:
-        return spec
-    return spec.model_copy(update={"generation": spec.generation.model_copy(update={"profile": chosen})})
-
-
 def new_run_id(campaign: str, now: datetime) -> str:
     return f"{campaign}-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 @flow(name="run-campaign")
-def run_campaign(campaign: str, catalog: str | None = None, assets: str | None = None, profile: str | None = None,
-                 triggered_by: str = "api") -> dict:
-    """Run a campaign (a YAML path, an s3:// URI, or a name under the catalog's campaigns/).
-
-    `profile` overrides the campaign's model profile; without either, the settings' profile is used.
-    """
+def run_campaign(request: RunRequest) -> dict:
+    """Run a campaign: plan every image, generate what is not yet published, publish, commit."""
     logger = get_run_logger()
     settings = get_settings()
-    catalog, assets = catalog or settings.catalog, assets or settings.assets
+    catalog, assets = request.catalog or settings.catalog, request.assets or settings.assets
     store = S3Store.from_settings(settings)
     started, clock = datetime.now(UTC), time.perf_counter()
 
-    text = steps.read_campaign(store, catalog_io.campaign_uri(campaign, catalog))
-    spec = with_profile(parse_campaign(text, origin=campaign), profile, settings.profile)
+    text = steps.read_campaign(store, catalog_io.campaign_uri(request.campaign, catalog))
+    spec = apply_request(parse_campaign(text, origin=request.campaign), request, settings.profile)
     state = steps.read_catalog(store, catalog)
     for q in state.quarantine:
         logger.warning("quarantined %s: %s", q.key, q.reason)
-    products, styles = steps.choose(spec, state.products, state.styles)
+    products, styles = narrow(request, *steps.choose(spec, state.products, state.styles))
     cells = steps.expand(spec.matrix)
     revision, dtype, device = steps.identity(spec.generation.profile, settings)
     jobs = steps.plan(spec, products, styles, cells, profile_revision=revision, dtype=dtype)
@@ -84,6 +73,9 @@ def run_campaign(campaign: str, catalog: str | None = None, assets: str | None =
     logger.info("run %s: %d products x %d style sets x %d cells x %d seeds = %d images; %d already published, %d to make",
                 run_id, len(products), len(styles), len(cells), len(spec.matrix.seed_list), len(jobs),
                 len(jobs) - len(todo), len(todo))
+    if request.dry_run:
+        return {"run_id": None, "dry_run": True, "images_planned": len(jobs), "images_skipped": len(jobs) - len(todo),
+                "images_to_generate": len(todo), "quarantined": len(state.quarantine)}
 
     batches = steps.batch(todo, spec.generation.batch_size)
     shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
@@ -106,7 +98,7 @@ def run_campaign(campaign: str, catalog: str | None = None, assets: str | None =
     row = run_row(
         run_id=run_id, campaign=spec.name,
         campaign_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
-        triggered_by=triggered_by, flow_run_id=str(flow_run.get_id() or ""),
+        triggered_by=request.triggered_by, flow_run_id=str(flow_run.get_id() or ""),
         catalog=catalog, assets=assets, profile=spec.generation.profile, profile_revision=revision,
         device=device, dtype=dtype, started_at=started, finished_at=finished,
         duration_seconds=time.perf_counter() - clock,

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from adapters.settings import export_s3_endpoint, get_settings, prepare_runtime_env
+from catalogs.models import RunRequest
 
 prepare_runtime_env()  # before Prefect is imported anywhere below
 
@@ -67,7 +68,7 @@ def run(
     from flows.campaign import run_campaign
 
     try:
-        summary = run_campaign(campaign=source, catalog=catalog, assets=assets, profile=profile, triggered_by="cli")
+        summary = run_campaign(RunRequest(campaign=source, catalog=catalog, assets=assets, profile=profile, triggered_by="cli"))
     except USER_ERRORS as exc:
         fail(exc)
     _finish(summary, store, assets, settings.out_dir, time.perf_counter() - start)
@@ -96,8 +97,8 @@ def demo() -> None:
         from flows.campaign import run_campaign
 
         try:
-            summary = run_campaign(campaign="sample", catalog=settings.catalog, assets=settings.assets,
-                                   profile="tiny", triggered_by="demo")
+            summary = run_campaign(RunRequest(campaign="sample", catalog=settings.catalog, assets=settings.assets,
+                                              profile="tiny", triggered_by="demo"))
         except USER_ERRORS as exc:
             fail(exc)
         _finish(summary, store, settings.assets, settings.out_dir, time.perf_counter() - start)

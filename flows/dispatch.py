@@ -33,7 +33,13 @@ def run_shards(
     poll_seconds: float,
     **shard_args,
 ) -> list[dict]:
-    """Run every shard to completion and return what each published, read back from its table part."""
+    """Run every shard to completion and return what each published, read back from its table part.
+
+    Each shard's spec is stored with the run first: what a worker ran can always be looked up or re-run.
+    """
+    for shard in shards:
+        store.put(publish.run_uri(shard_args["assets"], shard_args["run_id"], "shards", f"{shard.index:05d}.json"),
+                  shard.model_dump_json().encode(), content_type="application/json")
     if deployment is None:
         for shard in shards:
             generate_shard(shard, **shard_args)

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from adapters.catalog_io import seed_sample_catalog
 from adapters.local_s3 import LocalS3Server
-from adapters.settings import Settings
+from adapters.settings import Settings, get_settings
 from adapters.storage import S3Store
 
 # Dummy credentials and an isolated AWS config: boto3 must never read the developer's
@@ -64,3 +65,23 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture
+def campaign_env(s3_server, store: S3Store, tmp_path_factory, monkeypatch, prefect_harness):
+    """A seeded catalog bucket, an empty assets bucket, and settings pointing at both."""
+    suffix = uuid.uuid4().hex[:10]
+    catalog, assets = f"s3://catalog-{suffix}", f"s3://assets-{suffix}/team-a"
+    store.ensure_bucket(f"catalog-{suffix}")
+    store.ensure_bucket(f"assets-{suffix}")
+    seed_sample_catalog(store, catalog)
+    # One broken product beside the good ones: it is quarantined, the run goes on.
+    store.put(f"{catalog}/products/broken-mug/image.png", b"this is not a png", content_type="image/png")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
+    monkeypatch.setenv("STYLEMATRIX_CATALOG", catalog)
+    monkeypatch.setenv("STYLEMATRIX_ASSETS", assets)
+    monkeypatch.setenv("STYLEMATRIX_MODEL_CACHE", str(tmp_path_factory.getbasetemp() / "models"))
+    monkeypatch.setenv("STYLEMATRIX_DEVICE", "cpu")
+    get_settings.cache_clear()
+    yield {"catalog": catalog, "assets": assets}
+    get_settings.cache_clear()

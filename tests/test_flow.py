@@ -11,32 +11,9 @@ import pytest
 from PIL import Image
 
 from adapters import publish
-from adapters.catalog_io import seed_sample_catalog
-from adapters.settings import get_settings
 from adapters.storage import S3Store
+from catalogs.models import RunRequest
 from tasks.tables import GENERATIONS, RUNS
-
-
-@pytest.fixture
-def campaign_env(s3_server, store: S3Store, tmp_path_factory, monkeypatch, prefect_harness):
-    """A seeded catalog bucket, an empty assets bucket, and settings pointing at both."""
-    import uuid
-
-    suffix = uuid.uuid4().hex[:10]
-    catalog, assets = f"s3://catalog-{suffix}", f"s3://assets-{suffix}/team-a"
-    store.ensure_bucket(f"catalog-{suffix}")
-    store.ensure_bucket(f"assets-{suffix}")
-    seed_sample_catalog(store, catalog)
-    # One broken product beside the good ones: it is quarantined, the run goes on.
-    store.put(f"{catalog}/products/broken-mug/image.png", b"this is not a png", content_type="image/png")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
-    monkeypatch.setenv("STYLEMATRIX_CATALOG", catalog)
-    monkeypatch.setenv("STYLEMATRIX_ASSETS", assets)
-    monkeypatch.setenv("STYLEMATRIX_MODEL_CACHE", str(tmp_path_factory.getbasetemp() / "models"))
-    monkeypatch.setenv("STYLEMATRIX_DEVICE", "cpu")
-    get_settings.cache_clear()
-    yield {"catalog": catalog, "assets": assets}
-    get_settings.cache_clear()
 
 
 def objects(store: S3Store, prefix: str) -> set[str]:
@@ -47,7 +24,7 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(c
     from flows.campaign import run_campaign
 
     catalog, assets = campaign_env["catalog"], campaign_env["assets"]
-    summary = run_campaign(campaign="sample", triggered_by="test")
+    summary = run_campaign(RunRequest(campaign="sample", triggered_by="test"))
 
     expected = 4 * 2 * 4 * 2  # products x style sets x cells x seeds
     assert summary["images_generated"] == expected
@@ -95,7 +72,7 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(c
 
     # A rerun of the same campaign generates nothing and publishes no image or generations row.
     before = objects(store, f"{assets}/runs/") | objects(store, f"{assets}/tables/generations/")
-    again = run_campaign(campaign=f"{catalog}/campaigns/sample.yaml", triggered_by="test")
+    again = run_campaign(RunRequest(campaign=f"{catalog}/campaigns/sample.yaml", triggered_by="test"))
     after = objects(store, f"{assets}/runs/") | objects(store, f"{assets}/tables/generations/")
     assert again["images_generated"] == 0 and again["images_skipped"] == expected
     assert again["gallery"] is None
@@ -113,7 +90,7 @@ def test_mirror_writes_out_dir_with_latest_link(campaign_env, store, tmp_path):
     )
     spec = tmp_path / "small.yaml"
     spec.write_text(small)
-    summary = run_campaign(campaign=str(spec), triggered_by="test")
+    summary = run_campaign(RunRequest(campaign=str(spec), triggered_by="test"))
     local = publish.mirror_run(store, campaign_env["assets"], summary["run_id"], tmp_path / "out")
     assert (tmp_path / "out" / "latest").resolve() == local.resolve()
     assert len(list((local / "images").glob("*.png"))) == 2
@@ -128,5 +105,5 @@ def test_bad_campaign_fails_before_any_image(campaign_env, store, tmp_path):
     spec = tmp_path / "bad.yaml"
     spec.write_text("name: bad\nmatrix: {template: '{product} on {surface}', axes: {surface: []}}\n")
     with pytest.raises(ValueError, match="axis 'surface' is empty"):
-        run_campaign(campaign=str(spec), triggered_by="test")
+        run_campaign(RunRequest(campaign=str(spec), triggered_by="test"))
     assert objects(store, f"{campaign_env['assets']}/") == set()
