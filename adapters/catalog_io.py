@@ -1,16 +1,19 @@
-"""Reading the S3 catalog into validated models, seeding the sample catalog, loading images.
+"""Reading the S3 catalog: listing it, inspecting objects, loading images and masks; campaigns; the sample catalog.
 
 Catalog layout under a catalog URI (paths below are relative to it):
 
-    products/<product_id>/image.{png,jpg,jpeg,webp}  (+ mask.png, product.yaml)
-    styles/<style_id>/*.{png,jpg,jpeg,webp}          (+ style.yaml)
+    products/<product_id>/image.{png,jpg,jpeg,webp,gif}  (+ mask.png, product.yaml)
+    styles/<style_id>/*.{png,jpg,jpeg,webp,gif}          (+ style.yaml)
     campaigns/<name>.yaml
+    _snapshots/<snapshot_id>/...                          (written by a refresh: adapters/snapshots.py)
 
-Reading is defensive: an object that cannot be used puts its product or style set in
-quarantine with a reason a person can act on, and the rest of the catalog is still read.
-Every key the models carry (`Product.image_key`, `Reference.key`, ...) is a full `s3://`
-URI, so later steps and the metadata tables need no catalog root to find an object;
-quarantine reasons use catalog-relative paths, which read better.
+A scan lists `products/` and `styles/`, turns every object into an `ObjectRecord` (reusing
+the record of an unchanged object from the previous snapshot instead of downloading it
+again) and builds the entries with the pure rules of `tasks/catalog_build.py`. Reading is
+defensive: an object that cannot be used puts its product or style set in quarantine with
+a reason a person can act on, and the rest of the catalog is still read. Every key the
+models carry (`Product.image_key`, `Reference.key`, ...) is a full `s3://` URI; quarantine
+reasons use catalog-relative paths, which read better.
 """
 
 from __future__ import annotations
@@ -18,256 +21,202 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
 import re
-import warnings
-from collections.abc import Callable
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 import yaml
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.storage import ObjectInfo, ObjectStore, join_uri, split_uri
 from catalogs import sample_campaign_text
-from catalogs.models import ID_PATTERN, Product, ProductMeta, Reference, StyleMeta, StyleSet
+from catalogs.models import ID_PATTERN, Product
+from tasks.catalog_build import CatalogState, ObjectRecord, QuarantineEntry, build_catalog
+from tasks.catalog_rules import (
+    MAX_PIXELS,
+    Rejected,
+    decode_image,
+    inspect_image,
+    key_problem,
+    normalize_image,
+    object_role,
+    size_problem,
+)
+from tasks.masks import MaskSource, product_mask
+from tasks.snapshot_tables import inventory_digest
 
 __all__ = [
     "MAX_PIXELS",
     "CatalogState",
     "QuarantineEntry",
+    "Scan",
     "campaign_uri",
+    "inspect_object",
+    "list_catalog",
     "load_image",
+    "load_mask",
     "read_campaign",
     "read_catalog",
+    "scan_catalog",
     "seed_sample_catalog",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-# Only these decoders ever see catalog bytes: fewer parsers exposed to untrusted input.
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
-# 40 MP is far above any product photo and far below what would exhaust memory.
-MAX_PIXELS = 40_000_000
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-_ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})
-
-M = TypeVar("M", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class QuarantineEntry:
-    """A catalog entry left out: `key` is the URI of its product/style folder (or of a stray
-    object); `reason` names the offending file, relative to the catalog, and the problem."""
-
-    key: str
-    reason: str
+SECTIONS = ("products", "styles")
 
 
 @dataclass
-class CatalogState:
-    """What `read_catalog` found under `catalog_uri`: usable products and style sets, and
-    what it left out."""
+class Scan:
+    """One pass over a catalog: a record per listed object, the entries built from them, and
+    how many objects were listed, downloaded (`fetched`), reused from the previous snapshot
+    because unchanged (`skipped`), ruled out by key, name or size without downloading
+    (`unread`), and gone since the previous snapshot (`removed`). `listed = fetched + skipped + unread`."""
 
-    products: list[Product]
-    styles: list[StyleSet]
-    quarantine: list[QuarantineEntry]
-    catalog_uri: str = ""
+    records: list[ObjectRecord]
+    state: CatalogState
+    listed: int
+    fetched: int
+    skipped: int
+    unread: int
+    removed: int
+    digest: str
+    changed: bool
 
 
-class _Rejected(Exception):
-    """One catalog entry cannot be used; the message is the quarantine reason."""
+# --------------------------------------------------------------------------- scanning
 
 
-# --------------------------------------------------------------------------- reading
+def list_catalog(store: ObjectStore, catalog_uri: str) -> list[tuple[str, ObjectInfo]]:
+    """Every object under `products/` and `styles/` as (catalog-relative key, info), in key order.
+
+    Empty "folder" markers written by consoles and sync tools are left out.
+    """
+    root = split_uri(catalog_uri)[1].strip("/")
+    prefix = f"{root}/" if root else ""
+    listing = []
+    for section in SECTIONS:
+        for info in store.list(join_uri(catalog_uri, section + "/")):
+            relative = info.key[len(prefix) :]
+            if not (relative.endswith("/") and info.size == 0):
+                listing.append((relative, info))
+    return listing
+
+
+def scan_catalog(
+    store: ObjectStore, catalog_uri: str, previous: Mapping[str, ObjectRecord] | None = None, *, workers: int = 8
+) -> Scan:
+    """List the catalog, download and inspect what is new or changed since `previous`, build the entries.
+
+    `previous` holds the records of the last snapshot by key; an object whose ETag and size
+    match its record is not downloaded again. Images are fetched and decoded in a small
+    thread pool (S3 latency dominates).
+    """
+    listing = list_catalog(store, catalog_uri)
+    old = previous or {}
+    records: dict[str, ObjectRecord] = {}
+    to_fetch: list[tuple[str, ObjectInfo]] = []
+    skipped = unread = 0
+    for key, info in listing:
+        ruled_out = _unread_record(key, info)
+        if ruled_out is not None:
+            records[key], unread = ruled_out, unread + 1
+        elif key in old and (old[key].etag, old[key].size) == (info.etag, info.size):
+            records[key], skipped = old[key], skipped + 1
+        else:
+            to_fetch.append((key, info))
+    if to_fetch:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="catalog-read") as pool:
+            for record in pool.map(functools.partial(_read_record, store), to_fetch):
+                records[record.key] = record
+    ordered = [records[key] for key, _ in listing]
+    digest = inventory_digest(ordered)
+    removed = len(set(old) - set(records))
+    return Scan(
+        records=ordered,
+        state=build_catalog(ordered, catalog_uri),
+        listed=len(listing),
+        fetched=len(to_fetch),
+        skipped=skipped,
+        unread=unread,
+        removed=removed,
+        digest=digest,
+        changed=previous is None or digest != inventory_digest(old.values()),
+    )
 
 
 def read_catalog(store: ObjectStore, catalog_uri: str, *, workers: int = 8) -> CatalogState:
-    """Every product and style set under `catalog_uri`, validated and fingerprinted.
+    """Every product and style set under `catalog_uri`, read and validated now (no snapshot involved)."""
+    return scan_catalog(store, catalog_uri, workers=workers).state
 
-    Images are fetched and decoded in a small thread pool (S3 latency dominates);
-    results keep a stable order: by product id, then by style id.
+
+def inspect_object(key: str, data: bytes, etag: str = "") -> ObjectRecord:
+    """The record of one catalog object from its catalog-relative key and bytes.
+
+    Used on S3 objects by a refresh and on local files by an import, so both judge alike.
     """
-    products: list[Product] = []
-    styles: list[StyleSet] = []
-    quarantine: list[QuarantineEntry] = []
-
-    product_dirs, strays = _folders(store, catalog_uri, "products")
-    quarantine += strays
-    style_dirs, strays = _folders(store, catalog_uri, "styles")
-    quarantine += strays
-
-    read_product = functools.partial(_attempt, _read_product, "products", store, catalog_uri)
-    read_style = functools.partial(_attempt, _read_style, "styles", store, catalog_uri)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="catalog-read") as pool:
-        for product in pool.map(read_product, sorted(product_dirs.items())):
-            if isinstance(product, QuarantineEntry):
-                quarantine.append(product)
-            else:
-                products.append(product)
-        for style in pool.map(read_style, sorted(style_dirs.items())):
-            if isinstance(style, QuarantineEntry):
-                quarantine.append(style)
-            else:
-                styles.append(style)
-    return CatalogState(products=products, styles=styles, quarantine=quarantine, catalog_uri=catalog_uri)
-
-
-def _attempt(
-    reader: Callable[[ObjectStore, str, str, dict[str, ObjectInfo]], M],
-    section: str,
-    store: ObjectStore,
-    catalog_uri: str,
-    item: tuple[str, dict[str, ObjectInfo]],
-) -> M | QuarantineEntry:
-    """One entry read by `reader`, or its quarantine entry if it cannot be used."""
-    entry_id, files = item
+    role = object_role(key)
+    base = {"key": key, "etag": etag, "size": len(data), "role": role or "", "sha256": hashlib.sha256(data).hexdigest()}
+    if role is None:
+        return ObjectRecord(**base)
+    problem = size_problem(role, len(data))
+    if problem:
+        return ObjectRecord(**base, problem=f"{key}: {problem}")
+    if role == "meta":
+        meta, problem = _parse_meta(key, data)
+        return ObjectRecord(**base, meta=meta, problem=problem)
     try:
-        return reader(store, catalog_uri, entry_id, files)
-    except _Rejected as exc:
-        return QuarantineEntry(key=join_uri(catalog_uri, f"{section}/{entry_id}/"), reason=str(exc))
+        facts = inspect_image(data, key, role=role, product=key.startswith("products/"))
+    except Rejected as exc:
+        return ObjectRecord(**base, problem=str(exc))
+    return ObjectRecord(**base, **asdict(facts))
 
 
-def _folders(
-    store: ObjectStore, catalog_uri: str, section: str
-) -> tuple[dict[str, dict[str, ObjectInfo]], list[QuarantineEntry]]:
-    """Objects under `<section>/`, grouped by entry folder; anything else is a stray."""
-    _, root = split_uri(join_uri(catalog_uri, section + "/"))
-    root = root[: -len(section) - 1]  # the catalog's own key prefix ("" or "some/prefix/")
-    folders: dict[str, dict[str, ObjectInfo]] = {}
-    strays: list[QuarantineEntry] = []
-    for info in store.list(join_uri(catalog_uri, section + "/")):
-        relative = info.key[len(root) :]
-        if relative.endswith("/"):  # a "folder" marker written by consoles and sync tools
-            continue
-        parts = relative.split("/")
-        if len(parts) == 3 and all(parts):
-            folders.setdefault(parts[1], {})[parts[2]] = info
-        else:
-            reason = f"{relative}: not read (expected {section}/<id>/<file>, one folder per entry)"
-            strays.append(QuarantineEntry(key=info.uri, reason=reason))
-    return folders, strays
+def _unread_record(key: str, info: ObjectInfo) -> ObjectRecord | None:
+    """The record of an object that its key, name or size alone rules out, or None if it must be read."""
+    role = object_role(key)
+    if key_problem(key) or role is None:
+        return ObjectRecord(key=key, etag=info.etag, size=info.size)
+    problem = size_problem(role, info.size)
+    if problem:
+        return ObjectRecord(key=key, etag=info.etag, size=info.size, role=role, problem=f"{key}: {problem}")
+    return None
 
 
-def _read_product(store: ObjectStore, catalog_uri: str, product_id: str, files: dict[str, ObjectInfo]) -> Product:
-    folder = f"products/{product_id}/"
-    _check_id(product_id, folder, "product")
-    meta = _read_meta(store, catalog_uri, folder + "product.yaml", ProductMeta) if "product.yaml" in files else None
-    meta = meta or ProductMeta()
-
-    images = sorted(name for name in files if Path(name).stem == "image" and _is_image_name(name))
-    if not images:
-        raise _Rejected(f"{folder}: no product image (expected image.png, image.jpg, image.jpeg or image.webp)")
-    if len(images) > 1:
-        raise _Rejected(f"{folder}: several product images ({', '.join(images)}); keep exactly one")
-    image_key = folder + images[0]
-    data = _fetch(store, catalog_uri, image_key)
-    width, height, has_alpha = _inspect(data, image_key)
-
-    mask_key = None
-    if "mask.png" in files:
-        mask_key = folder + "mask.png"
-        mask_w, mask_h, _ = _inspect(_fetch(store, catalog_uri, mask_key), mask_key)
-        if (mask_w, mask_h) != (width, height):
-            raise _Rejected(f"{mask_key}: mask is {mask_w}x{mask_h} but {image_key} is {width}x{height}")
-    mask_source: Literal["file", "alpha", "none"] = "file" if mask_key else ("alpha" if has_alpha else "none")
-
+def _read_record(store: ObjectStore, item: tuple[str, ObjectInfo]) -> ObjectRecord:
+    key, info = item
     try:
-        return Product(
-            product_id=product_id,
-            image_key=join_uri(catalog_uri, image_key),
-            mask_key=join_uri(catalog_uri, mask_key) if mask_key else None,
-            # A product without product.yaml is still usable: its folder name reads as a title.
-            title=meta.title or re.sub(r"[-_]+", " ", product_id),
-            category=meta.category,
-            tags=meta.tags,
-            sha256=hashlib.sha256(data).hexdigest(),
-            width=width,
-            height=height,
-            mask_source=mask_source,
-        )
-    except ValidationError as exc:
-        raise _Rejected(f"{folder}: {_first_error(exc)}") from None
-
-
-def _read_style(store: ObjectStore, catalog_uri: str, style_id: str, files: dict[str, ObjectInfo]) -> StyleSet:
-    folder = f"styles/{style_id}/"
-    _check_id(style_id, folder, "style")
-    meta = _read_meta(store, catalog_uri, folder + "style.yaml", StyleMeta) if "style.yaml" in files else None
-    meta = meta or StyleMeta()
-
-    names = sorted(name for name in files if _is_image_name(name))
-    if not names:
-        raise _Rejected(f"{folder}: no reference images (expected *.png, *.jpg, *.jpeg or *.webp)")
-    # A weight for a file that is not there is almost always a typo: say so instead of
-    # silently weighting the intended file 1.0.
-    unknown = sorted(set(meta.weights) - set(names))
-    if unknown:
-        raise _Rejected(
-            f"{folder}style.yaml: weights given for {', '.join(unknown)}, but no such reference image is in {folder}"
-        )
-
-    references = []
-    for name in names:
-        key = folder + name
-        data = _fetch(store, catalog_uri, key)
-        _inspect(data, key)
-        try:
-            references.append(
-                Reference(
-                    key=join_uri(catalog_uri, key),
-                    weight=meta.weights.get(name, 1.0),
-                    sha256=hashlib.sha256(data).hexdigest(),
-                )
-            )
-        except ValidationError as exc:
-            raise _Rejected(f"{folder}style.yaml: weight of {name}: {exc.errors()[0]['msg']}") from None
-    try:
-        return StyleSet(
-            style_id=style_id,
-            references=tuple(references),
-            combine=meta.combine,
-            tags=meta.tags,
-            ip_scale=meta.ip_scale,
-            preset=meta.preset,
-        )
-    except ValidationError as exc:
-        raise _Rejected(f"{folder}: {_first_error(exc)}") from None
-
-
-def _check_id(entry_id: str, folder: str, kind: str) -> None:
-    if not re.fullmatch(ID_PATTERN, entry_id):
-        raise _Rejected(
-            f"{folder}: {entry_id!r} is not a valid {kind} id (lowercase letters, digits, '-' and '_', at most 64)"
-        )
-
-
-def _fetch(store: ObjectStore, catalog_uri: str, key: str) -> bytes:
-    try:
-        return store.get(join_uri(catalog_uri, key))
+        data = store.get(info.uri)
     except FileNotFoundError:  # deleted between the listing and the read
-        raise _Rejected(f"{key}: disappeared while the catalog was being read") from None
+        return ObjectRecord(key=key, etag=info.etag, size=info.size, role=object_role(key) or "",
+                            problem=f"{key}: disappeared while the catalog was being read")
+    # The listed ETag is kept: if the object changed after the listing, the next refresh
+    # sees a new ETag and reads it again.
+    return inspect_object(key, data, etag=info.etag)
 
 
-def _read_meta(store: ObjectStore, catalog_uri: str, key: str, model: type[M]) -> M:
-    """`product.yaml` / `style.yaml` parsed strictly: unknown fields are an error, not ignored."""
+def _parse_meta(key: str, data: bytes) -> tuple[str, str]:
+    """A metadata file's mapping as JSON, or the problem with it."""
     try:
-        raw = yaml.safe_load(_fetch(store, catalog_uri, key).decode("utf-8"))
+        text = data.decode("utf-8")
+        # Aliases let a few bytes of YAML expand to gigabytes once copied out: refuse them.
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            return "", f"{key}: YAML anchors and aliases (*name) are not supported; write the values out"
+        raw = yaml.safe_load(text)
     except UnicodeDecodeError:
-        raise _Rejected(f"{key}: not UTF-8 text") from None
+        return "", f"{key}: not UTF-8 text"
     except yaml.YAMLError as exc:
-        raise _Rejected(f"{key}: invalid YAML ({_yaml_problem(exc)})") from None
+        return "", f"{key}: invalid YAML ({_yaml_problem(exc)})"
     if raw is None:  # an empty file means "no metadata"
         raw = {}
     if not isinstance(raw, dict):
-        raise _Rejected(f"{key}: expected a mapping of fields, got {type(raw).__name__}")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise _Rejected(f"{key}: {_first_error(exc, model)}") from None
+        return "", f"{key}: expected a mapping of fields, got {type(raw).__name__}"
+    return json.dumps(raw, sort_keys=True, default=str), ""
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -276,81 +225,26 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else str(problem)
 
 
-def _first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
-    """The first pydantic error as one short clause, e.g. "unknown field 'colour' (allowed: ...)"."""
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "extra_forbidden":
-        allowed = f" (allowed: {', '.join(model.model_fields)})" if model else ""
-        text = f"unknown field {where!r}{allowed}"
-    else:
-        text = f"{where}: {first['msg']}" if where else first["msg"]
-    more = exc.error_count() - 1
-    return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
-
-
-def _is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES
-
-
 # --------------------------------------------------------------------------- images
 
 
-def _open(data: bytes, where: str) -> Image.Image:
-    """Decode `data` fully, refusing empty, unknown, oversized and truncated images."""
-    if not data:
-        raise _Rejected(f"{where}: not a decodable image (empty file)")
-    try:
-        with warnings.catch_warnings():
-            # PIL warns from 89 MP; our own, lower bound below is the one that counts.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-        if image.width * image.height > MAX_PIXELS:
-            raise _Rejected(
-                f"{where}: image is {image.width}x{image.height}, over the {MAX_PIXELS // 1_000_000} MP limit"
-            )
-        image.load()  # header-only opening would miss a truncated body
-    except UnidentifiedImageError:
-        raise _Rejected(f"{where}: not a decodable image (cannot identify image file)") from None
-    except Image.DecompressionBombError as exc:
-        raise _Rejected(f"{where}: image too large ({exc})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise _Rejected(f"{where}: not a decodable image ({exc})") from None
-    return image
-
-
-def _inspect(data: bytes, where: str) -> tuple[int, int, bool]:
-    """Width and height as displayed (after EXIF rotation) and whether alpha is really used."""
-    image = _open(data, where)
-    width, height = image.size
-    if image.getexif().get(ExifTags.Base.Orientation) in _ROTATING_ORIENTATIONS:
-        width, height = height, width
-    return width, height, _has_real_alpha(image)
-
-
-def _has_real_alpha(image: Image.Image) -> bool:
-    """True when some pixel is not fully opaque (an opaque alpha channel carries no mask)."""
-    if image.mode in _ALPHA_MODES:
-        alpha = image.getchannel("A")
-    elif "transparency" in image.info:
-        alpha = image.convert("RGBA").getchannel("A")
-    else:
-        return False
-    low, _ = alpha.getextrema()
-    return bool(low < 255)
-
-
 def load_image(store: ObjectStore, uri: str) -> Image.Image:
-    """The image at `uri`, decoded, EXIF-rotated, as RGBA if it has real alpha, else RGB.
+    """The image at `uri`, decoded with the catalog's safety limits, upright, as RGBA if it
+    has real alpha, else RGB (16-bit scaled to 8 bits, CMYK converted).
 
     Raises FileNotFoundError if missing, ValueError if not a usable image.
     """
     try:
-        image = _open(store.get(uri), uri)
-    except _Rejected as exc:
+        return normalize_image(decode_image(store.get(uri), uri))
+    except Rejected as exc:
         raise ValueError(str(exc)) from None
-    image = ImageOps.exif_transpose(image)
-    return image.convert("RGBA" if _has_real_alpha(image) else "RGB")
+
+
+def load_mask(store: ObjectStore, product: Product) -> tuple[Image.Image | None, MaskSource]:
+    """The product's mask (8-bit gray, 255 = product) and where it came from; (None, "none") without one."""
+    image = load_image(store, product.image_key)
+    explicit = load_image(store, product.mask_key) if product.mask_key else None
+    return product_mask(image, explicit)
 
 
 # --------------------------------------------------------------------------- campaigns

@@ -1,8 +1,14 @@
-"""The `tiny` model kit: an SD1.5-shaped pipeline, canny ControlNet and IP-Adapter with random weights.
+"""The `tiny` model kits: SD1.5- and SDXL-shaped pipelines, ControlNets and IP-Adapters with random weights.
 
-The kit is built locally from a seed, in the same folder layout as the public checkpoints, so
+A kit is built locally from a seed, in the same folder layout as the public checkpoints, so
 that the engine loads it through exactly the code paths it uses for real weights
 (`from_pretrained`, `load_ip_adapter`). Same seed and library versions, same bytes.
+
+- variant `sd15` (`builtin:tiny`): base, a canny and a second ("depth") ControlNet, two
+  IP-Adapters sharing one image encoder (so multi-ControlNet and multi-adapter profiles are
+  testable), and a tiny CLIP for scoring;
+- variant `sdxl` (`builtin:tiny-sdxl`): two text encoders (the second with projection), a
+  `text_time` UNet with SDXL's block layout, a canny ControlNet and an IP-Adapter.
 """
 
 from __future__ import annotations
@@ -23,9 +29,16 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-KIT_FORMAT_VERSION = 2  # 2: a tiny CLIP (text + vision with projections) under clip/ for scoring
+# 2: a tiny CLIP (text + vision with projections) under clip/ for scoring;
+# 3: a second ControlNet and IP-Adapter, and the sdxl variant.
+KIT_FORMAT_VERSION = 3
 KIT_MANIFEST = "KIT.json"
 IP_ADAPTER_WEIGHT_NAME = "ip-adapter_tiny.safetensors"
+IP_ADAPTER_2_WEIGHT_NAME = "ip-adapter_tiny_2.safetensors"
+SDXL_IP_ADAPTER_WEIGHT_NAME = "ip-adapter_tiny_sdxl.safetensors"
+VARIANTS = ("sd15", "sdxl")
+SDXL_CROSS_ATTENTION_DIM = 64  # the two text encoders' hidden states side by side, as in SDXL
+SDXL_TIME_EMBED_DIM = 8
 
 # Toy sizes with SD1.5's structure: 4 VAE blocks (8x downscale), 3 cross-attention levels.
 CROSS_ATTENTION_DIM = 32
@@ -47,8 +60,10 @@ IP_PROJ_STD = 0.5
 IP_KV_STD = 0.5
 
 
-def build_tiny_kit(dest: Path, *, seed: int = 0) -> Path:
+def build_tiny_kit(dest: Path, *, seed: int = 0, variant: str = "sd15") -> Path:
     """Write the whole kit into `dest` (created, must not hold a kit already) and return it."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown tiny kit variant {variant!r}; expected one of {VARIANTS}")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
@@ -58,17 +73,23 @@ def build_tiny_kit(dest: Path, *, seed: int = 0) -> Path:
 
     # fork_rng: the builders seed the global generator; the caller's random state is left as it was.
     with quiet_progress_bars(), torch.random.fork_rng(devices=[]):
-        unet = _build_unet(seed)
-        _save_base(dest / "base", unet, seed)
-        _save_controlnet(dest / "controlnet", unet, seed)
-        ip_dir = dest / "ip_adapter" / "models"
-        _save_image_encoder(ip_dir / "image_encoder", seed)
-        _save_ip_adapter(ip_dir / IP_ADAPTER_WEIGHT_NAME, unet, seed)
-        _save_clip(dest / "clip", seed)
+        if variant == "sdxl":
+            _build_sdxl(dest, seed)
+        else:
+            unet = _build_unet(seed)
+            _save_base(dest / "base", unet, seed)
+            _save_controlnet(dest / "controlnet", unet, seed)
+            _save_controlnet(dest / "controlnet_depth", unet, seed + 100)
+            ip_dir = dest / "ip_adapter" / "models"
+            _save_image_encoder(ip_dir / "image_encoder", seed)
+            _save_ip_adapter(ip_dir / IP_ADAPTER_WEIGHT_NAME, unet, seed)
+            _save_ip_adapter(ip_dir / IP_ADAPTER_2_WEIGHT_NAME, unet, seed + 100)
+            _save_clip(dest / "clip", seed)
 
     files = _kit_files(dest)
     manifest = {
         "format": KIT_FORMAT_VERSION,
+        "variant": variant,
         "seed": seed,
         "revision": _files_sha256(dest, files),
         "files": {rel: (dest / rel).stat().st_size for rel in files},
@@ -78,10 +99,10 @@ def build_tiny_kit(dest: Path, *, seed: int = 0) -> Path:
     return dest
 
 
-def ensure_tiny_kit(cache_dir: Path) -> Path:
-    """The kit under `cache_dir/tiny-<format>/`, built once (atomically) and reused after."""
+def ensure_tiny_kit(cache_dir: Path, variant: str = "sd15") -> Path:
+    """The kit under `cache_dir/tiny[-sdxl]-<format>/`, built once (atomically) and reused after."""
     cache_dir = Path(cache_dir)
-    final = cache_dir / f"tiny-{KIT_FORMAT_VERSION}"
+    final = cache_dir / (f"tiny-{KIT_FORMAT_VERSION}" if variant == "sd15" else f"tiny-{variant}-{KIT_FORMAT_VERSION}")
     if kit_manifest(final) is not None:
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +110,7 @@ def ensure_tiny_kit(cache_dir: Path) -> Path:
     # builder either wins the rename or finds a complete kit afterwards.
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir))
     try:
-        build_tiny_kit(tmp)
+        build_tiny_kit(tmp, variant=variant)
         if final.exists():
             # An incomplete leftover (a crash mid-copy, files deleted by hand): move it aside first.
             stale = Path(tempfile.mkdtemp(prefix=f".{final.name}-stale-", dir=cache_dir))
@@ -255,8 +276,11 @@ def _save_base(path: Path, unet: UNet2DConditionModel, seed: int) -> None:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(path, safe_serialization=True)
+    _write_slow_tokenizer_files(path / "tokenizer", vocab, merges)
+
+
+def _write_slow_tokenizer_files(tok_dir: Path, vocab: dict[str, int], merges: list[tuple[str, ...]]) -> None:
     # transformers 5 saves tokenizer.json only; the HF layout also has the slow-tokenizer files.
-    tok_dir = path / "tokenizer"
     (tok_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
     merge_lines = ["#version: 0.2"] + [" ".join(m) for m in merges]
     (tok_dir / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
@@ -346,37 +370,111 @@ def _save_clip(path: Path, seed: int) -> None:
 
 
 def _save_ip_adapter(path: Path, unet: UNet2DConditionModel, seed: int) -> None:
-    """IP-Adapter weights in the original h94 key layout that `load_ip_adapter` converts.
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(ip_adapter_state(unet, seed=seed), str(path), metadata={"format": "pt"})
+
+
+def ip_adapter_state(unet: UNet2DConditionModel, *, seed: int, image_embed_dim: int = IMAGE_EMBED_DIM) -> dict[str, torch.Tensor]:
+    """Random IP-Adapter weights for `unet` in the original h94 key layout that `load_ip_adapter` converts.
 
     `image_proj.proj` maps the image embedding to 4 tokens; `ip_adapter.<n>.to_{k,v}_ip` are the
     extra key/value projections, numbered like the h94 checkpoints: every attention processor
     counts, self-attention takes the even numbers, so cross-attention layers get 1, 3, 5, ...
     """
     import torch
-    from safetensors.torch import save_file
 
     gen = torch.Generator().manual_seed(seed + 5)
+    cross = int(unet.config.cross_attention_dim)
 
     def randn(*shape: int, std: float) -> torch.Tensor:
         return (torch.randn(shape, generator=gen) * std).contiguous()
 
     num_tokens = 4
     state = {
-        "image_proj.proj.weight": randn(num_tokens * CROSS_ATTENTION_DIM, IMAGE_EMBED_DIM, std=IP_PROJ_STD),
-        "image_proj.proj.bias": randn(num_tokens * CROSS_ATTENTION_DIM, std=IP_PROJ_STD),
-        "image_proj.norm.weight": torch.ones(CROSS_ATTENTION_DIM),
-        "image_proj.norm.bias": torch.zeros(CROSS_ATTENTION_DIM),
+        "image_proj.proj.weight": randn(num_tokens * cross, image_embed_dim, std=IP_PROJ_STD),
+        "image_proj.proj.bias": randn(num_tokens * cross, std=IP_PROJ_STD),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
     }
     key_id = 1
     for name in unet.attn_processors:
         if name.endswith("attn1.processor"):
             continue
         hidden = _hidden_size(unet, name)
-        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = randn(hidden, CROSS_ATTENTION_DIM, std=IP_KV_STD)
-        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = randn(hidden, CROSS_ATTENTION_DIM, std=IP_KV_STD)
+        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = randn(hidden, cross, std=IP_KV_STD)
+        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = randn(hidden, cross, std=IP_KV_STD)
         key_id += 2
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"format": "pt"})
+    return state
+
+
+# --------------------------------------------------------------------------- the sdxl variant
+
+
+def _build_sdxl(dest: Path, seed: int) -> None:
+    """SDXL's layout at toy size: blocks (plain, cross-attn, cross-attn) down and mirrored up, two
+    transformers per down block and three per up block (so InstantStyle's SDXL block scales apply)."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        attention_head_dim=(2, 4, 8),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
+        # 6 time ids (original size, crop, target size) plus the pooled text embedding.
+        projection_class_embeddings_input_dim=6 * SDXL_TIME_EMBED_DIM + CROSS_ATTENTION_DIM,
+        cross_attention_dim=SDXL_CROSS_ATTENTION_DIM,
+        norm_num_groups=32,
+    )
+
+    def text_config(offset: int) -> CLIPTextConfig:
+        torch.manual_seed(seed + offset)
+        return CLIPTextConfig(
+            vocab_size=VOCAB_SIZE, hidden_size=CROSS_ATTENTION_DIM, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+            projection_dim=CROSS_ATTENTION_DIM, bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID,
+            pad_token_id=EOS_TOKEN_ID,
+        )
+
+    tokenizer, vocab, merges = _build_tokenizer()
+    text_encoder = CLIPTextModel(text_config(2)).eval()
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(6)).eval()
+    pipe = StableDiffusionXLPipeline(
+        vae=_build_vae(seed),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        # SDXL base's shipped scheduler config.
+        scheduler=EulerDiscreteScheduler(
+            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+            steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
+        ),
+        image_encoder=None,
+        feature_extractor=None,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    base = dest / "base"
+    pipe.save_pretrained(base, safe_serialization=True)
+    for folder in ("tokenizer", "tokenizer_2"):
+        _write_slow_tokenizer_files(base / folder, vocab, merges)
+    _save_controlnet(dest / "controlnet", unet, seed)
+    ip_dir = dest / "ip_adapter" / "sdxl_models"
+    _save_image_encoder(ip_dir / "image_encoder", seed)
+    _save_ip_adapter(ip_dir / SDXL_IP_ADAPTER_WEIGHT_NAME, unet, seed)
 
 
 def _hidden_size(unet: UNet2DConditionModel, processor_name: str) -> int:
@@ -425,4 +523,4 @@ def _files_sha256(root: Path, rel_paths: list[str]) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["KIT_FORMAT_VERSION", "build_tiny_kit", "ensure_tiny_kit", "kit_manifest", "quiet_progress_bars"]
+__all__ = ["KIT_FORMAT_VERSION", "build_tiny_kit", "ensure_tiny_kit", "ip_adapter_state", "kit_manifest", "quiet_progress_bars"]

@@ -82,3 +82,8 @@ def export_s3_endpoint(endpoint: str, *, access_key: str = "stylematrix", secret
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", secret_key)
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     get_settings.cache_clear()
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus `extra`: for the servers and workers it starts."""
+    return {**os.environ, **(extra or {})}

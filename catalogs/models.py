@@ -158,6 +158,8 @@ class PromptMatrix(_Strict):
         _, parts = split_optional(self.template)
         if any(not p for p in parts):
             raise ValueError(f"template {self.template!r} has an empty optional part (nothing between two |)")
+        if len(set(parts)) != len(parts):
+            raise ValueError(f"template {self.template!r} repeats an optional part")
         used = template_fields(self.template)
         unknown = used - set(self.axes) - BUILTIN_PLACEHOLDERS
         if unknown:
@@ -265,7 +267,7 @@ class Generation(_Strict):
     ip_preset: Preset = "full"  # the style set's preset applies unless this is set
     ip_start: float = Field(default=0.0, ge=0, le=1)  # fraction of the steps where the adapter starts
     ip_end: float = Field(default=1.0, ge=0, le=1)  # ... and where it stops (0 = never on)
-    ip_scales: dict[AdapterImage, float] = {}  # per adapter of the profile, by what it is fed; default ip_scale
+    product_ip_scale: float | None = Field(default=None, ge=0, le=2)  # an adapter fed the product photo; None: ip_scale
     negative_reference: str | None = None  # catalog key or s3:// URI of a negative reference image
     controlnet_scale: float = Field(default=1.0, ge=0, le=2)
     controlnet_start: float = Field(default=0.0, ge=0, lt=1)
@@ -275,7 +277,7 @@ class Generation(_Strict):
     canny_high: int = Field(default=200, ge=0, le=255)
     batch_size: int = Field(default=8, ge=1, le=256)
 
-    @field_validator("ip_scales", "control_scales")
+    @field_validator("control_scales")
     @classmethod
     def _scales_in_range(cls, scales: dict[str, float]) -> dict[str, float]:
         for name, value in scales.items():
@@ -402,6 +404,10 @@ class RunRequest(_Strict):
     )
     catalog: str | None = Field(default=None, description="s3:// URI of the catalog (default: the worker's setting)")
     assets: str | None = Field(default=None, description="s3:// URI for outputs (default: the worker's setting)")
+    snapshot: str | None = Field(
+        default=None,
+        description="Catalog snapshot id to read (default: the latest; a catalog never refreshed is refreshed first)",
+    )
     profile: str | None = Field(default=None, description="Model profile, overriding the campaign's (tiny, sd15, ...)")
     products: tuple[str, ...] = Field(default=(), description="Only these product ids (of those the campaign selects)")
     styles: tuple[str, ...] = Field(default=(), description="Only these style set ids (of those the campaign selects)")

@@ -18,6 +18,7 @@ from adapters.storage import S3Store
 from catalogs import parse_campaign
 from catalogs.models import Product, RunRequest
 from flows import steps
+from flows.catalog import catalog_for_run
 from flows.dispatch import run_shards
 from tasks.canny import control_image, control_name
 from tasks.gallery import render_gallery
@@ -59,7 +60,7 @@ def run_campaign(request: RunRequest) -> dict:
 
     text = steps.read_campaign(store, catalog_io.campaign_uri(request.campaign, catalog))
     spec = apply_request(parse_campaign(text, origin=request.campaign), request, settings.profile)
-    state = steps.read_catalog(store, catalog)
+    state = catalog_for_run(store, catalog, request.snapshot)
     for q in state.quarantine:
         logger.warning("quarantined %s: %s", q.key, q.reason)
     products, styles = narrow(request, *steps.choose(spec, state.products, state.styles))
@@ -99,7 +100,8 @@ def run_campaign(request: RunRequest) -> dict:
         run_id=run_id, campaign=spec.name,
         campaign_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
         triggered_by=request.triggered_by, flow_run_id=str(flow_run.get_id() or ""),
-        catalog=catalog, assets=assets, profile=spec.generation.profile, profile_revision=revision,
+        catalog=catalog, snapshot_id=state.snapshot_id, assets=assets, profile=spec.generation.profile,
+        profile_revision=revision,
         device=device, dtype=dtype, started_at=started, finished_at=finished,
         duration_seconds=time.perf_counter() - clock,
         products=len(products), styles=len(styles), cells=len(cells),

@@ -121,6 +121,52 @@ def seed(catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] 
         fail(exc)
 
 
+@app.command()
+def serve(
+    gpus: Annotated[int, typer.Option(min=1, help="GPU workers to start (one per GPU; the gpu pool's concurrency)")] = 1,
+    port: Annotated[int, typer.Option(help="port of the Prefect server and UI on 127.0.0.1")] = 4200,
+    home: Annotated[Path, typer.Option(help="PREFECT_HOME of the local server (its SQLite database)")] = Path(".prefect"),
+) -> None:
+    """Start a local Prefect server with the UI, the work pools, every deployment and the workers.
+
+    Without an S3 endpoint configured, an embedded S3 server is started and seeded with the sample catalog.
+    """
+    import contextlib
+
+    from adapters.catalog_io import seed_sample_catalog
+    from adapters.local_s3 import LocalS3Server
+    from adapters.settings import child_env
+    from adapters.storage import S3Store, split_uri
+    from flows.serve import start_stack
+
+    settings = get_settings()
+    with contextlib.ExitStack() as stack:
+        if settings.s3_endpoint is None:
+            server = stack.enter_context(LocalS3Server())
+            export_s3_endpoint(server.endpoint)
+            settings = get_settings()
+            store = S3Store.from_settings(settings)
+            for uri in (settings.catalog, settings.assets):
+                store.ensure_bucket(split_uri(uri)[0])
+            seed_sample_catalog(store, settings.catalog)
+            typer.echo(f"embedded S3 server: {server.endpoint} (sample catalog at {settings.catalog})")
+        try:
+            prefect = start_stack(home.resolve(), port, gpus=gpus, env=child_env(), log_dir=home.resolve() / "logs")
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            fail(exc)
+        stack.callback(prefect.stop)
+        typer.echo(f"Prefect UI: http://127.0.0.1:{port}  (deployments: campaign, campaign-scheduled, generate-shard)")
+        typer.echo(f"workers: cpu-1, {', '.join(f'gpu-{i + 1}' for i in range(gpus))}; logs in {home / 'logs'}")
+        typer.echo("press Ctrl-C to stop")
+        try:
+            while all(p.poll() is None for p in prefect.processes.values()):
+                time.sleep(1)
+            dead = [n for n, p in prefect.processes.items() if p.poll() is not None]
+            fail(RuntimeError(f"{', '.join(dead)} exited; see {home / 'logs'}"))
+        except KeyboardInterrupt:
+            typer.echo("stopping")
+
+
 def main() -> None:
     try:
         app()

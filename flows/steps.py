@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adapters import catalog_io, publish
+from adapters import catalog_io, publish, snapshots
 from adapters.engine import model_identity
 from tasks.matrix import expand_matrix
 from tasks.plan import group_batches, plan_jobs, plan_shards, select
@@ -24,6 +24,11 @@ shard = task(plan_shards, name="plan-shards", cache_policy=NO_CACHE)
 
 # I/O steps: S3 can blip, so they retry.
 read_campaign = task(catalog_io.read_campaign, name="read-campaign", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-read_catalog = task(catalog_io.read_catalog, name="read-catalog", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+# Catalog snapshots: a refresh reads only what changed and commits a snapshot; runs read one.
+previous_snapshot = task(snapshots.previous_snapshot, name="previous-snapshot", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+scan_catalog = task(catalog_io.scan_catalog, name="scan-catalog", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+write_snapshot = task(snapshots.write_snapshot, name="write-snapshot", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+latest_snapshot = task(snapshots.latest_snapshot_id, name="latest-snapshot", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+load_snapshot = task(snapshots.load_snapshot, name="load-snapshot", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 published = task(publish.published_asset_ids, name="published-assets", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 identity = task(model_identity, name="model-identity", cache_policy=NO_CACHE)

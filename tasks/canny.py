@@ -1,11 +1,26 @@
-"""Control images: the product placed on the generation canvas, and its canny edge map."""
+"""Canvas images: the product placed on the generation canvas, and the control images made from it.
+
+Kinds of canvas image (`canvas_images`), each the generation canvas's size:
+- `canny`: controlnet_aux's canny edges of the fitted product;
+- `softedge`: soft gradient lines (a cheap stand-in for HED/PiDiNet soft-edge maps);
+- `depth`: a pseudo depth map from the product mask, near (white) at the product's middle,
+  far (black) on the background (a stand-in for a depth estimator: the product stands out);
+- `mask`: the product mask as a control image (white product on black);
+- `canvas`: the product fitted on the canvas, RGB on white (preserve mode's init image and
+  the image an IP-Adapter fed the product photo sees);
+- `keep`: 8-bit mask, 255 where preserve mode keeps the product's own pixels.
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 
+import cv2
 import numpy as np
 from PIL import Image
+
+CONTROL_KINDS = ("canny", "softedge", "depth", "mask")
 
 
 def fit_to_canvas(image: Image.Image, width: int, height: int, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -44,10 +59,122 @@ def canny_map(image: Image.Image, low: int, high: int) -> Image.Image:
 
 
 def control_image(product: Image.Image, width: int, height: int, low: int, high: int) -> Image.Image:
-    """The control image of one product for one canvas size: canny edges of the fitted product."""
+    """The canny control image of one product for one canvas size: edges of the fitted product."""
     return canny_map(fit_to_canvas(product, width, height), low, high)
 
 
-def control_name(product_id: str, params: dict) -> str:
-    """File name of a product's control image for one canvas size and pair of thresholds."""
-    return f"{product_id}__{params['width']}x{params['height']}_canny{params['canny_low']}-{params['canny_high']}.png"
+def canvas_mask(product: Image.Image, mask: Image.Image | None, width: int, height: int) -> Image.Image:
+    """The product's mask (white = product) placed on the canvas exactly where `fit_to_canvas` puts the product.
+
+    `mask` wins, then the photo's alpha channel; without either the whole photo counts as product.
+    """
+    if mask is not None:
+        if mask.size != product.size:
+            raise ValueError(f"product mask is {mask.width}x{mask.height} but the product is {product.width}x{product.height}")
+        source = mask.convert("L")
+    elif product.mode in ("RGBA", "LA", "PA") or "transparency" in product.info:
+        source = product.convert("RGBA").getchannel("A")
+    else:
+        source = Image.new("L", product.size, 255)
+    return fit_to_canvas(source.convert("RGB"), width, height, background=(0, 0, 0)).convert("L")
+
+
+def depth_map(mask: Image.Image) -> Image.Image:
+    """A pseudo depth map of a canvas mask: a dome rising from the product's outline to its middle."""
+    inside = (np.asarray(mask.convert("L")) >= 128).astype(np.uint8)
+    distance = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    peak = float(distance.max())
+    if peak == 0:
+        return Image.new("RGB", mask.size)
+    # sqrt of the distance: a rounded body rather than a pyramid; 64 keeps the outline in front of the far background.
+    dome = np.where(inside > 0, 64 + 191 * np.sqrt(distance / peak), 0).astype(np.uint8)
+    return Image.fromarray(dome).convert("RGB")
+
+
+def softedge_map(image: Image.Image) -> Image.Image:
+    """Soft edges of an image: blurred gradient magnitude, normalised to 0..255."""
+    gray = cv2.GaussianBlur(np.asarray(image.convert("L"), dtype=np.float32), (5, 5), 1.5)
+    magnitude = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    magnitude = cv2.GaussianBlur(magnitude, (5, 5), 1.0)
+    top = float(magnitude.max())
+    scaled = magnitude / top * 255 if top > 0 else magnitude
+    return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+
+
+def canvas_kinds(params: Mapping, control_types: Sequence[str], adapter_images: Sequence[str] = ("style",)) -> tuple[str, ...]:
+    """The canvas images a batch needs: one per ControlNet, plus the product canvas and keep-mask where used."""
+    kinds = list(control_types)
+    if params["mode"] == "preserve":
+        kinds += ["canvas", "keep"]
+    if "product" in adapter_images and "canvas" not in kinds:
+        kinds.append("canvas")
+    return tuple(kinds)
+
+
+def canvas_images(product: Image.Image, mask: Image.Image | None, params: Mapping, kinds: Sequence[str]) -> dict[str, Image.Image]:
+    """The named canvas images of one product for one batch's parameters.
+
+    Raises:
+        ValueError: `keep` is asked for but the product has no mask and no transparency.
+    """
+    width, height = params["width"], params["height"]
+    has_mask = mask is not None or product.mode in ("RGBA", "LA", "PA") or "transparency" in product.info
+    if "keep" in kinds and not has_mask:
+        raise ValueError("preserve mode needs the product's mask (mask.png, transparency or a plain background)")
+    fitted = fit_to_canvas(product, width, height)
+    placed = canvas_mask(product, mask, width, height) if {"depth", "mask", "keep"} & set(kinds) else None
+    made: dict[str, Image.Image] = {}
+    for kind in kinds:
+        if kind == "canny":
+            made[kind] = canny_map(fitted, params["canny_low"], params["canny_high"])
+        elif kind == "softedge":
+            made[kind] = softedge_map(fitted)
+        elif kind == "depth":
+            made[kind] = depth_map(placed)
+        elif kind == "mask":
+            made[kind] = placed.convert("RGB")
+        elif kind == "canvas":
+            made[kind] = fitted
+        elif kind == "keep":
+            made[kind] = placed
+        else:
+            raise ValueError(f"unknown canvas image kind {kind!r}")
+    return made
+
+
+def canvas_name(product_id: str, params: Mapping, kind: str = "canny") -> str:
+    """File name of one canvas image of a product; canny names its thresholds, since they shape it."""
+    size = f"{params['width']}x{params['height']}"
+    if kind == "canny":
+        return f"{product_id}__{size}_canny{params['canny_low']}-{params['canny_high']}.png"
+    return f"{product_id}__{size}_{kind}.png"
+
+
+def control_name(product_id: str, params: Mapping) -> str:
+    """File name of a product's canny control image for one canvas size and pair of thresholds."""
+    return canvas_name(product_id, params, "canny")
+
+
+def pad_to_square(image: Image.Image) -> Image.Image:
+    """The image centred on a square of its border's mean colour: an image encoder that centre-crops
+    to a square then sees all of it, and the padding reads as background rather than a frame."""
+    rgb = fit_to_canvas(image, image.width, image.height) if image.mode != "RGB" else image
+    side = max(rgb.size)
+    if rgb.width == rgb.height:
+        return rgb
+    arr = np.asarray(rgb)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    colour = tuple(int(c) for c in border.mean(axis=0).round())
+    square = Image.new("RGB", (side, side), colour)
+    square.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
+    return square
+
+
+def cover_canvas(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The image scaled to cover width x height and centre-cropped to it, as RGB (an init image has no margins)."""
+    rgb = fit_to_canvas(image, image.width, image.height) if image.mode != "RGB" else image
+    scale = max(width / rgb.width, height / rgb.height)
+    size = (max(width, round(rgb.width * scale)), max(height, round(rgb.height * scale)))
+    resized = rgb.resize(size, Image.Resampling.LANCZOS)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return resized.crop((left, top, left + width, top + height))

@@ -149,9 +149,10 @@ class ImageFacts:
 
 
 def decode_image(data: bytes, where: str) -> Image.Image:
-    """Decode `data` fully, refusing empty, unknown, oversized, tiny, sliver, animated and truncated images.
+    """Decode `data` fully, refusing empty, unknown, oversized, animated and truncated images.
 
-    The pixel limit is checked from the header, before any pixel is allocated.
+    The pixel limit is checked from the header, before any pixel is allocated. Size and
+    aspect rules for catalog images are `check_dimensions`, applied by `inspect_image`.
     """
     if not data:
         raise Rejected(f"{where}: empty file (0 bytes)")
@@ -160,7 +161,11 @@ def decode_image(data: bytes, where: str) -> Image.Image:
             # PIL warns from 89 MP; our own, lower limit below is the one that counts.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-        check_dimensions(image.width, image.height, where)
+        if image.width * image.height > MAX_PIXELS:
+            raise Rejected(
+                f"{where}: image is {image.width}x{image.height} ({image.width * image.height / 1e6:,.0f} MP), "
+                f"over the {MAX_PIXELS // 1_000_000} MP limit; not decoded"
+            )
         if getattr(image, "is_animated", False):
             raise Rejected(
                 f"{where}: animated image ({image.n_frames} frames); use a single still image (PNG or JPEG)"
@@ -180,12 +185,7 @@ def decode_image(data: bytes, where: str) -> Image.Image:
 
 
 def check_dimensions(width: int, height: int, where: str) -> None:
-    """Refuse images over the pixel limit, far too small, or of an absurd aspect ratio."""
-    if width * height > MAX_PIXELS:
-        raise Rejected(
-            f"{where}: image is {width}x{height} ({width * height / 1e6:,.0f} MP), "
-            f"over the {MAX_PIXELS // 1_000_000} MP limit; not decoded"
-        )
+    """Refuse catalog images far too small for generation or of an absurd aspect ratio."""
     if min(width, height) < MIN_SIDE:
         raise Rejected(f"{where}: image is {width}x{height}, too small (the short side must be at least {MIN_SIDE} px)")
     ratio = max(width, height) / min(width, height)
@@ -217,6 +217,7 @@ def inspect_image(data: bytes, where: str, *, role: Role = "image", product: boo
     records the share of pixels the mask marks as product.
     """
     image = decode_image(data, where)
+    check_dimensions(image.width, image.height, where)  # both rules hold under rotation
     stored_mode, fmt = image.mode, image.format or ""
     upright = normalize_image(image)
     width, height = upright.size

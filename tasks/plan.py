@@ -5,21 +5,27 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from pydantic import BaseModel, ConfigDict
 
-from catalogs.models import Campaign, Product, StyleSet
-from tasks.matrix import Cell, render_prompt
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-ASSET_ID_VERSION = 1
+from catalogs.models import Campaign, Generation, ModelProfile, Product, StyleSet
+from tasks.matrix import Cell, cell_record, render_prompt
 
-# Parameters every image of one pipeline call must share; prompts and seeds may differ.
-BATCH_PARAMS = (
-    "mode", "width", "height", "steps", "scheduler", "guidance", "ip_scale",
-    "controlnet_scale", "canny_low", "canny_high",
+ASSET_ID_VERSION = 2
+
+# Generation fields every image of one pipeline call must share; prompts and seeds may differ.
+GENERATION_PARAMS = (
+    "mode", "width", "height", "steps", "scheduler", "guidance", "strength",
+    "ip_scale", "ip_preset", "ip_start", "ip_end", "product_ip_scale",
+    "controlnet_scale", "controlnet_start", "controlnet_end", "canny_low", "canny_high",
 )
+# What else decides the pixels of a batch: the style set's combine rule and negative reference
+# (its sha256, "" for none), and the scale of each of the profile's ControlNets by type.
+BATCH_PARAMS = (*GENERATION_PARAMS, "combine", "negative_reference", "control_scales")
+DEFAULT_STRENGTH = {"ip_adapter": 1.0, "img2img": 0.75, "preserve": 1.0}
 
 
-Param = str | int | float
+Param = str | int | float | dict[str, float]
 
 
 class _Frozen(BaseModel):
@@ -103,15 +109,44 @@ def asset_id(
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-def job_params(campaign: Campaign, style: StyleSet) -> dict[str, object]:
-    """The generation parameters of one (campaign, style set) pair.
+def job_params(campaign: Campaign, style: StyleSet, cell: Cell | None = None,
+               profile: ModelProfile | None = None) -> dict[str, Param]:
+    """The generation parameters of one (campaign, style set, cell), checked together.
 
-    The style set's own IP-Adapter scale applies unless the campaign sets one explicitly.
+    The style set's IP-Adapter scale and preset apply unless the campaign sets them
+    explicitly; a cell's parameter axes override both.
+
+    Raises:
+        ValueError: the combination is invalid (e.g. a cell's ip_start after ip_end), or
+            `control_scales` names a control type the profile has no ControlNet for.
     """
     gen = campaign.generation
-    params = {name: getattr(gen, name) for name in BATCH_PARAMS}
+    values = {name: getattr(gen, name) for name in GENERATION_PARAMS}
     if "ip_scale" not in gen.model_fields_set and style.ip_scale is not None:
-        params["ip_scale"] = style.ip_scale
+        values["ip_scale"] = style.ip_scale
+    if "ip_preset" not in gen.model_fields_set:
+        values["ip_preset"] = style.preset
+    if cell is not None:
+        values.update({k: v for k, v in cell.params.items() if k != "style"})
+    try:
+        checked = Generation.model_validate({**gen.model_dump(), **values})
+    except ValidationError as exc:
+        where = f" cell {cell.label}" if cell is not None else ""
+        raise ValueError(f"campaign {campaign.name!r}:{where}: {exc.errors()[0]['msg']}") from None
+    params: dict[str, Param] = {name: getattr(checked, name) for name in GENERATION_PARAMS}
+    if checked.mode == "ip_adapter" or checked.strength is None:
+        params["strength"] = DEFAULT_STRENGTH[checked.mode]
+    control_types = profile.control_types if profile else ("canny",)
+    adapter_images = profile.adapter_images if profile else ("style",)
+    unknown = sorted(set(gen.control_scales) - set(control_types))
+    if unknown:
+        raise ValueError(f"campaign {campaign.name!r}: control_scales names {unknown}, but the profile's ControlNets "
+                         f"take {list(control_types)}")
+    product_scale = checked.product_ip_scale if checked.product_ip_scale is not None else checked.ip_scale
+    params["product_ip_scale"] = product_scale if "product" in adapter_images else 0.0
+    params["combine"] = style.combine
+    params["negative_reference"] = style.negative.sha256 if style.negative else ""
+    params["control_scales"] = {t: float(gen.control_scales.get(t, checked.controlnet_scale)) for t in control_types}
     return params
 
 
@@ -123,18 +158,26 @@ def plan_jobs(
     *,
     profile_revision: str,
     dtype: str,
+    profile: ModelProfile | None = None,
 ) -> list[Job]:
-    """Every image of the campaign, product by product, style by style, cell by cell, seed by seed."""
+    """Every image of the campaign, product by product, style by style, cell by cell, seed by seed.
+
+    `profile` says which ControlNets and IP-Adapters the parameters cover (None: one canny
+    ControlNet and one style adapter, the shape of `tiny` and `sd15`). A `style` axis gives
+    each cell its style set.
+    """
     matrix = campaign.matrix
     if not campaign.generation.profile:
         raise ValueError(f"campaign {campaign.name!r}: no model profile decided (set generation.profile or STYLEMATRIX_PROFILE)")
     jobs = []
     for product in products:
         for style in styles:
-            params = job_params(campaign, style)
             ref_shas = tuple(r.sha256 for r in style.references)
             ref_weights = tuple(r.weight for r in style.references)
             for cell in cells:
+                if "style" in matrix.axes and cell.params["style"] != style.style_id:
+                    continue
+                params = job_params(campaign, style, cell, profile)
                 prompt = render_prompt(matrix.template, cell, product)
                 for seed in matrix.seed_list:
                     aid = asset_id(
@@ -155,7 +198,7 @@ def plan_jobs(
                             product_id=product.product_id,
                             style_id=style.style_id,
                             cell_index=cell.index,
-                            cell=cell.as_dict(),
+                            cell=cell_record(cell, matrix),
                             prompt=prompt,
                             negative_prompt=matrix.negative,
                             seed=seed,
@@ -171,6 +214,22 @@ def plan_jobs(
     if duplicated:
         raise ValueError(f"campaign {campaign.name!r}: {duplicated} jobs repeat another job's inputs exactly")
     return jobs
+
+
+def modes_used(campaign: Campaign) -> set[str]:
+    """The generation modes a campaign's cells use (a `mode` axis may mix them)."""
+    return {str(m) for m in campaign.matrix.axes.get("mode", (campaign.generation.mode,))}
+
+
+def maskless_products(campaign: Campaign, products: Sequence[Product]) -> dict[str, str]:
+    """Products a preserve-mode campaign cannot use, with the reason: they have no mask."""
+    if "preserve" not in modes_used(campaign):
+        return {}
+    return {
+        p.product_id: f"product {p.product_id!r} has no mask (no mask.png, no transparent or plain background): "
+                      "preserve mode needs one to know which pixels to keep"
+        for p in products if p.mask_source == "none"
+    }
 
 
 def group_batches(jobs: Iterable[Job], batch_size: int) -> list[Batch]:
@@ -228,17 +287,22 @@ def plan_shards(
 
 
 def select(campaign: Campaign, products: Sequence[Product], styles: Sequence[StyleSet]) -> tuple[list[Product], list[StyleSet]]:
-    """The catalog entries a campaign's selectors pick; raises ValueError when either side is empty
-    or an explicitly named id is missing from the catalog."""
-    for kind, selector, ids in (
-        ("product", campaign.products, {p.product_id for p in products}),
-        ("style set", campaign.styles, {s.style_id for s in styles}),
+    """The catalog entries a campaign's selectors pick (a `style` axis picks the style sets, in its
+    order); raises ValueError when either side is empty or an explicitly named id is missing."""
+    style_axis = tuple(str(v) for v in campaign.matrix.axes.get("style", ()))
+    for kind, wanted, ids in (
+        ("product", campaign.products.ids, {p.product_id for p in products}),
+        ("style set", campaign.styles.ids or style_axis, {s.style_id for s in styles}),
     ):
-        missing = [i for i in selector.ids if i not in ids]
+        missing = [i for i in wanted if i not in ids]
         if missing:
             raise ValueError(f"campaign {campaign.name!r}: {kind} ids {missing} are not in the catalog (or were quarantined)")
     chosen_products = [p for p in products if campaign.products.matches(p.product_id, p.tags)]
-    chosen_styles = [s for s in styles if campaign.styles.matches(s.style_id, s.tags)]
+    if style_axis:
+        by_id = {s.style_id: s for s in styles}
+        chosen_styles = [by_id[i] for i in style_axis]
+    else:
+        chosen_styles = [s for s in styles if campaign.styles.matches(s.style_id, s.tags)]
     if not chosen_products:
         raise ValueError(f"campaign {campaign.name!r}: no product in the catalog matches its product selector")
     if not chosen_styles:

@@ -20,6 +20,7 @@ BLANK_STD = 0.5  # an image whose grey levels vary less than this carries no pic
 CLIPPED_LOW, CLIPPED_HIGH = 1, 254  # grey levels counted as crushed black or blown white
 MIN_BACKGROUND_SHARE = 0.05  # below this the whole image is hashed: there is no background to speak of
 SSIM_WINDOW = 7
+HASH_BITS = 64
 
 
 # --------------------------------------------------------------------------- the product region
@@ -28,17 +29,12 @@ SSIM_WINDOW = 7
 def product_mask_on_canvas(product: Image.Image, width: int, height: int, mask: Image.Image | None = None) -> np.ndarray:
     """Where the product sits on a width x height canvas, placed exactly as the control image places it.
 
-    The product's own mask wins (white = product), then its alpha channel; without either, the
-    whole fitted photo counts as product. Returns a boolean array of shape (height, width).
+    `mask` is the product's own mask (`tasks.masks.product_mask`: 255 = product); without one
+    the whole fitted photo counts as product. Returns a boolean array of shape (height, width).
     """
-    if mask is not None:
-        if mask.size != product.size:
-            raise ValueError(f"product mask is {mask.size[0]}x{mask.size[1]} but the product is {product.size[0]}x{product.size[1]}")
-        source = mask.convert("L")
-    elif product.mode in ("RGBA", "LA", "PA") or "transparency" in product.info:
-        source = product.convert("RGBA").getchannel("A")
-    else:
-        source = Image.new("L", product.size, 255)
+    if mask is not None and mask.size != product.size:
+        raise ValueError(f"product mask is {mask.size[0]}x{mask.size[1]} but the product is {product.size[0]}x{product.size[1]}")
+    source = mask.convert("L") if mask is not None else Image.new("L", product.size, 255)
     # Fitting the mask with the control image's own function keeps the two pixel-aligned.
     fitted = fit_to_canvas(source.convert("RGB"), width, height, background=(0, 0, 0))
     return np.asarray(fitted.convert("L")) > 127

@@ -1,0 +1,138 @@
+"""Importing a local folder of materials into an S3 catalog.
+
+Two layouts are accepted:
+
+- a catalog tree: `products/<id>/` (image.<ext>, optional mask.png and product.yaml) and
+  `styles/<id>/` (reference images, optional style.yaml), uploaded to the same keys;
+- a folder of loose images, each one product (`products/<id>/image.<ext>`) or one style set
+  (`styles/<id>/<id>.<ext>`), the id made from the file name; the caller says which.
+
+Files are judged by the same rules as a catalog refresh before anything is uploaded: an entry
+the refresh would quarantine is refused here, with the same reason, and the rest goes on.
+A file whose remote copy has the same size and MD5 (the ETag of a single-part upload) is not
+uploaded again, so importing the same folder twice uploads nothing the second time. An import
+adds and replaces files; it never deletes anything from the catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from adapters.catalog_io import inspect_object, list_catalog
+from adapters.storage import ObjectStore, join_uri
+from tasks.catalog_build import QuarantineEntry, build_catalog
+from tasks.catalog_rules import IMAGE_SUFFIXES
+
+__all__ = ["ImportReport", "entry_id_from_name", "import_folder", "local_layout"]
+
+EntryKind = Literal["products", "styles"]
+SECTIONS: tuple[EntryKind, ...] = ("products", "styles")
+_CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+                  ".gif": "image/gif", ".yaml": "application/yaml"}
+
+
+@dataclass
+class ImportReport:
+    """What an import did, by catalog-relative key; `refused` are entries or files left out, with reasons."""
+
+    catalog: str
+    uploaded: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    products: int = 0
+    styles: int = 0
+
+
+def entry_id_from_name(name: str) -> str:
+    """A catalog id from a file name: `Red Mug (2).JPG` -> `red-mug-2`."""
+    entry = re.sub(r"[^a-z0-9_-]+", "-", PurePosixPath(name).stem.lower()).strip("-_")[:64].rstrip("-_")
+    if not entry:
+        raise ValueError(f"{name}: cannot make a catalog id from this file name; rename it (letters and digits)")
+    return entry
+
+
+def local_layout(source: Path, as_kind: EntryKind | None = None) -> tuple[dict[str, Path], list[str]]:
+    """Catalog-relative key -> local file for everything to import, and the files left out, with reasons.
+
+    Raises FileNotFoundError for a missing folder and ValueError when the layout is ambiguous.
+    """
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such folder")
+    root = source.resolve()
+    if any((source / s).is_dir() for s in SECTIONS):
+        if as_kind is not None:
+            raise ValueError(f"{source} has products/ or styles/ folders; --as is only for a folder of loose images")
+        return _tree(source, root)
+    images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ValueError(f"{source}: nothing to import (no products/ or styles/ folder and no images)")
+    if as_kind is None:
+        raise ValueError(f"{source} holds {len(images)} loose images: say whether each is a product or a style set "
+                         "(--as products or --as styles)")
+    files: dict[str, Path] = {}
+    left_out = [f"{p.name}: not imported (only loose images are read from a folder of loose images)"
+                for p in sorted(source.iterdir()) if p not in images and not p.name.startswith(".")]
+    for path in images:
+        entry, suffix = entry_id_from_name(path.name), path.suffix.lower()
+        key = f"products/{entry}/image{suffix}" if as_kind == "products" else f"styles/{entry}/{entry}{suffix}"
+        clash = next((other for k, other in files.items() if k.split("/")[1] == entry), None)
+        if clash is not None:
+            raise ValueError(f"{clash.name} and {path.name} would both become {as_kind} id {entry!r}; rename one")
+        files[key] = path
+    return files, left_out
+
+
+def import_folder(store: ObjectStore, source: Path, catalog: str, *, as_kind: EntryKind | None = None) -> ImportReport:
+    """Upload the usable entries of a local folder to `catalog`, skipping files already there unchanged."""
+    files, left_out = local_layout(source, as_kind)
+    datas = {key: path.read_bytes() for key, path in files.items()}
+    state = build_catalog([inspect_object(key, data) for key, data in datas.items()], catalog)
+    report = ImportReport(catalog=catalog, refused=[*left_out, *(_refusal(q, catalog, files) for q in state.quarantine)],
+                          products=len(state.products), styles=len(state.styles))
+    accepted = {f"products/{p.product_id}/" for p in state.products} | {f"styles/{s.style_id}/" for s in state.styles}
+    ignored = {q.key for q in state.quarantine if q.kind == "object"}  # extra files beside an entry
+    wanted = [key for key in sorted(datas)
+              if key.rsplit("/", 1)[0] + "/" in accepted and join_uri(catalog, key) not in ignored]
+    if not wanted:
+        return report
+    remote = {key: info for key, info in list_catalog(store, catalog)}
+    for key in wanted:
+        data = datas[key]
+        there = remote.get(key)
+        if there is not None and there.size == len(data) and there.etag == hashlib.md5(data).hexdigest():
+            report.unchanged.append(key)
+            continue
+        store.put(join_uri(catalog, key), data, _CONTENT_TYPES.get(PurePosixPath(key).suffix.lower()))
+        report.uploaded.append(key)
+    return report
+
+
+def _refusal(entry: QuarantineEntry, catalog: str, files: dict[str, Path]) -> str:
+    """A quarantine reason, led by the local path it concerns."""
+    relative = entry.key[len(catalog.rstrip("/")) + 1 :]
+    inside = [path for key, path in files.items() if key == relative or key.startswith(relative)]
+    if len(inside) == 1:  # a file, or an entry made of one file (a loose image)
+        return f"{inside[0]}: {entry.reason}"
+    return f"{inside[0].parent if inside else relative}: {entry.reason}"
+
+
+def _tree(source: Path, root: Path) -> tuple[dict[str, Path], list[str]]:
+    files: dict[str, Path] = {}
+    left_out: list[str] = []
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source).as_posix()
+        if any(part.startswith(".") for part in relative.split("/")) or path.is_dir():
+            continue  # .DS_Store, .git and friends
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            left_out.append(f"{relative}: not imported (a link to a file outside {source})")
+        elif relative.split("/")[0] not in SECTIONS:
+            left_out.append(f"{relative}: not imported (outside products/ and styles/)")
+        elif len(relative.split("/")) != 3:
+            left_out.append(f"{relative}: not imported (expected {relative.split('/')[0]}/<id>/<file>)")
+        else:
+            files[relative] = path
+    return files, left_out

@@ -1,0 +1,204 @@
+"""Catalog snapshots: the catalog's state as parquet, written by a refresh, read by campaign runs.
+
+    <catalog>/_snapshots/<snapshot_id>/products.parquet     one row per catalogued product
+    <catalog>/_snapshots/<snapshot_id>/styles.parquet       one row per reference image of a style set
+    <catalog>/_snapshots/<snapshot_id>/quarantine.parquet   what was left out, and why
+    <catalog>/_snapshots/<snapshot_id>/objects.parquet      every listed object and what inspecting it found
+    <catalog>/_snapshots/<snapshot_id>/_SNAPSHOT.json       written after the tables: the commit
+    <catalog>/_snapshots/LATEST                             the id of the newest committed snapshot
+
+A snapshot is immutable once committed, so a run that names one reads the catalog exactly as
+it was. `objects.parquet` is what makes a refresh incremental: an object whose ETag and size
+are unchanged keeps its record and is not downloaded again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from adapters.catalog_io import Scan, scan_catalog
+from adapters.storage import ObjectStore, join_uri
+from tasks.catalog_build import CatalogState, ObjectRecord
+from tasks.catalog_rules import RULES_VERSION
+from tasks.snapshot_tables import (
+    SNAPSHOT_TABLES,
+    counts,
+    new_snapshot_id,
+    records_from_rows,
+    snapshot_rows,
+    state_from_rows,
+)
+
+__all__ = [
+    "Previous",
+    "RefreshReport",
+    "latest_snapshot_id",
+    "load_snapshot",
+    "previous_snapshot",
+    "read_snapshot_info",
+    "read_snapshot_rows",
+    "refresh",
+    "write_snapshot",
+]
+
+SNAPSHOTS = "_snapshots"
+LATEST = "LATEST"
+COMMIT = "_SNAPSHOT.json"
+SNAPSHOT_SCHEMA_VERSION = 1
+
+_ARROW = {
+    "string": pa.string(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "list<string>": pa.list_(pa.string()),
+}
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The newest committed snapshot, and its object records when a refresh may trust them."""
+
+    snapshot_id: str
+    records: dict[str, ObjectRecord] | None
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    """What a refresh did. `written` is False when nothing changed since `previous_id`,
+    in which case `snapshot_id` is that unchanged snapshot."""
+
+    catalog: str
+    snapshot_id: str
+    previous_id: str | None
+    written: bool
+    listed: int
+    fetched: int
+    skipped: int
+    unread: int
+    removed: int
+    products: int
+    styles: int
+    quarantined: int
+    duplicates: int
+
+    def payload(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def snapshot_uri(catalog: str, snapshot_id: str, name: str) -> str:
+    return join_uri(catalog, SNAPSHOTS, snapshot_id, name)
+
+
+def latest_snapshot_id(store: ObjectStore, catalog: str) -> str | None:
+    """The id in `_snapshots/LATEST`, or None when the catalog has never been refreshed."""
+    try:
+        text = store.get(join_uri(catalog, SNAPSHOTS, LATEST)).decode("utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def read_snapshot_info(store: ObjectStore, catalog: str, snapshot_id: str) -> dict:
+    """The commit record of a snapshot; FileNotFoundError naming the known ids when there is none."""
+    if "/" in snapshot_id or snapshot_id in ("", ".", ".."):
+        raise ValueError(f"{snapshot_id!r} is not a snapshot id (e.g. 20261125T110356Z-1a2b3c4d)")
+    try:
+        return json.loads(store.get(snapshot_uri(catalog, snapshot_id, COMMIT)))
+    except FileNotFoundError:
+        known = _known_ids(store, catalog)
+        hint = f"; known: {', '.join(known[-5:])}" if known else "; it has none yet (run `stylematrix catalog refresh`)"
+        raise FileNotFoundError(f"catalog {catalog} has no snapshot {snapshot_id!r}{hint}") from None
+
+
+def read_snapshot_rows(store: ObjectStore, catalog: str, snapshot_id: str, table: str) -> list[dict]:
+    """The rows of one snapshot table as plain dicts."""
+    data = store.get(snapshot_uri(catalog, snapshot_id, f"{table}.parquet"))
+    return pq.read_table(io.BytesIO(data)).to_pylist()
+
+
+def load_snapshot(store: ObjectStore, catalog: str, snapshot_id: str | None = None) -> CatalogState:
+    """The catalog state a snapshot recorded: the named one, else the latest.
+
+    Raises FileNotFoundError when there is no such snapshot (or none at all).
+    """
+    chosen = snapshot_id if snapshot_id not in (None, "", "latest") else latest_snapshot_id(store, catalog)
+    if chosen is None:
+        raise FileNotFoundError(f"catalog {catalog} has no snapshot yet: run `stylematrix catalog refresh`")
+    read_snapshot_info(store, catalog, chosen)  # only committed snapshots are read
+    rows = {table: read_snapshot_rows(store, catalog, chosen, table) for table in ("products", "styles", "quarantine")}
+    return state_from_rows(rows, catalog, chosen)
+
+
+def previous_snapshot(store: ObjectStore, catalog: str, *, full: bool = False) -> Previous | None:
+    """The latest snapshot; its records are offered for reuse unless `full` or the rules changed since."""
+    latest = latest_snapshot_id(store, catalog)
+    if latest is None:
+        return None
+    info = read_snapshot_info(store, catalog, latest)
+    if full or info.get("rules_version") != RULES_VERSION:
+        return Previous(latest, None)
+    return Previous(latest, records_from_rows(read_snapshot_rows(store, catalog, latest, "objects")))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_snapshot(store: ObjectStore, catalog: str, scan: Scan, previous: Previous | None, *,
+                   full: bool = False, now: datetime | None = None) -> RefreshReport:
+    """Commit `scan` as a new snapshot and point LATEST at it, unless nothing changed since `previous`."""
+    written = previous is None or previous.records is None or full or scan.changed
+    snapshot_id = previous.snapshot_id if previous and not written else new_snapshot_id(now or datetime.now(UTC), scan.digest)
+    report = RefreshReport(
+        catalog=catalog, snapshot_id=snapshot_id, previous_id=previous.snapshot_id if previous else None,
+        written=written, listed=scan.listed, fetched=scan.fetched, skipped=scan.skipped, unread=scan.unread,
+        removed=scan.removed, **counts(scan.state),
+    )
+    if not written:
+        return report
+    files = {}
+    for table, rows in snapshot_rows(scan.state, scan.records).items():
+        uri = snapshot_uri(catalog, snapshot_id, f"{table}.parquet")
+        store.put(uri, _parquet(table, rows), content_type="application/vnd.apache.parquet")
+        files[table] = uri
+    commit = {
+        "schema_version": SNAPSHOT_SCHEMA_VERSION, "snapshot_id": snapshot_id, "catalog": catalog,
+        "created_at": (now or datetime.now(UTC)).isoformat(), "rules_version": RULES_VERSION,
+        "inventory_sha256": scan.digest, "files": files, **report.payload(),
+    }
+    try:
+        store.put(snapshot_uri(catalog, snapshot_id, COMMIT), json.dumps(commit, indent=2, sort_keys=True).encode(),
+                  content_type="application/json", if_absent=True)
+    except FileExistsError:
+        pass  # the same inventory committed within the same second: identical tables, same snapshot
+    store.put(join_uri(catalog, SNAPSHOTS, LATEST), f"{snapshot_id}\n".encode(), content_type="text/plain")
+    return report
+
+
+def refresh(store: ObjectStore, catalog: str, *, full: bool = False, workers: int = 8) -> RefreshReport:
+    """List, diff against the latest snapshot, read what changed, and commit a new snapshot if anything did."""
+    previous = previous_snapshot(store, catalog, full=full)
+    scan = scan_catalog(store, catalog, previous.records if previous else None, workers=workers)
+    return write_snapshot(store, catalog, scan, previous, full=full)
+
+
+def _parquet(table: str, rows: list[dict]) -> bytes:
+    schema = pa.schema([pa.field(c.name, _ARROW[c.type]) for c in SNAPSHOT_TABLES[table]])
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def _known_ids(store: ObjectStore, catalog: str) -> list[str]:
+    prefix = join_uri(catalog, SNAPSHOTS) + "/"
+    return sorted(o.uri[len(prefix):].split("/")[0] for o in store.list(prefix) if o.uri.endswith("/" + COMMIT))

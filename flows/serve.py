@@ -1,0 +1,165 @@
+"""A whole Prefect deployment on one machine: server, work pools, deployments, workers.
+
+`stylematrix serve` uses it for a user who wants the UI locally; the end-to-end tests use it
+to run real workers on loopback. Production runs the same pieces separately (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = [sys.executable, "-m", "prefect"]
+SHARD_DEPLOYMENT = "generate-shard/generate-shard"
+# Flow runs send a heartbeat every HEARTBEAT seconds; a run silent for ZOMBIE seconds is
+# marked Crashed by a server automation, and the campaign starts its shard again.
+HEARTBEAT_SECONDS = 30
+ZOMBIE_SECONDS = 75
+
+
+@dataclass
+class PrefectStack:
+    """Processes of a local Prefect deployment, stopped together."""
+
+    home: Path
+    port: int
+    env: dict[str, str]
+    log_dir: Path
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def _env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        return {
+            **self.env,
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_CLI_PROMPT": "false",
+            "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+            **(extra or {}),
+        }
+
+    def _spawn(self, name: str, args: list[str], extra: Mapping[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, cwd=ROOT, env=self._env(extra), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.processes[name] = proc
+        return proc
+
+    def _prefect(self, *args: str, timeout: float = 120) -> str:
+        result = subprocess.run([*PREFECT, *args], cwd=ROOT, env=self._env(), capture_output=True, text=True,
+                                timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"prefect {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
+        return result.stdout
+
+    def start_server(self, timeout: float = 90) -> None:
+        """`prefect server start` on loopback, with its SQLite database under `home`."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        proc = self._spawn("server", [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited with {proc.returncode}: see {self.log_dir / 'server.log'}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"prefect server did not answer on {self.api_url} within {timeout:.0f} s")
+
+    def create_pools(self, gpus: int) -> None:
+        """A `cpu` pool for orchestration and a `gpu` pool whose concurrency is the number of GPUs."""
+        self._prefect("work-pool", "create", "cpu", "--type", "process", "--overwrite")
+        self._prefect("work-pool", "create", "gpu", "--type", "process", "--overwrite")
+        self._prefect("work-pool", "set-concurrency-limit", "gpu", str(gpus))
+
+    def create_zombie_automation(self) -> None:
+        """Mark a flow run Crashed when its heartbeats stop (a worker or machine died mid-run)."""
+        from prefect.automations import Automation
+        from prefect.client.schemas.objects import StateType
+        from prefect.events.actions import ChangeFlowRunState
+        from prefect.events.schemas.automations import EventTrigger, Posture
+        from prefect.events.schemas.events import ResourceSpecification
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.api_url}):
+            Automation(
+                name="crash-silent-flow-runs",
+                trigger=EventTrigger(
+                    after={"prefect.flow-run.heartbeat"},
+                    expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                            "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+                    match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+                    for_each={"prefect.resource.id"},
+                    posture=Posture.Proactive,
+                    threshold=1,
+                    within=timedelta(seconds=ZOMBIE_SECONDS),
+                ),
+                actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                            message=f"no heartbeat for {ZOMBIE_SECONDS} s: its worker is gone")],
+            ).create()
+
+    def deploy(self) -> str:
+        """Every deployment in prefect.yaml."""
+        return self._prefect("--no-prompt", "deploy", "--all", timeout=300)
+
+    def start_worker(self, pool: str, name: str, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+        """A process worker that runs one flow run at a time (one per GPU on the `gpu` pool)."""
+        return self._spawn(name, [*PREFECT, "worker", "start", "--pool", pool, "--name", name, "--type", "process",
+                                  "--limit", "1"], {"STYLEMATRIX_WORKER_NAME": name, **(env or {})})
+
+    def stop(self) -> None:
+        """Workers first (SIGINT: a 3.9 process worker ignores SIGTERM), then the server."""
+        order = sorted(self.processes, key=lambda n: n == "server")
+        for name in order:
+            proc = self.processes[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for name in order:
+            proc = self.processes[name]
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        self.processes.clear()
+
+
+def start_stack(home: Path, port: int, *, gpus: int, env: Mapping[str, str], log_dir: Path) -> PrefectStack:
+    """Server, pools, the zombie automation, every deployment, one cpu worker and one worker per GPU."""
+    stack = PrefectStack(home=home, port=port, env=dict(env), log_dir=log_dir)
+    try:
+        stack.start_server()
+        stack.create_pools(gpus)
+        stack.create_zombie_automation()
+        stack.deploy()
+        stack.start_worker("cpu", "cpu-1", {"STYLEMATRIX_SHARD_DEPLOYMENT": SHARD_DEPLOYMENT})
+        for i in range(gpus):
+            stack.start_worker("gpu", f"gpu-{i + 1}", {"CUDA_VISIBLE_DEVICES": str(i)} if _has_cuda() else {})
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

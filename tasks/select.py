@@ -1,0 +1,163 @@
+"""Selection: gates drop images, near-duplicates fold, a weighted score ranks the rest, top k are chosen.
+
+Works on `generations` rows that carry their scores; returns each row's outcome (status,
+reason, score, ranks, selected) and the per-cell set metrics. Scores are made comparable by
+ranking each one within its product (a percentile), so a sharpness variance in the
+thousands and a cosine near 0.2 weigh only by their weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from catalogs.models import SCORES, Selection, parse_gate
+from tasks.scores import HASH_BITS, duplicate_groups, hash_distance
+from tasks.tables import SCHEMA_VERSION
+
+OUTCOME = ("status", "status_reason", "duplicate_of", "gates_failed", "score", "rank_in_cell", "rank_in_product",
+           "selected")
+_OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+
+
+def _value(row: dict, name: str) -> float | None:
+    value = row.get(name)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return float(value)
+
+
+def failed_gates(row: dict, gates: Sequence[str]) -> list[tuple[str, str]]:
+    """(gate, explanation) for every gate the row fails. A gate on a score the row lacks does not apply."""
+    failed = []
+    for gate in gates:
+        name, op, threshold = parse_gate(gate)
+        value = _value(row, name)
+        if value is not None and not _OPS[op](value, threshold):
+            failed.append((gate, f"{name} {value:.3g} fails '{gate}'"))
+    return failed
+
+
+def weighted_scores(rows: Sequence[dict], weights: dict[str, float]) -> list[float]:
+    """Each row's weighted score in 0..1 from percentile ranks among `rows`.
+
+    Every weighted score is ranked with its direction (lower is better for colour difference
+    and clipping; luminance is best near 0.5); a row missing a score ranks last on it; a score
+    no row has drops out of the weighting.
+    """
+    total = np.zeros(len(rows))
+    weight_sum = 0.0
+    for name, weight in weights.items():
+        values = pd.Series([_value(r, name) for r in rows], dtype="float64")
+        if weight <= 0 or values.isna().all():
+            continue
+        direction = SCORES[name]
+        if direction == "lower":
+            values = -values
+        elif direction == "mid":
+            values = -(values - 0.5).abs()
+        ranked = values.rank(method="average")
+        count = int(values.notna().sum())
+        share = (ranked - 1) / (count - 1) if count > 1 else ranked.notna().astype(float)
+        total += weight * share.fillna(0.0).to_numpy()
+        weight_sum += weight
+    return list(total / weight_sum) if weight_sum else [0.0] * len(rows)
+
+
+def select_images(rows: Sequence[dict], selection: Selection) -> list[dict]:
+    """The outcome of every row, in order: the columns named in `OUTCOME`.
+
+    Failed rows stay failed; gates come first, then, within each product, near-duplicates
+    (background hashes within `duplicate_distance`) fold into their best-scored member; the
+    remaining images are ranked within their cell and their product, and the top k of each
+    product are selected.
+    """
+    outcomes = [
+        {"status": "failed" if r.get("status") == "failed" else "ok",
+         "status_reason": r.get("status_reason") if r.get("status") == "failed" else None,
+         "duplicate_of": None, "gates_failed": [], "score": None, "rank_in_cell": None, "rank_in_product": None,
+         "selected": False}
+        for r in rows
+    ]
+    for row, out in zip(rows, outcomes, strict=True):
+        if out["status"] != "ok":
+            continue
+        failed = failed_gates(row, selection.gates)
+        if failed:
+            out.update(status="gated", gates_failed=[g for g, _ in failed], status_reason="; ".join(e for _, e in failed))
+
+    for product in dict.fromkeys(r["product_id"] for r in rows):
+        live = [i for i, r in enumerate(rows) if r["product_id"] == product and outcomes[i]["status"] == "ok"]
+        for i, score in zip(live, weighted_scores([rows[i] for i in live], selection.weights), strict=True):
+            outcomes[i]["score"] = float(score)
+        _fold_duplicates(rows, outcomes, live, selection.duplicate_distance)
+        ok = sorted((i for i in live if outcomes[i]["status"] == "ok"), key=lambda i: _best_first(rows, outcomes, i))
+        for rank, i in enumerate(ok, start=1):
+            outcomes[i].update(rank_in_product=rank, selected=rank <= selection.top_k)
+        cells: dict[tuple, int] = {}
+        for i in ok:
+            key = (rows[i]["style_id"], rows[i]["cell_index"])
+            cells[key] = cells.get(key, 0) + 1
+            outcomes[i]["rank_in_cell"] = cells[key]
+    return outcomes
+
+
+def _best_first(rows: Sequence[dict], outcomes: Sequence[dict], i: int) -> tuple[float, str]:
+    return (-outcomes[i]["score"], rows[i]["asset_id"])
+
+
+def _fold_duplicates(rows: Sequence[dict], outcomes: list[dict], members: list[int], max_distance: int) -> None:
+    groups = duplicate_groups([rows[i].get("background_hash") for i in members], max_distance)
+    by_group: dict[int, list[int]] = {}
+    for i, group in zip(members, groups, strict=True):
+        if group is not None:
+            by_group.setdefault(group, []).append(i)
+    for group in by_group.values():
+        keep, *repeats = sorted(group, key=lambda i: _best_first(rows, outcomes, i))
+        for i in repeats:
+            distance = hash_distance(rows[i]["background_hash"], rows[keep]["background_hash"])
+            outcomes[i].update(status="duplicate", duplicate_of=rows[keep]["asset_id"],
+                               status_reason=f"near-duplicate of {rows[keep]['asset_id']} (background hash distance {distance})")
+
+
+def diversity(hashes: Sequence[str | None]) -> float | None:
+    """Mean pairwise Hamming distance of the hashes, as a share of 64 bits; None under two hashes."""
+    present = [h for h in hashes if h]
+    if len(present) < 2:
+        return None
+    pairs = list(itertools.combinations(present, 2))
+    return sum(hash_distance(a, b) for a, b in pairs) / len(pairs) / HASH_BITS
+
+
+def cell_metrics(rows: Sequence[dict], *, run_id: str, campaign: str) -> list[dict]:
+    """One `cell_metrics` row per (product, style set, cell) of selected-and-scored `generations` rows."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["product_id"], r["style_id"], r["cell_index"]), []).append(r)
+
+    def mean(members: list[dict], name: str) -> float | None:
+        values = [v for v in (_value(m, name) for m in members) if v is not None]
+        return float(np.mean(values)) if values else None
+
+    metrics = []
+    for (product, style, cell_index), members in groups.items():
+        status = [m["status"] for m in members]
+        ok = [m for m in members if m["status"] == "ok"]
+        best = min(ok, key=lambda m: (-m["score"], m["asset_id"])) if ok else None
+        metrics.append({
+            "schema_version": SCHEMA_VERSION, "run_id": run_id, "campaign": campaign,
+            "product_id": product, "style_id": style, "cell_index": cell_index, "cell": list(members[0]["cell"]),
+            "images": len(members), "ok": status.count("ok"), "gated": status.count("gated"),
+            "duplicates": status.count("duplicate"), "failed": status.count("failed"),
+            "selected": sum(bool(m["selected"]) for m in members),
+            "duplicate_rate": status.count("duplicate") / len(members),
+            "diversity": diversity([m.get("background_hash") for m in members if m["status"] != "failed"]),
+            "mean_edge_f1": mean(members, "edge_f1"), "mean_clip_text": mean(members, "clip_text"),
+            "mean_clip_style": mean(members, "clip_style"),
+            "best_score": best["score"] if best else None, "best_asset_id": best["asset_id"] if best else None,
+        })
+    return metrics

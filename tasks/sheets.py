@@ -1,0 +1,202 @@
+"""Contact sheets: one labelled grid per product x style set, like AUTOMATIC1111's X/Y/Z plot.
+
+Matrix axes become rows and columns (the first half of the axes down, the rest across, the
+seeds side by side in each column); a header strip shows the product, its canny map and the
+style references; each image has its scores under it and a green frame when selected.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw, ImageFont
+
+BACKGROUND = (255, 255, 255)
+INK = (34, 34, 34)
+MUTED = (110, 110, 110)
+SELECTED = (22, 150, 60)
+STATUS_INK = {"ok": INK, "gated": (200, 40, 40), "duplicate": (205, 120, 0), "failed": (120, 120, 120)}
+PAD = 8
+FRAME = 4
+FONT_SIZE = 12
+LINE = FONT_SIZE + 3
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One image of a sheet, with what to print under it."""
+
+    cell: tuple[tuple[str, str], ...]
+    seed: int
+    image: Image.Image | None
+    lines: tuple[str, ...] = ()
+    status: str = "ok"
+    selected: bool = False
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which axes run down and across, their label per row and column, and each tile's slot."""
+
+    row_axes: tuple[str, ...]
+    col_axes: tuple[str, ...]
+    rows: tuple[str, ...]
+    cols: tuple[str, ...]
+    slots: dict[tuple[tuple[tuple[str, str], ...], int], tuple[int, int]]
+
+
+def split_axes(axes: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The axes that run down (the first half, rounded up) and across (the rest)."""
+    down = math.ceil(len(axes) / 2)
+    return tuple(axes[:down]), tuple(axes[down:])
+
+
+def sheet_layout(tiles: Sequence[Tile]) -> Layout:
+    """Rows and columns for the tiles: values keep their first-seen order, seeds are innermost across."""
+    if not tiles:
+        raise ValueError("a contact sheet needs at least one image")
+    axes = [name for name, _ in tiles[0].cell]
+    for t in tiles:
+        if [name for name, _ in t.cell] != axes:
+            raise ValueError(f"tiles disagree on the matrix axes: {axes} vs {[name for name, _ in t.cell]}")
+    values = {name: list(dict.fromkeys(dict(t.cell)[name] for t in tiles)) for name in axes}
+    seeds = list(dict.fromkeys(t.seed for t in tiles))
+    row_axes, col_axes = split_axes(axes)
+    row_keys = list(itertools.product(*(values[a] for a in row_axes)))
+    col_keys = [(*combo, seed) for combo in itertools.product(*(values[a] for a in col_axes)) for seed in seeds]
+
+    def label(names: Sequence[str], combo: Sequence[str]) -> str:
+        return "\n".join(f"{n}: {v}" for n, v in zip(names, combo, strict=False))
+
+    slots = {}
+    for t in tiles:
+        cell = dict(t.cell)
+        r = row_keys.index(tuple(cell[a] for a in row_axes))
+        c = col_keys.index((*(cell[a] for a in col_axes), t.seed))
+        slots[(t.cell, t.seed)] = (r, c)
+    return Layout(
+        row_axes=row_axes,
+        col_axes=col_axes,
+        rows=tuple(label(row_axes, k) for k in row_keys),
+        cols=tuple("\n".join(filter(None, [label(col_axes, k[:-1]), f"seed {k[-1]}"])) for k in col_keys),
+        slots=slots,
+    )
+
+
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=FONT_SIZE)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, width: int, font) -> list[str]:
+    """Lines of `text` that fit in `width` pixels, broken at spaces (a long word is cut)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}".strip()
+            if draw.textlength(trial, font=font) <= width or not line:
+                line = trial
+            else:
+                lines.append(line)
+                line = word
+        while draw.textlength(line, font=font) > width and len(line) > 1:
+            line = line[:-1]
+        lines.append(line)
+    return lines
+
+
+def _thumb(image: Image.Image, side: int) -> Image.Image:
+    thumb = image.convert("RGB")
+    thumb.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return thumb
+
+
+def contact_sheet(tiles: Sequence[Tile], *, title: str, subtitle: str = "",
+                  header: Sequence[tuple[str, Image.Image]] = (), tile_size: int = 160) -> Image.Image:
+    """The sheet as an RGB image.
+
+    `header` is (label, image) pairs shown in a strip at the top: the product, its canny map,
+    the references. Each tile shows its image (or a grey box when there is none), its lines,
+    and a green frame when selected.
+    """
+    layout = sheet_layout(tiles)
+    font = _font()
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_lines = max((len(t.lines) for t in tiles), default=0)
+    cell_w, cell_h = tile_size + 2 * PAD, tile_size + 2 * PAD + text_lines * LINE
+    label_w = tile_size if layout.row_axes else 0
+    col_label_h = max(len(_wrap(scratch, c, tile_size, font)) for c in layout.cols) * LINE + PAD
+    thumb = max(64, tile_size // 2)
+    header_h = PAD + 2 * LINE + (thumb + LINE + PAD if header else 0)
+    width = max(label_w + len(layout.cols) * cell_w + PAD,
+                PAD + len(header) * (thumb + PAD), int(scratch.textlength(title, font=font)) + 2 * PAD)
+    height = header_h + col_label_h + len(layout.rows) * cell_h + PAD
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+
+    draw.text((PAD, PAD), title, fill=INK, font=font)
+    draw.text((PAD, PAD + LINE), subtitle, fill=MUTED, font=font)
+    x = PAD
+    for label, image in header:
+        small = _thumb(image, thumb)
+        sheet.paste(small, (x, PAD + 2 * LINE))
+        draw.text((x, PAD + 2 * LINE + thumb + 2), _wrap(draw, label, thumb, font)[0], fill=MUTED, font=font)
+        x += thumb + PAD
+
+    top = header_h
+    for c, label in enumerate(layout.cols):
+        for i, line in enumerate(_wrap(draw, label, tile_size, font)):
+            draw.text((label_w + c * cell_w + PAD, top + i * LINE), line, fill=INK, font=font)
+    top += col_label_h
+    for r, label in enumerate(layout.rows):
+        for i, line in enumerate(_wrap(draw, label, label_w - PAD, font)):
+            draw.text((PAD, top + r * cell_h + PAD + i * LINE), line, fill=INK, font=font)
+
+    for t in tiles:
+        r, c = layout.slots[(t.cell, t.seed)]
+        x0, y0 = label_w + c * cell_w, top + r * cell_h
+        if t.selected:
+            draw.rectangle([x0 + PAD - FRAME, y0 + PAD - FRAME, x0 + PAD + tile_size + FRAME - 1,
+                            y0 + PAD + tile_size + FRAME - 1], fill=SELECTED)
+        if t.image is None:
+            draw.rectangle([x0 + PAD, y0 + PAD, x0 + PAD + tile_size - 1, y0 + PAD + tile_size - 1], fill=(225, 225, 225))
+        else:
+            small = t.image.convert("RGB").resize((tile_size, tile_size), Image.Resampling.LANCZOS) \
+                if t.image.size[0] == t.image.size[1] else _thumb(t.image, tile_size)
+            sheet.paste(small, (x0 + PAD + (tile_size - small.width) // 2, y0 + PAD + (tile_size - small.height) // 2))
+        ink = SELECTED if t.selected else STATUS_INK.get(t.status, INK)
+        for i, line in enumerate(t.lines):
+            draw.text((x0 + PAD, y0 + 2 * PAD + tile_size + i * LINE), _wrap(draw, line, tile_size, font)[0],
+                      fill=ink if i == 0 else INK, font=font)
+    return sheet
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def tile_for(row: dict, image: Image.Image | None) -> Tile:
+    """A `generations` row (scored and selected) as a sheet tile: its status first, then its scores."""
+    status = row.get("status") or "ok"
+    rank = row.get("rank_in_product")
+    if row.get("selected"):
+        head = f"selected  #{int(rank)}"
+    elif status == "ok":
+        head = f"#{int(rank)}" if rank is not None and not math.isnan(float(rank)) else "ok"
+    elif status == "gated":
+        head = "gated: " + ", ".join(g.split()[0] for g in (row.get("gates_failed") or ()))
+    else:
+        head = status
+    lines = (
+        head,
+        f"F1 {_fmt(row.get('edge_f1'))}  SSIM {_fmt(row.get('product_ssim'))}  dE {_fmt(row.get('product_delta_e'), 1)}",
+        f"CLIP-T {_fmt(row.get('clip_text'))}  CLIP-I {_fmt(row.get('clip_style'))}",
+        f"sharp {_fmt(row.get('sharpness'), 0)}  score {_fmt(row.get('score'))}",
+    )
+    return Tile(cell=tuple(tuple(kv) for kv in row["cell"]), seed=int(row["seed"]), image=image, lines=lines,
+                status=status, selected=bool(row.get("selected")))
