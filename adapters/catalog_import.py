@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -48,8 +49,9 @@ class ImportReport:
 
 
 def entry_id_from_name(name: str) -> str:
-    """A catalog id from a file name: `Red Mug (2).JPG` -> `red-mug-2`."""
-    entry = re.sub(r"[^a-z0-9_-]+", "-", PurePosixPath(name).stem.lower()).strip("-_")[:64].rstrip("-_")
+    """A catalog id from a file name: `Red Mug (2).JPG` -> `red-mug-2`, `Été.png` -> `ete`."""
+    ascii_name = unicodedata.normalize("NFKD", PurePosixPath(name).stem).encode("ascii", "ignore").decode()
+    entry = re.sub(r"[^a-z0-9_-]+", "-", ascii_name.lower()).strip("-_")[:64].rstrip("-_")
     if not entry:
         raise ValueError(f"{name}: cannot make a catalog id from this file name; rename it (letters and digits)")
     return entry
@@ -89,24 +91,27 @@ def local_layout(source: Path, as_kind: EntryKind | None = None) -> tuple[dict[s
 def import_folder(store: ObjectStore, source: Path, catalog: str, *, as_kind: EntryKind | None = None) -> ImportReport:
     """Upload the usable entries of a local folder to `catalog`, skipping files already there unchanged."""
     files, left_out = local_layout(source, as_kind)
-    datas = {key: path.read_bytes() for key, path in files.items()}
-    state = build_catalog([inspect_object(key, data) for key, data in datas.items()], catalog)
+    records, md5s = [], {}
+    for key, path in files.items():  # one file in memory at a time: a shoot can be gigabytes
+        data = path.read_bytes()
+        records.append(inspect_object(key, data))
+        md5s[key] = hashlib.md5(data).hexdigest()
+    state = build_catalog(records, catalog)
     report = ImportReport(catalog=catalog, refused=[*left_out, *(_refusal(q, catalog, files) for q in state.quarantine)],
                           products=len(state.products), styles=len(state.styles))
     accepted = {f"products/{p.product_id}/" for p in state.products} | {f"styles/{s.style_id}/" for s in state.styles}
     ignored = {q.key for q in state.quarantine if q.kind == "object"}  # extra files beside an entry
-    wanted = [key for key in sorted(datas)
+    wanted = [key for key in sorted(files)
               if key.rsplit("/", 1)[0] + "/" in accepted and join_uri(catalog, key) not in ignored]
     if not wanted:
         return report
     remote = {key: info for key, info in list_catalog(store, catalog)}
     for key in wanted:
-        data = datas[key]
         there = remote.get(key)
-        if there is not None and there.size == len(data) and there.etag == hashlib.md5(data).hexdigest():
+        if there is not None and there.size == files[key].stat().st_size and there.etag == md5s[key]:
             report.unchanged.append(key)
             continue
-        store.put(join_uri(catalog, key), data, _CONTENT_TYPES.get(PurePosixPath(key).suffix.lower()))
+        store.put(join_uri(catalog, key), files[key].read_bytes(), _CONTENT_TYPES.get(PurePosixPath(key).suffix.lower()))
         report.uploaded.append(key)
     return report
 

@@ -1,22 +1,28 @@
-"""The diffusion engine: IP-Adapter + ControlNet canny on a diffusers pipeline, batched.
+"""The diffusion engine: IP-Adapter + ControlNet on a diffusers pipeline (SD1.5 or SDXL), batched.
 
-One call = one control image x one style set's image embeddings x many prompts and seeds.
-Image embeddings are computed once per style set, prompt embeddings once per prompt; the
-pipeline is loaded once per process (`get_engine`).
+One call = one product's canvas images x one style set's image embeddings x many prompts and
+seeds. Image embeddings are computed once per style set (and per product for an adapter fed
+the product photo), prompt embeddings once per prompt; the pipeline is loaded once per
+process (`get_engine`). The img2img and inpainting pipelines of the other modes are built
+from the same components with `from_pipe`, so they cost no extra memory.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from adapters.settings import Settings
+from tasks.canny import canvas_kinds, cover_canvas, pad_to_square
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +33,53 @@ SCHEDULERS = {
     "euler_a": "EulerAncestralDiscreteScheduler",
     "dpmpp_2m": "DPMSolverMultistepScheduler",
 }
+# Pipelines of the other modes, by (SDXL?, mode), built from the text-to-image pipeline's components.
+DERIVED_PIPELINES = {
+    (False, "img2img"): "StableDiffusionControlNetImg2ImgPipeline",
+    (False, "preserve"): "StableDiffusionControlNetInpaintPipeline",
+    (True, "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
+    (True, "preserve"): "StableDiffusionXLControlNetInpaintPipeline",
+}
+PROMPT_CACHE_SIZE = 4096
+# What a caller may leave out of `params` (a campaign's planned jobs always carry all of them).
+PARAM_DEFAULTS: dict[str, Any] = {
+    "mode": "ip_adapter", "strength": 1.0, "ip_preset": "full", "ip_start": 0.0, "ip_end": 1.0,
+    "controlnet_start": 0.0, "controlnet_end": 1.0,
+}
 
 
 @dataclass(frozen=True)
 class StyleInput:
-    """A style set's reference images, keyed by their content so embeddings are reused."""
+    """A style set's reference images and how they combine, keyed by content so embeddings are reused."""
 
     key: str
     images: tuple[Image.Image, ...]
+    weights: tuple[float, ...]
+    combine: str = "concat"
+    negative: Image.Image | None = None
 
     @classmethod
-    def from_images(cls, images: Sequence[Image.Image], shas: Sequence[str]) -> StyleInput:
-        key = hashlib.sha256("|".join(shas).encode()).hexdigest()
-        return cls(key=key, images=tuple(images))
+    def from_images(
+        cls,
+        images: Sequence[Image.Image],
+        shas: Sequence[str],
+        *,
+        weights: Sequence[float] | None = None,
+        combine: str = "concat",
+        negative: Image.Image | None = None,
+        negative_sha: str = "",
+    ) -> StyleInput:
+        if combine not in ("concat", "average", "weighted"):
+            raise ValueError(f"unknown combine rule {combine!r}; expected concat, average or weighted")
+        weights = tuple(float(w) for w in (weights or [1.0] * len(images)))
+        if not images or len(weights) != len(images) or len(shas) != len(images):
+            raise ValueError(f"a style needs one sha256 and one weight per image: {len(images)} images, "
+                             f"{len(shas)} sha256s, {len(weights)} weights")
+        if negative is not None and not negative_sha:
+            raise ValueError("a negative reference needs its sha256 (it keys the embedding cache)")
+        payload = {"shas": list(shas), "weights": list(weights), "combine": combine, "negative": negative_sha}
+        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return cls(key=key, images=tuple(images), weights=weights, combine=combine, negative=negative)
 
 
 def resolve_device(setting: str) -> str:
@@ -60,20 +100,58 @@ def resolve_dtype(setting: str, device: str) -> torch.dtype:
     return torch.float32 if device == "cpu" else torch.float16
 
 
+def ip_block_scales(preset: str, scale: float, unet_config: Mapping[str, Any], xl: bool) -> float | dict:
+    """The per-block IP-Adapter scales of a preset, in the form `set_ip_adapter_scale` takes.
+
+    SDXL: InstantStyle's blocks (up_blocks.0.attentions.1 carries style, down_blocks.2.attentions.1
+    layout). SD1.5-shaped UNets: the "style transfer" and "composition" layers of ComfyUI's
+    IPAdapter_plus, which InstantStyle's co-author mapped for SD1.5: style is every cross-attention
+    down block but the deepest, the deepest up block's last attention and every other up block;
+    layout is the deepest cross-attention down block (its last attention full, the others at 1/4).
+    """
+    if preset == "full":
+        return scale
+    if xl:
+        if preset == "style-only":
+            return {"up": {"block_0": [0.0, scale, 0.0]}}
+        return {"down": {"block_2": [0.0, scale]}}
+    down = [i for i, t in enumerate(unet_config["down_block_types"]) if "CrossAttn" in t]
+    up = [i for i, t in enumerate(unet_config["up_block_types"]) if "CrossAttn" in t]
+    per_down = int(unet_config["layers_per_block"])
+    if preset == "style-only":
+        return {
+            "down": {f"block_{i}": scale for i in down[:-1]},
+            "up": {f"block_{i}": [0.0] * per_down + [scale] if i == up[0] else scale for i in up},
+        }
+    if preset == "layout-only":
+        return {"down": {f"block_{down[-1]}": [0.25 * scale] * (per_down - 1) + [scale]}}
+    raise ValueError(f"unknown IP-Adapter preset {preset!r}; expected full, style-only or layout-only")
+
+
+def window_active(step: int, steps: int, start: float, end: float) -> bool:
+    """Whether step `step` of `steps` lies in the [start, end] window: diffusers' ControlNet rule."""
+    return not (step / steps < start or (step + 1) / steps > end)
+
+
 class Engine:
     """A loaded pipeline plus the caches that make batching pay."""
 
-    def __init__(self, pipe, *, profile: str, revision: str, device: str, dtype: torch.dtype, versions: dict[str, str]):
+    def __init__(self, pipe, *, profile: str, revision: str, device: str, dtype: torch.dtype, versions: dict[str, str],
+                 control_types: Sequence[str] = ("canny",), adapter_images: Sequence[str] = ("style",)):
         self.pipe = pipe
         self.profile = profile
         self.revision = revision
         self.device = device
         self.dtype = dtype
         self.versions = versions
+        self.control_types = tuple(control_types)
+        self.adapter_images = tuple(adapter_images)
+        self.xl = hasattr(pipe, "text_encoder_2")
+        self._pipes: dict[str, Any] = {"ip_adapter": pipe}
         self._base_scheduler_config = dict(pipe.scheduler.config)
-        self._scheduler_name: str | None = None
-        self._image_embeds: dict[tuple[str, bool], list[torch.Tensor]] = {}
-        self._prompt_embeds: dict[tuple[str, str, bool], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._schedulers: dict[str, Any] = {}
+        self._image_embeds: dict[tuple, torch.Tensor] = {}
+        self._prompt_embeds: OrderedDict[tuple[str, str, bool], tuple[torch.Tensor | None, ...]] = OrderedDict()
         self._lock = threading.Lock()  # one pipeline call at a time per process
 
     @property
@@ -86,95 +164,214 @@ class Engine:
 
     # ------------------------------------------------------------------ caches
 
-    def image_embeds(self, style: StyleInput, cfg: bool) -> list[torch.Tensor]:
-        """IP-Adapter embeddings of a style set (several references are concatenated), cached."""
-        cache_key = (style.key, cfg)
-        if cache_key not in self._image_embeds:
-            self._image_embeds[cache_key] = self.pipe.prepare_ip_adapter_image_embeds(
-                ip_adapter_image=[list(style.images)],
-                ip_adapter_image_embeds=None,
-                device=self.pipe.device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=cfg,
-            )
-        return self._image_embeds[cache_key]
+    def adapter_embeds(self, style: StyleInput, product: Image.Image | None, product_key: str, cfg: bool) -> list[torch.Tensor]:
+        """One embedding tensor per IP-Adapter (negative half first under CFG), each cached by content."""
+        out = []
+        for k, image in enumerate(self.adapter_images):
+            if image == "style":
+                key = (k, "style", style.key, cfg)
+                if key not in self._image_embeds:
+                    self._image_embeds[key] = self._encode(k, style.images, style.weights, style.combine, style.negative, cfg)
+            else:
+                if product is None:
+                    raise ValueError(f"IP-Adapter {k + 1} of profile {self.profile!r} is fed the product photo, but none was given")
+                key = (k, "product", product_key, cfg)
+                if key not in self._image_embeds:
+                    self._image_embeds[key] = self._encode(k, (product,), (1.0,), "concat", None, cfg)
+            out.append(self._image_embeds[key])
+        return out
 
-    def prompt_embeds(self, prompt: str, negative: str, cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Text embeddings of one (prompt, negative prompt) pair, cached."""
-        cache_key = (prompt, negative, cfg)
-        if cache_key not in self._prompt_embeds:
-            pos, neg = self.pipe.encode_prompt(prompt, self.pipe.device, 1, cfg, negative_prompt=negative or None)
-            self._prompt_embeds[cache_key] = (pos, neg)
-        return self._prompt_embeds[cache_key]
+    def _encode(self, k: int, images: Sequence[Image.Image], weights: Sequence[float], combine: str,
+                negative: Image.Image | None, cfg: bool) -> torch.Tensor:
+        from diffusers.models.embeddings import ImageProjection
 
-    def _use_scheduler(self, name: str) -> None:
-        if name == self._scheduler_name:
-            return
-        if name not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {name!r}; expected one of {sorted(SCHEDULERS)}")
-        import diffusers
+        projection = self.pipe.unet.encoder_hid_proj.image_projection_layers[k]
+        hidden = not isinstance(projection, ImageProjection)  # "plus" adapters read hidden states
+        device = self.pipe.device
+        with torch.inference_mode():
+            # Padded, not centre-cropped: the encoder's processor crops to a square and would cut the sides.
+            pos, neg = self.pipe.encode_image([pad_to_square(im) for im in images], device, 1, hidden)
+            if combine != "concat":
+                w = torch.tensor(weights if combine == "weighted" else [1.0] * len(images), device=pos.device)
+                w = (w / w.sum()).to(pos.dtype).view(-1, *([1] * (pos.dim() - 1)))
+                pos, neg = (pos * w).sum(0, keepdim=True), neg[:1]
+            if negative is not None:
+                neg_embed, _ = self.pipe.encode_image([pad_to_square(negative)], device, 1, hidden)
+                neg = neg_embed.expand_as(pos)
+        pos, neg = pos[None], neg[None]  # (1, tokens, ...): one image prompt, repeated over the batch by diffusers
+        return torch.cat([neg, pos]) if cfg else pos
 
-        cls = getattr(diffusers, SCHEDULERS[name])
-        self.pipe.scheduler = cls.from_config(self._base_scheduler_config)
-        self._scheduler_name = name
+    def prompt_embeds(self, prompt: str, negative: str, cfg: bool) -> tuple[torch.Tensor | None, ...]:
+        """Text embeddings of one (prompt, negative prompt) pair, cached: (pos, neg) or SDXL's (pos, neg, pooled, neg pooled)."""
+        key = (prompt, negative, cfg)
+        if key in self._prompt_embeds:
+            self._prompt_embeds.move_to_end(key)
+            return self._prompt_embeds[key]
+        with torch.inference_mode():
+            if self.xl:
+                embeds = self.pipe.encode_prompt(prompt=prompt, device=self.pipe.device, num_images_per_prompt=1,
+                                                 do_classifier_free_guidance=cfg, negative_prompt=negative or None)
+            else:
+                embeds = self.pipe.encode_prompt(prompt, self.pipe.device, 1, cfg, negative_prompt=negative or None)
+        self._prompt_embeds[key] = tuple(embeds)
+        if len(self._prompt_embeds) > PROMPT_CACHE_SIZE:
+            self._prompt_embeds.popitem(last=False)
+        return self._prompt_embeds[key]
+
+    def _pipe_for(self, mode: str, scheduler: str):
+        if mode not in self._pipes:
+            if (self.xl, mode) not in DERIVED_PIPELINES:
+                raise ValueError(f"unknown generation mode {mode!r}; expected ip_adapter, img2img or preserve")
+            import diffusers
+            from diffusers.utils import logging as diffusers_logging
+
+            cls = getattr(diffusers, DERIVED_PIPELINES[(self.xl, mode)])
+            extra = {"add_watermarker": False} if self.xl else {}
+            # from_pipe casts the (shared) components to `dtype`, float32 unless told, and warns
+            # about float32-pinned modules for every component even when there are none.
+            level = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()
+            try:
+                derived = cls.from_pipe(self.pipe, dtype=self.dtype, **extra)
+            finally:
+                diffusers_logging.set_verbosity(level)
+            derived.set_progress_bar_config(disable=True)
+            self._pipes[mode] = derived
+        pipe = self._pipes[mode]
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {sorted(SCHEDULERS)}")
+        if scheduler not in self._schedulers:
+            import diffusers
+
+            self._schedulers[scheduler] = getattr(diffusers, SCHEDULERS[scheduler]).from_config(self._base_scheduler_config)
+        pipe.scheduler = self._schedulers[scheduler]
+        return pipe
 
     # ------------------------------------------------------------------ generation
 
     def generate(
         self,
         *,
-        control: Image.Image,
+        canvases: Mapping[str, Image.Image],
         style: StyleInput,
         prompts: Sequence[str],
         negatives: Sequence[str],
         seeds: Sequence[int],
-        params: dict,
+        params: Mapping[str, Any],
+        product_key: str = "",
     ) -> list[Image.Image]:
-        """One image per (prompt, negative, seed); each image's pixels depend only on its own seed."""
+        """One image per (prompt, negative, seed); each image's pixels depend only on its own seed.
+
+        `canvases` holds the product's canvas images by kind: one control image per ControlNet
+        of the profile, and `canvas` / `keep` where the mode or an adapter needs them.
+        """
         if not (len(prompts) == len(negatives) == len(seeds)) or not prompts:
             raise ValueError(f"prompts, negatives and seeds must be equal and non-empty lengths, got "
                              f"{len(prompts)}, {len(negatives)}, {len(seeds)}")
-        if control.size != (params["width"], params["height"]):
-            raise ValueError(f"control image is {control.size}, expected {(params['width'], params['height'])}")
+        params = {**PARAM_DEFAULTS, **params}
+        size = (params["width"], params["height"])
+        for kind in canvas_kinds(params, self.control_types, self.adapter_images):
+            if kind not in canvases:
+                raise ValueError(f"{params['mode']} with profile {self.profile!r} needs canvas image {kind!r}; "
+                                 f"got {sorted(canvases)}")
+            if canvases[kind].size != size:
+                raise ValueError(f"control image {kind!r} is {canvases[kind].size}, expected {size}")
         with self._lock:
-            return self._generate_split(control, style, list(prompts), list(negatives), list(seeds), params)
+            return self._generate_split(dict(canvases), style, list(prompts), list(negatives), list(seeds), params, product_key)
 
-    def _generate_split(self, control, style, prompts, negatives, seeds, params) -> list[Image.Image]:
+    def _generate_split(self, canvases, style, prompts, negatives, seeds, params, product_key) -> list[Image.Image]:
         try:
-            return self._call(control, style, prompts, negatives, seeds, params)
+            return self._call(canvases, style, prompts, negatives, seeds, params, product_key)
         except torch.cuda.OutOfMemoryError:
             if len(prompts) == 1:
                 raise
             torch.cuda.empty_cache()
             half = len(prompts) // 2
             log.warning("CUDA out of memory at batch %d; splitting into %d + %d", len(prompts), half, len(prompts) - half)
-            return self._generate_split(control, style, prompts[:half], negatives[:half], seeds[:half], params) + \
-                self._generate_split(control, style, prompts[half:], negatives[half:], seeds[half:], params)
+            return self._generate_split(canvases, style, prompts[:half], negatives[:half], seeds[:half], params, product_key) + \
+                self._generate_split(canvases, style, prompts[half:], negatives[half:], seeds[half:], params, product_key)
 
-    def _call(self, control, style, prompts, negatives, seeds, params) -> list[Image.Image]:
+    def _call(self, canvases, style, prompts, negatives, seeds, params, product_key) -> list[Image.Image]:
+        mode = params["mode"]
         cfg = params["guidance"] > 1.0
-        self._use_scheduler(params["scheduler"])
-        self.pipe.set_ip_adapter_scale(params["ip_scale"])
-        pairs = [self.prompt_embeds(p, n, cfg) for p, n in zip(prompts, negatives, strict=True)]
-        prompt_embeds = torch.cat([p for p, _ in pairs])
-        negative_embeds = torch.cat([n for _, n in pairs]) if cfg else None
-        # CPU generators: the same seed gives the same starting noise on every device.
-        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        pipe = self._pipe_for(mode, params["scheduler"])
+        kwargs = self._prompt_kwargs(prompts, negatives, cfg)
+        kwargs["ip_adapter_image_embeds"] = self.adapter_embeds(style, canvases.get("canvas"), product_key, cfg)
+        controls = [canvases[t] for t in self.control_types]
+        scales = params.get("control_scales") or {}
+        cond_scales = [float(scales.get(t, params["controlnet_scale"])) for t in self.control_types]
+        multi = len(controls) > 1
+        kwargs.update(
+            controlnet_conditioning_scale=cond_scales if multi else cond_scales[0],
+            control_guidance_start=params["controlnet_start"],
+            control_guidance_end=params["controlnet_end"],
+            num_inference_steps=params["steps"],
+            guidance_scale=params["guidance"],
+            width=params["width"],
+            height=params["height"],
+            # CPU generators: the same seed gives the same starting noise on every device.
+            generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
+            output_type="pil",
+        )
+        if mode == "ip_adapter":
+            kwargs["image"] = controls if multi else controls[0]
+            denoised_steps = params["steps"]
+        else:
+            # img2img starts from the style set's first reference; preserve from the product on the canvas.
+            init = canvases["canvas"] if mode == "preserve" else cover_canvas(style.images[0], params["width"], params["height"])
+            kwargs.update(image=init, control_image=controls if multi else controls[0], strength=params["strength"])
+            if mode == "preserve":
+                # One copy per image: the inpainting pipeline VAE-encodes a single init image with the
+                # first generator only, which would make an image's pixels depend on its batch.
+                kwargs["image"] = [init] * len(prompts)
+                kwargs["mask_image"] = [ImageOps.invert(canvases["keep"].convert("L"))] * len(prompts)  # white = repaint
+            denoised_steps = min(int(params["steps"] * params["strength"]), params["steps"])
+        kwargs["callback_on_step_end"] = self._set_adapter_scales(params, max(denoised_steps, 1))
         with torch.inference_mode():
-            out = self.pipe(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds,
-                image=control,
-                ip_adapter_image_embeds=self.image_embeds(style, cfg),
-                num_inference_steps=params["steps"],
-                guidance_scale=params["guidance"],
-                controlnet_conditioning_scale=params["controlnet_scale"],
-                width=params["width"],
-                height=params["height"],
-                generator=generators,
-                output_type="pil",
-            )
-        return list(out.images)
+            images = list(pipe(**kwargs).images)
+        if mode == "preserve":
+            # The product's own pixels, not the model's rendering of them: exact where the mask is full.
+            keep = canvases["keep"].convert("L")
+            images = [Image.composite(canvases["canvas"].convert("RGB"), img, keep) for img in images]
+        return images
+
+    def _prompt_kwargs(self, prompts, negatives, cfg) -> dict[str, Any]:
+        embeds = [self.prompt_embeds(p, n, cfg) for p, n in zip(prompts, negatives, strict=True)]
+        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+        kwargs = {}
+        for i, name in enumerate(names[: len(embeds[0])]):
+            if embeds[0][i] is not None:
+                kwargs[name] = torch.cat([e[i] for e in embeds])
+        return kwargs
+
+    def _set_adapter_scales(self, params: Mapping[str, Any], steps: int) -> Callable | None:
+        """Set each adapter's (preset) scales for the first step; return the step callback that
+        switches them off and on for the active window, or None when the window is every step."""
+        product_scale = params.get("product_ip_scale", params["ip_scale"])
+        configs = [
+            ip_block_scales(params["ip_preset"], params["ip_scale"] if image == "style" else product_scale,
+                            self.pipe.unet.config, self.xl)
+            for image in self.adapter_images
+        ]
+        self.pipe.set_ip_adapter_scale(configs)
+        start, end = params["ip_start"], params["ip_end"]
+        if start <= 0 and end >= 1:
+            return None
+        processors = [p for p in self.pipe.unet.attn_processors.values() if hasattr(p, "to_k_ip")]
+        on = [list(p.scale) for p in processors]
+
+        def switch(active: bool) -> None:
+            for proc, scales in zip(processors, on, strict=True):
+                proc.scale = list(scales) if active else [0.0] * len(scales)
+
+        switch(window_active(0, steps, start, end))
+
+        def callback(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+            # Called after step `step`: set the scales for the next one.
+            switch(window_active(step + 1, pipe.num_timesteps, start, end))
+            return callback_kwargs
+
+        return callback
 
 
 _ENGINES: dict[tuple, Engine] = {}
@@ -183,9 +380,8 @@ _ENGINES_LOCK = threading.Lock()
 
 def get_engine(profile_name: str, settings: Settings) -> Engine:
     """The process's engine for a profile, loaded on first use and kept for the life of the process."""
-    from catalogs import load_profiles
-
     from adapters.models import library_versions, load_pipeline, profile_revision
+    from catalogs import load_profiles
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
@@ -204,15 +400,16 @@ def get_engine(profile_name: str, settings: Settings) -> Engine:
                 device=device,
                 dtype=dtype,
                 versions=library_versions(),
+                control_types=profile.control_types,
+                adapter_images=profile.adapter_images,
             )
         return _ENGINES[key]
 
 
 def model_identity(profile_name: str, settings: Settings) -> tuple[str, str, str]:
     """(profile revision, dtype name, device) without loading any weights: what planning needs."""
-    from catalogs import load_profiles
-
     from adapters.models import profile_revision
+    from catalogs import load_profiles
 
     profiles = load_profiles()
     if profile_name not in profiles:

@@ -1,7 +1,7 @@
 """Model profiles: where their weights live, how they are loaded, and which exact weights they are.
 
 A `WeightsRef.source` is one of:
-- `builtin:tiny`: the random-weight kit, built once into the model cache (adapters/kit.py);
+- `builtin:tiny` / `builtin:tiny-sdxl`: the random-weight kits, built once into the model cache (adapters/kit.py);
 - `s3://bucket/prefix`: mirrored into `<model_cache>/s3/bucket/prefix` (changed objects only);
 - a local folder (absolute, `./`, `../`, `~`, `file://`, or any existing directory);
 - otherwise a Hugging Face repo id, loaded through the HF cache (offline when HF_HUB_OFFLINE=1).
@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from adapters.kit import ensure_tiny_kit, kit_manifest, quiet_progress_bars
 from adapters.settings import Settings
-from catalogs.models import IPAdapterRef, ModelProfile, WeightsRef
+from catalogs.models import ControlNetRef, IPAdapterRef, ModelProfile, WeightsRef
 
 if TYPE_CHECKING:
     import torch
-    from diffusers import StableDiffusionControlNetPipeline
+    from diffusers import DiffusionPipeline
 
 TINY_SOURCE = "builtin:tiny"
+BUILTIN_KITS = {TINY_SOURCE: "sd15", "builtin:tiny-sdxl": "sdxl"}  # builtin source -> kit variant
 S3_INDEX_NAME = ".stylematrix-s3-index.json"
 _HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_ROLES = (("base", "base weights"), ("controlnet", "ControlNet weights"), ("ip_adapter", "IP-Adapter weights"))
 
 
 @dataclass(frozen=True)
@@ -68,51 +68,68 @@ def resolve_weights(ref: WeightsRef, settings: Settings) -> str:
     return _component_path(ref, _locate(ref, settings, f"weights {ref.source!r}", {}))
 
 
-def load_pipeline(
-    profile: ModelProfile, settings: Settings, *, device: str, dtype: torch.dtype
-) -> StableDiffusionControlNetPipeline:
-    """The profile's ControlNet pipeline with its IP-Adapter loaded, on `device`, progress bars off."""
-    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+def load_pipeline(profile: ModelProfile, settings: Settings, *, device: str, dtype: torch.dtype) -> DiffusionPipeline:
+    """The profile's ControlNet pipeline (SD1.5 or SDXL) with its IP-Adapters loaded, on `device`, progress bars off.
 
-    label = _labels(profile)
+    Several ControlNets become one MultiControlNetModel, in profile order; several IP-Adapters
+    are loaded together and share the first one's image encoder.
+    """
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
+
+    refs = _refs(profile)
     if _source_kind(profile.base.source) == "hf" and profile.base.subfolder:
         raise ValueError(
-            f"{label['base']}: a pipeline loads from the root of a Hugging Face repo, not subfolder {profile.base.subfolder!r}"
+            f"{refs[0][0]}: a pipeline loads from the root of a Hugging Face repo, not subfolder {profile.base.subfolder!r}"
         )
-    if not profile.ip_adapter.weight_name:
-        raise ValueError(f"{label['ip_adapter']}: weight_name is required (the adapter's weight file)")
-    # Resolve and check all three before loading any, so a missing piece fails fast.
+    for label, ref in refs:
+        if isinstance(ref, IPAdapterRef) and not ref.weight_name:
+            raise ValueError(f"{label}: weight_name is required (the adapter's weight file)")
+    # Resolve and check every piece before loading any, so a missing one fails fast.
     mirrors: dict[str, S3Mirror] = {}
-    base = _locate(profile.base, settings, label["base"], mirrors)
-    control = _locate(profile.controlnet, settings, label["controlnet"], mirrors)
-    ip = _locate(profile.ip_adapter, settings, label["ip_adapter"], mirrors)
-    _check_local_files(profile, base, control, ip, label)
+    where = {label: _locate(ref, settings, label, mirrors) for label, ref in refs}
+    _check_local_files(refs, where)
 
     # One pipeline load prints half a dozen "Loading weights" bars; the engine logs instead.
     with quiet_progress_bars():
-        with _friendly_load_errors(label["controlnet"], profile.controlnet.source):
-            controlnet = ControlNetModel.from_pretrained(
-                _component_path(profile.controlnet, control), dtype=dtype, **_hub_kwargs(profile.controlnet, control)
-            )
-        with _friendly_load_errors(label["base"], profile.base.source):
-            pipe = StableDiffusionControlNetPipeline.from_pretrained(
-                _component_path(profile.base, base),
-                controlnet=controlnet,
-                safety_checker=None,
-                requires_safety_checker=False,
+        nets = []
+        for label, ref in refs:
+            if isinstance(ref, ControlNetRef):
+                with _friendly_load_errors(label, ref.source):
+                    nets.append(ControlNetModel.from_pretrained(
+                        _component_path(ref, where[label]), dtype=dtype, **_hub_kwargs(ref, where[label])
+                    ))
+        base_label = refs[0][0]
+        if profile.pipeline == "sdxl":
+            cls, extra = StableDiffusionXLControlNetPipeline, {"add_watermarker": False}
+        else:
+            cls, extra = StableDiffusionControlNetPipeline, {"safety_checker": None, "requires_safety_checker": False}
+        with _friendly_load_errors(base_label, profile.base.source):
+            pipe = cls.from_pretrained(
+                _component_path(profile.base, where[base_label]),
+                controlnet=nets[0] if len(nets) == 1 else nets,
                 dtype=dtype,
-                **_hub_kwargs(profile.base, base, subfolder=False),
+                **extra,
+                **_hub_kwargs(profile.base, where[base_label], subfolder=False),
             )
-        with _friendly_load_errors(label["ip_adapter"], profile.ip_adapter.source):
+        adapters = [(label, ref) for label, ref in refs if isinstance(ref, IPAdapterRef)]
+        first_label, first = adapters[0]
+        hub = [ref.revision for label, ref in adapters if not where[label].local]
+        with _friendly_load_errors(first_label, first.source):
             pipe.load_ip_adapter(
-                ip.root,
-                subfolder=profile.ip_adapter.subfolder or "",
-                weight_name=profile.ip_adapter.weight_name,
-                image_encoder_folder=profile.ip_adapter.image_encoder_folder,
-                **({} if ip.local else {"revision": profile.ip_adapter.revision}),
+                [where[label].root for label, _ in adapters],
+                subfolder=[ref.subfolder or "" for _, ref in adapters],
+                weight_name=[str(ref.weight_name) for _, ref in adapters],
+                image_encoder_folder=first.image_encoder_folder,
+                **({"revision": hub[0]} if hub else {}),
             )
     _fit_feature_extractor(pipe)
     pipe.to(device)
+    if str(device).startswith("cuda"):
+        import torch
+
+        # NHWC convolutions use the tensor cores' fast paths; attention is SDPA by default in torch 2.
+        for module in (pipe.unet, pipe.controlnet, pipe.vae):
+            module.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -120,16 +137,17 @@ def load_pipeline(
 def profile_revision(profile: ModelProfile, settings: Settings) -> str:
     """A stable string naming the exact weights of `profile`; part of every asset id.
 
-    The tiny kit is its KIT.json revision. Otherwise `base=...;controlnet=...;ip_adapter=...`,
-    each an HF repo (commit from the local cache, else the revision given, else `unpinned`), a
-    local folder (hash of file names and sizes: hashing GBs of contents on every run is too
-    slow, and mtimes change on copy) or an s3 prefix (hash of the objects' ETags).
+    A profile made only of one builtin kit is that kit's KIT.json revision. Otherwise
+    `base=...;controlnet=...;ip_adapter=...` (extra ControlNets and adapters as `controlnet2=`,
+    `ip_adapter2=` ...), each an HF repo (commit from the local cache, else the revision given,
+    else `unpinned`), a local folder (hash of file names and sizes: hashing GBs of contents on
+    every run is too slow, and mtimes change on copy) or an s3 prefix (hash of the objects' ETags).
     """
-    refs = {role: getattr(profile, role) for role, _ in _ROLES}
-    if all(ref.source == TINY_SOURCE for ref in refs.values()):
-        return _tiny_manifest(settings)["revision"]
-    label = _labels(profile)
-    parts = [f"{role}={_ref_revision(ref, settings, label[role])}" for role, ref in refs.items()]
+    refs = _refs(profile)
+    sources = {ref.source for _, ref in refs}
+    if len(sources) == 1 and next(iter(sources)) in BUILTIN_KITS:
+        return _tiny_manifest(settings, BUILTIN_KITS[next(iter(sources))])["revision"]
+    parts = [f"{_role_key(label)}={_ref_revision(ref, settings, label)}" for label, ref in refs]
     return ";".join(parts)
 
 
@@ -180,8 +198,21 @@ def mirror_s3_prefix(uri: str, settings: Settings) -> S3Mirror:
 # --------------------------------------------------------------------------- resolving
 
 
-def _labels(profile: ModelProfile) -> dict[str, str]:
-    return {role: f"profile {profile.name!r}: {what}" for role, what in _ROLES}
+def _refs(profile: ModelProfile) -> list[tuple[str, WeightsRef]]:
+    """Every weights reference of a profile with the label errors name it by, base first."""
+    name = f"profile {profile.name!r}"
+    refs: list[tuple[str, WeightsRef]] = [(f"{name}: base weights", profile.base)]
+    for i, ref in enumerate(profile.controlnets):
+        refs.append((f"{name}: ControlNet{'' if i == 0 else f' {i + 1}'} weights", ref))
+    for i, ref in enumerate(profile.ip_adapters):
+        refs.append((f"{name}: IP-Adapter{'' if i == 0 else f' {i + 1}'} weights", ref))
+    return refs
+
+
+def _role_key(label: str) -> str:
+    """`profile 'x': ControlNet 2 weights` -> `controlnet2`."""
+    what = label.split(": ", 1)[1].removesuffix(" weights").lower().replace("-", "_").replace(" ", "")
+    return what
 
 
 def _source_kind(source: str) -> str:
@@ -198,9 +229,9 @@ def _source_kind(source: str) -> str:
 def _locate(ref: WeightsRef, settings: Settings, label: str, mirrors: dict[str, S3Mirror]) -> _Location:
     kind = _source_kind(ref.source)
     if kind == "builtin":
-        if ref.source != TINY_SOURCE:
-            raise ValueError(f"{label}: unknown builtin {ref.source!r} (the only one is {TINY_SOURCE!r})")
-        return _Location(str(ensure_tiny_kit(settings.model_cache)), local=True)
+        if ref.source not in BUILTIN_KITS:
+            raise ValueError(f"{label}: unknown builtin {ref.source!r} (known: {sorted(BUILTIN_KITS)})")
+        return _Location(str(ensure_tiny_kit(settings.model_cache, BUILTIN_KITS[ref.source])), local=True)
     if kind == "s3":
         if ref.source not in mirrors:
             mirrors[ref.source] = mirror_s3_prefix(ref.source, settings)
@@ -238,23 +269,23 @@ def _hub_kwargs(ref: WeightsRef, loc: _Location, *, subfolder: bool = True) -> d
     return kwargs
 
 
-def _check_local_files(
-    profile: ModelProfile, base: _Location, control: _Location, ip: _Location, label: dict[str, str]
-) -> None:
+def _check_local_files(refs: list[tuple[str, WeightsRef]], where: dict[str, _Location]) -> None:
     """Name the missing file of a local kit, folder or mirror before diffusers does it obscurely."""
     needed: list[tuple[str, Path]] = []
-    if base.local:
-        needed.append((label["base"], Path(_component_path(profile.base, base)) / "model_index.json"))
-    if control.local:
-        needed.append((label["controlnet"], Path(_component_path(profile.controlnet, control)) / "config.json"))
-    if ip.local:
-        ref: IPAdapterRef = profile.ip_adapter
-        adapter_dir = Path(ip.root) / (ref.subfolder or "")
-        needed.append((label["ip_adapter"], adapter_dir / str(ref.weight_name)))
-        # Same rule as load_ip_adapter: a bare name sits inside the subfolder, a path is from the root.
-        encoder = ref.image_encoder_folder
-        encoder_dir = adapter_dir / encoder if "/" not in encoder else Path(ip.root) / encoder
-        needed.append((f"{label['ip_adapter']} image encoder", encoder_dir / "config.json"))
+    for i, (label, ref) in enumerate(refs):
+        loc = where[label]
+        if not loc.local:
+            continue
+        if isinstance(ref, IPAdapterRef):
+            adapter_dir = Path(loc.root) / (ref.subfolder or "")
+            needed.append((label, adapter_dir / str(ref.weight_name)))
+            # Same rule as load_ip_adapter: a bare name sits inside the subfolder, a path is from the root.
+            encoder = ref.image_encoder_folder
+            encoder_dir = adapter_dir / encoder if "/" not in encoder else Path(loc.root) / encoder
+            needed.append((f"{label} image encoder", encoder_dir / "config.json"))
+        else:
+            marker = "model_index.json" if i == 0 else "config.json"
+            needed.append((label, Path(_component_path(ref, loc)) / marker))
     for what, path in needed:
         if not path.is_file():
             raise FileNotFoundError(f"{what}: {str(path)!r} is missing")
@@ -271,7 +302,7 @@ def _friendly_load_errors(label: str, source: str) -> Iterator[None]:
         raise FileNotFoundError(f"{label}: could not load {source!r}: {first_line}") from exc
 
 
-def _fit_feature_extractor(pipe: StableDiffusionControlNetPipeline) -> None:
+def _fit_feature_extractor(pipe: DiffusionPipeline) -> None:
     """Make the image processor produce what the image encoder expects.
 
     `load_ip_adapter` only creates a processor when none is registered; a pipeline that ships a
@@ -317,8 +348,8 @@ def _hf_cached_commit(repo_id: str, revision: str | None) -> str | None:
 # --------------------------------------------------------------------------- revisions
 
 
-def _tiny_manifest(settings: Settings) -> dict[str, Any]:
-    kit = ensure_tiny_kit(settings.model_cache)
+def _tiny_manifest(settings: Settings, variant: str = "sd15") -> dict[str, Any]:
+    kit = ensure_tiny_kit(settings.model_cache, variant)
     manifest = kit_manifest(kit)
     if manifest is None:  # only if someone deletes files between the two calls
         raise FileNotFoundError(f"tiny kit at {str(kit)!r} is incomplete")
@@ -330,7 +361,7 @@ def _ref_revision(ref: WeightsRef, settings: Settings, label: str) -> str:
     kind = _source_kind(ref.source)
     if kind == "builtin":
         _locate(ref, settings, label, {})  # validates the builtin name
-        name, rev = ref.source, _tiny_manifest(settings)["revision"]
+        name, rev = ref.source, _tiny_manifest(settings, BUILTIN_KITS[ref.source])["revision"]
     elif kind == "s3":
         bucket, prefix = _split_s3(ref.source)
         name, rev = "s3", _listing_revision(_s3_listing(_s3_client(settings), bucket, prefix, ref.source))

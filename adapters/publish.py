@@ -47,6 +47,13 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def encode_jpeg(image: Image.Image, quality: int = 88) -> bytes:
+    """JPEG bytes for pictures people look at (contact sheets), not for published images."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def image_uri(assets: str, run_id: str, asset_id: str) -> str:
     return run_uri(assets, run_id, "images", f"{asset_id}.png")
 
@@ -87,6 +94,13 @@ def put_table_part(store: ObjectStore, assets: str, table: str, run_date: str, n
     uri = table_part_uri(assets, table, run_date, name)
     store.put(uri, data, content_type="application/vnd.apache.parquet")
     return _entry(table, uri, data)
+
+
+def rewrite_table_part(store: ObjectStore, part: dict, rows: Sequence[dict]) -> dict:
+    """Write `rows` over an uncommitted part (same URI); returns its new manifest entry."""
+    data = table_bytes(part["table"], rows)
+    store.put(part["uri"], data, content_type="application/vnd.apache.parquet")
+    return _entry(part["table"], part["uri"], data)
 
 
 def part_entry(store: ObjectStore, table: str, uri: str) -> dict:
@@ -143,6 +157,14 @@ def mirror_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> P
                    target / "generations.parquet")
     if manifest.get("gallery"):
         (target / "index.html").write_bytes(store.get(manifest["gallery"]))
+    for name, uri in manifest.get("sheets", {}).items():
+        (target / "sheets").mkdir(exist_ok=True)
+        (target / "sheets" / name).write_bytes(store.get(uri))
+    # Every part in its Hive layout too, so DuckDB reads the mirror as it reads the bucket.
+    for part in manifest["parts"]:
+        local = target / "tables" / part["uri"].removeprefix(join_uri(assets, "tables") + "/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(store.get(part["uri"]))
     (target / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     latest = out_dir / "latest"
     tmp = out_dir / f".latest-{os.getpid()}"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from adapters.engine import resolve_device, resolve_dtype
 from adapters.kit import quiet_progress_bars
-from adapters.models import TINY_SOURCE, _ref_revision, resolve_weights
+from adapters.models import BUILTIN_KITS, TINY_SOURCE, _ref_revision, resolve_weights
 from adapters.settings import Settings
 from catalogs.models import ModelProfile, WeightsRef
 
@@ -32,12 +32,12 @@ TINY_CLIP_FOLDER = "clip"
 def clip_weights(setting: str, profile: ModelProfile) -> WeightsRef | None:
     """The CLIP weights a campaign's `selection.clip_model` names; None when CLIP scoring is off.
 
-    `auto` is the tiny kit's CLIP for a tiny profile and openai/clip-vit-large-patch14 otherwise.
+    `auto` is the tiny kit's CLIP for a profile built from a tiny kit, openai/clip-vit-large-patch14 otherwise.
     """
     if setting == "none":
         return None
     if setting == "auto":
-        setting = TINY_SOURCE if profile.ip_adapter.source == TINY_SOURCE else DEFAULT_CLIP
+        setting = TINY_SOURCE if profile.base.source in BUILTIN_KITS else DEFAULT_CLIP
     if setting == TINY_SOURCE:
         return WeightsRef(source=TINY_SOURCE, subfolder=TINY_CLIP_FOLDER)
     return WeightsRef(source=setting)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -90,7 +90,8 @@ class RefreshReport:
     duplicates: int
 
     def payload(self) -> dict[str, object]:
-        return dict(self.__dict__)
+        """The report as plain JSON-ready data (event payloads, flow results)."""
+        return asdict(self)
 
 
 # --------------------------------------------------------------------------- reading
@@ -157,8 +158,9 @@ def previous_snapshot(store: ObjectStore, catalog: str, *, full: bool = False) -
 def write_snapshot(store: ObjectStore, catalog: str, scan: Scan, previous: Previous | None, *,
                    full: bool = False, now: datetime | None = None) -> RefreshReport:
     """Commit `scan` as a new snapshot and point LATEST at it, unless nothing changed since `previous`."""
+    now = now or datetime.now(UTC)
     written = previous is None or previous.records is None or full or scan.changed
-    snapshot_id = previous.snapshot_id if previous and not written else new_snapshot_id(now or datetime.now(UTC), scan.digest)
+    snapshot_id = previous.snapshot_id if previous and not written else new_snapshot_id(now, scan.digest)
     report = RefreshReport(
         catalog=catalog, snapshot_id=snapshot_id, previous_id=previous.snapshot_id if previous else None,
         written=written, listed=scan.listed, fetched=scan.fetched, skipped=scan.skipped, unread=scan.unread,
@@ -173,7 +175,7 @@ def write_snapshot(store: ObjectStore, catalog: str, scan: Scan, previous: Previ
         files[table] = uri
     commit = {
         "schema_version": SNAPSHOT_SCHEMA_VERSION, "snapshot_id": snapshot_id, "catalog": catalog,
-        "created_at": (now or datetime.now(UTC)).isoformat(), "rules_version": RULES_VERSION,
+        "created_at": now.isoformat(), "rules_version": RULES_VERSION,
         "inventory_sha256": scan.digest, "files": files, **report.payload(),
     }
     try:

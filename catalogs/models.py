@@ -296,6 +296,69 @@ class Generation(_Strict):
         return self
 
 
+# Every score an image gets, and which way is better: "higher", "lower", or "mid" (nearest 0.5).
+# Gates and ranking weights name these; their meaning is in docs/metadata-tables.md.
+SCORES = {
+    "edge_f1": "higher",
+    "product_ssim": "higher",
+    "product_delta_e": "lower",
+    "clip_text": "higher",
+    "clip_style": "higher",
+    "sharpness": "higher",
+    "luminance": "mid",
+    "clipped_share": "lower",
+    "colourfulness": "higher",
+}
+GATE_PATTERN = re.compile(r"^\s*([a-z_0-9]+)\s*(>=|<=|>|<)\s*(-?\d+(?:\.\d*)?(?:e-?\d+)?)\s*$")
+
+
+def parse_gate(gate: str) -> tuple[str, str, float]:
+    """`"edge_f1 >= 0.3"` as `("edge_f1", ">=", 0.3)`; raises ValueError naming the problem."""
+    match = GATE_PATTERN.match(gate)
+    if not match:
+        raise ValueError(f"gate {gate!r} must look like 'edge_f1 >= 0.3' (a score, one of >= <= > <, a number)")
+    name, op, value = match.groups()
+    if name not in SCORES:
+        raise ValueError(f"gate {gate!r} names unknown score {name!r}; known: {sorted(SCORES)}")
+    return name, op, float(value)
+
+
+class Selection(_Strict):
+    """How a run's images are judged: gates drop, weights rank, the top k per product are selected."""
+
+    top_k: int = Field(default=4, ge=0, le=10_000)
+    gates: tuple[str, ...] = ("edge_f1 >= 0.2", "clipped_share <= 0.5")
+    weights: dict[str, float] = {
+        "edge_f1": 1.0, "product_ssim": 0.5, "product_delta_e": 0.5, "clip_text": 1.0, "clip_style": 0.5,
+        "sharpness": 0.25, "clipped_share": 0.25,
+    }
+    # Largest Hamming distance (of 64 bits) between two background hashes that still makes a near-duplicate.
+    duplicate_distance: int = Field(default=6, ge=0, le=64)
+    # CLIP model for clip_text and clip_style: "auto" (the tiny kit's for a tiny profile, else
+    # openai/clip-vit-large-patch14), "none", an HF repo id, a local folder, an s3:// prefix or "builtin:tiny".
+    clip_model: str = Field(default="auto", min_length=1)
+
+    @field_validator("gates")
+    @classmethod
+    def _gates_parse(cls, gates: tuple[str, ...]) -> tuple[str, ...]:
+        for gate in gates:
+            parse_gate(gate)
+        return gates
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_known(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(SCORES))
+        if unknown:
+            raise ValueError(f"weights name unknown scores {unknown}; known: {sorted(SCORES)}")
+        negative = sorted(k for k, v in weights.items() if v < 0)
+        if negative:
+            raise ValueError(f"weights {negative} are negative; each score already counts in its better direction")
+        if not any(v > 0 for v in weights.values()):
+            raise ValueError("no weight is above 0: at least one score must rank the images")
+        return weights
+
+
 class Campaign(_Strict):
     """What to make: products x style sets x prompt matrix, and how."""
 
@@ -304,6 +367,7 @@ class Campaign(_Strict):
     styles: Selector = Selector()
     matrix: PromptMatrix
     generation: Generation = Generation()
+    selection: Selection = Selection()
 
     @model_validator(mode="after")
     def _parameter_axes_valid(self) -> Campaign:
@@ -315,7 +379,8 @@ class Campaign(_Strict):
                 if bad:
                     raise ValueError(f"matrix axis 'style': {bad} are not style set ids")
             elif name in PARAMETER_AXES:
-                adapter = TypeAdapter(Annotated[Generation.model_fields[name].annotation, *Generation.model_fields[name].metadata])
+                field = Generation.model_fields[name]
+                adapter = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation)
                 for value in values:
                     try:
                         adapter.validate_python(value)

@@ -12,33 +12,35 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from adapters import catalog_io, publish
+from adapters import catalog_io, conditioning, publish
 from adapters.settings import get_settings
 from adapters.storage import S3Store
-from catalogs import parse_campaign
+from catalogs import load_profiles, parse_campaign
 from catalogs.models import Product, RunRequest
 from flows import steps
 from flows.catalog import catalog_for_run
 from flows.dispatch import run_shards
-from tasks.canny import control_image, control_name
-from tasks.gallery import render_gallery
-from tasks.plan import Batch
+from tasks.canny import canvas_kinds, canvas_name
+from tasks.plan import Batch, maskless_products
 from tasks.request import apply_request, narrow
 from tasks.tables import run_row
 
-def prepare_controls(store: S3Store, assets: str, run_id: str, products: Sequence[Product],
-                     batches: Sequence[Batch]) -> dict[str, str]:
-    """Canny control images, once per product and canvas: computed here, stored with the run."""
+
+def prepare_controls(store: S3Store, assets: str, run_id: str, products: Sequence[Product], batches: Sequence[Batch],
+                     control_types: Sequence[str] = ("canny",), adapter_images: Sequence[str] = ("style",)) -> dict[str, str]:
+    """Control images (and preserve mode's canvas and keep-mask), once per product and canvas: computed
+    here, stored with the run under their canvas names."""
     by_id = {p.product_id: p for p in products}
     controls: dict[str, str] = {}
     for b in batches:
-        name = control_name(b.product_id, b.params)
-        if name in controls:
+        kinds = [k for k in canvas_kinds(b.params, control_types, adapter_images)
+                 if canvas_name(b.product_id, b.params, k) not in controls]
+        if not kinds:
             continue
-        photo = catalog_io.load_image(store, by_id[b.product_id].image_key)
-        edges = control_image(photo, b.params["width"], b.params["height"], b.params["canny_low"], b.params["canny_high"])
-        controls[name] = publish.run_uri(assets, run_id, "controls", name)
-        store.put(controls[name], publish.encode_png(edges), content_type="image/png")
+        for kind, image in conditioning.product_canvases(store, by_id[b.product_id], b.params, kinds).items():
+            name = canvas_name(b.product_id, b.params, kind)
+            controls[name] = publish.run_uri(assets, run_id, "controls", name)
+            store.put(controls[name], publish.encode_png(image), content_type="image/png")
     return controls
 
 
@@ -66,7 +68,13 @@ def run_campaign(request: RunRequest) -> dict:
     products, styles = narrow(request, *steps.choose(spec, state.products, state.styles))
     cells = steps.expand(spec.matrix)
     revision, dtype, device = steps.identity(spec.generation.profile, settings)
-    jobs = steps.plan(spec, products, styles, cells, profile_revision=revision, dtype=dtype)
+    profile = load_profiles()[spec.generation.profile]
+    for reason in maskless_products(spec, products).values():
+        logger.warning(reason)
+    if spec.generation.negative_reference:
+        negative = conditioning.read_reference(store, spec.generation.negative_reference, catalog)
+        styles = conditioning.with_negative_reference(styles, negative)
+    jobs = steps.plan(spec, products, styles, cells, profile_revision=revision, dtype=dtype, profile=profile)
     done = steps.published(store, assets)
     todo = [j for j in jobs if j.asset_id not in done]
     run_id = new_run_id(spec.name, started)
@@ -80,21 +88,26 @@ def run_campaign(request: RunRequest) -> dict:
 
     batches = steps.batch(todo, spec.generation.batch_size)
     shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
-    controls = controls_step(store, assets, run_id, products, batches) if batches else {}
+    controls = controls_step(store, assets, run_id, products, batches, profile.control_types,
+                             profile.adapter_images) if batches else {}
+    progress = steps.start_progress(spec.name, run_id) if batches else None
     results = run_shards(
         shards, store=store, deployment=settings.shard_deployment, attempts=settings.shard_attempts,
         poll_seconds=settings.shard_poll_seconds,
         run_id=run_id, campaign=spec.name, assets=assets, controls=controls, run_date=run_date, batch_total=len(batches),
+        clip_model=spec.selection.clip_model, progress=progress,
     )
     gen_seconds = sum(r["seconds"] for r in results)
     images = [img for r in results for img in r["images"]]
     parts = [r["part"] for r in results]
 
-    gallery = None
+    # Gates, duplicates and ranks across the run; then the tables, sheets and gallery built on them.
+    rows, sheets, gallery = [], {}, None
     if images:
-        rows = publish.read_table(store, {"parts": parts}, "generations").to_dict("records")
-        gallery = publish.run_uri(assets, run_id, "index.html")
-        publish.put_text(store, gallery, render_gallery(run_id, spec.name, rows), "text/html; charset=utf-8")
+        rows, parts = steps.select_run(store, parts, spec.selection)
+        parts.append(steps.write_cell_metrics(store, assets, run_date, run_id, spec.name, rows))
+        sheets = steps.write_sheets(store, assets, run_id, rows, products, styles, controls)
+        gallery = steps.write_gallery(store, assets, run_id, spec.name, rows, sheets, [p["uri"] for p in parts])
     finished = datetime.now(UTC)
     row = run_row(
         run_id=run_id, campaign=spec.name,
@@ -106,15 +119,19 @@ def run_campaign(request: RunRequest) -> dict:
         duration_seconds=time.perf_counter() - clock,
         products=len(products), styles=len(styles), cells=len(cells),
         images_planned=len(jobs), images_generated=len(images), images_skipped=len(jobs) - len(todo),
+        images_selected=sum(bool(r["selected"]) for r in rows), images_failed=sum(r["status"] == "failed" for r in rows),
         batches=len(batches), images_per_second=len(images) / gen_seconds if gen_seconds else 0.0,
         quarantined=len(state.quarantine), status="completed" if images else "nothing-new",
     )
     parts.append(publish.put_table_part(store, assets, "runs", run_date, run_id, [row]))
     manifest = {
-        "schema_version": 1, "run_id": run_id, "campaign": spec.name, "created_at": finished.isoformat(),
-        "parts": parts, "images": images, "gallery": gallery, "controls": controls,
-        "counts": {k: row[k] for k in ("images_planned", "images_generated", "images_skipped", "batches", "quarantined")},
+        "schema_version": 2, "run_id": run_id, "campaign": spec.name, "created_at": finished.isoformat(),
+        "parts": parts, "images": images, "gallery": gallery, "sheets": sheets, "controls": controls,
+        "counts": {k: row[k] for k in ("images_planned", "images_generated", "images_skipped", "images_selected",
+                                       "images_failed", "batches", "quarantined")},
     }
+    steps.report_run(spec.name, run_id, rows, gallery=gallery, sheets=sheets, tables=[p["uri"] for p in parts],
+                     manifest=publish.run_uri(assets, run_id, publish.MANIFEST))
     manifest_uri = publish.write_manifest(store, assets, run_id, manifest)
     if images:
         logger.info("run %s: published %d images in %.1f s (%.2f images/s of generation)",
@@ -122,7 +139,7 @@ def run_campaign(request: RunRequest) -> dict:
     else:
         logger.info("run %s: nothing new: all %d images were already published", run_id, len(jobs))
     return {
-        "run_id": run_id, "manifest": manifest_uri, "gallery": gallery,
+        "run_id": run_id, "manifest": manifest_uri, "gallery": gallery, "sheets": sheets,
         "tables": [p["uri"] for p in parts], **manifest["counts"],
         "duration_seconds": row["duration_seconds"], "images_per_second": row["images_per_second"],
     }
@@ -133,6 +150,9 @@ def summary_lines(summary: dict) -> list[str]:
     lines = [f"run {summary['run_id']}: {summary['images_generated']} images generated, "
              f"{summary['images_skipped']} already published, {summary['quarantined']} catalog objects quarantined "
              f"({summary['duration_seconds']:.1f} s, {summary['images_per_second']:.2f} images/s)"]
+    if summary["images_generated"]:
+        lines.append(f"  selected: {summary['images_selected']} images (top k per product), "
+                     f"{summary['images_failed']} failed; contact sheets: {len(summary['sheets'])}")
     lines += [f"  table:    {t}" for t in summary["tables"]]
     if summary["gallery"]:
         lines.append(f"  gallery:  {summary['gallery']}")

@@ -11,10 +11,12 @@ import typer
 
 from adapters.settings import export_s3_endpoint, get_settings, prepare_runtime_env
 from catalogs.models import RunRequest
+from flows.cli_catalog import catalog_app
 
 prepare_runtime_env()  # before Prefect is imported anywhere below
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Style-matrix image campaigns: IP-Adapter + ControlNet on S3 catalogs.")
+app.add_typer(catalog_app, name="catalog")
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConnectionError, PermissionError)
 
@@ -45,6 +47,7 @@ def run(
     catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] of the catalog (default STYLEMATRIX_CATALOG)")] = None,
     assets: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] for outputs (default STYLEMATRIX_ASSETS)")] = None,
     profile: Annotated[str | None, typer.Option(help="model profile, overriding the campaign's (tiny, sd15, ...)")] = None,
+    snapshot: Annotated[str | None, typer.Option(help="catalog snapshot id to read (default: the latest)")] = None,
 ) -> None:
     """Run a campaign against the configured S3 endpoint and model profile."""
     from adapters import catalog_io
@@ -68,7 +71,8 @@ def run(
     from flows.campaign import run_campaign
 
     try:
-        summary = run_campaign(RunRequest(campaign=source, catalog=catalog, assets=assets, profile=profile, triggered_by="cli"))
+        summary = run_campaign(RunRequest(campaign=source, catalog=catalog, assets=assets, profile=profile,
+                                          snapshot=snapshot, triggered_by="cli"))
     except USER_ERRORS as exc:
         fail(exc)
     _finish(summary, store, assets, settings.out_dir, time.perf_counter() - start)

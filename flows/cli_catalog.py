@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
@@ -13,6 +14,12 @@ from adapters.settings import get_settings
 
 catalog_app = typer.Typer(add_completion=False, no_args_is_help=True,
                           help="The catalog: import materials, refresh its snapshot, list products, styles and quarantine.")
+
+
+class EntryKind(StrEnum):
+    products = "products"
+    styles = "styles"
+
 
 CatalogOption = Annotated[str | None, typer.Option(help="s3://bucket[/prefix] of the catalog (default STYLEMATRIX_CATALOG)")]
 
@@ -32,7 +39,7 @@ def _store_for(catalog: str | None):
 def import_(
     source: Annotated[Path, typer.Argument(help="local folder: products/<id>/ and styles/<id>/, or loose images")],
     catalog: CatalogOption = None,
-    as_kind: Annotated[Literal["products", "styles"] | None, typer.Option(
+    as_kind: Annotated[EntryKind | None, typer.Option(
         "--as", help="for a folder of loose images: each image is one product, or one style set")] = None,
 ) -> None:
     """Upload a folder of materials; files already in the catalog unchanged are not uploaded again."""
@@ -41,7 +48,7 @@ def import_(
 
     try:
         store, catalog = _store_for(catalog)
-        report = import_folder(store, source, catalog, as_kind=as_kind)
+        report = import_folder(store, source, catalog, as_kind=as_kind.value if as_kind else None)
     except USER_ERRORS as exc:
         fail(exc)
     for line in report.refused:
@@ -102,7 +109,7 @@ def ls(
         return "-" if uri is None else uri.removeprefix(root)
 
     def duplicate(r: dict) -> str:
-        return f"{r['duplicate_kind']} of {rel(r['duplicate_of'])}" if r["duplicate_of"] else "-"
+        return f"{r['duplicate_kind']} duplicate of {rel(r['duplicate_of'])}" if r["duplicate_of"] else "-"
 
     typer.echo(f"\nproducts ({len(rows['products'])})")
     typer.echo(_table(["id", "size", "mode", "mask", "title", "tags", "duplicate"], [
@@ -123,6 +130,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
     lines = []
     for row in [headers, *rows]:
-        cells = [str(x).ljust(w) for x, w in zip(row[:-1], widths, strict=True)] + [str(row[-1])]
+        cells = [str(x).ljust(w) for x, w in zip(row[:-1], widths[:-1], strict=True)] + [str(row[-1])]
         lines.append("  " + "  ".join(cells).rstrip())
     return "\n".join(lines)

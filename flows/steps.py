@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from adapters import catalog_io, publish, snapshots
 from adapters.engine import model_identity
+from flows import publishing
 from tasks.matrix import expand_matrix
 from tasks.plan import group_batches, plan_jobs, plan_shards, select
 
@@ -32,3 +33,12 @@ latest_snapshot = task(snapshots.latest_snapshot_id, name="latest-snapshot", ret
 load_snapshot = task(snapshots.load_snapshot, name="load-snapshot", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 published = task(publish.published_asset_ids, name="published-assets", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 identity = task(model_identity, name="model-identity", cache_policy=NO_CACHE)
+
+# Selection and publishing, after the shards and before the manifest. Each rewrites its own
+# uncommitted objects, so a retry is safe; artifacts are reports, never retried.
+start_progress = task(publishing.start_progress, name="start-progress", cache_policy=NO_CACHE)
+select_run = task(publishing.select_run, name="select-images", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+write_cell_metrics = task(publishing.write_cell_metrics, name="write-cell-metrics", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+write_sheets = task(publishing.write_sheets, name="contact-sheets", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+write_gallery = task(publishing.write_gallery, name="gallery", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+report_run = task(publishing.report_run, name="run-artifacts", cache_policy=NO_CACHE)

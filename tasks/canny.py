@@ -104,7 +104,7 @@ def softedge_map(image: Image.Image) -> Image.Image:
 def canvas_kinds(params: Mapping, control_types: Sequence[str], adapter_images: Sequence[str] = ("style",)) -> tuple[str, ...]:
     """The canvas images a batch needs: one per ControlNet, plus the product canvas and keep-mask where used."""
     kinds = list(control_types)
-    if params["mode"] == "preserve":
+    if params.get("mode") == "preserve":
         kinds += ["canvas", "keep"]
     if "product" in adapter_images and "canvas" not in kinds:
         kinds.append("canvas")

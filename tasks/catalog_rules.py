@@ -268,14 +268,15 @@ class Duplicate:
 def find_duplicates(images: Sequence[tuple[str, str, str]], max_distance: int = NEAR_DUPLICATE_BITS) -> dict[str, Duplicate]:
     """Exact and near duplicates among `(key, sha256, phash)` triples, by key.
 
-    Images are taken in key order; each is compared with the earlier images that are not
+    Images are taken in key order (folder by folder: `products/rocket/` before
+    `products/rocket-copy/`); each is compared with the earlier images that are not
     themselves duplicates, so every duplicate points at one original and groups do not chain.
     """
     originals: list[str] = []
     hashes: list[int] = []
     by_sha: dict[str, str] = {}
     found: dict[str, Duplicate] = {}
-    for key, sha256, phash in sorted(images):
+    for key, sha256, phash in sorted(images, key=lambda image: image[0].split("/")):
         if sha256 in by_sha:
             found[key] = Duplicate(key, by_sha[sha256], "exact", 0)
             continue

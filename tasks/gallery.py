@@ -87,8 +87,7 @@ def _card(r: Mapping) -> str:
     status = r.get("status") or "ok"
     selected = bool(r.get("selected"))
     cell = ", ".join(f"{k}: {v}" for k, v in r["cell"])
-    badges = ('<span class="badge selected">selected</span>' if selected else "") + \
-        f'<span class="badge {_e(status)}">{_e(status)}</span>'
+    badges = '<span class="badge selected">selected</span>' if selected else f'<span class="badge {_e(status)}">{_e(status)}</span>'
     rank = "" if _missing(r.get("rank_in_product")) else \
         f' · #{int(r["rank_in_product"])} of product, #{int(r["rank_in_cell"])} of cell'
     scores = "".join(

@@ -178,6 +178,8 @@ def plan_jobs(
                 if "style" in matrix.axes and cell.params["style"] != style.style_id:
                     continue
                 params = job_params(campaign, style, cell, profile)
+                if params["mode"] == "preserve" and product.mask_source == "none":
+                    continue  # no mask, no pixels to keep: maskless_products says so
                 prompt = render_prompt(matrix.template, cell, product)
                 for seed in matrix.seed_list:
                     aid = asset_id(
@@ -222,12 +224,12 @@ def modes_used(campaign: Campaign) -> set[str]:
 
 
 def maskless_products(campaign: Campaign, products: Sequence[Product]) -> dict[str, str]:
-    """Products a preserve-mode campaign cannot use, with the reason: they have no mask."""
+    """Products whose preserve-mode images `plan_jobs` leaves out, with the reason: they have no mask."""
     if "preserve" not in modes_used(campaign):
         return {}
     return {
         p.product_id: f"product {p.product_id!r} has no mask (no mask.png, no transparent or plain background): "
-                      "preserve mode needs one to know which pixels to keep"
+                      "its preserve-mode images are left out, since preserve mode keeps the pixels a mask marks"
         for p in products if p.mask_source == "none"
     }
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tasks.canny import fit_to_canvas
+from tasks.canny import canvas_mask
 
 EDGE_TOLERANCE = 2  # pixels an output edge may sit from the product's edge and still count
 BLANK_STD = 0.5  # an image whose grey levels vary less than this carries no picture
@@ -27,17 +27,12 @@ HASH_BITS = 64
 
 
 def product_mask_on_canvas(product: Image.Image, width: int, height: int, mask: Image.Image | None = None) -> np.ndarray:
-    """Where the product sits on a width x height canvas, placed exactly as the control image places it.
+    """Where the product sits on a width x height canvas, as booleans of shape (height, width).
 
-    `mask` is the product's own mask (`tasks.masks.product_mask`: 255 = product); without one
-    the whole fitted photo counts as product. Returns a boolean array of shape (height, width).
+    Placed exactly as the control images place the product (`tasks.canny.canvas_mask`): the
+    product's mask wins (`tasks.masks.product_mask`), then its alpha; else the whole fitted photo.
     """
-    if mask is not None and mask.size != product.size:
-        raise ValueError(f"product mask is {mask.size[0]}x{mask.size[1]} but the product is {product.size[0]}x{product.size[1]}")
-    source = mask.convert("L") if mask is not None else Image.new("L", product.size, 255)
-    # Fitting the mask with the control image's own function keeps the two pixel-aligned.
-    fitted = fit_to_canvas(source.convert("RGB"), width, height, background=(0, 0, 0))
-    return np.asarray(fitted.convert("L")) > 127
+    return np.asarray(canvas_mask(product, mask, width, height)) >= 128
 
 
 def _shrink(mask: np.ndarray, pixels: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""adapters.catalog_io: seeding the sample catalog, reading it back, quarantine, images, campaigns."""
+"""adapters.catalog_io and catalog_import: seeding, reading, entry rules, images and masks, importing, campaigns."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ import pytest
 from PIL import Image
 
 from adapters import catalog_io
+from adapters.catalog_import import entry_id_from_name, import_folder
 from adapters.catalog_io import (
     CatalogState,
+    _sample_png,
     campaign_uri,
     load_image,
+    load_mask,
     read_campaign,
     read_catalog,
     seed_sample_catalog,
@@ -105,7 +108,7 @@ def test_seed_uses_shipped_campaign(store: S3Store, fresh_bucket: str) -> None:
 def test_read_sample_catalog(store: S3Store, sample: str) -> None:
     state = read_catalog(store, sample)
     assert isinstance(state, CatalogState)
-    assert state.quarantine == []
+    assert state.quarantine == [] and state.duplicates == {}
     products = {p.product_id: p for p in state.products}
     styles = {s.style_id: s for s in state.styles}
     assert {"coffee-cup", "rocket", "alarm-clock", "brand-logo"} <= set(products)
@@ -113,15 +116,16 @@ def test_read_sample_catalog(store: S3Store, sample: str) -> None:
     assert [p.product_id for p in state.products] == sorted(products)
 
     logo = products["brand-logo"]
-    assert logo.mask_source == "alpha"
+    assert logo.mask_source == "alpha" and logo.mode == "RGBA"
     assert logo.image_key == f"{sample}/products/brand-logo/image.png"  # keys are full URIs
     assert logo.title == "round brand logo" and "logo" in logo.tags
-    assert products["coffee-cup"].mask_source == "none"
+    assert products["coffee-cup"].mask_source == "none"  # a full-frame photo: no plain background
     assert (products["coffee-cup"].width, products["coffee-cup"].height) == (512, 341)
     assert products["alarm-clock"].category == "home"
 
     cup = products["coffee-cup"]
     assert cup.sha256 == hashlib.sha256(store.get(cup.image_key)).hexdigest()
+    assert cup.mode == "RGB" and len(cup.phash) == 16 and cup.phash != products["rocket"].phash
 
     earthy = styles["earthy-textures"]
     assert [r.key.rsplit("/", 1)[1] for r in earthy.references] == ["brick.png", "grass.png", "gravel.png"]
@@ -141,29 +145,24 @@ def test_load_image_modes(store: S3Store, sample: str) -> None:
     clock = load_image(store, by_id["alarm-clock"].image_key)
     assert clock.mode == "RGB"  # stored grayscale photo converted at seeding
     assert clock.size == (by_id["alarm-clock"].width, by_id["alarm-clock"].height)
+    mask, source = load_mask(store, by_id["brand-logo"])
+    assert source == "alpha" and mask.size == logo.size and mask.getpixel((0, 0)) == 0
+    assert load_mask(store, by_id["coffee-cup"]) == (None, "none")
 
 
-# --------------------------------------------------------------------------- quarantine
-
-
-def test_bad_entries_are_quarantined_beside_good_ones(store: S3Store, sample: str) -> None:
-    good_png = _png(Image.new("RGB", (40, 30), (200, 10, 10)))
-    truncated = _png(Image.effect_noise((64, 64), 50).convert("RGB"))[:-200]
+def test_entry_rules_quarantine_beside_good_entries(store: S3Store, sample: str) -> None:
+    good_png = _png(Image.new("RGB", (96, 72), (200, 10, 10)))
     bad = {
-        "products/text-image/image.png": b"this is a text file, not a picture\n",
-        "products/empty-image/image.png": b"",
-        "products/cut-short/image.png": truncated,
-        "products/bad-yaml/image.png": good_png,
-        "products/bad-yaml/product.yaml": b"title: [unclosed\ntags: x\n",
-        "products/extra-field/image.png": good_png,
-        "products/extra-field/product.yaml": b"title: Mug\ncolour: red\n",
-        "products/no-image/product.yaml": b"title: Ghost\n",
         "products/two-images/image.png": good_png,
         "products/two-images/image.jpg": good_png,
-        "products/bad-mask/image.png": good_png,
-        "products/bad-mask/mask.png": _png(Image.new("L", (10, 10), 255)),
+        "products/wrong-name/photo.png": good_png,
         "products/Bad Name/image.png": good_png,
+        "products/black-mask/image.png": good_png,
+        "products/black-mask/mask.png": _png(Image.new("L", (96, 72), 0)),
         "products/stray.png": good_png,
+        "products/deep/er/image.png": good_png,
+        "products/yaml-alias/image.png": good_png,
+        "products/yaml-alias/product.yaml": b"title: &t Mug\ncategory: *t\n",
         "styles/typo-weights/a.png": good_png,
         "styles/typo-weights/style.yaml": b"weights: {b.png: 2.0}\n",
         "styles/broken-ref/a.png": good_png,
@@ -174,7 +173,9 @@ def test_bad_entries_are_quarantined_beside_good_ones(store: S3Store, sample: st
     }
     extra_good = {
         "products/masked/image.png": good_png,
-        "products/masked/mask.png": _png(Image.new("L", (40, 30), 255)),
+        "products/masked/mask.png": _png(Image.new("L", (96, 72), 255)),
+        "products/masked/notes.txt": b"shot on a Tuesday\n",
+        "products/masked/.DS_Store": b"\0\0",
         "products/no-meta/image.png": good_png,
         "styles/solo/a.png": good_png,
     }
@@ -184,31 +185,39 @@ def test_bad_entries_are_quarantined_beside_good_ones(store: S3Store, sample: st
     state = read_catalog(store, sample)
     reasons = {entry.key.removeprefix(f"{sample}/"): entry.reason for entry in state.quarantine}
     expected = {
-        "products/text-image/": "products/text-image/image.png: not a decodable image (cannot identify image file)",
-        "products/empty-image/": "products/empty-image/image.png: not a decodable image (empty file)",
-        "products/cut-short/": "products/cut-short/image.png: not a decodable image (",
-        "products/bad-yaml/": "products/bad-yaml/product.yaml: invalid YAML (",
-        "products/extra-field/": "products/extra-field/product.yaml: unknown field 'colour'",
-        "products/no-image/": "products/no-image/: no product image",
         "products/two-images/": "several product images (image.jpg, image.png)",
-        "products/bad-mask/": "products/bad-mask/mask.png: mask is 10x10 but products/bad-mask/image.png is 40x30",
+        "products/wrong-name/": "no product image (expected one of image.png, image.jpg, image.jpeg, image.webp, "
+                                "image.gif); found photo.png: rename the product photo to image.<ext>",
+        "products/wrong-name/photo.png": "products/wrong-name/photo.png: not a catalog file",
         "products/Bad Name/": "'Bad Name' is not a valid product id",
+        "products/black-mask/": "products/black-mask/mask.png: mask marks no pixel as product (it is all black)",
         "products/stray.png": "products/stray.png: not read (expected products/<id>/<file>",
+        "products/deep/er/image.png": "products/deep/er/image.png: not read (expected products/<id>/<file>",
+        "products/yaml-alias/": "products/yaml-alias/product.yaml: YAML anchors and aliases (*name) are not supported",
+        "products/masked/notes.txt": "products/masked/notes.txt: not a catalog file (a product folder holds image.<ext>, "
+                                     "mask.png and product.yaml); ignored",
         "styles/typo-weights/": "styles/typo-weights/style.yaml: weights given for b.png, but no such reference image",
-        "styles/broken-ref/": "styles/broken-ref/b.png: not a decodable image",
+        "styles/broken-ref/": "styles/broken-ref/b.png: not an image: the content is not PNG, JPEG, WebP or GIF",
         "styles/no-refs/": "styles/no-refs/: no reference images",
         "styles/zero-weight/": "styles/zero-weight/style.yaml: weight of a.png: Input should be greater than 0",
     }
     assert set(reasons) == set(expected)
     for key, fragment in expected.items():
         assert fragment in reasons[key], (key, reasons[key])
+    kinds = {entry.key.removeprefix(f"{sample}/"): (entry.kind, entry.entry_id) for entry in state.quarantine}
+    assert kinds["products/two-images/"] == ("product", "two-images")
+    assert kinds["styles/no-refs/"] == ("style", "no-refs")
+    assert kinds["products/stray.png"] == ("object", "")
 
     products = {p.product_id: p for p in state.products}
     assert {"coffee-cup", "rocket", "alarm-clock", "brand-logo", "masked", "no-meta"} == set(products)
-    assert products["masked"].mask_source == "file"
+    assert products["masked"].mask_source == "file"  # an unknown file beside it does not matter
     assert products["masked"].mask_key == f"{sample}/products/masked/mask.png"
     assert products["no-meta"].title == "no meta"
     assert {s.style_id for s in state.styles} == {"space-age", "earthy-textures", "solo"}
+    # The same red picture is a product twice and a reference once: flagged, not refused.
+    assert state.duplicates[f"{sample}/products/no-meta/image.png"].of == f"{sample}/products/masked/image.png"
+    assert state.duplicates[f"{sample}/styles/solo/a.png"].kind == "exact"
 
 
 def test_oversized_image_is_quarantined(store: S3Store, fresh_bucket: str) -> None:
@@ -217,27 +226,101 @@ def test_oversized_image_is_quarantined(store: S3Store, fresh_bucket: str) -> No
     store.put(f"{catalog}/products/huge/image.png", _png(Image.new("1", (10_000, 5_000))))
     state = read_catalog(store, catalog)
     assert state.products == []
-    assert state.quarantine[0].reason == "products/huge/image.png: image is 10000x5000, over the 40 MP limit"
-
-
-def test_exif_rotation_is_applied(store: S3Store, fresh_bucket: str) -> None:
-    catalog = f"s3://{fresh_bucket}"
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display": stored 60x20, shown 20x60
-    buffer = io.BytesIO()
-    Image.new("RGB", (60, 20), (0, 128, 255)).save(buffer, format="JPEG", exif=exif)
-    store.put(f"{catalog}/products/tall/image.jpg", buffer.getvalue())
-    state = read_catalog(store, catalog)
-    (product,) = state.products
-    assert (product.width, product.height) == (20, 60)
-    assert load_image(store, product.image_key).size == (20, 60)
+    assert state.quarantine[0].reason == "products/huge/image.png: image is 10000x5000 (50 MP), over the 40 MP limit; not decoded"
 
 
 def test_empty_catalog(store: S3Store, fresh_bucket: str) -> None:
     assert read_catalog(store, f"s3://{fresh_bucket}") == CatalogState([], [], [], f"s3://{fresh_bucket}")
 
 
-# --------------------------------------------------------------------------- campaigns and images
+# --------------------------------------------------------------------------- import
+
+
+def _materials(root: Path) -> Path:
+    """A local catalog tree: two products (one with a mask and metadata), a style set of two references."""
+    (root / "products" / "cup").mkdir(parents=True)
+    (root / "products" / "cup" / "image.png").write_bytes(_sample_png("coffee", 256, "keep"))
+    (root / "products" / "cup" / "product.yaml").write_text("title: cup of coffee\ntags: [drink]\n")
+    (root / "products" / "clock").mkdir()
+    (root / "products" / "clock" / "image.png").write_bytes(_sample_png("clock", 256, "keep"))
+    (root / "products" / "clock" / "mask.png").write_bytes(_png(Image.new("L", (256, 192), 255)))
+    (root / "styles" / "rough").mkdir(parents=True)
+    (root / "styles" / "rough" / "brick.png").write_bytes(_sample_png("brick", 128, "keep"))
+    (root / "styles" / "rough" / "gravel.png").write_bytes(_sample_png("gravel", 128, "keep"))
+    (root / "styles" / "rough" / "style.yaml").write_text("weights: {gravel.png: 0.5}\n")
+    (root / "styles" / "rough" / ".DS_Store").write_bytes(b"\0")
+    (root / "README.txt").write_text("materials for spring\n")
+    return root
+
+
+def test_import_is_idempotent(store: S3Store, fresh_bucket: str, tmp_path: Path) -> None:
+    catalog = f"s3://{fresh_bucket}/team"
+    source = _materials(tmp_path / "materials")
+    first = import_folder(store, source, catalog)
+    expected = {"products/cup/image.png", "products/cup/product.yaml", "products/clock/image.png",
+                "products/clock/mask.png", "styles/rough/brick.png", "styles/rough/gravel.png", "styles/rough/style.yaml"}
+    assert set(first.uploaded) == expected and first.unchanged == []
+    assert (first.products, first.styles) == (2, 1)
+    assert first.refused == ["README.txt: not imported (outside products/ and styles/)"]
+    assert {o.key.removeprefix("team/") for o in store.list(f"{catalog}/")} == expected
+    assert store.get(f"{catalog}/products/cup/image.png") == (source / "products/cup/image.png").read_bytes()
+
+    etags = {o.key: o.etag for o in store.list(f"{catalog}/")}
+    second = import_folder(store, source, catalog)
+    assert second.uploaded == [] and set(second.unchanged) == expected
+    assert {o.key: o.etag for o in store.list(f"{catalog}/")} == etags
+
+    # One file edited: only that one goes up again.
+    (source / "products/cup/product.yaml").write_text("title: cup of espresso\n")
+    third = import_folder(store, source, catalog)
+    assert third.uploaded == ["products/cup/product.yaml"]
+    state = read_catalog(store, catalog)
+    assert {p.product_id: p.title for p in state.products} == {"clock": "clock", "cup": "cup of espresso"}
+    assert {p.product_id: p.mask_source for p in state.products}["clock"] == "file"
+
+
+def test_import_refuses_what_a_refresh_would_quarantine(store: S3Store, fresh_bucket: str, tmp_path: Path) -> None:
+    catalog = f"s3://{fresh_bucket}"
+    source = _materials(tmp_path / "materials")
+    (source / "products" / "broken").mkdir()
+    (source / "products" / "broken" / "image.jpg").write_bytes(b"not a photo at all")
+    (source / "products" / "broken" / "product.yaml").write_text("title: broken\n")
+    (source / "products" / "cup" / "product.yaml").write_text("title: cup\ncolour: red\n")
+    report = import_folder(store, source, catalog)
+    refused = "\n".join(report.refused)
+    assert f"{source / 'products/broken'}: products/broken/image.jpg: not an image" in refused
+    assert f"{source / 'products/cup'}: products/cup/product.yaml: unknown field 'colour'" in refused
+    uploaded = {o.key for o in store.list(f"{catalog}/")}
+    assert not any(key.startswith(("products/broken/", "products/cup/")) for key in uploaded)
+    assert "products/clock/image.png" in uploaded  # the rest goes on
+
+
+def test_import_loose_images(store: S3Store, fresh_bucket: str, tmp_path: Path) -> None:
+    catalog = f"s3://{fresh_bucket}"
+    loose = tmp_path / "shoot"
+    loose.mkdir()
+    (loose / "Red Mug (2).PNG").write_bytes(_sample_png("coffee", 200, "keep"))
+    (loose / "rocket.png").write_bytes(_sample_png("rocket", 200, "keep"))
+    (loose / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="holds 2 loose images: say whether each is a product or a style set"):
+        import_folder(store, loose, catalog)
+    report = import_folder(store, loose, catalog, as_kind="products")
+    assert sorted(report.uploaded) == ["products/red-mug-2/image.png", "products/rocket/image.png"]
+    assert report.refused == ["notes.txt: not imported (only loose images are read from a folder of loose images)"]
+    report = import_folder(store, loose, catalog, as_kind="styles")
+    assert sorted(report.uploaded) == ["styles/red-mug-2/red-mug-2.png", "styles/rocket/rocket.png"]
+    state = read_catalog(store, catalog)
+    assert [p.title for p in state.products] == ["red mug 2", "rocket"]
+    assert [s.style_id for s in state.styles] == ["red-mug-2", "rocket"]
+
+    (loose / "red mug 2.jpg").write_bytes(_sample_png("coffee", 200, "keep"))
+    with pytest.raises(ValueError, match=r"Red Mug \(2\).PNG and red mug 2.jpg would both become products id 'red-mug-2'"):
+        import_folder(store, loose, catalog, as_kind="products")
+    assert entry_id_from_name("Été_2026!.jpeg") == "ete_2026"
+    with pytest.raises(ValueError, match="cannot make a catalog id"):
+        entry_id_from_name("!!!.png")
+
+
 
 
 def test_read_campaign_from_s3_and_local(store: S3Store, sample: str, tmp_path: Path) -> None:
@@ -268,5 +351,5 @@ def test_load_image_errors(store: S3Store, fresh_bucket: str) -> None:
     with pytest.raises(FileNotFoundError):
         load_image(store, uri)
     store.put(uri, b"not an image")
-    with pytest.raises(ValueError, match="not a decodable image"):
+    with pytest.raises(ValueError, match="x.png: not an image: the content is not PNG, JPEG, WebP or GIF"):
         load_image(store, uri)

@@ -70,6 +70,37 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(c
         assert "/run_date=" in part["uri"]
         assert pq.read_table(io.BytesIO(store.get(part["uri"]))).num_rows == part["rows"]
 
+    # Every image is scored; gates, near-duplicates and top k decide its outcome.
+    for column in ("edge_f1", "product_ssim", "sharpness", "colourfulness", "background_hash", "clip_text", "clip_style"):
+        assert gens[column].notna().all(), column
+    assert gens["clip_model"].str.startswith("builtin:tiny/clip@").all()
+    assert set(gens["status"]) <= {"ok", "gated", "duplicate", "failed"}
+    gated = gens[gens["status"] == "gated"]
+    assert all(len(g) > 0 and "fails" in r for g, r in zip(gated["gates_failed"], gated["status_reason"], strict=True))
+    ok = gens[gens["status"] == "ok"]
+    assert set(gens.loc[gens["status"] == "duplicate", "duplicate_of"]) <= set(ok["asset_id"])
+    for _, mine in gens.groupby("product_id"):
+        chosen = mine[mine["selected"]]
+        assert len(chosen) == min(3, (mine["status"] == "ok").sum())  # top_k 3 in the sample campaign
+        assert sorted(chosen["rank_in_product"]) == list(range(1, len(chosen) + 1))
+    assert runs.iloc[0]["images_selected"] == gens["selected"].sum() > 0
+    # Per-cell metrics, one contact sheet per product x style set, the gallery marks the selected.
+    assert len(publish.read_table(store, manifest, "cell_metrics")) == 4 * 2 * 4
+    assert sorted(manifest["sheets"]) == sorted(f"{p}__{s}.jpg" for p in set(gens["product_id"]) for s in set(gens["style_id"]))
+    assert all(Image.open(io.BytesIO(store.get(uri))).format == "JPEG" for uri in manifest["sheets"].values())
+    page = store.get(summary["gallery"]).decode()
+    assert page.count("<figure") == expected and page.count('data-selected="1"') == gens["selected"].sum()
+    # Prefect artifacts: top images, a summary, the gallery link, and progress at 100%.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = [f"sample-spring-{k}" for k in ("top-images", "summary", "gallery", "progress")]
+    with get_client(sync_client=True) as client:
+        found = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+    assert set(found) == set(keys)
+    assert found["sample-spring-progress"].data == 100.0
+    assert summary["run_id"] in found["sample-spring-summary"].data
+
     # A rerun of the same campaign generates nothing and publishes no image or generations row.
     before = objects(store, f"{assets}/runs/") | objects(store, f"{assets}/tables/generations/")
     again = run_campaign(RunRequest(campaign=f"{catalog}/campaigns/sample.yaml", triggered_by="test"))

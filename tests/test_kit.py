@@ -26,7 +26,7 @@ from adapters.models import (
 )
 from adapters.settings import Settings
 from catalogs import load_profiles
-from catalogs.models import IPAdapterRef, ModelProfile, WeightsRef
+from catalogs.models import ControlNetRef, IPAdapterRef, ModelProfile, WeightsRef
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionControlNetPipeline
@@ -136,7 +136,9 @@ def test_kit_layout_matches_the_tiny_profile(kit: Path, tiny_profile: ModelProfi
         "base/scheduler/scheduler_config.json",
         "controlnet/config.json",
         "controlnet/diffusion_pytorch_model.safetensors",
+        "controlnet_depth/diffusion_pytorch_model.safetensors",
         "ip_adapter/models/ip-adapter_tiny.safetensors",
+        "ip_adapter/models/ip-adapter_tiny_2.safetensors",
         "ip_adapter/models/image_encoder/config.json",
         "ip_adapter/models/image_encoder/model.safetensors",
     ):
@@ -250,10 +252,52 @@ def test_ip_adapter_scale_and_reference_change_the_output(pipe: StableDiffusionC
     np.testing.assert_array_equal(on, again)
 
 
+def test_multi_profile_loads_two_controlnets_and_two_adapters(kit: Path, model_cache: Path) -> None:
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    profile = load_profiles()["tiny-multi"]
+    assert profile.control_types == ("canny", "depth") and profile.adapter_images == ("style", "product")
+    pipe = load_pipeline(profile, Settings(model_cache=model_cache), device="cpu", dtype=torch.float32)
+    assert isinstance(pipe.controlnet, MultiControlNetModel) and len(pipe.controlnet.nets) == 2
+    assert len(pipe.unet.encoder_hid_proj.image_projection_layers) == 2
+    # The two ControlNets and the two adapters are different weights, not one loaded twice.
+    a, b = (net.controlnet_mid_block.weight for net in pipe.controlnet.nets)
+    assert not torch.equal(a, b)
+    assert profile_revision(profile, Settings(model_cache=model_cache)) == kit_manifest(kit)["revision"]
+
+
+def test_sdxl_kit_has_the_sdxl_layout_and_loads_as_an_sdxl_pipeline(model_cache: Path) -> None:
+    from diffusers import StableDiffusionXLControlNetPipeline
+
+    sdxl = ensure_tiny_kit(model_cache, "sdxl")
+    assert sdxl.name == f"tiny-sdxl-{KIT_FORMAT_VERSION}" and kit_manifest(sdxl)["variant"] == "sdxl"
+    for rel in ("base/text_encoder_2/model.safetensors", "base/tokenizer_2/vocab.json", "controlnet/config.json",
+                "ip_adapter/sdxl_models/ip-adapter_tiny_sdxl.safetensors", "ip_adapter/sdxl_models/image_encoder/config.json"):
+        assert (sdxl / rel).is_file(), rel
+    profile = load_profiles()["tiny-sdxl"]
+    pipe = load_pipeline(profile, Settings(model_cache=model_cache), device="cpu", dtype=torch.float32)
+    assert isinstance(pipe, StableDiffusionXLControlNetPipeline)
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    assert pipe.text_encoder_2.config.projection_dim == 32 and pipe.unet.config.cross_attention_dim == 64
+    # SDXL's block layout, so InstantStyle's block names exist: 2 transformers per down block, 3 per up block.
+    assert pipe.unet.config.down_block_types[2] == "CrossAttnDownBlock2D" and pipe.unet.config.layers_per_block == 2
+    assert profile_revision(profile, Settings(model_cache=model_cache)) == kit_manifest(sdxl)["revision"]
+
+
+def test_profiles_refuse_ambiguous_controlnets_and_adapters() -> None:
+    base = WeightsRef(source="builtin:tiny", subfolder="base")
+    ip = IPAdapterRef(source="builtin:tiny", weight_name="a.safetensors")
+    canny = ControlNetRef(source="builtin:tiny", subfolder="controlnet")
+    with pytest.raises(ValueError, match="two ControlNets take the same control type"):
+        ModelProfile(name="x", base=base, controlnet=(canny, canny), ip_adapter=ip)
+    with pytest.raises(ValueError, match="first IP-Adapter must take the style references"):
+        ModelProfile(name="x", base=base, controlnet=canny, ip_adapter=ip.model_copy(update={"image": "product"}))
+
+
 # --------------------------------------------------------------------------- other sources and errors
 
 
-def _profile(name: str, base: WeightsRef, controlnet: WeightsRef, ip: IPAdapterRef) -> ModelProfile:
+def _profile(name: str, base: WeightsRef, controlnet: ControlNetRef, ip: IPAdapterRef) -> ModelProfile:
     return ModelProfile(name=name, base=base, controlnet=controlnet, ip_adapter=ip)
 
 
@@ -262,7 +306,7 @@ def _kit_profile(name: str, source: str) -> ModelProfile:
     return _profile(
         name,
         WeightsRef(source=source, subfolder="base"),
-        WeightsRef(source=source, subfolder="controlnet"),
+        ControlNetRef(source=source, subfolder="controlnet"),
         IPAdapterRef(source=source, subfolder="ip_adapter/models", weight_name="ip-adapter_tiny.safetensors"),
     )
 
@@ -291,7 +335,7 @@ def test_hf_profile_loads_from_the_local_cache_and_pins_the_commit(hf_offline: P
     profile = _profile(
         "hf-tiny",
         WeightsRef(source="stylematrix-test/tiny-base", revision="main"),
-        WeightsRef(source="stylematrix-test/tiny-controlnet", revision="main"),
+        ControlNetRef(source="stylematrix-test/tiny-controlnet", revision="main"),
         IPAdapterRef(
             source="stylematrix-test/tiny-ip",
             revision="main",

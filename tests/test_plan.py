@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from catalogs import parse_campaign, sample_campaign_text
+from catalogs import load_profiles, parse_campaign, sample_campaign_text
 from catalogs.models import Product, Reference, StyleSet
 from tasks.matrix import expand_matrix
-from tasks.plan import group_batches, plan_jobs, plan_shards, select
+from tasks.plan import group_batches, maskless_products, plan_jobs, plan_shards, select
 
 PRODUCTS = [
     Product(product_id=f"p{i}", image_key=f"s3://c/products/p{i}/image.png", title=f"product {i}",
@@ -54,7 +56,7 @@ def test_same_inputs_same_ids_and_every_input_changes_the_id():
         ids = [j.asset_id for j in jobs]
         assert ids != base, f"changing the {what} did not change any asset id"
     # Only the product whose bytes changed gets new ids.
-    moved = [a != b for a, b in zip(base, [j.asset_id for j in variants["product bytes"]])]
+    moved = [a != b for a, b in zip(base, [j.asset_id for j in variants["product bytes"]], strict=True)]
     assert moved == [j.product_id == "p0" for j in plan(spec)]
 
 
@@ -133,3 +135,104 @@ def test_bad_campaign_file_gives_one_clear_line(text, message):
         parse_campaign(text, origin="spring.yaml")
     assert str(err.value).startswith("spring.yaml: ")
     assert "\n" not in str(err.value).strip() or "YAML" in str(err.value)
+
+
+# --------------------------------------------------------------------------- generation controls in the plan
+
+
+def spec_of(text: str):
+    return parse_campaign("name: c\n" + text)
+
+
+def test_parameter_axes_set_each_cell_s_parameters_and_split_batches():
+    spec = spec_of("matrix: {template: '{product}', axes: {ip_scale: [0.2, 0.9], guidance: [3, 8], steps: [4, 6]}}\n"
+                   "generation: {profile: tiny}\n")
+    jobs = plan(spec, products=PRODUCTS[:1], styles=STYLES[:1])
+    assert [(j.params["ip_scale"], j.params["guidance"], j.params["steps"]) for j in jobs] == [
+        (0.2, 3.0, 4), (0.2, 3.0, 6), (0.2, 8.0, 4), (0.2, 8.0, 6), (0.9, 3.0, 4), (0.9, 3.0, 6), (0.9, 8.0, 4), (0.9, 8.0, 6),
+    ]
+    assert len(group_batches(jobs, 8)) == 8  # a pipeline call shares its parameters
+    assert jobs[0].cell == {"ip_scale": "0.2", "guidance": "3", "steps": "4"}
+
+
+def test_parameter_axis_values_are_checked_when_the_spec_is_read():
+    with pytest.raises(ValueError, match=r"matrix axis 'ip_scale': value 3: Input should be less than or equal to 2"):
+        spec_of("matrix: {template: '{product}', axes: {ip_scale: [0.5, 3]}}\n")
+    with pytest.raises(ValueError, match="matrix axis 'mode': value 'inpaint'"):
+        spec_of("matrix: {template: '{product}', axes: {mode: [inpaint]}}\n")
+    # Values that only clash with another setting are caught per cell when planning.
+    clash = spec_of("matrix: {template: '{product}', axes: {ip_start: [0.1, 0.9]}}\ngeneration: {profile: tiny, ip_end: 0.5}\n")
+    with pytest.raises(ValueError, match=r"cell ip_start=0.9: .*ip_start 0.9 is after ip_end 0.5"):
+        plan(clash)
+
+
+def test_style_axis_picks_the_style_set_per_cell_and_zips_with_words():
+    spec = spec_of("matrix: {template: '{product}, {light}', axes: {style: [three, one], light: [dawn, dusk]}, "
+                   "zip: [[style, light]]}\ngeneration: {profile: tiny}\n")
+    products, styles = select(spec, PRODUCTS, STYLES)
+    assert [s.style_id for s in styles] == ["three", "one"]
+    jobs = plan(spec, products=products[:1], styles=styles)
+    assert [(j.style_id, j.prompt) for j in jobs] == [("three", "product 0, dawn"), ("one", "product 0, dusk")]
+    with pytest.raises(ValueError, match="matrix axis 'style' picks the style sets: leave `styles` empty"):
+        spec_of("styles: {ids: [one]}\nmatrix: {template: '{product}', axes: {style: [one]}}\n")
+    with pytest.raises(ValueError, match=r"style set ids \['gone'\] are not in the catalog"):
+        select(spec_of("matrix: {template: '{product}', axes: {style: [one, gone]}}\n"), PRODUCTS, STYLES)
+
+
+def test_style_set_controls_become_parameters_and_change_the_ids():
+    spec = spec_of("matrix: {template: '{product}'}\ngeneration: {profile: tiny}\n")
+    base = plan(spec, products=PRODUCTS[:1], styles=STYLES[1:])
+    three = STYLES[1]
+    variants = {
+        "combine": three.model_copy(update={"combine": "weighted"}),
+        "preset": three.model_copy(update={"preset": "style-only"}),
+        "negative": three.model_copy(update={"negative": Reference(key="s3://c/neg.png", sha256="e" * 64)}),
+    }
+    for what, style in variants.items():
+        (job,) = plan(spec, products=PRODUCTS[:1], styles=[style])
+        assert job.asset_id != base[0].asset_id, what
+    assert plan(spec, products=PRODUCTS[:1], styles=[variants["preset"]])[0].params["ip_preset"] == "style-only"
+    assert plan(spec, products=PRODUCTS[:1], styles=[variants["negative"]])[0].params["negative_reference"] == "e" * 64
+    explicit = spec_of("matrix: {template: '{product}'}\ngeneration: {profile: tiny, ip_preset: layout-only}\n")
+    assert plan(explicit, products=PRODUCTS[:1], styles=[variants["preset"]])[0].params["ip_preset"] == "layout-only"
+
+
+def test_modes_get_their_default_strength_and_preserve_skips_maskless_products():
+    spec = spec_of("matrix: {template: '{product}', axes: {mode: [ip_adapter, img2img, preserve]}}\ngeneration: {profile: tiny}\n")
+    masked = PRODUCTS[0].model_copy(update={"mask_source": "alpha"})
+    jobs = plan(spec, products=[masked, PRODUCTS[1]], styles=STYLES[:1])
+    assert [(j.product_id, j.params["mode"], j.params["strength"]) for j in jobs] == [
+        ("p0", "ip_adapter", 1.0), ("p0", "img2img", 0.75), ("p0", "preserve", 1.0),
+        ("p1", "ip_adapter", 1.0), ("p1", "img2img", 0.75),
+    ]
+    assert list(maskless_products(spec, [masked, PRODUCTS[1]])) == ["p1"]
+    assert maskless_products(campaign(), PRODUCTS) == {}
+
+
+def test_profile_decides_which_controlnet_and_adapter_scales_exist():
+    profiles = load_profiles()
+    spec = spec_of("matrix: {template: '{product}'}\n"
+                   "generation: {profile: tiny-multi, controlnet_scale: 0.8, control_scales: {depth: 0.3}}\n")
+    (job,) = plan_jobs(spec, PRODUCTS[:1], STYLES[:1], expand_matrix(spec.matrix), profile_revision="r", dtype="float32",
+                       profile=profiles["tiny-multi"])
+    assert job.params["control_scales"] == {"canny": 0.8, "depth": 0.3}
+    assert job.params["product_ip_scale"] == job.params["ip_scale"] == 0.6
+    with pytest.raises(ValueError, match=r"control_scales names \['depth'\], but the profile's ControlNets take \['canny'\]"):
+        plan_jobs(spec, PRODUCTS[:1], STYLES[:1], expand_matrix(spec.matrix), profile_revision="r", dtype="float32",
+                  profile=profiles["tiny"])
+
+
+def test_example_spec_with_every_control_parses_and_plans():
+    text = (Path(__file__).parents[1] / "catalogs" / "examples" / "every-control.yaml").read_text()
+    spec = parse_campaign(text, origin="every-control.yaml")
+    assert spec.matrix.cell_count == 64 and spec.matrix.zip == (("surface", "lighting"),)
+    gen = spec.generation
+    assert gen.negative_reference and gen.control_scales and gen.product_ip_scale is not None and gen.ip_end < 1
+    products = [p.model_copy(update={"mask_source": "alpha" if i == 0 else "none"}) for i, p in enumerate(PRODUCTS[:2])]
+    styles = [s.model_copy(update={"style_id": sid}) for s, sid in zip(STYLES, ("space-age", "earthy-textures"), strict=True)]
+    jobs = plan_jobs(spec, products, styles, expand_matrix(spec.matrix), profile_revision="r", dtype="float32",
+                     profile=load_profiles()[gen.profile])
+    # 64 cells x 2 seeds for the masked product; the maskless one only gets its ip_adapter half.
+    assert len(jobs) == 64 * 2 + 32 * 2
+    assert {j.params["ip_preset"] for j in jobs} == {"style-only"}
+    assert {j.cell["optional"] for j in jobs} == {"", "high detail", "film grain", "high detail | film grain"}

@@ -1,0 +1,74 @@
+"""The images a batch is conditioned on, read from the store: canvas images, style references, negative reference."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+from PIL import Image
+
+from adapters import catalog_io
+from adapters.engine import StyleInput
+from adapters.storage import ObjectStore, join_uri
+from catalogs.models import Product, Reference, StyleSet
+from tasks.canny import canvas_images, canvas_name
+from tasks.catalog_rules import decode_image
+
+# Canvas images drawn from the product's mask rather than its pixels.
+_MASKED_KINDS = frozenset({"depth", "mask", "keep"})
+
+
+def product_canvases(store: ObjectStore, product: Product, params: Mapping, kinds: Sequence[str]) -> dict:
+    """The canvas images of one product for one batch's parameters (control images, canvas, keep-mask).
+
+    Raises:
+        ValueError: `keep` (preserve mode) is asked for and the product has no mask at all.
+    """
+    photo = catalog_io.load_image(store, product.image_key)
+    mask = catalog_io.load_mask(store, product)[0] if _MASKED_KINDS & set(kinds) else None
+    try:
+        return canvas_images(photo, mask, params, kinds)
+    except ValueError as exc:
+        raise ValueError(f"product {product.product_id!r}: {exc}") from None
+
+
+def load_canvases(store: ObjectStore, uris: Mapping[str, str], product_id: str, params: Mapping,
+                  kinds: Sequence[str]) -> dict[str, Image.Image]:
+    """The stored canvas images of a batch by kind (`uris` maps canvas file names to their URIs)."""
+    canvases = {}
+    for kind in kinds:
+        image = catalog_io.load_image(store, uris[canvas_name(product_id, params, kind)])
+        canvases[kind] = image.convert("L") if kind == "keep" else image.convert("RGB")
+    return canvases
+
+
+def style_input(store: ObjectStore, style: StyleSet) -> StyleInput:
+    """A style set's references (and negative reference) decoded, with their weights and combine rule."""
+    refs = style.references
+    negative = catalog_io.load_image(store, style.negative.key) if style.negative else None
+    return StyleInput.from_images(
+        [catalog_io.load_image(store, r.key) for r in refs],
+        [r.sha256 for r in refs],
+        weights=[r.weight for r in refs],
+        combine=style.combine,
+        negative=negative,
+        negative_sha=style.negative.sha256 if style.negative else "",
+    )
+
+
+def read_reference(store: ObjectStore, key: str, catalog: str) -> Reference:
+    """A reference image named by a catalog key or an s3:// URI, checked to decode, with its sha256.
+
+    Raises FileNotFoundError if it is missing, ValueError if it is not a usable image.
+    """
+    uri = key if key.startswith("s3://") else join_uri(catalog, key)
+    data = store.get(uri)
+    decode_image(data, uri)  # Rejected (a ValueError) names the object and the problem
+    return Reference(key=uri, sha256=hashlib.sha256(data).hexdigest())
+
+
+def with_negative_reference(styles: Sequence[StyleSet], negative: Reference | None) -> list[StyleSet]:
+    """The style sets with the campaign's negative reference, where they have none of their own."""
+    if negative is None:
+        return list(styles)
+    return [s if s.negative else s.model_copy(update={"negative": negative}) for s in styles]

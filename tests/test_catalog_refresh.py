@@ -1,0 +1,469 @@
+"""Catalog refresh: the bad-input corpus, incremental snapshots, the Prefect flow and its event,
+campaign runs pinned to a snapshot, and the `stylematrix catalog` commands end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+from skimage.util import img_as_ubyte
+
+from adapters import publish, snapshots
+from adapters.catalog_io import _sample_png, load_image, seed_sample_catalog
+from adapters.storage import S3Store
+from tasks.catalog_rules import find_duplicates, hamming, key_problem, perceptual_hash
+from tasks.snapshot_tables import SNAPSHOT_TABLES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- the corpus
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def photo(name: str, side: int = 256) -> Image.Image:
+    """A real photo from scikit-image, RGB, long side `side`."""
+    image = Image.fromarray(img_as_ubyte(getattr(data, name)())).convert("RGB")
+    image.thumbnail((side, side))
+    return image
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height RGB pixels but carries almost no data: a decompression bomb's header."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+
+
+def rotated_jpeg() -> bytes:
+    """Stored 160x80, left half red and right half blue, with EXIF "rotate 90 CW to display"."""
+    stored = Image.new("RGB", (160, 80), (220, 20, 20))
+    stored.paste((20, 20, 220), (80, 0, 160, 80))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(stored, "JPEG", exif=exif, quality=95)
+
+
+def palette_cutout() -> bytes:
+    """The horse silhouette as a palette PNG whose background index is transparent."""
+    shape = ~data.horse()
+    palette = Image.fromarray(np.where(shape, 1, 0).astype(np.uint8), mode="P")
+    palette.putpalette([255, 255, 255, 120, 70, 30] + [0, 0, 0] * 254)
+    return encode(palette, "PNG", transparency=0)
+
+
+def sixteen_bit_png() -> bytes:
+    """skimage's camera photo as a 16-bit grayscale PNG (what a scanner or raw converter writes)."""
+    return encode(Image.fromarray(img_as_ubyte(data.camera()).astype(np.uint16) * 257), "PNG")
+
+
+def sixteen_bit_rgb_png() -> bytes:
+    ok, encoded = cv2.imencode(".png", np.asarray(photo("astronaut"))[:, :, ::-1].astype(np.uint16) * 257)
+    assert ok
+    return encoded.tobytes()
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (96, 96), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def corpus() -> tuple[dict[str, bytes], dict[str, str]]:
+    """Bad inputs (and the awkward-but-fine ones) as catalog-relative key -> bytes, and for each
+    refused key the fragment of the reason a person should read."""
+    jpeg = encode(photo("coffee"), "JPEG", quality=90)
+    good = encode(photo("chelsea"), "PNG")
+    objects = {
+        "products/zero-bytes/image.png": b"",
+        "products/truncated/image.jpg": jpeg[: len(jpeg) // 2],
+        "products/text-as-jpeg/image.jpg": b"this is not a photo, it is a note\n",
+        "products/bomb/image.png": png_header_only(100_000, 100_000),
+        "products/thumbnail/image.png": encode(photo("rocket", 40), "PNG"),
+        "styles/banner/strip.png": encode(Image.new("RGB", (2000, 100), (30, 90, 160)), "PNG"),
+        "styles/animated/loop.gif": animated_gif(),
+        "products/../escape/image.png": good,
+        "products//etc/image.png": good,
+        "products/bad-yaml/image.png": good,
+        "products/bad-yaml/product.yaml": b"title: [unclosed\ntags: x\n",
+        "products/extra-field/image.png": good,
+        "products/extra-field/product.yaml": b"title: Mug\ncolour: red\n",
+        "products/no-image/product.yaml": b"title: Ghost\n",
+        "products/bad-mask/image.png": good,
+        "products/bad-mask/mask.png": encode(Image.new("L", (100, 80), 255), "PNG"),
+        # Awkward but usable: converted, rotated, or masked by their transparency.
+        "products/cmyk-print/image.jpg": encode(photo("coffee").convert("CMYK"), "JPEG", quality=95),
+        "products/sixteen-bit/image.png": sixteen_bit_png(),
+        "products/sixteen-bit-rgb/image.png": sixteen_bit_rgb_png(),
+        "products/palette-cutout/image.png": palette_cutout(),
+        "products/rotated/image.jpg": rotated_jpeg(),
+    }
+    reasons = {
+        "products/zero-bytes/": "products/zero-bytes/image.png: empty file (0 bytes)",
+        "products/truncated/": "products/truncated/image.jpg: truncated or corrupt image data (image file is truncated",
+        "products/text-as-jpeg/": "products/text-as-jpeg/image.jpg: not an image: the content is not PNG, JPEG, WebP or "
+                                  "GIF; it starts with text: 'this is not a photo",
+        "products/bomb/": "products/bomb/image.png: image declares 10,000 MP, over the 40 MP limit; not decoded",
+        "products/thumbnail/": "products/thumbnail/image.png: image is 40x27, too small (the short side must be at least 64 px)",
+        "styles/banner/": "styles/banner/strip.png: image is 2000x100, an aspect ratio of 20:1 (at most 10:1)",
+        "styles/animated/": "styles/animated/loop.gif: animated image (3 frames); use a single still image",
+        "products/../escape/image.png": "products/../escape/image.png: unsafe key ('..' segment",
+        "products//etc/image.png": "products//etc/image.png: unsafe key (empty path segment",
+        "products/bad-yaml/": "products/bad-yaml/product.yaml: invalid YAML (",
+        "products/extra-field/": "products/extra-field/product.yaml: unknown field 'colour' (allowed: title, category, tags",
+        "products/no-image/": "products/no-image/: no product image",
+        "products/bad-mask/": "products/bad-mask/mask.png: mask is 100x80 but products/bad-mask/image.png is 256x170",
+    }
+    return objects, reasons
+
+
+@pytest.fixture
+def catalog(store: S3Store, fresh_bucket: str) -> str:
+    """The sample catalog under a prefix."""
+    uri = f"s3://{fresh_bucket}/catalog"
+    seed_sample_catalog(store, uri)
+    return uri
+
+
+def put_all(store: S3Store, catalog: str, objects: dict[str, bytes]) -> None:
+    for key, body in objects.items():
+        store.put(f"{catalog}/{key}", body)
+
+
+# --------------------------------------------------------------------------- the corpus, refreshed
+
+
+def test_every_bad_input_is_quarantined_with_a_reason_and_the_rest_is_catalogued(store, catalog):
+    objects, reasons = corpus()
+    put_all(store, catalog, objects)
+    report = snapshots.refresh(store, catalog)
+    state = snapshots.load_snapshot(store, catalog)
+
+    found = {q.key.removeprefix(f"{catalog}/"): q.reason for q in state.quarantine}
+    assert set(found) == set(reasons)
+    for key, fragment in reasons.items():
+        assert found[key].startswith(fragment), (key, found[key])
+
+    products = {p.product_id: p for p in state.products}
+    assert set(products) == {"coffee-cup", "rocket", "alarm-clock", "brand-logo", "cmyk-print", "sixteen-bit",
+                             "sixteen-bit-rgb", "palette-cutout", "rotated"}
+    assert {s.style_id for s in state.styles} == {"space-age", "earthy-textures"}
+    assert (report.products, report.styles, report.quarantined) == (9, 2, len(reasons))
+    # Unsafe keys and the empty file are refused from the listing alone, never downloaded.
+    assert report.unread == 3 and report.fetched == report.listed - 3
+
+    # Every accepted image is fingerprinted: sha256, upright size, stored mode, perceptual hash.
+    for p in state.products:
+        assert len(p.sha256) == 64 and len(p.phash) == 16 and p.width >= 64 and p.mode, p.product_id
+    assert products["cmyk-print"].mode == "CMYK"
+    assert products["sixteen-bit"].mode == "I;16"
+    assert products["palette-cutout"].mode == "P" and products["palette-cutout"].mask_source == "alpha"
+    assert (products["rotated"].width, products["rotated"].height) == (80, 160)
+
+
+def test_awkward_images_are_read_as_a_person_sees_them(store, catalog):
+    objects, _ = corpus()
+    put_all(store, catalog, objects)
+    snapshots.refresh(store, catalog)
+    products = {p.product_id: p for p in snapshots.load_snapshot(store, catalog).products}
+
+    # CMYK: converted to RGB with the right colours (not inverted, not washed out).
+    cmyk = np.asarray(load_image(store, products["cmyk-print"].image_key), dtype=np.int16)
+    assert load_image(store, products["cmyk-print"].image_key).mode == "RGB"
+    assert np.abs(cmyk - np.asarray(photo("coffee"), dtype=np.int16)).mean() < 6
+
+    # 16-bit: scaled to 8 bits, not clipped to white.
+    camera = np.asarray(load_image(store, products["sixteen-bit"].image_key))
+    assert camera.shape == (512, 512, 3)
+    assert np.abs(camera[:, :, 0].astype(np.int16) - img_as_ubyte(data.camera())).max() <= 1
+    rgb16 = np.asarray(load_image(store, products["sixteen-bit-rgb"].image_key), dtype=np.int16)
+    assert np.abs(rgb16 - np.asarray(photo("astronaut"), dtype=np.int16)).max() <= 1
+
+    # Palette transparency: RGBA with the background transparent.
+    cutout = load_image(store, products["palette-cutout"].image_key)
+    inside = np.argwhere(~data.horse())[1000]  # (row, column) of a horse pixel
+    assert cutout.mode == "RGBA" and cutout.getpixel((0, 0))[3] == 0
+    assert cutout.getpixel((int(inside[1]), int(inside[0]))) == (120, 70, 30, 255)
+
+    # EXIF rotation applied: the stored left half (red) is on top once upright.
+    upright = load_image(store, products["rotated"].image_key)
+    assert upright.size == (80, 160)
+    top, bottom = upright.getpixel((40, 20)), upright.getpixel((40, 140))
+    assert top[0] > 180 and top[2] < 80 and bottom[2] > 180 and bottom[0] < 80
+
+
+def test_the_decompression_bomb_is_refused_from_its_header():
+    from tasks.catalog_rules import Rejected, decode_image
+
+    # 100000 x 100000 RGB would be 30 GB: the refusal comes before any pixel is allocated.
+    with pytest.raises(Rejected, match="declares 10,000 MP"):
+        decode_image(png_header_only(100_000, 100_000), "bomb.png")
+    # Under PIL's own bomb limit but over ours: refused by our check, still before decoding.
+    with pytest.raises(Rejected, match=r"image is 9000x9000 \(81 MP\), over the 40 MP limit; not decoded"):
+        decode_image(png_header_only(9_000, 9_000), "big.png")
+
+
+# --------------------------------------------------------------------------- incremental refresh
+
+
+def test_refresh_reads_only_what_changed(store, catalog):
+    first = snapshots.refresh(store, catalog)
+    assert first.written and first.previous_id is None
+    assert (first.listed, first.fetched, first.skipped) == (14, 14, 0)
+    assert snapshots.latest_snapshot_id(store, catalog) == first.snapshot_id
+
+    unchanged = snapshots.refresh(store, catalog)
+    assert not unchanged.written and unchanged.snapshot_id == first.snapshot_id
+    assert (unchanged.fetched, unchanged.skipped) == (0, 14)
+
+    store.put(f"{catalog}/products/rocket/product.yaml", b"title: big red rocket\ntags: [space]\n")
+    second = snapshots.refresh(store, catalog)
+    assert second.written and second.previous_id == first.snapshot_id
+    assert (second.listed, second.fetched, second.skipped, second.removed) == (14, 1, 13, 0)
+    assert snapshots.latest_snapshot_id(store, catalog) == second.snapshot_id
+    titles = {p.product_id: p.title for p in snapshots.load_snapshot(store, catalog).products}
+    assert titles["rocket"] == "big red rocket"
+
+    # The first snapshot is untouched: a run pinned to it reads the catalog as it was.
+    old = {p.product_id: p.title for p in snapshots.load_snapshot(store, catalog, first.snapshot_id).products}
+    assert old["rocket"] == "rocket on the launch pad"
+
+    store.delete(f"{catalog}/products/alarm-clock/product.yaml")
+    third = snapshots.refresh(store, catalog)
+    assert third.written and (third.listed, third.fetched, third.removed) == (13, 0, 1)
+    clock = {p.product_id: p for p in snapshots.load_snapshot(store, catalog).products}["alarm-clock"]
+    assert (clock.title, clock.category) == ("alarm clock", "")  # the folder name, no metadata
+
+    # --full trusts nothing: every object is read again.
+    full = snapshots.refresh(store, catalog, full=True)
+    assert (full.fetched, full.skipped) == (13, 0)
+
+
+def test_snapshot_files_and_named_snapshots(store, catalog):
+    report = snapshots.refresh(store, catalog)
+    prefix = f"{catalog}/_snapshots/{report.snapshot_id}/"
+    assert {o.uri.removeprefix(prefix) for o in store.list(prefix)} == {
+        "products.parquet", "styles.parquet", "quarantine.parquet", "objects.parquet", "_SNAPSHOT.json"}
+    info = json.loads(store.get(prefix + "_SNAPSHOT.json"))
+    assert info["snapshot_id"] == report.snapshot_id and info["listed"] == 14 and info["products"] == 4
+    products = snapshots.read_snapshot_rows(store, catalog, report.snapshot_id, "products")
+    assert [c.name for c in SNAPSHOT_TABLES["products"]] == list(products[0])
+    logo = next(r for r in products if r["product_id"] == "brand-logo")
+    assert logo["mask_source"] == "alpha" and 0.3 < logo["mask_coverage"] < 0.9
+    styles = snapshots.read_snapshot_rows(store, catalog, report.snapshot_id, "styles")
+    assert [(r["style_id"], r["reference_index"]) for r in styles if r["style_id"] == "earthy-textures"] == [
+        ("earthy-textures", 0), ("earthy-textures", 1), ("earthy-textures", 2)]
+
+    with pytest.raises(FileNotFoundError, match=f"has no snapshot 'nope'; known: {report.snapshot_id}"):
+        snapshots.load_snapshot(store, catalog, "nope")
+    with pytest.raises(ValueError, match="is not a snapshot id"):
+        snapshots.load_snapshot(store, catalog, "../products")
+
+
+def test_no_snapshot_yet(store, fresh_bucket):
+    with pytest.raises(FileNotFoundError, match="has no snapshot yet: run `stylematrix catalog refresh`"):
+        snapshots.load_snapshot(store, f"s3://{fresh_bucket}")
+
+
+def test_duplicates_are_flagged_across_the_catalog(store, catalog):
+    rocket = store.get(f"{catalog}/products/rocket/image.png")
+    recompressed = encode(Image.open(io.BytesIO(rocket)).convert("RGB").resize((384, 256)), "JPEG", quality=70)
+    put_all(store, catalog, {"products/rocket-copy/image.png": rocket, "styles/launch/pad.jpg": recompressed})
+    report = snapshots.refresh(store, catalog)
+    assert report.duplicates == 2
+    rows = {r["product_id"]: r for r in snapshots.read_snapshot_rows(store, catalog, report.snapshot_id, "products")}
+    assert rows["rocket"]["duplicate_of"] is None
+    assert rows["rocket-copy"]["duplicate_of"] == f"{catalog}/products/rocket/image.png"
+    assert (rows["rocket-copy"]["duplicate_kind"], rows["rocket-copy"]["duplicate_distance"]) == ("exact", 0)
+    launch = next(r for r in snapshots.read_snapshot_rows(store, catalog, report.snapshot_id, "styles")
+                  if r["style_id"] == "launch")
+    assert launch["duplicate_of"] == f"{catalog}/products/rocket/image.png" and launch["duplicate_kind"] == "near"
+    # Duplicates are flagged, not refused: both stay usable.
+    state = snapshots.load_snapshot(store, catalog)
+    assert "rocket-copy" in {p.product_id for p in state.products} and "launch" in {s.style_id for s in state.styles}
+
+
+def test_perceptual_hash_and_duplicate_grouping():
+    coffee, rocket = photo("coffee"), photo("rocket")
+    again = Image.open(io.BytesIO(encode(coffee.resize((200, 133)), "JPEG", quality=60)))
+    assert hamming(perceptual_hash(coffee), perceptual_hash(again)) <= 4
+    assert hamming(perceptual_hash(coffee), perceptual_hash(rocket)) > 16
+    found = find_duplicates([("b", "s1", "ffff0000ffff0000"), ("a", "s1", "0000000000000000"),
+                             ("c", "s2", "ffff0000ffff0001"), ("d", "s3", "0f0f0f0f0f0f0f0f")])
+    # Same bytes are an exact duplicate whatever the hashes say; 33 bits apart is another picture.
+    assert {k: (d.of, d.kind, d.distance) for k, d in found.items()} == {"b": ("a", "exact", 0)}
+    near = find_duplicates([("a", "s1", "ffff0000ffff0000"), ("b", "s2", "ffff0000ffff0003"), ("c", "s3", "ffff0000ffff00ff")])
+    assert {k: (d.of, d.kind, d.distance) for k, d in near.items()} == {"b": ("a", "near", 2), "c": ("a", "near", 8)}
+
+
+def test_unsafe_keys():
+    assert key_problem("products/mug/image.png") is None
+    assert "'..'" in key_problem("products/../../etc/image.png")
+    assert key_problem("/products/mug/image.png") == "absolute path"
+    assert "empty path segment" in key_problem("products//etc/passwd")
+    assert "backslash" in key_problem("products/mug\\..\\image.png")
+    assert "control character" in key_problem("products/mug/ima\nge.png")
+
+
+def test_snapshot_tables_are_documented():
+    import re
+
+    doc = (ROOT / "docs" / "metadata-tables.md").read_text()
+    for table, columns in SNAPSHOT_TABLES.items():
+        section = doc.split(f"### `{table}.parquet`", 1)
+        assert len(section) == 2, f"docs/metadata-tables.md has no section for {table}.parquet"
+        body = section[1].split("\n#", 1)[0]
+        documented = re.findall(r"^\| `([a-z0-9_]+)` \| `([^`]+)` \|", body, flags=re.M)
+        assert documented == [(c.name, c.type) for c in columns], f"{table}: doc and schema differ"
+
+
+# --------------------------------------------------------------------------- the flow, its event, campaign runs
+
+
+def read_events(resource_id: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    with get_client(sync_client=True) as client:
+        page = client.read_events(EventFilter(event=EventNameFilter(name=["stylematrix.catalog.updated"]),
+                                              resource=EventResourceFilter(id=[resource_id])),
+                                  limit=50)  # the client defaults to 100, which the server refuses
+    return page.events
+
+
+def wait_for_events(resource_id: str, count: int, timeout: float = 60) -> list:
+    """Events reach the server asynchronously: poll until `count` arrived (or give up)."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+    deadline = time.monotonic() + timeout
+    while True:
+        events = read_events(resource_id)
+        if len(events) >= count or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
+
+
+def test_refresh_flow_emits_an_event_when_the_catalog_changed(campaign_env, store):
+    from flows.catalog import refresh_catalog
+
+    catalog = campaign_env["catalog"]
+    resource = f"stylematrix.catalog.{catalog}"
+    first = refresh_catalog(catalog=catalog)
+    assert first["written"] and first["quarantined"] == 1  # campaign_env adds one broken product
+    (event,) = wait_for_events(resource, 1)
+    assert event.payload["snapshot_id"] == first["snapshot_id"]
+    assert (event.payload["listed"], event.payload["fetched"], event.payload["products"]) == (15, 15, 4)
+
+    again = refresh_catalog(catalog=catalog)
+    assert not again["written"] and again["skipped"] == 15
+
+    store.put(f"{catalog}/products/broken-mug/image.png", _sample_png("coffee", 200, "keep"))
+    fixed = refresh_catalog(catalog=catalog)
+    assert fixed["written"] and (fixed["fetched"], fixed["quarantined"], fixed["products"]) == (1, 0, 5)
+    events = wait_for_events(resource, 2)
+    assert len(events) == 2  # the unchanged refresh emitted nothing
+    assert {e.payload["snapshot_id"] for e in events} == {first["snapshot_id"], fixed["snapshot_id"]}
+
+
+def test_campaign_runs_read_a_snapshot_and_record_it(campaign_env, store, tmp_path):
+    from catalogs.models import RunRequest
+    from flows.campaign import run_campaign
+    from flows.catalog import refresh_catalog
+
+    catalog = campaign_env["catalog"]
+    spec = tmp_path / "small.yaml"
+    spec.write_text("name: small\nstyles: {ids: [space-age]}\n"
+                    "matrix: {template: '{product} on sand', seeds: [3]}\n"
+                    "generation: {profile: tiny, width: 64, height: 64, steps: 2}\n")
+
+    def runs_row(summary: dict) -> dict:
+        manifest = json.loads(store.get(summary["manifest"]))
+        return publish.read_table(store, manifest, "runs").iloc[0].to_dict()
+
+    # No snapshot yet: the run refreshes the catalog first, then reads that snapshot.
+    first = run_campaign(RunRequest(campaign=str(spec), triggered_by="test"))
+    original = snapshots.latest_snapshot_id(store, catalog)
+    assert original is not None
+    assert runs_row(first)["snapshot_id"] == original and runs_row(first)["products"] == 4
+
+    store.put(f"{catalog}/products/teapot/image.png", _sample_png("coffee", 300, "keep"))
+    refreshed = refresh_catalog(catalog=catalog)["snapshot_id"]
+
+    pinned = run_campaign(RunRequest(campaign=str(spec), snapshot=original, triggered_by="test"))
+    assert runs_row(pinned)["snapshot_id"] == original
+    assert runs_row(pinned)["products"] == 4 and pinned["images_generated"] == 0  # the teapot is not in it
+
+    latest = run_campaign(RunRequest(campaign=str(spec), triggered_by="test"))
+    assert runs_row(latest)["snapshot_id"] == refreshed
+    assert runs_row(latest)["products"] == 5 and latest["images_generated"] == 1
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_catalog_commands_end_to_end(s3_server, store, tmp_path):
+    bucket = f"cli-{uuid.uuid4().hex[:10]}"
+    store.ensure_bucket(bucket)
+    env = {"AWS_ENDPOINT_URL_S3": s3_server.endpoint, "STYLEMATRIX_CATALOG": f"s3://{bucket}",
+           "PREFECT_HOME": str(tmp_path / "prefect")}
+    materials = tmp_path / "materials"
+    (materials / "products" / "cup").mkdir(parents=True)
+    (materials / "products" / "cup" / "image.png").write_bytes(_sample_png("coffee", 256, "keep"))
+    (materials / "products" / "broken").mkdir()
+    (materials / "products" / "broken" / "image.jpg").write_bytes(b"not a photo")
+    (materials / "styles" / "rough").mkdir(parents=True)
+    (materials / "styles" / "rough" / "brick.png").write_bytes(_sample_png("brick", 128, "keep"))
+
+    empty = run_cli(["catalog", "ls"], env, tmp_path)
+    assert empty.returncode == 2
+    assert empty.stderr.strip() == f"stylematrix: error: catalog s3://{bucket} has no snapshot yet: run `stylematrix catalog refresh`"
+
+    imported = run_cli(["catalog", "import", str(materials)], env, tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert "1 products, 1 style sets; 2 files uploaded, 0 unchanged, 1 refused" in imported.stdout
+    assert "products/broken/image.jpg: not an image" in imported.stderr
+    again = run_cli(["catalog", "import", str(materials)], env, tmp_path)
+    assert "0 files uploaded, 2 unchanged" in again.stdout
+
+    refreshed = run_cli(["catalog", "refresh"], env, tmp_path)
+    assert refreshed.returncode == 0, refreshed.stderr[-3000:]
+    assert "objects: 2 listed, 2 fetched, 0 skipped (unchanged)" in refreshed.stdout
+    assert "entries: 1 products, 1 style sets, 0 quarantined" in refreshed.stdout
+
+    listed = run_cli(["catalog", "ls"], env, tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    cup = next(line for line in lines if line.strip().startswith("cup "))
+    assert "256x171" in cup and "RGB" in cup and "none" in cup
+    assert any(line.strip().startswith("rough ") and "brick.png" in line for line in lines)
+    assert "quarantine (0)" in listed.stdout
+
+    missing = run_cli(["catalog", "ls", "--snapshot", "20200101T000000Z-00000000"], env, tmp_path)
+    assert missing.returncode == 2 and "has no snapshot '20200101T000000Z-00000000'; known: " in missing.stderr

@@ -1,0 +1,92 @@
+"""Contact sheets: axes become rows and columns, seeds sit side by side, selected images are framed."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.sheets import SELECTED, Tile, contact_sheet, sheet_layout, split_axes, tile_for
+
+
+def test_axes_split_between_rows_and_columns():
+    assert split_axes([]) == ((), ())
+    assert split_axes(["surface"]) == (("surface",), ())
+    assert split_axes(["surface", "light"]) == (("surface",), ("light",))
+    assert split_axes(["surface", "light", "season"]) == (("surface", "light"), ("season",))
+    assert split_axes(["a", "b", "c", "d"]) == (("a", "b"), ("c", "d"))
+
+
+def _tiles(axes: dict[str, list[str]], seeds: list[int], size: int = 24) -> list[Tile]:
+    """One solid-colour tile per cell and seed, each colour distinct."""
+    tiles = []
+    combos = itertools.product(*axes.values())
+    for i, (combo, seed) in enumerate(itertools.product(combos, seeds)):
+        colour = (20 + 37 * i % 200, 200 - 23 * i % 180, 60 + 51 * i % 190)
+        tiles.append(Tile(cell=tuple(zip(axes, combo, strict=True)), seed=seed, image=Image.new("RGB", (size, size), colour),
+                          lines=(f"#{i + 1}",)))
+    return tiles
+
+
+def test_layout_puts_the_first_axis_down_and_the_second_across_with_seeds_side_by_side():
+    tiles = _tiles({"surface": ["marble", "beach"], "light": ["dawn", "dusk"]}, seeds=[11, 42])
+    layout = sheet_layout(tiles)
+    assert layout.rows == ("surface: marble", "surface: beach")
+    assert layout.cols == ("light: dawn\nseed 11", "light: dawn\nseed 42", "light: dusk\nseed 11", "light: dusk\nseed 42")
+    assert layout.slots[((("surface", "beach"), ("light", "dawn")), 42)] == (1, 1)
+    assert len(set(layout.slots.values())) == len(tiles)
+
+
+def test_three_axes_fold_two_into_rows_and_no_axes_make_one_row_of_seeds():
+    tiles = _tiles({"a": ["1", "2"], "b": ["x", "y", "z"], "c": ["p", "q"]}, seeds=[0])
+    layout = sheet_layout(tiles)
+    assert len(layout.rows) == 6 and len(layout.cols) == 2
+    assert layout.rows[1] == "a: 1\nb: y"
+    single = sheet_layout(_tiles({}, seeds=[1, 2, 3]))
+    assert single.rows == ("",) and single.cols == ("seed 1", "seed 2", "seed 3")
+    with pytest.raises(ValueError, match="at least one image"):
+        sheet_layout([])
+
+
+def _centre(sheet: np.ndarray, colour: tuple[int, int, int]) -> tuple[float, float]:
+    hits = np.argwhere((np.abs(sheet.astype(int) - colour) <= 2).all(axis=2))
+    assert len(hits), f"colour {colour} not on the sheet"
+    return tuple(hits.mean(axis=0))
+
+
+def test_sheet_places_each_image_in_its_row_and_column_and_frames_the_selected():
+    tiles = _tiles({"surface": ["marble", "beach"], "light": ["dawn", "dusk"]}, seeds=[11, 42], size=40)
+    tiles[5] = Tile(**{**tiles[5].__dict__, "selected": True})
+    product = Image.new("RGB", (30, 60), (250, 10, 250))
+    sheet = contact_sheet(tiles, title="mug x spring", subtitle="run r1", header=[("mug", product)], tile_size=64)
+    pixels = np.asarray(sheet)
+    layout = sheet_layout(tiles)
+    centres = {layout.slots[(t.cell, t.seed)]: _centre(pixels, t.image.getpixel((0, 0))) for t in tiles}
+    for (r, c), (y, x) in centres.items():
+        if c + 1 < len(layout.cols):
+            assert centres[(r, c + 1)][1] > x + 60 and abs(centres[(r, c + 1)][0] - y) < 1
+        if r + 1 < len(layout.rows):
+            assert centres[(r + 1, c)][0] > y + 60 and abs(centres[(r + 1, c)][1] - x) < 1
+    # The header strip (the product) sits above every image.
+    assert _centre(pixels, (250, 10, 250))[0] < min(y for y, _ in centres.values()) - 32
+    # Exactly one image has the green frame (4 px around its 64 px box), and it is the selected one.
+    framed = {slot for slot, (y, x) in centres.items()
+              if all((pixels[round(py), round(px)] == SELECTED).all()
+                     for py, px in ((y - 34, x), (y + 34, x), (y, x - 34), (y, x + 34)))}
+    assert framed == {layout.slots[(tiles[5].cell, tiles[5].seed)]}
+
+
+def test_tiles_carry_status_and_scores_under_the_image():
+    base = {"cell": [("surface", "marble")], "seed": 3, "edge_f1": 0.4231, "product_ssim": 0.5, "product_delta_e": 12.34,
+            "clip_text": 0.21, "clip_style": float("nan"), "sharpness": 1500.2, "score": 0.75}
+    chosen = tile_for({**base, "status": "ok", "selected": True, "rank_in_product": 2.0}, None)
+    assert chosen.lines[0] == "selected  #2" and chosen.selected and chosen.seed == 3
+    assert chosen.lines[1] == "F1 0.42  SSIM 0.50  dE 12.3" and chosen.lines[2] == "CLIP-T 0.21  CLIP-I -"
+    gated = tile_for({**base, "status": "gated", "gates_failed": ["edge_f1 >= 0.5", "clipped_share <= 0.1"],
+                      "selected": False, "rank_in_product": None}, None)
+    assert gated.lines[0] == "gated: edge_f1, clipped_share" and gated.status == "gated" and not gated.selected
+    # A tile without an image still renders (a grey box) with its lines.
+    sheet = contact_sheet([gated, chosen.__class__(**{**chosen.__dict__, "seed": 4})], title="t", tile_size=48)
+    assert sheet.width > 2 * 48 and sheet.mode == "RGB"
