@@ -77,7 +77,7 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
     if clip is not None:
         try:
             clip_scores = clip.score(images, [r["prompt"] for r in rows], style_key=style_input.key,
-                                     references=style_input.images, weights=[ref.weight for ref in style.references])
+                                     references=style_input.images, weights=style_input.weights)
         except Exception as exc:  # a scorer's failure costs its columns, never the images
             _log().warning("CLIP scores of %s x %s failed: %s: %s", product.product_id, style.style_id,
                            type(exc).__name__, exc)
@@ -145,7 +145,8 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
         control = controls.get(control_name(product_id, first))
         if control:
             header.append(("canny", catalog_io.load_image(store, control)))
-        header += [(ref.key.rsplit("/", 1)[-1], catalog_io.load_image(store, ref.key)) for ref in style.references]
+        header += [(ref.key.rsplit("/", 1)[-1].rsplit(".", 1)[0], catalog_io.load_image(store, ref.key))
+                   for ref in style.references]
         tiles = [tile_for(r, catalog_io.load_image(store, r["output_key"]) if r.get("output_key") else None)
                  for r in sorted(members, key=lambda r: (r["cell_index"], r["seed"]))]
         selected = sum(bool(r.get("selected")) for r in members)

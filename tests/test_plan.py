@@ -223,7 +223,9 @@ def test_profile_decides_which_controlnet_and_adapter_scales_exist():
 
 
 def test_example_spec_with_every_control_parses_and_plans():
-    text = (Path(__file__).parents[1] / "catalogs" / "examples" / "every-control.yaml").read_text()
+    root = Path(__file__).parents[1]
+    text = (root / "catalogs" / "examples" / "every-control.yaml").read_text()
+    assert f"```yaml\n{text}```" in (root / "docs" / "campaign-spec.md").read_text(), "the doc shows the file as it is"
     spec = parse_campaign(text, origin="every-control.yaml")
     assert spec.matrix.cell_count == 64 and spec.matrix.zip == (("surface", "lighting"),)
     gen = spec.generation
