@@ -14,7 +14,8 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,7 +165,7 @@ class Engine:
 
     # ------------------------------------------------------------------ caches
 
-    def adapter_embeds(self, style: StyleInput, product: Image.Image | None, product_key: str, cfg: bool) -> list[torch.Tensor]:
+    def adapter_embeds(self, style: StyleInput, product: Image.Image | None, cfg: bool) -> list[torch.Tensor]:
         """One embedding tensor per IP-Adapter (negative half first under CFG), each cached by content."""
         out = []
         for k, image in enumerate(self.adapter_images):
@@ -175,7 +176,9 @@ class Engine:
             else:
                 if product is None:
                     raise ValueError(f"IP-Adapter {k + 1} of profile {self.profile!r} is fed the product photo, but none was given")
-                key = (k, "product", product_key, cfg)
+                # Keyed by the canvas's pixels: the same photo on another canvas size is another image.
+                pixels = hashlib.sha256(product.convert("RGB").tobytes()).hexdigest()
+                key = (k, "product", pixels, product.size, cfg)
                 if key not in self._image_embeds:
                     self._image_embeds[key] = self._encode(k, (product,), (1.0,), "concat", None, cfg)
             out.append(self._image_embeds[key])
@@ -258,7 +261,6 @@ class Engine:
         negatives: Sequence[str],
         seeds: Sequence[int],
         params: Mapping[str, Any],
-        product_key: str = "",
     ) -> list[Image.Image]:
         """One image per (prompt, negative, seed); each image's pixels depend only on its own seed.
 
@@ -277,26 +279,26 @@ class Engine:
             if canvases[kind].size != size:
                 raise ValueError(f"control image {kind!r} is {canvases[kind].size}, expected {size}")
         with self._lock:
-            return self._generate_split(dict(canvases), style, list(prompts), list(negatives), list(seeds), params, product_key)
+            return self._generate_split(dict(canvases), style, list(prompts), list(negatives), list(seeds), params)
 
-    def _generate_split(self, canvases, style, prompts, negatives, seeds, params, product_key) -> list[Image.Image]:
+    def _generate_split(self, canvases, style, prompts, negatives, seeds, params) -> list[Image.Image]:
         try:
-            return self._call(canvases, style, prompts, negatives, seeds, params, product_key)
+            return self._call(canvases, style, prompts, negatives, seeds, params)
         except torch.cuda.OutOfMemoryError:
             if len(prompts) == 1:
                 raise
             torch.cuda.empty_cache()
             half = len(prompts) // 2
             log.warning("CUDA out of memory at batch %d; splitting into %d + %d", len(prompts), half, len(prompts) - half)
-            return self._generate_split(canvases, style, prompts[:half], negatives[:half], seeds[:half], params, product_key) + \
-                self._generate_split(canvases, style, prompts[half:], negatives[half:], seeds[half:], params, product_key)
+            return self._generate_split(canvases, style, prompts[:half], negatives[:half], seeds[:half], params) + \
+                self._generate_split(canvases, style, prompts[half:], negatives[half:], seeds[half:], params)
 
-    def _call(self, canvases, style, prompts, negatives, seeds, params, product_key) -> list[Image.Image]:
+    def _call(self, canvases, style, prompts, negatives, seeds, params) -> list[Image.Image]:
         mode = params["mode"]
         cfg = params["guidance"] > 1.0
         pipe = self._pipe_for(mode, params["scheduler"])
         kwargs = self._prompt_kwargs(prompts, negatives, cfg)
-        kwargs["ip_adapter_image_embeds"] = self.adapter_embeds(style, canvases.get("canvas"), product_key, cfg)
+        kwargs["ip_adapter_image_embeds"] = self.adapter_embeds(style, canvases.get("canvas"), cfg)
         controls = [canvases[t] for t in self.control_types]
         scales = params.get("control_scales") or {}
         cond_scales = [float(scales.get(t, params["controlnet_scale"])) for t in self.control_types]
@@ -327,7 +329,7 @@ class Engine:
                 kwargs["mask_image"] = [ImageOps.invert(canvases["keep"].convert("L"))] * len(prompts)  # white = repaint
             denoised_steps = min(int(params["steps"] * params["strength"]), params["steps"])
         kwargs["callback_on_step_end"] = self._set_adapter_scales(params, max(denoised_steps, 1))
-        with torch.inference_mode():
+        with torch.inference_mode(), control_embedded_once(pipe.controlnet):
             images = list(pipe(**kwargs).images)
         if mode == "preserve":
             # The product's own pixels, not the model's rendering of them: exact where the mask is full.
@@ -372,6 +374,37 @@ class Engine:
             return callback_kwargs
 
         return callback
+
+
+@contextmanager
+def control_embedded_once(controlnet) -> Iterator[None]:
+    """Within one pipeline call, embed each ControlNet's control image once, not once per image per step.
+
+    diffusers runs a ControlNet's conditioning embedding (convolutions at full image
+    resolution) on the control image repeated over the batch, at every step, although every
+    row and every step sees the same image. Here the first call of a call embeds one row and
+    the rest reuse it; a batch whose rows differ is embedded as given.
+    """
+    nets = getattr(controlnet, "nets", [controlnet])
+    embedders = [net.controlnet_cond_embedding for net in nets]
+    for embedder in embedders:
+        original = embedder.forward
+        cache: dict[tuple, torch.Tensor] = {}
+
+        def forward(cond: torch.Tensor, _original=original, _cache=cache) -> torch.Tensor:
+            key = (cond.data_ptr(), tuple(cond.shape))  # the pipeline passes the same tensor every step
+            if key not in _cache:
+                first = cond[:1]
+                same = torch.equal(cond, first.expand_as(cond))
+                _cache[key] = _original(first).expand(cond.shape[0], -1, -1, -1) if same else _original(cond)
+            return _cache[key]
+
+        embedder.forward = forward
+    try:
+        yield
+    finally:
+        for embedder in embedders:
+            del embedder.forward  # back to the class's own forward
 
 
 _ENGINES: dict[tuple, Engine] = {}

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from adapters.catalog_io import seed_sample_catalog  # noqa: E402
 from adapters.kit import ensure_tiny_kit  # noqa: E402
 from adapters.local_s3 import LocalS3Server, free_port  # noqa: E402
-from adapters.settings import Settings, child_env  # noqa: E402
+from adapters.settings import Settings, child_env, export_s3_endpoint  # noqa: E402
 from adapters.storage import S3Store  # noqa: E402
 from flows.serve import start_stack  # noqa: E402
 
@@ -64,6 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name, LocalS3Server() as server:
         tmp = Path(tmp_name)
+        export_s3_endpoint(server.endpoint)  # dummy credentials for the embedded server
         store = S3Store.from_settings(Settings(s3_endpoint=server.endpoint))
         catalog = "s3://bench-catalog"
         store.ensure_bucket("bench-catalog")

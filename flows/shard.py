@@ -42,7 +42,6 @@ def render_batch(engine: Engine, store: S3Store, batch: Batch, shard: Shard, *, 
         negatives=[j.negative_prompt for j in todo],
         seeds=[j.seed for j in todo],
         params=batch.params,
-        product_key=product.sha256,
     ) if todo else []
     seconds = time.perf_counter() - start
     made = dict(zip([j.asset_id for j in todo], fresh, strict=True))

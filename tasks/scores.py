@@ -20,6 +20,7 @@ BLANK_STD = 0.5  # an image whose grey levels vary less than this carries no pic
 CLIPPED_LOW, CLIPPED_HIGH = 1, 254  # grey levels counted as crushed black or blown white
 MIN_BACKGROUND_SHARE = 0.05  # below this the whole image is hashed: there is no background to speak of
 SSIM_WINDOW = 7
+DELTA_E_PIXELS = 32_768  # at most this many pixels of the region go into the mean colour difference
 HASH_BITS = 64
 
 
@@ -100,10 +101,13 @@ def mean_delta_e(reference: Image.Image, output: Image.Image, mask: np.ndarray) 
     """Mean CIEDE2000 colour difference over the product region (0 = same colours; ~2.3 is just noticeable)."""
     from skimage.color import deltaE_ciede2000, rgb2lab
 
-    if not mask.any():
+    where = np.flatnonzero(mask)
+    if not where.size:
         return None
-    a = rgb2lab(np.asarray(reference.convert("RGB"))[mask][None] / 255.0)
-    b = rgb2lab(np.asarray(output.convert("RGB"))[mask][None] / 255.0)
+    # CIEDE2000 is costly (0.2 s for a 512 px product): evenly spaced pixels estimate the mean.
+    where = where[:: max(1, where.size // DELTA_E_PIXELS)]
+    a = rgb2lab(np.asarray(reference.convert("RGB")).reshape(-1, 3)[where][None] / 255.0)
+    b = rgb2lab(np.asarray(output.convert("RGB")).reshape(-1, 3)[where][None] / 255.0)
     return float(deltaE_ciede2000(a, b).mean())
 
 

@@ -70,7 +70,7 @@ def generate(engine: Engine, *, prompts=("a red kettle on marble",), seeds=(7,),
     params = {**PARAMS, **params}
     return engine.generate(
         canvases=canvas or canvases(engine, params, shape, item), style=sty or style(1),
-        prompts=list(prompts), negatives=["blurry"] * len(prompts), seeds=list(seeds), params=params, product_key=shape,
+        prompts=list(prompts), negatives=["blurry"] * len(prompts), seeds=list(seeds), params=params,
     )
 
 
@@ -272,16 +272,12 @@ def test_second_adapter_is_fed_the_product(settings):
     params = {**PARAMS, "ip_scale": 0.0, "product_ip_scale": 1.0}
     base = canvases(multi, params, "circle")
     blue = {**base, "canvas": canvases(multi, params, item=product("circle", (30, 60, 220)))["canvas"]}
-    (red_out,) = multi.generate(canvases=base, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=params,
-                                product_key="red")
-    (blue_out,) = multi.generate(canvases=blue, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=params,
-                                 product_key="blue")
+    (red_out,) = multi.generate(canvases=base, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=params)
+    (blue_out,) = multi.generate(canvases=blue, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=params)
     assert max_diff(red_out, blue_out) > 2
     off = {**params, "product_ip_scale": 0.0}
-    (red_off,) = multi.generate(canvases=base, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=off,
-                                product_key="red")
-    (blue_off,) = multi.generate(canvases=blue, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=off,
-                                 product_key="blue")
+    (red_off,) = multi.generate(canvases=base, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=off)
+    (blue_off,) = multi.generate(canvases=blue, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=off)
     assert max_diff(red_off, blue_off) == 0
 
 

@@ -123,8 +123,10 @@ def test_campaign_from_the_api_runs_shards_on_both_gpu_workers(stack):
     assert set(gens["worker"]) == {"gpu-1", "gpu-2"}
     for r in gens.itertuples():
         assert stack["store"].exists(r.output_key)
+    # Four shards, each completed once (a busy machine may make one retry, which is still correct).
     children = shard_runs(stack, parent.id)
-    assert len(children) == 4 and all(c.state.is_completed() for c in children)
+    done = sorted(c.name.split("-shard-")[1].split("-try-")[0] for c in children if c.state.is_completed())
+    assert done == ["00000", "00001", "00002", "00003"]
     print(f"two-worker campaign: {IMAGES} images in {elapsed:.1f} s")
 
 
