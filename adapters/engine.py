@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -134,6 +134,87 @@ def window_active(step: int, steps: int, start: float, end: float) -> bool:
     return not (step / steps < start or (step + 1) / steps > end)
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """The engine's speed switches. None changes an image beyond float rounding.
+
+    `defaults(device)` is what `get_engine` applies: on CUDA scaled-dot-product attention (flash
+    or memory-efficient kernels), channels-last convolutions and fused QKV projections; elsewhere
+    SDPA only. torch.compile (and CUDA graphs, its "reduce-overhead" mode) stays off by default:
+    it costs minutes of compilation per batch shape and process, and its worth has yet to be
+    measured here (bench/gpu.py). `cache_embeddings` keeps prompt and reference embeddings
+    between calls.
+    """
+
+    sdpa: bool = True
+    channels_last: bool = True
+    fuse_qkv: bool = True
+    compile: bool = False
+    cuda_graphs: bool = False
+    cache_embeddings: bool = True
+
+    @classmethod
+    def defaults(cls, device: str) -> EngineOptions:
+        if str(device).startswith("cuda"):
+            return cls()
+        # On a CPU channels-last and fused projections buy little and move pixels by float rounding.
+        return cls(channels_last=False, fuse_qkv=False)
+
+
+def apply_options(pipe, options: EngineOptions) -> EngineOptions:
+    """Switch the pipeline's UNet, ControlNet(s) and VAE to `options`; return the options in effect.
+
+    Reversible, so one loaded pipeline can be measured with each switch off in turn. Fused QKV
+    needs SDPA; compile and CUDA graphs need CUDA (CUDA graphs imply compile). Attention
+    processors are swapped one by one, so IP-Adapter's keep their weights and scales: diffusers'
+    `fuse_qkv_projections` puts one plain fused processor on every layer, which silently drops
+    the adapter.
+    """
+    cuda = str(pipe.device).startswith("cuda")
+    compiled = cuda and (options.compile or options.cuda_graphs)
+    effective = replace(options, fuse_qkv=options.fuse_qkv and options.sdpa, compile=compiled,
+                        cuda_graphs=compiled and options.cuda_graphs)
+    denoisers = [pipe.unet, *getattr(pipe.controlnet, "nets", [pipe.controlnet])]
+    memory_format = torch.channels_last if effective.channels_last else torch.contiguous_format
+    for model in [*denoisers, pipe.vae]:
+        _set_attention(model, effective.sdpa, effective.fuse_qkv)
+        model.to(memory_format=memory_format)
+    for model in denoisers:  # the VAE runs once per image: not worth minutes of compilation
+        model._compiled_call_impl = None  # what nn.Module.compile sets; None is the eager forward
+        if effective.compile:
+            model.compile(mode="reduce-overhead" if effective.cuda_graphs else None)
+    return effective
+
+
+def _set_attention(model, sdpa: bool, fuse: bool) -> None:
+    """Give every attention layer of `model` the kernel asked for, keeping IP-Adapter's layers adapters."""
+    from diffusers.models.attention_processor import (
+        Attention,
+        AttnProcessor,
+        AttnProcessor2_0,
+        FusedAttnProcessor2_0,
+        IPAdapterAttnProcessor,
+        IPAdapterAttnProcessor2_0,
+    )
+
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, Attention)}
+    processors = {}
+    for name, proc in model.attn_processors.items():
+        attn = layers[name.removesuffix(".processor")]
+        if isinstance(proc, IPAdapterAttnProcessor | IPAdapterAttnProcessor2_0):
+            cls = IPAdapterAttnProcessor2_0 if sdpa else IPAdapterAttnProcessor
+            if type(proc) is not cls:
+                swapped = cls(proc.hidden_size, proc.cross_attention_dim, proc.num_tokens, proc.scale)
+                swapped.to_k_ip, swapped.to_v_ip = proc.to_k_ip, proc.to_v_ip
+                proc = swapped
+        elif type(proc) in (AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0):
+            if fuse and not attn.fused_projections:
+                attn.fuse_projections(fuse=True)
+            proc = FusedAttnProcessor2_0() if fuse else AttnProcessor2_0() if sdpa else AttnProcessor()
+        processors[name] = proc  # any other processor (LoRA, custom) is left as it is
+    model.set_attn_processor(processors)
+
+
 class Engine:
     """A loaded pipeline plus the caches that make batching pay."""
 
@@ -154,6 +235,7 @@ class Engine:
         self._image_embeds: dict[tuple, torch.Tensor] = {}
         self._prompt_embeds: OrderedDict[tuple[str, str, bool], tuple[torch.Tensor | None, ...]] = OrderedDict()
         self._lock = threading.Lock()  # one pipeline call at a time per process
+        self.options: EngineOptions | None = None  # None: the pipeline as loaded; see set_options
 
     @property
     def dtype_name(self) -> str:
@@ -293,7 +375,17 @@ class Engine:
             return self._generate_split(canvases, style, prompts[:half], negatives[:half], seeds[:half], params) + \
                 self._generate_split(canvases, style, prompts[half:], negatives[half:], seeds[half:], params)
 
+    def set_options(self, options: EngineOptions) -> EngineOptions:
+        """Apply speed switches to the loaded pipeline (`apply_options`); returns those in effect."""
+        with self._lock:
+            self.options = apply_options(self.pipe, options)
+        return self.options
+
     def _call(self, canvases, style, prompts, negatives, seeds, params) -> list[Image.Image]:
+        if self.options is not None and not self.options.cache_embeddings:
+            # Every call embeds its prompts and references again, as a plain pipeline call does.
+            self._image_embeds.clear()
+            self._prompt_embeds.clear()
         mode = params["mode"]
         cfg = params["guidance"] > 1.0
         pipe = self._pipe_for(mode, params["scheduler"])
@@ -436,6 +528,7 @@ def get_engine(profile_name: str, settings: Settings) -> Engine:
                 control_types=profile.control_types,
                 adapter_images=profile.adapter_images,
             )
+            _ENGINES[key].set_options(EngineOptions.defaults(device))
         return _ENGINES[key]
 
 
