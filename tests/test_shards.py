@@ -89,7 +89,7 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     assert generated == [lost["prompt"]]  # only the missing image was rendered again
     again = publish.read_table(store, {"parts": [publish.part_entry(store, "generations", part["uri"])]}, "generations")
     assert sorted(again["asset_id"]) == sorted(gens["asset_id"])
-    before, after = dict(zip(gens["asset_id"], gens["sha256"])), dict(zip(again["asset_id"], again["sha256"]))
+    before, after = dict(zip(gens["asset_id"], gens["sha256"], strict=False)), dict(zip(again["asset_id"], again["sha256"], strict=False))
     assert {a: h for a, h in after.items() if a != lost["asset_id"]} == {a: h for a, h in before.items() if a != lost["asset_id"]}
     # The re-rendered image ran alone instead of in a batch of 4: the same pixels within 1/255.
     redone = np.asarray(Image.open(io.BytesIO(store.get(lost["output_key"]))), dtype=np.int16)
