@@ -97,6 +97,8 @@ def run_campaign(request: RunRequest) -> dict:
         run_id=run_id, campaign=spec.name, assets=assets, controls=controls, run_date=run_date, batch_total=len(batches),
         clip_model=spec.selection.clip_model, progress=progress,
     )
+    if progress:
+        steps.advance_progress(progress, 1.0)  # every shard has finished, whatever order their batches ran in
     gen_seconds = sum(r["seconds"] for r in results)
     images = [img for r in results for img in r["images"]]
     parts = [r["part"] for r in results]

@@ -3,6 +3,11 @@
 With a shard deployment configured, every shard becomes a child flow run that any GPU worker
 can pick up. A shard whose run crashes or fails (a worker died, a GPU fell over) is started
 again; it skips the images it already wrote, so nothing is lost or duplicated.
+
+Progress has one writer, so the run's progress bar only moves forward: in this process each
+shard moves it after each batch (shards run one after another); on the pool, where shards run
+in parallel and finish in any order, the campaign flow counts the batches whose images are all
+written while it waits.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from prefect.deployments import run_deployment
 
 from adapters import publish
 from adapters.storage import ObjectStore
+from flows import publishing
 from flows.shard import generate_shard, shard_part_name
-from tasks.plan import Shard
+from tasks.plan import Batch, Shard, finished_batches
 
 RETRYABLE = {StateType.CRASHED, StateType.FAILED}
 FINAL = {StateType.COMPLETED, StateType.CANCELLED, StateType.CRASHED, StateType.FAILED}
@@ -31,24 +37,56 @@ def run_shards(
     deployment: str | None,
     attempts: int,
     poll_seconds: float,
+    progress: str | None = None,
     **shard_args,
 ) -> list[dict]:
     """Run every shard to completion and return what each published, read back from its table part.
 
     Each shard's spec is stored with the run first: what a worker ran can always be looked up or re-run.
+    `progress` is the run's progress artifact id (None: no progress reported).
     """
     for shard in shards:
         store.put(publish.run_uri(shard_args["assets"], shard_args["run_id"], "shards", f"{shard.index:05d}.json"),
                   shard.model_dump_json().encode(), content_type="application/json")
     if deployment is None:
+        before = 0
         for shard in shards:
-            generate_shard(shard, **shard_args)
+            generate_shard(shard, progress=progress, batches_before=before, **shard_args)
+            before += len(shard.batches)
     else:
-        _run_on_pool(shards, deployment=deployment, attempts=attempts, poll_seconds=poll_seconds, **shard_args)
+        tracker = BatchProgress(store, progress, [b for s in shards for b in s.batches],
+                                assets=shard_args["assets"], run_id=shard_args["run_id"])
+        _run_on_pool(shards, deployment=deployment, attempts=attempts, poll_seconds=poll_seconds, tracker=tracker,
+                     **shard_args)
     return [_shard_output(store, shard, **shard_args) for shard in shards]
 
 
-def _run_on_pool(shards: Sequence[Shard], *, deployment: str, attempts: int, poll_seconds: float, **shard_args) -> None:
+class BatchProgress:
+    """The run's progress artifact as the share of batches whose images are all written, whichever shard wrote them.
+
+    `update` lists the run's images and moves the artifact forward only: it never goes back.
+    """
+
+    def __init__(self, store: ObjectStore, progress: str | None, batches: Sequence[Batch], *, assets: str,
+                 run_id: str) -> None:
+        self._store, self._progress, self._batches = store, progress, tuple(batches)
+        self._images = publish.run_uri(assets, run_id, "images/")
+        self.share = 0.0
+
+    def update(self) -> float:
+        """Count the finished batches now; returns the share reported (0..1)."""
+        if not self._progress or not self._batches:
+            return self.share
+        present = (o.key.rsplit("/", 1)[-1].removesuffix(".png") for o in self._store.list(self._images))
+        share = finished_batches(self._batches, present) / len(self._batches)
+        if share > self.share:
+            self.share = share
+            publishing.advance_progress(self._progress, share)
+        return self.share
+
+
+def _run_on_pool(shards: Sequence[Shard], *, deployment: str, attempts: int, poll_seconds: float,
+                 tracker: BatchProgress, **shard_args) -> None:
     logger = get_run_logger()
     tries = {s.index: 1 for s in shards}
     running = {s.index: _submit(deployment, s, 1, shard_args) for s in shards}
@@ -57,6 +95,10 @@ def _run_on_pool(shards: Sequence[Shard], *, deployment: str, attempts: int, pol
     with get_client(sync_client=True) as client:
         while running:
             time.sleep(poll_seconds)
+            try:
+                tracker.update()
+            except Exception as exc:  # a progress bar is a report: it never stops the run
+                logger.warning("progress not updated: %s: %s", type(exc).__name__, exc)
             for index, run_id in list(running.items()):
                 state = client.read_flow_run(run_id).state
                 if state is None or state.type not in FINAL:

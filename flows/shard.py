@@ -77,11 +77,15 @@ write_part = task(publish.put_table_part, name="write-table-part", retries=2, ca
 
 @flow(name="generate-shard")
 def generate_shard(shard: Shard, run_id: str, campaign: str, assets: str, controls: dict[str, str],
-                   run_date: str, batch_total: int, clip_model: str = "none", progress: str | None = None) -> dict:
+                   run_date: str, batch_total: int, clip_model: str = "none", progress: str | None = None,
+                   batches_before: int = 0) -> dict:
     """Run every batch of a shard with one loaded engine; write the shard's table part.
 
     Returns the part's manifest entry, the images it published, and the generation time.
-    `clip_model` is the campaign's `selection.clip_model`; `progress` the run's progress artifact id.
+    `clip_model` is the campaign's `selection.clip_model`. `progress` (the run's progress artifact
+    id) is given only when shards run one after another: after each batch the shard moves it to
+    (`batches_before` + its batches done) / `batch_total`. Shards on the pool get None, since
+    they finish in any order; the campaign flow reports their progress.
     """
     logger = get_run_logger()
     settings = get_settings()
@@ -93,16 +97,16 @@ def generate_shard(shard: Shard, run_id: str, campaign: str, assets: str, contro
                      worker=settings.worker_name)
     rows: list[dict] = []
     seconds = 0.0
-    for batch in shard.batches:
+    for done, batch in enumerate(shard.batches, start=1):
         result = render(engine, store, batch, shard, ctx=ctx, assets=assets,
                         controls=controls, clip=clip)
         rows += result["rows"]
         seconds += result["seconds"]
         n = len(batch.jobs)
-        logger.info("batch %d/%d done: %d images of %s x %s in %.2f s (%.1f images/s)",
-                    batch.index + 1, batch_total, n, batch.product_id, batch.style_id,
+        logger.info("batch %d (%d/%d of shard %d) done: %d images of %s x %s in %.2f s (%.1f images/s)",
+                    batch.index, done, len(shard.batches), shard.index, n, batch.product_id, batch.style_id,
                     result["seconds"], n / max(result["seconds"], 1e-9))
-        publishing.advance_progress(progress, (batch.index + 1) / batch_total)
+        publishing.advance_progress(progress, (batches_before + done) / batch_total)
     part = write_part(store, assets, "generations", run_date, shard_part_name(run_id, shard.index), rows)
     images = [{"asset_id": r["asset_id"], "uri": r["output_key"], "sha256": r["sha256"]} for r in rows]
     return {"part": part, "images": images, "seconds": seconds}

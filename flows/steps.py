@@ -37,6 +37,7 @@ identity = task(model_identity, name="model-identity", cache_policy=NO_CACHE)
 # Selection and publishing, after the shards and before the manifest. Each rewrites its own
 # uncommitted objects, so a retry is safe; artifacts are reports, never retried.
 start_progress = task(publishing.start_progress, name="start-progress", cache_policy=NO_CACHE)
+advance_progress = task(publishing.advance_progress, name="advance-progress", cache_policy=NO_CACHE)
 select_run = task(publishing.select_run, name="select-images", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 write_cell_metrics = task(publishing.write_cell_metrics, name="write-cell-metrics", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 write_sheets = task(publishing.write_sheets, name="contact-sheets", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)

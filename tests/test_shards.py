@@ -96,3 +96,69 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     original = np.asarray(lost_image, dtype=np.int16)
     assert np.abs(redone - original).max() <= 1
     assert part["uri"].endswith(shard_part_name(first["run_id"], 0) + ".parquet")
+
+
+def _progress_of(artifact_id: str) -> float:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
+
+    with get_client(sync_client=True) as client:
+        (found,) = client.read_artifacts(artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[UUID(artifact_id)])))
+    return float(found.data)
+
+
+def test_progress_moves_forward_across_shards_in_process_and_ends_at_100(campaign_env, store, small_campaign,
+                                                                          monkeypatch):
+    from adapters.settings import get_settings
+    from flows import publishing
+    from flows.campaign import run_campaign
+
+    monkeypatch.setenv("STYLEMATRIX_IMAGES_PER_SHARD", "4")  # 2 batches of 4 images: one shard each
+    get_settings.cache_clear()
+    shares: list[float] = []
+    artifacts: list[str] = []
+    real_start, real_advance = publishing.start_progress, publishing.advance_progress
+
+    def start(campaign: str, run_id: str) -> str:
+        artifacts.append(real_start(campaign, run_id))
+        return artifacts[-1]
+
+    def advance(progress, share):
+        shares.append(share)
+        real_advance(progress, share)
+
+    monkeypatch.setattr(publishing, "advance_progress", advance)
+    monkeypatch.setattr("flows.steps.start_progress", start)
+    run_campaign(RunRequest(campaign="small", triggered_by="test"))
+    assert shares == [0.5, 1.0]  # batch 1 of 2 (shard 0), batch 2 of 2 (shard 1)
+    assert _progress_of(artifacts[0]) == 100.0
+
+
+def test_pool_progress_counts_finished_batches_in_any_order(campaign_env, store):
+    from flows import publishing
+    from flows.dispatch import BatchProgress
+    from tasks.plan import group_batches
+    from tests.test_plan import campaign, plan
+
+    batches = group_batches(plan(campaign()), batch_size=4)[:4]
+    assets, run_id = campaign_env["assets"], "pool-run"
+    progress = publishing.start_progress("pool", run_id)
+    tracker = BatchProgress(store, progress, batches, assets=assets, run_id=run_id)
+
+    def write(batch):
+        for job in batch.jobs:
+            store.put(publish.image_uri(assets, run_id, job.asset_id), b"png", content_type="image/png")
+
+    assert tracker.update() == 0.0
+    write(batches[3])  # a parallel shard finishes the run's last batch first: a quarter done, not all
+    assert tracker.update() == 0.25 and _progress_of(progress) == 25.0
+    write(batches[0])
+    store.delete(publish.image_uri(assets, run_id, batches[0].jobs[0].asset_id))  # half-written: not counted
+    assert tracker.update() == 0.25
+    write(batches[0])
+    write(batches[1])
+    assert tracker.update() == 0.75 and _progress_of(progress) == 75.0
+    write(batches[2])
+    assert tracker.update() == 1.0 and _progress_of(progress) == 100.0
