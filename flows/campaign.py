@@ -23,7 +23,7 @@ from flows.dispatch import run_shards
 from tasks.canny import canvas_kinds, canvas_name
 from tasks.plan import Batch, maskless_products
 from tasks.request import apply_request, narrow
-from tasks.tables import run_row
+from tasks.tables import run_parameters, run_row
 
 
 def prepare_controls(store: S3Store, assets: str, run_id: str, products: Sequence[Product], batches: Sequence[Batch],
@@ -114,6 +114,8 @@ def run_campaign(request: RunRequest) -> dict:
     row = run_row(
         run_id=run_id, campaign=spec.name,
         campaign_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
+        parameters=run_parameters(request, spec, products=[p.product_id for p in products],
+                                  styles=[s.style_id for s in styles]),
         triggered_by=request.triggered_by, flow_run_id=str(flow_run.get_id() or ""),
         catalog=catalog, snapshot_id=state.snapshot_id, assets=assets, profile=spec.generation.profile,
         profile_revision=revision,

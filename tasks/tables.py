@@ -7,15 +7,17 @@ Types are written as strings (`string`, `int32`, `int64`, `float64`, `timestamp`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import pandas as pd
 
+from catalogs.models import Campaign, RunRequest
 from tasks.plan import Batch
 
-SCHEMA_VERSION = 2  # 2: scores, selection and status columns; the cell_metrics table
+SCHEMA_VERSION = 3  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ RUNS = (
     Column("run_id", "string", "run id"),
     Column("campaign", "string", "campaign name"),
     Column("campaign_sha256", "string", "sha256 of the campaign spec as parsed (canonical JSON)"),
+    Column("parameters", "string", "JSON object: `request` (the run request's overrides: campaign, catalog, assets, snapshot, profile, products, styles, axes, seeds), `products` and `styles` (the ids the run selected), `matrix` (template, axes, zip, negative, max_cells as run, `seeds` as a list), `generation` (the resolved generation settings, profile decided) and `selection` (top_k, gates, weights, duplicate_distance, clip_model)"),
     Column("triggered_by", "string", "cli, demo, schedule, ui or api"),
     Column("flow_run_id", "string", "Prefect flow run id"),
     Column("catalog", "string", "s3 URI of the catalog"),
@@ -268,6 +271,20 @@ def to_frame(table: str, rows: Sequence[dict]) -> pd.DataFrame:
         if missing or extra:
             raise ValueError(f"{table} row {i}: missing {sorted(missing)}, unexpected {sorted(extra)}")
     return pd.DataFrame(list(rows), columns=columns)
+
+
+def run_parameters(request: RunRequest, campaign: Campaign, *, products: Sequence[str], styles: Sequence[str]) -> str:
+    """The `runs.parameters` JSON: what was asked for and the settings the run resolved it to."""
+    matrix = campaign.matrix.model_dump(mode="json")
+    matrix["seeds"] = list(campaign.matrix.seed_list)
+    return json.dumps({
+        "request": request.model_dump(mode="json", exclude={"dry_run", "triggered_by"}),
+        "products": list(products),
+        "styles": list(styles),
+        "matrix": matrix,
+        "generation": campaign.generation.model_dump(mode="json"),
+        "selection": campaign.selection.model_dump(mode="json"),
+    }, sort_keys=True)
 
 
 def run_row(**fields) -> dict:

@@ -46,7 +46,9 @@ def test_duckdb_reads_the_published_tables_of_a_run(campaign_env, store, tmp_pat
 
     spec = tmp_path / "duck.yaml"
     spec.write_text(CAMPAIGN)
-    summary = run_campaign(RunRequest(campaign=str(spec), triggered_by="test"))
+    # Overrides that repeat the campaign's own choices: the run is the same, the request is recorded.
+    summary = run_campaign(RunRequest(campaign=str(spec), products=("rocket", "brand-logo"), seeds=(1, 2, 3),
+                                      triggered_by="test"))
     manifest = json.loads(store.get(summary["manifest"]))
     assert {p["table"] for p in manifest["parts"]} == {"generations", "cell_metrics", "runs"}
 
@@ -85,3 +87,20 @@ def test_duckdb_reads_the_published_tables_of_a_run(campaign_env, store, tmp_pat
     for part in manifest["parts"]:
         path = root / part["uri"].removeprefix(f"{campaign_env['assets']}/tables/")
         assert path.read_bytes() == store.get(part["uri"])
+
+    # What the run was asked for and what it ran with, queryable from the runs table.
+    asked = db.execute(f"""
+        SELECT triggered_by, schema_version,
+               json_extract(parameters, '$.request.products')::VARCHAR[],
+               json_extract(parameters, '$.request.seeds')::INT[],
+               json_extract_string(parameters, '$.request.profile'),
+               json_extract_string(parameters, '$.generation.profile'),
+               json_extract(parameters, '$.generation.steps')::INT,
+               json_extract(parameters, '$.generation.width')::INT,
+               json_extract(parameters, '$.matrix.seeds')::INT[],
+               json_extract(parameters, '$.matrix.axes.surface')::VARCHAR[],
+               json_extract(parameters, '$.selection.top_k')::INT,
+               json_extract(parameters, '$.styles')::VARCHAR[]
+        FROM read_parquet('{root}/runs/*/*.parquet', hive_partitioning = true)""").fetchall()
+    assert asked == [("test", 3, ["rocket", "brand-logo"], [1, 2, 3], None, "tiny", 2, 64, [1, 2, 3],
+                      ["sand", "marble"], 2, ["space-age"])]
