@@ -237,14 +237,15 @@ def test_example_spec_with_every_control_parses_and_plans():
     text = (root / "catalogs" / "examples" / "every-control.yaml").read_text()
     assert f"```yaml\n{text}```" in (root / "docs" / "campaign-spec.md").read_text(), "the doc shows the file as it is"
     spec = parse_campaign(text, origin="every-control.yaml")
-    assert spec.matrix.cell_count == 64 and spec.matrix.zip == (("surface", "lighting"),)
+    assert spec.matrix.cell_count == 96
+    assert spec.matrix.zip == (("surface", "lighting"), ("ip_scale", "controlnet_scale", "guidance", "steps"))
     gen = spec.generation
     assert gen.negative_reference and gen.control_scales and gen.product_ip_scale is not None and gen.ip_end < 1
     products = [p.model_copy(update={"mask_source": "alpha" if i == 0 else "none"}) for i, p in enumerate(PRODUCTS[:2])]
     styles = [s.model_copy(update={"style_id": sid}) for s, sid in zip(STYLES, ("space-age", "earthy-textures"), strict=True)]
     jobs = plan_jobs(spec, products, styles, expand_matrix(spec.matrix), profile_revision="r", dtype="float32",
                      profile=load_profiles()[gen.profile])
-    # 64 cells x 2 seeds for the masked product; the maskless one only gets its ip_adapter half.
-    assert len(jobs) == 64 * 2 + 32 * 2
+    # 96 cells x 2 seeds for the masked product; the maskless one gets its ip_adapter and img2img two thirds.
+    assert len(jobs) == 96 * 2 + 64 * 2
     assert {j.params["ip_preset"] for j in jobs} == {"style-only"}
     assert {j.cell["optional"] for j in jobs} == {"", "high detail", "film grain", "high detail | film grain"}
