@@ -7,7 +7,8 @@ Two layouts are accepted:
 - a folder of loose images, each one product (`products/<id>/image.<ext>`) or one style set
   (`styles/<id>/<id>.<ext>`), the id made from the file name; the caller says which.
 
-Files are judged by the same rules as a catalog refresh before anything is uploaded: an entry
+Files are judged by the same rules as a catalog refresh before anything is uploaded, each entry
+together with the files its remote folder already holds (the refresh will see both): an entry
 the refresh would quarantine is refused here, with the same reason, and the rest goes on.
 A file whose remote copy has the same size and MD5 (the ETag of a single-part upload) is not
 uploaded again, so importing the same folder twice uploads nothing the second time. An import
@@ -23,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from adapters.catalog_io import inspect_object, list_catalog
-from adapters.storage import ObjectStore, join_uri
+from adapters.catalog_io import inspect_object, list_catalog, read_record
+from adapters.storage import ObjectInfo, ObjectStore, join_uri
 from tasks.catalog_build import QuarantineEntry, build_catalog
 from tasks.catalog_rules import IMAGE_SUFFIXES
 
@@ -89,23 +90,31 @@ def local_layout(source: Path, as_kind: EntryKind | None = None) -> tuple[dict[s
 
 
 def import_folder(store: ObjectStore, source: Path, catalog: str, *, as_kind: EntryKind | None = None) -> ImportReport:
-    """Upload the usable entries of a local folder to `catalog`, skipping files already there unchanged."""
+    """Upload the usable entries of a local folder to `catalog`, skipping files already there unchanged.
+
+    Each entry is judged as the catalog will hold it after the import: its local files over
+    the files already in its remote folder (an import never deletes), so a local `image.png`
+    meeting a remote `image.jpg` is refused, as the refresh would quarantine the pair.
+    """
     files, left_out = local_layout(source, as_kind)
     records, md5s = [], {}
     for key, path in files.items():  # one file in memory at a time: a shoot can be gigabytes
         data = path.read_bytes()
         records.append(inspect_object(key, data))
         md5s[key] = hashlib.md5(data).hexdigest()
+    remote = {key: info for key, info in list_catalog(store, catalog)}
+    folders = {_folder(key) for key in files}
+    kept = {key: info for key, info in remote.items()
+            if key not in files and len(key.split("/")) == 3 and _folder(key) in folders}
+    records += [read_record(store, key, info) for key, info in sorted(kept.items())]
     state = build_catalog(records, catalog)
-    report = ImportReport(catalog=catalog, refused=[*left_out, *(_refusal(q, catalog, files) for q in state.quarantine)],
+    local = {join_uri(catalog, key) for key in files}  # a remote file the entry ignores is not this import's
+    refused = [_refusal(q, catalog, files, kept) for q in state.quarantine if q.kind != "object" or q.key in local]
+    report = ImportReport(catalog=catalog, refused=[*left_out, *refused],
                           products=len(state.products), styles=len(state.styles))
     accepted = {f"products/{p.product_id}/" for p in state.products} | {f"styles/{s.style_id}/" for s in state.styles}
     ignored = {q.key for q in state.quarantine if q.kind == "object"}  # extra files beside an entry
-    wanted = [key for key in sorted(files)
-              if key.rsplit("/", 1)[0] + "/" in accepted and join_uri(catalog, key) not in ignored]
-    if not wanted:
-        return report
-    remote = {key: info for key, info in list_catalog(store, catalog)}
+    wanted = [key for key in sorted(files) if _folder(key) in accepted and join_uri(catalog, key) not in ignored]
     for key in wanted:
         there = remote.get(key)
         if there is not None and there.size == files[key].stat().st_size and there.etag == md5s[key]:
@@ -116,13 +125,20 @@ def import_folder(store: ObjectStore, source: Path, catalog: str, *, as_kind: En
     return report
 
 
-def _refusal(entry: QuarantineEntry, catalog: str, files: dict[str, Path]) -> str:
-    """A quarantine reason, led by the local path it concerns."""
+def _folder(key: str) -> str:
+    """`products/cup/` of `products/cup/image.png`."""
+    return key.rsplit("/", 1)[0] + "/"
+
+
+def _refusal(entry: QuarantineEntry, catalog: str, files: dict[str, Path], remote: dict[str, ObjectInfo]) -> str:
+    """A quarantine reason, led by the local path it concerns, naming any file already in the catalog it met."""
     relative = entry.key[len(catalog.rstrip("/")) + 1 :]
     inside = [path for key, path in files.items() if key == relative or key.startswith(relative)]
+    met = sorted(key for key in remote if key.startswith(relative))
+    also = f" (the catalog already holds {', '.join(met)}; an import never deletes)" if met else ""
     if len(inside) == 1:  # a file, or an entry made of one file (a loose image)
-        return f"{inside[0]}: {entry.reason}"
-    return f"{inside[0].parent if inside else relative}: {entry.reason}"
+        return f"{inside[0]}: {entry.reason}{also}"
+    return f"{inside[0].parent if inside else relative}: {entry.reason}{also}"
 
 
 def _tree(source: Path, root: Path) -> tuple[dict[str, Path], list[str]]:

@@ -32,6 +32,7 @@ from typing import Literal
 
 import numpy as np
 import yaml
+from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +61,7 @@ __all__ = [
     "campaign_uri",
     "inspect_object",
     "list_catalog",
+    "read_record",
     "load_image",
     "load_mask",
     "read_campaign",
@@ -132,8 +134,14 @@ def scan_catalog(
             to_fetch.append((key, info))
     if to_fetch:
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="catalog-read") as pool:
-            for record in pool.map(functools.partial(_read_record, store), to_fetch):
-                records[record.key] = record
+            read = list(pool.map(functools.partial(_read_record, store), to_fetch))
+        errors = [error for _, error in read if error is not None]
+        if len(read) > 1 and len(errors) == len(read) and all(isinstance(e, ConnectionError) for e in errors):
+            # The endpoint stopped answering: the store is down, not the objects bad. A snapshot
+            # quarantining everything would hide the whole catalog from every run.
+            raise errors[0]
+        for record, _ in read:
+            records[record.key] = record
     ordered = [records[key] for key, _ in listing]
     digest = inventory_digest(ordered)
     removed = len(set(old) - set(records))
@@ -188,16 +196,31 @@ def _unread_record(key: str, info: ObjectInfo) -> ObjectRecord | None:
     return None
 
 
-def _read_record(store: ObjectStore, item: tuple[str, ObjectInfo]) -> ObjectRecord:
+def read_record(store: ObjectStore, key: str, info: ObjectInfo) -> ObjectRecord:
+    """The record of one listed object: ruled out by its key, name or size, else downloaded and inspected."""
+    return _unread_record(key, info) or _read_record(store, (key, info))[0]
+
+
+def _read_record(store: ObjectStore, item: tuple[str, ObjectInfo]) -> tuple[ObjectRecord, Exception | None]:
+    """The object's record, and the error when it could not be read.
+
+    A failed read is a problem record with an empty ETag, which no listed ETag matches: the
+    next refresh reads the object again instead of trusting the failure.
+    """
     key, info = item
+    role = object_role(key) or ""
     try:
         data = store.get(info.uri)
     except FileNotFoundError:  # deleted between the listing and the read
-        return ObjectRecord(key=key, etag=info.etag, size=info.size, role=object_role(key) or "",
-                            problem=f"{key}: disappeared while the catalog was being read")
+        return ObjectRecord(key=key, etag="", size=info.size, role=role,
+                            problem=f"{key}: disappeared while the catalog was being read"), None
+    except (OSError, ClientError, BotoCoreError) as exc:  # refused, unreachable, throttled: this object only
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return ObjectRecord(key=key, etag="", size=info.size, role=role,
+                            problem=f"{key}: could not be read ({reason}); it is read again at the next refresh"), exc
     # The listed ETag is kept: if the object changed after the listing, the next refresh
     # sees a new ETag and reads it again.
-    return inspect_object(key, data, etag=info.etag)
+    return inspect_object(key, data, etag=info.etag), None
 
 
 def _parse_meta(key: str, data: bytes) -> tuple[str, str]:
@@ -228,21 +251,28 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 # --------------------------------------------------------------------------- images
 
 
-def load_image(store: ObjectStore, uri: str) -> Image.Image:
+def load_image(store: ObjectStore, uri: str, sha256: str = "") -> Image.Image:
     """The image at `uri`, decoded with the catalog's safety limits, upright, as RGBA if it
     has real alpha, else RGB (16-bit scaled to 8 bits, CMYK converted).
 
-    Raises FileNotFoundError if missing, ValueError if not a usable image.
+    `sha256` is the digest the catalog snapshot recorded for the object: bytes that differ
+    (the object was overwritten since) are refused rather than used under the old digest.
+
+    Raises FileNotFoundError if missing, ValueError if not a usable image or not the recorded one.
     """
+    data = store.get(uri)
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{uri} changed since the catalog snapshot that recorded it "
+                         f"(sha256 {hashlib.sha256(data).hexdigest()[:12]}, recorded {sha256[:12]}): refresh the catalog")
     try:
-        return normalize_image(decode_image(store.get(uri), uri))
+        return normalize_image(decode_image(data, uri))
     except Rejected as exc:
         raise ValueError(str(exc)) from None
 
 
 def load_mask(store: ObjectStore, product: Product) -> tuple[Image.Image | None, MaskSource]:
     """The product's mask (8-bit gray, 255 = product) and where it came from; (None, "none") without one."""
-    image = load_image(store, product.image_key)
+    image = load_image(store, product.image_key, product.sha256)
     explicit = load_image(store, product.mask_key) if product.mask_key else None
     return product_mask(image, explicit)
 

@@ -295,6 +295,28 @@ def test_import_refuses_what_a_refresh_would_quarantine(store: S3Store, fresh_bu
     assert "products/clock/image.png" in uploaded  # the rest goes on
 
 
+def test_import_judges_an_entry_with_the_files_the_catalog_already_holds(store: S3Store, fresh_bucket: str,
+                                                                         tmp_path: Path) -> None:
+    catalog = f"s3://{fresh_bucket}"
+    remote_jpg = io.BytesIO()
+    Image.open(io.BytesIO(_sample_png("coffee", 256, "keep"))).save(remote_jpg, format="JPEG")
+    store.put(f"{catalog}/products/cup/image.jpg", remote_jpg.getvalue())
+    store.put(f"{catalog}/products/clock/notes.txt", b"shot on a Tuesday\n")
+    source = _materials(tmp_path / "materials")
+
+    report = import_folder(store, source, catalog)
+    # The refresh would see image.jpg and image.png side by side and quarantine the product.
+    (cup,) = [line for line in report.refused if "products/cup" in line]
+    assert cup.startswith(f"{source / 'products/cup'}: products/cup/: several product images (image.jpg, image.png)")
+    assert "the catalog already holds products/cup/image.jpg" in cup
+    keys = {o.key for o in store.list(f"{catalog}/")}
+    assert "products/cup/image.png" not in keys and "products/clock/image.png" in keys
+    # A remote file the entry merely ignores neither refuses it nor is reported as this import's.
+    assert report.products == 1 and not any("notes.txt" in line for line in report.refused)
+    # The catalog stays as it was: a usable cup, from its image.jpg.
+    assert {p.product_id: p.image_key for p in read_catalog(store, catalog).products}["cup"].endswith("cup/image.jpg")
+
+
 def test_import_loose_images(store: S3Store, fresh_bucket: str, tmp_path: Path) -> None:
     catalog = f"s3://{fresh_bucket}"
     loose = tmp_path / "shoot"
@@ -353,3 +375,52 @@ def test_load_image_errors(store: S3Store, fresh_bucket: str) -> None:
     store.put(uri, b"not an image")
     with pytest.raises(ValueError, match="x.png: not an image: the content is not PNG, JPEG, WebP or GIF"):
         load_image(store, uri)
+
+
+class _Refusing:
+    """The real store, except that reading one key fails as S3 would (refused, unreachable)."""
+
+    def __init__(self, store: S3Store, key: str, error: Exception) -> None:
+        self._store, self._key, self._error = store, key, error
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    def get(self, uri: str) -> bytes:
+        if uri.endswith(self._key):
+            raise self._error
+        return self._store.get(uri)
+
+
+@pytest.mark.parametrize("error", [PermissionError("access refused: AccessDenied"),
+                                   ConnectionError("cannot reach S3 endpoint: connection reset"),
+                                   OSError("S3 error: SlowDown: please reduce your request rate")])
+def test_an_unreadable_object_quarantines_its_entry_and_is_read_again_next_time(store: S3Store, sample: str,
+                                                                                error: Exception) -> None:
+    from adapters.snapshots import refresh
+
+    flaky = _Refusing(store, "products/rocket/image.png", error)
+    first = refresh(flaky, sample)
+    assert first.written and first.products == 3  # the rest of the catalog is read
+    scan = catalog_io.scan_catalog(flaky, sample)
+    (entry,) = [q for q in scan.state.quarantine if q.entry_id == "rocket"]
+    assert entry.reason == f"products/rocket/image.png: could not be read ({error}); it is read again at the next refresh"
+    record = next(r for r in scan.records if r.key == "products/rocket/image.png")
+    assert record.etag == "" and record.problem
+
+    healed = refresh(store, sample)  # the empty ETag matches no listing: read again, not trusted
+    assert healed.written and (healed.fetched, healed.products, healed.quarantined) == (1, 4, 0)
+
+
+def test_an_object_deleted_while_being_read_is_read_again_next_time(store: S3Store, sample: str) -> None:
+    gone = _Refusing(store, "products/rocket/product.yaml", FileNotFoundError("deleted"))
+    scan = catalog_io.scan_catalog(gone, sample)
+    record = next(r for r in scan.records if r.key == "products/rocket/product.yaml")
+    assert (record.etag, record.problem) == ("", "products/rocket/product.yaml: disappeared while the catalog was being read")
+
+
+def test_a_refresh_fails_rather_than_quarantine_everything_when_the_endpoint_stops_answering(store: S3Store,
+                                                                                          sample: str) -> None:
+    down = _Refusing(store, "", ConnectionError("cannot reach S3 endpoint: connection refused"))
+    with pytest.raises(ConnectionError, match="connection refused"):
+        catalog_io.scan_catalog(down, f"{sample}")
