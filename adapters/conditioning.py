@@ -22,9 +22,10 @@ def product_canvases(store: ObjectStore, product: Product, params: Mapping, kind
     """The canvas images of one product for one batch's parameters (control images, canvas, keep-mask).
 
     Raises:
-        ValueError: `keep` (preserve mode) is asked for and the product has no mask at all.
+        ValueError: `keep` (preserve mode) is asked for and the product has no mask at all, or the
+            product photo is no longer the one its snapshot recorded.
     """
-    photo = catalog_io.load_image(store, product.image_key)
+    photo = catalog_io.load_image(store, product.image_key, product.sha256)
     mask = catalog_io.load_mask(store, product)[0] if _MASKED_KINDS & set(kinds) else None
     try:
         return canvas_images(photo, mask, params, kinds)
@@ -43,11 +44,15 @@ def load_canvases(store: ObjectStore, uris: Mapping[str, str], product_id: str, 
 
 
 def style_input(store: ObjectStore, style: StyleSet) -> StyleInput:
-    """A style set's references (and negative reference) decoded, with their weights and combine rule."""
+    """A style set's references (and negative reference) decoded, with their weights and combine rule.
+
+    Each image must still be the one its sha256 names (the embedding cache key and the asset
+    ids are built from those digests): ValueError naming the image when it is not.
+    """
     refs = style.references
-    negative = catalog_io.load_image(store, style.negative.key) if style.negative else None
+    negative = catalog_io.load_image(store, style.negative.key, style.negative.sha256) if style.negative else None
     return StyleInput.from_images(
-        [catalog_io.load_image(store, r.key) for r in refs],
+        [catalog_io.load_image(store, r.key, r.sha256) for r in refs],
         [r.sha256 for r in refs],
         weights=[r.weight for r in refs],
         combine=style.combine,

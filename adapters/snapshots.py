@@ -14,6 +14,7 @@ are unchanged keeps its record and is not downloaded again.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass
@@ -22,9 +23,9 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from adapters.catalog_io import Scan, scan_catalog
+from adapters.catalog_io import Scan, list_catalog, scan_catalog
 from adapters.storage import ObjectStore, join_uri
-from tasks.catalog_build import CatalogState, ObjectRecord
+from tasks.catalog_build import CatalogState, ObjectRecord, without_changed
 from tasks.catalog_rules import RULES_VERSION
 from tasks.snapshot_tables import (
     SNAPSHOT_TABLES,
@@ -38,6 +39,7 @@ from tasks.snapshot_tables import (
 __all__ = [
     "Previous",
     "RefreshReport",
+    "changed_since",
     "latest_snapshot_id",
     "load_snapshot",
     "previous_snapshot",
@@ -64,10 +66,15 @@ _ARROW = {
 
 @dataclass(frozen=True)
 class Previous:
-    """The newest committed snapshot, and its object records when a refresh may trust them."""
+    """The newest committed snapshot, and its object records when a refresh may trust them.
+
+    `digest` is the inventory digest it committed (None when it was made under other rules):
+    a full refresh that lists the same inventory commits nothing new.
+    """
 
     snapshot_id: str
     records: dict[str, ObjectRecord] | None
+    digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,8 +135,12 @@ def read_snapshot_rows(store: ObjectStore, catalog: str, snapshot_id: str, table
     return pq.read_table(io.BytesIO(data)).to_pylist()
 
 
-def load_snapshot(store: ObjectStore, catalog: str, snapshot_id: str | None = None) -> CatalogState:
+def load_snapshot(store: ObjectStore, catalog: str, snapshot_id: str | None = None, *,
+                  verify: bool = False) -> CatalogState:
     """The catalog state a snapshot recorded: the named one, else the latest.
+
+    With `verify` (what a run reads), every product and style set whose images are no longer
+    the bytes the snapshot recorded is moved to quarantine (see `changed_since`).
 
     Raises FileNotFoundError when there is no such snapshot (or none at all).
     """
@@ -138,7 +149,37 @@ def load_snapshot(store: ObjectStore, catalog: str, snapshot_id: str | None = No
         raise FileNotFoundError(f"catalog {catalog} has no snapshot yet: run `stylematrix catalog refresh`")
     read_snapshot_info(store, catalog, chosen)  # only committed snapshots are read
     rows = {table: read_snapshot_rows(store, catalog, chosen, table) for table in ("products", "styles", "quarantine")}
-    return state_from_rows(rows, catalog, chosen)
+    state = state_from_rows(rows, catalog, chosen)
+    return without_changed(state, changed_since(store, catalog, state)) if verify else state
+
+
+def changed_since(store: ObjectStore, catalog: str, state: CatalogState) -> dict[str, str]:
+    """The images of `state` (product photos, masks, references) that are no longer what its
+    snapshot recorded, by URI, each with a one-line reason.
+
+    One listing compares every ETag and size with the snapshot's `objects` records; only an
+    object whose ETag or size moved is downloaded, and it counts as changed when its sha256
+    differs (a re-upload of the same bytes is no change).
+    """
+    recorded = records_from_rows(read_snapshot_rows(store, catalog, state.snapshot_id, "objects"))
+    listed = dict(list_catalog(store, catalog))
+    root = catalog.rstrip("/") + "/"
+    used = [u for p in state.products for u in (p.image_key, p.mask_key) if u]
+    used += [r.key for s in state.styles for r in s.references]
+    changed = {}
+    for uri in used:
+        key = uri.removeprefix(root)
+        record, now = recorded.get(key), listed.get(key)
+        if record is None or (now is not None and (now.etag, now.size) == (record.etag, record.size)):
+            continue
+        try:
+            same = now is not None and hashlib.sha256(store.get(now.uri)).hexdigest() == record.sha256
+        except FileNotFoundError:  # deleted since the listing
+            same = False
+        if not same:
+            what = "changed" if now is not None else "was deleted"
+            changed[uri] = f"{key} {what} since snapshot {state.snapshot_id}: refresh the catalog"
+    return changed
 
 
 def previous_snapshot(store: ObjectStore, catalog: str, *, full: bool = False) -> Previous | None:
@@ -147,19 +188,31 @@ def previous_snapshot(store: ObjectStore, catalog: str, *, full: bool = False) -
     if latest is None:
         return None
     info = read_snapshot_info(store, catalog, latest)
-    if full or info.get("rules_version") != RULES_VERSION:
+    if info.get("rules_version") != RULES_VERSION:
         return Previous(latest, None)
-    return Previous(latest, records_from_rows(read_snapshot_rows(store, catalog, latest, "objects")))
+    digest = info.get("inventory_sha256")
+    if full:
+        return Previous(latest, None, digest)
+    return Previous(latest, records_from_rows(read_snapshot_rows(store, catalog, latest, "objects")), digest)
 
 
 # --------------------------------------------------------------------------- writing
 
 
 def write_snapshot(store: ObjectStore, catalog: str, scan: Scan, previous: Previous | None, *,
-                   full: bool = False, now: datetime | None = None) -> RefreshReport:
-    """Commit `scan` as a new snapshot and point LATEST at it, unless nothing changed since `previous`."""
+                   now: datetime | None = None) -> RefreshReport:
+    """Commit `scan` as a new snapshot and point LATEST at it, unless nothing changed since `previous`.
+
+    Nothing changed when the scan's inventory digest (every key, ETag and size, and the rules
+    version) is the one `previous` committed, however the scan was made (`--full` included).
+    """
     now = now or datetime.now(UTC)
-    written = previous is None or previous.records is None or full or scan.changed
+    if previous is None:
+        written = True
+    elif previous.records is not None:
+        written = scan.changed
+    else:  # a full refresh, or other rules: compare with what the previous snapshot committed
+        written = previous.digest is None or scan.digest != previous.digest
     snapshot_id = previous.snapshot_id if previous and not written else new_snapshot_id(now, scan.digest)
     report = RefreshReport(
         catalog=catalog, snapshot_id=snapshot_id, previous_id=previous.snapshot_id if previous else None,
@@ -191,7 +244,7 @@ def refresh(store: ObjectStore, catalog: str, *, full: bool = False, workers: in
     """List, diff against the latest snapshot, read what changed, and commit a new snapshot if anything did."""
     previous = previous_snapshot(store, catalog, full=full)
     scan = scan_catalog(store, catalog, previous.records if previous else None, workers=workers)
-    return write_snapshot(store, catalog, scan, previous, full=full)
+    return write_snapshot(store, catalog, scan, previous)
 
 
 def _parquet(table: str, rows: list[dict]) -> bytes:

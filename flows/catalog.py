@@ -27,12 +27,12 @@ def refresh_catalog(catalog: str | None = None, full: bool = False) -> dict:
     """
     logger = get_run_logger()
     settings = get_settings()
-    catalog = catalog or settings.catalog
+    catalog = (catalog or settings.catalog).rstrip("/")  # one catalog, one event resource id
     store = S3Store.from_settings(settings)
 
     previous = steps.previous_snapshot(store, catalog, full=full)
     scan = steps.scan_catalog(store, catalog, previous.records if previous else None)
-    report = steps.write_snapshot(store, catalog, scan, previous, full=full)
+    report = steps.write_snapshot(store, catalog, scan, previous)
 
     for q in scan.state.quarantine:
         logger.warning("quarantined %s: %s", q.key, q.reason)
@@ -56,10 +56,15 @@ def refresh_catalog(catalog: str | None = None, full: bool = False) -> dict:
 
 
 def catalog_for_run(store: S3Store, catalog: str, snapshot: str | None) -> CatalogState:
-    """The catalog state a run reads: the named snapshot, else the latest, else (none yet) a fresh refresh's."""
+    """The catalog state a run reads: the named snapshot, else the latest, else (none yet) a fresh refresh's.
+
+    A product or style set whose images were overwritten or deleted since the snapshot is
+    quarantined for this run, like any bad input: reading the new bytes under the old sha256
+    would make the run irreproducible.
+    """
     if snapshot in (None, "", "latest") and steps.latest_snapshot(store, catalog) is None:
         refresh_catalog(catalog=catalog)
-    return steps.load_snapshot(store, catalog, snapshot)
+    return steps.load_snapshot(store, catalog, snapshot, verify=True)
 
 
 def _summary(counts: dict, state: CatalogState) -> str:

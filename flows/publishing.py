@@ -65,7 +65,7 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
     `control` is the batch's canny control image; without one (a profile with other
     ControlNets) the fitted product's edges are computed here with the same thresholds.
     """
-    photo = catalog_io.load_image(store, product.image_key)
+    photo = catalog_io.load_image(store, product.image_key, product.sha256)  # the photo the images were made from
     mask_file = catalog_io.load_image(store, product.mask_key) if product.mask_key else None
     mask, source = product_mask(photo, mask_file)
     first = rows[0]

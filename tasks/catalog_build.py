@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Literal, TypeVar
@@ -20,7 +20,7 @@ from catalogs.models import ID_PATTERN, Product, ProductMeta, Reference, StyleMe
 from tasks.catalog_rules import IMAGE_SUFFIXES, Duplicate, Rejected, find_duplicates, key_problem
 from tasks.masks import choose_mask_source
 
-__all__ = ["CatalogState", "ObjectRecord", "QuarantineEntry", "build_catalog", "first_error"]
+__all__ = ["CatalogState", "ObjectRecord", "QuarantineEntry", "build_catalog", "first_error", "without_changed"]
 
 M = TypeVar("M", bound=BaseModel)
 _IMAGE_NAMES = ", ".join(f"image{s}" for s in IMAGE_SUFFIXES)
@@ -116,6 +116,33 @@ def build_catalog(records: Sequence[ObjectRecord], catalog_uri: str) -> CatalogS
     images = [p.image_key for p in products] + [r.key for s in styles for r in s.references]
     duplicates = find_duplicates([(uri, by_uri[uri].sha256, by_uri[uri].phash) for uri in images])
     return CatalogState(products, styles, quarantine, catalog_uri, duplicates=duplicates)
+
+
+def without_changed(state: CatalogState, changed: Mapping[str, str]) -> CatalogState:
+    """The state with every product and style set that uses a changed image moved to quarantine.
+
+    `changed` maps image URIs (product photo, mask or reference) to the reason, e.g. that the
+    object was overwritten since the snapshot. Like any bad input, it costs only its own entry.
+    """
+    if not changed:
+        return state
+    root = state.catalog_uri.rstrip("/") + "/"
+    products, styles, quarantine = [], [], list(state.quarantine)
+    for p in state.products:
+        hit = next((changed[k] for k in (p.image_key, p.mask_key) if k in changed), None)
+        if hit is None:
+            products.append(p)
+        else:
+            quarantine.append(QuarantineEntry(f"{root}products/{p.product_id}/", hit, "product", p.product_id))
+    for s in state.styles:
+        hit = next((changed[r.key] for r in s.references if r.key in changed), None)
+        if hit is None:
+            styles.append(s)
+        else:
+            quarantine.append(QuarantineEntry(f"{root}styles/{s.style_id}/", hit, "style", s.style_id))
+    kept = {p.image_key for p in products} | {r.key for s in styles for r in s.references}
+    duplicates = {k: d for k, d in state.duplicates.items() if k in kept}
+    return CatalogState(products, styles, quarantine, state.catalog_uri, state.snapshot_id, duplicates)
 
 
 def _product(catalog_uri: str, product_id: str, files: dict[str, ObjectRecord]) -> Product:

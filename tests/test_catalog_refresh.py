@@ -88,6 +88,16 @@ def animated_gif() -> bytes:
     return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
+def on_white() -> bytes:
+    """skimage's coffee photo cut to its horse silhouette, placed on a plain white background."""
+    shape = ~data.horse()  # True on the horse
+    picture = np.full((shape.shape[0] + 48, shape.shape[1] + 48, 3), 255, dtype=np.uint8)
+    inside = np.zeros(picture.shape[:2], dtype=bool)
+    inside[24:-24, 24:-24] = shape
+    picture[inside] = img_as_ubyte(data.coffee())[: shape.shape[0], : shape.shape[1]][shape]
+    return encode(Image.fromarray(picture), "PNG")
+
+
 def corpus() -> tuple[dict[str, bytes], dict[str, str]]:
     """Bad inputs (and the awkward-but-fine ones) as catalog-relative key -> bytes, and for each
     refused key the fragment of the reason a person should read."""
@@ -116,6 +126,7 @@ def corpus() -> tuple[dict[str, bytes], dict[str, str]]:
         "products/sixteen-bit-rgb/image.png": sixteen_bit_rgb_png(),
         "products/palette-cutout/image.png": palette_cutout(),
         "products/rotated/image.jpg": rotated_jpeg(),
+        "products/on-white/image.png": on_white(),  # no mask file, no alpha: the plain border gives the mask
     }
     reasons = {
         "products/zero-bytes/": "products/zero-bytes/image.png: empty file (0 bytes)",
@@ -165,9 +176,9 @@ def test_every_bad_input_is_quarantined_with_a_reason_and_the_rest_is_catalogued
 
     products = {p.product_id: p for p in state.products}
     assert set(products) == {"coffee-cup", "rocket", "alarm-clock", "brand-logo", "cmyk-print", "sixteen-bit",
-                             "sixteen-bit-rgb", "palette-cutout", "rotated"}
+                             "sixteen-bit-rgb", "palette-cutout", "rotated", "on-white"}
     assert {s.style_id for s in state.styles} == {"space-age", "earthy-textures"}
-    assert (report.products, report.styles, report.quarantined) == (9, 2, len(reasons))
+    assert (report.products, report.styles, report.quarantined) == (10, 2, len(reasons))
     # Unsafe keys and the empty file are refused from the listing alone, never downloaded.
     assert report.unread == 3 and report.fetched == report.listed - 3
 
@@ -178,6 +189,11 @@ def test_every_bad_input_is_quarantined_with_a_reason_and_the_rest_is_catalogued
     assert products["sixteen-bit"].mode == "I;16"
     assert products["palette-cutout"].mode == "P" and products["palette-cutout"].mask_source == "alpha"
     assert (products["rotated"].width, products["rotated"].height) == (80, 160)
+    rows = {r["product_id"]: r for r in snapshots.read_snapshot_rows(store, catalog, report.snapshot_id, "products")}
+    assert products["on-white"].mask_source == rows["on-white"]["mask_source"] == "auto"
+    horse = (~data.horse()).mean() * data.horse().size / ((data.horse().shape[0] + 48) * (data.horse().shape[1] + 48))
+    assert abs(rows["on-white"]["mask_coverage"] - horse) < 0.02  # the mask is the horse, not the whole photo
+    assert rows["coffee-cup"]["mask_source"] == "none"  # a busy background gives no mask
 
 
 def test_awkward_images_are_read_as_a_person_sees_them(store, catalog):
@@ -253,9 +269,30 @@ def test_refresh_reads_only_what_changed(store, catalog):
     clock = {p.product_id: p for p in snapshots.load_snapshot(store, catalog).products}["alarm-clock"]
     assert (clock.title, clock.category) == ("alarm clock", "")  # the folder name, no metadata
 
-    # --full trusts nothing: every object is read again.
+    # --full trusts nothing: every object is read again; the same inventory commits nothing new.
+    snapshot_ids = snapshots._known_ids(store, catalog)
     full = snapshots.refresh(store, catalog, full=True)
     assert (full.fetched, full.skipped) == (13, 0)
+    assert not full.written and full.snapshot_id == third.snapshot_id
+    assert snapshots._known_ids(store, catalog) == snapshot_ids
+    assert snapshots.latest_snapshot_id(store, catalog) == third.snapshot_id
+
+    # ... but a full refresh after a change commits one.
+    store.put(f"{catalog}/products/alarm-clock/product.yaml", b"title: clock\n")
+    changed = snapshots.refresh(store, catalog, full=True)
+    assert changed.written and changed.snapshot_id != third.snapshot_id
+
+
+def test_a_full_refresh_under_new_rules_commits_a_snapshot(store, catalog, monkeypatch):
+    import tasks.snapshot_tables
+
+    first = snapshots.refresh(store, catalog)
+    monkeypatch.setattr(snapshots, "RULES_VERSION", "rules-of-tomorrow")
+    monkeypatch.setattr(tasks.snapshot_tables, "RULES_VERSION", "rules-of-tomorrow")
+    for full in (True, False):
+        again = snapshots.refresh(store, catalog, full=full)
+        assert again.written is full and again.fetched == (14 if full else 0)  # then the new rules' snapshot is trusted
+    assert snapshots.latest_snapshot_id(store, catalog) != first.snapshot_id
 
 
 def test_snapshot_files_and_named_snapshots(store, catalog):
@@ -300,6 +337,56 @@ def test_duplicates_are_flagged_across_the_catalog(store, catalog):
     # Duplicates are flagged, not refused: both stay usable.
     state = snapshots.load_snapshot(store, catalog)
     assert "rocket-copy" in {p.product_id for p in state.products} and "launch" in {s.style_id for s in state.styles}
+
+
+def test_a_run_refuses_images_changed_since_its_snapshot(store, catalog):
+    from adapters import conditioning
+
+    store.put(f"{catalog}/products/alarm-clock/mask.png",
+              encode(Image.new("L", Image.open(io.BytesIO(store.get(f"{catalog}/products/alarm-clock/image.png"))).size, 255), "PNG"))
+    pinned = snapshots.refresh(store, catalog).snapshot_id
+    before = snapshots.load_snapshot(store, catalog, pinned)
+    style = next(s for s in before.styles if s.style_id == "space-age")
+    reference = style.references[0].key
+
+    # Overwritten after the snapshot: a product photo, a mask and one style reference.
+    store.put(f"{catalog}/products/rocket/image.png", _sample_png("coffee", 300, "keep"))
+    store.put(f"{catalog}/products/alarm-clock/mask.png",
+              encode(Image.new("L", (before.products[0].width, before.products[0].height), 0), "PNG"))
+    store.put(reference, encode(photo("astronaut"), "PNG"))
+    # Re-uploaded with the same bytes (a new ETag on some stores, the same sha256): no change.
+    store.put(f"{catalog}/products/coffee-cup/image.png", store.get(f"{catalog}/products/coffee-cup/image.png"))
+
+    state = snapshots.load_snapshot(store, catalog, pinned, verify=True)
+    assert state.snapshot_id == pinned
+    assert {p.product_id for p in state.products} == {"coffee-cup", "brand-logo"}
+    assert {s.style_id for s in state.styles} == {s.style_id for s in before.styles} - {"space-age"}
+    reasons = {q.entry_id: q.reason for q in state.quarantine if q.entry_id}
+    relative = reference.removeprefix(f"{catalog}/")
+    assert reasons == {
+        "rocket": f"products/rocket/image.png changed since snapshot {pinned}: refresh the catalog",
+        "alarm-clock": f"products/alarm-clock/mask.png changed since snapshot {pinned}: refresh the catalog",
+        "space-age": f"{relative} changed since snapshot {pinned}: refresh the catalog",
+    }
+    assert {q.kind for q in state.quarantine if q.entry_id} == {"product", "style"}
+    # Unverified, the snapshot still says what it recorded.
+    assert len(snapshots.load_snapshot(store, catalog, pinned).products) == 4
+
+    store.delete(f"{catalog}/products/brand-logo/image.png")
+    gone = snapshots.load_snapshot(store, catalog, pinned, verify=True)
+    assert {p.product_id for p in gone.products} == {"coffee-cup"}
+    assert f"products/brand-logo/image.png was deleted since snapshot {pinned}" in {
+        q.reason.split(":")[0] for q in gone.quarantine}
+
+    # Read by a batch, the changed bytes are refused under the digest the snapshot recorded.
+    product = {p.product_id: p for p in before.products}["rocket"]
+    with pytest.raises(ValueError, match=r"products/rocket/image.png changed since the catalog snapshot .*refresh the catalog"):
+        conditioning.product_canvases(store, product, {"width": 64, "height": 64, "canny_low": 100, "canny_high": 200},
+                                      ["canny"])
+    with pytest.raises(ValueError, match=f"{relative} changed since the catalog snapshot"):
+        conditioning.style_input(store, style)
+    assert load_image(store, product.image_key).size == (300, 200)  # unpinned reads still work
+    assert conditioning.style_input(store, next(s for s in before.styles if s.style_id != "space-age"))
 
 
 def test_perceptual_hash_and_duplicate_grouping():
@@ -385,6 +472,18 @@ def test_refresh_flow_emits_an_event_when_the_catalog_changed(campaign_env, stor
     assert {e.payload["snapshot_id"] for e in events} == {first["snapshot_id"], fixed["snapshot_id"]}
 
 
+def test_a_trailing_slash_names_the_same_catalog(campaign_env):
+    from flows.catalog import refresh_catalog
+
+    catalog = campaign_env["catalog"]
+    report = refresh_catalog(catalog=catalog + "/")
+    assert report["written"] and report["catalog"] == catalog
+    (event,) = wait_for_events(f"stylematrix.catalog.{catalog}", 1)
+    assert event.payload["snapshot_id"] == report["snapshot_id"]
+    again = refresh_catalog(catalog=catalog)
+    assert not again["written"] and again["snapshot_id"] == report["snapshot_id"]
+
+
 def test_campaign_runs_read_a_snapshot_and_record_it(campaign_env, store, tmp_path):
     from catalogs.models import RunRequest
     from flows.campaign import run_campaign
@@ -425,6 +524,16 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env}
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=300)
+
+
+def test_serve_names_every_deployment_it_registers():
+    import re
+
+    from flows.cli import deployment_names
+
+    declared = re.findall(r"^  - name: (\S+)$", (ROOT / "prefect.yaml").read_text(), flags=re.M)
+    assert "catalog-refresh" in declared
+    assert deployment_names() == declared
 
 
 @pytest.mark.slow

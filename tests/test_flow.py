@@ -138,3 +138,26 @@ def test_bad_campaign_fails_before_any_image(campaign_env, store, tmp_path):
     with pytest.raises(ValueError, match="axis 'surface' is empty"):
         run_campaign(RunRequest(campaign=str(spec), triggered_by="test"))
     assert objects(store, f"{campaign_env['assets']}/") == set()
+
+
+def test_a_pinned_run_quarantines_a_product_overwritten_since_its_snapshot(campaign_env, store, tmp_path):
+    from adapters.catalog_io import _sample_png
+    from flows.campaign import run_campaign
+    from flows.catalog import refresh_catalog
+
+    catalog = campaign_env["catalog"]
+    spec = tmp_path / "small.yaml"
+    spec.write_text("name: pinned\nstyles: {ids: [space-age]}\n"
+                    "matrix: {template: '{product} on sand', seeds: [5]}\n"
+                    "generation: {profile: tiny, width: 64, height: 64, steps: 2}\n")
+    pinned = refresh_catalog(catalog=catalog)["snapshot_id"]
+    store.put(f"{catalog}/products/rocket/image.png", _sample_png("coffee", 300, "keep"))
+
+    summary = run_campaign(RunRequest(campaign=str(spec), snapshot=pinned, triggered_by="test"))
+    # The rocket is refused like any bad input (beside the broken mug); the other products are made.
+    assert summary["quarantined"] == 2 and summary["images_generated"] == 3
+    manifest = json.loads(store.get(summary["manifest"]))
+    gens = publish.read_table(store, manifest, "generations")
+    assert set(gens["product_id"]) == {"coffee-cup", "alarm-clock", "brand-logo"}
+    runs = publish.read_table(store, manifest, "runs").iloc[0]
+    assert runs["snapshot_id"] == pinned and runs["products"] == 3 and runs["quarantined"] == 2
