@@ -125,6 +125,14 @@ def seed(catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] 
         fail(exc)
 
 
+def deployment_names() -> list[str]:
+    """The deployments `serve` registers: every one in prefect.yaml, in its order."""
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
+    return [d["name"] for d in spec.get("deployments") or []]
+
+
 @app.command()
 def serve(
     gpus: Annotated[int, typer.Option(min=1, help="GPU workers to start (one per GPU; the gpu pool's concurrency)")] = 1,
@@ -159,7 +167,7 @@ def serve(
         except (RuntimeError, TimeoutError, OSError) as exc:
             fail(exc)
         stack.callback(prefect.stop)
-        typer.echo(f"Prefect UI: http://127.0.0.1:{port}  (deployments: campaign, campaign-scheduled, generate-shard)")
+        typer.echo(f"Prefect UI: http://127.0.0.1:{port}  (deployments: {', '.join(deployment_names())})")
         typer.echo(f"workers: cpu-1, {', '.join(f'gpu-{i + 1}' for i in range(gpus))}; logs in {home / 'logs'}")
         typer.echo("press Ctrl-C to stop")
         try:
