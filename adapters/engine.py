@@ -343,11 +343,14 @@ class Engine:
         negatives: Sequence[str],
         seeds: Sequence[int],
         params: Mapping[str, Any],
+        split_on_oom: bool = True,
     ) -> list[Image.Image]:
         """One image per (prompt, negative, seed); each image's pixels depend only on its own seed.
 
         `canvases` holds the product's canvas images by kind: one control image per ControlNet
-        of the profile, and `canvas` / `keep` where the mode or an adapter needs them.
+        of the profile, and `canvas` / `keep` where the mode or an adapter needs them. A CUDA
+        out-of-memory halves the batch and goes on, unless `split_on_oom` is False (it is then
+        raised: how a benchmark finds the largest batch that fits).
         """
         if not (len(prompts) == len(negatives) == len(seeds)) or not prompts:
             raise ValueError(f"prompts, negatives and seeds must be equal and non-empty lengths, got "
@@ -361,6 +364,8 @@ class Engine:
             if canvases[kind].size != size:
                 raise ValueError(f"control image {kind!r} is {canvases[kind].size}, expected {size}")
         with self._lock:
+            if not split_on_oom:
+                return self._call(dict(canvases), style, list(prompts), list(negatives), list(seeds), params)
             return self._generate_split(dict(canvases), style, list(prompts), list(negatives), list(seeds), params)
 
     def _generate_split(self, canvases, style, prompts, negatives, seeds, params) -> list[Image.Image]:

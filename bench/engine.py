@@ -13,144 +13,27 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
-import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from harness import (
+    ROOT,
+    Side,
+    full_size_engine,
+    max_diff,
+    product,
+    references,
+    run_engine,
+    run_loop,
+    workload,
+    write_section,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from adapters.engine import Engine, StyleInput, get_engine, resolve_device  # noqa: E402
-from adapters.models import library_versions  # noqa: E402
-from adapters.settings import Settings  # noqa: E402
-from tasks.canny import canvas_images, pad_to_square  # noqa: E402
-
-PROMPTS = [f"a product photo of a red kettle on {s}, {light}" for s in ("marble", "sand") for light in ("dawn", "dusk")]
-NEGATIVE = "blurry, low quality"
-
-
-@dataclass
-class Side:
-    name: str
-    seconds: float
-    images: list[Image.Image]
-
-    @property
-    def rate(self) -> float:
-        return len(self.images) / self.seconds
-
-
-def workload(n_images: int) -> list[tuple[str, int]]:
-    """(prompt, seed) pairs: the prompt matrix's cells times seeds, as a campaign batch holds them."""
-    seeds_per_prompt = max(1, n_images // len(PROMPTS))
-    return [(p, 1000 + s) for p in PROMPTS for s in range(seeds_per_prompt)][:n_images]
-
-
-def product(size: int) -> Image.Image:
-    img = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    ImageDraw.Draw(img).ellipse((size // 5, size // 5, size - size // 5, size - size // 5), fill=(200, 40, 40, 255))
-    return img
-
-
-def references() -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in ((96, 64), (64, 64), (64, 96))]
-
-
-def run_engine(engine: Engine, params: dict, control: dict, style: StyleInput, jobs, batch: int) -> Side:
-    images: list[Image.Image] = []
-    start = time.perf_counter()
-    for i in range(0, len(jobs), batch):
-        chunk = jobs[i : i + batch]
-        images += engine.generate(canvases=control, style=style, prompts=[p for p, _ in chunk],
-                                  negatives=[NEGATIVE] * len(chunk), seeds=[s for _, s in chunk], params=params)
-    _sync(engine)
-    return Side(f"engine, batch {batch}", time.perf_counter() - start, images)
-
-
-def run_loop(engine: Engine, params: dict, control: dict, refs: list[Image.Image], jobs) -> Side:
-    import diffusers
-
-    pipe = engine.pipe
-    pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config)
-    pipe.set_ip_adapter_scale(params["ip_scale"])
-    padded = [pad_to_square(r) for r in refs]
-    images = []
-    start = time.perf_counter()
-    for prompt, seed in jobs:
-        out = pipe(prompt, negative_prompt=NEGATIVE, image=control["canny"], ip_adapter_image=[padded],
-                   num_inference_steps=params["steps"], guidance_scale=params["guidance"],
-                   controlnet_conditioning_scale=params["controlnet_scale"], width=params["width"],
-                   height=params["height"], generator=[torch.Generator("cpu").manual_seed(seed)])
-        images.append(out.images[0])
-    _sync(engine)
-    return Side("plain loop, 1 image per call", time.perf_counter() - start, images)
-
-
-def _sync(engine: Engine) -> None:
-    if str(engine.device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def max_diff(a: list[Image.Image], b: list[Image.Image]) -> int:
-    return max(int(np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).max()) for x, y in zip(a, b, strict=True))
-
-
-# --------------------------------------------------------------------------- full-size SD1.5, random weights
-
-
-def full_size_engine(device: str, dtype: torch.dtype) -> Engine:
-    """SD1.5's architecture (UNet, VAE, CLIP ViT-L text, ViT-H image encoder, ControlNet, IP-Adapter) from config."""
-    from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
-
-    from adapters.kit import _build_tokenizer, _scheduler, ip_adapter_state
-
-    torch.manual_seed(0)
-    with torch.device(device):  # initialise on the device: 2 GB of random weights build fast there
-        unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            sample_size=512)
-        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                            num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
-                                            hidden_act="quick_gelu"))
-        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, image_size=224,
-            patch_size=14, projection_dim=1024, hidden_act="gelu"))
-        controlnet = ControlNetModel.from_unet(unet)
-    pipe = StableDiffusionControlNetPipeline(
-        vae=vae, text_encoder=text, tokenizer=_build_tokenizer()[0], unet=unet, controlnet=controlnet,
-        scheduler=_scheduler(), safety_checker=None, feature_extractor=CLIPImageProcessor(size=224, crop_size=224),
-        image_encoder=image_encoder, requires_safety_checker=False,
-    )
-    flat = ip_adapter_state(unet, seed=0, image_embed_dim=1024)
-    nested: dict[str, dict] = {"image_proj": {}, "ip_adapter": {}}
-    for key, value in flat.items():
-        head, _, rest = key.partition(".")
-        nested[head][rest] = value
-    pipe.load_ip_adapter(nested, subfolder="", weight_name="")
-    pipe.to(device, dtype)
-    if device.startswith("cuda"):
-        for module in (pipe.unet, pipe.controlnet, pipe.vae):
-            module.to(memory_format=torch.channels_last)
-    pipe.set_progress_bar_config(disable=True)
-    return Engine(pipe, profile="sd15-architecture-random", revision="random", device=device, dtype=dtype,
-                  versions=library_versions())
-
+from adapters.engine import Engine, StyleInput, get_engine, resolve_device
+from adapters.models import library_versions
+from adapters.settings import Settings
+from tasks.canny import canvas_images
 
 # --------------------------------------------------------------------------- report
 
@@ -179,17 +62,6 @@ def report(args: argparse.Namespace, engine: Engine, params: dict, sides: list[S
     for side in sides:
         lines.append(f"| {side.name} | {len(side.images)} | {side.seconds:.2f} | {side.rate:.2f} | {side.rate / loop.rate:.2f}x |")
     return "\n".join(lines)
-
-
-def write_section(doc: Path, key: str, body: str) -> None:
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    block = f"{start}\n{body}\n{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.write_text(text)
 
 
 def main() -> None:
