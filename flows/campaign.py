@@ -62,13 +62,14 @@ def run_campaign(request: RunRequest) -> dict:
 
     text = steps.read_campaign(store, catalog_io.campaign_uri(request.campaign, catalog))
     spec = apply_request(parse_campaign(text, origin=request.campaign), request, settings.profile)
+    profile = load_profiles()[spec.generation.profile]
+    steps.check_controls(spec, profile)  # before the catalog is read, let alone any weight
     state = catalog_for_run(store, catalog, request.snapshot)
     for q in state.quarantine:
         logger.warning("quarantined %s: %s", q.key, q.reason)
     products, styles = narrow(request, *steps.choose(spec, state.products, state.styles))
     cells = steps.expand(spec.matrix)
     revision, dtype, device = steps.identity(spec.generation.profile, settings)
-    profile = load_profiles()[spec.generation.profile]
     for reason in maskless_products(spec, products).values():
         logger.warning(reason)
     if spec.generation.negative_reference:

@@ -14,10 +14,11 @@ from adapters import catalog_io, publish, snapshots
 from adapters.engine import model_identity
 from flows import publishing
 from tasks.matrix import expand_matrix
-from tasks.plan import group_batches, plan_jobs, plan_shards, select
+from tasks.plan import check_control_scales, group_batches, plan_jobs, plan_shards, select
 
 # Pure steps: cheap, deterministic, no retries needed.
 expand = task(expand_matrix, name="expand-matrix", cache_policy=NO_CACHE)
+check_controls = task(check_control_scales, name="check-control-scales", cache_policy=NO_CACHE)
 choose = task(select, name="select-inputs", cache_policy=NO_CACHE)
 plan = task(plan_jobs, name="plan-jobs", cache_policy=NO_CACHE)
 batch = task(group_batches, name="group-batches", cache_policy=NO_CACHE)

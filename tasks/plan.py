@@ -109,6 +109,30 @@ def asset_id(
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
+def check_control_scales(campaign: Campaign, profile: ModelProfile | None = None) -> tuple[str, ...]:
+    """The profile's control types, once the campaign's ControlNet scales are known to all take effect.
+
+    `generation.control_scales` wins over `controlnet_scale` (a field or an axis) for the types
+    it names; the others take `controlnet_scale`. Cheap: check it before loading anything.
+
+    Raises:
+        ValueError: `control_scales` names a type the profile has no ControlNet for, or a
+            `controlnet_scale` axis would change no ControlNet because `control_scales` names
+            every one (its cells would be the same pictures under different asset ids).
+    """
+    control_types = profile.control_types if profile else ("canny",)
+    scales = campaign.generation.control_scales
+    unknown = sorted(set(scales) - set(control_types))
+    if unknown:
+        raise ValueError(f"campaign {campaign.name!r}: control_scales names {unknown}, but the profile's ControlNets "
+                         f"take {list(control_types)}")
+    if "controlnet_scale" in campaign.matrix.axes and all(t in scales for t in control_types):
+        raise ValueError(f"campaign {campaign.name!r}: axis 'controlnet_scale' would change nothing: "
+                         f"generation.control_scales sets the scale of every ControlNet of the profile "
+                         f"({list(control_types)}) and wins over it; drop the axis or leave a type out of control_scales")
+    return tuple(control_types)
+
+
 def job_params(campaign: Campaign, style: StyleSet, cell: Cell | None = None,
                profile: ModelProfile | None = None) -> dict[str, Param]:
     """The generation parameters of one (campaign, style set, cell), checked together.
@@ -136,12 +160,8 @@ def job_params(campaign: Campaign, style: StyleSet, cell: Cell | None = None,
     params: dict[str, Param] = {name: getattr(checked, name) for name in GENERATION_PARAMS}
     if checked.mode == "ip_adapter" or checked.strength is None:
         params["strength"] = DEFAULT_STRENGTH[checked.mode]
-    control_types = profile.control_types if profile else ("canny",)
+    control_types = check_control_scales(campaign, profile)
     adapter_images = profile.adapter_images if profile else ("style",)
-    unknown = sorted(set(gen.control_scales) - set(control_types))
-    if unknown:
-        raise ValueError(f"campaign {campaign.name!r}: control_scales names {unknown}, but the profile's ControlNets "
-                         f"take {list(control_types)}")
     product_scale = checked.product_ip_scale if checked.product_ip_scale is not None else checked.ip_scale
     params["product_ip_scale"] = product_scale if "product" in adapter_images else 0.0
     params["combine"] = style.combine

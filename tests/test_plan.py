@@ -9,7 +9,15 @@ import pytest
 from catalogs import load_profiles, parse_campaign, sample_campaign_text
 from catalogs.models import Product, Reference, StyleSet
 from tasks.matrix import expand_matrix
-from tasks.plan import finished_batches, group_batches, maskless_products, plan_jobs, plan_shards, select
+from tasks.plan import (
+    check_control_scales,
+    finished_batches,
+    group_batches,
+    maskless_products,
+    plan_jobs,
+    plan_shards,
+    select,
+)
 
 PRODUCTS = [
     Product(product_id=f"p{i}", image_key=f"s3://c/products/p{i}/image.png", title=f"product {i}",
@@ -230,6 +238,31 @@ def test_profile_decides_which_controlnet_and_adapter_scales_exist():
     with pytest.raises(ValueError, match=r"control_scales names \['depth'\], but the profile's ControlNets take \['canny'\]"):
         plan_jobs(spec, PRODUCTS[:1], STYLES[:1], expand_matrix(spec.matrix), profile_revision="r", dtype="float32",
                   profile=profiles["tiny"])
+
+
+def test_controlnet_scale_axis_that_control_scales_overrides_everywhere_is_refused():
+    profiles = load_profiles()
+    axis = "matrix: {template: '{product}', axes: {controlnet_scale: [0.3, 1.2]}}\n"
+    # One ControlNet, fixed by control_scales: both cells would be the same picture under two ids.
+    fixed = spec_of(axis + "generation: {profile: tiny, control_scales: {canny: 0.5}}\n")
+    message = r"campaign 'c': axis 'controlnet_scale' would change nothing: generation.control_scales sets .*\['canny'\]"
+    with pytest.raises(ValueError, match=message):
+        check_control_scales(fixed, profiles["tiny"])
+    with pytest.raises(ValueError, match=message):
+        plan_jobs(fixed, PRODUCTS[:1], STYLES[:1], expand_matrix(fixed.matrix), profile_revision="r", dtype="float32",
+                  profile=profiles["tiny"])
+    both = spec_of(axis + "generation: {profile: tiny-multi, control_scales: {canny: 0.5, depth: 0.3}}\n")
+    with pytest.raises(ValueError, match=r"axis 'controlnet_scale' would change nothing.*\['canny', 'depth'\]"):
+        check_control_scales(both, profiles["tiny-multi"])
+    # control_scales naming some ControlNets wins for those; the axis scales the others.
+    depth = spec_of(axis + "generation: {profile: tiny-multi, control_scales: {depth: 0.3}}\n")
+    assert check_control_scales(depth, profiles["tiny-multi"]) == ("canny", "depth")
+    jobs = plan_jobs(depth, PRODUCTS[:1], STYLES[:1], expand_matrix(depth.matrix), profile_revision="r",
+                     dtype="float32", profile=profiles["tiny-multi"])
+    assert [j.params["control_scales"] for j in jobs] == [{"canny": 0.3, "depth": 0.3}, {"canny": 1.2, "depth": 0.3}]
+    # Without the axis, control_scales over every ControlNet is fine.
+    check_control_scales(spec_of("matrix: {template: '{product}'}\ngeneration: {control_scales: {canny: 0.5}}\n"),
+                         profiles["tiny"])
 
 
 def test_example_spec_with_every_control_parses_and_plans():

@@ -162,3 +162,16 @@ def test_pool_progress_counts_finished_batches_in_any_order(campaign_env, store)
     assert tracker.update() == 0.75 and _progress_of(progress) == 75.0
     write(batches[2])
     assert tracker.update() == 1.0 and _progress_of(progress) == 100.0
+
+
+def test_ignored_controlnet_scale_axis_is_refused_before_the_catalog_is_read(campaign_env, store, generated):
+    from flows.campaign import run_campaign
+
+    uri = f"{campaign_env['catalog']}/campaigns/fixed.yaml"
+    store.put(uri, SMALL.replace("name: small", "name: fixed")
+              .replace("axes: {surface: [sand, slate]}", "axes: {surface: [sand, slate], controlnet_scale: [0.5, 1.0]}")
+              .replace("batch_size: 4}", "batch_size: 4, control_scales: {canny: 0.8}}").encode())
+    with pytest.raises(ValueError, match="campaign 'fixed': axis 'controlnet_scale' would change nothing"):
+        run_campaign(RunRequest(campaign="fixed", triggered_by="test"))
+    assert store.list(f"{campaign_env['catalog']}/_snapshots/") == []  # no catalog refresh, no snapshot
+    assert generated == [] and store.list(f"{campaign_env['assets']}/") == []
