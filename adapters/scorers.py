@@ -122,8 +122,9 @@ def get_clip_scorer(setting: str, profile: ModelProfile, settings: Settings) -> 
         if key not in _SCORERS:
             try:
                 _SCORERS[key] = _load(ref, settings, device=device, dtype=dtype)
-            except (OSError, ValueError) as exc:
-                log.warning("CLIP scores are off: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+            except Exception as exc:  # whatever breaks the load costs the CLIP columns (null), never the run
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                log.warning("CLIP scores are off: %s: %s", type(exc).__name__, first or repr(exc))
                 _SCORERS[key] = None
         return _SCORERS[key]
 

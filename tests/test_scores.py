@@ -236,3 +236,15 @@ def test_an_unavailable_clip_model_turns_clip_scores_off(clip_settings, caplog):
     assert get_clip_scorer("stylematrix-test/no-such-clip", load_profiles()["tiny"], clip_settings) is None
     assert "CLIP scores are off" in caplog.text
     assert get_clip_scorer("none", load_profiles()["tiny"], clip_settings) is None
+
+
+def test_a_clip_model_that_breaks_while_loading_turns_clip_scores_off(clip_settings, caplog, tmp_path):
+    from adapters.scorers import get_clip_scorer
+    from catalogs import load_profiles
+
+    # A folder whose config is valid JSON but not a config: transformers raises TypeError, not OSError.
+    broken = tmp_path / "broken-clip"
+    broken.mkdir()
+    (broken / "config.json").write_text("[]")
+    assert get_clip_scorer(str(broken), load_profiles()["tiny"], clip_settings) is None
+    assert "CLIP scores are off: TypeError" in caplog.text
