@@ -12,6 +12,27 @@ from catalogs.models import RunRequest
 
 duckdb = pytest.importorskip("duckdb")
 
+def test_column_docs_name_every_value_the_code_writes():
+    from pathlib import Path
+    from typing import get_args
+
+    from catalogs import load_profiles
+    from catalogs.models import OPTIONAL_KEY
+    from tasks.canny import canvas_kinds
+    from tasks.tables import CELL_METRICS, GENERATIONS, RUNS
+
+    doc = {c.name: c.doc for c in RUNS}
+    assert all(value in doc["triggered_by"] for value in get_args(RunRequest.model_fields["triggered_by"].annotation))
+    assert f"`{OPTIONAL_KEY}`" in {c.name: c.doc for c in CELL_METRICS}["cell"]
+    assert "first ControlNet" in {c.name: c.doc for c in GENERATIONS}["control_key"]
+    # The manifest's `controls` holds every canvas image a batch of any shipped profile and mode needs.
+    page = (Path(__file__).parents[1] / "docs" / "metadata-tables.md").read_text()
+    (controls,) = [line for line in page.splitlines() if line.startswith("| `controls` |")]
+    kinds = {k for p in load_profiles().values() for mode in ("ip_adapter", "img2img", "preserve")
+             for k in canvas_kinds({"mode": mode}, p.control_types, p.adapter_images)}
+    assert kinds >= {"canny", "depth", "canvas", "keep"}
+    assert all(k in controls for k in kinds), sorted(k for k in kinds if k not in controls)
+
 CAMPAIGN = """
 name: duck
 products: {ids: [rocket, brand-logo]}
