@@ -12,6 +12,7 @@ from catalogs.models import RunRequest
 
 duckdb = pytest.importorskip("duckdb")
 
+
 def test_column_docs_name_every_value_the_code_writes():
     from pathlib import Path
     from typing import get_args
