@@ -464,7 +464,7 @@ class RunRequest(_Strict):
     """What starts a campaign run: the CLI, a schedule, or the form in the Prefect UI."""
 
     campaign: str = Field(
-        description="Campaign: a name under <catalog>/campaigns/, an s3:// URI, or a path on the worker",
+        description="Campaign: a name under the catalog's campaigns/ folder, an s3:// URI, or a path on the worker",
         examples=["sample"],
     )
     catalog: str | None = Field(default=None, description="s3:// URI of the catalog (default: the worker's setting)")
