@@ -1,8 +1,9 @@
 """Contact sheets: one labelled grid per product x style set, like AUTOMATIC1111's X/Y/Z plot.
 
 Matrix axes become rows and columns (the first half of the axes down, the rest across, the
-seeds side by side in each column); a header strip shows the product, its canny map and the
-style references; each image has its scores under it and a green frame when selected.
+seeds side by side in each column); axes that advance together (a zip group) are one combined
+axis, so each row or column is one of their pairs. A header strip shows the product, its canny
+map and the style references; each image has its scores under it and a green frame when selected.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -23,6 +25,7 @@ PAD = 8
 FRAME = 4
 FONT_SIZE = 12
 LINE = FONT_SIZE + 3
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,40 +51,66 @@ class Layout:
     slots: dict[tuple[tuple[tuple[str, str], ...], int], tuple[int, int]]
 
 
-def split_axes(axes: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The axes that run down (the first half, rounded up) and across (the rest)."""
+def split_axes(axes: Sequence[T]) -> tuple[tuple[T, ...], tuple[T, ...]]:
+    """The axes (or combined axes) that run down (the first half, rounded up) and across (the rest)."""
     down = math.ceil(len(axes) / 2)
     return tuple(axes[:down]), tuple(axes[down:])
 
 
+def axis_units(cells: Sequence[dict[str, str]], axes: Sequence[str]) -> list[tuple[str, ...]]:
+    """The axes as a sheet lays them out, in order: axes whose values pair one to one across the
+    cells (a zip group, such as surface with lighting) become one combined axis at the first's place."""
+    values = {a: {c[a] for c in cells} for a in axes}
+    units: list[list[str]] = []
+    for a in axes:
+        for unit in units:
+            b = unit[0]
+            if len(values[a]) == len(values[b]) == len({(c[a], c[b]) for c in cells}):
+                unit.append(a)
+                break
+        else:
+            units.append([a])
+    return [tuple(u) for u in units]
+
+
 def sheet_layout(tiles: Sequence[Tile]) -> Layout:
-    """Rows and columns for the tiles: values keep their first-seen order, seeds are innermost across."""
+    """Rows and columns for the tiles: values keep their first-seen order, seeds are innermost across.
+
+    Zipped axes make one row (or column) per pair, and a row or column no tile falls in is left out.
+    """
     if not tiles:
         raise ValueError("a contact sheet needs at least one image")
     axes = [name for name, _ in tiles[0].cell]
     for t in tiles:
         if [name for name, _ in t.cell] != axes:
             raise ValueError(f"tiles disagree on the matrix axes: {axes} vs {[name for name, _ in t.cell]}")
-    values = {name: list(dict.fromkeys(dict(t.cell)[name] for t in tiles)) for name in axes}
-    seeds = list(dict.fromkeys(t.seed for t in tiles))
-    row_axes, col_axes = split_axes(axes)
-    row_keys = list(itertools.product(*(values[a] for a in row_axes)))
-    col_keys = [(*combo, seed) for combo in itertools.product(*(values[a] for a in col_axes)) for seed in seeds]
+    cells = [dict(t.cell) for t in tiles]
+    units = axis_units(cells, axes)
+    row_units, col_units = split_axes(units)
 
-    def label(names: Sequence[str], combo: Sequence[str]) -> str:
-        return "\n".join(f"{n}: {v}" for n, v in zip(names, combo, strict=False))
+    def key(cell: dict[str, str], chosen: Sequence[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
+        return tuple(tuple(cell[a] for a in unit) for unit in chosen)
+
+    def keys(chosen: Sequence[tuple[str, ...]], seen: list) -> list:
+        per_unit = [list(dict.fromkeys(k[i] for k in seen)) for i in range(len(chosen))]
+        present = set(seen)
+        return [k for k in itertools.product(*per_unit) if k in present]
+
+    row_keys = keys(row_units, [key(c, row_units) for c in cells])
+    col_keys = keys((*col_units, ("seed",)), [(*key(c, col_units), (t.seed,)) for c, t in zip(cells, tiles, strict=True)])
+
+    def label(chosen: Sequence[tuple[str, ...]], combo: Sequence[tuple[str, ...]]) -> str:
+        return "\n".join(f"{n}: {v}" for unit, vals in zip(chosen, combo, strict=False) for n, v in zip(unit, vals, strict=True))
 
     slots = {}
-    for t in tiles:
-        cell = dict(t.cell)
-        r = row_keys.index(tuple(cell[a] for a in row_axes))
-        c = col_keys.index((*(cell[a] for a in col_axes), t.seed))
-        slots[(t.cell, t.seed)] = (r, c)
+    for t, cell in zip(tiles, cells, strict=True):
+        slots[(t.cell, t.seed)] = (row_keys.index(key(cell, row_units)),
+                                   col_keys.index((*key(cell, col_units), (t.seed,))))
     return Layout(
-        row_axes=row_axes,
-        col_axes=col_axes,
-        rows=tuple(label(row_axes, k) for k in row_keys),
-        cols=tuple("\n".join(filter(None, [label(col_axes, k[:-1]), f"seed {k[-1]}"])) for k in col_keys),
+        row_axes=tuple(a for unit in row_units for a in unit),
+        col_axes=tuple(a for unit in col_units for a in unit),
+        rows=tuple(label(row_units, k) for k in row_keys),
+        cols=tuple("\n".join(filter(None, [label(col_units, k[:-1]), f"seed {k[-1][0]}"])) for k in col_keys),
         slots=slots,
     )
 

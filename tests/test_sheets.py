@@ -50,6 +50,25 @@ def test_three_axes_fold_two_into_rows_and_no_axes_make_one_row_of_seeds():
         sheet_layout([])
 
 
+def test_zipped_axes_make_one_row_per_pair_and_no_empty_rows():
+    # surface and light are zipped (marble at dawn, beach at dusk); mode multiplies them.
+    zipped = [(("surface", s), ("light", li), ("mode", m)) for s, li in (("marble", "dawn"), ("beach", "dusk"))
+              for m in ("ip_adapter", "img2img")]
+    tiles = [Tile(cell=c, seed=seed, image=None) for c in zipped for seed in (1, 2)]
+    layout = sheet_layout(tiles)
+    assert layout.row_axes == ("surface", "light") and layout.col_axes == ("mode",)
+    assert layout.rows == ("surface: marble\nlight: dawn", "surface: beach\nlight: dusk")
+    assert layout.cols == ("mode: ip_adapter\nseed 1", "mode: ip_adapter\nseed 2", "mode: img2img\nseed 1",
+                           "mode: img2img\nseed 2")
+    assert sorted(layout.slots.values()) == [(r, c) for r in range(2) for c in range(4)]  # every slot filled, once
+    # Four zipped parameter axes and a word axis: still one row per zipped setting.
+    four = [(("ip_scale", a), ("controlnet_scale", b), ("guidance", g), ("steps", n), ("surface", w))
+            for a, b, g, n in (("0.4", "0.9", "5.0", "2"), ("0.8", "0.6", "7.5", "3")) for w in ("sand", "slate")]
+    layout = sheet_layout([Tile(cell=c, seed=0, image=None) for c in four])
+    assert len(layout.rows) == 2 and len(layout.cols) == 2 and len(set(layout.slots.values())) == 4
+    assert layout.rows[1] == "ip_scale: 0.8\ncontrolnet_scale: 0.6\nguidance: 7.5\nsteps: 3"
+
+
 def _centre(sheet: np.ndarray, colour: tuple[int, int, int]) -> tuple[float, float]:
     hits = np.argwhere((np.abs(sheet.astype(int) - colour) <= 2).all(axis=2))
     assert len(hits), f"colour {colour} not on the sheet"
