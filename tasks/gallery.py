@@ -1,7 +1,9 @@
 """The run's gallery page: one self-contained HTML file (no external assets), images linked relative to it.
 
 Filterable by product, style set and selection; each image shows its status, prompt,
-parameters and scores. Cards come product by product, best first.
+parameters and scores. A card shows its cell, its seed and every generation parameter that
+differs between the run's images (mode, strength, preset, adapter window, ControlNet scales, ...);
+what every image shares is said once, at the top. Cards come product by product, best first.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ figure img{width:100%;image-rendering:auto;border-radius:4px;background:#eee;dis
 .missing{aspect-ratio:1;background:#e4e4e4;border-radius:4px;display:flex;align-items:center;justify-content:center;color:#777}
 figcaption{font-size:12px;line-height:1.35;margin-top:.4rem}
 figcaption .ids{font-weight:600}figcaption .params{color:#666}
+header p.shared{color:#666;font-size:12px}
 .badge{display:inline-block;border-radius:3px;padding:0 .35rem;margin-right:.3rem;font-size:11px;color:#fff;background:#777}
 .badge.selected{background:#16963c}.badge.ok{background:#1456a0}.badge.gated{background:#c82828}
 .badge.duplicate{background:#cd7800}.badge.failed{background:#777}
@@ -83,7 +86,67 @@ def _order(row: Mapping) -> tuple:
     return (row["product_id"], status_order, math.inf if _missing(rank) else float(rank), row["asset_id"])
 
 
-def _card(r: Mapping) -> str:
+def _g(value: object) -> str:
+    return f"{float(value):g}" if isinstance(value, int | float) else str(value)
+
+
+def _pairs(value: object) -> list[tuple[str, object]]:
+    """A map column as (key, value) pairs, whether it arrives as a dict or as pairs (as parquet gives it)."""
+    return list(value.items()) if isinstance(value, Mapping) else [tuple(kv) for kv in value or ()]
+
+
+# How a card prints each generation parameter: (name, the row keys it needs, the text); the name
+# is also the cell axis that, where the matrix has it, already shows the value.
+_PARAMS = (
+    ("mode", ("mode",), lambda r: str(r["mode"])),
+    ("strength", ("strength",), lambda r: "" if r.get("mode") == "ip_adapter" else f"strength {_g(r['strength'])}"),
+    ("ip_scale", ("ip_scale",), lambda r: f"ip {_g(r['ip_scale'])}"),
+    ("ip_preset", ("ip_preset",), lambda r: f"preset {r['ip_preset']}"),
+    ("ip_window", ("ip_start", "ip_end"), lambda r: f"ip on {_g(r['ip_start'])}–{_g(r['ip_end'])}"),
+    ("product_ip_scale", ("product_ip_scale",), lambda r: f"product ip {_g(r['product_ip_scale'])}"),
+    ("controlnet_scale", ("controlnet_scale",), lambda r: f"cn {_g(r['controlnet_scale'])}"),
+    ("control_scales", ("control_scales",),
+     lambda r: "cn " + ", ".join(f"{k} {_g(float(v))}" for k, v in _pairs(r["control_scales"]))),
+    ("controlnet_window", ("controlnet_start", "controlnet_end"),
+     lambda r: f"cn on {_g(r['controlnet_start'])}–{_g(r['controlnet_end'])}"),
+    ("guidance", ("guidance",), lambda r: f"cfg {_g(r['guidance'])}"),
+    ("steps", ("steps",), lambda r: f"{_g(r['steps'])} steps"),
+    ("scheduler", ("scheduler",), lambda r: str(r["scheduler"])),
+    ("size", ("width", "height"), lambda r: f"{_g(r['width'])}x{_g(r['height'])}"),
+    ("canny", ("canny_low", "canny_high"), lambda r: f"canny {_g(r['canny_low'])}–{_g(r['canny_high'])}"),
+    ("combine", ("combine",), lambda r: f"combine {r['combine']}"),
+    ("negative_reference", ("negative_reference_key",),
+     lambda r: f"negative ref {str(r['negative_reference_key']).rsplit('/', 1)[-1]}"),
+    ("profile", ("profile",), lambda r: str(r["profile"])),
+)
+_AXES_OF = {"ip_window": ("ip_start", "ip_end"), "controlnet_window": ("controlnet_start", "controlnet_end")}
+
+
+def generation_params(r: Mapping) -> dict[str, str]:
+    """A row's generation parameters as the gallery prints them, by name (those the row has)."""
+    out = {}
+    for name, keys, text in _PARAMS:
+        if all(not _missing(r.get(k)) for k in keys):
+            shown = text(r)
+            if shown:
+                out[name] = shown
+    return out
+
+
+def varying_params(rows: Sequence[Mapping]) -> tuple[list[str], dict[str, str]]:
+    """The parameter names whose text differs between the rows, and the text of those every row shares."""
+    per_row = [generation_params(r) for r in rows]
+    varying, shared = [], {}
+    for name, _, _ in _PARAMS:
+        texts = {p.get(name) for p in per_row}
+        if len(texts) > 1:
+            varying.append(name)
+        elif texts != {None}:
+            shared[name] = texts.pop()
+    return varying, shared
+
+
+def _card(r: Mapping, varying: Sequence[str] = ()) -> str:
     status = r.get("status") or "ok"
     selected = bool(r.get("selected"))
     cell = ", ".join(f"{k}: {v}" for k, v in r["cell"])
@@ -97,14 +160,17 @@ def _card(r: Mapping) -> str:
     image = (f'<img loading="lazy" src="images/{_e(r["asset_id"])}.png" alt="{_e(r["prompt"])}">'
              if r.get("output_key") else '<div class="missing">no image</div>')
     reason = f'<div class="reason">{_e(r["status_reason"])}</div>' if r.get("status_reason") else ""
+    # What differs between the run's images, unless the cell already says it.
+    axes = {k for k, _ in r["cell"]}
+    own = generation_params(r)
+    params = [own[n] for n in varying if n in own and not axes & {n, *_AXES_OF.get(n, ())}]
+    line = " · ".join(filter(None, [cell, f"seed {r['seed']}", *params]))
     return (
         f'<figure class="{"selected" if selected else ""}" data-product="{_e(r["product_id"])}" '
         f'data-style="{_e(r["style_id"])}" data-status="{_e(status)}" data-selected="{int(selected)}">'
         f'{image}<figcaption><div>{badges}<span class="ids">{_e(r["product_id"])} · {_e(r["style_id"])}</span>{rank}</div>'
         f"{reason}<div>{_e(r['prompt'])}</div>"
-        f'<div class="params">{_e(cell)} · seed {_e(r["seed"])} · {_e(r["steps"])} steps · {_e(r["scheduler"])} · '
-        f'cfg {_e(r["guidance"])} · ip {_e(r["ip_scale"])} · cn {_e(r["controlnet_scale"])} · '
-        f'{_e(r["width"])}x{_e(r["height"])} · {_e(r["profile"])}</div>'
+        f'<div class="params">{_e(line)}</div>'
         f'<table class="scores">{scores}</table>'
         f'<div class="params">{_e(r["asset_id"])}</div></figcaption></figure>'
     )
@@ -124,11 +190,13 @@ def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheet
     counts = " · ".join(f"{sum((r.get('status') or 'ok') == s for r in rows)} {s}" for s in STATUSES[1:])
     sheet_links = "".join(f'<li><a href="{_e(path)}">{_e(label)}</a></li>' for label, path in (sheets or {}).items())
     table_list = "".join(f"<li><code>{_e(t)}</code></li>" for t in tables)
+    varying, shared = varying_params(rows)
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>{_e(campaign)} · {_e(run_id)}</title><style>{_STYLE}</style></head><body>"
         f"<header><h1>{_e(campaign)}</h1><p>run {_e(run_id)} · {len(rows)} images · {selected} selected · {counts} · "
         '<span id="shown"></span> shown</p>'
+        + (f'<p class="shared">every image: {_e(" · ".join(shared.values()))}</p>' if shared else "")
         + (f"<details><summary>contact sheets ({len(sheets or {})})</summary><ul>{sheet_links}</ul></details>" if sheet_links else "")
         + (f"<details><summary>tables</summary><ul>{table_list}</ul></details>" if table_list else "")
         + "</header>"
@@ -137,5 +205,5 @@ def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheet
         f'<label>style <select id="f-style"><option value="">all</option>{_options(styles)}</select></label>'
         f'<label>show <select id="f-status"><option value="">all</option>{_options(STATUSES)}</select></label>'
         "</div>"
-        f'<main class="grid">{"".join(_card(r) for r in ordered)}</main><script>{_SCRIPT}</script></body></html>'
+        f'<main class="grid">{"".join(_card(r, varying) for r in ordered)}</main><script>{_SCRIPT}</script></body></html>'
     )

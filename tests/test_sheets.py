@@ -1,4 +1,5 @@
-"""Contact sheets: axes become rows and columns, seeds sit side by side, selected images are framed."""
+"""Contact sheets: axes become rows and columns, seeds sit side by side, selected images are framed.
+The gallery page: every card says the generation parameters that differ between the run's images."""
 
 from __future__ import annotations
 
@@ -109,3 +110,46 @@ def test_tiles_carry_status_and_scores_under_the_image():
     # A tile without an image still renders (a grey box) with its lines.
     sheet = contact_sheet([gated, chosen.__class__(**{**chosen.__dict__, "seed": 4})], title="t", tile_size=48)
     assert sheet.width > 2 * 48 and sheet.mode == "RGB"
+
+
+def _gallery_row(n: int, **params) -> dict:
+    row = {
+        "asset_id": f"{n:032x}", "product_id": "mug", "style_id": "dawn", "cell_index": n, "prompt": "a mug",
+        "seed": 7, "output_key": f"s3://a/runs/r/images/{n:032x}.png", "status": "ok", "selected": False,
+        "mode": "ip_adapter", "strength": 1.0, "steps": 4, "scheduler": "unipc", "guidance": 5.0, "ip_scale": 0.6,
+        "ip_preset": "full", "ip_start": 0.0, "ip_end": 1.0, "product_ip_scale": 0.0, "controlnet_scale": 1.0,
+        "control_scales": [("canny", "1.0")], "controlnet_start": 0.0, "controlnet_end": 1.0, "width": 64,
+        "height": 64, "canny_low": 100, "canny_high": 200, "combine": "concat", "negative_reference_key": None,
+        "profile": "tiny-multi",
+    }
+    row.update(params)
+    return row
+
+
+def test_gallery_cards_show_the_generation_parameters_that_vary():
+    from tasks.gallery import render_gallery
+
+    rows = [
+        _gallery_row(0, cell=[("mode", "ip_adapter")]),
+        _gallery_row(1, cell=[("mode", "img2img")], mode="img2img", strength=0.75, ip_preset="style-only",
+                     ip_end=0.8, control_scales=[("canny", "0.9"), ("depth", "0.4")]),
+        _gallery_row(2, cell=[("mode", "preserve")], mode="preserve", strength=0.9, ip_start=0.2,
+                     controlnet_end=0.5),
+    ]
+    page = render_gallery("r1", "spring", rows)
+    cards = {c.split('"', 1)[0]: c for c in page.split('<img loading="lazy" src="images/')[1:]}
+    plain, img2img, preserve = (cards[f"{n:032x}.png"] for n in range(3))
+    assert "mode: img2img · seed 7 · strength 0.75 · preset style-only · ip on 0–0.8 · cn canny 0.9, depth 0.4 · " \
+           "cn on 0–1" in img2img
+    assert "strength 0.9" in preserve and "ip on 0.2–1" in preserve and "cn on 0–0.5" in preserve
+    assert "strength" not in plain and "preset full" in plain and "cn canny 1" in plain
+    # The mode is the cell's axis, so the card does not repeat it; what every image shares is said once.
+    assert "img2img · " not in img2img.replace("mode: img2img · ", "")
+    (shared,) = [p for p in page.split("<p") if p.startswith(' class="shared"')]
+    assert "every image: ip 0.6 · product ip 0 · cn 1 · cfg 5 · 4 steps · unipc · 64x64 · canny 100–200 · combine concat · tiny-multi" \
+        in shared
+    assert "steps" not in img2img.split("<table")[0].split("seed 7")[1]
+    # A card with the few columns older rows carry still renders.
+    assert "<figure" in render_gallery("r2", "spring", [{k: v for k, v in rows[0].items()
+                                                         if k in ("asset_id", "product_id", "style_id", "prompt",
+                                                                  "seed", "cell", "status")}])
