@@ -17,7 +17,7 @@ import pandas as pd
 from catalogs.models import Campaign, RunRequest
 from tasks.plan import Batch
 
-SCHEMA_VERSION = 3  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters
+SCHEMA_VERSION = 3  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,8 @@ RUNS = (
     Column("images_selected", "int32", "images selected (top_k per product)"),
     Column("images_failed", "int32", "images generated but unusable (status failed)"),
     Column("batches", "int32", "pipeline calls"),
-    Column("images_per_second", "float64", "images generated per second of generation time"),
+    Column("generation_wall_seconds", "float64", "wall time of the generation phase, from starting the shards until the last one finished (engine loading, generation, scoring and writing the images and parts; on the GPU pool also the wait for workers); 0 when nothing was generated"),
+    Column("images_per_second", "float64", "images_generated / generation_wall_seconds: the run's throughput, so shards on parallel workers count once (the sum of per-image pipeline time is sum(generations.generation_seconds))"),
     Column("quarantined", "int32", "catalog objects refused as unusable"),
     Column("status", "string", "completed or nothing-new"),
 )

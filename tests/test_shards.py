@@ -109,7 +109,7 @@ def _progress_of(artifact_id: str) -> float:
     return float(found.data)
 
 
-def test_progress_moves_forward_across_shards_in_process_and_ends_at_100(campaign_env, store, small_campaign,
+def test_progress_moves_forward_across_shards_in_process_and_ends_at_100_and_throughput_is_wall_time(campaign_env, store, small_campaign,
                                                                           monkeypatch):
     from adapters.settings import get_settings
     from flows import publishing
@@ -131,9 +131,17 @@ def test_progress_moves_forward_across_shards_in_process_and_ends_at_100(campaig
 
     monkeypatch.setattr(publishing, "advance_progress", advance)
     monkeypatch.setattr("flows.steps.start_progress", start)
-    run_campaign(RunRequest(campaign="small", triggered_by="test"))
+    summary = run_campaign(RunRequest(campaign="small", triggered_by="test"))
     assert shares == [0.5, 1.0]  # batch 1 of 2 (shard 0), batch 2 of 2 (shard 1)
     assert _progress_of(artifacts[0]) == 100.0
+
+    # Throughput is images per second of the generation phase's wall time, not of the summed shard times.
+    manifest = json.loads(store.get(summary["manifest"]))
+    (run,) = publish.read_table(store, manifest, "runs").to_dict("records")
+    pipeline = publish.read_table(store, manifest, "generations")["generation_seconds"].sum()
+    assert run["images_generated"] == 8 and run["batches"] == 2
+    assert pipeline < run["generation_wall_seconds"] < run["duration_seconds"]
+    assert run["images_per_second"] == summary["images_per_second"] == 8 / run["generation_wall_seconds"]
 
 
 def test_pool_progress_counts_finished_batches_in_any_order(campaign_env, store):
