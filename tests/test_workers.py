@@ -173,3 +173,43 @@ def test_scheduled_deployment_and_parameter_validation(stack):
     with pytest.raises(Exception, match="(?i)validation|parameters") as err:
         start_campaign(stack, triggered_by="cron", top_k="many")
     assert "triggered_by" in str(err.value) or "top_k" in str(err.value)
+
+
+def test_ui_shows_the_campaign_parameters_as_a_form(stack):
+    """The Prefect UI's custom-run page for `campaign` renders RunRequest as form fields (screenshot kept)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from prefect.client.orchestration import get_client
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with api(stack), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("run-campaign/campaign")
+    base = stack["stack"].api_url.removesuffix("/api")
+    artifacts = Path(__file__).resolve().parents[1] / "out" / "test-artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"]
+    with tempfile.TemporaryDirectory() as profile, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True, args=flags,
+                                                        viewport={"width": 1280, "height": 1600})
+        try:
+            page = browser.new_page()
+            page.goto(f"{base}/deployments/deployment/{deployment.id}/run", timeout=60_000)
+            # Field descriptions come from RunRequest: the form was built from its schema.
+            page.get_by_text("Plan and report counts", exact=False).first.wait_for(timeout=60_000)
+            page.screenshot(path=str(artifacts / "prefect-run-form.png"), full_page=True)
+            text = page.inner_text("body")
+            for label in ("Campaign", "Triggered By", "Dry Run", "Only these product ids", "Replace the campaign's seeds",
+                          "Model profile, overriding", "a name under the catalog's campaigns/"):
+                assert label in text, label
+            # Pre-filled with the deployment's parameters from prefect.yaml.
+            values = page.locator("input, textarea").evaluate_all("els => els.map(e => e.value)")
+            assert "sample" in values, values
+        finally:
+            browser.close()
+    assert (artifacts / "prefect-run-form.png").stat().st_size > 20_000
