@@ -3,6 +3,8 @@
 A deployment (prefect.yaml: `catalog-refresh`) runs it on a schedule; campaign runs read the
 snapshot it commits. When a refresh commits a new snapshot it emits the Prefect event
 `stylematrix.catalog.updated`, which an automation or a deployment trigger can react to.
+`stylematrix catalog import` emits `stylematrix.catalog.imported` when it uploaded files, and
+the `catalog-refresh` deployment triggers on it, so a refresh follows an import at once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,27 @@ from flows import steps
 from tasks.catalog_build import CatalogState
 
 CATALOG_UPDATED = "stylematrix.catalog.updated"
+CATALOG_IMPORTED = "stylematrix.catalog.imported"
+
+
+def catalog_resource(catalog: str) -> dict[str, str]:
+    """The Prefect resource of a catalog: one id per catalog URI, whatever event is about it."""
+    catalog = catalog.rstrip("/")
+    return {"prefect.resource.id": f"stylematrix.catalog.{catalog}", "prefect.resource.name": catalog}
+
+
+def announce_import(catalog: str, payload: dict) -> bool:
+    """Tell the Prefect server that files were imported into `catalog`; False when none is configured.
+
+    Without PREFECT_API_URL there is no server whose deployments could react, and emitting
+    would start an ephemeral API only to drop the event.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return False
+    emit_event(event=CATALOG_IMPORTED, resource=catalog_resource(catalog), payload=payload)
+    return True
 
 
 @flow(name="refresh-catalog")
@@ -45,11 +68,7 @@ def refresh_catalog(catalog: str | None = None, full: bool = False) -> dict:
         return report.payload()
 
     logger.info("catalog %s: committed snapshot %s", catalog, report.snapshot_id)
-    emit_event(
-        event=CATALOG_UPDATED,
-        resource={"prefect.resource.id": f"stylematrix.catalog.{catalog}", "prefect.resource.name": catalog},
-        payload=report.payload(),
-    )
+    emit_event(event=CATALOG_UPDATED, resource=catalog_resource(catalog), payload=report.payload())
     create_markdown_artifact(key="catalog-snapshot", markdown=_summary(report.payload(), scan.state),
                              description=f"catalog snapshot {report.snapshot_id}")
     return report.payload()

@@ -56,7 +56,13 @@ def import_(
     typer.echo(f"imported {source} into {catalog}: {report.products} products, {report.styles} style sets; "
                f"{len(report.uploaded)} files uploaded, {len(report.unchanged)} unchanged, {len(report.refused)} refused")
     if report.uploaded:
-        typer.echo("run `stylematrix catalog refresh` to commit a snapshot that campaigns will read")
+        from flows.catalog import CATALOG_IMPORTED, announce_import
+
+        payload = {"uploaded": len(report.uploaded), "products": report.products, "styles": report.styles}
+        if announce_import(catalog, payload):
+            typer.echo(f"emitted {CATALOG_IMPORTED}: the catalog-refresh deployment commits a new snapshot")
+        else:
+            typer.echo("run `stylematrix catalog refresh` to commit a snapshot that campaigns will read")
 
 
 @catalog_app.command()

@@ -103,9 +103,11 @@ def generate_shard(shard: Shard, run_id: str, campaign: str, assets: str, contro
         rows += result["rows"]
         seconds += result["seconds"]
         n = len(batch.jobs)
-        logger.info("batch %d (%d/%d of shard %d) done: %d images of %s x %s in %.2f s (%.1f images/s)",
-                    batch.index, done, len(shard.batches), shard.index, n, batch.product_id, batch.style_id,
-                    result["seconds"], n / max(result["seconds"], 1e-9))
+        # One after another, a shard knows the run's count; on the pool it knows only its own.
+        where = (f"batch {batches_before + done}/{batch_total}" if progress is not None
+                 else f"shard {shard.index}: batch {done}/{len(shard.batches)}")
+        logger.info("%s done: %d images of %s x %s in %.2f s (%.1f images/s)", where, n, batch.product_id,
+                    batch.style_id, result["seconds"], n / max(result["seconds"], 1e-9))
         publishing.advance_progress(progress, (batches_before + done) / batch_total)
     part = write_part(store, assets, "generations", run_date, shard_part_name(run_id, shard.index), rows)
     images = [{"asset_id": r["asset_id"], "uri": r["output_key"], "sha256": r["sha256"]} for r in rows]

@@ -3,6 +3,7 @@ a cpu worker and two gpu workers, the S3 server; shards as child flow runs, one 
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import time
@@ -213,3 +214,43 @@ def test_ui_shows_the_campaign_parameters_as_a_form(stack):
         finally:
             browser.close()
     assert (artifacts / "prefect-run-form.png").stat().st_size > 20_000
+
+
+def test_import_triggers_a_refresh_of_that_catalog(stack, tmp_path):
+    """`stylematrix catalog import` against the server emits catalog.imported; catalog-refresh runs on it."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from PIL import Image
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from skimage import data as samples
+
+    folder = tmp_path / "materials" / "products" / "astronaut-mug"
+    folder.mkdir(parents=True)
+    Image.fromarray(samples.astronaut()).resize((256, 256)).save(folder / "image.png")
+    with api(stack), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("refresh-catalog/catalog-refresh")
+        before = {r.id for r in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))}
+    env = {**stack["stack"].env, "PREFECT_API_URL": stack["stack"].api_url}
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "catalog", "import", str(tmp_path / "materials"),
+                             "--catalog", stack["catalog"]], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "emitted stylematrix.catalog.imported" in result.stdout
+
+    deadline = time.monotonic() + 240
+    with api(stack), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = [r for r in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+                    if r.id not in before]
+            if runs and runs[0].state.is_final():
+                break
+            time.sleep(1)
+    assert runs, "no catalog-refresh run was started by the import"
+    (run,) = runs
+    assert run.parameters == {"catalog": stack["catalog"]}
+    assert run.state.is_completed(), run.state.message
+    latest = stack["store"].get(f"{stack['catalog']}/_snapshots/LATEST").decode().strip()
+    products = stack["store"].get(f"{stack['catalog']}/_snapshots/{latest}/products.parquet")
+    assert "astronaut-mug" in set(pd.read_parquet(io.BytesIO(products))["product_id"])
