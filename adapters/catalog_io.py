@@ -332,6 +332,7 @@ class _SampleProduct(_SampleSpec):
 
 class _SampleStyle(_SampleSpec):
     references: dict[str, _SampleReference] = Field(min_length=1)
+    combine: Literal["concat", "average", "weighted"] | None = None
     tags: tuple[str, ...] = ()
     ip_scale: float | None = None
 
@@ -375,6 +376,8 @@ def seed_sample_catalog(store: ObjectStore, catalog_uri: str, *, campaign_text: 
             weights[f"{name}.png"] = reference.weight
             counts["references"] += 1
         meta = {"weights": weights, "tags": list(style.tags)}
+        if style.combine is not None:
+            meta["combine"] = style.combine
         if style.ip_scale is not None:
             meta["ip_scale"] = style.ip_scale
         put(folder + "style.yaml", _yaml_bytes(meta), "application/yaml")

@@ -130,6 +130,7 @@ def test_read_sample_catalog(store: S3Store, sample: str) -> None:
     earthy = styles["earthy-textures"]
     assert [r.key.rsplit("/", 1)[1] for r in earthy.references] == ["brick.png", "grass.png", "gravel.png"]
     assert [r.weight for r in earthy.references] == [1.0, 0.6, 0.4]
+    assert earthy.combine == "weighted" and styles["space-age"].combine == "concat"
     assert all(len(r.sha256) == 64 and r.key.startswith(f"{sample}/styles/") for r in earthy.references)
     assert len(styles["space-age"].references) == 1
     assert styles["space-age"].ip_scale == 0.7
