@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from adapters.parquet_io import parquet_bytes, parquet_row_count, read_parquet_bytes
 from adapters.storage import ObjectStore, join_uri, split_uri
 from tasks.tables import TABLES, Published, to_frame
 
@@ -79,9 +80,7 @@ def existing_image(store: ObjectStore, assets: str, run_id: str, asset_id: str) 
 def table_bytes(table: str, rows: Sequence[dict]) -> bytes:
     frame = to_frame(table, rows)
     arrow = pa.Table.from_pandas(frame, schema=arrow_schema(table), preserve_index=False)
-    buf = io.BytesIO()
-    pq.write_table(arrow, buf, compression="zstd")
-    return buf.getvalue()
+    return parquet_bytes(arrow)
 
 
 def table_part_uri(assets: str, table: str, run_date: str, name: str) -> str:
@@ -109,7 +108,7 @@ def part_entry(store: ObjectStore, table: str, uri: str) -> dict:
 
 
 def _entry(table: str, uri: str, data: bytes) -> dict:
-    rows = pq.read_metadata(io.BytesIO(data)).num_rows
+    rows = parquet_row_count(data)
     return {"table": table, "uri": uri, "rows": rows, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
@@ -138,7 +137,7 @@ def published_asset_ids(store: ObjectStore, assets: str) -> set[str]:
 
 def read_table(store: ObjectStore, manifest: dict, table: str) -> pd.DataFrame:
     """One table's rows from the parts a manifest lists."""
-    frames = [pq.read_table(io.BytesIO(store.get(p["uri"]))).to_pandas()
+    frames = [read_parquet_bytes(store.get(p["uri"])).to_pandas()
               for p in manifest["parts"] if p["table"] == table]
     if not frames:
         return arrow_schema(table).empty_table().to_pandas()

@@ -15,15 +15,14 @@ are unchanged keeps its record and is not downloaded again.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from adapters.catalog_io import Scan, list_catalog, scan_catalog
+from adapters.parquet_io import parquet_bytes, read_parquet_bytes
 from adapters.storage import ObjectStore, join_uri
 from tasks.catalog_build import CatalogState, ObjectRecord, without_changed
 from tasks.catalog_rules import RULES_VERSION
@@ -132,7 +131,7 @@ def read_snapshot_info(store: ObjectStore, catalog: str, snapshot_id: str) -> di
 def read_snapshot_rows(store: ObjectStore, catalog: str, snapshot_id: str, table: str) -> list[dict]:
     """The rows of one snapshot table as plain dicts."""
     data = store.get(snapshot_uri(catalog, snapshot_id, f"{table}.parquet"))
-    return pq.read_table(io.BytesIO(data)).to_pylist()
+    return read_parquet_bytes(data).to_pylist()
 
 
 def load_snapshot(store: ObjectStore, catalog: str, snapshot_id: str | None = None, *,
@@ -249,9 +248,7 @@ def refresh(store: ObjectStore, catalog: str, *, full: bool = False, workers: in
 
 def _parquet(table: str, rows: list[dict]) -> bytes:
     schema = pa.schema([pa.field(c.name, _ARROW[c.type]) for c in SNAPSHOT_TABLES[table]])
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="zstd")
-    return buffer.getvalue()
+    return parquet_bytes(pa.Table.from_pylist(rows, schema=schema))
 
 
 def _known_ids(store: ObjectStore, catalog: str) -> list[str]:

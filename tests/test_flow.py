@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from adapters import publish
+from adapters.parquet_io import read_parquet_bytes
 from adapters.storage import S3Store
 from catalogs.models import RunRequest
 from tasks.tables import GENERATIONS, RUNS
@@ -68,7 +69,7 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(c
     assert summary["gallery"] and b"<figure" in store.get(summary["gallery"])
     for part in manifest["parts"]:
         assert "/run_date=" in part["uri"]
-        assert pq.read_table(io.BytesIO(store.get(part["uri"]))).num_rows == part["rows"]
+        assert read_parquet_bytes(store.get(part["uri"])).num_rows == part["rows"]
 
     # Every image is scored; gates, near-duplicates and top k decide its outcome.
     for column in ("edge_f1", "product_ssim", "sharpness", "colourfulness", "background_hash", "clip_text", "clip_style"):

@@ -3,7 +3,6 @@ a cpu worker and two gpu workers, the S3 server; shards as child flow runs, one 
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import time
@@ -16,6 +15,7 @@ from adapters import publish
 from adapters.catalog_io import seed_sample_catalog
 from adapters.kit import ensure_tiny_kit
 from adapters.local_s3 import free_port
+from adapters.parquet_io import read_parquet_bytes
 from adapters.settings import child_env
 from adapters.storage import S3Store
 
@@ -221,7 +221,6 @@ def test_import_triggers_a_refresh_of_that_catalog(stack, tmp_path):
     import subprocess
     import sys
 
-    import pandas as pd
     from PIL import Image
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -253,4 +252,4 @@ def test_import_triggers_a_refresh_of_that_catalog(stack, tmp_path):
     assert run.state.is_completed(), run.state.message
     latest = stack["store"].get(f"{stack['catalog']}/_snapshots/LATEST").decode().strip()
     products = stack["store"].get(f"{stack['catalog']}/_snapshots/{latest}/products.parquet")
-    assert "astronaut-mug" in set(pd.read_parquet(io.BytesIO(products))["product_id"])
+    assert "astronaut-mug" in set(read_parquet_bytes(products).column("product_id").to_pylist())
