@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,12 @@ def campaign_env(s3_server, store: S3Store, tmp_path_factory, monkeypatch, prefe
     get_settings.cache_clear()
     yield {"catalog": catalog, "assets": assets}
     get_settings.cache_clear()
+
+
+def small_campaign(folder: Path, name: str, seed: int) -> Path:
+    """A campaign file of one style set and one seed at 64 px, 2 steps: one image per product."""
+    spec = folder / f"{name}.yaml"
+    spec.write_text(f"name: {name}\nstyles: {{ids: [space-age]}}\n"
+                    f"matrix: {{template: '{{product}} on sand', seeds: [{seed}]}}\n"
+                    "generation: {profile: tiny, width: 64, height: 64, steps: 2}\n")
+    return spec

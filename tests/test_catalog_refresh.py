@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import small_campaign
 from PIL import Image
 from skimage import data
 from skimage.util import img_as_ubyte
@@ -490,10 +491,7 @@ def test_campaign_runs_read_a_snapshot_and_record_it(campaign_env, store, tmp_pa
     from flows.catalog import refresh_catalog
 
     catalog = campaign_env["catalog"]
-    spec = tmp_path / "small.yaml"
-    spec.write_text("name: small\nstyles: {ids: [space-age]}\n"
-                    "matrix: {template: '{product} on sand', seeds: [3]}\n"
-                    "generation: {profile: tiny, width: 64, height: 64, steps: 2}\n")
+    spec = small_campaign(tmp_path, "small", 3)
 
     def runs_row(summary: dict) -> dict:
         manifest = json.loads(store.get(summary["manifest"]))

@@ -8,6 +8,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import small_campaign
 from PIL import Image
 
 from adapters import publish
@@ -147,10 +148,7 @@ def test_a_pinned_run_quarantines_a_product_overwritten_since_its_snapshot(campa
     from flows.catalog import refresh_catalog
 
     catalog = campaign_env["catalog"]
-    spec = tmp_path / "small.yaml"
-    spec.write_text("name: pinned\nstyles: {ids: [space-age]}\n"
-                    "matrix: {template: '{product} on sand', seeds: [5]}\n"
-                    "generation: {profile: tiny, width: 64, height: 64, steps: 2}\n")
+    spec = small_campaign(tmp_path, "pinned", 5)
     pinned = refresh_catalog(catalog=catalog)["snapshot_id"]
     store.put(f"{catalog}/products/rocket/image.png", _sample_png("coffee", 300, "keep"))
 
