@@ -57,18 +57,25 @@ def get_settings() -> Settings:
 
 
 # Environment for the libraries we embed: telemetry off (it errors without network and
-# races on a fresh ephemeral database) and Hugging Face offline unless told otherwise.
-_QUIET_DEFAULTS = {
+# races on a fresh ephemeral database). Without a Prefect server, each command starts a
+# temporary one; on a new PREFECT_HOME it first creates and migrates its SQLite database,
+# which takes about 20 s on two cores: Prefect's own 20 s wait is too short for that.
+EPHEMERAL_STARTUP_TIMEOUT_S = 180
+_RUNTIME_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(EPHEMERAL_STARTUP_TIMEOUT_S),
 }
 
 
 def prepare_runtime_env() -> None:
-    """Set quiet defaults for embedded libraries, keeping anything the user set."""
-    for key, value in _QUIET_DEFAULTS.items():
+    """Set defaults for embedded libraries, keeping anything the user set.
+
+    Call it before Prefect is imported: Prefect reads its settings once, at import.
+    """
+    for key, value in _RUNTIME_DEFAULTS.items():
         os.environ.setdefault(key, value)
 
 

@@ -45,6 +45,22 @@ def test_unreachable_endpoint_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"stylematrix: error: cannot reach S3 endpoint http://127.0.0.1:{port}")
 
 
+@pytest.mark.parametrize(("user_value", "expected"), [(None, 180), ("45", 45)])
+def test_commands_wait_long_enough_for_a_new_ephemeral_prefect_database(user_value, expected):
+    # A first command on a new PREFECT_HOME migrates a fresh SQLite database before Prefect's
+    # temporary server answers: about 20 s on two cores, Prefect's own default wait.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", None)
+    if user_value is not None:
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = user_value
+    script = ("import flows.cli\n"
+              "from prefect.settings import get_current_settings\n"
+              "print(get_current_settings().server.ephemeral.startup_timeout_seconds)\n")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.split()[-1]) == expected
+
+
 @pytest.mark.slow
 def test_demo_runs_the_sample_campaign_and_mirrors_it(tmp_path):
     env = {"STYLEMATRIX_MODEL_CACHE": str(tmp_path / "models"), "STYLEMATRIX_OUT_DIR": str(tmp_path / "out")}
