@@ -64,15 +64,26 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
     product's mask (its mask file, alpha channel or plain background; else the whole photo).
     `control` is the batch's canny control image; without one (a profile with other
     ControlNets) the fitted product's edges are computed here with the same thresholds.
+    A photo or mask that cannot be read any more leaves the fidelity scores and `product_mask` null.
     """
-    photo = catalog_io.load_image(store, product.image_key, product.sha256)  # the photo the images were made from
-    mask_file = catalog_io.load_image(store, product.mask_key) if product.mask_key else None
-    mask, source = product_mask(photo, mask_file)
     first = rows[0]
     width, height, low, high = (int(first[k]) for k in ("width", "height", "canny_low", "canny_high"))
-    region = product_mask_on_canvas(photo, width, height, mask)
-    canvas = fit_to_canvas(photo, width, height)
-    control_edges = np.asarray(control.convert("L")) > 127 if control is not None else edge_map(canvas, low, high)
+    try:
+        photo = catalog_io.load_image(store, product.image_key, product.sha256)  # the photo the images were made from
+        mask_file = catalog_io.load_image(store, product.mask_key) if product.mask_key else None
+        mask, source = product_mask(photo, mask_file)
+    except (FileNotFoundError, ValueError) as exc:
+        # Gone, overwritten or broken since the run read it: fidelity cannot be measured, every
+        # other score can. A connection error is not caught: the shard's retry reads it again.
+        _log().warning("fidelity scores of %s x %s left null: the product photo or mask cannot be read: %s",
+                       product.product_id, style.style_id, exc)
+        photo, source = None, None
+    if photo is not None:
+        region = product_mask_on_canvas(photo, width, height, mask)
+        canvas = fit_to_canvas(photo, width, height)
+        control_edges = np.asarray(control.convert("L")) > 127 if control is not None else edge_map(canvas, low, high)
+    else:  # no product region known: the background hash covers the whole image
+        region, canvas, control_edges = np.zeros((height, width), dtype=bool), None, None
     clip_scores: list[tuple[float | None, float | None]] = [(None, None)] * len(images)
     if clip is not None:
         try:

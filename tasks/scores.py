@@ -197,12 +197,13 @@ def duplicate_groups(hashes: Sequence[str | None], max_distance: int) -> list[in
 # --------------------------------------------------------------------------- all of them
 
 
-def pixel_scores(output: Image.Image, *, product_canvas: Image.Image, control_edges: np.ndarray, mask: np.ndarray,
-                 canny_low: int, canny_high: int) -> tuple[dict[str, float | str | None], list[str]]:
+def pixel_scores(output: Image.Image, *, product_canvas: Image.Image | None, control_edges: np.ndarray | None,
+                 mask: np.ndarray, canny_low: int, canny_high: int) -> tuple[dict[str, float | str | None], list[str]]:
     """Every weight-free score of one output image, and a note for each scorer that could not run.
 
     `product_canvas` is the product fitted on the canvas as the control image was made from it,
-    `control_edges` the control image as booleans. A scorer that fails leaves its score None.
+    `control_edges` the control image as booleans. A scorer that fails leaves its score None;
+    without a product canvas (its photo could not be read) the fidelity scores are None.
     """
     problems: list[str] = []
 
@@ -213,12 +214,13 @@ def pixel_scores(output: Image.Image, *, product_canvas: Image.Image, control_ed
             problems.append(f"{name}: {type(exc).__name__}: {exc}")
             return None
 
-    edges = attempt("edge_f1", edge_map, output, canny_low, canny_high)
+    known = product_canvas is not None and control_edges is not None
+    edges = attempt("edge_f1", edge_map, output, canny_low, canny_high) if known else None
     light = attempt("exposure", exposure, output) or (None, None)
     scores: dict[str, float | str | None] = {
         "edge_f1": None if edges is None else attempt("edge_f1", edge_f1, control_edges, edges, mask),
-        "product_ssim": attempt("product_ssim", masked_ssim, product_canvas, output, mask),
-        "product_delta_e": attempt("product_delta_e", mean_delta_e, product_canvas, output, mask),
+        "product_ssim": attempt("product_ssim", masked_ssim, product_canvas, output, mask) if known else None,
+        "product_delta_e": attempt("product_delta_e", mean_delta_e, product_canvas, output, mask) if known else None,
         "sharpness": attempt("sharpness", sharpness, output),
         "luminance": light[0],
         "clipped_share": light[1],

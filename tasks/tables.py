@@ -84,7 +84,7 @@ GENERATIONS = (
     Column("created_at", "timestamp", "when the image was published (UTC)"),
     Column("status", "string", "ok, gated (failed a campaign gate), duplicate (repeats a better image) or failed (unusable output)"),
     Column("status_reason", "string", "why the image is not ok: the failed gates with values, the image it repeats, or what is wrong with it; null when ok"),
-    Column("product_mask", "string", "where the product region of the fidelity scores came from: file, alpha, auto, or none (the whole fitted photo)"),
+    Column("product_mask", "string", "where the product region of the fidelity scores came from: file, alpha, auto, or none (the whole fitted photo); null when the photo or its mask could not be read while scoring (then the three fidelity scores are null too)"),
     Column("edge_f1", "float64", "F1 beyond chance of the image's canny edges against the canny control image's (without a canny ControlNet: the fitted product photo's, same thresholds), inside the product region, 2 px tolerance (1 = product edges kept, none added; 0 = chance)"),
     Column("product_ssim", "float64", "structural similarity of the product region to the product photo as placed on the canvas (1 = identical)"),
     Column("product_delta_e", "float64", "mean CIEDE2000 colour difference of the product region from the product photo (0 = same colours, about 2.3 = just noticeable)"),

@@ -1,0 +1,82 @@
+"""Scoring a generated batch on the worker: a product photo that cannot be read any more
+costs the fidelity columns, never the images or their other scores."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from adapters.engine import StyleInput
+from catalogs.models import Product, Reference, StyleSet
+from flows.publishing import score_batch
+from tasks.canny import control_image, fit_to_canvas
+
+SIZE = 128
+LOW, HIGH = 100, 200
+FIDELITY = ("edge_f1", "product_ssim", "product_delta_e")
+OTHERS = ("sharpness", "luminance", "clipped_share", "colourfulness", "background_hash")
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def batch(store, fresh_bucket):
+    photo = Image.fromarray(data.rocket()).convert("RGB")
+    data_bytes = _png(photo)
+    key = f"s3://{fresh_bucket}/products/rocket/image.png"
+    store.put(key, data_bytes, "image/png")
+    product = Product(product_id="rocket", image_key=key, title="Rocket",
+                      sha256=hashlib.sha256(data_bytes).hexdigest(), width=photo.width, height=photo.height)
+    reference = Image.fromarray(data.brick()).convert("RGB").resize((64, 64))
+    style = StyleSet(style_id="brick", references=(Reference(key=f"s3://{fresh_bucket}/styles/brick/a.png"),))
+    style_input = StyleInput.from_images([reference], ["0" * 64])
+    # The product as the control image places it, on a new, noisy background: a faithful image.
+    placed = np.asarray(fit_to_canvas(photo, SIZE, SIZE)).copy()
+    noise = np.random.default_rng(0).integers(0, 256, placed.shape, dtype=np.uint8)
+    white = (placed > 245).all(axis=2)
+    placed[white] = noise[white]
+    images = [Image.fromarray(placed), Image.fromarray(np.roll(placed, 3, axis=0))]
+
+    def score():
+        rows = [{"asset_id": f"a{i}", "prompt": "a rocket on brick", "width": SIZE, "height": SIZE,
+                 "canny_low": LOW, "canny_high": HIGH} for i in range(len(images))]
+        return score_batch(store, rows, images, product=product, control=control_image(photo, SIZE, SIZE, LOW, HIGH),
+                           style=style, style_input=style_input, clip=None)
+
+    return store, key, score
+
+
+def test_every_score_is_filled_while_the_photo_is_readable(batch):
+    _, _, score = batch
+    first, second = score()
+    assert all(first[name] is not None for name in FIDELITY + OTHERS)
+    assert first["edge_f1"] > 0.5 and first["product_ssim"] > 0.5
+    assert first["product_mask"] == "none"  # a busy photo: the whole fitted photo is the product
+    assert second["edge_f1"] < first["edge_f1"]  # shifted off the product's edges
+
+
+@pytest.mark.parametrize("change", ["overwritten", "deleted"])
+def test_a_photo_changed_or_gone_during_the_run_nulls_only_fidelity(batch, change, caplog):
+    store, key, score = batch
+    before = score()
+    if change == "overwritten":
+        store.put(key, _png(Image.new("RGB", (300, 300), (10, 20, 30))), "image/png")
+    else:
+        store.delete(key)
+    rows = score()
+    assert len(rows) == 2 and all(row.get("status") is None for row in rows)  # the images stay
+    for row, earlier in zip(rows, before, strict=True):
+        assert all(row[name] is None for name in FIDELITY) and row["product_mask"] is None
+        # The other scores do not depend on the photo; only the hash loses its product blanking.
+        assert all(row[name] == earlier[name] for name in OTHERS if name != "background_hash")
+        assert isinstance(row["background_hash"], str) and len(row["background_hash"]) == 16
+    assert "fidelity scores of rocket x brick left null" in caplog.text
