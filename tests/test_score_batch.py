@@ -4,7 +4,6 @@ costs the fidelity columns, never the images or their other scores."""
 from __future__ import annotations
 
 import hashlib
-import io
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from PIL import Image
 from skimage import data
 
 from adapters.engine import StyleInput
+from adapters.publish import encode_png
 from catalogs.models import Product, Reference, StyleSet
 from flows.publishing import score_batch
 from tasks.canny import control_image, fit_to_canvas
@@ -22,16 +22,10 @@ FIDELITY = ("edge_f1", "product_ssim", "product_delta_e")
 OTHERS = ("sharpness", "luminance", "clipped_share", "colourfulness", "background_hash")
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture
 def batch(store, fresh_bucket):
     photo = Image.fromarray(data.rocket()).convert("RGB")
-    data_bytes = _png(photo)
+    data_bytes = encode_png(photo)
     key = f"s3://{fresh_bucket}/products/rocket/image.png"
     store.put(key, data_bytes, "image/png")
     product = Product(product_id="rocket", image_key=key, title="Rocket",
@@ -69,7 +63,7 @@ def test_a_photo_changed_or_gone_during_the_run_nulls_only_fidelity(batch, chang
     store, key, score = batch
     before = score()
     if change == "overwritten":
-        store.put(key, _png(Image.new("RGB", (300, 300), (10, 20, 30))), "image/png")
+        store.put(key, encode_png(Image.new("RGB", (300, 300), (10, 20, 30))), "image/png")
     else:
         store.delete(key)
     rows = score()
