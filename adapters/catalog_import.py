@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from adapters.catalog_io import inspect_object, list_catalog, read_record
+from adapters.catalog_scan import inspect_object, list_catalog, read_record
 from adapters.storage import ObjectInfo, ObjectStore, join_uri
 from tasks.catalog_build import QuarantineEntry, build_catalog
 from tasks.catalog_rules import IMAGE_SUFFIXES

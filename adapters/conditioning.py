@@ -7,12 +7,14 @@ from collections.abc import Mapping, Sequence
 
 from PIL import Image
 
-from adapters import catalog_io
+from adapters import publish
 from adapters.engine import StyleInput
+from adapters.images import load_image, load_mask
 from adapters.storage import ObjectStore, join_uri
 from catalogs.models import Product, Reference, StyleSet
-from tasks.canny import canvas_images, canvas_name
+from tasks.canny import canvas_images, canvas_kinds, canvas_name
 from tasks.catalog_rules import decode_image
+from tasks.plan import Batch
 
 # Canvas images drawn from the product's mask rather than its pixels.
 _MASKED_KINDS = frozenset({"depth", "mask", "keep"})
@@ -25,8 +27,8 @@ def product_canvases(store: ObjectStore, product: Product, params: Mapping, kind
         ValueError: `keep` (preserve mode) is asked for and the product has no mask at all, or the
             product photo is no longer the one its snapshot recorded.
     """
-    photo = catalog_io.load_image(store, product.image_key, product.sha256)
-    mask = catalog_io.load_mask(store, product)[0] if _MASKED_KINDS & set(kinds) else None
+    photo = load_image(store, product.image_key, product.sha256)
+    mask = load_mask(store, product, photo)[0] if _MASKED_KINDS & set(kinds) else None
     try:
         return canvas_images(photo, mask, params, kinds)
     except ValueError as exc:
@@ -38,7 +40,7 @@ def load_canvases(store: ObjectStore, uris: Mapping[str, str], product_id: str, 
     """The stored canvas images of a batch by kind (`uris` maps canvas file names to their URIs)."""
     canvases = {}
     for kind in kinds:
-        image = catalog_io.load_image(store, uris[canvas_name(product_id, params, kind)])
+        image = load_image(store, uris[canvas_name(product_id, params, kind)])
         canvases[kind] = image.convert("L") if kind == "keep" else image.convert("RGB")
     return canvases
 
@@ -50,9 +52,9 @@ def style_input(store: ObjectStore, style: StyleSet) -> StyleInput:
     ids are built from those digests): ValueError naming the image when it is not.
     """
     refs = style.references
-    negative = catalog_io.load_image(store, style.negative.key, style.negative.sha256) if style.negative else None
+    negative = load_image(store, style.negative.key, style.negative.sha256) if style.negative else None
     return StyleInput.from_images(
-        [catalog_io.load_image(store, r.key, r.sha256) for r in refs],
+        [load_image(store, r.key, r.sha256) for r in refs],
         [r.sha256 for r in refs],
         weights=[r.weight for r in refs],
         combine=style.combine,
@@ -77,3 +79,22 @@ def with_negative_reference(styles: Sequence[StyleSet], negative: Reference | No
     if negative is None:
         return list(styles)
     return [s if s.negative else s.model_copy(update={"negative": negative}) for s in styles]
+
+
+def write_controls(store: ObjectStore, assets: str, run_id: str, products: Sequence[Product], batches: Sequence[Batch],
+                   control_types: Sequence[str], adapter_images: Sequence[str]) -> dict[str, str]:
+    """Compute and store the canvas images of every batch, once per product and canvas: control images
+    (one per ControlNet) and preserve mode's canvas and keep-mask. Returns canvas file name -> URI,
+    the map `load_canvases` reads them back with."""
+    by_id = {p.product_id: p for p in products}
+    controls: dict[str, str] = {}
+    for b in batches:
+        kinds = [k for k in canvas_kinds(b.params, control_types, adapter_images)
+                 if canvas_name(b.product_id, b.params, k) not in controls]
+        if not kinds:
+            continue
+        for kind, image in product_canvases(store, by_id[b.product_id], b.params, kinds).items():
+            name = canvas_name(b.product_id, b.params, kind)
+            controls[name] = publish.run_uri(assets, run_id, "controls", name)
+            store.put(controls[name], publish.encode_png(image), content_type="image/png")
+    return controls

@@ -518,10 +518,7 @@ def get_engine(profile_name: str, settings: Settings) -> Engine:
     key = (profile_name, device, dtype, str(settings.model_cache))
     with _ENGINES_LOCK:
         if key not in _ENGINES:
-            profiles = load_profiles()
-            if profile_name not in profiles:
-                raise ValueError(f"unknown model profile {profile_name!r}; known: {sorted(profiles)}")
-            profile = profiles[profile_name]
+            profile = load_profiles()[profile_name]  # a run's profile is checked where its request is applied
             pipe = load_pipeline(profile, settings, device=device, dtype=dtype)
             _ENGINES[key] = Engine(
                 pipe,
@@ -542,9 +539,6 @@ def model_identity(profile_name: str, settings: Settings) -> tuple[str, str, str
     from adapters.models import profile_revision
     from catalogs import load_profiles
 
-    profiles = load_profiles()
-    if profile_name not in profiles:
-        raise ValueError(f"unknown model profile {profile_name!r}; known: {sorted(profiles)}")
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    return profile_revision(profiles[profile_name], settings), str(dtype).removeprefix("torch."), device
+    return profile_revision(load_profiles()[profile_name], settings), str(dtype).removeprefix("torch."), device

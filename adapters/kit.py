@@ -191,11 +191,12 @@ def _build_vae(seed: int) -> AutoencoderKL:
     )
 
 
-def _build_text_encoder(seed: int) -> CLIPTextModel:
+def _build_text_encoder(seed: int, *, offset: int = 2, projection: bool = False) -> CLIPTextModel:
+    """SD1.5's text encoder at toy size, seeded with `seed + offset`; with `projection`, SDXL's second one."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(seed + 2)
+    torch.manual_seed(seed + offset)
     config = CLIPTextConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=CROSS_ATTENTION_DIM,
@@ -209,7 +210,7 @@ def _build_text_encoder(seed: int) -> CLIPTextModel:
         eos_token_id=EOS_TOKEN_ID,
         pad_token_id=EOS_TOKEN_ID,
     )
-    return CLIPTextModel(config).eval()
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
 def _build_tokenizer() -> tuple[CLIPTokenizer, dict[str, int], list[tuple[str, ...]]]:
@@ -417,7 +418,6 @@ def _build_sdxl(dest: Path, seed: int) -> None:
     transformers per down block and three per up block (so InstantStyle's SDXL block scales apply)."""
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -438,18 +438,9 @@ def _build_sdxl(dest: Path, seed: int) -> None:
         norm_num_groups=32,
     )
 
-    def text_config(offset: int) -> CLIPTextConfig:
-        torch.manual_seed(seed + offset)
-        return CLIPTextConfig(
-            vocab_size=VOCAB_SIZE, hidden_size=CROSS_ATTENTION_DIM, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
-            projection_dim=CROSS_ATTENTION_DIM, bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID,
-            pad_token_id=EOS_TOKEN_ID,
-        )
-
     tokenizer, vocab, merges = _build_tokenizer()
-    text_encoder = CLIPTextModel(text_config(2)).eval()
-    text_encoder_2 = CLIPTextModelWithProjection(text_config(6)).eval()
+    text_encoder = _build_text_encoder(seed)
+    text_encoder_2 = _build_text_encoder(seed, offset=6, projection=True)
     pipe = StableDiffusionXLPipeline(
         vae=_build_vae(seed),
         text_encoder=text_encoder,

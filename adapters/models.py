@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +26,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from adapters.kit import ensure_tiny_kit, kit_manifest, quiet_progress_bars
 from adapters.settings import Settings
+from adapters.storage import ObjectStore, S3Store
 from catalogs.models import ControlNetRef, IPAdapterRef, ModelProfile, WeightsRef
+from tasks.values import first_line
 
 if TYPE_CHECKING:
     import torch
@@ -160,8 +161,8 @@ def mirror_s3_prefix(uri: str, settings: Settings) -> S3Mirror:
     """Bring `s3://bucket/prefix` into the model cache, downloading only objects whose ETag or size changed."""
     bucket, prefix = _split_s3(uri)
     folder = settings.model_cache / "s3" / bucket / prefix
-    client = _s3_client(settings)
-    listing = _s3_listing(client, bucket, prefix, uri)
+    store = S3Store.from_settings(settings)
+    listing = _s3_listing(store, bucket, prefix, uri)
 
     index_path = folder / S3_INDEX_NAME
     try:
@@ -175,10 +176,10 @@ def mirror_s3_prefix(uri: str, settings: Settings) -> S3Mirror:
         if index.get(rel) == entry and target.is_file() and target.stat().st_size == entry["size"]:
             continue
         key = f"{prefix}/{rel}" if prefix else rel
-        # IfMatch: the bytes we keep are those of the ETag we record, even if the object
+        # By ETag: the bytes we keep are those of the ETag we record, even if the object
         # is replaced between listing and download.
-        body = client.get_object(Bucket=bucket, Key=key, IfMatch=entry["etag"])["Body"]
-        _atomic_write(target, body)
+        with _atomic_file(target) as out:
+            store.download(f"s3://{bucket}/{key}", out, etag=entry["etag"].strip('"'))
         index[rel] = entry
         downloaded.append(rel)
 
@@ -188,8 +189,8 @@ def mirror_s3_prefix(uri: str, settings: Settings) -> S3Mirror:
         (folder / rel).unlink(missing_ok=True)
         del index[rel]
     if downloaded or removed or not index_path.is_file():
-        text = json.dumps(index, indent=1, sort_keys=True).encode()
-        _atomic_write(index_path, text)
+        with _atomic_file(index_path) as out:
+            out.write(json.dumps(index, indent=1, sort_keys=True).encode())
     return S3Mirror(
         folder=folder, revision=_listing_revision(listing), downloaded=tuple(downloaded), removed=tuple(removed)
     )
@@ -297,9 +298,7 @@ def _friendly_load_errors(label: str, source: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        text = str(exc).strip()
-        first_line = text.splitlines()[0] if text else type(exc).__name__
-        raise FileNotFoundError(f"{label}: could not load {source!r}: {first_line}") from exc
+        raise FileNotFoundError(f"{label}: could not load {source!r}: {first_line(exc)}") from exc
 
 
 def _fit_feature_extractor(pipe: DiffusionPipeline) -> None:
@@ -364,7 +363,7 @@ def _ref_revision(ref: WeightsRef, settings: Settings, label: str) -> str:
         name, rev = ref.source, _tiny_manifest(settings, BUILTIN_KITS[ref.source])["revision"]
     elif kind == "s3":
         bucket, prefix = _split_s3(ref.source)
-        name, rev = "s3", _listing_revision(_s3_listing(_s3_client(settings), bucket, prefix, ref.source))
+        name, rev = "s3", _listing_revision(_s3_listing(S3Store.from_settings(settings), bucket, prefix, ref.source))
     elif kind == "local":
         folder = Path(_component_path(ref, _locate(ref, settings, label, {})))
         name, rev = "local", _folder_fingerprint(folder)
@@ -392,41 +391,39 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def _s3_client(settings: Settings) -> Any:
-    import boto3
+def _s3_listing(store: ObjectStore, bucket: str, prefix: str, uri: str) -> dict[str, dict[str, Any]]:
+    """`{relative path: {"etag", "size"}}` of every object under the prefix.
 
-    return boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region)
-
-
-def _s3_listing(client: Any, bucket: str, prefix: str, uri: str) -> dict[str, dict[str, Any]]:
-    """`{relative path: {"etag", "size"}}` of every object under the prefix."""
+    The ETag is kept quoted, as S3 sends it: the mirror's index and the revision were written
+    that way, and an unquoted one would download every mirror again and change every asset id.
+    """
     listing: dict[str, dict[str, Any]] = {}
     key_prefix = f"{prefix}/" if prefix else ""
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix):
-        for obj in page.get("Contents", []):
-            rel = obj["Key"][len(key_prefix) :]
-            if not rel or rel.endswith("/"):
-                continue  # folder markers some tools create
-            parts = PurePosixPath(rel).parts
-            if PurePosixPath(rel).is_absolute() or ".." in parts or S3_INDEX_NAME in parts:
-                raise ValueError(f"{uri}: object key {obj['Key']!r} cannot be mirrored to a local path")
-            listing[rel] = {"etag": obj["ETag"], "size": int(obj["Size"])}
+    for info in store.list(f"s3://{bucket}/{key_prefix}"):
+        rel = info.key[len(key_prefix) :]
+        if not rel or rel.endswith("/"):
+            continue  # folder markers some tools create
+        parts = PurePosixPath(rel).parts
+        if PurePosixPath(rel).is_absolute() or ".." in parts or S3_INDEX_NAME in parts:
+            raise ValueError(f"{uri}: object key {info.key!r} cannot be mirrored to a local path")
+        listing[rel] = {"etag": f'"{info.etag}"', "size": info.size}
     if not listing:
         raise FileNotFoundError(f"{uri}: no objects under this prefix")
     return listing
 
 
-def _atomic_write(target: Path, data: bytes | BinaryIO) -> None:
-    """Write through a uniquely named temp file and rename: workers sharing a model cache may
-    mirror the same prefix at once, and a reader must never see half a file."""
+@contextmanager
+def _atomic_file(target: Path) -> Iterator[BinaryIO]:
+    """A file to write `target` through: a uniquely named temp file, renamed when the block ends.
+
+    Workers sharing a model cache may mirror the same prefix at once, and a reader must never
+    see half a file; a block that raises leaves `target` as it was.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            if isinstance(data, bytes):
-                out.write(data)
-            else:
-                shutil.copyfileobj(data, out, length=8 << 20)
+            yield out
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,8 +10,29 @@ the tables read here are small (a catalog snapshot, one run's rows), so nothing 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from tasks.tables import Column
+
+# The column types that `tasks.tables` and `tasks.snapshot_tables` write down, in Arrow.
+ARROW_TYPES = {
+    "string": pa.string(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "list<string>": pa.list_(pa.string()),
+    "map<string,string>": pa.map_(pa.string(), pa.string()),
+}
+
+
+def arrow_schema(columns: Iterable[Column]) -> pa.Schema:
+    """The parquet schema of a table from its column list."""
+    return pa.schema([pa.field(c.name, ARROW_TYPES[c.type]) for c in columns])
 
 
 def read_parquet_bytes(data: bytes) -> pa.Table:

@@ -14,28 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from adapters.parquet_io import parquet_bytes, parquet_row_count, read_parquet_bytes
-from adapters.storage import ObjectStore, join_uri, split_uri
+from adapters.parquet_io import arrow_schema, parquet_bytes, parquet_row_count, read_parquet_bytes
+from adapters.storage import ObjectStore, join_uri
 from tasks.tables import TABLES, Published, to_frame
 
 MANIFEST = "_MANIFEST.json"
-
-_SIMPLE_TYPES = {
-    "string": pa.string(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-    "list<string>": pa.list_(pa.string()),
-    "map<string,string>": pa.map_(pa.string(), pa.string()),
-}
-
-
-def arrow_schema(table: str) -> pa.Schema:
-    """The parquet schema of a metadata table, from its column list in `tasks.tables`."""
-    return pa.schema([pa.field(c.name, _SIMPLE_TYPES[c.type]) for c in TABLES[table]])
-
 
 def run_uri(assets: str, run_id: str, *parts: str) -> str:
     return join_uri(assets, "runs", run_id, *parts)
@@ -79,7 +62,7 @@ def existing_image(store: ObjectStore, assets: str, run_id: str, asset_id: str) 
 
 def table_bytes(table: str, rows: Sequence[dict]) -> bytes:
     frame = to_frame(table, rows)
-    arrow = pa.Table.from_pandas(frame, schema=arrow_schema(table), preserve_index=False)
+    arrow = pa.Table.from_pandas(frame, schema=arrow_schema(TABLES[table]), preserve_index=False)
     return parquet_bytes(arrow)
 
 
@@ -140,7 +123,7 @@ def read_table(store: ObjectStore, manifest: dict, table: str) -> pd.DataFrame:
     frames = [read_parquet_bytes(store.get(p["uri"])).to_pandas()
               for p in manifest["parts"] if p["table"] == table]
     if not frames:
-        return arrow_schema(table).empty_table().to_pandas()
+        return arrow_schema(TABLES[table]).empty_table().to_pandas()
     return pd.concat(frames, ignore_index=True)
 
 
@@ -152,7 +135,7 @@ def mirror_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> P
     for img in manifest["images"]:
         (target / "images" / f"{img['asset_id']}.png").write_bytes(store.get(img["uri"]))
     gens = read_table(store, manifest, "generations")
-    pq.write_table(pa.Table.from_pandas(gens, schema=arrow_schema("generations"), preserve_index=False),
+    pq.write_table(pa.Table.from_pandas(gens, schema=arrow_schema(TABLES["generations"]), preserve_index=False),
                    target / "generations.parquet")
     if manifest.get("gallery"):
         (target / "index.html").write_bytes(store.get(manifest["gallery"]))
@@ -172,7 +155,3 @@ def mirror_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> P
     tmp.symlink_to(run_id)
     tmp.replace(latest)
     return target
-
-
-def bucket_of(uri: str) -> str:
-    return split_uri(uri)[0]

@@ -19,6 +19,7 @@ from adapters.kit import quiet_progress_bars
 from adapters.models import BUILTIN_KITS, TINY_SOURCE, _ref_revision, resolve_weights
 from adapters.settings import Settings
 from catalogs.models import ModelProfile, WeightsRef
+from tasks.values import first_line
 
 if TYPE_CHECKING:
     import torch
@@ -123,8 +124,7 @@ def get_clip_scorer(setting: str, profile: ModelProfile, settings: Settings) -> 
             try:
                 _SCORERS[key] = _load(ref, settings, device=device, dtype=dtype)
             except Exception as exc:  # whatever breaks the load costs the CLIP columns (null), never the run
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                log.warning("CLIP scores are off: %s: %s", type(exc).__name__, first or repr(exc))
+                log.warning("CLIP scores are off: %s: %s", type(exc).__name__, first_line(exc))
                 _SCORERS[key] = None
         return _SCORERS[key]
 

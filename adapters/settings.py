@@ -67,6 +67,8 @@ _RUNTIME_DEFAULTS = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(EPHEMERAL_STARTUP_TIMEOUT_S),
+    # Warnings of adapters/ (a score left null, a scorer that failed) reach the flow run's log in Prefect.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "adapters",
 }
 
 

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from adapters.catalog_io import Scan, list_catalog, scan_catalog
-from adapters.parquet_io import parquet_bytes, read_parquet_bytes
+from adapters.catalog_scan import Scan, list_catalog, scan_catalog
+from adapters.parquet_io import arrow_schema, parquet_bytes, read_parquet_bytes
 from adapters.storage import ObjectStore, join_uri
 from tasks.catalog_build import CatalogState, ObjectRecord, without_changed
 from tasks.catalog_rules import RULES_VERSION
@@ -52,16 +52,6 @@ SNAPSHOTS = "_snapshots"
 LATEST = "LATEST"
 COMMIT = "_SNAPSHOT.json"
 SNAPSHOT_SCHEMA_VERSION = 1
-
-_ARROW = {
-    "string": pa.string(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-    "list<string>": pa.list_(pa.string()),
-}
-
 
 @dataclass(frozen=True)
 class Previous:
@@ -247,8 +237,7 @@ def refresh(store: ObjectStore, catalog: str, *, full: bool = False, workers: in
 
 
 def _parquet(table: str, rows: list[dict]) -> bytes:
-    schema = pa.schema([pa.field(c.name, _ARROW[c.type]) for c in SNAPSHOT_TABLES[table]])
-    return parquet_bytes(pa.Table.from_pylist(rows, schema=schema))
+    return parquet_bytes(pa.Table.from_pylist(rows, schema=arrow_schema(SNAPSHOT_TABLES[table])))
 
 
 def _known_ids(store: ObjectStore, catalog: str) -> list[str]:

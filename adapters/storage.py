@@ -9,10 +9,11 @@ conditional write is `FileExistsError`, an endpoint that does not answer is
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import boto3
 from botocore.config import Config
@@ -36,6 +37,7 @@ READ_TIMEOUT_S = 60.0
 # Two attempts in all: one retry absorbs a transient hiccup, while an unreachable
 # endpoint still fails in seconds (2 x connect timeout + backoff) instead of minutes.
 MAX_ATTEMPTS = 2
+COPY_CHUNK_BYTES = 8 << 20
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
@@ -96,6 +98,8 @@ class ObjectStore(Protocol):
     def put(self, uri: str, data: bytes, content_type: str | None = None, *, if_absent: bool = False) -> str: ...
 
     def get(self, uri: str) -> bytes: ...
+
+    def download(self, uri: str, out: BinaryIO, *, etag: str = "") -> None: ...
 
     def exists(self, uri: str) -> bool: ...
 
@@ -161,6 +165,24 @@ class S3Store:
         with self._translate(uri):
             response = self._client.get_object(Bucket=bucket, Key=key)
             return response["Body"].read()
+
+    def download(self, uri: str, out: BinaryIO, *, etag: str = "") -> None:
+        """Stream the bytes stored at `uri` into the binary file `out`: for objects too large to hold in memory.
+
+        With `etag`, only the object with that ETag is read: one replaced since it was listed
+        raises FileNotFoundError before anything is written. FileNotFoundError if there is none.
+        """
+        bucket, key = _object_parts(uri)
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if etag:
+            kwargs["IfMatch"] = f'"{etag}"'
+        try:
+            with self._translate(uri):
+                body = self._client.get_object(**kwargs)["Body"]
+                shutil.copyfileobj(body, out, length=COPY_CHUNK_BYTES)
+        except _Precondition:
+            raise FileNotFoundError(f"{uri} changed while it was being read (its ETag is no longer {etag}); "
+                                    "try again") from None
 
     def exists(self, uri: str) -> bool:
         """Whether an object is stored at `uri`."""

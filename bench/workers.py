@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters.catalog_io import seed_sample_catalog  # noqa: E402
 from adapters.kit import ensure_tiny_kit  # noqa: E402
 from adapters.local_s3 import LocalS3Server, free_port  # noqa: E402
+from adapters.sample_catalog import seed_sample_catalog  # noqa: E402
 from adapters.settings import Settings, child_env, export_s3_endpoint  # noqa: E402
 from adapters.storage import S3Store  # noqa: E402
 from flows.serve import start_stack  # noqa: E402

@@ -247,9 +247,6 @@ class Selector(_Strict):
         return item_id in self.ids or bool(set(self.tags) & set(item_tags))
 
 
-SCHEDULERS = ("unipc", "ddim", "euler", "euler_a", "dpmpp_2m")
-
-
 class Generation(_Strict):
     """Generation parameters shared by every image of a campaign (parameter axes override some per cell)."""
 
@@ -482,3 +479,46 @@ class RunRequest(_Strict):
     seeds: tuple[int, ...] = Field(default=(), description="Replace the campaign's seeds")
     dry_run: bool = Field(default=False, description="Plan and report counts; generate and publish nothing")
     triggered_by: Literal["cli", "demo", "schedule", "ui", "api", "test"] = "api"
+
+
+class RunSummary(_Strict):
+    """What a campaign run returns and the CLI prints: its counts and where everything is.
+
+    A dry run plans only: `run_id` and the locations are None, `images_to_generate` says what a
+    real run would make.
+    """
+
+    run_id: str | None
+    campaign: str
+    dry_run: bool = False
+    images_planned: int
+    images_skipped: int
+    images_to_generate: int
+    images_generated: int = 0
+    images_selected: int = 0
+    images_failed: int = 0
+    batches: int = 0
+    quarantined: int = 0
+    duration_seconds: float = 0.0
+    images_per_second: float = 0.0
+    manifest: str | None = None
+    gallery: str | None = None
+    sheets: dict[str, str] = {}
+    tables: tuple[str, ...] = ()
+
+    def lines(self) -> list[str]:
+        """What a person wants to read when a run ends."""
+        if self.dry_run:
+            return [f"dry run of {self.campaign}: {self.images_planned} images planned, {self.images_skipped} already "
+                    f"published, {self.images_to_generate} to make; {self.quarantined} catalog objects quarantined"]
+        lines = [f"run {self.run_id}: {self.images_generated} images generated, {self.images_skipped} already published, "
+                 f"{self.quarantined} catalog objects quarantined "
+                 f"({self.duration_seconds:.1f} s, {self.images_per_second:.2f} images/s)"]
+        if self.images_generated:
+            lines.append(f"  selected: {self.images_selected} images (top k per product), "
+                         f"{self.images_failed} failed; contact sheets: {len(self.sheets)}")
+        lines += [f"  table:    {t}" for t in self.tables]
+        if self.gallery:
+            lines.append(f"  gallery:  {self.gallery}")
+        lines.append(f"  manifest: {self.manifest}")
+        return lines

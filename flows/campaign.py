@@ -1,4 +1,4 @@
-"""The campaign flow: catalog -> plan -> canny -> shards -> tables, gallery, manifest (last)."""
+"""The campaign flow: catalog -> plan -> controls -> shards -> selection, tables, sheets, gallery -> manifest (last)."""
 
 from __future__ import annotations
 
@@ -8,43 +8,21 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from adapters import catalog_io, conditioning, publish
+from adapters import campaigns, conditioning, publish
 from adapters.settings import get_settings
 from adapters.storage import S3Store
 from catalogs import load_profiles, parse_campaign
-from catalogs.models import Product, RunRequest
+from catalogs.models import Campaign, ModelProfile, Product, RunRequest, RunSummary, StyleSet
 from flows import steps
 from flows.catalog import catalog_for_run
-from flows.dispatch import run_shards
-from tasks.canny import canvas_kinds, canvas_name
-from tasks.plan import Batch, maskless_products
+from flows.dispatch import Generated, run_shards
+from tasks.catalog_build import CatalogState
+from tasks.plan import ShardContext, check_control_scales, maskless_products
 from tasks.request import apply_request, narrow
 from tasks.tables import run_parameters, run_row
-
-
-def prepare_controls(store: S3Store, assets: str, run_id: str, products: Sequence[Product], batches: Sequence[Batch],
-                     control_types: Sequence[str] = ("canny",), adapter_images: Sequence[str] = ("style",)) -> dict[str, str]:
-    """Control images (and preserve mode's canvas and keep-mask), once per product and canvas: computed
-    here, stored with the run under their canvas names."""
-    by_id = {p.product_id: p for p in products}
-    controls: dict[str, str] = {}
-    for b in batches:
-        kinds = [k for k in canvas_kinds(b.params, control_types, adapter_images)
-                 if canvas_name(b.product_id, b.params, k) not in controls]
-        if not kinds:
-            continue
-        for kind, image in conditioning.product_canvases(store, by_id[b.product_id], b.params, kinds).items():
-            name = canvas_name(b.product_id, b.params, kind)
-            controls[name] = publish.run_uri(assets, run_id, "controls", name)
-            store.put(controls[name], publish.encode_png(image), content_type="image/png")
-    return controls
-
-
-controls_step = task(prepare_controls, name="canny-controls", retries=1, cache_policy=NO_CACHE)
 
 
 def new_run_id(campaign: str, now: datetime) -> str:
@@ -52,118 +30,127 @@ def new_run_id(campaign: str, now: datetime) -> str:
 
 
 @flow(name="run-campaign")
-def run_campaign(request: RunRequest) -> dict:
+def run_campaign(request: RunRequest) -> RunSummary:
     """Run a campaign: plan every image, generate what is not yet published, publish, commit."""
     logger = get_run_logger()
     settings = get_settings()
-    catalog, assets = request.catalog or settings.catalog, request.assets or settings.assets
     store = S3Store.from_settings(settings)
     started, clock = datetime.now(UTC), time.perf_counter()
+    catalog, assets = request.catalog or settings.catalog, request.assets or settings.assets
 
-    text = steps.read_campaign(store, catalog_io.campaign_uri(request.campaign, catalog))
-    spec = apply_request(parse_campaign(text, origin=request.campaign), request, settings.profile)
-    profile = load_profiles()[spec.generation.profile]
-    steps.check_controls(spec, profile)  # before the catalog is read, let alone any weight
+    spec, profile = resolve_campaign(store, request, catalog, settings.profile)  # before the catalog or any weight
     state = catalog_for_run(store, catalog, request.snapshot)
-    for q in state.quarantine:
-        logger.warning("quarantined %s: %s", q.key, q.reason)
-    products, styles = narrow(request, *steps.choose(spec, state.products, state.styles))
+    products, styles = campaign_inputs(store, spec, request, state, catalog)
     cells = steps.expand(spec.matrix)
     revision, dtype, device = steps.identity(spec.generation.profile, settings)
-    for reason in maskless_products(spec, products).values():
-        logger.warning(reason)
-    if spec.generation.negative_reference:
-        negative = conditioning.read_reference(store, spec.generation.negative_reference, catalog)
-        styles = conditioning.with_negative_reference(styles, negative)
     jobs = steps.plan(spec, products, styles, cells, profile_revision=revision, dtype=dtype, profile=profile)
     done = steps.published(store, assets)
     todo = [j for j in jobs if j.asset_id not in done]
-    run_id = new_run_id(spec.name, started)
-    run_date = f"{started:%Y-%m-%d}"
-    logger.info("run %s: %d products x %d style sets x %d cells x %d seeds = %d images; %d already published, %d to make",
-                run_id, len(products), len(styles), len(cells), len(spec.matrix.seed_list), len(jobs),
+    logger.info("%s: %d products x %d style sets x %d cells x %d seeds = %d images; %d already published, %d to make",
+                spec.name, len(products), len(styles), len(cells), len(spec.matrix.seed_list), len(jobs),
                 len(jobs) - len(todo), len(todo))
     if request.dry_run:
-        return {"run_id": None, "dry_run": True, "images_planned": len(jobs), "images_skipped": len(jobs) - len(todo),
-                "images_to_generate": len(todo), "quarantined": len(state.quarantine)}
+        return RunSummary(run_id=None, campaign=spec.name, dry_run=True, images_planned=len(jobs),
+                          images_skipped=len(jobs) - len(todo), images_to_generate=len(todo),
+                          quarantined=len(state.quarantine))
 
+    run_id, run_date = new_run_id(spec.name, started), f"{started:%Y-%m-%d}"
     batches = steps.batch(todo, spec.generation.batch_size)
-    shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
-    controls = controls_step(store, assets, run_id, products, batches, profile.control_types,
-                             profile.adapter_images) if batches else {}
-    progress = steps.start_progress(spec.name, run_id) if batches else None
-    generation_clock = time.perf_counter()
-    results = run_shards(
-        shards, store=store, deployment=settings.shard_deployment, attempts=settings.shard_attempts,
-        poll_seconds=settings.shard_poll_seconds,
-        run_id=run_id, campaign=spec.name, assets=assets, controls=controls, run_date=run_date, batch_total=len(batches),
-        clip_model=spec.selection.clip_model, progress=progress,
+    ctx = ShardContext(
+        run_id=run_id, campaign=spec.name, assets=assets, run_date=run_date, batch_total=len(batches),
+        controls=steps.controls(store, assets, run_id, products, batches, profile.control_types,
+                                profile.adapter_images) if batches else {},
+        clip_model=spec.selection.clip_model,
+        progress=steps.start_progress(spec.name, run_id) if batches else None,
     )
-    if progress:
-        steps.advance_progress(progress, 1.0)  # every shard has finished, whatever order their batches ran in
-    # Wall time of the whole generation phase, not the sum of the shards' times: parallel workers count once.
-    gen_wall = time.perf_counter() - generation_clock
-    images = [img for r in results for img in r["images"]]
-    parts = [r["part"] for r in results]
+    shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
+    generated = run_shards(shards, ctx, store, settings)
+    rows, parts, sheets, gallery = publish_outputs(store, ctx, spec, products, styles, generated)
 
-    # Gates, duplicates and ranks across the run; then the tables, sheets and gallery built on them.
-    rows, sheets, gallery = [], {}, None
-    if images:
-        rows, parts = steps.select_run(store, parts, spec.selection)
-        parts.append(steps.write_cell_metrics(store, assets, run_date, run_id, spec.name, rows))
-        sheets = steps.write_sheets(store, assets, run_id, rows, products, styles, controls)
-        gallery = steps.write_gallery(store, assets, run_id, spec.name, rows, sheets, [p["uri"] for p in parts])
-    finished = datetime.now(UTC)
     row = run_row(
-        run_id=run_id, campaign=spec.name,
-        campaign_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
+        run_id=run_id, campaign=spec.name, campaign_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
         parameters=run_parameters(request, spec, products=[p.product_id for p in products],
                                   styles=[s.style_id for s in styles]),
-        triggered_by=request.triggered_by, flow_run_id=str(flow_run.get_id() or ""),
-        catalog=catalog, snapshot_id=state.snapshot_id, assets=assets, profile=spec.generation.profile,
-        profile_revision=revision,
-        device=device, dtype=dtype, started_at=started, finished_at=finished,
-        duration_seconds=time.perf_counter() - clock,
-        products=len(products), styles=len(styles), cells=len(cells),
-        images_planned=len(jobs), images_generated=len(images), images_skipped=len(jobs) - len(todo),
+        triggered_by=request.triggered_by, flow_run_id=str(flow_run.get_id() or ""), catalog=catalog,
+        snapshot_id=state.snapshot_id, assets=assets, profile=spec.generation.profile, profile_revision=revision,
+        device=device, dtype=dtype, started_at=started, finished_at=datetime.now(UTC),
+        duration_seconds=time.perf_counter() - clock, products=len(products), styles=len(styles), cells=len(cells),
+        images_planned=len(jobs), images_generated=len(generated.images), images_skipped=len(jobs) - len(todo),
         images_selected=sum(bool(r["selected"]) for r in rows), images_failed=sum(r["status"] == "failed" for r in rows),
-        batches=len(batches), generation_wall_seconds=gen_wall if batches else 0.0,
-        images_per_second=len(images) / gen_wall if batches and gen_wall else 0.0,
-        quarantined=len(state.quarantine), status="completed" if images else "nothing-new",
+        batches=len(batches), generation_wall_seconds=generated.wall_seconds if batches else 0.0,
+        images_per_second=len(generated.images) / generated.wall_seconds if batches and generated.wall_seconds else 0.0,
+        quarantined=len(state.quarantine), status="completed" if generated.images else "nothing-new",
     )
-    parts.append(publish.put_table_part(store, assets, "runs", run_date, run_id, [row]))
-    manifest = {
-        "schema_version": 2, "run_id": run_id, "campaign": spec.name, "created_at": finished.isoformat(),
-        "parts": parts, "images": images, "gallery": gallery, "sheets": sheets, "controls": controls,
-        "counts": {k: row[k] for k in ("images_planned", "images_generated", "images_skipped", "images_selected",
-                                       "images_failed", "batches", "quarantined")},
-    }
-    steps.report_run(spec.name, run_id, rows, gallery=gallery, sheets=sheets, tables=[p["uri"] for p in parts],
-                     manifest=publish.run_uri(assets, run_id, publish.MANIFEST))
-    manifest_uri = publish.write_manifest(store, assets, run_id, manifest)
-    if images:
-        logger.info("run %s: published %d images in %.1f s (%.2f images/s over the generation phase)",
-                    run_id, len(images), row["duration_seconds"], row["images_per_second"])
-    else:
-        logger.info("run %s: nothing new: all %d images were already published", run_id, len(jobs))
-    return {
-        "run_id": run_id, "manifest": manifest_uri, "gallery": gallery, "sheets": sheets,
-        "tables": [p["uri"] for p in parts], **manifest["counts"],
-        "duration_seconds": row["duration_seconds"], "images_per_second": row["images_per_second"],
-    }
+    parts.append(steps.write_runs_part(store, assets, "runs", run_date, run_id, [row]))
+    summary = RunSummary(
+        run_id=run_id, campaign=spec.name, images_to_generate=len(todo), sheets=sheets, gallery=gallery,
+        tables=tuple(p["uri"] for p in parts), manifest=publish.run_uri(assets, run_id, publish.MANIFEST),
+        **{k: row[k] for k in ("images_planned", "images_generated", "images_skipped", "images_selected",
+                               "images_failed", "batches", "quarantined", "duration_seconds", "images_per_second")},
+    )
+    steps.report_run(spec.name, run_id, rows, gallery=gallery, sheets=sheets, tables=summary.tables,
+                     manifest=summary.manifest)
+    commit_run(store, assets, summary, parts, generated, ctx.controls, finished=row["finished_at"])
+    logger.info(summary.lines()[0])
+    return summary
 
 
-def summary_lines(summary: dict) -> list[str]:
-    """What a person wants to read when a run ends."""
-    lines = [f"run {summary['run_id']}: {summary['images_generated']} images generated, "
-             f"{summary['images_skipped']} already published, {summary['quarantined']} catalog objects quarantined "
-             f"({summary['duration_seconds']:.1f} s, {summary['images_per_second']:.2f} images/s)"]
-    if summary["images_generated"]:
-        lines.append(f"  selected: {summary['images_selected']} images (top k per product), "
-                     f"{summary['images_failed']} failed; contact sheets: {len(summary['sheets'])}")
-    lines += [f"  table:    {t}" for t in summary["tables"]]
-    if summary["gallery"]:
-        lines.append(f"  gallery:  {summary['gallery']}")
-    lines.append(f"  manifest: {summary['manifest']}")
-    return lines
+def resolve_campaign(store: S3Store, request: RunRequest, catalog: str,
+                     default_profile: str) -> tuple[Campaign, ModelProfile]:
+    """The campaign as this run executes it, and its model profile: every cheap check of a request.
 
+    The flow calls it first; the CLI calls it too before it starts Prefect, so a bad spec fails
+    in a second. Plain calls, not tasks, so it runs outside a flow.
+
+    Raises:
+        ValueError: (one line, naming the campaign) a bad spec, override, profile or control scale.
+        FileNotFoundError: the campaign file does not exist.
+    """
+    text = campaigns.read_campaign(store, campaigns.campaign_uri(request.campaign, catalog))
+    spec, profile = apply_request(parse_campaign(text, origin=request.campaign), request, default_profile,
+                                  load_profiles())
+    check_control_scales(spec, profile)
+    return spec, profile
+
+
+def campaign_inputs(store: S3Store, spec: Campaign, request: RunRequest, state: CatalogState,
+                    catalog: str) -> tuple[list[Product], list[StyleSet]]:
+    """The products and style sets the run makes images of, with the campaign's negative reference."""
+    logger = get_run_logger()
+    for q in state.quarantine:
+        logger.warning("quarantined %s: %s", q.key, q.reason)
+    products, styles = narrow(request, *steps.choose(spec, state.products, state.styles))
+    for reason in maskless_products(spec, products).values():
+        logger.warning(reason)
+    if spec.generation.negative_reference:
+        negative = steps.read_reference(store, spec.generation.negative_reference, catalog)
+        styles = conditioning.with_negative_reference(styles, negative)
+    return products, styles
+
+
+def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products: Sequence[Product],
+                    styles: Sequence[StyleSet], generated: Generated) -> tuple[list[dict], list[dict], dict[str, str], str | None]:
+    """Gates, duplicates and ranks across the run; then the tables, sheets and gallery built on them.
+
+    Returns the rows with their outcomes, the manifest entries of the table parts, the contact
+    sheets (file name -> URI) and the gallery's URI (None when nothing new was made).
+    """
+    if not generated.images:
+        return [], list(generated.parts), {}, None
+    rows, parts = steps.select_run(store, generated.parts, spec.selection)
+    parts.append(steps.write_cell_metrics(store, ctx.assets, ctx.run_date, ctx.run_id, spec.name, rows))
+    sheets = steps.write_sheets(store, ctx.assets, ctx.run_id, rows, products, styles, ctx.controls)
+    gallery = steps.write_gallery(store, ctx.assets, ctx.run_id, spec.name, rows, sheets, [p["uri"] for p in parts])
+    return rows, parts, sheets, gallery
+
+
+def commit_run(store: S3Store, assets: str, summary: RunSummary, parts: Sequence[dict], generated: Generated,
+               controls: dict[str, str], *, finished: datetime) -> None:
+    """Write the run's manifest, last: the one conditional put that makes every part and image count."""
+    publish.write_manifest(store, assets, summary.run_id, {
+        "schema_version": 2, "run_id": summary.run_id, "campaign": summary.campaign, "created_at": finished.isoformat(),
+        "parts": list(parts), "images": list(generated.images), "gallery": summary.gallery, "sheets": summary.sheets,
+        "controls": controls,
+        "counts": summary.model_dump(include={"images_planned", "images_generated", "images_skipped",
+                                              "images_selected", "images_failed", "batches", "quarantined"}),
+    })

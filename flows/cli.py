@@ -10,33 +10,23 @@ from typing import Annotated
 import typer
 
 from adapters.settings import export_s3_endpoint, get_settings, prepare_runtime_env
-from catalogs.models import RunRequest
+from catalogs.models import RunRequest, RunSummary
 from flows.cli_catalog import catalog_app
+from flows.cli_errors import USER_ERRORS, fail
 
 prepare_runtime_env()  # before Prefect is imported anywhere below
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Style-matrix image campaigns: IP-Adapter + ControlNet on S3 catalogs.")
 app.add_typer(catalog_app, name="catalog")
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConnectionError, PermissionError)
-
-
-def fail(exc: BaseException) -> None:
-    """One line a person can act on, instead of a traceback."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    typer.echo(f"stylematrix: error: {message}", err=True)
-    raise typer.Exit(code=2)
-
-
-def _finish(summary: dict, store, assets: str, out_dir: Path, elapsed: float) -> None:
+def _finish(summary: RunSummary, store, assets: str, out_dir: Path, elapsed: float) -> None:
     from adapters.publish import mirror_run
-    from flows.campaign import summary_lines
 
-    local = mirror_run(store, assets, summary["run_id"], out_dir)
-    for line in summary_lines(summary):
+    local = mirror_run(store, assets, summary.run_id, out_dir)
+    for line in summary.lines():
         typer.echo(line)
     typer.echo(f"  local copy: {local}/ (also {out_dir / 'latest'})")
-    if summary["gallery"]:
+    if summary.gallery:
         typer.echo(f"  open:     {local / 'index.html'}")
     typer.echo(f"  wall time: {elapsed:.1f} s")
 
@@ -50,29 +40,22 @@ def run(
     snapshot: Annotated[str | None, typer.Option(help="catalog snapshot id to read (default: the latest)")] = None,
 ) -> None:
     """Run a campaign against the configured S3 endpoint and model profile."""
-    from adapters import catalog_io
+    from adapters import campaigns
     from adapters.storage import S3Store
-    from catalogs import load_profiles, parse_campaign
 
     start = time.perf_counter()
     settings = get_settings()
     catalog, assets = catalog or settings.catalog, assets or settings.assets
     try:
         store = S3Store.from_settings(settings)
-        store.check_reachable(catalog)
+        store.check_reachable(catalog)  # an endpoint that is down fails here, before Prefect starts
         store.check_reachable(assets)
-        source = catalog_io.campaign_uri(campaign, catalog)
-        spec = parse_campaign(catalog_io.read_campaign(store, source), origin=campaign)
-        chosen = profile or spec.generation.profile or settings.profile
-        if chosen not in load_profiles():
-            raise ValueError(f"unknown model profile {chosen!r}; known: {sorted(load_profiles())}")
-    except USER_ERRORS as exc:
-        fail(exc)
-    from flows.campaign import run_campaign
+        request = RunRequest(campaign=campaigns.campaign_uri(campaign, catalog), catalog=catalog, assets=assets,
+                             profile=profile, snapshot=snapshot, triggered_by="cli")
+        from flows.campaign import resolve_campaign, run_campaign
 
-    try:
-        summary = run_campaign(RunRequest(campaign=source, catalog=catalog, assets=assets, profile=profile,
-                                          snapshot=snapshot, triggered_by="cli"))
+        resolve_campaign(store, request, catalog, settings.profile)  # a bad spec fails before Prefect starts
+        summary = run_campaign(request)
     except USER_ERRORS as exc:
         fail(exc)
     _finish(summary, store, assets, settings.out_dir, time.perf_counter() - start)
@@ -81,9 +64,9 @@ def run(
 @app.command()
 def demo() -> None:
     """Start an embedded S3 server, seed the sample catalog, run the sample campaign, stop the server."""
-    from adapters.catalog_io import seed_sample_catalog
     from adapters.kit import ensure_tiny_kit
     from adapters.local_s3 import LocalS3Server
+    from adapters.sample_catalog import seed_sample_catalog
     from adapters.storage import S3Store, split_uri
 
     start = time.perf_counter()
@@ -112,7 +95,7 @@ def demo() -> None:
 @app.command()
 def seed(catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] to seed (default STYLEMATRIX_CATALOG)")] = None) -> None:
     """Write the sample catalog (products, style sets, the sample campaign) to an S3 catalog."""
-    from adapters.catalog_io import seed_sample_catalog
+    from adapters.sample_catalog import seed_sample_catalog
     from adapters.storage import S3Store
 
     settings = get_settings()
@@ -145,8 +128,8 @@ def serve(
     """
     import contextlib
 
-    from adapters.catalog_io import seed_sample_catalog
     from adapters.local_s3 import LocalS3Server
+    from adapters.sample_catalog import seed_sample_catalog
     from adapters.settings import child_env
     from adapters.storage import S3Store, split_uri
     from flows.serve import start_stack

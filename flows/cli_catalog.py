@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from adapters.settings import get_settings
+from flows.cli_errors import USER_ERRORS, fail
 
 catalog_app = typer.Typer(add_completion=False, no_args_is_help=True,
                           help="The catalog: import materials, refresh its snapshot, list products, styles and quarantine.")
@@ -44,7 +45,6 @@ def import_(
 ) -> None:
     """Upload a folder of materials; files already in the catalog unchanged are not uploaded again."""
     from adapters.catalog_import import import_folder
-    from flows.cli import USER_ERRORS, fail
 
     try:
         store, catalog = _store_for(catalog)
@@ -71,7 +71,6 @@ def refresh(
     full: Annotated[bool, typer.Option(help="read every object again, trusting nothing from the last snapshot")] = False,
 ) -> None:
     """Read what changed since the last snapshot, validate it, and commit a new snapshot (a Prefect flow run)."""
-    from flows.cli import USER_ERRORS, fail
 
     start = time.perf_counter()
     try:
@@ -97,7 +96,6 @@ def ls(
 ) -> None:
     """Print the products, style sets and quarantined objects of a snapshot."""
     from adapters import snapshots
-    from flows.cli import USER_ERRORS, fail
 
     try:
         store, catalog = _store_for(catalog)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -21,44 +22,51 @@ from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 
 from adapters import publish
+from adapters.settings import Settings
 from adapters.storage import ObjectStore
-from flows import publishing
+from flows.artifacts import advance_progress
 from flows.shard import generate_shard, shard_part_name
-from tasks.plan import Batch, Shard, finished_batches
+from tasks.plan import Batch, Shard, ShardContext, finished_batches
 
 RETRYABLE = {StateType.CRASHED, StateType.FAILED}
 FINAL = {StateType.COMPLETED, StateType.CANCELLED, StateType.CRASHED, StateType.FAILED}
 
 
-def run_shards(
-    shards: Sequence[Shard],
-    *,
-    store: ObjectStore,
-    deployment: str | None,
-    attempts: int,
-    poll_seconds: float,
-    progress: str | None = None,
-    **shard_args,
-) -> list[dict]:
+@dataclass(frozen=True)
+class Generated:
+    """What the shards published: their `generations` parts and images, and the generation phase's wall time."""
+
+    parts: tuple[dict, ...]
+    images: tuple[dict, ...]  # asset_id, uri, sha256 of every image
+    wall_seconds: float
+
+
+def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, settings: Settings) -> Generated:
     """Run every shard to completion and return what each published, read back from its table part.
 
-    Each shard's spec is stored with the run first: what a worker ran can always be looked up or re-run.
-    `progress` is the run's progress artifact id (None: no progress reported).
+    Each shard's spec is stored with the run first: what a worker ran can always be looked up or
+    re-run. `settings.shard_deployment` decides where shards run: None, in this process.
     """
+    clock = time.perf_counter()
     for shard in shards:
-        store.put(publish.run_uri(shard_args["assets"], shard_args["run_id"], "shards", f"{shard.index:05d}.json"),
+        store.put(publish.run_uri(ctx.assets, ctx.run_id, "shards", f"{shard.index:05d}.json"),
                   shard.model_dump_json().encode(), content_type="application/json")
-    if deployment is None:
+    if settings.shard_deployment is None:
         before = 0
         for shard in shards:
-            generate_shard(shard, progress=progress, batches_before=before, **shard_args)
+            generate_shard(shard, ctx, batches_before=before)
             before += len(shard.batches)
     else:
-        tracker = BatchProgress(store, progress, [b for s in shards for b in s.batches],
-                                assets=shard_args["assets"], run_id=shard_args["run_id"])
-        _run_on_pool(shards, deployment=deployment, attempts=attempts, poll_seconds=poll_seconds, tracker=tracker,
-                     **shard_args)
-    return [_shard_output(store, shard, **shard_args) for shard in shards]
+        tracker = BatchProgress(store, ctx, [b for s in shards for b in s.batches])
+        _run_on_pool(shards, ctx.model_copy(update={"progress": None}), settings, tracker)
+    if ctx.progress:
+        advance_progress(ctx.progress, 1.0)  # every shard has finished, whatever order their batches ran in
+    # Wall time of the whole generation phase, not the sum of the shards' times: parallel workers count once.
+    wall = time.perf_counter() - clock
+    parts = [publish.part_entry(store, "generations", publish.table_part_uri(
+        ctx.assets, "generations", ctx.run_date, shard_part_name(ctx.run_id, s.index))) for s in shards]
+    images = tuple(img for part in parts for img in _part_images(store, part))
+    return Generated(parts=tuple(parts), images=images, wall_seconds=wall)
 
 
 class BatchProgress:
@@ -67,10 +75,9 @@ class BatchProgress:
     `update` lists the run's images and moves the artifact forward only: it never goes back.
     """
 
-    def __init__(self, store: ObjectStore, progress: str | None, batches: Sequence[Batch], *, assets: str,
-                 run_id: str) -> None:
-        self._store, self._progress, self._batches = store, progress, tuple(batches)
-        self._images = publish.run_uri(assets, run_id, "images/")
+    def __init__(self, store: ObjectStore, ctx: ShardContext, batches: Sequence[Batch]) -> None:
+        self._store, self._progress, self._batches = store, ctx.progress, tuple(batches)
+        self._images = publish.run_uri(ctx.assets, ctx.run_id, "images/")
         self.share = 0.0
 
     def update(self) -> float:
@@ -81,20 +88,20 @@ class BatchProgress:
         share = finished_batches(self._batches, present) / len(self._batches)
         if share > self.share:
             self.share = share
-            publishing.advance_progress(self._progress, share)
+            advance_progress(self._progress, share)
         return self.share
 
 
-def _run_on_pool(shards: Sequence[Shard], *, deployment: str, attempts: int, poll_seconds: float,
-                 tracker: BatchProgress, **shard_args) -> None:
+def _run_on_pool(shards: Sequence[Shard], ctx: ShardContext, settings: Settings, tracker: BatchProgress) -> None:
     logger = get_run_logger()
+    deployment, attempts = settings.shard_deployment, settings.shard_attempts
     tries = {s.index: 1 for s in shards}
-    running = {s.index: _submit(deployment, s, 1, shard_args) for s in shards}
+    running = {s.index: _submit(deployment, s, 1, ctx) for s in shards}
     by_index = {s.index: s for s in shards}
     logger.info("submitted %d shards to deployment %s", len(shards), deployment)
     with get_client(sync_client=True) as client:
         while running:
-            time.sleep(poll_seconds)
+            time.sleep(settings.shard_poll_seconds)
             try:
                 tracker.update()
             except Exception as exc:  # a progress bar is a report: it never stops the run
@@ -110,27 +117,24 @@ def _run_on_pool(shards: Sequence[Shard], *, deployment: str, attempts: int, pol
                     tries[index] += 1
                     logger.warning("shard %d %s (%s); starting attempt %d of %d", index, state.type.value.lower(),
                                    state.message or "no message", tries[index], attempts)
-                    running[index] = _submit(deployment, by_index[index], tries[index], shard_args)
+                    running[index] = _submit(deployment, by_index[index], tries[index], ctx)
                 else:
                     raise RuntimeError(f"shard {index} ended {state.type.value} after {tries[index]} attempts: "
                                        f"{state.message or 'no message'}")
 
 
-def _submit(deployment: str, shard: Shard, attempt: int, shard_args: dict):
+def _submit(deployment: str, shard: Shard, attempt: int, ctx: ShardContext):
     run = run_deployment(
         name=deployment,
-        parameters={"shard": shard, **shard_args},
+        parameters={"shard": shard, "ctx": ctx},
         timeout=0,  # do not wait here: every shard is submitted before any is awaited
-        flow_run_name=f"{shard_args['run_id']}-shard-{shard.index:05d}-try-{attempt}",
+        flow_run_name=f"{ctx.run_id}-shard-{shard.index:05d}-try-{attempt}",
         as_subflow=True,
     )
     return run.id
 
 
-def _shard_output(store: ObjectStore, shard: Shard, *, run_id: str, assets: str, run_date: str, **_) -> dict:
-    """A finished shard's part entry, images and generation time, from its table part in S3."""
-    uri = publish.table_part_uri(assets, "generations", run_date, shard_part_name(run_id, shard.index))
-    part = publish.part_entry(store, "generations", uri)
+def _part_images(store: ObjectStore, part: dict) -> list[dict]:
+    """The images a finished shard published, from its table part in S3."""
     rows = publish.read_table(store, {"parts": [part]}, "generations")
-    images = [{"asset_id": r.asset_id, "uri": r.output_key, "sha256": r.sha256} for r in rows.itertuples()]
-    return {"part": part, "images": images, "seconds": float(rows["generation_seconds"].sum()) if len(rows) else 0.0}
+    return [{"asset_id": r.asset_id, "uri": r.output_key, "sha256": r.sha256} for r in rows.itertuples()]

@@ -20,8 +20,6 @@ import cv2
 import numpy as np
 from PIL import Image
 
-CONTROL_KINDS = ("canny", "softedge", "depth", "mask")
-
 
 def fit_to_canvas(image: Image.Image, width: int, height: int, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """The image scaled to fit inside width x height, centred on a plain canvas, as RGB.

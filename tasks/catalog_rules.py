@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
 
-import cv2
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from tasks.masks import alpha_mask, auto_mask, mask_coverage
+from tasks.phash import HASH_SIZE, dct_hash
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -34,7 +34,6 @@ __all__ = [
     "check_dimensions",
     "decode_image",
     "find_duplicates",
-    "hamming",
     "inspect_image",
     "key_problem",
     "normalize_image",
@@ -241,15 +240,8 @@ def perceptual_hash(image: Image.Image) -> str:
     if image.mode == "RGBA":
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, image)
-    gray = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float32)
-    low = cv2.dct(gray)[:8, :8].flatten()
-    bits = low > np.median(low[1:])  # the DC term says only how bright the picture is
-    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
-
-
-def hamming(a: str, b: str) -> int:
-    """Bits that differ between two perceptual hashes."""
-    return (int(a, 16) ^ int(b, 16)).bit_count()
+    small = image.convert("L").resize((HASH_SIZE, HASH_SIZE), Image.Resampling.LANCZOS)
+    return dct_hash(np.asarray(small, dtype=np.float32))
 
 
 # --------------------------------------------------------------------------- duplicates

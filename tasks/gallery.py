@@ -12,6 +12,8 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 
+from tasks.values import is_missing
+
 _STYLE = """
 body{font:14px system-ui,sans-serif;margin:1.5rem;background:#fafafa;color:#222}
 h1{font-size:1.3rem;margin:0 0 .3rem}header p{color:#555;margin:.2rem 0}
@@ -67,12 +69,8 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _num(value: object, digits: int) -> str:
-    return "–" if _missing(value) else f"{float(value):.{digits}f}"
+    return "–" if is_missing(value) else f"{float(value):.{digits}f}"
 
 
 def _options(values: Sequence[str]) -> str:
@@ -83,7 +81,7 @@ def _order(row: Mapping) -> tuple:
     """Product by product: ranked images best first, then duplicates, gated and failed ones."""
     rank = row.get("rank_in_product")
     status_order = {"ok": 0, "duplicate": 1, "gated": 2, "failed": 3}.get(row.get("status") or "ok", 4)
-    return (row["product_id"], status_order, math.inf if _missing(rank) else float(rank), row["asset_id"])
+    return (row["product_id"], status_order, math.inf if is_missing(rank) else float(rank), row["asset_id"])
 
 
 def _g(value: object) -> str:
@@ -126,7 +124,7 @@ def generation_params(r: Mapping) -> dict[str, str]:
     """A row's generation parameters as the gallery prints them, by name (those the row has)."""
     out = {}
     for name, keys, text in _PARAMS:
-        if all(not _missing(r.get(k)) for k in keys):
+        if all(not is_missing(r.get(k)) for k in keys):
             shown = text(r)
             if shown:
                 out[name] = shown
@@ -151,7 +149,7 @@ def _card(r: Mapping, varying: Sequence[str] = ()) -> str:
     selected = bool(r.get("selected"))
     cell = ", ".join(f"{k}: {v}" for k, v in r["cell"])
     badges = '<span class="badge selected">selected</span>' if selected else f'<span class="badge {_e(status)}">{_e(status)}</span>'
-    rank = "" if _missing(r.get("rank_in_product")) else \
+    rank = "" if is_missing(r.get("rank_in_product")) else \
         f' · #{int(r["rank_in_product"])} of product, #{int(r["rank_in_cell"])} of cell'
     scores = "".join(
         ("<tr>" if i % 2 == 0 else "") + f"<td>{label}</td><td>{_num(r.get(key), digits)}</td>" + ("</tr>" if i % 2 else "")

@@ -24,6 +24,7 @@ __all__ = [
     "alpha_mask",
     "auto_mask",
     "border_colour",
+    "border_connected",
     "choose_mask_source",
     "mask_coverage",
     "product_mask",
@@ -91,17 +92,21 @@ def auto_mask(rgb: np.ndarray) -> np.ndarray | None:
     if colour is None:
         return None
     diff = np.abs(rgb.astype(np.int16) - np.array(colour, dtype=np.int16)).max(axis=2)
-    near = (diff <= TOLERANCE).astype(np.uint8)
-    _, labels = cv2.connectedComponents(near, connectivity=4)
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    background = np.isin(labels, edge[edge > 0])
-    mask = np.where(background, 0, 255).astype(np.uint8)
+    mask = np.where(border_connected(diff <= TOLERANCE), 0, 255).astype(np.uint8)
     # An opening removes specks of compression noise left on the background.
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     share = float(np.count_nonzero(mask)) / mask.size
     if not MIN_COVERAGE <= share <= MAX_COVERAGE:
         return None
     return mask
+
+
+def border_connected(candidates: np.ndarray) -> np.ndarray:
+    """The `candidates` (an `HxW` boolean array) joined to the image border through other
+    candidates, side by side (4-connected), as booleans."""
+    _, labels = cv2.connectedComponents(candidates.astype(np.uint8), connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, edge[edge > 0])
 
 
 def product_mask(image: Image.Image, mask_file: Image.Image | None = None) -> tuple[Image.Image | None, MaskSource]:

@@ -19,9 +19,6 @@ GENERATION_PARAMS = (
     "ip_scale", "ip_preset", "ip_start", "ip_end", "product_ip_scale",
     "controlnet_scale", "controlnet_start", "controlnet_end", "canny_low", "canny_high",
 )
-# What else decides the pixels of a batch: the style set's combine rule and negative reference
-# (its sha256, "" for none), and the scale of each of the profile's ControlNets by type.
-BATCH_PARAMS = (*GENERATION_PARAMS, "combine", "negative_reference", "control_scales")
 DEFAULT_STRENGTH = {"ip_adapter": 1.0, "img2img": 0.75, "preserve": 1.0}
 
 
@@ -76,6 +73,24 @@ class Shard(_Frozen):
     @property
     def image_count(self) -> int:
         return sum(len(b.jobs) for b in self.batches)
+
+
+class ShardContext(_Frozen):
+    """What every shard of a run shares: where to write, the stored control images, how to score.
+
+    `progress` is the run's progress artifact id when shards run one after another in the
+    campaign's process (each moves it after every batch); None on the pool, where shards finish
+    in any order and the campaign flow reports progress itself.
+    """
+
+    run_id: str
+    campaign: str
+    assets: str
+    run_date: str
+    controls: dict[str, str]
+    batch_total: int
+    clip_model: str = "none"
+    progress: str | None = None
 
 
 def asset_id(
@@ -164,6 +179,8 @@ def job_params(campaign: Campaign, style: StyleSet, cell: Cell | None = None,
     adapter_images = profile.adapter_images if profile else ("style",)
     product_scale = checked.product_ip_scale if checked.product_ip_scale is not None else checked.ip_scale
     params["product_ip_scale"] = product_scale if "product" in adapter_images else 0.0
+    # What else decides the pixels of a batch: the style set's combine rule and negative reference
+    # (its sha256, "" for none), and the scale of each of the profile's ControlNets by type.
     params["combine"] = style.combine
     params["negative_reference"] = style.negative.sha256 if style.negative else ""
     params["control_scales"] = {t: float(gen.control_scales.get(t, checked.controlnet_scale)) for t in control_types}
@@ -314,7 +331,7 @@ def plan_shards(
     ]
 
 
-def select(campaign: Campaign, products: Sequence[Product], styles: Sequence[StyleSet]) -> tuple[list[Product], list[StyleSet]]:
+def choose_inputs(campaign: Campaign, products: Sequence[Product], styles: Sequence[StyleSet]) -> tuple[list[Product], list[StyleSet]]:
     """The catalog entries a campaign's selectors pick (a `style` axis picks the style sets, in its
     order); raises ValueError when either side is empty or an explicitly named id is missing."""
     style_axis = tuple(str(v) for v in campaign.matrix.axes.get("style", ()))

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydantic import ValidationError
 
-from catalogs.models import Campaign, Product, PromptMatrix, RunRequest, StyleSet
+from catalogs.models import Campaign, ModelProfile, Product, PromptMatrix, RunRequest, StyleSet
 
 
-def apply_request(campaign: Campaign, request: RunRequest, default_profile: str) -> Campaign:
-    """The campaign as this run will execute it: replaced axes and seeds, a decided model profile.
+def apply_request(campaign: Campaign, request: RunRequest, default_profile: str,
+                  profiles: Mapping[str, ModelProfile]) -> tuple[Campaign, ModelProfile]:
+    """The campaign as this run will execute it (replaced axes and seeds, a decided model profile) and its profile.
+
+    The one place a run's model profile is resolved and checked: the request's, else the
+    campaign's, else the worker's default.
 
     Raises:
-        ValueError: an override names an axis the campaign does not have, or makes an invalid matrix.
+        ValueError: an override names an axis the campaign does not have, makes an invalid matrix,
+            or the profile is not one of `profiles`.
     """
     updates: dict = {}
     if request.axes or request.seeds:
@@ -30,9 +35,11 @@ def apply_request(campaign: Campaign, request: RunRequest, default_profile: str)
         except ValidationError as exc:
             raise ValueError(f"campaign {campaign.name!r}: overrides make an invalid matrix: {exc.errors()[0]['msg']}") from None
     profile = request.profile or campaign.generation.profile or default_profile
+    if profile not in profiles:
+        raise ValueError(f"campaign {campaign.name!r}: unknown model profile {profile!r}; known: {sorted(profiles)}")
     if profile != campaign.generation.profile:
         updates["generation"] = campaign.generation.model_copy(update={"profile": profile})
-    return campaign.model_copy(update=updates) if updates else campaign
+    return (campaign.model_copy(update=updates) if updates else campaign), profiles[profile]
 
 
 def narrow(

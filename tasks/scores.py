@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.canny import canvas_mask
+from tasks.phash import HASH_SIZE, dct_hash, hamming
 
 EDGE_TOLERANCE = 2  # pixels an output edge may sit from the product's edge and still count
 BLANK_STD = 0.5  # an image whose grey levels vary less than this carries no picture
@@ -21,7 +22,6 @@ CLIPPED_LOW, CLIPPED_HIGH = 1, 254  # grey levels counted as crushed black or bl
 MIN_BACKGROUND_SHARE = 0.05  # below this the whole image is hashed: there is no background to speak of
 SSIM_WINDOW = 7
 DELTA_E_PIXELS = 32_768  # at most this many pixels of the region go into the mean colour difference
-HASH_BITS = 64
 
 
 # --------------------------------------------------------------------------- the product region
@@ -157,18 +157,9 @@ def background_hash(image: Image.Image, mask: np.ndarray) -> str:
     product = _grow(mask, EDGE_TOLERANCE)
     if (~product).mean() >= MIN_BACKGROUND_SHARE:
         grey = np.where(product, grey[~product].mean(), grey)
-    small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA)
-    low = cv2.dct(small)[:8, :8].flatten()
+    small = cv2.resize(grey, (HASH_SIZE, HASH_SIZE), interpolation=cv2.INTER_AREA)
     # Float noise on a flat image must not decide bits: coefficients under half a grey level are zero.
-    low[np.abs(low) < 0.5] = 0.0
-    # The DC term only says how bright the image is; the median of the rest splits the bits.
-    bits = low > np.median(low[1:])
-    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
-
-
-def hash_distance(a: str, b: str) -> int:
-    """Hamming distance between two background hashes (0 = identical, 64 = opposite)."""
-    return (int(a, 16) ^ int(b, 16)).bit_count()
+    return dct_hash(small, noise_floor=0.5)
 
 
 def duplicate_groups(hashes: Sequence[str | None], max_distance: int) -> list[int | None]:
@@ -189,7 +180,7 @@ def duplicate_groups(hashes: Sequence[str | None], max_distance: int) -> list[in
             continue
         for j in range(i + 1, len(hashes)):
             b = hashes[j]
-            if b is not None and hash_distance(a, b) <= max_distance:
+            if b is not None and hamming(a, b) <= max_distance:
                 parent[root(j)] = root(i)
     return [None if h is None else root(i) for i, h in enumerate(hashes)]
 

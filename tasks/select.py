@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 
 from catalogs.models import SCORES, Selection, parse_gate
-from tasks.scores import HASH_BITS, duplicate_groups, hash_distance
+from tasks.phash import HASH_BITS, hamming
+from tasks.scores import duplicate_groups
 from tasks.tables import SCHEMA_VERSION
+from tasks.values import is_missing
 
 OUTCOME = ("status", "status_reason", "duplicate_of", "gates_failed", "score", "rank_in_cell", "rank_in_product",
            "selected")
@@ -26,9 +28,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": oper
 
 def _value(row: dict, name: str) -> float | None:
     value = row.get(name)
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return float(value)
+    return None if is_missing(value) else float(value)
 
 
 def failed_gates(row: dict, gates: Sequence[str]) -> list[tuple[str, str]]:
@@ -119,7 +119,7 @@ def _fold_duplicates(rows: Sequence[dict], outcomes: list[dict], members: list[i
     for group in by_group.values():
         keep, *repeats = sorted(group, key=lambda i: _best_first(rows, outcomes, i))
         for i in repeats:
-            distance = hash_distance(rows[i]["background_hash"], rows[keep]["background_hash"])
+            distance = hamming(rows[i]["background_hash"], rows[keep]["background_hash"])
             outcomes[i].update(status="duplicate", duplicate_of=rows[keep]["asset_id"],
                                status_reason=f"near-duplicate of {rows[keep]['asset_id']} (background hash distance {distance})")
 
@@ -130,7 +130,7 @@ def diversity(hashes: Sequence[str | None]) -> float | None:
     if len(present) < 2:
         return None
     pairs = list(itertools.combinations(present, 2))
-    return sum(hash_distance(a, b) for a, b in pairs) / len(pairs) / HASH_BITS
+    return sum(hamming(a, b) for a, b in pairs) / len(pairs) / HASH_BITS
 
 
 def cell_metrics(rows: Sequence[dict], *, run_id: str, campaign: str) -> list[dict]:

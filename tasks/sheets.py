@@ -16,6 +16,8 @@ from typing import TypeVar
 
 from PIL import Image, ImageDraw, ImageFont
 
+from tasks.values import is_missing
+
 BACKGROUND = (255, 255, 255)
 INK = (34, 34, 34)
 MUTED = (110, 110, 110)
@@ -204,7 +206,7 @@ def contact_sheet(tiles: Sequence[Tile], *, title: str, subtitle: str = "",
 
 
 def _fmt(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if is_missing(value):
         return "-"
     return f"{value:.{digits}f}"
 
@@ -216,7 +218,7 @@ def tile_for(row: dict, image: Image.Image | None) -> Tile:
     if row.get("selected"):
         head = f"selected  #{int(rank)}"
     elif status == "ok":
-        head = f"#{int(rank)}" if rank is not None and not math.isnan(float(rank)) else "ok"
+        head = f"#{int(rank)}" if not is_missing(rank) else "ok"
     elif status == "gated":
         head = "gated: " + ", ".join(g.split()[0] for g in (row.get("gates_failed") or ()))
     else:

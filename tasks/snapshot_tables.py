@@ -17,6 +17,7 @@ from catalogs.models import Product, StyleSet
 from tasks.catalog_build import CatalogState, ObjectRecord, QuarantineEntry
 from tasks.catalog_rules import RULES_VERSION, Duplicate
 from tasks.tables import Column
+from tasks.values import first_line
 
 __all__ = [
     "SNAPSHOT_TABLES",
@@ -141,7 +142,7 @@ def state_from_rows(rows: Mapping[str, Sequence[Mapping]], catalog_uri: str, sna
     except ValueError as exc:
         raise ValueError(
             f"snapshot {snapshot_id} of {catalog_uri} does not fit this version's catalog model "
-            f"({str(exc).splitlines()[0]}); run `stylematrix catalog refresh --full`"
+            f"({first_line(exc)}); run `stylematrix catalog refresh --full`"
         ) from None
     quarantine = [QuarantineEntry(r["key"], r["reason"], r["kind"], r["entry_id"]) for r in rows["quarantine"]]
     duplicates = {}

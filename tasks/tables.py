@@ -193,20 +193,19 @@ class Published:
     size: int
 
 
-def generation_rows(
-    ctx: RunContext,
-    batch: Batch,
-    published: Sequence[Published],
-    *,
-    product_key: str,
-    control_key: str,
-    reference_keys: Sequence[str],
-    seconds: float,
-    created_at: datetime,
-    control_keys: Sequence[str] = (),
-    mask_key: str | None = None,
-    negative_reference_key: str | None = None,
-) -> list[dict]:
+@dataclass(frozen=True)
+class BatchInputs:
+    """The stored objects one batch was made from, as its rows point at them."""
+
+    product_key: str
+    control_keys: tuple[str, ...]  # one per ControlNet of the profile, in its order
+    reference_keys: tuple[str, ...]
+    mask_key: str | None = None  # preserve mode's keep-mask
+    negative_reference_key: str | None = None
+
+
+def generation_rows(ctx: RunContext, batch: Batch, published: Sequence[Published], inputs: BatchInputs, *,
+                    seconds: float, created_at: datetime) -> list[dict]:
     """One `generations` row per image of a batch."""
     if len(published) != len(batch.jobs):
         raise ValueError(f"batch {batch.index}: {len(batch.jobs)} jobs but {len(published)} images")
@@ -232,7 +231,7 @@ def generation_rows(
                                           "ip_scale", "ip_preset", "ip_start", "ip_end", "product_ip_scale", "combine",
                                           "controlnet_scale", "controlnet_start", "controlnet_end",
                                           "canny_low", "canny_high")},
-                "negative_reference_key": negative_reference_key,
+                "negative_reference_key": inputs.negative_reference_key,
                 "negative_reference_sha256": params["negative_reference"] or None,
                 "control_scales": [(k, str(v)) for k, v in params["control_scales"].items()],
                 "profile": job.profile,
@@ -243,12 +242,12 @@ def generation_rows(
                 "torch_version": ctx.versions.get("torch", ""),
                 "diffusers_version": ctx.versions.get("diffusers", ""),
                 "transformers_version": ctx.versions.get("transformers", ""),
-                "product_key": product_key,
+                "product_key": inputs.product_key,
                 "product_sha256": job.product_sha256,
-                "control_key": control_key,
-                "control_keys": list(control_keys or [control_key]),
-                "mask_key": mask_key,
-                "reference_keys": list(reference_keys),
+                "control_key": inputs.control_keys[0],
+                "control_keys": list(inputs.control_keys),
+                "mask_key": inputs.mask_key,
+                "reference_keys": list(inputs.reference_keys),
                 "reference_sha256s": list(job.reference_sha256s),
                 "output_key": out.uri,
                 "sha256": out.sha256,

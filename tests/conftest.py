@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.catalog_io import seed_sample_catalog
 from adapters.local_s3 import LocalS3Server
+from adapters.sample_catalog import seed_sample_catalog
 from adapters.settings import Settings, get_settings
 from adapters.storage import S3Store
 

@@ -12,19 +12,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from adapters import catalog_io
+from adapters import catalog_scan, sample_catalog
+from adapters.campaigns import campaign_uri, read_campaign
 from adapters.catalog_import import entry_id_from_name, import_folder
-from adapters.catalog_io import (
-    CatalogState,
-    _sample_png,
-    campaign_uri,
-    load_image,
-    load_mask,
-    read_campaign,
-    read_catalog,
-    seed_sample_catalog,
-)
+from adapters.catalog_scan import read_catalog
+from adapters.images import load_image, load_mask
+from adapters.sample_catalog import sample_png, seed_sample_catalog
 from adapters.storage import S3Store
+from tasks.catalog_build import CatalogState
 
 # catalogs/sample/campaign.yaml is written by another part of the project; until it exists
 # the seeding tests use this stand-in (read_catalog never parses campaigns).
@@ -62,7 +57,7 @@ def test_seeding_is_deterministic(store: S3Store, fresh_bucket: str) -> None:
     first = f"s3://{fresh_bucket}/one"
     second = f"s3://{fresh_bucket}/two"
     counts = seed_sample_catalog(store, first, campaign_text=_campaign_text())
-    catalog_io._sample_png.cache_clear()  # encode again rather than reuse this process's bytes
+    sample_catalog.sample_png.cache_clear()  # encode again rather than reuse this process's bytes
     seed_sample_catalog(store, second, campaign_text=_campaign_text())
     one, two = _snapshot(store, first), _snapshot(store, second)
     assert one == two
@@ -85,8 +80,8 @@ def test_seeding_is_deterministic(store: S3Store, fresh_bucket: str) -> None:
 def test_sample_images_are_the_same_in_another_process(store: S3Store, sample: str) -> None:
     # The logo goes through every step (RGBA source, cut-out background, PNG encoding).
     code = (
-        "import hashlib; from adapters.catalog_io import _sample_png; "
-        "print(hashlib.sha256(_sample_png('logo', 512, 'transparent')).hexdigest())"
+        "import hashlib; from adapters.sample_catalog import sample_png; "
+        "print(hashlib.sha256(sample_png('logo', 512, 'transparent')).hexdigest())"
     )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     here = hashlib.sha256(store.get(f"{sample}/products/brand-logo/image.png")).hexdigest()
@@ -240,14 +235,14 @@ def test_empty_catalog(store: S3Store, fresh_bucket: str) -> None:
 def _materials(root: Path) -> Path:
     """A local catalog tree: two products (one with a mask and metadata), a style set of two references."""
     (root / "products" / "cup").mkdir(parents=True)
-    (root / "products" / "cup" / "image.png").write_bytes(_sample_png("coffee", 256, "keep"))
+    (root / "products" / "cup" / "image.png").write_bytes(sample_png("coffee", 256, "keep"))
     (root / "products" / "cup" / "product.yaml").write_text("title: cup of coffee\ntags: [drink]\n")
     (root / "products" / "clock").mkdir()
-    (root / "products" / "clock" / "image.png").write_bytes(_sample_png("clock", 256, "keep"))
+    (root / "products" / "clock" / "image.png").write_bytes(sample_png("clock", 256, "keep"))
     (root / "products" / "clock" / "mask.png").write_bytes(_png(Image.new("L", (256, 192), 255)))
     (root / "styles" / "rough").mkdir(parents=True)
-    (root / "styles" / "rough" / "brick.png").write_bytes(_sample_png("brick", 128, "keep"))
-    (root / "styles" / "rough" / "gravel.png").write_bytes(_sample_png("gravel", 128, "keep"))
+    (root / "styles" / "rough" / "brick.png").write_bytes(sample_png("brick", 128, "keep"))
+    (root / "styles" / "rough" / "gravel.png").write_bytes(sample_png("gravel", 128, "keep"))
     (root / "styles" / "rough" / "style.yaml").write_text("weights: {gravel.png: 0.5}\n")
     (root / "styles" / "rough" / ".DS_Store").write_bytes(b"\0")
     (root / "README.txt").write_text("materials for spring\n")
@@ -300,7 +295,7 @@ def test_import_judges_an_entry_with_the_files_the_catalog_already_holds(store: 
                                                                          tmp_path: Path) -> None:
     catalog = f"s3://{fresh_bucket}"
     remote_jpg = io.BytesIO()
-    Image.open(io.BytesIO(_sample_png("coffee", 256, "keep"))).save(remote_jpg, format="JPEG")
+    Image.open(io.BytesIO(sample_png("coffee", 256, "keep"))).save(remote_jpg, format="JPEG")
     store.put(f"{catalog}/products/cup/image.jpg", remote_jpg.getvalue())
     store.put(f"{catalog}/products/clock/notes.txt", b"shot on a Tuesday\n")
     source = _materials(tmp_path / "materials")
@@ -322,8 +317,8 @@ def test_import_loose_images(store: S3Store, fresh_bucket: str, tmp_path: Path) 
     catalog = f"s3://{fresh_bucket}"
     loose = tmp_path / "shoot"
     loose.mkdir()
-    (loose / "Red Mug (2).PNG").write_bytes(_sample_png("coffee", 200, "keep"))
-    (loose / "rocket.png").write_bytes(_sample_png("rocket", 200, "keep"))
+    (loose / "Red Mug (2).PNG").write_bytes(sample_png("coffee", 200, "keep"))
+    (loose / "rocket.png").write_bytes(sample_png("rocket", 200, "keep"))
     (loose / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="holds 2 loose images: say whether each is a product or a style set"):
         import_folder(store, loose, catalog)
@@ -336,7 +331,7 @@ def test_import_loose_images(store: S3Store, fresh_bucket: str, tmp_path: Path) 
     assert [p.title for p in state.products] == ["red mug 2", "rocket"]
     assert [s.style_id for s in state.styles] == ["red-mug-2", "rocket"]
 
-    (loose / "red mug 2.jpg").write_bytes(_sample_png("coffee", 200, "keep"))
+    (loose / "red mug 2.jpg").write_bytes(sample_png("coffee", 200, "keep"))
     with pytest.raises(ValueError, match=r"Red Mug \(2\).PNG and red mug 2.jpg would both become products id 'red-mug-2'"):
         import_folder(store, loose, catalog, as_kind="products")
     assert entry_id_from_name("Été_2026!.jpeg") == "ete_2026"
@@ -403,7 +398,7 @@ def test_an_unreadable_object_quarantines_its_entry_and_is_read_again_next_time(
     flaky = _Refusing(store, "products/rocket/image.png", error)
     first = refresh(flaky, sample)
     assert first.written and first.products == 3  # the rest of the catalog is read
-    scan = catalog_io.scan_catalog(flaky, sample)
+    scan = catalog_scan.scan_catalog(flaky, sample)
     (entry,) = [q for q in scan.state.quarantine if q.entry_id == "rocket"]
     assert entry.reason == f"products/rocket/image.png: could not be read ({error}); it is read again at the next refresh"
     record = next(r for r in scan.records if r.key == "products/rocket/image.png")
@@ -415,7 +410,7 @@ def test_an_unreadable_object_quarantines_its_entry_and_is_read_again_next_time(
 
 def test_an_object_deleted_while_being_read_is_read_again_next_time(store: S3Store, sample: str) -> None:
     gone = _Refusing(store, "products/rocket/product.yaml", FileNotFoundError("deleted"))
-    scan = catalog_io.scan_catalog(gone, sample)
+    scan = catalog_scan.scan_catalog(gone, sample)
     record = next(r for r in scan.records if r.key == "products/rocket/product.yaml")
     assert (record.etag, record.problem) == ("", "products/rocket/product.yaml: disappeared while the catalog was being read")
 
@@ -424,4 +419,4 @@ def test_a_refresh_fails_rather_than_quarantine_everything_when_the_endpoint_sto
                                                                                           sample: str) -> None:
     down = _Refusing(store, "", ConnectionError("cannot reach S3 endpoint: connection refused"))
     with pytest.raises(ConnectionError, match="connection refused"):
-        catalog_io.scan_catalog(down, f"{sample}")
+        catalog_scan.scan_catalog(down, f"{sample}")

@@ -23,9 +23,11 @@ from skimage import data
 from skimage.util import img_as_ubyte
 
 from adapters import publish, snapshots
-from adapters.catalog_io import _sample_png, load_image, seed_sample_catalog
+from adapters.images import load_image
+from adapters.sample_catalog import sample_png, seed_sample_catalog
 from adapters.storage import S3Store
-from tasks.catalog_rules import find_duplicates, hamming, key_problem, perceptual_hash
+from tasks.catalog_rules import find_duplicates, key_problem, perceptual_hash
+from tasks.phash import hamming
 from tasks.snapshot_tables import SNAPSHOT_TABLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -351,7 +353,7 @@ def test_a_run_refuses_images_changed_since_its_snapshot(store, catalog):
     reference = style.references[0].key
 
     # Overwritten after the snapshot: a product photo, a mask and one style reference.
-    store.put(f"{catalog}/products/rocket/image.png", _sample_png("coffee", 300, "keep"))
+    store.put(f"{catalog}/products/rocket/image.png", sample_png("coffee", 300, "keep"))
     store.put(f"{catalog}/products/alarm-clock/mask.png",
               encode(Image.new("L", (before.products[0].width, before.products[0].height), 0), "PNG"))
     store.put(reference, encode(photo("astronaut"), "PNG"))
@@ -465,7 +467,7 @@ def test_refresh_flow_emits_an_event_when_the_catalog_changed(campaign_env, stor
     again = refresh_catalog(catalog=catalog)
     assert not again["written"] and again["skipped"] == 15
 
-    store.put(f"{catalog}/products/broken-mug/image.png", _sample_png("coffee", 200, "keep"))
+    store.put(f"{catalog}/products/broken-mug/image.png", sample_png("coffee", 200, "keep"))
     fixed = refresh_catalog(catalog=catalog)
     assert fixed["written"] and (fixed["fetched"], fixed["quarantined"], fixed["products"]) == (1, 0, 5)
     events = wait_for_events(resource, 2)
@@ -493,8 +495,8 @@ def test_campaign_runs_read_a_snapshot_and_record_it(campaign_env, store, tmp_pa
     catalog = campaign_env["catalog"]
     spec = small_campaign(tmp_path, "small", 3)
 
-    def runs_row(summary: dict) -> dict:
-        manifest = json.loads(store.get(summary["manifest"]))
+    def runs_row(summary) -> dict:
+        manifest = json.loads(store.get(summary.manifest))
         return publish.read_table(store, manifest, "runs").iloc[0].to_dict()
 
     # No snapshot yet: the run refreshes the catalog first, then reads that snapshot.
@@ -503,12 +505,12 @@ def test_campaign_runs_read_a_snapshot_and_record_it(campaign_env, store, tmp_pa
     assert original is not None
     assert runs_row(first)["snapshot_id"] == original and runs_row(first)["products"] == 4
 
-    store.put(f"{catalog}/products/teapot/image.png", _sample_png("coffee", 300, "keep"))
+    store.put(f"{catalog}/products/teapot/image.png", sample_png("coffee", 300, "keep"))
     refreshed = refresh_catalog(catalog=catalog)["snapshot_id"]
 
     pinned = run_campaign(RunRequest(campaign=str(spec), snapshot=original, triggered_by="test"))
     assert runs_row(pinned)["snapshot_id"] == original
-    assert runs_row(pinned)["products"] == 4 and pinned["images_generated"] == 0  # the teapot is not in it
+    assert runs_row(pinned)["products"] == 4 and pinned.images_generated == 0  # the teapot is not in it
 
     latest = run_campaign(RunRequest(campaign=str(spec), triggered_by="test"))
     assert runs_row(latest)["snapshot_id"] == refreshed
@@ -542,11 +544,11 @@ def test_catalog_commands_end_to_end(s3_server, store, tmp_path):
            "PREFECT_HOME": str(tmp_path / "prefect")}
     materials = tmp_path / "materials"
     (materials / "products" / "cup").mkdir(parents=True)
-    (materials / "products" / "cup" / "image.png").write_bytes(_sample_png("coffee", 256, "keep"))
+    (materials / "products" / "cup" / "image.png").write_bytes(sample_png("coffee", 256, "keep"))
     (materials / "products" / "broken").mkdir()
     (materials / "products" / "broken" / "image.jpg").write_bytes(b"not a photo")
     (materials / "styles" / "rough").mkdir(parents=True)
-    (materials / "styles" / "rough" / "brick.png").write_bytes(_sample_png("brick", 128, "keep"))
+    (materials / "styles" / "rough" / "brick.png").write_bytes(sample_png("brick", 128, "keep"))
 
     empty = run_cli(["catalog", "ls"], env, tmp_path)
     assert empty.returncode == 2

@@ -389,13 +389,13 @@ def test_example_campaign_with_every_control_runs_end_to_end(campaign_env, store
     store.put(f"{catalog}/campaigns/every-control.yaml", text.encode(), content_type="application/yaml")
     summary = run_campaign(RunRequest(campaign="every-control", triggered_by="test"))
 
-    gens = publish.read_table(store, json.loads(store.get(summary["manifest"])), "generations")
+    gens = publish.read_table(store, json.loads(store.get(summary.manifest)), "generations")
     cells = 2 * 2 * 2 * 3 * 2  # surface+lighting (zipped) x style x ip_scale+controlnet_scale+guidance+steps (zipped) x mode x optional part
     ip_rows, preserve_rows = gens[gens["mode"] == "ip_adapter"], gens[gens["mode"] == "preserve"]
     assert len(ip_rows) == 2 * cells // 3 == (gens["mode"] == "img2img").sum()  # both products
     # The coffee photo has no mask (no alpha, no plain background): its preserve images are left out.
     assert set(preserve_rows["product_id"]) == {"brand-logo"} and len(preserve_rows) == cells // 3
-    assert summary["images_generated"] == len(gens)
+    assert summary.images_generated == len(gens)
     row = preserve_rows.iloc[0]
     assert row["ip_preset"] == "style-only" and row["ip_end"] == 0.8 and row["strength"] == 0.9
     assert dict(row["control_scales"]) == {"canny": "0.9", "depth": "0.4"} and len(row["control_keys"]) == 2

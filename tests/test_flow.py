@@ -29,11 +29,11 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(c
     summary = run_campaign(RunRequest(campaign="sample", triggered_by="test"))
 
     expected = 4 * 2 * 4 * 2  # products x style sets x cells x seeds
-    assert summary["images_generated"] == expected
-    assert summary["images_skipped"] == 0
-    assert summary["quarantined"] == 1
+    assert summary.images_generated == expected
+    assert summary.images_skipped == 0
+    assert summary.quarantined == 1
 
-    manifest = json.loads(store.get(summary["manifest"]))
+    manifest = json.loads(store.get(summary.manifest))
     assert len(manifest["images"]) == expected
     gens = publish.read_table(store, manifest, "generations")
     assert list(gens.columns) == [c.name for c in GENERATIONS]
@@ -60,14 +60,14 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(c
     for r in gens.itertuples():
         data = store.get(r.output_key)
         assert hashlib.sha256(data).hexdigest() == r.sha256
-        assert r.output_key == f"{assets}/runs/{summary['run_id']}/images/{r.asset_id}.png"
+        assert r.output_key == f"{assets}/runs/{summary.run_id}/images/{r.asset_id}.png"
         assert Image.open(io.BytesIO(data)).size == (r.width, r.height) == (128, 128)
         assert store.exists(r.control_key)
 
     runs = publish.read_table(store, manifest, "runs")
     assert list(runs.columns) == [c.name for c in RUNS]
     assert runs.iloc[0]["images_generated"] == expected and runs.iloc[0]["triggered_by"] == "test"
-    assert summary["gallery"] and b"<figure" in store.get(summary["gallery"])
+    assert summary.gallery and b"<figure" in store.get(summary.gallery)
     for part in manifest["parts"]:
         assert "/run_date=" in part["uri"]
         assert read_parquet_bytes(store.get(part["uri"])).num_rows == part["rows"]
@@ -90,7 +90,7 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(c
     assert len(publish.read_table(store, manifest, "cell_metrics")) == 4 * 2 * 4
     assert sorted(manifest["sheets"]) == sorted(f"{p}__{s}.jpg" for p in set(gens["product_id"]) for s in set(gens["style_id"]))
     assert all(Image.open(io.BytesIO(store.get(uri))).format == "JPEG" for uri in manifest["sheets"].values())
-    page = store.get(summary["gallery"]).decode()
+    page = store.get(summary.gallery).decode()
     assert page.count("<figure") == expected and page.count('data-selected="1"') == gens["selected"].sum()
     # Prefect artifacts: top images, a summary, the gallery link, and progress at 100%.
     from prefect.client.orchestration import get_client
@@ -101,15 +101,15 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(c
         found = {a.key: a for a in client.read_artifacts(artifact_filter=this_run)}
     assert set(found) == {f"sample-spring-{k}" for k in ("top-images", "summary", "gallery", "progress")}
     assert found["sample-spring-progress"].data == 100.0
-    assert summary["run_id"] in found["sample-spring-summary"].data
+    assert summary.run_id in found["sample-spring-summary"].data
 
     # A rerun of the same campaign generates nothing and publishes no image or generations row.
     before = objects(store, f"{assets}/runs/") | objects(store, f"{assets}/tables/generations/")
     again = run_campaign(RunRequest(campaign=f"{catalog}/campaigns/sample.yaml", triggered_by="test"))
     after = objects(store, f"{assets}/runs/") | objects(store, f"{assets}/tables/generations/")
-    assert again["images_generated"] == 0 and again["images_skipped"] == expected
-    assert again["gallery"] is None
-    assert after - before == {again["manifest"]}
+    assert again.images_generated == 0 and again.images_skipped == expected
+    assert again.gallery is None
+    assert after - before == {again.manifest}
     assert publish.published_asset_ids(store, assets) == set(gens["asset_id"])
 
 
@@ -124,11 +124,11 @@ def test_mirror_writes_out_dir_with_latest_link(campaign_env, store, tmp_path):
     spec = tmp_path / "small.yaml"
     spec.write_text(small)
     summary = run_campaign(RunRequest(campaign=str(spec), triggered_by="test"))
-    local = publish.mirror_run(store, campaign_env["assets"], summary["run_id"], tmp_path / "out")
+    local = publish.mirror_run(store, campaign_env["assets"], summary.run_id, tmp_path / "out")
     assert (tmp_path / "out" / "latest").resolve() == local.resolve()
     assert len(list((local / "images").glob("*.png"))) == 2
     assert pq.read_table(local / "generations.parquet").num_rows == 2
-    assert json.loads((local / "_MANIFEST.json").read_text())["run_id"] == summary["run_id"]
+    assert json.loads((local / "_MANIFEST.json").read_text())["run_id"] == summary.run_id
     assert (local / "index.html").read_text().count("<figure") == 2
 
 
@@ -143,19 +143,19 @@ def test_bad_campaign_fails_before_any_image(campaign_env, store, tmp_path):
 
 
 def test_a_pinned_run_quarantines_a_product_overwritten_since_its_snapshot(campaign_env, store, tmp_path):
-    from adapters.catalog_io import _sample_png
+    from adapters.sample_catalog import sample_png
     from flows.campaign import run_campaign
     from flows.catalog import refresh_catalog
 
     catalog = campaign_env["catalog"]
     spec = small_campaign(tmp_path, "pinned", 5)
     pinned = refresh_catalog(catalog=catalog)["snapshot_id"]
-    store.put(f"{catalog}/products/rocket/image.png", _sample_png("coffee", 300, "keep"))
+    store.put(f"{catalog}/products/rocket/image.png", sample_png("coffee", 300, "keep"))
 
     summary = run_campaign(RunRequest(campaign=str(spec), snapshot=pinned, triggered_by="test"))
     # The rocket is refused like any bad input (beside the broken mug); the other products are made.
-    assert summary["quarantined"] == 2 and summary["images_generated"] == 3
-    manifest = json.loads(store.get(summary["manifest"]))
+    assert summary.quarantined == 2 and summary.images_generated == 3
+    manifest = json.loads(store.get(summary.manifest))
     gens = publish.read_table(store, manifest, "generations")
     assert set(gens["product_id"]) == {"coffee-cup", "alarm-clock", "brand-logo"}
     runs = publish.read_table(store, manifest, "runs").iloc[0]

@@ -11,12 +11,12 @@ from catalogs.models import Product, Reference, StyleSet
 from tasks.matrix import expand_matrix
 from tasks.plan import (
     check_control_scales,
+    choose_inputs,
     finished_batches,
     group_batches,
     maskless_products,
     plan_jobs,
     plan_shards,
-    select,
 )
 
 PRODUCTS = [
@@ -120,14 +120,14 @@ def test_finished_batches_counts_whole_batches_whatever_order_they_finish_in():
 
 def test_select_by_ids_and_tags_with_clear_errors():
     spec = parse_campaign("name: c\nproducts: {tags: [kitchen]}\nstyles: {ids: [three]}\nmatrix: {template: '{product}'}\n")
-    products, styles = select(spec, PRODUCTS, STYLES)
+    products, styles = choose_inputs(spec, PRODUCTS, STYLES)
     assert [p.product_id for p in products] == ["p1"] and [s.style_id for s in styles] == ["three"]
     missing = parse_campaign("name: c\nstyles: {ids: [three, nope]}\nmatrix: {template: '{product}'}\n")
     with pytest.raises(ValueError, match=r"style set ids \['nope'\] are not in the catalog"):
-        select(missing, PRODUCTS, STYLES)
+        choose_inputs(missing, PRODUCTS, STYLES)
     none = parse_campaign("name: c\nproducts: {tags: [toys]}\nmatrix: {template: '{product}'}\n")
     with pytest.raises(ValueError, match="no product in the catalog matches"):
-        select(none, PRODUCTS, STYLES)
+        choose_inputs(none, PRODUCTS, STYLES)
 
 
 def test_sample_campaign_meets_the_demo_minimum():
@@ -187,14 +187,14 @@ def test_parameter_axis_values_are_checked_when_the_spec_is_read():
 def test_style_axis_picks_the_style_set_per_cell_and_zips_with_words():
     spec = spec_of("matrix: {template: '{product}, {light}', axes: {style: [three, one], light: [dawn, dusk]}, "
                    "zip: [[style, light]]}\ngeneration: {profile: tiny}\n")
-    products, styles = select(spec, PRODUCTS, STYLES)
+    products, styles = choose_inputs(spec, PRODUCTS, STYLES)
     assert [s.style_id for s in styles] == ["three", "one"]
     jobs = plan(spec, products=products[:1], styles=styles)
     assert [(j.style_id, j.prompt) for j in jobs] == [("three", "product 0, dawn"), ("one", "product 0, dusk")]
     with pytest.raises(ValueError, match="matrix axis 'style' picks the style sets: leave `styles` empty"):
         spec_of("styles: {ids: [one]}\nmatrix: {template: '{product}', axes: {style: [one]}}\n")
     with pytest.raises(ValueError, match=r"style set ids \['gone'\] are not in the catalog"):
-        select(spec_of("matrix: {template: '{product}', axes: {style: [one, gone]}}\n"), PRODUCTS, STYLES)
+        choose_inputs(spec_of("matrix: {template: '{product}', axes: {style: [one, gone]}}\n"), PRODUCTS, STYLES)
 
 
 def test_style_set_controls_become_parameters_and_change_the_ids():

@@ -12,8 +12,8 @@ from skimage import data
 
 from adapters.engine import StyleInput
 from adapters.publish import encode_png
-from catalogs.models import Product, Reference, StyleSet
-from flows.publishing import score_batch
+from adapters.rendering import score_batch
+from catalogs.models import Product
 from tasks.canny import control_image, fit_to_canvas
 
 SIZE = 128
@@ -31,7 +31,6 @@ def batch(store, fresh_bucket):
     product = Product(product_id="rocket", image_key=key, title="Rocket",
                       sha256=hashlib.sha256(data_bytes).hexdigest(), width=photo.width, height=photo.height)
     reference = Image.fromarray(data.brick()).convert("RGB").resize((64, 64))
-    style = StyleSet(style_id="brick", references=(Reference(key=f"s3://{fresh_bucket}/styles/brick/a.png"),))
     style_input = StyleInput.from_images([reference], ["0" * 64])
     # The product as the control image places it, on a new, noisy background: a faithful image.
     placed = np.asarray(fit_to_canvas(photo, SIZE, SIZE)).copy()
@@ -41,10 +40,10 @@ def batch(store, fresh_bucket):
     images = [Image.fromarray(placed), Image.fromarray(np.roll(placed, 3, axis=0))]
 
     def score():
-        rows = [{"asset_id": f"a{i}", "prompt": "a rocket on brick", "width": SIZE, "height": SIZE,
+        rows = [{"asset_id": f"a{i}", "style_id": "brick", "prompt": "a rocket on brick", "width": SIZE, "height": SIZE,
                  "canny_low": LOW, "canny_high": HIGH} for i in range(len(images))]
         return score_batch(store, rows, images, product=product, control=control_image(photo, SIZE, SIZE, LOW, HIGH),
-                           style=style, style_input=style_input, clip=None)
+                           style_input=style_input, clip=None)
 
     return store, key, score
 

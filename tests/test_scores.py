@@ -9,6 +9,7 @@ from skimage import data
 
 from tasks.canny import control_image, fit_to_canvas
 from tasks.masks import product_mask
+from tasks.phash import hamming
 from tasks.scores import (
     background_hash,
     colourfulness,
@@ -16,7 +17,6 @@ from tasks.scores import (
     edge_f1,
     edge_map,
     exposure,
-    hash_distance,
     is_blank,
     masked_ssim,
     mean_delta_e,
@@ -150,8 +150,8 @@ def test_identical_images_are_duplicates_and_different_backgrounds_are_not(produ
     buf = io.BytesIO()
     on_grass.save(buf, format="JPEG", quality=80)
     jpeg = Image.open(buf).convert("RGB")
-    assert hash_distance(background_hash(jpeg, product.region), same) <= 6
-    assert hash_distance(background_hash(on_gravel, product.region), same) > 12
+    assert hamming(background_hash(jpeg, product.region), same) <= 6
+    assert hamming(background_hash(on_gravel, product.region), same) > 12
 
 
 def test_the_background_hash_ignores_the_product_region():

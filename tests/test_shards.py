@@ -45,7 +45,8 @@ def test_dry_run_plans_without_writing(campaign_env, store, small_campaign, gene
     from flows.campaign import run_campaign
 
     summary = run_campaign(RunRequest(campaign="small", dry_run=True, triggered_by="test"))
-    assert summary["dry_run"] and summary["images_planned"] == 8 and summary["images_to_generate"] == 8
+    assert summary.dry_run and summary.images_planned == 8 and summary.images_to_generate == 8
+    assert summary.run_id is None and summary.lines()[0].startswith("dry run of small: 8 images planned")
     assert generated == []
     assert store.list(f"{campaign_env['assets']}/") == []
 
@@ -55,9 +56,9 @@ def test_overrides_narrow_the_run(campaign_env, store, small_campaign, generated
 
     summary = run_campaign(RunRequest(campaign="small", products=("rocket",), axes={"surface": ("slate",)},
                                       seeds=(9,), triggered_by="test"))
-    manifest = json.loads(store.get(summary["manifest"]))
+    manifest = json.loads(store.get(summary.manifest))
     gens = publish.read_table(store, manifest, "generations")
-    assert summary["images_generated"] == 1
+    assert summary.images_generated == 1
     assert gens[["product_id", "seed"]].values.tolist() == [["rocket", 9]]
     assert dict(gens.iloc[0]["cell"]) == {"surface": "slate"}
 
@@ -67,7 +68,7 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     from flows.shard import generate_shard, shard_part_name
 
     first = run_campaign(RunRequest(campaign="small", triggered_by="test"))
-    manifest = json.loads(store.get(first["manifest"]))
+    manifest = json.loads(store.get(first.manifest))
     assert len(generated) == 8
     gens = publish.read_table(store, manifest, "generations")
 
@@ -80,12 +81,13 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     store.delete(part["uri"])
     generated.clear()
 
-    from tasks.plan import Shard
+    from tasks.plan import Shard, ShardContext
 
     # Re-run the very shard the campaign ran (its spec is stored with the run), as a retry would.
-    shard = Shard.model_validate_json(store.get(publish.run_uri(campaign_env["assets"], first["run_id"], "shards", "00000.json")))
-    generate_shard(shard, run_id=first["run_id"], campaign="small", assets=campaign_env["assets"],
-                   controls=manifest["controls"], run_date=part["uri"].split("run_date=")[1].split("/")[0], batch_total=2)
+    shard = Shard.model_validate_json(store.get(publish.run_uri(campaign_env["assets"], first.run_id, "shards", "00000.json")))
+    ctx = ShardContext(run_id=first.run_id, campaign="small", assets=campaign_env["assets"], controls=manifest["controls"],
+                       run_date=part["uri"].split("run_date=")[1].split("/")[0], batch_total=2)
+    generate_shard(shard, ctx)
     assert generated == [lost["prompt"]]  # only the missing image was rendered again
     again = publish.read_table(store, {"parts": [publish.part_entry(store, "generations", part["uri"])]}, "generations")
     assert sorted(again["asset_id"]) == sorted(gens["asset_id"])
@@ -95,7 +97,7 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     redone = np.asarray(Image.open(io.BytesIO(store.get(lost["output_key"]))), dtype=np.int16)
     original = np.asarray(lost_image, dtype=np.int16)
     assert np.abs(redone - original).max() <= 1
-    assert part["uri"].endswith(shard_part_name(first["run_id"], 0) + ".parquet")
+    assert part["uri"].endswith(shard_part_name(first.run_id, 0) + ".parquet")
 
 
 def _progress_of(artifact_id: str) -> float:
@@ -112,48 +114,50 @@ def _progress_of(artifact_id: str) -> float:
 def test_progress_moves_forward_across_shards_in_process_and_ends_at_100_and_throughput_is_wall_time(campaign_env, store, small_campaign,
                                                                           monkeypatch):
     from adapters.settings import get_settings
-    from flows import publishing
+    from flows import artifacts
     from flows.campaign import run_campaign
 
     monkeypatch.setenv("STYLEMATRIX_IMAGES_PER_SHARD", "4")  # 2 batches of 4 images: one shard each
     get_settings.cache_clear()
     shares: list[float] = []
-    artifacts: list[str] = []
-    real_start, real_advance = publishing.start_progress, publishing.advance_progress
+    created: list[str] = []
+    real_start, real_advance = artifacts.start_progress, artifacts.advance_progress
 
     def start(campaign: str, run_id: str) -> str:
-        artifacts.append(real_start(campaign, run_id))
-        return artifacts[-1]
+        created.append(real_start(campaign, run_id))
+        return created[-1]
 
     def advance(progress, share):
         shares.append(share)
         real_advance(progress, share)
 
-    monkeypatch.setattr(publishing, "advance_progress", advance)
+    monkeypatch.setattr("flows.shard.advance_progress", advance)
     monkeypatch.setattr("flows.steps.start_progress", start)
     summary = run_campaign(RunRequest(campaign="small", triggered_by="test"))
     assert shares == [0.5, 1.0]  # batch 1 of 2 (shard 0), batch 2 of 2 (shard 1)
-    assert _progress_of(artifacts[0]) == 100.0
+    assert _progress_of(created[0]) == 100.0
 
     # Throughput is images per second of the generation phase's wall time, not of the summed shard times.
-    manifest = json.loads(store.get(summary["manifest"]))
+    manifest = json.loads(store.get(summary.manifest))
     (run,) = publish.read_table(store, manifest, "runs").to_dict("records")
     pipeline = publish.read_table(store, manifest, "generations")["generation_seconds"].sum()
     assert run["images_generated"] == 8 and run["batches"] == 2
     assert pipeline < run["generation_wall_seconds"] < run["duration_seconds"]
-    assert run["images_per_second"] == summary["images_per_second"] == 8 / run["generation_wall_seconds"]
+    assert run["images_per_second"] == summary.images_per_second == 8 / run["generation_wall_seconds"]
 
 
 def test_pool_progress_counts_finished_batches_in_any_order(campaign_env, store):
-    from flows import publishing
+    from flows import artifacts
     from flows.dispatch import BatchProgress
-    from tasks.plan import group_batches
+    from tasks.plan import ShardContext, group_batches
     from tests.test_plan import campaign, plan
 
     batches = group_batches(plan(campaign()), batch_size=4)[:4]
     assets, run_id = campaign_env["assets"], "pool-run"
-    progress = publishing.start_progress("pool", run_id)
-    tracker = BatchProgress(store, progress, batches, assets=assets, run_id=run_id)
+    progress = artifacts.start_progress("pool", run_id)
+    ctx = ShardContext(run_id=run_id, campaign="pool", assets=assets, run_date="2026-01-01", controls={},
+                       batch_total=len(batches), progress=progress)
+    tracker = BatchProgress(store, ctx, batches)
 
     def write(batch):
         for job in batch.jobs:

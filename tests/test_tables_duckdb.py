@@ -71,10 +71,10 @@ def test_duckdb_reads_the_published_tables_of_a_run(campaign_env, store, tmp_pat
     # Overrides that repeat the campaign's own choices: the run is the same, the request is recorded.
     summary = run_campaign(RunRequest(campaign=str(spec), products=("rocket", "brand-logo"), seeds=(1, 2, 3),
                                       triggered_by="test"))
-    manifest = json.loads(store.get(summary["manifest"]))
+    manifest = json.loads(store.get(summary.manifest))
     assert {p["table"] for p in manifest["parts"]} == {"generations", "cell_metrics", "runs"}
 
-    local = publish.mirror_run(store, campaign_env["assets"], summary["run_id"], tmp_path / "out")
+    local = publish.mirror_run(store, campaign_env["assets"], summary.run_id, tmp_path / "out")
     root = local / "tables"
     db = duckdb.connect()
     top = db.execute(TOP_PER_PRODUCT.format(root=root)).fetchall()

@@ -12,10 +12,10 @@ import psutil
 import pytest
 
 from adapters import publish
-from adapters.catalog_io import seed_sample_catalog
 from adapters.kit import ensure_tiny_kit
 from adapters.local_s3 import free_port
 from adapters.parquet_io import read_parquet_bytes
+from adapters.sample_catalog import seed_sample_catalog
 from adapters.settings import child_env
 from adapters.storage import S3Store
 

@@ -1,0 +1,120 @@
+"""The GPU worker's work on one batch: generate it with the process's engine, publish and score its images.
+
+Scores are computed where the pixels are (the worker holds the images and the CLIP model);
+the run's gates, near-duplicates and ranks are decided later, across the run
+(`adapters/run_outputs.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+from PIL import Image
+
+from adapters import conditioning, publish
+from adapters.engine import Engine, StyleInput
+from adapters.images import load_image, load_mask
+from adapters.scorers import ClipScorer
+from adapters.storage import ObjectStore
+from catalogs.models import Product
+from tasks.canny import canvas_kinds, canvas_name, fit_to_canvas
+from tasks.plan import Batch, Shard, ShardContext
+from tasks.scores import edge_map, is_blank, pixel_scores, product_mask_on_canvas
+from tasks.tables import BatchInputs, RunContext, generation_rows
+
+log = logging.getLogger(__name__)
+
+
+def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard, ctx: ShardContext,
+                 run: RunContext, clip: ClipScorer | None = None) -> tuple[list[dict], float]:
+    """Generate one batch, publish and score its images; returns its `generations` rows and generation seconds.
+
+    A retried shard finds the images its first attempt wrote and only makes the rest.
+    """
+    product, style = shard.products[batch.product_id], shard.styles[batch.style_id]
+    kinds = canvas_kinds(batch.params, engine.control_types, engine.adapter_images)
+    canvases = conditioning.load_canvases(store, ctx.controls, batch.product_id, batch.params, kinds)
+    style_input = conditioning.style_input(store, style)
+    earlier = {j.asset_id: publish.existing_image(store, ctx.assets, ctx.run_id, j.asset_id) for j in batch.jobs}
+    todo = [j for j in batch.jobs if earlier[j.asset_id] is None]
+    start = time.perf_counter()
+    fresh = engine.generate(
+        canvases=canvases,
+        style=style_input,
+        prompts=[j.prompt for j in todo],
+        negatives=[j.negative_prompt for j in todo],
+        seeds=[j.seed for j in todo],
+        params=batch.params,
+    ) if todo else []
+    seconds = time.perf_counter() - start
+    made = dict(zip([j.asset_id for j in todo], fresh, strict=True))
+    outputs, pictures = [], []
+    for job in batch.jobs:
+        if earlier[job.asset_id] is not None:
+            stored, picture = earlier[job.asset_id]
+        else:
+            picture = made[job.asset_id]
+            stored = publish.put_image(store, ctx.assets, ctx.run_id, job.asset_id, picture)
+        outputs.append(stored)
+        pictures.append(picture)
+    inputs = BatchInputs(
+        product_key=product.image_key,
+        control_keys=tuple(ctx.controls[canvas_name(batch.product_id, batch.params, t)] for t in engine.control_types),
+        reference_keys=tuple(r.key for r in style.references),
+        mask_key=ctx.controls[canvas_name(batch.product_id, batch.params, "keep")] if "keep" in kinds else None,
+        negative_reference_key=style.negative.key if style.negative else None,
+    )
+    rows = generation_rows(run, batch, outputs, inputs, seconds=seconds, created_at=datetime.now(UTC))
+    return score_batch(store, rows, pictures, product=product, control=canvases.get("canny"),
+                       style_input=style_input, clip=clip), seconds
+
+
+def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Image], *, product: Product,
+                control: Image.Image | None, style_input: StyleInput, clip: ClipScorer | None) -> list[dict]:
+    """The batch's rows with every score filled in; a blank image is marked failed.
+
+    Fidelity is measured against the product photo as the control images placed it, inside the
+    product's mask (its mask file, alpha channel or plain background; else the whole photo).
+    `control` is the batch's canny control image; without one (a profile with other
+    ControlNets) the fitted product's edges are computed here with the same thresholds.
+    A photo or mask that cannot be read any more leaves the fidelity scores and `product_mask` null.
+    """
+    first = rows[0]
+    width, height, low, high = (int(first[k]) for k in ("width", "height", "canny_low", "canny_high"))
+    what = f"{product.product_id} x {first.get('style_id', '?')}"
+    try:
+        photo = load_image(store, product.image_key, product.sha256)  # the photo the images were made from
+        mask, source = load_mask(store, product, photo)
+    except (FileNotFoundError, ValueError) as exc:
+        # Gone, overwritten or broken since the run read it: fidelity cannot be measured, every
+        # other score can. A connection error is not caught: the shard's retry reads it again.
+        log.warning("fidelity scores of %s left null: the product photo or mask cannot be read: %s", what, exc)
+        photo, source = None, None
+    if photo is not None:
+        region = product_mask_on_canvas(photo, width, height, mask)
+        canvas = fit_to_canvas(photo, width, height)
+        control_edges = np.asarray(control.convert("L")) > 127 if control is not None else edge_map(canvas, low, high)
+    else:  # no product region known: the background hash covers the whole image
+        region, canvas, control_edges = np.zeros((height, width), dtype=bool), None, None
+    clip_scores: list[tuple[float | None, float | None]] = [(None, None)] * len(images)
+    if clip is not None:
+        try:
+            clip_scores = clip.score(images, [r["prompt"] for r in rows], style_key=style_input.key,
+                                     references=style_input.images, weights=style_input.weights)
+        except Exception as exc:  # a scorer's failure costs its columns, never the images
+            log.warning("CLIP scores of %s failed: %s: %s", what, type(exc).__name__, exc)
+            clip = None
+    for row, image, (clip_text, clip_style) in zip(rows, images, clip_scores, strict=True):
+        scores, problems = pixel_scores(image, product_canvas=canvas, control_edges=control_edges, mask=region,
+                                        canny_low=low, canny_high=high)
+        for problem in problems:
+            log.warning("image %s: score %s", row["asset_id"], problem)
+        row.update(scores, product_mask=source, clip_text=clip_text, clip_style=clip_style,
+                   clip_model=clip.name if clip is not None else None)
+        if is_blank(image):
+            row.update(status="failed", status_reason="blank image: every pixel is the same colour")
+    return rows
