@@ -98,11 +98,12 @@ def scan_catalog(
     if to_fetch:
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="catalog-read") as pool:
             read = list(pool.map(functools.partial(_read_record, store), to_fetch))
-        errors = [error for _, error in read if error is not None]
-        if len(read) > 1 and len(errors) == len(read) and all(isinstance(e, ConnectionError) for e in errors):
-            # The endpoint stopped answering: the store is down, not the objects bad. A snapshot
-            # quarantining everything would hide the whole catalog from every run.
-            raise errors[0]
+        transient = [error for _, error in read if isinstance(error, ConnectionError)]
+        if transient:
+            # Busy or down past the store's retries: a fault of the moment, not of the object. It
+            # must never become data (a quarantined entry, a snapshot missing the object), so the
+            # refresh stops here, naming the object, and the last good snapshot stays the latest.
+            raise transient[0]
         for record, _ in read:
             records[record.key] = record
     ordered = [records[key] for key, _ in listing]
@@ -160,8 +161,17 @@ def _unread_record(key: str, info: ObjectInfo) -> ObjectRecord | None:
 
 
 def read_record(store: ObjectStore, key: str, info: ObjectInfo) -> ObjectRecord:
-    """The record of one listed object: ruled out by its key, name or size, else downloaded and inspected."""
-    return _unread_record(key, info) or _read_record(store, (key, info))[0]
+    """The record of one listed object: ruled out by its key, name or size, else downloaded and inspected.
+
+    Raises ConnectionError when the store stayed busy or down past its retries.
+    """
+    ruled_out = _unread_record(key, info)
+    if ruled_out is not None:
+        return ruled_out
+    record, error = _read_record(store, (key, info))
+    if isinstance(error, ConnectionError):
+        raise error
+    return record
 
 
 def _read_record(store: ObjectStore, item: tuple[str, ObjectInfo]) -> tuple[ObjectRecord, Exception | None]:
@@ -177,7 +187,11 @@ def _read_record(store: ObjectStore, item: tuple[str, ObjectInfo]) -> tuple[Obje
     except FileNotFoundError:  # deleted between the listing and the read
         return ObjectRecord(key=key, etag="", size=info.size, role=role,
                             problem=f"{key}: disappeared while the catalog was being read"), None
-    except (OSError, ClientError, BotoCoreError) as exc:  # refused, unreachable, throttled: this object only
+    except ConnectionError as exc:  # busy or down after the store's retries: stop the refresh, name the object
+        return ObjectRecord(key=key, etag="", size=info.size, role=role, problem=""), ConnectionError(
+            f"catalog object {info.uri} could not be read: {first_line(exc)}; the refresh stopped and "
+            "committed nothing (the last snapshot stays the latest): run it again")
+    except (OSError, ClientError, BotoCoreError) as exc:  # refused for this object (access denied, ...): this object only
         return ObjectRecord(key=key, etag="", size=info.size, role=role,
                             problem=f"{key}: could not be read ({first_line(exc)}); it is read again at the next refresh"), exc
     # The listed ETag is kept: if the object changed after the listing, the next refresh

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "STYLEMATRIX_S3_ENDPOINT"),
     )
+    # S3 under load: calls that meet throttling or dropped connections are retried this many
+    # times in all, with full-jitter backoff capped at this many seconds (adapters/storage.RetryPolicy).
+    s3_retry_attempts: int = Field(default=30, ge=1)
+    s3_retry_cap_seconds: float = Field(default=8.0, gt=0)
     s3_region: str = Field(
         default="us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION", "STYLEMATRIX_S3_REGION")
     )

@@ -8,12 +8,14 @@ conditional write is `FileExistsError`, an endpoint that does not answer is
 
 from __future__ import annotations
 
+import hashlib
+import random
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -21,22 +23,27 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectTimeoutError,
+    EndpointConnectionError,
     HTTPClientError,
+    IncompleteReadError,
     NoCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from urllib3.exceptions import ProtocolError
+from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 
 if TYPE_CHECKING:
     from adapters.settings import Settings
 
-__all__ = ["ObjectInfo", "ObjectStore", "S3Store", "join_uri", "split_uri"]
+__all__ = ["ObjectInfo", "ObjectStore", "RetryPolicy", "S3Store", "join_uri", "split_uri"]
+
+T = TypeVar("T")
 
 SCHEME = "s3://"
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 60.0
-# Two attempts in all: one retry absorbs a transient hiccup, while an unreachable
-# endpoint still fails in seconds (2 x connect timeout + backoff) instead of minutes.
-MAX_ATTEMPTS = 2
 COPY_CHUNK_BYTES = 8 << 20
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
@@ -114,15 +121,72 @@ class ObjectStore(Protocol):
     def check_reachable(self, uri: str) -> None: ...
 
 
+# --------------------------------------------------------------------------- retries
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long S3 calls are retried, telling an endpoint that is busy from one that is down.
+
+    Busy (throttling: 503 SlowDown, 500, 502, 504, 429; a connection reset or closed mid-call;
+    a read timeout) is retried with exponential backoff and full jitter (AWS's recommended
+    scheme: the n-th wait is uniform in [0, min(cap, base x 2^n)]), up to `attempts` in all:
+    30 by default, at most about 3.5 minutes of waiting, enough to ride out a throttled prefix.
+    Down (connection refused, a name that does not resolve, no answer to connect) gets
+    `down_attempts` (2) and fails in seconds with one line. Anything else (not found, access
+    denied, a refused conditional write) is an answer, not a fault: never retried.
+    botocore's own retries are off (one attempt each), so this is the only policy.
+    """
+
+    attempts: int = 30
+    down_attempts: int = 2
+    base_seconds: float = 0.1
+    cap_seconds: float = 8.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        return rng.uniform(0.0, min(self.cap_seconds, self.base_seconds * 2 ** (attempt - 1)))
+
+    def worst_case_seconds(self) -> float:
+        """The longest a busy call can wait in all before it gives up (the sum of the backoff caps)."""
+        return sum(min(self.cap_seconds, self.base_seconds * 2 ** (n - 1)) for n in range(1, self.attempts))
+
+
+_BUSY_CODES = {"SlowDown", "ServiceUnavailable", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+               "TooManyRequests", "InternalError", "RequestTimeout", "BadGateway", "GatewayTimeout",
+               "500", "502", "503", "504", "429"}
+_BUSY_STATUS = {429, 500, 502, 503, 504}
+
+
+def _fault_kind(exc: BaseException) -> str:
+    """'busy' (retry long), 'down' (retry once) or 'answer' (never retry) for an error of one S3 call."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return "busy" if _code(exc) in _BUSY_CODES or status in _BUSY_STATUS else "answer"
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)) and not isinstance(exc, ReadTimeoutError):
+        return "down"
+    if isinstance(exc, (HTTPClientError, BotoConnectionError, ResponseStreamingError, IncompleteReadError,
+                        ProtocolError, Urllib3ReadTimeout, ConnectionResetError, TimeoutError)):
+        return "busy"
+    return "answer"
+
+
 # --------------------------------------------------------------------------- S3
 
 
 class S3Store:
-    """`ObjectStore` over a boto3 S3 client (AWS, MinIO, R2, or the embedded moto server)."""
+    """`ObjectStore` over a boto3 S3 client (AWS, MinIO, R2, or the embedded moto server).
 
-    def __init__(self, client: Any) -> None:
+    Every call goes through `RetryPolicy`; every write is safe to repeat when its answer was
+    lost: a plain put writes the same bytes again, and a conditional put that finds an object
+    with exactly its bytes (its own earlier attempt) counts as written.
+    """
+
+    def __init__(self, client: Any, policy: RetryPolicy | None = None) -> None:
         self._client = client
         self.endpoint: str = client.meta.endpoint_url
+        self.policy = policy or RetryPolicy()
+        self._rng = random.Random()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Store:
@@ -130,21 +194,22 @@ class S3Store:
         config = Config(
             connect_timeout=CONNECT_TIMEOUT_S,
             read_timeout=READ_TIMEOUT_S,
-            retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+            retries={"max_attempts": 1, "mode": "standard"},  # RetryPolicy decides, not botocore
             # Custom endpoints (moto, MinIO, an IP address) rarely resolve bucket
             # subdomains; AWS itself keeps its default virtual-host addressing.
             s3={"addressing_style": "path" if settings.s3_endpoint else "auto"},
         )
         client = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region, config=config)
-        return cls(client)
+        return cls(client, RetryPolicy(attempts=settings.s3_retry_attempts, cap_seconds=settings.s3_retry_cap_seconds))
 
     # ------------------------------------------------------------------ objects
 
     def put(self, uri: str, data: bytes, content_type: str | None = None, *, if_absent: bool = False) -> str:
         """Write `data` at `uri` and return its ETag (without quotes).
 
-        With `if_absent`, the write is conditional (`If-None-Match: *`): if the key
-        already exists, nothing is written and FileExistsError is raised.
+        With `if_absent`, the write is conditional (`If-None-Match: *`): if the key already
+        holds other bytes, nothing is written and FileExistsError is raised. If it holds exactly
+        `data` (an earlier attempt of this very write whose answer was lost), the write counts.
         """
         bucket, key = _object_parts(uri)
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": data}
@@ -153,18 +218,20 @@ class S3Store:
         if if_absent:
             kwargs["IfNoneMatch"] = "*"
         try:
-            with self._translate(uri):
-                response = self._client.put_object(**kwargs)
+            response = self._call(uri, lambda: self._client.put_object(**kwargs))
         except _Precondition as exc:
+            try:
+                if self.get(uri) == data:
+                    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+            except FileNotFoundError:
+                pass
             raise FileExistsError(f"{uri} already exists ({exc})") from None
         return _etag(response["ETag"])
 
     def get(self, uri: str) -> bytes:
         """The bytes stored at `uri`; FileNotFoundError if there are none."""
         bucket, key = _object_parts(uri)
-        with self._translate(uri):
-            response = self._client.get_object(Bucket=bucket, Key=key)
-            return response["Body"].read()
+        return self._call(uri, lambda: self._client.get_object(Bucket=bucket, Key=key)["Body"].read())
 
     def download(self, uri: str, out: BinaryIO, *, etag: str = "") -> None:
         """Stream the bytes stored at `uri` into the binary file `out`: for objects too large to hold in memory.
@@ -176,10 +243,14 @@ class S3Store:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if etag:
             kwargs["IfMatch"] = f'"{etag}"'
+
+        def copy() -> None:
+            out.seek(0)
+            out.truncate()  # a retry starts the file again
+            shutil.copyfileobj(self._client.get_object(**kwargs)["Body"], out, length=COPY_CHUNK_BYTES)
+
         try:
-            with self._translate(uri):
-                body = self._client.get_object(**kwargs)["Body"]
-                shutil.copyfileobj(body, out, length=COPY_CHUNK_BYTES)
+            self._call(uri, copy)
         except _Precondition:
             raise FileNotFoundError(f"{uri} changed while it was being read (its ETag is no longer {etag}); "
                                     "try again") from None
@@ -192,8 +263,7 @@ class S3Store:
         """Size and ETag of the object at `uri`, or None if there is none."""
         bucket, key = _object_parts(uri)
         try:
-            with self._translate(uri):
-                response = self._client.head_object(Bucket=bucket, Key=key)
+            response = self._call(uri, lambda: self._client.head_object(Bucket=bucket, Key=key))
         except FileNotFoundError:
             return None
         return ObjectInfo(uri=uri, key=key, size=response["ContentLength"], etag=_etag(response["ETag"]))
@@ -205,25 +275,19 @@ class S3Store:
         the contents of a folder, as `s3://b/products` also matches `products-old/`.
         """
         bucket, prefix = split_uri(prefix_uri)
-        found: list[ObjectInfo] = []
-        with self._translate(prefix_uri):
-            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                for item in page.get("Contents", []):
-                    found.append(
-                        ObjectInfo(
-                            uri=f"{SCHEME}{bucket}/{item['Key']}",
-                            key=item["Key"],
-                            size=item["Size"],
-                            etag=_etag(item["ETag"]),
-                        )
-                    )
-        return sorted(found, key=lambda info: info.key)
+
+        def listing() -> list[ObjectInfo]:  # a retry lists again from the first page
+            paginator = self._client.get_paginator("list_objects_v2")
+            return [ObjectInfo(uri=f"{SCHEME}{bucket}/{item['Key']}", key=item["Key"], size=item["Size"],
+                               etag=_etag(item["ETag"]))
+                    for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for item in page.get("Contents", [])]
+
+        return sorted(self._call(prefix_uri, listing), key=lambda info: info.key)
 
     def delete(self, uri: str) -> None:
         """Remove the object at `uri`; removing a missing object is not an error (as in S3)."""
         bucket, key = _object_parts(uri)
-        with self._translate(uri):
-            self._client.delete_object(Bucket=bucket, Key=key)
+        self._call(uri, lambda: self._client.delete_object(Bucket=bucket, Key=key))
 
     # ------------------------------------------------------------------ buckets
 
@@ -237,13 +301,11 @@ class S3Store:
         if region and region != "us-east-1":  # us-east-1 refuses an explicit LocationConstraint
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         try:
-            self._client.create_bucket(**kwargs)
+            self._call(f"{SCHEME}{name}", lambda: self._client.create_bucket(**kwargs), translate=False)
         except ClientError as exc:
             # Lost a race with another creator; fine if the bucket is now ours to use.
             if _code(exc) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"} or not self._bucket_exists(name):
                 raise _translated(exc, f"{SCHEME}{name}", self.endpoint) from None
-        except BotoCoreError as exc:
-            raise _translated(exc, f"{SCHEME}{name}", self.endpoint) from None
 
     def check_reachable(self, uri: str) -> None:
         """Fail fast, with a message a user can act on, unless the bucket of `uri` is usable.
@@ -257,21 +319,36 @@ class S3Store:
 
     def _bucket_exists(self, bucket: str) -> bool:
         try:
-            self._client.head_bucket(Bucket=bucket)
+            self._call(f"{SCHEME}{bucket}", lambda: self._client.head_bucket(Bucket=bucket), translate=False)
         except ClientError as exc:
             if _code(exc) in _NOT_FOUND_CODES:
                 return False
             raise _translated(exc, f"{SCHEME}{bucket}", self.endpoint) from None
-        except BotoCoreError as exc:
-            raise _translated(exc, f"{SCHEME}{bucket}", self.endpoint) from None
         return True
 
-    @contextmanager
-    def _translate(self, uri: str) -> Iterator[None]:
-        try:
-            yield
-        except (ClientError, BotoCoreError) as exc:
-            raise _translated(exc, uri, self.endpoint) from None
+    def _call(self, uri: str, op: Callable[[], T], *, translate: bool = True) -> T:
+        """`op()` under the retry policy; its last error translated to a builtin exception (or, with
+        `translate=False`, a ClientError left as it is for the caller to read its code)."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return op()
+            except (ClientError, BotoCoreError, ProtocolError, Urllib3ReadTimeout, ConnectionResetError,
+                    TimeoutError) as exc:
+                kind = _fault_kind(exc)
+                limit = {"busy": self.policy.attempts, "down": self.policy.down_attempts}.get(kind, 1)
+                if attempt < limit:
+                    time.sleep(self.policy.delay(attempt, self._rng))
+                    continue
+                if kind == "busy":
+                    raise ConnectionError(
+                        f"S3 endpoint {self.endpoint} is still busy after {attempt} attempts over "
+                        f"{time.monotonic() - started:.0f} s ({_fault_reason(exc)}) on {uri}") from None
+                if isinstance(exc, ClientError) and not translate:
+                    raise
+                raise _translated(exc, uri, self.endpoint) from None
 
 
 # --------------------------------------------------------------------------- errors
@@ -306,6 +383,13 @@ def _translated(exc: Exception, uri: str, endpoint: str) -> Exception:
     if isinstance(exc, (BotoConnectionError, HTTPClientError)):
         return ConnectionError(f"cannot reach S3 endpoint {endpoint}: {_short_reason(exc)}")
     return OSError(f"S3 error on {uri}: {exc}")
+
+
+def _fault_reason(exc: BaseException) -> str:
+    """The last fault of a busy call in a few words: an S3 error code, or the connection problem."""
+    if isinstance(exc, ClientError):
+        return _code(exc) or "server error"
+    return type(exc).__name__ if not str(exc) else _short_reason(exc)
 
 
 def _short_reason(exc: Exception) -> str:

@@ -8,6 +8,8 @@ and the manifest, not from Prefect's result cache.
 
 from __future__ import annotations
 
+from functools import partial
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -17,6 +19,9 @@ from flows import artifacts
 from tasks.matrix import expand_matrix
 from tasks.plan import choose_inputs, group_batches, plan_jobs, plan_shards
 
+# S3 can blip: I/O steps retry twice, a second apart (on top of the store's own retries).
+io_task = partial(task, retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+
 # Pure steps: cheap, deterministic, no retries needed.
 expand = task(expand_matrix, name="expand-matrix", cache_policy=NO_CACHE)
 choose = task(choose_inputs, name="choose-inputs", cache_policy=NO_CACHE)
@@ -24,31 +29,31 @@ plan = task(plan_jobs, name="plan-jobs", cache_policy=NO_CACHE)
 batch = task(group_batches, name="group-batches", cache_policy=NO_CACHE)
 shard = task(plan_shards, name="plan-shards", cache_policy=NO_CACHE)
 
-# I/O steps: S3 can blip, so they retry.
-read_reference = task(conditioning.read_reference, name="read-negative-reference", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+# I/O steps.
+read_reference = io_task(conditioning.read_reference, name="read-negative-reference")
 # Catalog snapshots: a refresh reads only what changed and commits a snapshot; runs read one.
-previous_snapshot = task(snapshots.previous_snapshot, name="previous-snapshot", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-scan_catalog = task(catalog_scan.scan_catalog, name="scan-catalog", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-write_snapshot = task(snapshots.write_snapshot, name="write-snapshot", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-latest_snapshot = task(snapshots.latest_snapshot_id, name="latest-snapshot", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-load_snapshot = task(snapshots.load_snapshot, name="load-snapshot", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-published = task(publish.published_asset_ids, name="published-assets", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+previous_snapshot = io_task(snapshots.previous_snapshot, name="previous-snapshot")
+scan_catalog = io_task(catalog_scan.scan_catalog, name="scan-catalog")
+write_snapshot = io_task(snapshots.write_snapshot, name="write-snapshot")
+latest_snapshot = io_task(snapshots.latest_snapshot_id, name="latest-snapshot")
+load_snapshot = io_task(snapshots.load_snapshot, name="load-snapshot")
+published = io_task(publish.published_asset_ids, name="published-assets")
 # The profile's revision: a hash of local files, or of an S3 mirror's listing for s3:// profiles.
-identity = task(model_identity, name="model-identity", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+identity = io_task(model_identity, name="model-identity")
 # Control images, once per product and canvas, stored with the run for every shard to read.
 controls = task(conditioning.write_controls, name="canny-controls", retries=1, cache_policy=NO_CACHE)
 
 # On the GPU worker: a batch is generated, published and scored; the shard's table part last.
 render = task(rendering.render_batch, name="render-batch", retries=1, cache_policy=NO_CACHE, tags=["gpu"])
-write_part = task(publish.put_table_part, name="write-table-part", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+write_part = io_task(publish.put_table_part, name="write-table-part")
 
 # Selection and publishing, after the shards and before the manifest. Each rewrites its own
 # uncommitted objects, so a retry is safe.
-select_run = task(run_outputs.select_run, name="select-images", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-write_cell_metrics = task(run_outputs.write_cell_metrics, name="write-cell-metrics", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-write_sheets = task(run_outputs.write_sheets, name="contact-sheets", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-write_gallery = task(run_outputs.write_gallery, name="gallery", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-write_runs_part = task(publish.put_table_part, name="write-runs-part", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+select_run = io_task(run_outputs.select_run, name="select-images")
+write_cell_metrics = io_task(run_outputs.write_cell_metrics, name="write-cell-metrics")
+write_sheets = io_task(run_outputs.write_sheets, name="contact-sheets")
+write_gallery = io_task(run_outputs.write_gallery, name="gallery")
+write_runs_part = io_task(publish.put_table_part, name="write-runs-part")
 # Reports: artifacts never stop a run and are never retried.
 start_progress = task(artifacts.start_progress, name="start-progress", cache_policy=NO_CACHE)
 report_run = task(artifacts.report_run, name="run-artifacts", cache_policy=NO_CACHE)

@@ -389,8 +389,7 @@ class _Refusing:
 
 
 @pytest.mark.parametrize("error", [PermissionError("access refused: AccessDenied"),
-                                   ConnectionError("cannot reach S3 endpoint: connection reset"),
-                                   OSError("S3 error: SlowDown: please reduce your request rate")])
+                                   OSError("S3 error: NotImplemented: this server does not support it")])
 def test_an_unreadable_object_quarantines_its_entry_and_is_read_again_next_time(store: S3Store, sample: str,
                                                                                 error: Exception) -> None:
     from adapters.snapshots import refresh
@@ -406,6 +405,24 @@ def test_an_unreadable_object_quarantines_its_entry_and_is_read_again_next_time(
 
     healed = refresh(store, sample)  # the empty ETag matches no listing: read again, not trusted
     assert healed.written and (healed.fetched, healed.products, healed.quarantined) == (1, 4, 0)
+
+
+@pytest.mark.parametrize("error", [ConnectionError("S3 endpoint http://x is still busy after 30 attempts over 180 s (SlowDown)"),
+                                   ConnectionError("cannot reach S3 endpoint: connection reset")])
+def test_a_transient_error_stops_the_refresh_naming_the_object_and_never_becomes_data(store: S3Store, sample: str,
+                                                                                      error: Exception) -> None:
+    from adapters.snapshots import latest_snapshot_id, load_snapshot, refresh
+
+    good = refresh(store, sample).snapshot_id
+    store.put(f"{sample}/products/rocket/product.yaml", b"title: Rocket, again\n")  # a change to read
+    flaky = _Refusing(store, "products/rocket/product.yaml", error)
+    with pytest.raises(ConnectionError, match=r"catalog object s3://.*/products/rocket/product.yaml could not be read"):
+        refresh(flaky, sample)
+    assert latest_snapshot_id(store, sample) == good  # nothing committed, nothing quarantined
+    assert load_snapshot(store, sample, good).quarantine == []
+    with pytest.raises(ConnectionError, match="products/rocket/product.yaml"):
+        catalog_scan.read_record(flaky, "products/rocket/product.yaml",
+                                 store.head(f"{sample}/products/rocket/product.yaml"))
 
 
 def test_an_object_deleted_while_being_read_is_read_again_next_time(store: S3Store, sample: str) -> None:

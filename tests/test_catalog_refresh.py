@@ -514,7 +514,7 @@ def test_campaign_runs_read_a_snapshot_and_record_it(campaign_env, store, tmp_pa
 
     latest = run_campaign(RunRequest(campaign=str(spec), triggered_by="test"))
     assert runs_row(latest)["snapshot_id"] == refreshed
-    assert runs_row(latest)["products"] == 5 and latest["images_generated"] == 1
+    assert runs_row(latest)["products"] == 5 and latest.images_generated == 1
 
 
 # --------------------------------------------------------------------------- the command line
