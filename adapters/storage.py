@@ -194,7 +194,7 @@ class S3Store:
         config = Config(
             connect_timeout=CONNECT_TIMEOUT_S,
             read_timeout=READ_TIMEOUT_S,
-            retries={"max_attempts": 1, "mode": "standard"},  # RetryPolicy decides, not botocore
+            retries={"total_max_attempts": 1, "mode": "standard"},  # RetryPolicy decides, not botocore
             # Custom endpoints (moto, MinIO, an IP address) rarely resolve bucket
             # subdomains; AWS itself keeps its default virtual-host addressing.
             s3={"addressing_style": "path" if settings.s3_endpoint else "auto"},
