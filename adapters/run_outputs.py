@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from adapters import publish
+from adapters.fonts import sheet_font
 from adapters.images import load_image
 from adapters.storage import ObjectStore
 from catalogs.models import Product, Selection, StyleSet
@@ -40,8 +41,11 @@ def write_cell_metrics(store: ObjectStore, assets: str, run_date: str, run_id: s
 
 
 def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[dict], products: Sequence[Product],
-                 styles: Sequence[StyleSet], controls: dict[str, str]) -> dict[str, str]:
-    """One contact sheet per product x style set, stored under the run's `sheets/`; file name -> URI."""
+                 styles: Sequence[StyleSet], controls: dict[str, str], *, title: str | None = None) -> dict[str, str]:
+    """One contact sheet per product x style set, stored under the run's `sheets/`; file name -> URI.
+
+    Each is headed by the campaign's `title` (any language) where it has one, drawn in a font with CJK glyphs.
+    """
     by_product = {p.product_id: p for p in products}
     by_style = {s.style_id: s for s in styles}
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -60,8 +64,9 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
         tiles = [tile_for(r, load_image(store, r["output_key"]) if r.get("output_key") else None)
                  for r in sorted(members, key=lambda r: (r["cell_index"], r["seed"]))]
         selected = sum(bool(r.get("selected")) for r in members)
-        sheet = contact_sheet(tiles, title=f"{product_id} x {style_id}",
-                              subtitle=f"run {run_id} · {len(members)} images · {selected} selected", header=header)
+        sheet = contact_sheet(tiles, title=" · ".join(filter(None, [title, f"{product_id} x {style_id}"])),
+                              subtitle=f"run {run_id} · {len(members)} images · {selected} selected", header=header,
+                              font=sheet_font())
         name = f"{product_id}__{style_id}.jpg"
         sheets[name] = publish.run_uri(assets, run_id, "sheets", name)
         store.put(sheets[name], publish.encode_jpeg(sheet), content_type="image/jpeg")
@@ -69,10 +74,12 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
 
 
 def write_gallery(store: ObjectStore, assets: str, run_id: str, campaign: str, rows: Sequence[dict],
-                  sheets: dict[str, str], tables: Sequence[str]) -> str:
-    """The run's `index.html`; returns its URI."""
+                  sheets: dict[str, str], tables: Sequence[str], left_out: dict[str, str] | None = None, *,
+                  title: str | None = None) -> str:
+    """The run's `index.html`; returns its URI. `left_out` is shown as a warning at the top; `title` heads the page."""
     uri = publish.run_uri(assets, run_id, "index.html")
     links = {name.removesuffix(".jpg").replace("__", " x "): f"sheets/{name}" for name in sheets}
-    publish.put_text(store, uri, render_gallery(run_id, campaign, rows, sheets=links, tables=tables),
+    publish.put_text(store, uri, render_gallery(run_id, campaign, rows, sheets=links, tables=tables,
+                                                  left_out=left_out, title=title),
                      "text/html; charset=utf-8")
     return uri

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -360,11 +361,38 @@ class Campaign(_Strict):
     """What to make: products x style sets x prompt matrix, and how."""
 
     name: str = Field(pattern=ID_PATTERN)
+    # What people call the campaign, in any language ("秋季上新"): shown on sheets, the gallery, the
+    # artifacts and in the runs table. `name` stays a slug: run ids and keys are made of it.
+    title: str | None = Field(default=None, max_length=120)
     products: Selector = Selector()
     styles: Selector = Selector()
     matrix: PromptMatrix
     generation: Generation = Generation()
     selection: Selection = Selection()
+    # A named product or style set that is missing or quarantined is left out, and the run goes on
+    # with the rest (reported in its summary, runs table, artifact and gallery). `strict: true`
+    # fails the run before anything is generated instead.
+    strict: bool = False
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_is_a_slug(cls, value: object) -> object:
+        if isinstance(value, str) and not re.fullmatch(ID_PATTERN, value):
+            raise ValueError("must be a slug (lowercase letters, digits, '-' and '_', at most 64) because run ids "
+                             "and keys are made of it; put a name in any language in `title:`")
+        return value
+
+    @field_validator("title")
+    @classmethod
+    def _title_is_one_line(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            raise ValueError("is empty: leave `title` out instead")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise ValueError("must be one line of text (no newlines, tabs or control characters)")
+        return value
 
     @model_validator(mode="after")
     def _parameter_axes_valid(self) -> Campaign:
@@ -477,6 +505,9 @@ class RunRequest(_Strict):
         default={}, description="Replace the values of some matrix axes, e.g. {\"surface\": [\"marble\"]}"
     )
     seeds: tuple[int, ...] = Field(default=(), description="Replace the campaign's seeds")
+    strict: bool | None = Field(
+        default=None, description="Fail when a named product or style set is missing or quarantined, instead of "
+                                  "leaving it out (default: the campaign's `strict` setting)")
     dry_run: bool = Field(default=False, description="Plan and report counts; generate and publish nothing")
     triggered_by: Literal["cli", "demo", "schedule", "ui", "api", "test"] = "api"
 
@@ -490,6 +521,7 @@ class RunSummary(_Strict):
 
     run_id: str | None
     campaign: str
+    title: str | None = None  # the campaign's title, in any language
     dry_run: bool = False
     images_planned: int
     images_skipped: int
@@ -505,18 +537,22 @@ class RunSummary(_Strict):
     gallery: str | None = None
     sheets: dict[str, str] = {}
     tables: tuple[str, ...] = ()
+    left_out: dict[str, str] = {}  # "style set night-sky" -> why it was left out
 
     def lines(self) -> list[str]:
         """What a person wants to read when a run ends."""
+        titled = f" ({self.title})" if self.title else ""
         if self.dry_run:
-            return [f"dry run of {self.campaign}: {self.images_planned} images planned, {self.images_skipped} already "
-                    f"published, {self.images_to_generate} to make; {self.quarantined} catalog objects quarantined"]
-        lines = [f"run {self.run_id}: {self.images_generated} images generated, {self.images_skipped} already published, "
-                 f"{self.quarantined} catalog objects quarantined "
+            return [f"dry run of {self.campaign}{titled}: {self.images_planned} images planned, {self.images_skipped} "
+                    f"already published, {self.images_to_generate} to make; {self.quarantined} catalog objects quarantined",
+                    *(f"  WARNING: left out {what}: {why}" for what, why in self.left_out.items())]
+        lines = [f"run {self.run_id}{titled}: {self.images_generated} images generated, {self.images_skipped} already "
+                 f"published, {self.quarantined} catalog objects quarantined "
                  f"({self.duration_seconds:.1f} s, {self.images_per_second:.2f} images/s)"]
         if self.images_generated:
             lines.append(f"  selected: {self.images_selected} images (top k per product), "
                          f"{self.images_failed} failed; contact sheets: {len(self.sheets)}")
+        lines += [f"  WARNING: left out {what}: {why}" for what, why in self.left_out.items()]
         lines += [f"  table:    {t}" for t in self.tables]
         if self.gallery:
             lines.append(f"  gallery:  {self.gallery}")

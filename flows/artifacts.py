@@ -56,13 +56,19 @@ def _round(value: object) -> float | None:
 
 
 def report_run(campaign: str, run_id: str, rows: Sequence[dict], *, gallery: str | None, sheets: dict[str, str],
-               tables: Sequence[str], manifest: str) -> None:
-    """Prefect artifacts for the run: the top images per product, a summary, a link to the gallery."""
+               tables: Sequence[str], manifest: str, left_out: dict[str, str] | None = None,
+               title: str | None = None) -> None:
+    """Prefect artifacts for the run: the top images per product, a summary (what was left out, first),
+    a link to the gallery. The campaign's `title` (any language) heads them where it has one."""
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "gated", "duplicate", "failed")}
     selected = sum(bool(r.get("selected")) for r in rows)
-    lines = [f"# {campaign} · run {run_id}", "",
+    named = f"{title} ({campaign})" if title else campaign
+    lines = [f"# {named} · run {run_id}", "",
              f"{len(rows)} images: {counts['ok']} ok ({selected} selected), {counts['gated']} gated, "
              f"{counts['duplicate']} duplicate, {counts['failed']} failed.", ""]
+    if left_out:
+        lines += ["> **Warning: left out of this run**", ">",
+                  *(f"> - {what}: {why}" for what, why in left_out.items()), ""]
     if rows:
         lines += ["| product | images | selected | best score |", "|---|---|---|---|"]
         for product in sorted({r["product_id"] for r in rows}):
@@ -80,5 +86,5 @@ def report_run(campaign: str, run_id: str, rows: Sequence[dict], *, gallery: str
         create_table_artifact(top_images(rows), key=artifact_key(campaign, "top-images"),
                               description=f"run {run_id}: selected images per product, best first")
     if gallery:
-        create_link_artifact(gallery, link_text=f"{campaign} gallery ({run_id})", key=artifact_key(campaign, "gallery"),
+        create_link_artifact(gallery, link_text=f"{named} gallery ({run_id})", key=artifact_key(campaign, "gallery"),
                              description="the run's gallery page, beside its images")

@@ -40,7 +40,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
 
     spec, profile = resolve_campaign(store, request, catalog, settings.profile)  # before the catalog or any weight
     state = catalog_for_run(store, catalog, request.snapshot)
-    products, styles = campaign_inputs(store, spec, request, state, catalog)
+    products, styles, left_out = campaign_inputs(store, spec, request, state, catalog)
     cells = steps.expand(spec.matrix)
     revision, dtype, device = steps.identity(spec.generation.profile, settings)
     jobs = steps.plan(spec, products, styles, cells, profile_revision=revision, dtype=dtype, profile=profile)
@@ -50,9 +50,9 @@ def run_campaign(request: RunRequest) -> RunSummary:
                 spec.name, len(products), len(styles), len(cells), len(spec.matrix.seed_list), len(jobs),
                 len(jobs) - len(todo), len(todo))
     if request.dry_run:
-        return RunSummary(run_id=None, campaign=spec.name, dry_run=True, images_planned=len(jobs),
+        return RunSummary(run_id=None, campaign=spec.name, title=spec.title, dry_run=True, images_planned=len(jobs),
                           images_skipped=len(jobs) - len(todo), images_to_generate=len(todo),
-                          quarantined=len(state.quarantine))
+                          quarantined=len(state.quarantine), left_out=left_out)
 
     run_id, run_date = new_run_id(spec.name, started), f"{started:%Y-%m-%d}"
     batches = steps.batch(todo, spec.generation.batch_size)
@@ -65,10 +65,10 @@ def run_campaign(request: RunRequest) -> RunSummary:
     )
     shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
     generated = run_shards(shards, ctx, store, settings)
-    rows, parts, sheets, gallery = publish_outputs(store, ctx, spec, products, styles, generated)
+    rows, parts, sheets, gallery = publish_outputs(store, ctx, spec, products, styles, generated, left_out)
 
     row = run_row(
-        run_id=run_id, campaign=spec.name, campaign_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
+        run_id=run_id, campaign=spec.name, title=spec.title, campaign_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
         parameters=run_parameters(request, spec, products=[p.product_id for p in products],
                                   styles=[s.style_id for s in styles]),
         triggered_by=request.triggered_by, flow_run_id=str(flow_run.get_id() or ""), catalog=catalog,
@@ -79,17 +79,18 @@ def run_campaign(request: RunRequest) -> RunSummary:
         images_selected=sum(bool(r["selected"]) for r in rows), images_failed=sum(r["status"] == "failed" for r in rows),
         batches=len(batches), generation_wall_seconds=generated.wall_seconds if batches else 0.0,
         images_per_second=len(generated.images) / generated.wall_seconds if batches and generated.wall_seconds else 0.0,
-        quarantined=len(state.quarantine), status="completed" if generated.images else "nothing-new",
+        quarantined=len(state.quarantine), left_out=list(left_out.items()), status="completed" if generated.images else "nothing-new",
     )
     parts.append(steps.write_runs_part(store, assets, "runs", run_date, run_id, [row]))
     summary = RunSummary(
-        run_id=run_id, campaign=spec.name, images_to_generate=len(todo), sheets=sheets, gallery=gallery,
+        run_id=run_id, campaign=spec.name, title=spec.title, images_to_generate=len(todo), sheets=sheets, gallery=gallery,
         tables=tuple(p["uri"] for p in parts), manifest=publish.run_uri(assets, run_id, publish.MANIFEST),
         **{k: row[k] for k in ("images_planned", "images_generated", "images_skipped", "images_selected",
                                "images_failed", "batches", "quarantined", "duration_seconds", "images_per_second")},
+        left_out=left_out,
     )
     steps.report_run(spec.name, run_id, rows, gallery=gallery, sheets=sheets, tables=summary.tables,
-                     manifest=summary.manifest)
+                     manifest=summary.manifest, left_out=left_out, title=spec.title)
     commit_run(store, assets, summary, parts, generated, ctx.controls, finished=row["finished_at"])
     logger.info(summary.lines()[0])
     return summary
@@ -114,22 +115,31 @@ def resolve_campaign(store: S3Store, request: RunRequest, catalog: str,
 
 
 def campaign_inputs(store: S3Store, spec: Campaign, request: RunRequest, state: CatalogState,
-                    catalog: str) -> tuple[list[Product], list[StyleSet]]:
-    """The products and style sets the run makes images of, with the campaign's negative reference."""
+                    catalog: str) -> tuple[list[Product], list[StyleSet], dict[str, str]]:
+    """The products and style sets the run makes images of, with the campaign's negative reference, and
+    those the campaign names that are left out (missing or quarantined), with why.
+
+    Raises ValueError when the run is strict and something named is left out, or when nothing is left.
+    """
     logger = get_run_logger()
     for q in state.quarantine:
         logger.warning("quarantined %s: %s", q.key, q.reason)
-    products, styles = narrow(request, *steps.choose(spec, state.products, state.styles))
+    strict = spec.strict if request.strict is None else request.strict
+    products, styles, left_out = steps.choose(spec, state.products, state.styles, state.quarantine, strict=strict)
+    for what, why in left_out.items():
+        logger.warning("left out %s: %s", what, why)
+    products, styles = narrow(request, products, styles)
     for reason in maskless_products(spec, products).values():
         logger.warning(reason)
     if spec.generation.negative_reference:
         negative = steps.read_reference(store, spec.generation.negative_reference, catalog)
         styles = conditioning.with_negative_reference(styles, negative)
-    return products, styles
+    return products, styles, left_out
 
 
 def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products: Sequence[Product],
-                    styles: Sequence[StyleSet], generated: Generated) -> tuple[list[dict], list[dict], dict[str, str], str | None]:
+                    styles: Sequence[StyleSet], generated: Generated,
+                    left_out: dict[str, str]) -> tuple[list[dict], list[dict], dict[str, str], str | None]:
     """Gates, duplicates and ranks across the run; then the tables, sheets and gallery built on them.
 
     Returns the rows with their outcomes, the manifest entries of the table parts, the contact
@@ -139,8 +149,9 @@ def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products:
         return [], list(generated.parts), {}, None
     rows, parts = steps.select_run(store, generated.parts, spec.selection)
     parts.append(steps.write_cell_metrics(store, ctx.assets, ctx.run_date, ctx.run_id, spec.name, rows))
-    sheets = steps.write_sheets(store, ctx.assets, ctx.run_id, rows, products, styles, ctx.controls)
-    gallery = steps.write_gallery(store, ctx.assets, ctx.run_id, spec.name, rows, sheets, [p["uri"] for p in parts])
+    sheets = steps.write_sheets(store, ctx.assets, ctx.run_id, rows, products, styles, ctx.controls, title=spec.title)
+    gallery = steps.write_gallery(store, ctx.assets, ctx.run_id, spec.name, rows, sheets, [p["uri"] for p in parts],
+                                  left_out=left_out, title=spec.title)
     return rows, parts, sheets, gallery
 
 

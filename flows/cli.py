@@ -16,7 +16,8 @@ from flows.cli_errors import USER_ERRORS, fail
 
 prepare_runtime_env()  # before Prefect is imported anywhere below
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Style-matrix image campaigns: IP-Adapter + ControlNet on S3 catalogs.")
+# rich_markup_mode=None: help text is plain text, so `s3://bucket[/prefix]` is not read as a markup tag.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Style-matrix image campaigns: IP-Adapter + ControlNet on S3 catalogs.")
 app.add_typer(catalog_app, name="catalog")
 
 def _finish(summary: RunSummary, store, assets: str, out_dir: Path, elapsed: float) -> None:

@@ -13,7 +13,7 @@ import typer
 from adapters.settings import get_settings
 from flows.cli_errors import USER_ERRORS, fail
 
-catalog_app = typer.Typer(add_completion=False, no_args_is_help=True,
+catalog_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,  # plain help: see cli.py
                           help="The catalog: import materials, refresh its snapshot, list products, styles and quarantine.")
 
 
@@ -38,7 +38,7 @@ def _store_for(catalog: str | None):
 
 @catalog_app.command("import")
 def import_(
-    source: Annotated[Path, typer.Argument(help="local folder: products/<id>/ and styles/<id>/, or loose images")],
+    source: Annotated[Path, typer.Argument(metavar="FOLDER", help="local folder: products/<id>/ and styles/<id>/, or loose images")],
     catalog: CatalogOption = None,
     as_kind: Annotated[EntryKind | None, typer.Option(
         "--as", help="for a folder of loose images: each image is one product, or one style set")] = None,

@@ -24,6 +24,7 @@ from prefect.deployments import run_deployment
 from adapters import publish
 from adapters.settings import Settings
 from adapters.storage import ObjectStore
+from flows import progress
 from flows.artifacts import advance_progress
 from flows.shard import generate_shard, shard_part_name
 from tasks.plan import Batch, Shard, ShardContext, finished_batches
@@ -48,6 +49,8 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
     re-run. `settings.shard_deployment` decides where shards run: None, in this process.
     """
     clock = time.perf_counter()
+    images = sum(len(b.jobs) for s in shards for b in s.batches)
+    progress.begin(images)  # the terminal's bar counts images; the artifact, batches
     for shard in shards:
         store.put(publish.run_uri(ctx.assets, ctx.run_id, "shards", f"{shard.index:05d}.json"),
                   shard.model_dump_json().encode(), content_type="application/json")
@@ -61,6 +64,7 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
         _run_on_pool(shards, ctx.model_copy(update={"progress": None}), settings, tracker)
     if ctx.progress:
         advance_progress(ctx.progress, 1.0)  # every shard has finished, whatever order their batches ran in
+    progress.reach(images)
     # Wall time of the whole generation phase, not the sum of the shards' times: parallel workers count once.
     wall = time.perf_counter() - clock
     parts = [publish.part_entry(store, "generations", publish.table_part_uri(
@@ -72,7 +76,8 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
 class BatchProgress:
     """The run's progress artifact as the share of batches whose images are all written, whichever shard wrote them.
 
-    `update` lists the run's images and moves the artifact forward only: it never goes back.
+    `update` lists the run's images and moves the artifact forward only: it never goes back. The
+    images of those batches go to this process's progress listeners (the terminal's bar).
     """
 
     def __init__(self, store: ObjectStore, ctx: ShardContext, batches: Sequence[Batch]) -> None:
@@ -82,10 +87,12 @@ class BatchProgress:
 
     def update(self) -> float:
         """Count the finished batches now; returns the share reported (0..1)."""
-        if not self._progress or not self._batches:
+        if not self._batches:
             return self.share
-        present = (o.key.rsplit("/", 1)[-1].removesuffix(".png") for o in self._store.list(self._images))
-        share = finished_batches(self._batches, present) / len(self._batches)
+        present = {o.key.rsplit("/", 1)[-1].removesuffix(".png") for o in self._store.list(self._images)}
+        finished = [b for b in self._batches if finished_batches([b], present)]
+        progress.reach(sum(len(b.jobs) for b in finished))
+        share = len(finished) / len(self._batches)
         if share > self.share:
             self.share = share
             advance_progress(self._progress, share)

@@ -9,7 +9,7 @@ from adapters.scorers import get_clip_scorer
 from adapters.settings import get_settings
 from adapters.storage import S3Store
 from catalogs import load_profiles
-from flows import steps
+from flows import progress, steps
 from flows.artifacts import advance_progress
 from tasks.plan import Shard, ShardContext
 from tasks.tables import RunContext
@@ -47,5 +47,6 @@ def generate_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0) -> 
         logger.info("%s done: %d images of %s x %s in %.2f s (%.1f images/s)", where, n, batch.product_id,
                     batch.style_id, seconds, n / max(seconds, 1e-9))
         advance_progress(ctx.progress, (batches_before + done) / ctx.batch_total)
+        progress.add(n)  # the terminal's bar, where this process has one
     return steps.write_part(store, ctx.assets, "generations", ctx.run_date, shard_part_name(ctx.run_id, shard.index),
                             rows)

@@ -15,7 +15,9 @@ from collections.abc import Mapping, Sequence
 from tasks.values import is_missing
 
 _STYLE = """
-body{font:14px system-ui,sans-serif;margin:1.5rem;background:#fafafa;color:#222}
+body{font:14px system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","Noto Sans CJK SC","Source Han Sans SC",
+"PingFang SC","Hiragino Sans","Hiragino Kaku Gothic ProN","Microsoft YaHei","Yu Gothic","Malgun Gothic",sans-serif;
+margin:1.5rem;background:#fafafa;color:#222}
 h1{font-size:1.3rem;margin:0 0 .3rem}header p{color:#555;margin:.2rem 0}
 a{color:#1456a0}
 .filters{margin:1rem 0;display:flex;gap:1rem;flex-wrap:wrap}
@@ -28,6 +30,7 @@ figure img{width:100%;image-rendering:auto;border-radius:4px;background:#eee;dis
 figcaption{font-size:12px;line-height:1.35;margin-top:.4rem}
 figcaption .ids{font-weight:600}figcaption .params{color:#666}
 header p.shared{color:#666;font-size:12px}
+header p.warning{background:#fff3cd;border:2px solid #d9822b;color:#7a3d00;padding:6px 10px;font-weight:bold}
 .badge{display:inline-block;border-radius:3px;padding:0 .35rem;margin-right:.3rem;font-size:11px;color:#fff;background:#777}
 .badge.selected{background:#16963c}.badge.ok{background:#1456a0}.badge.gated{background:#c82828}
 .badge.duplicate{background:#cd7800}.badge.failed{background:#777}
@@ -175,11 +178,14 @@ def _card(r: Mapping, varying: Sequence[str] = ()) -> str:
 
 
 def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets: Mapping[str, str] | None = None,
-                   tables: Sequence[str] = ()) -> str:
+                   tables: Sequence[str] = (), title: str | None = None,
+                   left_out: Mapping[str, str] | None = None) -> str:
     """The gallery HTML for a run's `generations` rows; images are `images/<asset_id>.png` beside it.
 
     `sheets` maps a contact sheet's label to its path relative to the page; `tables` lists the
-    run's table parts (shown as text: they live outside the run's folder).
+    run's table parts (shown as text: they live outside the run's folder). `title` is the
+    campaign's title in any language: the page is UTF-8 and its font stack reaches CJK fonts.
+    `left_out` (what the campaign names that the run left out, and why) is a warning at the top.
     """
     ordered = sorted(rows, key=_order)
     products = sorted({r["product_id"] for r in rows})
@@ -189,11 +195,14 @@ def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheet
     sheet_links = "".join(f'<li><a href="{_e(path)}">{_e(label)}</a></li>' for label, path in (sheets or {}).items())
     table_list = "".join(f"<li><code>{_e(t)}</code></li>" for t in tables)
     varying, shared = varying_params(rows)
+    heading, byline = _e(title or campaign), f"campaign {_e(campaign)} · " if title else ""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f"<title>{_e(campaign)} · {_e(run_id)}</title><style>{_STYLE}</style></head><body>"
-        f"<header><h1>{_e(campaign)}</h1><p>run {_e(run_id)} · {len(rows)} images · {selected} selected · {counts} · "
+        f"<title>{heading} · {_e(run_id)}</title><style>{_STYLE}</style></head><body>"
+        f"<header><h1>{heading}</h1><p>{byline}run {_e(run_id)} · {len(rows)} images · {selected} selected · {counts} · "
         '<span id="shown"></span> shown</p>'
+        + "".join(f'<p class="warning" role="alert">left out {_e(what)}: {_e(why)}</p>'
+                  for what, why in (left_out or {}).items())
         + (f'<p class="shared">every image: {_e(" · ".join(shared.values()))}</p>' if shared else "")
         + (f"<details><summary>contact sheets ({len(sheets or {})})</summary><ul>{sheet_links}</ul></details>" if sheet_links else "")
         + (f"<details><summary>tables</summary><ul>{table_list}</ul></details>" if table_list else "")

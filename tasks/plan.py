@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from catalogs.models import Campaign, Generation, ModelProfile, Product, StyleSet
+from tasks.catalog_build import QuarantineEntry
 from tasks.matrix import Cell, cell_record, render_prompt
 
 ASSET_ID_VERSION = 2
@@ -331,25 +332,39 @@ def plan_shards(
     ]
 
 
-def choose_inputs(campaign: Campaign, products: Sequence[Product], styles: Sequence[StyleSet]) -> tuple[list[Product], list[StyleSet]]:
+def choose_inputs(campaign: Campaign, products: Sequence[Product], styles: Sequence[StyleSet],
+                  quarantine: Sequence[QuarantineEntry] = (), *,
+                  strict: bool = False) -> tuple[list[Product], list[StyleSet], dict[str, str]]:
     """The catalog entries a campaign's selectors pick (a `style` axis picks the style sets, in its
-    order); raises ValueError when either side is empty or an explicitly named id is missing."""
+    order), and those it names that are missing or quarantined, with why: `{"style set night-sky":
+    "quarantined: styles/night-sky/b.jpg: ..."}`. The run goes on with the rest.
+
+    Raises:
+        ValueError: `strict` and a named id is missing or quarantined; or nothing is left on either side.
+    """
     style_axis = tuple(str(v) for v in campaign.matrix.axes.get("style", ()))
-    for kind, wanted, ids in (
-        ("product", campaign.products.ids, {p.product_id for p in products}),
-        ("style set", campaign.styles.ids or style_axis, {s.style_id for s in styles}),
+    reasons = {(q.kind, q.entry_id): q.reason for q in quarantine if q.kind in ("product", "style") and q.entry_id}
+    left_out: dict[str, str] = {}
+    for kind, short, wanted, ids in (
+        ("product", "product", campaign.products.ids, {p.product_id for p in products}),
+        ("style set", "style", campaign.styles.ids or style_axis, {s.style_id for s in styles}),
     ):
         missing = [i for i in wanted if i not in ids]
-        if missing:
+        if missing and strict:
             raise ValueError(f"campaign {campaign.name!r}: {kind} ids {missing} are not in the catalog (or were quarantined)")
+        for i in missing:
+            reason = reasons.get((short, i))
+            left_out[f"{kind} {i}"] = f"quarantined: {reason}" if reason else "not in the catalog"
     chosen_products = [p for p in products if campaign.products.matches(p.product_id, p.tags)]
     if style_axis:
         by_id = {s.style_id: s for s in styles}
-        chosen_styles = [by_id[i] for i in style_axis]
+        chosen_styles = [by_id[i] for i in style_axis if i in by_id]
     else:
         chosen_styles = [s for s in styles if campaign.styles.matches(s.style_id, s.tags)]
-    if not chosen_products:
-        raise ValueError(f"campaign {campaign.name!r}: no product in the catalog matches its product selector")
-    if not chosen_styles:
-        raise ValueError(f"campaign {campaign.name!r}: no style set in the catalog matches its style selector")
-    return chosen_products, chosen_styles
+    for kind, chosen in (("product", chosen_products), ("style set", chosen_styles)):
+        if not chosen:
+            gone = [k.split(" ", 2)[-1] for k in left_out if k.startswith(kind + " ")]
+            why = f" (left out: {gone}, missing or quarantined)" if gone else ""
+            raise ValueError(f"campaign {campaign.name!r}: no {kind} in the catalog matches its {kind.split()[0]} "
+                             f"selector{why}: nothing left to generate")
+    return chosen_products, chosen_styles, left_out

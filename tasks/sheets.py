@@ -27,6 +27,7 @@ PAD = 8
 FRAME = 4
 FONT_SIZE = 12
 LINE = FONT_SIZE + 3
+MISSING = "?"  # drawn for a character the sheet's font has no glyph for
 T = TypeVar("T")
 
 
@@ -117,24 +118,67 @@ def sheet_layout(tiles: Sequence[Tile]) -> Layout:
     )
 
 
-def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=FONT_SIZE)
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+class Drawable:
+    """Text as a font can draw it: a character the font has no glyph for (which it would draw as an
+    empty box, as PIL's default font does CJK) becomes MISSING, and is remembered so the sheet can say so.
+    """
+
+    def __init__(self, font: Font) -> None:
+        self.font = font
+        self._notdef = self._mask("\uffff")  # a noncharacter: every font draws its .notdef box for it
+        self._known: dict[str, bool] = {}
+        self.missing: set[str] = set()
+
+    def _mask(self, char: str) -> tuple[tuple[int, int], bytes] | None:
+        try:
+            mask = self.font.getmask(char)
+        except (UnicodeEncodeError, ValueError, OSError):  # a bitmap font past Latin-1
+            return None
+        return mask.size, bytes(mask)
+
+    def has_glyph(self, char: str) -> bool:
+        if char not in self._known:
+            mask = None if char.isspace() else self._mask(char)
+            self._known[char] = char.isspace() or (mask is not None and mask != self._notdef)
+            if not self._known[char]:
+                self.missing.add(char)
+        return self._known[char]
+
+    def __call__(self, text: str) -> str:
+        return "".join(c if self.has_glyph(c) else MISSING for c in text)
+
+    def note(self) -> str:
+        """What the sheet says when characters were replaced; empty when none were."""
+        if not self.missing:
+            return ""
+        shown = ", ".join(f"U+{ord(c):04X}" for c in sorted(self.missing)[:6])
+        more = f" and {len(self.missing) - 6} more" if len(self.missing) > 6 else ""
+        return f"{MISSING} = no glyph in the sheet's font for {shown}{more}"
 
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, width: int, font) -> list[str]:
-    """Lines of `text` that fit in `width` pixels, broken at spaces (a long word is cut)."""
+    """Lines of `text` that fit in `width` pixels, broken at spaces, and inside a word too long for a
+    line (CJK text has no spaces between words)."""
     lines: list[str] = []
     for paragraph in text.split("\n"):
         line = ""
         for word in paragraph.split(" "):
-            trial = f"{line} {word}".strip()
-            if draw.textlength(trial, font=font) <= width or not line:
+            trial = f"{line} {word}" if line else word
+            if draw.textlength(trial, font=font) <= width:
                 line = trial
-            else:
+                continue
+            if line:
                 lines.append(line)
-                line = word
-        while draw.textlength(line, font=font) > width and len(line) > 1:
-            line = line[:-1]
+            line = ""
+            for char in word:
+                if line and draw.textlength(line + char, font=font) > width:
+                    lines.append(line)
+                    line = char
+                else:
+                    line += char
         lines.append(line)
     return lines
 
@@ -146,24 +190,33 @@ def _thumb(image: Image.Image, side: int) -> Image.Image:
 
 
 def contact_sheet(tiles: Sequence[Tile], *, title: str, subtitle: str = "",
-                  header: Sequence[tuple[str, Image.Image]] = (), tile_size: int = 160) -> Image.Image:
+                  header: Sequence[tuple[str, Image.Image]] = (), tile_size: int = 160,
+                  font: Font | None = None) -> Image.Image:
     """The sheet as an RGB image.
 
     `header` is (label, image) pairs shown in a strip at the top: the product, its canny map,
     the references. Each tile shows its image (or a grey box when there is none), its lines,
-    and a green frame when selected.
+    and a green frame when selected. `font` draws every text (`adapters/fonts.sheet_font`: one
+    with CJK glyphs); without one, PIL's default font. A character the font has no glyph for is
+    drawn as MISSING, and the subtitle says which characters those were: never an empty box.
     """
+    font = font if font is not None else ImageFont.load_default(size=FONT_SIZE)
+    drawable = Drawable(font)
     layout = sheet_layout(tiles)
-    font = _font()
+    title = drawable(title)
+    header = [(drawable(label), image) for label, image in header]
+    row_labels, col_labels = [drawable(r) for r in layout.rows], [drawable(c) for c in layout.cols]
+    tile_lines = {(t.cell, t.seed): [drawable(line) for line in t.lines] for t in tiles}
+    subtitle = "  ·  ".join(filter(None, [drawable(subtitle), drawable.note()]))
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_lines = max((len(t.lines) for t in tiles), default=0)
     cell_w, cell_h = tile_size + 2 * PAD, tile_size + 2 * PAD + text_lines * LINE
     label_w = tile_size if layout.row_axes else 0
-    col_label_h = max(len(_wrap(scratch, c, tile_size, font)) for c in layout.cols) * LINE + PAD
+    col_label_h = max(len(_wrap(scratch, c, tile_size, font)) for c in col_labels) * LINE + PAD
     thumb = max(80, tile_size // 2)
     header_h = PAD + 2 * LINE + (thumb + LINE + PAD if header else 0)
-    width = max(label_w + len(layout.cols) * cell_w + PAD,
-                PAD + len(header) * (thumb + PAD), int(scratch.textlength(title, font=font)) + 2 * PAD)
+    width = max(label_w + len(layout.cols) * cell_w + PAD, PAD + len(header) * (thumb + PAD),
+                *(int(scratch.textlength(text, font=font)) + 2 * PAD for text in (title, subtitle)))
     height = header_h + col_label_h + len(layout.rows) * cell_h + PAD
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
@@ -178,11 +231,11 @@ def contact_sheet(tiles: Sequence[Tile], *, title: str, subtitle: str = "",
         x += thumb + PAD
 
     top = header_h
-    for c, label in enumerate(layout.cols):
+    for c, label in enumerate(col_labels):
         for i, line in enumerate(_wrap(draw, label, tile_size, font)):
             draw.text((label_w + c * cell_w + PAD, top + i * LINE), line, fill=INK, font=font)
     top += col_label_h
-    for r, label in enumerate(layout.rows):
+    for r, label in enumerate(row_labels):
         for i, line in enumerate(_wrap(draw, label, label_w - PAD, font)):
             draw.text((PAD, top + r * cell_h + PAD + i * LINE), line, fill=INK, font=font)
 
@@ -199,7 +252,7 @@ def contact_sheet(tiles: Sequence[Tile], *, title: str, subtitle: str = "",
                 if t.image.size[0] == t.image.size[1] else _thumb(t.image, tile_size)
             sheet.paste(small, (x0 + PAD + (tile_size - small.width) // 2, y0 + PAD + (tile_size - small.height) // 2))
         ink = SELECTED if t.selected else STATUS_INK.get(t.status, INK)
-        for i, line in enumerate(t.lines):
+        for i, line in enumerate(tile_lines[(t.cell, t.seed)]):
             draw.text((x0 + PAD, y0 + 2 * PAD + tile_size + i * LINE), _wrap(draw, line, tile_size, font)[0],
                       fill=ink if i == 0 else INK, font=font)
     return sheet

@@ -17,7 +17,7 @@ import pandas as pd
 from catalogs.models import Campaign, RunRequest
 from tasks.plan import Batch
 
-SCHEMA_VERSION = 3  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds
+SCHEMA_VERSION = 4  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title and runs.left_out
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,7 @@ RUNS = (
     Column("schema_version", "int32", "version of this table's schema"),
     Column("run_id", "string", "run id"),
     Column("campaign", "string", "campaign name"),
+    Column("title", "string", "the campaign's title for people, in any language (`title:` in the spec); null without one"),
     Column("campaign_sha256", "string", "sha256 of the campaign spec as parsed (canonical JSON)"),
     Column("parameters", "string", "JSON object: `request` (the run request's overrides: campaign, catalog, assets, snapshot, profile, products, styles, axes, seeds), `products` and `styles` (the ids the run selected), `matrix` (template, axes, zip, negative, max_cells as run, `seeds` as a list), `generation` (the resolved generation settings, profile decided) and `selection` (top_k, gates, weights, duplicate_distance, clip_model)"),
     Column("triggered_by", "string", "cli, demo, schedule, ui, api or test (the test suite)"),
@@ -134,6 +135,9 @@ RUNS = (
     Column("generation_wall_seconds", "float64", "wall time of the generation phase, from starting the shards until the last one finished (engine loading, generation, scoring and writing the images and parts; on the GPU pool also the wait for workers); 0 when nothing was generated"),
     Column("images_per_second", "float64", "images_generated / generation_wall_seconds: the run's throughput, so shards on parallel workers count once (the sum of per-image pipeline time is sum(generations.generation_seconds))"),
     Column("quarantined", "int32", "catalog objects refused as unusable"),
+    Column("left_out", "map<string,string>", "products and style sets the campaign names that the run left out, "
+           "each with why (`product alarm-clock` -> `quarantined: ...` or `not in the catalog`); empty when none. "
+           "A `strict` campaign fails instead"),
     Column("status", "string", "completed or nothing-new"),
 )
 

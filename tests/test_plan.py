@@ -120,11 +120,11 @@ def test_finished_batches_counts_whole_batches_whatever_order_they_finish_in():
 
 def test_select_by_ids_and_tags_with_clear_errors():
     spec = parse_campaign("name: c\nproducts: {tags: [kitchen]}\nstyles: {ids: [three]}\nmatrix: {template: '{product}'}\n")
-    products, styles = choose_inputs(spec, PRODUCTS, STYLES)
-    assert [p.product_id for p in products] == ["p1"] and [s.style_id for s in styles] == ["three"]
+    products, styles, left_out = choose_inputs(spec, PRODUCTS, STYLES)
+    assert [p.product_id for p in products] == ["p1"] and [s.style_id for s in styles] == ["three"] and left_out == {}
     missing = parse_campaign("name: c\nstyles: {ids: [three, nope]}\nmatrix: {template: '{product}'}\n")
     with pytest.raises(ValueError, match=r"style set ids \['nope'\] are not in the catalog"):
-        choose_inputs(missing, PRODUCTS, STYLES)
+        choose_inputs(missing, PRODUCTS, STYLES, strict=True)
     none = parse_campaign("name: c\nproducts: {tags: [toys]}\nmatrix: {template: '{product}'}\n")
     with pytest.raises(ValueError, match="no product in the catalog matches"):
         choose_inputs(none, PRODUCTS, STYLES)
@@ -187,14 +187,37 @@ def test_parameter_axis_values_are_checked_when_the_spec_is_read():
 def test_style_axis_picks_the_style_set_per_cell_and_zips_with_words():
     spec = spec_of("matrix: {template: '{product}, {light}', axes: {style: [three, one], light: [dawn, dusk]}, "
                    "zip: [[style, light]]}\ngeneration: {profile: tiny}\n")
-    products, styles = choose_inputs(spec, PRODUCTS, STYLES)
+    products, styles, _ = choose_inputs(spec, PRODUCTS, STYLES)
     assert [s.style_id for s in styles] == ["three", "one"]
     jobs = plan(spec, products=products[:1], styles=styles)
     assert [(j.style_id, j.prompt) for j in jobs] == [("three", "product 0, dawn"), ("one", "product 0, dusk")]
     with pytest.raises(ValueError, match="matrix axis 'style' picks the style sets: leave `styles` empty"):
         spec_of("styles: {ids: [one]}\nmatrix: {template: '{product}', axes: {style: [one]}}\n")
     with pytest.raises(ValueError, match=r"style set ids \['gone'\] are not in the catalog"):
-        choose_inputs(spec_of("matrix: {template: '{product}', axes: {style: [one, gone]}}\n"), PRODUCTS, STYLES)
+        choose_inputs(spec_of("matrix: {template: '{product}', axes: {style: [one, gone]}}\n"), PRODUCTS, STYLES,
+                      strict=True)
+    # Not strict: the axis keeps the style sets that exist, the cells of the missing one are not planned.
+    products, styles, left_out = choose_inputs(
+        spec_of("matrix: {template: '{product}', axes: {style: [one, gone]}}\ngeneration: {profile: tiny}\n"),
+        PRODUCTS, STYLES)
+    assert [s.style_id for s in styles] == ["one"] and left_out == {"style set gone": "not in the catalog"}
+
+
+def test_a_named_entry_that_is_quarantined_is_left_out_with_its_reason_unless_strict():
+    from tasks.catalog_build import QuarantineEntry
+
+    spec = parse_campaign("name: c\nproducts: {ids: [p0, p9]}\nstyles: {ids: [three, bad]}\nmatrix: {template: '{product}'}\n")
+    quarantine = [QuarantineEntry(key="s3://c/styles/bad/", reason="styles/bad/b.jpg: truncated JPEG", kind="style",
+                                  entry_id="bad")]
+    products, styles, left_out = choose_inputs(spec, PRODUCTS, STYLES, quarantine)
+    assert [p.product_id for p in products] == ["p0"] and [s.style_id for s in styles] == ["three"]
+    assert left_out == {"product p9": "not in the catalog",
+                        "style set bad": "quarantined: styles/bad/b.jpg: truncated JPEG"}
+    with pytest.raises(ValueError, match=r"product ids \['p9'\] are not in the catalog"):
+        choose_inputs(spec, PRODUCTS, STYLES, quarantine, strict=True)
+    only_bad = parse_campaign("name: c\nstyles: {ids: [bad]}\nmatrix: {template: '{product}'}\n")
+    with pytest.raises(ValueError, match=r"no style set in the catalog .*left out: \['bad'\].*nothing left to generate"):
+        choose_inputs(only_bad, PRODUCTS, STYLES, quarantine)
 
 
 def test_style_set_controls_become_parameters_and_change_the_ids():
