@@ -13,6 +13,7 @@ from adapters.settings import export_s3_endpoint, get_settings, prepare_runtime_
 from catalogs.models import RunRequest, RunSummary
 from flows.cli_catalog import catalog_app
 from flows.cli_errors import USER_ERRORS, fail
+from flows.progress import terminal_progress
 
 prepare_runtime_env()  # before Prefect is imported anywhere below
 
@@ -56,7 +57,8 @@ def run(
         from flows.campaign import resolve_campaign, run_campaign
 
         resolve_campaign(store, request, catalog, settings.profile)  # a bad spec fails before Prefect starts
-        summary = run_campaign(request)
+        with terminal_progress():  # a live bar in a terminal; plain log lines elsewhere
+            summary = run_campaign(request)
     except USER_ERRORS as exc:
         fail(exc)
     _finish(summary, store, assets, settings.out_dir, time.perf_counter() - start)
@@ -85,8 +87,9 @@ def demo() -> None:
         from flows.campaign import run_campaign
 
         try:
-            summary = run_campaign(RunRequest(campaign="sample", catalog=settings.catalog, assets=settings.assets,
-                                              profile="tiny", triggered_by="demo"))
+            with terminal_progress():
+                summary = run_campaign(RunRequest(campaign="sample", catalog=settings.catalog, assets=settings.assets,
+                                                  profile="tiny", triggered_by="demo"))
         except USER_ERRORS as exc:
             fail(exc)
         _finish(summary, store, settings.assets, settings.out_dir, time.perf_counter() - start)

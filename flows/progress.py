@@ -16,8 +16,15 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from rich.console import Console
+from rich.default_styles import DEFAULT_STYLES
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
+from rich.theme import Theme
+
+log = logging.getLogger(__name__)
+# The styles the bar draws with: Prefect's console has a theme of its own that lacks them.
+BAR_THEME = Theme({name: style for name, style in DEFAULT_STYLES.items() if name.startswith(("bar.", "progress."))},
+                  inherit=False)
 
 
 class Listener(Protocol):
@@ -53,8 +60,12 @@ def reach(done: int) -> None:
 
 def _tell() -> None:
     if _count["total"] > 0:
-        for listener in _listeners:
-            listener.update(_count["done"], _count["total"])
+        for listener in list(_listeners):
+            try:
+                listener.update(_count["done"], _count["total"])
+            except Exception as exc:  # a progress bar is a report: it never stops the run
+                _listeners.remove(listener)
+                log.warning("progress bar stopped: %s: %s", type(exc).__name__, exc)
 
 
 @contextlib.contextmanager
@@ -66,7 +77,8 @@ def listening(listener: Listener) -> Iterator[Listener]:
         yield listener
     finally:
         with _lock:
-            _listeners.remove(listener)
+            if listener in _listeners:  # unless it failed and was dropped
+                _listeners.remove(listener)
 
 
 def wants_bar(console: Console) -> bool:
@@ -96,16 +108,20 @@ class TerminalBar:
         if self.task is None or done < self.progress.tasks[-1].completed:  # a new run in this process
             self.task = self.progress.add_task("images", total=total)
         if not self._live and done < total:
-            self.progress.start()
+            self.console.push_theme(BAR_THEME)
             self._live = True
+            self.progress.start()
         self.progress.update(self.task, completed=done, total=total)
         if done >= total:
             self.close()
 
     def close(self) -> None:
         if self._live:
-            self.progress.stop()
             self._live = False
+            try:
+                self.progress.stop()
+            finally:
+                self.console.pop_theme()
 
 
 @contextlib.contextmanager

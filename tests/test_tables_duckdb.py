@@ -124,5 +124,5 @@ def test_duckdb_reads_the_published_tables_of_a_run(campaign_env, store, tmp_pat
                json_extract(parameters, '$.selection.top_k')::INT,
                json_extract(parameters, '$.styles')::VARCHAR[]
         FROM read_parquet('{root}/runs/*/*.parquet', hive_partitioning = true)""").fetchall()
-    assert asked == [("test", 3, ["rocket", "brand-logo"], [1, 2, 3], None, "tiny", 2, 64, [1, 2, 3],
+    assert asked == [("test", 4, ["rocket", "brand-logo"], [1, 2, 3], None, "tiny", 2, 64, [1, 2, 3],
                       ["sand", "marble"], 2, ["space-age"])]
