@@ -213,7 +213,7 @@ def _build_text_encoder(seed: int, *, offset: int = 2, projection: bool = False)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
-def _build_tokenizer() -> tuple[CLIPTokenizer, dict[str, int], list[tuple[str, ...]]]:
+def build_tokenizer() -> tuple[CLIPTokenizer, dict[str, int], list[tuple[str, ...]]]:
     """The exact SD1.5 CLIP tokenizer, rebuilt offline from open-clip-torch's BPE file."""
     from transformers import CLIPTokenizer
 
@@ -244,7 +244,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
-def _scheduler() -> PNDMScheduler:
+def sd15_scheduler() -> PNDMScheduler:
+    """SD1.5's own PNDM scheduler, as its model repository configures it."""
     from diffusers import PNDMScheduler
 
     # SD1.5's shipped scheduler config; the engine swaps in others with from_config.
@@ -263,13 +264,13 @@ def _scheduler() -> PNDMScheduler:
 def _save_base(path: Path, unet: UNet2DConditionModel, seed: int) -> None:
     from diffusers import StableDiffusionPipeline
 
-    tokenizer, vocab, merges = _build_tokenizer()
+    tokenizer, vocab, merges = build_tokenizer()
     pipe = StableDiffusionPipeline(
         vae=_build_vae(seed),
         text_encoder=_build_text_encoder(seed),
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=_scheduler(),
+        scheduler=sd15_scheduler(),
         safety_checker=None,
         # No feature extractor: a 224 px default would not fit the 32 px image encoder.
         feature_extractor=None,
@@ -364,7 +365,7 @@ def _save_clip(path: Path, seed: int) -> None:
         projection_dim=IMAGE_EMBED_DIM,
     )
     CLIPModel(config).eval().save_pretrained(path, safe_serialization=True)
-    tokenizer, _, _ = _build_tokenizer()
+    tokenizer, _, _ = build_tokenizer()
     size = {"shortest_edge": IMAGE_ENCODER_SIZE}
     crop = {"height": IMAGE_ENCODER_SIZE, "width": IMAGE_ENCODER_SIZE}
     CLIPProcessor(image_processor=CLIPImageProcessor(size=size, crop_size=crop), tokenizer=tokenizer).save_pretrained(path)
@@ -438,7 +439,7 @@ def _build_sdxl(dest: Path, seed: int) -> None:
         norm_num_groups=32,
     )
 
-    tokenizer, vocab, merges = _build_tokenizer()
+    tokenizer, vocab, merges = build_tokenizer()
     text_encoder = _build_text_encoder(seed)
     text_encoder_2 = _build_text_encoder(seed, offset=6, projection=True)
     pipe = StableDiffusionXLPipeline(
@@ -514,4 +515,7 @@ def _files_sha256(root: Path, rel_paths: list[str]) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["KIT_FORMAT_VERSION", "build_tiny_kit", "ensure_tiny_kit", "ip_adapter_state", "kit_manifest", "quiet_progress_bars"]
+__all__ = [
+    "KIT_FORMAT_VERSION", "build_tiny_kit", "build_tokenizer", "ensure_tiny_kit", "ip_adapter_state", "kit_manifest",
+    "quiet_progress_bars", "sd15_scheduler",
+]

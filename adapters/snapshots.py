@@ -45,6 +45,7 @@ __all__ = [
     "read_snapshot_info",
     "read_snapshot_rows",
     "refresh",
+    "snapshot_ids",
     "write_snapshot",
 ]
 
@@ -113,7 +114,7 @@ def read_snapshot_info(store: ObjectStore, catalog: str, snapshot_id: str) -> di
     try:
         return json.loads(store.get(snapshot_uri(catalog, snapshot_id, COMMIT)))
     except FileNotFoundError:
-        known = _known_ids(store, catalog)
+        known = snapshot_ids(store, catalog)
         hint = f"; known: {', '.join(known[-5:])}" if known else "; it has none yet (run `stylematrix catalog refresh`)"
         raise FileNotFoundError(f"catalog {catalog} has no snapshot {snapshot_id!r}{hint}") from None
 
@@ -240,6 +241,7 @@ def _parquet(table: str, rows: list[dict]) -> bytes:
     return parquet_bytes(pa.Table.from_pylist(rows, schema=arrow_schema(SNAPSHOT_TABLES[table])))
 
 
-def _known_ids(store: ObjectStore, catalog: str) -> list[str]:
+def snapshot_ids(store: ObjectStore, catalog: str) -> list[str]:
+    """Every committed snapshot id of the catalog, oldest first."""
     prefix = join_uri(catalog, SNAPSHOTS) + "/"
     return sorted(o.uri[len(prefix):].split("/")[0] for o in store.list(prefix) if o.uri.endswith("/" + COMMIT))

@@ -37,7 +37,7 @@ from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 if TYPE_CHECKING:
     from adapters.settings import Settings
 
-__all__ = ["ObjectInfo", "ObjectStore", "RetryPolicy", "S3Store", "join_uri", "split_uri"]
+__all__ = ["ObjectInfo", "ObjectStore", "RetryPolicy", "S3Store", "fault_kind", "join_uri", "split_uri"]
 
 T = TypeVar("T")
 
@@ -158,7 +158,7 @@ _BUSY_CODES = {"SlowDown", "ServiceUnavailable", "Throttling", "ThrottlingExcept
 _BUSY_STATUS = {429, 500, 502, 503, 504}
 
 
-def _fault_kind(exc: BaseException) -> str:
+def fault_kind(exc: BaseException) -> str:
     """'busy' (retry long), 'down' (retry once) or 'answer' (never retry) for an error of one S3 call."""
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -337,7 +337,7 @@ class S3Store:
                 return op()
             except (ClientError, BotoCoreError, ProtocolError, Urllib3ReadTimeout, ConnectionResetError,
                     TimeoutError) as exc:
-                kind = _fault_kind(exc)
+                kind = fault_kind(exc)
                 limit = {"busy": self.policy.attempts, "down": self.policy.down_attempts}.get(kind, 1)
                 if attempt < limit:
                     time.sleep(self.policy.delay(attempt, self._rng))

@@ -21,8 +21,6 @@ from harness import (
     ROOT,
     Side,
     full_size_engine,
-    max_diff,
-    product,
     references,
     run_engine,
     run_loop,
@@ -34,6 +32,7 @@ from adapters.engine import Engine, StyleInput, get_engine, resolve_device
 from adapters.models import library_versions
 from adapters.settings import Settings
 from tasks.canny import canvas_images
+from tests.helpers import pixel_diffs, product
 
 # --------------------------------------------------------------------------- report
 
@@ -102,7 +101,7 @@ def main() -> None:
         rounds.append([run_engine(engine, params, control, style, jobs, b) for b in batches] +
                       [run_loop(engine, params, control, refs, jobs)])
     sides = [min(attempts, key=lambda side: side.seconds) for attempts in zip(*rounds, strict=True)]
-    diff = max(max_diff(s.images, sides[-1].images) for s in sides[:-1])
+    diff = max(pixel_diffs(s.images, sides[-1].images)[0] for s in sides[:-1])
     text = report(args, engine, params, sides, diff)
     print(text)
     if diff > 1:

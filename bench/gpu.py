@@ -40,8 +40,6 @@ from harness import (
     ROOT,
     Side,
     full_size_engine,
-    pixel_diffs,
-    product,
     references,
     run_engine,
     run_loop,
@@ -54,6 +52,7 @@ from adapters.engine import Engine, EngineOptions, StyleInput, get_engine
 from adapters.models import library_versions
 from adapters.settings import Settings
 from tasks.canny import canvas_images
+from tests.helpers import pixel_diffs, product
 
 # Dense (no sparsity) fp16/bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 # Matched in order against torch.cuda.get_device_name(): the first substring found wins.

@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -25,7 +24,7 @@ if str(ROOT) not in sys.path:
 
 from adapters.engine import Engine, EngineOptions, StyleInput  # noqa: E402
 from adapters.models import library_versions  # noqa: E402
-from tasks.canny import pad_to_square  # noqa: E402
+from tests.helpers import noise_references, plain_pipeline_images  # noqa: E402
 
 PROMPTS = [f"a product photo of a red kettle on {s}, {light}" for s in ("marble", "sand") for light in ("dawn", "dusk")]
 NEGATIVE = "blurry, low quality"
@@ -50,15 +49,9 @@ def workload(n_images: int) -> list[tuple[str, int]]:
     return [(p, 1000 + s) for p in PROMPTS for s in range(seeds_per_prompt)][:n_images]
 
 
-def product(size: int) -> Image.Image:
-    img = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    ImageDraw.Draw(img).ellipse((size // 5, size // 5, size - size // 5, size - size // 5), fill=(200, 40, 40, 255))
-    return img
-
-
 def references() -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in ((96, 64), (64, 64), (64, 96))]
+    """The workload's style set: three noise references, one wide, one square, one tall."""
+    return noise_references(0, ((96, 64), (64, 64), (64, 96)))
 
 
 def sync(device: str) -> None:
@@ -81,33 +74,11 @@ def run_engine(engine: Engine, params: dict, control: dict, style: StyleInput, j
 
 def run_loop(engine: Engine, params: dict, control: dict, refs: list[Image.Image], jobs) -> Side:
     """One `pipe(...)` call per image, text and references passed every time: no engine caches."""
-    import diffusers
-
-    pipe = engine.pipe
-    pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config)
-    pipe.set_ip_adapter_scale(params["ip_scale"])
-    padded = [pad_to_square(r) for r in refs]
-    images = []
     sync(engine.device)
     start = time.perf_counter()
-    for prompt, seed in jobs:
-        out = pipe(prompt, negative_prompt=NEGATIVE, image=control["canny"], ip_adapter_image=[padded],
-                   num_inference_steps=params["steps"], guidance_scale=params["guidance"],
-                   controlnet_conditioning_scale=params["controlnet_scale"], width=params["width"],
-                   height=params["height"], generator=[torch.Generator("cpu").manual_seed(seed)])
-        images.append(out.images[0])
+    images = plain_pipeline_images(engine.pipe, control["canny"], refs, jobs, params, NEGATIVE)
     sync(engine.device)
     return Side("plain loop, 1 image per call", time.perf_counter() - start, images)
-
-
-def pixel_diffs(a: list[Image.Image], b: list[Image.Image]) -> tuple[int, float]:
-    """(largest, mean) absolute per-pixel difference in 1/255 steps over paired images."""
-    diffs = [np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)) for x, y in zip(a, b, strict=True)]
-    return max(int(d.max()) for d in diffs), float(np.mean([d.mean() for d in diffs]))
-
-
-def max_diff(a: list[Image.Image], b: list[Image.Image]) -> int:
-    return pixel_diffs(a, b)[0]
 
 
 def write_section(doc: Path, key: str, body: str) -> None:
@@ -171,14 +142,14 @@ def full_size_engine(device: str, dtype: torch.dtype, pipeline: str = "sd15") ->
     """
     from transformers import CLIPImageProcessor
 
-    from adapters.kit import _build_tokenizer, _scheduler
+    from adapters.kit import build_tokenizer, sd15_scheduler
 
     if pipeline not in ("sd15", "sdxl"):
         raise ValueError(f"unknown pipeline {pipeline!r}; expected sd15 or sdxl")
     import diffusers
 
     torch.manual_seed(0)
-    tokenizer = _build_tokenizer()[0]
+    tokenizer = build_tokenizer()[0]
     processor = CLIPImageProcessor(size=224, crop_size=224)
     with torch.device(device):  # initialise on the device: billions of random weights build fast there
         if pipeline == "sd15":
@@ -186,7 +157,7 @@ def full_size_engine(device: str, dtype: torch.dtype, pipeline: str = "sd15") ->
             controlnet = diffusers.ControlNetModel.from_unet(unet)
             pipe = diffusers.StableDiffusionControlNetPipeline(
                 vae=_vae(0.18215, 512, False), text_encoder=_clip_text(768, 12, 12, 768, "quick_gelu"),
-                tokenizer=tokenizer, unet=unet, controlnet=controlnet, scheduler=_scheduler(), safety_checker=None,
+                tokenizer=tokenizer, unet=unet, controlnet=controlnet, scheduler=sd15_scheduler(), safety_checker=None,
                 feature_extractor=processor, image_encoder=_clip_vision(1280, 5120, 32, 16, 1024),
                 requires_safety_checker=False)
             embed_dim = 1024

@@ -1,7 +1,15 @@
-"""Shared fixtures: one embedded S3 server per test session, a store and a fresh bucket per test."""
+"""Shared fixtures: one embedded S3 server and one Prefect test server per session, one model
+cache, a store and a fresh bucket per test, and the slow checks that start with the session.
+
+Slow checks that run in other processes (the demo command, the worker stack's campaigns) start
+before the first test when a selected test is marked `early("<fixture>")`, and run while the
+in-process tests go on; the marked test then waits for the result and asserts on it.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,9 +17,15 @@ from pathlib import Path
 import pytest
 
 from adapters.local_s3 import LocalS3Server
-from adapters.sample_catalog import seed_sample_catalog
 from adapters.settings import Settings, get_settings
 from adapters.storage import S3Store
+from tests.e2e_stack import worker_campaigns  # noqa: F401 - a fixture, started early
+from tests.helpers import BackgroundCommand, campaign_settings_env, seed_campaign_buckets, start_cli
+
+# One torch thread: the tiny models run as fast on one as on two cores, and the commands and flow
+# runs started in the background (see above) then share the two cores with the tests instead of
+# spinning against them. Set before anything imports torch; commands started by tests inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Dummy credentials and an isolated AWS config: boto3 must never read the developer's
 # ~/.aws files or wait on the EC2 instance-metadata service during tests.
@@ -57,41 +71,110 @@ def fresh_bucket(store: S3Store) -> str:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
-    """A throwaway Prefect API for the whole session (it takes seconds to start)."""
+def model_cache(tmp_path_factory) -> Path:
+    """One model cache for the session: each tiny kit is built once, by the first test that needs it.
+    The sd15 kit is built here, before the commands started in the background can race to build it
+    (ensure_tiny_kit lets a second builder replace a complete kit while others read it)."""
+    from adapters.kit import ensure_tiny_kit
+
+    cache = tmp_path_factory.getbasetemp() / "models"
+    ensure_tiny_kit(cache)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def private_model_cache(model_cache: Path, tmp_path_factory) -> Path:
+    """The session's model cache under a path of the module's own: the kits are still built once per
+    session, but `get_engine` keys its engines by this path, so the module's engine is its own and
+    whatever the module changes on it (switches, scheduler, adapter scale) reaches no other module."""
+    link = tmp_path_factory.mktemp("models-link") / "models"
+    link.symlink_to(model_cache, target_is_directory=True)
+    return link
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory) -> Iterator[Path]:
+    """A throwaway Prefect API for the whole session (it takes seconds to start); the value is a
+    copy of its database taken right after migration (see `_warm_prefect_home`)."""
     from adapters.settings import prepare_runtime_env
 
     prepare_runtime_env()
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=90):
-        yield
+        migrated = tmp_path_factory.mktemp("prefect-db") / "prefect.db"
+        _copy_database(migrated)
+        yield migrated
+
+
+def _copy_database(target: Path) -> None:
+    """A consistent copy of the harness's SQLite database (its server keeps it open)."""
+    import sqlite3
+
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    source = sqlite3.connect(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
+    copy = sqlite3.connect(target)
+    try:
+        source.backup(copy)
+    finally:
+        copy.close()
+        source.close()
+
+
+def _warm_prefect_home(migrated: Path, folder: Path) -> Path:
+    """A new PREFECT_HOME whose database is already migrated: a command run in it starts Prefect's
+    temporary server in seconds instead of first migrating a new database (about 20 s here)."""
+    home = folder / "prefect-home"
+    home.mkdir()
+    shutil.copyfile(migrated, home / "prefect.db")
+    return home
 
 
 @pytest.fixture
-def campaign_env(s3_server, store: S3Store, tmp_path_factory, monkeypatch, prefect_harness):
+def prefect_api_env(prefect_harness: Path) -> dict[str, str]:
+    """The environment that points a command at the session's Prefect server, so it starts none of its own."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _early(request: pytest.FixtureRequest) -> None:
+    """Start the fixtures named by the selected tests' `early` markers now, before the first test."""
+    for name in sorted({m.args[0] for item in request.session.items for m in item.iter_markers("early")}):
+        request.getfixturevalue(name)
+
+
+@pytest.fixture(scope="session")
+def demo_run(prefect_harness: Path, model_cache: Path, tmp_path_factory) -> Iterator[tuple[BackgroundCommand, Path]]:
+    """`stylematrix demo` in its own folder, started in the background: the command and the folder."""
+    folder = tmp_path_factory.mktemp("demo")
+    env = {"STYLEMATRIX_MODEL_CACHE": str(model_cache), "STYLEMATRIX_OUT_DIR": str(folder / "out"),
+           "PREFECT_HOME": str(_warm_prefect_home(prefect_harness, folder)),
+           "AWS_ENDPOINT_URL_S3": "", "AWS_ENDPOINT_URL": ""}
+    command = start_cli(["demo"], env, folder, timeout=600)
+    yield command, folder
+    command.stop()
+
+
+@pytest.fixture
+def campaign_env(s3_server, store: S3Store, model_cache, monkeypatch, prefect_harness):
     """A seeded catalog bucket, an empty assets bucket, and settings pointing at both."""
-    suffix = uuid.uuid4().hex[:10]
-    catalog, assets = f"s3://catalog-{suffix}", f"s3://assets-{suffix}/team-a"
-    store.ensure_bucket(f"catalog-{suffix}")
-    store.ensure_bucket(f"assets-{suffix}")
-    seed_sample_catalog(store, catalog)
-    # One broken product beside the good ones: it is quarantined, the run goes on.
-    store.put(f"{catalog}/products/broken-mug/image.png", b"this is not a png", content_type="image/png")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
-    monkeypatch.setenv("STYLEMATRIX_CATALOG", catalog)
-    monkeypatch.setenv("STYLEMATRIX_ASSETS", assets)
-    monkeypatch.setenv("STYLEMATRIX_MODEL_CACHE", str(tmp_path_factory.getbasetemp() / "models"))
-    monkeypatch.setenv("STYLEMATRIX_DEVICE", "cpu")
+    catalog, assets = seed_campaign_buckets(store)
+    for name, value in campaign_settings_env(s3_server, catalog, assets, model_cache).items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     yield {"catalog": catalog, "assets": assets}
     get_settings.cache_clear()
 
 
-def small_campaign(folder: Path, name: str, seed: int) -> Path:
-    """A campaign file of one style set and one seed at 64 px, 2 steps: one image per product."""
-    spec = folder / f"{name}.yaml"
-    spec.write_text(f"name: {name}\nstyles: {{ids: [space-age]}}\n"
-                    f"matrix: {{template: '{{product}} on sand', seeds: [{seed}]}}\n"
-                    "generation: {profile: tiny, width: 64, height: 64, steps: 2}\n")
-    return spec
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need the session's Prefect server `flow` and those that load the tiny
+    model kits `model`: `make test-fast` leaves both out."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "prefect_harness" in fixtures:
+            item.add_marker(pytest.mark.flow)
+        if "model_cache" in fixtures:
+            item.add_marker(pytest.mark.model)

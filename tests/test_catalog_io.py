@@ -20,6 +20,7 @@ from adapters.images import load_image, load_mask
 from adapters.sample_catalog import sample_png, seed_sample_catalog
 from adapters.storage import S3Store
 from tasks.catalog_build import CatalogState
+from tests.helpers import encode
 
 # catalogs/sample/campaign.yaml is written by another part of the project; until it exists
 # the seeding tests use this stand-in (read_catalog never parses campaigns).
@@ -34,12 +35,6 @@ def _campaign_text() -> str | None:
 def _snapshot(store: S3Store, prefix_uri: str) -> dict[str, bytes]:
     base = prefix_uri.rstrip("/") + "/"
     return {info.uri[len(base) :]: store.get(info.uri) for info in store.list(base)}
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -147,14 +142,14 @@ def test_load_image_modes(store: S3Store, sample: str) -> None:
 
 
 def test_entry_rules_quarantine_beside_good_entries(store: S3Store, sample: str) -> None:
-    good_png = _png(Image.new("RGB", (96, 72), (200, 10, 10)))
+    good_png = encode(Image.new("RGB", (96, 72), (200, 10, 10)))
     bad = {
         "products/two-images/image.png": good_png,
         "products/two-images/image.jpg": good_png,
         "products/wrong-name/photo.png": good_png,
         "products/Bad Name/image.png": good_png,
         "products/black-mask/image.png": good_png,
-        "products/black-mask/mask.png": _png(Image.new("L", (96, 72), 0)),
+        "products/black-mask/mask.png": encode(Image.new("L", (96, 72), 0)),
         "products/stray.png": good_png,
         "products/deep/er/image.png": good_png,
         "products/yaml-alias/image.png": good_png,
@@ -169,7 +164,7 @@ def test_entry_rules_quarantine_beside_good_entries(store: S3Store, sample: str)
     }
     extra_good = {
         "products/masked/image.png": good_png,
-        "products/masked/mask.png": _png(Image.new("L", (96, 72), 255)),
+        "products/masked/mask.png": encode(Image.new("L", (96, 72), 255)),
         "products/masked/notes.txt": b"shot on a Tuesday\n",
         "products/masked/.DS_Store": b"\0\0",
         "products/no-meta/image.png": good_png,
@@ -219,7 +214,7 @@ def test_entry_rules_quarantine_beside_good_entries(store: S3Store, sample: str)
 def test_oversized_image_is_quarantined(store: S3Store, fresh_bucket: str) -> None:
     # 10000 x 5000 bilevel pixels compress to a few kB but would decode to 50 MP.
     catalog = f"s3://{fresh_bucket}"
-    store.put(f"{catalog}/products/huge/image.png", _png(Image.new("1", (10_000, 5_000))))
+    store.put(f"{catalog}/products/huge/image.png", encode(Image.new("1", (10_000, 5_000))))
     state = read_catalog(store, catalog)
     assert state.products == []
     assert state.quarantine[0].reason == "products/huge/image.png: image is 10000x5000 (50 MP), over the 40 MP limit; not decoded"
@@ -239,7 +234,7 @@ def _materials(root: Path) -> Path:
     (root / "products" / "cup" / "product.yaml").write_text("title: cup of coffee\ntags: [drink]\n")
     (root / "products" / "clock").mkdir()
     (root / "products" / "clock" / "image.png").write_bytes(sample_png("clock", 256, "keep"))
-    (root / "products" / "clock" / "mask.png").write_bytes(_png(Image.new("L", (256, 192), 255)))
+    (root / "products" / "clock" / "mask.png").write_bytes(encode(Image.new("L", (256, 192), 255)))
     (root / "styles" / "rough").mkdir(parents=True)
     (root / "styles" / "rough" / "brick.png").write_bytes(sample_png("brick", 128, "keep"))
     (root / "styles" / "rough" / "gravel.png").write_bytes(sample_png("gravel", 128, "keep"))

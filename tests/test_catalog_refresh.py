@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
-import subprocess
-import sys
 import time
 import uuid
 import zlib
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import small_campaign
 from PIL import Image
 from skimage import data
 from skimage.util import img_as_ubyte
@@ -29,24 +24,9 @@ from adapters.storage import S3Store
 from tasks.catalog_rules import find_duplicates, key_problem, perceptual_hash
 from tasks.phash import hamming
 from tasks.snapshot_tables import SNAPSHOT_TABLES
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests.helpers import ROOT, documented_columns, encode, photo, run_cli, small_campaign
 
 # --------------------------------------------------------------------------- the corpus
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def photo(name: str, side: int = 256) -> Image.Image:
-    """A real photo from scikit-image, RGB, long side `side`."""
-    image = Image.fromarray(img_as_ubyte(getattr(data, name)())).convert("RGB")
-    image.thumbnail((side, side))
-    return image
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -81,7 +61,7 @@ def sixteen_bit_png() -> bytes:
 
 
 def sixteen_bit_rgb_png() -> bytes:
-    ok, encoded = cv2.imencode(".png", np.asarray(photo("astronaut"))[:, :, ::-1].astype(np.uint16) * 257)
+    ok, encoded = cv2.imencode(".png", np.asarray(photo("astronaut", 256))[:, :, ::-1].astype(np.uint16) * 257)
     assert ok
     return encoded.tobytes()
 
@@ -104,8 +84,8 @@ def on_white() -> bytes:
 def corpus() -> tuple[dict[str, bytes], dict[str, str]]:
     """Bad inputs (and the awkward-but-fine ones) as catalog-relative key -> bytes, and for each
     refused key the fragment of the reason a person should read."""
-    jpeg = encode(photo("coffee"), "JPEG", quality=90)
-    good = encode(photo("chelsea"), "PNG")
+    jpeg = encode(photo("coffee", 256), "JPEG", quality=90)
+    good = encode(photo("chelsea", 256), "PNG")
     objects = {
         "products/zero-bytes/image.png": b"",
         "products/truncated/image.jpg": jpeg[: len(jpeg) // 2],
@@ -124,7 +104,7 @@ def corpus() -> tuple[dict[str, bytes], dict[str, str]]:
         "products/bad-mask/image.png": good,
         "products/bad-mask/mask.png": encode(Image.new("L", (100, 80), 255), "PNG"),
         # Awkward but usable: converted, rotated, or masked by their transparency.
-        "products/cmyk-print/image.jpg": encode(photo("coffee").convert("CMYK"), "JPEG", quality=95),
+        "products/cmyk-print/image.jpg": encode(photo("coffee", 256).convert("CMYK"), "JPEG", quality=95),
         "products/sixteen-bit/image.png": sixteen_bit_png(),
         "products/sixteen-bit-rgb/image.png": sixteen_bit_rgb_png(),
         "products/palette-cutout/image.png": palette_cutout(),
@@ -208,14 +188,14 @@ def test_awkward_images_are_read_as_a_person_sees_them(store, catalog):
     # CMYK: converted to RGB with the right colours (not inverted, not washed out).
     cmyk = np.asarray(load_image(store, products["cmyk-print"].image_key), dtype=np.int16)
     assert load_image(store, products["cmyk-print"].image_key).mode == "RGB"
-    assert np.abs(cmyk - np.asarray(photo("coffee"), dtype=np.int16)).mean() < 6
+    assert np.abs(cmyk - np.asarray(photo("coffee", 256), dtype=np.int16)).mean() < 6
 
     # 16-bit: scaled to 8 bits, not clipped to white.
     camera = np.asarray(load_image(store, products["sixteen-bit"].image_key))
     assert camera.shape == (512, 512, 3)
     assert np.abs(camera[:, :, 0].astype(np.int16) - img_as_ubyte(data.camera())).max() <= 1
     rgb16 = np.asarray(load_image(store, products["sixteen-bit-rgb"].image_key), dtype=np.int16)
-    assert np.abs(rgb16 - np.asarray(photo("astronaut"), dtype=np.int16)).max() <= 1
+    assert np.abs(rgb16 - np.asarray(photo("astronaut", 256), dtype=np.int16)).max() <= 1
 
     # Palette transparency: RGBA with the background transparent.
     cutout = load_image(store, products["palette-cutout"].image_key)
@@ -273,11 +253,11 @@ def test_refresh_reads_only_what_changed(store, catalog):
     assert (clock.title, clock.category) == ("alarm clock", "")  # the folder name, no metadata
 
     # --full trusts nothing: every object is read again; the same inventory commits nothing new.
-    snapshot_ids = snapshots._known_ids(store, catalog)
+    snapshot_ids = snapshots.snapshot_ids(store, catalog)
     full = snapshots.refresh(store, catalog, full=True)
     assert (full.fetched, full.skipped) == (13, 0)
     assert not full.written and full.snapshot_id == third.snapshot_id
-    assert snapshots._known_ids(store, catalog) == snapshot_ids
+    assert snapshots.snapshot_ids(store, catalog) == snapshot_ids
     assert snapshots.latest_snapshot_id(store, catalog) == third.snapshot_id
 
     # ... but a full refresh after a change commits one.
@@ -356,7 +336,7 @@ def test_a_run_refuses_images_changed_since_its_snapshot(store, catalog):
     store.put(f"{catalog}/products/rocket/image.png", sample_png("coffee", 300, "keep"))
     store.put(f"{catalog}/products/alarm-clock/mask.png",
               encode(Image.new("L", (before.products[0].width, before.products[0].height), 0), "PNG"))
-    store.put(reference, encode(photo("astronaut"), "PNG"))
+    store.put(reference, encode(photo("astronaut", 256), "PNG"))
     # Re-uploaded with the same bytes (a new ETag on some stores, the same sha256): no change.
     store.put(f"{catalog}/products/coffee-cup/image.png", store.get(f"{catalog}/products/coffee-cup/image.png"))
 
@@ -393,7 +373,7 @@ def test_a_run_refuses_images_changed_since_its_snapshot(store, catalog):
 
 
 def test_perceptual_hash_and_duplicate_grouping():
-    coffee, rocket = photo("coffee"), photo("rocket")
+    coffee, rocket = photo("coffee", 256), photo("rocket", 256)
     again = Image.open(io.BytesIO(encode(coffee.resize((200, 133)), "JPEG", quality=60)))
     assert hamming(perceptual_hash(coffee), perceptual_hash(again)) <= 4
     assert hamming(perceptual_hash(coffee), perceptual_hash(rocket)) > 16
@@ -415,14 +395,9 @@ def test_unsafe_keys():
 
 
 def test_snapshot_tables_are_documented():
-    import re
-
     doc = (ROOT / "docs" / "metadata-tables.md").read_text()
     for table, columns in SNAPSHOT_TABLES.items():
-        section = doc.split(f"### `{table}.parquet`", 1)
-        assert len(section) == 2, f"docs/metadata-tables.md has no section for {table}.parquet"
-        body = section[1].split("\n#", 1)[0]
-        documented = re.findall(r"^\| `([a-z0-9_]+)` \| `([^`]+)` \|", body, flags=re.M)
+        documented = documented_columns(doc, f"### `{table}.parquet`", "\n#")
         assert documented == [(c.name, c.type) for c in columns], f"{table}: doc and schema differ"
 
 
@@ -520,12 +495,6 @@ def test_campaign_runs_read_a_snapshot_and_record_it(campaign_env, store, tmp_pa
 # --------------------------------------------------------------------------- the command line
 
 
-def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_serve_names_every_deployment_it_registers():
     import re
 
@@ -537,11 +506,12 @@ def test_serve_names_every_deployment_it_registers():
 
 
 @pytest.mark.slow
-def test_catalog_commands_end_to_end(s3_server, store, tmp_path):
+def test_catalog_commands_end_to_end(s3_server, store, tmp_path, prefect_api_env):
     bucket = f"cli-{uuid.uuid4().hex[:10]}"
     store.ensure_bucket(bucket)
+    # The session's Prefect server: `catalog refresh` starts no temporary one (the demo's test does).
     env = {"AWS_ENDPOINT_URL_S3": s3_server.endpoint, "STYLEMATRIX_CATALOG": f"s3://{bucket}",
-           "PREFECT_HOME": str(tmp_path / "prefect")}
+           "PREFECT_HOME": str(tmp_path / "prefect"), **prefect_api_env}
     materials = tmp_path / "materials"
     (materials / "products" / "cup").mkdir(parents=True)
     (materials / "products" / "cup" / "image.png").write_bytes(sample_png("coffee", 256, "keep"))

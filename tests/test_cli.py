@@ -5,22 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from adapters.local_s3 import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "flows.cli"]
+from tests.helpers import ROOT, run_cli
 
 
-def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run(CLI + args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
+@pytest.mark.slow
 def test_bad_campaign_file_is_one_line_not_a_traceback(s3_server, store, fresh_bucket, tmp_path):
     bad = tmp_path / "spring.yaml"
     bad.write_text("name: spring\nmatrix: {template: '{product} on {surface}', axes: {surface: []}}\n")
@@ -62,11 +55,10 @@ def test_commands_wait_long_enough_for_a_new_ephemeral_prefect_database(user_val
 
 
 @pytest.mark.slow
-def test_demo_runs_the_sample_campaign_and_mirrors_it(tmp_path):
-    env = {"STYLEMATRIX_MODEL_CACHE": str(tmp_path / "models"), "STYLEMATRIX_OUT_DIR": str(tmp_path / "out")}
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
-        env[name] = ""
-    result = run_cli(["demo"], env, tmp_path, timeout=600)
+@pytest.mark.early("demo_run")
+def test_demo_runs_the_sample_campaign_and_mirrors_it(demo_run):
+    command, tmp_path = demo_run  # started with the session (tests/conftest.py), in a folder of its own
+    result = command.result()
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "64 images generated" in out and "batch 8/8 done" in result.stdout + result.stderr

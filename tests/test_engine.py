@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from PIL import Image, ImageDraw
 from adapters.engine import Engine, StyleInput, get_engine, ip_block_scales, window_active
 from adapters.settings import Settings
 from tasks.canny import canvas_images, canvas_kinds, cover_canvas, pad_to_square
+from tests.helpers import ROOT, max_diff, product, reference
 
 PARAMS = {"width": 64, "height": 64, "steps": 2, "scheduler": "unipc", "guidance": 5.0,
           "ip_scale": 0.8, "controlnet_scale": 1.0, "canny_low": 100, "canny_high": 200}
@@ -27,37 +27,17 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
-def max_diff(a: Image.Image, b: Image.Image) -> int:
-    return int(np.abs(pixels(a) - pixels(b)).max())
-
-
-def product(shape: str = "circle", colour: tuple[int, int, int] = (200, 40, 40)) -> Image.Image:
-    """A cut-out product: a filled shape on a transparent background."""
-    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(img)
-    if shape == "circle":
-        draw.ellipse((12, 12, 52, 52), fill=(*colour, 255))
-    else:
-        draw.rectangle((8, 20, 56, 44), fill=(*colour, 255))
-    return img
-
-
-def reference(seed: int, size: tuple[int, int] = (48, 48)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-
-
 def style(*seeds: int, **kwargs) -> StyleInput:
     return StyleInput.from_images([reference(s) for s in seeds], [f"ref{s}" for s in seeds], **kwargs)
 
 
 def canvases(engine: Engine, params: dict, shape: str = "circle", item: Image.Image | None = None) -> dict:
-    return canvas_images(item or product(shape), None, params, canvas_kinds(params, engine.control_types, engine.adapter_images))
+    return canvas_images(item or product(shape=shape), None, params, canvas_kinds(params, engine.control_types, engine.adapter_images))
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory) -> Settings:
-    return Settings(model_cache=tmp_path_factory.mktemp("models"), device="cpu", dtype="float32")
+def settings(private_model_cache) -> Settings:
+    return Settings(model_cache=private_model_cache, device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +251,7 @@ def test_second_adapter_is_fed_the_product(settings):
     multi = get_engine("tiny-multi", settings)
     params = {**PARAMS, "ip_scale": 0.0, "product_ip_scale": 1.0}
     base = canvases(multi, params, "circle")
-    blue = {**base, "canvas": canvases(multi, params, item=product("circle", (30, 60, 220)))["canvas"]}
+    blue = {**base, "canvas": canvases(multi, params, item=product(shape="circle", colour=(30, 60, 220)))["canvas"]}
     (red_out,) = multi.generate(canvases=base, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=params)
     (blue_out,) = multi.generate(canvases=blue, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=params)
     assert max_diff(red_out, blue_out) > 2
@@ -384,7 +364,7 @@ def test_example_campaign_with_every_control_runs_end_to_end(campaign_env, store
     from flows.campaign import run_campaign
 
     catalog = campaign_env["catalog"]
-    text = (Path(__file__).parents[1] / "catalogs" / "examples" / "every-control.yaml").read_text()
+    text = (ROOT / "catalogs" / "examples" / "every-control.yaml").read_text()
     text = text.replace("seeds: 2 ", "seeds: 1 ").replace("|high detail|film grain", "|film grain")
     store.put(f"{catalog}/campaigns/every-control.yaml", text.encode(), content_type="application/yaml")
     summary = run_campaign(RunRequest(campaign="every-control", triggered_by="test"))

@@ -12,18 +12,16 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from adapters.engine import EngineOptions, StyleInput, apply_options, get_engine
 from adapters.settings import Settings
-from tasks.canny import canvas_images, pad_to_square
+from tasks.canny import canvas_images
+from tests.helpers import ROOT, noise_references, pixel_diffs, plain_pipeline_images, product
 
-ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"width": 64, "height": 64, "steps": 3, "scheduler": "unipc", "guidance": 5.0,
           "ip_scale": 0.8, "controlnet_scale": 1.0, "canny_low": 100, "canny_high": 200}
 PROMPTS = ["a red kettle on marble", "a red kettle on sand, dusk", "a red kettle in snow"]
@@ -31,39 +29,15 @@ SEEDS = [11, 12, 13]
 PLAIN = EngineOptions(sdpa=True, channels_last=False, fuse_qkv=False)
 
 
-def product() -> Image.Image:
-    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
-    ImageDraw.Draw(img).ellipse((12, 12, 52, 52), fill=(200, 40, 40, 255))
-    return img
-
-
 def refs() -> list[Image.Image]:
-    rng = np.random.default_rng(3)
-    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in ((48, 32), (40, 40))]
+    return noise_references(3, ((48, 32), (40, 40)))
 
 
-def diff(a: list[Image.Image], b: list[Image.Image]) -> tuple[int, float]:
-    d = [np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)) for x, y in zip(a, b, strict=True)]
-    return max(int(x.max()) for x in d), float(np.mean([x.mean() for x in d]))
-
-
-def plain_pipeline_images(engine, params=PARAMS) -> list[Image.Image]:
-    """What a script without the engine makes: one pipeline call per image."""
-    import diffusers
-
-    pipe = engine.pipe
-    apply_options(pipe, PLAIN)
-    pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config)
-    pipe.set_ip_adapter_scale(params["ip_scale"])
+def plain_images(engine, params=PARAMS) -> list[Image.Image]:
+    """What a script without the engine makes: one pipeline call per image, engine switches off."""
+    apply_options(engine.pipe, PLAIN)
     control = canvas_images(product(), None, params, ["canny"])["canny"]
-    out = []
-    for prompt, seed in zip(PROMPTS, SEEDS, strict=True):
-        with torch.inference_mode():
-            out += pipe(prompt, negative_prompt="blurry", image=control, ip_adapter_image=[[pad_to_square(r) for r in refs()]],
-                        num_inference_steps=params["steps"], guidance_scale=params["guidance"],
-                        controlnet_conditioning_scale=params["controlnet_scale"], width=params["width"],
-                        height=params["height"], generator=[torch.Generator("cpu").manual_seed(seed)]).images
-    return out
+    return plain_pipeline_images(engine.pipe, control, refs(), list(zip(PROMPTS, SEEDS, strict=True)), params, "blurry")
 
 
 def engine_images(engine, options: EngineOptions, params=PARAMS) -> list[Image.Image]:
@@ -75,15 +49,15 @@ def engine_images(engine, options: EngineOptions, params=PARAMS) -> list[Image.I
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    engine = get_engine("tiny", Settings(model_cache=tmp_path_factory.mktemp("models"), device="cpu", dtype="float32"))
+def engine(private_model_cache):
+    engine = get_engine("tiny", Settings(model_cache=private_model_cache, device="cpu", dtype="float32"))
     yield engine
     engine.set_options(EngineOptions.defaults("cpu"))
 
 
 @pytest.fixture(scope="module")
 def plain(engine) -> list[Image.Image]:
-    return plain_pipeline_images(engine)
+    return plain_images(engine)
 
 
 @pytest.mark.parametrize("options", [
@@ -93,7 +67,7 @@ def plain(engine) -> list[Image.Image]:
     EngineOptions(channels_last=False, fuse_qkv=False, cache_embeddings=False),
 ], ids=["cpu-defaults", "cuda-defaults", "classic-attention", "no-caches"])
 def test_every_switch_setting_makes_the_plain_pipelines_images(engine, plain, options):
-    largest, mean = diff(engine_images(engine, options), plain)
+    largest, mean = pixel_diffs(engine_images(engine, options), plain)
     assert largest <= 1 and mean < 0.05, (options, largest, mean)
 
 
@@ -108,7 +82,7 @@ def test_fused_qkv_keeps_the_ip_adapter_working(engine):
     with_style = engine_images(engine, fused)
     without = engine_images(engine, fused, {**PARAMS, "ip_scale": 0.0})
     assert adapter_layers() == before > 0  # diffusers' own fuse_qkv_projections would have replaced them
-    assert diff(with_style, without)[0] > 10  # the reference still steers the picture
+    assert pixel_diffs(with_style, without)[0] > 10  # the reference still steers the picture
     assert any(getattr(m, "fused_projections", False) for m in engine.pipe.unet.modules())
 
 
@@ -118,7 +92,7 @@ def test_switches_are_reversible(engine, plain):
     processors = {type(p).__name__ for p in engine.pipe.unet.attn_processors.values()}
     assert processors == {"AttnProcessor2_0", "IPAdapterAttnProcessor2_0"}
     assert engine.pipe.unet.conv_in.weight.is_contiguous()
-    assert diff(engine_images(engine, PLAIN), plain)[0] <= 1
+    assert pixel_diffs(engine_images(engine, PLAIN), plain)[0] <= 1
 
 
 def test_out_of_memory_is_raised_when_splitting_is_off(engine, monkeypatch):
@@ -145,10 +119,10 @@ def test_peak_table_knows_the_data_centre_gpus():
 
 
 @pytest.mark.slow
-def test_gpu_benchmark_runs_on_the_tiny_kits(tmp_path):
+def test_gpu_benchmark_runs_on_the_tiny_kits(tmp_path, model_cache):
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\nkept\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STYLEMATRIX_MODEL_CACHE": str(tmp_path / "models")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STYLEMATRIX_MODEL_CACHE": str(model_cache)}
     result = subprocess.run(
         [sys.executable, "bench/gpu.py", "--tiny", "--images", "2", "--batches", "1", "2", "--steps", "2",
          "--size", "64", "--repeat", "1", "--doc", str(doc)],
@@ -171,7 +145,7 @@ def test_gpu_benchmark_runs_on_the_tiny_kits(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fp16_engine_on_cuda_matches_the_plain_pipeline(tmp_path):
     engine = get_engine("tiny", Settings(model_cache=tmp_path / "models", device="cuda", dtype="float16"))
-    plain = plain_pipeline_images(engine)
-    largest, mean = diff(engine_images(engine, EngineOptions.defaults("cuda")), plain)
+    plain = plain_images(engine)
+    largest, mean = pixel_diffs(engine_images(engine, EngineOptions.defaults("cuda")), plain)
     # fp16 kernels differ with batch size and layout; the pictures must still be the same pictures.
     assert mean < 1.0 and largest <= 16, (largest, mean)

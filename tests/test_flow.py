@@ -1,32 +1,56 @@
-"""The whole campaign flow under prefect_test_harness against the local S3 server."""
+"""The whole campaign flow under prefect_test_harness against the local S3 server.
+
+The sample campaign runs once for the module (`sample_run`); the tests that only read a finished
+run inspect that one.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import small_campaign
 from PIL import Image
 
 from adapters import publish
 from adapters.parquet_io import read_parquet_bytes
+from adapters.settings import Settings, get_settings
 from adapters.storage import S3Store
 from catalogs.models import RunRequest
 from tasks.tables import GENERATIONS, RUNS
+from tests.helpers import campaign_settings_env, seed_campaign_buckets, small_campaign
 
 
 def objects(store: S3Store, prefix: str) -> set[str]:
     return {o.uri for o in store.list(prefix)}
 
 
-def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(campaign_env, store):
+@pytest.fixture(scope="module")
+def sample_run(s3_server, model_cache, prefect_harness) -> SimpleNamespace:
+    """The sample campaign, run once by the real flow in a campaign_env of its own: 64 images."""
     from flows.campaign import run_campaign
 
-    catalog, assets = campaign_env["catalog"], campaign_env["assets"]
-    summary = run_campaign(RunRequest(campaign="sample", triggered_by="test"))
+    store = S3Store.from_settings(Settings(s3_endpoint=s3_server.endpoint, s3_region="us-east-1"))
+    catalog, assets = seed_campaign_buckets(store)
+    env = campaign_settings_env(s3_server, catalog, assets, model_cache)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        get_settings.cache_clear()
+        try:
+            summary = run_campaign(RunRequest(campaign="sample", triggered_by="test"))
+        finally:
+            get_settings.cache_clear()
+    return SimpleNamespace(catalog=catalog, assets=assets, env=env, summary=summary)
+
+
+def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(sample_run, store, monkeypatch):
+    from flows.campaign import run_campaign
+
+    catalog, assets, summary = sample_run.catalog, sample_run.assets, sample_run.summary
 
     expected = 4 * 2 * 4 * 2  # products x style sets x cells x seeds
     assert summary.images_generated == expected
@@ -104,8 +128,14 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(c
     assert summary.run_id in found["sample-spring-summary"].data
 
     # A rerun of the same campaign generates nothing and publishes no image or generations row.
+    for name, value in sample_run.env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
     before = objects(store, f"{assets}/runs/") | objects(store, f"{assets}/tables/generations/")
-    again = run_campaign(RunRequest(campaign=f"{catalog}/campaigns/sample.yaml", triggered_by="test"))
+    try:
+        again = run_campaign(RunRequest(campaign=f"{catalog}/campaigns/sample.yaml", triggered_by="test"))
+    finally:
+        get_settings.cache_clear()
     after = objects(store, f"{assets}/runs/") | objects(store, f"{assets}/tables/generations/")
     assert again.images_generated == 0 and again.images_skipped == expected
     assert again.gallery is None
@@ -113,23 +143,15 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(c
     assert publish.published_asset_ids(store, assets) == set(gens["asset_id"])
 
 
-def test_mirror_writes_out_dir_with_latest_link(campaign_env, store, tmp_path):
-    from flows.campaign import run_campaign
-
-    small = (
-        "name: small\nproducts: {ids: [rocket]}\nstyles: {ids: [space-age]}\n"
-        "matrix: {template: '{product} on {surface}', axes: {surface: [sand]}, seeds: 2}\n"
-        "generation: {profile: tiny, width: 64, height: 64, steps: 2}\n"
-    )
-    spec = tmp_path / "small.yaml"
-    spec.write_text(small)
-    summary = run_campaign(RunRequest(campaign=str(spec), triggered_by="test"))
-    local = publish.mirror_run(store, campaign_env["assets"], summary.run_id, tmp_path / "out")
+def test_mirror_writes_out_dir_with_latest_link(sample_run, store, tmp_path):
+    summary = sample_run.summary
+    local = publish.mirror_run(store, sample_run.assets, summary.run_id, tmp_path / "out")
     assert (tmp_path / "out" / "latest").resolve() == local.resolve()
-    assert len(list((local / "images").glob("*.png"))) == 2
-    assert pq.read_table(local / "generations.parquet").num_rows == 2
+    assert summary.images_generated == 64
+    assert len(list((local / "images").glob("*.png"))) == 64
+    assert pq.read_table(local / "generations.parquet").num_rows == 64
     assert json.loads((local / "_MANIFEST.json").read_text())["run_id"] == summary.run_id
-    assert (local / "index.html").read_text().count("<figure") == 2
+    assert (local / "index.html").read_text().count("<figure") == 64
 
 
 def test_bad_campaign_fails_before_any_image(campaign_env, store, tmp_path):

@@ -6,19 +6,13 @@ drives that binary; no browser is ever downloaded. Leaves a screenshot in out/te
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tasks.gallery import render_gallery
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "out" / "test-artifacts"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+from tests.helpers import ARTIFACTS, CHROMIUM, chromium_page
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install -y chromium)")
 
@@ -63,41 +57,35 @@ def gallery(tmp_path: Path) -> Path:
 def test_gallery_filters_by_product_style_and_selection(gallery: Path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
     requested: list[str] = []
-    with tempfile.TemporaryDirectory() as profile, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
-                                                        viewport={"width": 1200, "height": 900})
-        try:
-            page = browser.new_page()
-            page.on("request", lambda req: requested.append(req.url))
-            page.goto(gallery.as_uri())
-            page.wait_for_load_state("load")
-            visible = "main figure:not([hidden])"
-            assert page.locator(visible).count() == 12
-            assert page.inner_text("#shown") == "12"
-            # Every image loaded, from beside the page.
-            assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth === 64)")
+    with chromium_page(sync_api, viewport={"width": 1200, "height": 900}) as page:
+        page.on("request", lambda req: requested.append(req.url))
+        page.goto(gallery.as_uri())
+        page.wait_for_load_state("load")
+        visible = "main figure:not([hidden])"
+        assert page.locator(visible).count() == 12
+        assert page.inner_text("#shown") == "12"
+        # Every image loaded, from beside the page.
+        assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth === 64)")
 
-            page.select_option("#f-product", "mug")
-            assert page.locator(visible).count() == 6
-            assert set(page.locator(visible).evaluate_all("els => els.map(e => e.dataset.product)")) == {"mug"}
+        page.select_option("#f-product", "mug")
+        assert page.locator(visible).count() == 6
+        assert set(page.locator(visible).evaluate_all("els => els.map(e => e.dataset.product)")) == {"mug"}
 
-            page.select_option("#f-status", "selected")
-            shown = page.locator(visible)
-            assert shown.count() == 2 and page.inner_text("#shown") == "2"
-            assert all("selected" in t for t in shown.all_inner_texts())
+        page.select_option("#f-status", "selected")
+        shown = page.locator(visible)
+        assert shown.count() == 2 and page.inner_text("#shown") == "2"
+        assert all("selected" in t for t in shown.all_inner_texts())
 
-            page.select_option("#f-status", "gated")
-            page.select_option("#f-style", "noir")
-            assert page.locator(visible).count() == 1
-            assert "edge_f1 0.1 fails" in page.locator(visible).inner_text()
+        page.select_option("#f-status", "gated")
+        page.select_option("#f-style", "noir")
+        assert page.locator(visible).count() == 1
+        assert "edge_f1 0.1 fails" in page.locator(visible).inner_text()
 
-            page.select_option("#f-product", "")
-            page.select_option("#f-style", "")
-            page.select_option("#f-status", "")
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "gallery.png"), full_page=True)
-        finally:
-            browser.close()
+        page.select_option("#f-product", "")
+        page.select_option("#f-style", "")
+        page.select_option("#f-status", "")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "gallery.png"), full_page=True)
     # Self-contained: nothing but the page itself and the files beside it.
     assert requested and all(url.startswith(gallery.parent.as_uri()) for url in requested), requested
     assert (ARTIFACTS / "gallery.png").stat().st_size > 10_000

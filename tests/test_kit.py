@@ -38,11 +38,6 @@ SIZE = 64
 
 
 @pytest.fixture(scope="session")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture(scope="session")
 def kit(model_cache: Path) -> Path:
     """The kit, built once per session through the same entry point the engine uses."""
     return ensure_tiny_kit(model_cache)

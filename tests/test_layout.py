@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, documented_columns
 
 
 def test_adapters_and_tasks_come_from_this_repository():
@@ -54,8 +54,5 @@ def test_metadata_tables_doc_lists_every_column_with_its_type():
     doc = (ROOT / "docs" / "metadata-tables.md").read_text()
     assert f"schema version {SCHEMA_VERSION}" in doc.lower()
     for table, columns in TABLES.items():
-        section = doc.split(f"## `{table}`", 1)
-        assert len(section) == 2, f"docs/metadata-tables.md has no section for {table}"
-        body = section[1].split("\n## ", 1)[0]
-        documented = re.findall(r"^\| `([a-z0-9_]+)` \| `([^`]+)` \|", body, flags=re.M)
+        documented = documented_columns(doc, f"## `{table}`", "\n## ")
         assert documented == [(c.name, c.type) for c in columns], f"{table}: doc and schema differ"

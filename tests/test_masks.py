@@ -17,6 +17,7 @@ from skimage import data
 from skimage.util import img_as_ubyte
 
 from tasks.masks import alpha_mask, auto_mask, border_colour, choose_mask_source, mask_coverage, product_mask
+from tests.helpers import encode
 
 MARGIN = 24
 
@@ -54,9 +55,7 @@ def brick() -> np.ndarray:
 
 
 def as_jpeg(pixels: np.ndarray, quality: int = 85) -> Image.Image:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return Image.open(io.BytesIO(encode(Image.fromarray(pixels), "JPEG", quality=quality))).convert("RGB")
 
 
 def iou(mask: Image.Image | np.ndarray, truth: np.ndarray) -> float:

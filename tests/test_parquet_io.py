@@ -6,13 +6,12 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from adapters.parquet_io import parquet_bytes, parquet_row_count, read_parquet_bytes
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def test_round_trip_keeps_rows_types_and_count():
@@ -39,6 +38,7 @@ for _ in range(3):
 """
 
 
+@pytest.mark.slow  # 16 short processes
 def test_a_process_that_reads_parquet_and_exits_does_not_abort():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 

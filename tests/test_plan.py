@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from catalogs import load_profiles, parse_campaign, sample_campaign_text
-from catalogs.models import Product, Reference, StyleSet
+from catalogs import load_profiles, parse_campaign
+from catalogs.models import Reference
 from tasks.matrix import expand_matrix
 from tasks.plan import (
     check_control_scales,
@@ -18,27 +16,7 @@ from tasks.plan import (
     plan_jobs,
     plan_shards,
 )
-
-PRODUCTS = [
-    Product(product_id=f"p{i}", image_key=f"s3://c/products/p{i}/image.png", title=f"product {i}",
-            sha256=f"{i:064x}", tags=("kitchen",) if i % 2 else ("garden",))
-    for i in range(3)
-]
-STYLES = [
-    StyleSet(style_id="one", references=(Reference(key="s3://c/styles/one/a.png", sha256="a" * 64),)),
-    StyleSet(style_id="three", ip_scale=0.3, references=tuple(
-        Reference(key=f"s3://c/styles/three/{n}.png", sha256=n * 64, weight=w) for n, w in (("b", 1.0), ("c", 0.5), ("d", 2.0)))),
-]
-
-
-def campaign(**overrides):
-    text = sample_campaign_text()
-    spec = parse_campaign(text)
-    return spec.model_copy(update=overrides) if overrides else spec
-
-
-def plan(spec, products=PRODUCTS, styles=STYLES, revision="rev1", dtype="float32"):
-    return plan_jobs(spec, products, styles, expand_matrix(spec.matrix), profile_revision=revision, dtype=dtype)
+from tests.helpers import PRODUCTS, ROOT, STYLES, campaign, plan
 
 
 def test_one_job_per_product_style_cell_seed_with_unique_ids():
@@ -289,9 +267,8 @@ def test_controlnet_scale_axis_that_control_scales_overrides_everywhere_is_refus
 
 
 def test_example_spec_with_every_control_parses_and_plans():
-    root = Path(__file__).parents[1]
-    text = (root / "catalogs" / "examples" / "every-control.yaml").read_text()
-    assert f"```yaml\n{text}```" in (root / "docs" / "campaign-spec.md").read_text(), "the doc shows the file as it is"
+    text = (ROOT / "catalogs" / "examples" / "every-control.yaml").read_text()
+    assert f"```yaml\n{text}```" in (ROOT / "docs" / "campaign-spec.md").read_text(), "the doc shows the file as it is"
     spec = parse_campaign(text, origin="every-control.yaml")
     assert spec.matrix.cell_count == 96
     assert spec.matrix.zip == (("surface", "lighting"), ("ip_scale", "controlnet_scale", "guidance", "steps"))

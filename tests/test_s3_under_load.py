@@ -13,13 +13,13 @@ import os
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
-from s3_faults import FaultyS3Proxy
 
 from adapters import publish
 from adapters.local_s3 import free_port
 from adapters.settings import Settings, get_settings
-from adapters.storage import RetryPolicy, S3Store, _fault_kind
+from adapters.storage import RetryPolicy, S3Store, fault_kind
 from catalogs.models import RunRequest
+from tests.s3_faults import FaultyS3Proxy
 
 THROTTLE, RESET, SEED = (float(x) for x in os.environ.get("STYLEMATRIX_TEST_S3_FAULTS", "0.25,0.06,7").split(","))
 FAST = RetryPolicy(attempts=30, base_seconds=0.02, cap_seconds=0.5)
@@ -37,7 +37,7 @@ def test_an_endpoint_that_is_down_fails_in_seconds_with_one_line(s3_server, monk
     with pytest.raises(ConnectionError, match=f"^cannot reach S3 endpoint {endpoint}"):
         store_at(endpoint, RetryPolicy()).get("s3://bucket/key")
     assert len(waits) == RetryPolicy().down_attempts - 1  # one short retry, not thirty
-    assert _fault_kind(EndpointConnectionError(endpoint_url=endpoint)) == "down"
+    assert fault_kind(EndpointConnectionError(endpoint_url=endpoint)) == "down"
 
 
 def test_a_busy_endpoint_is_retried_until_it_answers(s3_server, store, fresh_bucket):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
-from skimage import data
 
 from tasks.canny import control_image, fit_to_canvas
 from tasks.masks import product_mask
@@ -23,18 +22,15 @@ from tasks.scores import (
     pixel_scores,
     product_mask_on_canvas,
 )
+from tests.helpers import photo
 
 SIZE = 192
 LOW, HIGH = 100, 200
 
 
-def _photo(name: str) -> Image.Image:
-    return Image.fromarray(getattr(data, name)()).convert("RGB")
-
-
 def _cut_out_logo() -> Image.Image:
     """skimage's logo with its white surround made transparent: a product that carries its own mask."""
-    rgb = np.asarray(_photo("logo"))
+    rgb = np.asarray(photo("logo"))
     mask = product_mask(Image.fromarray(rgb))[0]
     return Image.fromarray(np.dstack([rgb, np.asarray(mask)]), mode="RGBA")
 
@@ -51,7 +47,7 @@ class Product:
 
     def pasted_on(self, background: str) -> Image.Image:
         """The product exactly as photographed, on another background: a perfectly faithful output."""
-        out = _photo(background).resize((SIZE, SIZE))
+        out = photo(background).resize((SIZE, SIZE))
         out.paste(self.canvas, (0, 0), Image.fromarray(self.region.astype(np.uint8) * 255))
         return out
 
@@ -65,7 +61,7 @@ class Product:
 @pytest.fixture(scope="module", params=["cut-out logo", "rocket photo"])
 def product(request) -> Product:
     # One product with an alpha mask, one whose whole photo is the product.
-    return Product(_cut_out_logo() if request.param == "cut-out logo" else _photo("rocket"))
+    return Product(_cut_out_logo() if request.param == "cut-out logo" else photo("rocket"))
 
 
 def _noise(seed: int = 0) -> Image.Image:
@@ -80,7 +76,7 @@ def test_product_on_a_new_background_scores_faithful(product):
 
 
 def test_noise_and_an_unrelated_photo_score_unfaithful(product):
-    for output in (_noise(), _photo("astronaut").resize((SIZE, SIZE))):
+    for output in (_noise(), photo("astronaut").resize((SIZE, SIZE))):
         scores = product.scores(output)
         assert scores["edge_f1"] < 0.1
         assert scores["product_ssim"] < 0.3
@@ -105,7 +101,7 @@ def test_the_product_region_follows_the_mask_and_the_canvas_fit():
     assert np.array_equal(region, alpha_on_canvas[..., 0] > 127)
     assert not region[:, :40].any() and region.any()
     # Without a mask the whole fitted photo is the product: a centred box of the photo's aspect.
-    box = product_mask_on_canvas(_photo("rocket"), 256, 128)
+    box = product_mask_on_canvas(photo("rocket"), 256, 128)
     cols = np.flatnonzero(box.any(axis=0))
     assert box.all(axis=0)[cols].all() and (cols[0], cols.size) == (32, 192)  # 640x427 fitted into 256x128
     with pytest.raises(ValueError, match="product mask is 10x10"):
@@ -121,11 +117,11 @@ def test_fidelity_is_none_when_there_is_nothing_to_compare():
 
 
 def test_delta_e_measures_a_colour_shift():
-    photo = _photo("coffee").resize((64, 64))
+    coffee = photo("coffee").resize((64, 64))
     region = np.ones((64, 64), bool)
-    shifted = Image.fromarray(np.roll(np.asarray(photo), 1, axis=2))  # RGB -> BRG: a hue change
-    assert mean_delta_e(photo, photo, region) == 0.0
-    assert mean_delta_e(photo, shifted, region) > 15
+    shifted = Image.fromarray(np.roll(np.asarray(coffee), 1, axis=2))  # RGB -> BRG: a hue change
+    assert mean_delta_e(coffee, coffee, region) == 0.0
+    assert mean_delta_e(coffee, shifted, region) > 15
 
 
 def test_exposure_and_colourfulness_of_plain_images():
@@ -136,8 +132,8 @@ def test_exposure_and_colourfulness_of_plain_images():
     luminance, clipped = exposure(grey)
     assert luminance == pytest.approx(128 / 255) and clipped == 0.0
     assert colourfulness(grey) == 0.0
-    assert colourfulness(_photo("coffee")) > colourfulness(_photo("camera").convert("RGB")) == 0.0
-    assert is_blank(grey) and not is_blank(_photo("coffee"))
+    assert colourfulness(photo("coffee")) > colourfulness(photo("camera").convert("RGB")) == 0.0
+    assert is_blank(grey) and not is_blank(photo("coffee"))
 
 
 def test_identical_images_are_duplicates_and_different_backgrounds_are_not(product):
@@ -190,11 +186,10 @@ def test_a_failing_scorer_costs_its_column_not_the_image(product):
 
 
 @pytest.fixture(scope="module")
-def clip_settings(tmp_path_factory):
+def clip_settings(model_cache):
     from adapters.settings import Settings
 
-    # The flow tests build the kit in the same folder: once per session.
-    return Settings(model_cache=tmp_path_factory.getbasetemp() / "models", device="cpu")
+    return Settings(model_cache=model_cache, device="cpu")
 
 
 def test_clip_model_setting_picks_weights():
@@ -214,7 +209,7 @@ def test_tiny_clip_scores_prompt_and_style(clip_settings):
 
     scorer = get_clip_scorer("auto", load_profiles()["tiny"], clip_settings)
     assert scorer is not None and scorer.name.startswith("builtin:tiny/clip@")
-    coffee, grass = _photo("coffee"), _photo("grass")
+    coffee, grass = photo("coffee"), photo("grass")
     scores = scorer.score([coffee, grass], ["a cup of coffee", "a lawn"], style_key="coffee-only",
                           references=[coffee], weights=[1.0])
     (text_a, style_a), (text_b, style_b) = scores

@@ -150,7 +150,7 @@ def test_pool_progress_counts_finished_batches_in_any_order(campaign_env, store)
     from flows import artifacts
     from flows.dispatch import BatchProgress
     from tasks.plan import ShardContext, group_batches
-    from tests.test_plan import campaign, plan
+    from tests.helpers import campaign, plan
 
     batches = group_batches(plan(campaign()), batch_size=4)[:4]
     assets, run_id = campaign_env["assets"], "pool-run"

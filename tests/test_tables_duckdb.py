@@ -9,12 +9,12 @@ import pytest
 
 from adapters import publish
 from catalogs.models import RunRequest
+from tests.helpers import ROOT
 
 duckdb = pytest.importorskip("duckdb")
 
 
 def test_column_docs_name_every_value_the_code_writes():
-    from pathlib import Path
     from typing import get_args
 
     from catalogs import load_profiles
@@ -27,7 +27,7 @@ def test_column_docs_name_every_value_the_code_writes():
     assert f"`{OPTIONAL_KEY}`" in {c.name: c.doc for c in CELL_METRICS}["cell"]
     assert "first ControlNet" in {c.name: c.doc for c in GENERATIONS}["control_key"]
     # The manifest's `controls` holds every canvas image a batch of any shipped profile and mode needs.
-    page = (Path(__file__).parents[1] / "docs" / "metadata-tables.md").read_text()
+    page = (ROOT / "docs" / "metadata-tables.md").read_text()
     (controls,) = [line for line in page.splitlines() if line.startswith("| `controls` |")]
     kinds = {k for p in load_profiles().values() for mode in ("ip_adapter", "img2img", "preserve")
              for k in canvas_kinds({"mode": mode}, p.control_types, p.adapter_images)}

@@ -1,0 +1,193 @@
+"""The worker end-to-end stack (tests/test_workers.py): a Prefect server, deployments from
+prefect.yaml, a cpu worker and two gpu workers, on loopback against the session's S3 server.
+
+Its two campaigns take minutes, nearly all of it in other processes (workers, flow runs) or
+waiting (a killed worker's shard is crashed only after 75 s without a heartbeat). So the stack
+starts when the session starts (conftest's `early` fixtures) and a thread runs both campaigns
+while the in-process tests go on; the tests in test_workers.py wait for them and assert.
+The thread only drives the campaigns; every assertion about them is in the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+
+import psutil
+import pytest
+
+from adapters import publish
+from adapters.storage import S3Store
+
+CAMPAIGN = (
+    "name: e2e\nproducts: {ids: [rocket, coffee-cup]}\nstyles: {ids: [space-age, earthy-textures]}\n"
+    "matrix: {template: '{product} on {surface}', axes: {surface: [sand, slate]}, seeds: [1, 2]}\n"
+    "generation: {profile: tiny, width: 64, height: 64, steps: 2, batch_size: 4}\n"
+)
+IMAGES = 2 * 2 * 2 * 2
+WAIT = 900  # seconds a test waits for a background result before it fails (the thread's own limits are shorter)
+
+
+def api(stack):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings({PREFECT_API_URL: stack["stack"].api_url})
+
+
+def start_campaign(stack, **request):
+    from prefect.deployments import run_deployment
+
+    with api(stack):
+        return run_deployment("run-campaign/campaign", parameters={"request": {"campaign": "e2e", **request}},
+                              timeout=0, as_subflow=False)
+
+
+def wait_final(stack, flow_run_id, timeout: float, stop: threading.Event | None = None):
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with api(stack), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline and not (stop and stop.is_set()):
+            run = client.read_flow_run(flow_run_id)
+            if run.state and run.state.is_final():
+                return run
+            time.sleep(1)
+    raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout:.0f} s; logs in {stack['stack'].log_dir}")
+
+
+def shard_runs(stack, parent_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with api(stack), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
+    return [r for r in runs if "-shard-" in r.name]
+
+
+def published(stack, run_id):
+    store, assets = stack["store"], stack["assets"]
+    manifest = json.loads(store.get(publish.run_uri(assets, run_id, publish.MANIFEST)))
+    return manifest, publish.read_table(store, manifest, "generations")
+
+
+def run_id_of(stack, flow_run_id) -> str:
+    for m in publish.read_manifests(stack["store"], stack["assets"]):
+        runs = publish.read_table(stack["store"], m, "runs")
+        if str(flow_run_id) in set(runs["flow_run_id"]):
+            return m["run_id"]
+    raise AssertionError(f"no committed run for flow run {flow_run_id}")
+
+
+class WorkerCampaigns:
+    """The stack and its two campaigns, driven by one thread; each result is a Future.
+
+    `stack`: the stack as a dict (stack, store, catalog, assets).
+    `on_both_workers`: (final parent flow run, seconds) of a campaign started from the API.
+    `with_a_killed_worker`: (final parent flow run, the shard run whose worker was killed) of a
+    second campaign (seeds 3 and 4) whose first running shard loses its worker and process.
+    """
+
+    def __init__(self, s3_endpoint: str, model_cache: Path, folder: Path, env: dict[str, str]):
+        self.stack: Future = Future()
+        self.on_both_workers: Future = Future()
+        self.with_a_killed_worker: Future = Future()
+        self._stop = threading.Event()
+        self._prefect = None
+        self._args = (s3_endpoint, model_cache, folder, env)
+        self._thread = threading.Thread(target=self._run, name="worker-campaigns", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pending = [self.stack, self.on_both_workers, self.with_a_killed_worker]
+        try:
+            stack = self._start(*self._args)
+            pending.pop(0).set_result(stack)
+            pending.pop(0).set_result(self._campaign_on_both_workers(stack))
+            pending.pop(0).set_result(self._campaign_with_a_killed_worker(stack))
+        except BaseException as exc:  # handed to every test still waiting
+            for future in pending:
+                future.set_exception(exc)
+
+    def _start(self, s3_endpoint: str, model_cache: Path, folder: Path, env: dict[str, str]) -> dict:
+        from adapters.local_s3 import free_port
+        from adapters.sample_catalog import seed_sample_catalog
+        from adapters.settings import Settings
+        from flows.serve import start_stack
+
+        suffix = uuid.uuid4().hex[:8]
+        catalog, assets = f"s3://e2e-catalog-{suffix}", f"s3://e2e-assets-{suffix}"
+        store = S3Store.from_settings(Settings(s3_endpoint=s3_endpoint))
+        for uri in (catalog, assets):
+            store.ensure_bucket(uri.removeprefix("s3://"))
+        seed_sample_catalog(store, catalog)
+        store.put(f"{catalog}/campaigns/e2e.yaml", CAMPAIGN.encode())
+        env = {
+            **env,
+            "AWS_ENDPOINT_URL_S3": s3_endpoint,
+            "STYLEMATRIX_CATALOG": catalog,
+            "STYLEMATRIX_ASSETS": assets,
+            "STYLEMATRIX_MODEL_CACHE": str(model_cache),
+            "STYLEMATRIX_DEVICE": "cpu",
+            "STYLEMATRIX_IMAGES_PER_SHARD": "4",  # 4 shards: more than the two gpu workers take at once
+            "STYLEMATRIX_SHARD_POLL_SECONDS": "0.5",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
+        if self._stop.is_set():
+            raise RuntimeError("the session ended before the worker stack started")
+        self._prefect = start_stack(folder / "prefect", free_port(), gpus=2, env=env, log_dir=folder / "logs")
+        return {"stack": self._prefect, "store": store, "catalog": catalog, "assets": assets}
+
+    def _campaign_on_both_workers(self, stack: dict):
+        started = time.monotonic()
+        parent = wait_final(stack, start_campaign(stack, triggered_by="api").id, timeout=600, stop=self._stop)
+        return parent, time.monotonic() - started
+
+    def _campaign_with_a_killed_worker(self, stack: dict):
+        parent_id = start_campaign(stack, seeds=[3, 4], triggered_by="api").id
+        victim = None
+        deadline = time.monotonic() + 300
+        while victim is None and time.monotonic() < deadline and not self._stop.is_set():
+            running = [c for c in shard_runs(stack, parent_id) if c.state and c.state.is_running()]
+            if running and running[0].infrastructure_pid:
+                time.sleep(3)  # let its first heartbeat reach the server
+                victim = running[0]
+            else:
+                time.sleep(0.5)
+        assert victim is not None, "no shard started running"
+        child_pid = int(str(victim.infrastructure_pid).rsplit(":", 1)[-1])
+        worker = psutil.Process(child_pid).parent()
+        # A machine dying: the worker and the shard process vanish at once, with no goodbye.
+        for proc in [worker, *worker.children(recursive=True)]:
+            proc.send_signal(signal.SIGKILL)
+        return wait_final(stack, parent_id, timeout=600, stop=self._stop), victim
+
+    def close(self) -> None:
+        """Stop waiting, then stop the stack and any flow run its workers still have."""
+        self._stop.set()
+        self._thread.join(timeout=180)
+        if self._prefect is not None:
+            for name, proc in list(self._prefect.processes.items()):
+                if name != "server" and proc.poll() is None:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        for child in psutil.Process(proc.pid).children(recursive=True):
+                            child.kill()
+            self._prefect.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_campaigns(s3_server, model_cache, tmp_path_factory):
+    """The worker stack and its two campaigns, started in the background (see the module docstring)."""
+    from adapters.settings import child_env
+
+    # This process's environment now, before any test changes it: the thread must not see a test's.
+    campaigns = WorkerCampaigns(s3_server.endpoint, model_cache, tmp_path_factory.mktemp("e2e"), child_env())
+    yield campaigns
+    campaigns.close()
