@@ -43,21 +43,37 @@ def image_uri(assets: str, run_id: str, asset_id: str) -> str:
 
 
 def put_image(store: ObjectStore, assets: str, run_id: str, asset_id: str, image: Image.Image) -> Published:
+    """The image's PNG under the run's `images/`, its sha256 stored beside it (metadata) so a later run can verify it."""
     data = encode_png(image)
     uri = image_uri(assets, run_id, asset_id)
-    store.put(uri, data, content_type="image/png")
-    return Published(asset_id=asset_id, uri=uri, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    sha = hashlib.sha256(data).hexdigest()
+    store.put(uri, data, content_type="image/png", metadata={"sha256": sha, "asset-id": asset_id})
+    return Published(asset_id=asset_id, uri=uri, sha256=sha, size=len(data))
 
 
-def existing_image(store: ObjectStore, assets: str, run_id: str, asset_id: str) -> tuple[Published, Image.Image] | None:
-    """An image this run already wrote (a retried shard reuses it instead of generating it again)."""
+def existing_image(store: ObjectStore, assets: str, run_id: str, asset_id: str,
+                   recorder: str = "") -> tuple[Published, Image.Image] | None:
+    """An image `run_id` already wrote, verified: its bytes hash to the sha256 written with them and it decodes.
+
+    None when there is none or it does not verify (cut short, overwritten, written before sha256s were
+    stored). A retried shard reuses its own images this way; with `recorder` (another run), the image
+    is taken over: recorded by `recorder`, made by `run_id`.
+    """
     uri = image_uri(assets, run_id, asset_id)
-    if not store.exists(uri):
+    try:
+        data, meta = store.read(uri)
+    except FileNotFoundError:
         return None
-    data = store.get(uri)
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return Published(asset_id=asset_id, uri=uri, sha256=hashlib.sha256(data).hexdigest(), size=len(data)), image
+    sha = hashlib.sha256(data).hexdigest()
+    if meta.get("sha256") != sha or meta.get("asset-id", asset_id) != asset_id:
+        return None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, ValueError):
+        return None
+    made_by = run_id if recorder and recorder != run_id else ""
+    return Published(asset_id=asset_id, uri=uri, sha256=sha, size=len(data), made_by_run=made_by), image
 
 
 def table_bytes(table: str, rows: Sequence[dict]) -> bytes:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from PIL import Image
 
-from adapters import conditioning, publish
+from adapters import claims, conditioning, publish
 from adapters.engine import Engine, StyleInput
 from adapters.images import load_image, load_mask
 from adapters.scorers import ClipScorer
@@ -33,14 +33,25 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
                  run: RunContext, clip: ClipScorer | None = None) -> tuple[list[dict], float]:
     """Generate one batch, publish and score its images; returns its `generations` rows and generation seconds.
 
-    A retried shard finds the images its first attempt wrote and only makes the rest.
+    Each asset is claimed first (adapters/claims.py): one another live run holds is left to it (no
+    row here); one this run already wrote (a retried shard) is reused; one a presumed-dead run wrote
+    and that verifies is taken over; only the rest is generated.
     """
     product, style = shard.products[batch.product_id], shard.styles[batch.style_id]
     kinds = canvas_kinds(batch.params, engine.control_types, engine.adapter_images)
+    held = claims.claim_all(store, ctx.assets, [j.asset_id for j in batch.jobs], ctx.run_id,
+                            lease=timedelta(seconds=ctx.claim_lease_seconds))
+    jobs = [j for j in batch.jobs if held[j.asset_id].run_id == ctx.run_id]
+    for job in batch.jobs:
+        if held[job.asset_id].run_id != ctx.run_id:
+            log.info("image %s is being made by run %s: left to it", job.asset_id, held[job.asset_id].run_id)
+    earlier = {j.asset_id: None if held[j.asset_id].new else publish.existing_image(
+        store, ctx.assets, held[j.asset_id].replaced or ctx.run_id, j.asset_id, recorder=ctx.run_id) for j in jobs}
+    todo = [j for j in jobs if earlier[j.asset_id] is None]
+    if not jobs:
+        return [], 0.0
     canvases = conditioning.load_canvases(store, ctx.controls, batch.product_id, batch.params, kinds)
     style_input = conditioning.style_input(store, style)
-    earlier = {j.asset_id: publish.existing_image(store, ctx.assets, ctx.run_id, j.asset_id) for j in batch.jobs}
-    todo = [j for j in batch.jobs if earlier[j.asset_id] is None]
     start = time.perf_counter()
     fresh = engine.generate(
         canvases=canvases,
@@ -53,7 +64,7 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
     seconds = time.perf_counter() - start
     made = dict(zip([j.asset_id for j in todo], fresh, strict=True))
     outputs, pictures = [], []
-    for job in batch.jobs:
+    for job in jobs:
         if earlier[job.asset_id] is not None:
             stored, picture = earlier[job.asset_id]
         else:
@@ -61,6 +72,7 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
             stored = publish.put_image(store, ctx.assets, ctx.run_id, job.asset_id, picture)
         outputs.append(stored)
         pictures.append(picture)
+    batch = batch.model_copy(update={"jobs": tuple(jobs)})
     inputs = BatchInputs(
         product_key=product.image_key,
         control_keys=tuple(ctx.controls[canvas_name(batch.product_id, batch.params, t)] for t in engine.control_types),

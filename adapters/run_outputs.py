@@ -7,7 +7,7 @@ counts until the campaign writes its manifest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from adapters import publish
 from adapters.fonts import sheet_font
@@ -20,15 +20,22 @@ from tasks.select import OUTCOME, cell_metrics, select_images
 from tasks.sheets import contact_sheet, tile_for
 
 
-def select_run(store: ObjectStore, parts: Sequence[dict], selection: Selection) -> tuple[list[dict], list[dict]]:
+def select_run(store: ObjectStore, parts: Sequence[dict], selection: Selection,
+               owned: Collection[str] | None = None) -> tuple[list[dict], list[dict]]:
     """Decide every image's outcome across the run and rewrite each `generations` part with it.
 
-    Returns the run's rows, with outcomes, and the parts' new manifest entries.
+    With `owned`, only those asset ids stay (the run holds their claims as it commits; another run
+    that took a claim over records that asset instead). Returns the run's rows, with outcomes, and
+    the parts' new manifest entries.
     """
     per_part = [publish.read_table(store, {"parts": [p]}, "generations").to_dict("records") for p in parts]
+    if owned is not None:
+        keep = set(owned)
+        per_part = [[r for r in part_rows if r["asset_id"] in keep] for part_rows in per_part]
     rows = [r for part_rows in per_part for r in part_rows]
-    for row, outcome in zip(rows, select_images(rows, selection), strict=True):
-        row.update({k: outcome[k] for k in OUTCOME})
+    if rows:
+        for row, outcome in zip(rows, select_images(rows, selection), strict=True):
+            row.update({k: outcome[k] for k in OUTCOME})
     new_parts = [publish.rewrite_table_part(store, p, part_rows) for p, part_rows in zip(parts, per_part, strict=True)]
     return rows, new_parts
 

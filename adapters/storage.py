@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 import boto3
@@ -97,14 +98,18 @@ class ObjectInfo:
     key: str
     size: int
     etag: str
+    modified: datetime | None = None  # last modified, as listings report it
 
 
 class ObjectStore(Protocol):
     """What the pipeline needs from object storage; `S3Store` is the implementation."""
 
-    def put(self, uri: str, data: bytes, content_type: str | None = None, *, if_absent: bool = False) -> str: ...
+    def put(self, uri: str, data: bytes, content_type: str | None = None, *, if_absent: bool = False,
+            metadata: dict[str, str] | None = None) -> str: ...
 
     def get(self, uri: str) -> bytes: ...
+
+    def read(self, uri: str) -> tuple[bytes, dict[str, str]]: ...
 
     def download(self, uri: str, out: BinaryIO, *, etag: str = "") -> None: ...
 
@@ -204,8 +209,9 @@ class S3Store:
 
     # ------------------------------------------------------------------ objects
 
-    def put(self, uri: str, data: bytes, content_type: str | None = None, *, if_absent: bool = False) -> str:
-        """Write `data` at `uri` and return its ETag (without quotes).
+    def put(self, uri: str, data: bytes, content_type: str | None = None, *, if_absent: bool = False,
+            metadata: dict[str, str] | None = None) -> str:
+        """Write `data` at `uri` (with user `metadata`, stored as `x-amz-meta-*`) and return its ETag (without quotes).
 
         With `if_absent`, the write is conditional (`If-None-Match: *`): if the key already
         holds other bytes, nothing is written and FileExistsError is raised. If it holds exactly
@@ -217,6 +223,8 @@ class S3Store:
             kwargs["ContentType"] = content_type
         if if_absent:
             kwargs["IfNoneMatch"] = "*"
+        if metadata:
+            kwargs["Metadata"] = metadata
         try:
             response = self._call(uri, lambda: self._client.put_object(**kwargs))
         except _Precondition as exc:
@@ -232,6 +240,16 @@ class S3Store:
         """The bytes stored at `uri`; FileNotFoundError if there are none."""
         bucket, key = _object_parts(uri)
         return self._call(uri, lambda: self._client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def read(self, uri: str) -> tuple[bytes, dict[str, str]]:
+        """The bytes stored at `uri` and the user metadata written with them; FileNotFoundError if there are none."""
+        bucket, key = _object_parts(uri)
+
+        def fetch() -> tuple[bytes, dict[str, str]]:
+            response = self._client.get_object(Bucket=bucket, Key=key)
+            return response["Body"].read(), dict(response.get("Metadata") or {})
+
+        return self._call(uri, fetch)
 
     def download(self, uri: str, out: BinaryIO, *, etag: str = "") -> None:
         """Stream the bytes stored at `uri` into the binary file `out`: for objects too large to hold in memory.
@@ -279,7 +297,7 @@ class S3Store:
         def listing() -> list[ObjectInfo]:  # a retry lists again from the first page
             paginator = self._client.get_paginator("list_objects_v2")
             return [ObjectInfo(uri=f"{SCHEME}{bucket}/{item['Key']}", key=item["Key"], size=item["Size"],
-                               etag=_etag(item["ETag"]))
+                               etag=_etag(item["ETag"]), modified=item.get("LastModified"))
                     for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for item in page.get("Contents", [])]
 
         return sorted(self._call(prefix_uri, listing), key=lambda info: info.key)

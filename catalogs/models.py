@@ -538,6 +538,9 @@ class RunSummary(_Strict):
     sheets: dict[str, str] = {}
     tables: tuple[str, ...] = ()
     left_out: dict[str, str] = {}  # "style set night-sky" -> why it was left out
+    images_taken_over: int = 0  # made by a run that died before committing, verified, recorded by this one
+    images_left_to_others: int = 0  # claimed by another live run, which records them
+    left_to_runs: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         """What a person wants to read when a run ends."""
@@ -549,9 +552,15 @@ class RunSummary(_Strict):
         lines = [f"run {self.run_id}{titled}: {self.images_generated} images generated, {self.images_skipped} already "
                  f"published, {self.quarantined} catalog objects quarantined "
                  f"({self.duration_seconds:.1f} s, {self.images_per_second:.2f} images/s)"]
-        if self.images_generated:
+        if self.images_generated or self.images_taken_over:
             lines.append(f"  selected: {self.images_selected} images (top k per product), "
                          f"{self.images_failed} failed; contact sheets: {len(self.sheets)}")
+        if self.images_taken_over:
+            lines.append(f"  took over: {self.images_taken_over} images made by an earlier run that stopped before "
+                         "committing (verified; see generations.made_by_run)")
+        if self.images_left_to_others:
+            lines.append(f"  left to:  {self.images_left_to_others} images that run {', '.join(self.left_to_runs)} "
+                         "was making at the same time")
         lines += [f"  WARNING: left out {what}: {why}" for what, why in self.left_out.items()]
         lines += [f"  table:    {t}" for t in self.tables]
         if self.gallery:

@@ -62,10 +62,16 @@ def run_campaign(request: RunRequest) -> RunSummary:
                                 profile.adapter_images) if batches else {},
         clip_model=spec.selection.clip_model,
         progress=steps.start_progress(spec.name, run_id) if batches else None,
+        claim_lease_seconds=settings.claim_lease_seconds,
     )
     shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
     generated = run_shards(shards, ctx, store, settings)
+    # Record only what this run holds the claim of as it commits: another run may have taken one over.
+    owner = steps.claim_owners(store, assets, [j.asset_id for j in todo]) if todo else {}
+    generated = generated.owned_by(run_id, owner)
+    left_to = {a: o for a, o in owner.items() if o not in ("", run_id)}
     rows, parts, sheets, gallery = publish_outputs(store, ctx, spec, products, styles, generated, left_out)
+    made = sum(r["made_by_run"] == run_id for r in rows)
 
     row = run_row(
         run_id=run_id, campaign=spec.name, title=spec.title, campaign_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
@@ -75,18 +81,20 @@ def run_campaign(request: RunRequest) -> RunSummary:
         snapshot_id=state.snapshot_id, assets=assets, profile=spec.generation.profile, profile_revision=revision,
         device=device, dtype=dtype, started_at=started, finished_at=datetime.now(UTC),
         duration_seconds=time.perf_counter() - clock, products=len(products), styles=len(styles), cells=len(cells),
-        images_planned=len(jobs), images_generated=len(generated.images), images_skipped=len(jobs) - len(todo),
+        images_planned=len(jobs), images_generated=made, images_skipped=len(jobs) - len(todo),
+        images_taken_over=len(rows) - made, images_left_to_others=len(left_to), left_to_runs=sorted(set(left_to.values())),
         images_selected=sum(bool(r["selected"]) for r in rows), images_failed=sum(r["status"] == "failed" for r in rows),
         batches=len(batches), generation_wall_seconds=generated.wall_seconds if batches else 0.0,
-        images_per_second=len(generated.images) / generated.wall_seconds if batches and generated.wall_seconds else 0.0,
-        quarantined=len(state.quarantine), left_out=list(left_out.items()), status="completed" if generated.images else "nothing-new",
+        images_per_second=made / generated.wall_seconds if batches and generated.wall_seconds else 0.0,
+        quarantined=len(state.quarantine), left_out=list(left_out.items()), status="completed" if rows else "nothing-new",
     )
     parts.append(steps.write_runs_part(store, assets, "runs", run_date, run_id, [row]))
     summary = RunSummary(
         run_id=run_id, campaign=spec.name, title=spec.title, images_to_generate=len(todo), sheets=sheets, gallery=gallery,
         tables=tuple(p["uri"] for p in parts), manifest=publish.run_uri(assets, run_id, publish.MANIFEST),
         **{k: row[k] for k in ("images_planned", "images_generated", "images_skipped", "images_selected",
-                               "images_failed", "batches", "quarantined", "duration_seconds", "images_per_second")},
+                               "images_failed", "batches", "quarantined", "duration_seconds", "images_per_second",
+                               "images_taken_over", "images_left_to_others", "left_to_runs")},
         left_out=left_out,
     )
     steps.report_run(spec.name, run_id, rows, gallery=gallery, sheets=sheets, tables=summary.tables,
@@ -145,9 +153,11 @@ def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products:
     Returns the rows with their outcomes, the manifest entries of the table parts, the contact
     sheets (file name -> URI) and the gallery's URI (None when nothing new was made).
     """
-    if not generated.images:
-        return [], list(generated.parts), {}, None
-    rows, parts = steps.select_run(store, generated.parts, spec.selection)
+    if not generated.parts:
+        return [], [], {}, None
+    rows, parts = steps.select_run(store, generated.parts, spec.selection, [i["asset_id"] for i in generated.images])
+    if not rows:
+        return [], parts, {}, None
     parts.append(steps.write_cell_metrics(store, ctx.assets, ctx.run_date, ctx.run_id, spec.name, rows))
     sheets = steps.write_sheets(store, ctx.assets, ctx.run_id, rows, products, styles, ctx.controls, title=spec.title)
     gallery = steps.write_gallery(store, ctx.assets, ctx.run_id, spec.name, rows, sheets, [p["uri"] for p in parts],

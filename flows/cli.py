@@ -112,6 +112,36 @@ def seed(catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] 
         fail(exc)
 
 
+@app.command()
+def gc(
+    assets: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] of the outputs (default STYLEMATRIX_ASSETS)")] = None,
+    older_than_hours: Annotated[float, typer.Option(min=0, help="only runs that have written nothing for this long")] = 24.0,
+    dry_run: Annotated[bool, typer.Option(help="list what would be removed; remove nothing")] = False,
+) -> None:
+    """Remove what runs that never committed left behind (images no later run took over, table parts, claims).
+
+    A committed run's objects are never touched; nor is anything a committed manifest names.
+    """
+    from datetime import timedelta
+
+    from adapters.gc import collect_garbage
+    from adapters.storage import S3Store
+
+    settings = get_settings()
+    assets = assets or settings.assets
+    try:
+        store = S3Store.from_settings(settings)
+        store.check_reachable(assets)
+        report = collect_garbage(store, assets, older_than=timedelta(hours=older_than_hours), dry_run=dry_run)
+    except USER_ERRORS as exc:
+        fail(exc)
+    verb = "would remove" if dry_run else "removed"
+    for uri in report.objects:
+        typer.echo(f"  {verb}: {uri}")
+    typer.echo(f"{assets}: {len(report.runs)} abandoned runs ({', '.join(report.runs) or 'none'}); {verb} "
+               f"{len(report.objects)} objects, {report.bytes / 1e6:.1f} MB")
+
+
 def deployment_names() -> list[str]:
     """The deployments `serve` registers: every one in prefect.yaml, in its order."""
     import yaml

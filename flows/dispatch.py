@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -40,6 +40,10 @@ class Generated:
     parts: tuple[dict, ...]
     images: tuple[dict, ...]  # asset_id, uri, sha256 of every image
     wall_seconds: float
+
+    def owned_by(self, run_id: str, owner: dict[str, str]) -> Generated:
+        """Only the images whose claim `run_id` holds (`owner`: asset id -> claim holder)."""
+        return replace(self, images=tuple(i for i in self.images if owner.get(i["asset_id"]) == run_id))
 
 
 def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, settings: Settings) -> Generated:

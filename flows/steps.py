@@ -13,7 +13,7 @@ from functools import partial
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adapters import catalog_scan, conditioning, publish, rendering, run_outputs, snapshots
+from adapters import catalog_scan, claims, conditioning, publish, rendering, run_outputs, snapshots
 from adapters.engine import model_identity
 from flows import artifacts
 from tasks.matrix import expand_matrix
@@ -38,6 +38,7 @@ write_snapshot = io_task(snapshots.write_snapshot, name="write-snapshot")
 latest_snapshot = io_task(snapshots.latest_snapshot_id, name="latest-snapshot")
 load_snapshot = io_task(snapshots.load_snapshot, name="load-snapshot")
 published = io_task(publish.published_asset_ids, name="published-assets")
+claim_owners = io_task(claims.owners, name="claim-owners")
 # The profile's revision: a hash of local files, or of an S3 mirror's listing for s3:// profiles.
 identity = io_task(model_identity, name="model-identity")
 # Control images, once per product and canvas, stored with the run for every shard to read.

@@ -92,6 +92,8 @@ class ShardContext(_Frozen):
     batch_total: int
     clip_model: str = "none"
     progress: str | None = None
+    # An asset claimed by another run longer ago than this, never committed, is presumed abandoned.
+    claim_lease_seconds: float = 900.0
 
 
 def asset_id(

@@ -17,7 +17,7 @@ import pandas as pd
 from catalogs.models import Campaign, RunRequest
 from tasks.plan import Batch
 
-SCHEMA_VERSION = 4  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title and runs.left_out
+SCHEMA_VERSION = 4  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title, left_out, images_taken_over, images_left_to_others, left_to_runs; generations.made_by_run
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,9 @@ GENERATIONS = (
     Column("mask_key", "string", "preserve mode: s3 URI of the keep-mask on the canvas (255 = product pixels pasted back); null otherwise"),
     Column("reference_keys", "list<string>", "s3 URIs of the style set's reference images, in order"),
     Column("reference_sha256s", "list<string>", "sha256 of each reference image"),
+    Column("made_by_run", "string", "run that generated the image: `run_id` itself, or an earlier run that died or "
+           "was interrupted before it committed, whose verified image this run took over and recorded (the PNG stays "
+           "under that run's folder)"),
     Column("output_key", "string", "s3 URI of the published PNG"),
     Column("sha256", "string", "sha256 of the published PNG bytes"),
     Column("bytes", "int64", "size of the published PNG"),
@@ -135,6 +138,11 @@ RUNS = (
     Column("generation_wall_seconds", "float64", "wall time of the generation phase, from starting the shards until the last one finished (engine loading, generation, scoring and writing the images and parts; on the GPU pool also the wait for workers); 0 when nothing was generated"),
     Column("images_per_second", "float64", "images_generated / generation_wall_seconds: the run's throughput, so shards on parallel workers count once (the sum of per-image pipeline time is sum(generations.generation_seconds))"),
     Column("quarantined", "int32", "catalog objects refused as unusable"),
+    Column("images_taken_over", "int32", "images a run that died before committing had made and verified, recorded "
+           "by this run (their `made_by_run` names the run that made them)"),
+    Column("images_left_to_others", "int32", "planned images another live run had claimed and was making: this run "
+           "left them to it and recorded no row for them"),
+    Column("left_to_runs", "list<string>", "the runs `images_left_to_others` were left to"),
     Column("left_out", "map<string,string>", "products and style sets the campaign names that the run left out, "
            "each with why (`product alarm-clock` -> `quarantined: ...` or `not in the catalog`); empty when none. "
            "A `strict` campaign fails instead"),
@@ -195,6 +203,7 @@ class Published:
     uri: str
     sha256: str
     size: int
+    made_by_run: str = ""  # the run that generated it, when not the run recording it (a taken-over image)
 
 
 @dataclass(frozen=True)
@@ -253,6 +262,7 @@ def generation_rows(ctx: RunContext, batch: Batch, published: Sequence[Published
                 "mask_key": inputs.mask_key,
                 "reference_keys": list(inputs.reference_keys),
                 "reference_sha256s": list(job.reference_sha256s),
+                "made_by_run": out.made_by_run or ctx.run_id,
                 "output_key": out.uri,
                 "sha256": out.sha256,
                 "bytes": out.size,

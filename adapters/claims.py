@@ -1,0 +1,93 @@
+"""Claims: which run makes which asset, so two runs never both make it and a dead run's work is taken over.
+
+Before a batch is generated, its worker claims each asset with a conditional put of
+`<assets>/claims/<asset_id>.json` (`{"run_id", "claimed_at"}`):
+
+- no claim yet: the put wins, the asset is this run's to make;
+- claimed by this run (a retried shard): still ours;
+- claimed by another run within the lease: that run is presumed alive and making it; this run
+  leaves the asset to it and says so in its summary;
+- claimed by another run longer ago than the lease, and that run never committed: presumed dead.
+  The claim is taken over; the dead run's image, if it wrote one that verifies against the sha256
+  stored with it, is recorded by this run (`made_by_run`); otherwise it is generated again.
+
+A claim is only a promise. What decides is ownership when a run commits: a run records only the
+assets whose claim it holds at that moment (`owners`), so an asset has one row across runs even if
+a slow run's claim was taken over while it was still working.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from adapters.storage import ObjectStore, join_uri
+
+CLAIMS = "claims"
+_WORKERS = 16  # claims are tiny objects: their latency, not bandwidth, is what a batch waits for
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who holds an asset after this run asked for it, and whose claim it replaced (a presumed-dead run)."""
+
+    asset_id: str
+    run_id: str
+    claimed_at: datetime
+    replaced: str = ""  # the presumed-dead run whose claim this one replaced
+    new: bool = False  # claimed just now, from nobody: nothing of it can exist yet
+
+
+def claim_uri(assets: str, asset_id: str) -> str:
+    return join_uri(assets, CLAIMS, f"{asset_id}.json")
+
+
+def read_claim(store: ObjectStore, assets: str, asset_id: str) -> Claim | None:
+    try:
+        raw = json.loads(store.get(claim_uri(assets, asset_id)))
+    except FileNotFoundError:
+        return None
+    return Claim(asset_id=asset_id, run_id=raw["run_id"], claimed_at=datetime.fromisoformat(raw["claimed_at"]))
+
+
+def _body(run_id: str, now: datetime) -> bytes:
+    return json.dumps({"run_id": run_id, "claimed_at": now.isoformat()}, sort_keys=True).encode()
+
+
+def claim_one(store: ObjectStore, assets: str, asset_id: str, run_id: str, *, lease: timedelta,
+              now: datetime | None = None) -> Claim:
+    """Claim `asset_id` for `run_id`; returns the claim that holds it afterwards (see the module docstring)."""
+    now = now or datetime.now(UTC)
+    uri = claim_uri(assets, asset_id)
+    try:
+        store.put(uri, _body(run_id, now), content_type="application/json", if_absent=True)
+        return Claim(asset_id, run_id, now, new=True)
+    except FileExistsError:
+        pass
+    held = read_claim(store, assets, asset_id)
+    if held is None:  # released between the put and the read: try once more
+        return claim_one(store, assets, asset_id, run_id, lease=lease, now=now)
+    if held.run_id == run_id or now - held.claimed_at <= lease:
+        return held
+    store.put(uri, _body(run_id, now), content_type="application/json")
+    return Claim(asset_id, run_id, now, replaced=held.run_id)
+
+
+def claim_all(store: ObjectStore, assets: str, asset_ids: Sequence[str], run_id: str, *,
+              lease: timedelta) -> dict[str, Claim]:
+    """`claim_one` for every asset, in parallel; asset id -> the claim that holds it."""
+    now = datetime.now(UTC)
+    with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="claims") as pool:
+        held = pool.map(lambda a: claim_one(store, assets, a, run_id, lease=lease, now=now), asset_ids)
+        return {c.asset_id: c for c in held}
+
+
+def owners(store: ObjectStore, assets: str, asset_ids: Iterable[str]) -> dict[str, str]:
+    """Asset id -> the run holding its claim now ("" for none): what a committing run may record."""
+    ids = list(asset_ids)
+    with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="claims") as pool:
+        held = list(pool.map(lambda a: read_claim(store, assets, a), ids))
+    return {a: (c.run_id if c else "") for a, c in zip(ids, held, strict=True)}

@@ -1,0 +1,47 @@
+"""`stylematrix gc`: remove what runs that never committed left in the assets bucket (see tasks/gc.py for the rule)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from adapters import claims, publish
+from adapters.storage import ObjectStore, join_uri
+from tasks.gc import Stored, garbage
+
+
+@dataclass(frozen=True)
+class GcReport:
+    runs: tuple[str, ...]  # abandoned runs found
+    objects: tuple[str, ...]  # objects removed (or, in a dry run, that would be)
+    bytes: int
+    dry_run: bool
+
+
+def collect_garbage(store: ObjectStore, assets: str, *, older_than: timedelta, dry_run: bool,
+                    now: datetime | None = None) -> GcReport:
+    """Find the objects of abandoned runs and stale claims, and delete them unless `dry_run`."""
+    now = now or datetime.now(UTC)
+    listed = [o for prefix in ("runs/", "tables/") for o in store.list(join_uri(assets, prefix))]
+    manifests = publish.read_manifests(store, assets)
+    committed = {m["run_id"] for m in manifests}
+    referenced = {uri for m in manifests for uri in _named_uris(m)}
+    held = {}
+    for info in store.list(join_uri(assets, claims.CLAIMS + "/")):
+        raw = json.loads(store.get(info.uri))
+        held[info.uri] = (raw["run_id"], datetime.fromisoformat(raw["claimed_at"]))
+    dead, doomed = garbage([Stored(o.uri, o.modified or now) for o in listed], committed, referenced, held,
+                           now=now, older_than=older_than)
+    sizes = {o.uri: o.size for o in listed}
+    if not dry_run:
+        for uri in doomed:
+            store.delete(uri)
+    return GcReport(runs=tuple(sorted(dead)), objects=tuple(doomed), bytes=sum(sizes.get(u, 0) for u in doomed),
+                    dry_run=dry_run)
+
+
+def _named_uris(manifest: dict) -> set[str]:
+    named = {i["uri"] for i in manifest.get("images", [])} | {p["uri"] for p in manifest.get("parts", [])}
+    named |= set((manifest.get("sheets") or {}).values()) | set((manifest.get("controls") or {}).values())
+    return named | ({manifest["gallery"]} if manifest.get("gallery") else set())
