@@ -111,6 +111,8 @@ def ensure_tiny_kit(cache_dir: Path, variant: str = "sd15") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir))
     try:
         build_tiny_kit(tmp, variant=variant)
+        if kit_manifest(final) is not None:
+            return final  # another builder finished first: its complete kit stays where readers find it
         if final.exists():
             # An incomplete leftover (a crash mid-copy, files deleted by hand): move it aside first.
             stale = Path(tempfile.mkdtemp(prefix=f".{final.name}-stale-", dir=cache_dir))

@@ -73,8 +73,8 @@ def fresh_bucket(store: S3Store) -> str:
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
     """One model cache for the session: each tiny kit is built once, by the first test that needs it.
-    The sd15 kit is built here, before the commands started in the background can race to build it
-    (ensure_tiny_kit lets a second builder replace a complete kit while others read it)."""
+    The sd15 kit is built here, before the commands started in the background need it, so no
+    background command spends its time building one."""
     from adapters.kit import ensure_tiny_kit
 
     cache = tmp_path_factory.getbasetemp() / "models"

@@ -422,3 +422,31 @@ def test_s3_profile_mirrors_once_then_only_changes(s3_kit: tuple[str, str], kit:
 
     with pytest.raises(FileNotFoundError, match="no objects under this prefix"):
         mirror_s3_prefix(f"s3://{bucket}/nothing-here", settings)
+
+
+def test_a_builder_that_finishes_second_leaves_the_first_builders_kit_in_place(tmp_path, monkeypatch):
+    # Two processes build the kit at once; the slower one must not move the complete kit aside
+    # while the other is already reading it.
+    import adapters.kit as kit
+
+    final = tmp_path / f"tiny-{KIT_FORMAT_VERSION}"
+
+    def slower(out, variant="sd15"):
+        build_tiny_kit(final, variant=variant)  # the other builder finishes first, in place
+        build_tiny_kit(out, variant=variant)
+
+    monkeypatch.setattr(kit, "build_tiny_kit", slower)
+    first_inode = None
+
+    real_manifest = kit.kit_manifest
+
+    def watching(path):
+        nonlocal first_inode
+        if Path(path) == final and final.exists() and first_inode is None:
+            first_inode = (final / "KIT.json").stat().st_ino
+        return real_manifest(path)
+
+    monkeypatch.setattr(kit, "kit_manifest", watching)
+    assert ensure_tiny_kit(tmp_path) == final
+    assert (final / "KIT.json").stat().st_ino == first_inode and real_manifest(final) is not None
+    assert [p.name for p in tmp_path.iterdir()] == [final.name]  # no leftovers beside it
