@@ -143,6 +143,11 @@ def read_table(store: ObjectStore, manifest: dict, table: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def run_history(store: ObjectStore, assets: str) -> list[dict]:
+    """The `runs` rows of every committed run under the assets prefix."""
+    return [row for m in read_manifests(store, assets) for row in read_table(store, m, "runs").to_dict("records")]
+
+
 def mirror_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> Path:
     """Copy a committed run to `out_dir/<run_id>/` and point `out_dir/latest` at it."""
     manifest = json.loads(store.get(run_uri(assets, run_id, MANIFEST)))

@@ -541,6 +541,8 @@ class RunSummary(_Strict):
     images_taken_over: int = 0  # made by a run that died before committing, verified, recorded by this one
     images_left_to_others: int = 0  # claimed by another live run, which records them
     left_to_runs: tuple[str, ...] = ()
+    estimated_seconds: float | None = None  # dry run: generation time from earlier runs' speed (None: no basis)
+    estimate_basis: str = ""
 
     def lines(self) -> list[str]:
         """What a person wants to read when a run ends."""
@@ -548,6 +550,8 @@ class RunSummary(_Strict):
         if self.dry_run:
             return [f"dry run of {self.campaign}{titled}: {self.images_planned} images planned, {self.images_skipped} "
                     f"already published, {self.images_to_generate} to make; {self.quarantined} catalog objects quarantined",
+                    f"  estimate: {_duration(self.estimated_seconds)} of generation ({self.estimate_basis})"
+                    if self.estimated_seconds is not None else f"  estimate: none ({self.estimate_basis})",
                     *(f"  WARNING: left out {what}: {why}" for what, why in self.left_out.items())]
         lines = [f"run {self.run_id}{titled}: {self.images_generated} images generated, {self.images_skipped} already "
                  f"published, {self.quarantined} catalog objects quarantined "
@@ -567,3 +571,10 @@ class RunSummary(_Strict):
             lines.append(f"  gallery:  {self.gallery}")
         lines.append(f"  manifest: {self.manifest}")
         return lines
+
+
+def _duration(seconds: float) -> str:
+    """`42 s`, `12.5 min`, `3.2 h`."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

@@ -20,6 +20,7 @@ from flows import steps
 from flows.catalog import catalog_for_run
 from flows.dispatch import Generated, run_shards
 from tasks.catalog_build import CatalogState
+from tasks.estimate import estimate_generation
 from tasks.plan import ShardContext, check_control_scales, maskless_products
 from tasks.request import apply_request, narrow
 from tasks.tables import run_parameters, run_row
@@ -50,9 +51,13 @@ def run_campaign(request: RunRequest) -> RunSummary:
                 spec.name, len(products), len(styles), len(cells), len(spec.matrix.seed_list), len(jobs),
                 len(jobs) - len(todo), len(todo))
     if request.dry_run:
+        g = spec.generation
+        estimate = estimate_generation(steps.run_history(store, assets), images=len(todo), profile=g.profile,
+                                       width=g.width, height=g.height, steps=g.steps)
         return RunSummary(run_id=None, campaign=spec.name, title=spec.title, dry_run=True, images_planned=len(jobs),
                           images_skipped=len(jobs) - len(todo), images_to_generate=len(todo),
-                          quarantined=len(state.quarantine), left_out=left_out)
+                          quarantined=len(state.quarantine), left_out=left_out,
+                          estimated_seconds=estimate.seconds, estimate_basis=estimate.basis)
 
     run_id, run_date = new_run_id(spec.name, started), f"{started:%Y-%m-%d}"
     batches = steps.batch(todo, spec.generation.batch_size)

@@ -21,9 +21,13 @@ prepare_runtime_env()  # before Prefect is imported anywhere below
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Style-matrix image campaigns: IP-Adapter + ControlNet on S3 catalogs.")
 app.add_typer(catalog_app, name="catalog")
 
+
 def _finish(summary: RunSummary, store, assets: str, out_dir: Path, elapsed: float) -> None:
     from adapters.publish import mirror_run
 
+    if summary.dry_run:
+        typer.echo("\n".join(summary.lines()))
+        return
     local = mirror_run(store, assets, summary.run_id, out_dir)
     for line in summary.lines():
         typer.echo(line)
@@ -40,6 +44,7 @@ def run(
     assets: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] for outputs (default STYLEMATRIX_ASSETS)")] = None,
     profile: Annotated[str | None, typer.Option(help="model profile, overriding the campaign's (tiny, sd15, ...)")] = None,
     snapshot: Annotated[str | None, typer.Option(help="catalog snapshot id to read (default: the latest)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="plan only: images to make and an estimate of their generation time")] = False,
 ) -> None:
     """Run a campaign against the configured S3 endpoint and model profile."""
     from adapters import campaigns
@@ -53,7 +58,7 @@ def run(
         store.check_reachable(catalog)  # an endpoint that is down fails here, before Prefect starts
         store.check_reachable(assets)
         request = RunRequest(campaign=campaigns.campaign_uri(campaign, catalog), catalog=catalog, assets=assets,
-                             profile=profile, snapshot=snapshot, triggered_by="cli")
+                             profile=profile, snapshot=snapshot, dry_run=dry_run, triggered_by="cli")
         from flows.campaign import resolve_campaign, run_campaign
 
         resolve_campaign(store, request, catalog, settings.profile)  # a bad spec fails before Prefect starts

@@ -39,6 +39,7 @@ latest_snapshot = io_task(snapshots.latest_snapshot_id, name="latest-snapshot")
 load_snapshot = io_task(snapshots.load_snapshot, name="load-snapshot")
 published = io_task(publish.published_asset_ids, name="published-assets")
 claim_owners = io_task(claims.owners, name="claim-owners")
+run_history = io_task(publish.run_history, name="run-history")
 # The profile's revision: a hash of local files, or of an S3 mirror's listing for s3:// profiles.
 identity = io_task(model_identity, name="model-identity")
 # Control images, once per product and canvas, stored with the run for every shard to read.

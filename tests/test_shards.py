@@ -47,6 +47,8 @@ def test_dry_run_plans_without_writing(campaign_env, store, small_campaign, gene
     summary = run_campaign(RunRequest(campaign="small", dry_run=True, triggered_by="test"))
     assert summary.dry_run and summary.images_planned == 8 and summary.images_to_generate == 8
     assert summary.run_id is None and summary.lines()[0].startswith("dry run of small: 8 images planned")
+    assert summary.estimated_seconds is None
+    assert summary.lines()[1] == "  estimate: none (no earlier run of profile tiny at 64x64, 2 steps to estimate from)"
     assert generated == []
     assert store.list(f"{campaign_env['assets']}/") == []
 
@@ -61,6 +63,11 @@ def test_overrides_narrow_the_run(campaign_env, store, small_campaign, generated
     assert summary.images_generated == 1
     assert gens[["product_id", "seed"]].values.tolist() == [["rocket", 9]]
     assert dict(gens.iloc[0]["cell"]) == {"surface": "slate"}
+    # A dry run after it estimates its generation time from that run's recorded speed.
+    (speed,) = publish.read_table(store, manifest, "runs")["images_per_second"]
+    plan = run_campaign(RunRequest(campaign="small", dry_run=True, triggered_by="test"))
+    assert plan.images_to_generate == 8 and plan.estimated_seconds == pytest.approx(8 / speed)  # seed 9 is not its own
+    assert plan.lines()[1].startswith("  estimate: ") and "the median of the latest 1 runs of profile tiny" in plan.lines()[1]
 
 
 def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_campaign, generated):

@@ -1,0 +1,28 @@
+"""Estimating a run's generation time from the runs table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tasks.estimate import estimate_generation
+
+
+def row(ips: float, started: str, profile: str = "tiny", width: int = 64, steps: int = 2) -> dict:
+    return {"profile": profile, "images_per_second": ips, "started_at": started,
+            "parameters": json.dumps({"generation": {"width": width, "height": 64, "steps": steps}})}
+
+
+def test_estimate_uses_the_median_speed_of_the_latest_alike_runs():
+    history = [row(100.0, "2026-01-01"), *(row(ips, f"2026-02-0{i}") for i, ips in enumerate([2, 4, 3, 5, 1], 1)),
+               row(50.0, "2026-03-01", steps=30), row(50.0, "2026-03-02", profile="sd15"), row(0.0, "2026-03-03")]
+    estimate = estimate_generation(history, images=300, profile="tiny", width=64, height=64, steps=2)
+    assert estimate.seconds == pytest.approx(100.0)  # median of 2, 4, 3, 5, 1 = 3 images/s; the old 100 is dropped
+    assert "3.00 images/s, the median of the latest 5 runs of profile tiny at 64x64, 2 steps" == estimate.basis
+
+
+def test_no_alike_run_means_no_estimate_and_nothing_to_make_costs_nothing():
+    none = estimate_generation([row(3.0, "2026-01-01", width=128)], images=10, profile="tiny", width=64, height=64, steps=2)
+    assert none.seconds is None and none.basis.startswith("no earlier run of profile tiny at 64x64, 2 steps")
+    assert estimate_generation([], images=0, profile="tiny", width=64, height=64, steps=2).seconds == 0.0
