@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from adapters.storage import ObjectStore, join_uri
+from adapters.storage import ObjectStore, join_uri, parallel_map
 
 CLAIMS = "claims"
-_WORKERS = 16  # claims are tiny objects: their latency, not bandwidth, is what a batch waits for
 
 
 @dataclass(frozen=True)
@@ -80,14 +78,12 @@ def claim_all(store: ObjectStore, assets: str, asset_ids: Sequence[str], run_id:
               lease: timedelta) -> dict[str, Claim]:
     """`claim_one` for every asset, in parallel; asset id -> the claim that holds it."""
     now = datetime.now(UTC)
-    with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="claims") as pool:
-        held = pool.map(lambda a: claim_one(store, assets, a, run_id, lease=lease, now=now), asset_ids)
-        return {c.asset_id: c for c in held}
+    held = parallel_map(lambda a: claim_one(store, assets, a, run_id, lease=lease, now=now), list(asset_ids))
+    return {c.asset_id: c for c in held}
 
 
 def owners(store: ObjectStore, assets: str, asset_ids: Iterable[str]) -> dict[str, str]:
     """Asset id -> the run holding its claim now ("" for none): what a committing run may record."""
     ids = list(asset_ids)
-    with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="claims") as pool:
-        held = list(pool.map(lambda a: read_claim(store, assets, a), ids))
+    held = parallel_map(lambda a: read_claim(store, assets, a), ids)
     return {a: (c.run_id if c else "") for a, c in zip(ids, held, strict=True)}

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from adapters.parquet_io import arrow_schema, parquet_bytes, parquet_row_count, read_parquet_bytes
-from adapters.storage import ObjectStore, join_uri
+from adapters.storage import ObjectStore, join_uri, parallel_map
 from tasks.tables import TABLES, Published, to_frame
 
 MANIFEST = "_MANIFEST.json"
@@ -152,22 +152,19 @@ def mirror_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> P
     """Copy a committed run to `out_dir/<run_id>/` and point `out_dir/latest` at it."""
     manifest = json.loads(store.get(run_uri(assets, run_id, MANIFEST)))
     target = out_dir / run_id
-    (target / "images").mkdir(parents=True, exist_ok=True)
-    for img in manifest["images"]:
-        (target / "images" / f"{img['asset_id']}.png").write_bytes(store.get(img["uri"]))
+    copies = {img["uri"]: target / "images" / f"{img['asset_id']}.png" for img in manifest["images"]}
+    copies |= {uri: target / "sheets" / name for name, uri in manifest.get("sheets", {}).items()}
+    # Every part in its Hive layout too, so DuckDB reads the mirror as it reads the bucket.
+    copies |= {p["uri"]: target / "tables" / p["uri"].removeprefix(join_uri(assets, "tables") + "/")
+               for p in manifest["parts"]}
+    if manifest.get("gallery"):
+        copies[manifest["gallery"]] = target / "index.html"
+    for local in {path.parent for path in copies.values()}:
+        local.mkdir(parents=True, exist_ok=True)
+    parallel_map(lambda uri: copies[uri].write_bytes(store.get(uri)), list(copies))
     gens = read_table(store, manifest, "generations")
     pq.write_table(pa.Table.from_pandas(gens, schema=arrow_schema(TABLES["generations"]), preserve_index=False),
                    target / "generations.parquet")
-    if manifest.get("gallery"):
-        (target / "index.html").write_bytes(store.get(manifest["gallery"]))
-    for name, uri in manifest.get("sheets", {}).items():
-        (target / "sheets").mkdir(exist_ok=True)
-        (target / "sheets" / name).write_bytes(store.get(uri))
-    # Every part in its Hive layout too, so DuckDB reads the mirror as it reads the bucket.
-    for part in manifest["parts"]:
-        local = target / "tables" / part["uri"].removeprefix(join_uri(assets, "tables") + "/")
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_bytes(store.get(part["uri"]))
     (target / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     latest = out_dir / "latest"
     tmp = out_dir / f".latest-{os.getpid()}"

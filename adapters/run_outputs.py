@@ -8,11 +8,12 @@ counts until the campaign writes its manifest.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from adapters import publish
 from adapters.fonts import sheet_font
 from adapters.images import load_image
-from adapters.storage import ObjectStore
+from adapters.storage import ObjectStore, parallel_map
 from catalogs.models import Product, Selection, StyleSet
 from tasks.canny import control_name
 from tasks.gallery import render_gallery
@@ -58,26 +59,37 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["product_id"], r["style_id"]), []).append(r)
-    sheets = {}
-    for (product_id, style_id), members in groups.items():
+    # The pictures that head the sheets, each read once (a product photo heads several sheets), all at once.
+    wanted = {by_product[p].image_key for p, _ in groups} | {ref.key for _, s in groups for ref in by_style[s].references}
+    wanted |= {controls[c] for (p, _), members in groups.items() if (c := control_name(p, members[0])) in controls}
+    order = sorted(wanted)
+    pictures = dict(zip(order, parallel_map(lambda uri: load_image(store, uri), order), strict=True))
+    font = sheet_font()
+
+    def one(group: tuple[str, str]) -> tuple[str, str]:
+        (product_id, style_id), members = group, groups[group]
         product, style = by_product[product_id], by_style[style_id]
-        first = members[0]
-        header = [(product_id, load_image(store, product.image_key))]
-        control = controls.get(control_name(product_id, first))
+        header = [(product_id, pictures[product.image_key])]
+        control = controls.get(control_name(product_id, members[0]))
         if control:
-            header.append(("canny", load_image(store, control)))
-        header += [(ref.key.rsplit("/", 1)[-1].rsplit(".", 1)[0], load_image(store, ref.key))
-                   for ref in style.references]
-        tiles = [tile_for(r, load_image(store, r["output_key"]) if r.get("output_key") else None)
-                 for r in sorted(members, key=lambda r: (r["cell_index"], r["seed"]))]
+            header.append(("canny", pictures[control]))
+        header += [(ref.key.rsplit("/", 1)[-1].rsplit(".", 1)[0], pictures[ref.key]) for ref in style.references]
+        ordered = sorted(members, key=lambda r: (r["cell_index"], r["seed"]))
+        shown = parallel_map(lambda uri: load_image(store, uri) if uri else None, [r.get("output_key") or "" for r in ordered])
+        tiles = [tile_for(r, image) for r, image in zip(ordered, shown, strict=True)]
         selected = sum(bool(r.get("selected")) for r in members)
         sheet = contact_sheet(tiles, title=" · ".join(filter(None, [title, f"{product_id} x {style_id}"])),
                               subtitle=f"run {run_id} · {len(members)} images · {selected} selected", header=header,
-                              font=sheet_font())
+                              font=font)
         name = f"{product_id}__{style_id}.jpg"
-        sheets[name] = publish.run_uri(assets, run_id, "sheets", name)
-        store.put(sheets[name], publish.encode_jpeg(sheet), content_type="image/jpeg")
-    return sheets
+        uri = publish.run_uri(assets, run_id, "sheets", name)
+        store.put(uri, publish.encode_jpeg(sheet), content_type="image/jpeg")
+        return name, uri
+
+    # PIL drops the GIL while it resizes and encodes: two sheets at a time use two cores, and only
+    # two sheets' images are held at once.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sheets") as pool:
+        return dict(pool.map(one, list(groups)))
 
 
 def write_gallery(store: ObjectStore, assets: str, run_id: str, campaign: str, rows: Sequence[dict],

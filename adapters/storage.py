@@ -13,7 +13,8 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
@@ -38,7 +39,7 @@ from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 if TYPE_CHECKING:
     from adapters.settings import Settings
 
-__all__ = ["ObjectInfo", "ObjectStore", "RetryPolicy", "S3Store", "fault_kind", "join_uri", "split_uri"]
+__all__ = ["ObjectInfo", "ObjectStore", "RetryPolicy", "S3Store", "fault_kind", "join_uri", "parallel_map", "split_uri"]
 
 T = TypeVar("T")
 
@@ -124,6 +125,14 @@ class ObjectStore(Protocol):
     def ensure_bucket(self, bucket: str) -> None: ...
 
     def check_reachable(self, uri: str) -> None: ...
+
+
+def parallel_map(fn: Callable[[str], T], uris: Sequence[str], workers: int = 16) -> list[T]:
+    """`fn` over many URIs at once, results in order: S3 calls wait on latency, not on this process's CPU."""
+    if len(uris) <= 1:
+        return [fn(u) for u in uris]
+    with ThreadPoolExecutor(max_workers=min(workers, len(uris)), thread_name_prefix="s3") as pool:
+        return list(pool.map(fn, uris))
 
 
 # --------------------------------------------------------------------------- retries
