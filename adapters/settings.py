@@ -76,6 +76,8 @@ _RUNTIME_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(EPHEMERAL_STARTUP_TIMEOUT_S),
     # Warnings of adapters/ (a score left null, a scorer that failed) reach the flow run's log in Prefect.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "adapters",
+    # ... and outside a flow run (a unit test, a bench) they stay local log lines, without a warning.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 

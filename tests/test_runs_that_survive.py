@@ -151,7 +151,8 @@ def test_two_runs_started_together_make_every_asset_once(campaign_env, store, pr
         if count:  # the run that left images says so, naming the other run
             (other,) = set(rows) - {run}
             assert list(rows[run]["left_to_runs"]) == [other]
-            out = next(r.stdout for r in results if run in r.stdout)
+            # each run's own summary starts with its id (both may name the other, where each left images)
+            out = next(r.stdout for r in results if f"run {run}:" in r.stdout)
             assert f"left to:  {count} images that run {other} was making at the same time" in out
     assert all(json.loads(store.get(publish.run_uri(assets, m["run_id"], publish.MANIFEST)))["run_id"] == m["run_id"]
                for m in manifests)
