@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from catalogs.models import CHANNEL_AXIS, CHANNEL_PRESETS, Campaign, ChannelSpec, ModelProfile, Zone
 
@@ -193,14 +194,59 @@ def params_box(params: Mapping) -> Box | None:
     return tuple(int(v) for v in box)  # type: ignore[return-value]
 
 
+def _text(value: object) -> object:
+    """None for a missing value (None, or the NaN pandas gives an empty cell), else the value."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
 def row_layout(row: Mapping) -> dict:
     """A `generations` row's canvas and layout as job parameters (`product_box`, `safe_zones`, `aspect`)."""
-    layout = {"width": int(row["width"]), "height": int(row["height"]), "channel": row.get("channel"),
-              "aspect": row.get("channel_aspect"),
-              "safe_zones": [[int(v) for v in z.split(",")] for z in (row.get("safe_zones") or ())]}
-    if row.get("box_left") is not None:
+    listed = row.get("safe_zones")  # a list, or an array as parquet hands it back
+    zones = [] if listed is None or isinstance(listed, float) else list(listed)
+    layout = {"width": int(row["width"]), "height": int(row["height"]), "channel": _text(row.get("channel")),
+              "aspect": _text(row.get("channel_aspect")),
+              "safe_zones": [[int(v) for v in str(z).split(",")] for z in zones]}
+    if _text(row.get("box_left")) is not None:
         layout["product_box"] = [int(row[k]) for k in ("box_left", "box_top", "box_right", "box_bottom")]
     return layout
+
+
+ZONE_INK = (230, 40, 140)
+BOX_INK = (22, 150, 60)
+
+
+def outline_layout(image: Image.Image, layout: Mapping, long_side: int | None = None) -> Image.Image:
+    """A copy of an image with a channel's safe zones (magenta, dashed) and product box (green) drawn on it.
+
+    `layout` is a job's parameters or `row_layout(row)`; coordinates are scaled from its canvas to the
+    image. With `long_side` the copy is first scaled to that long side, so the lines are as thin
+    on a small canvas as on a large one.
+    """
+    out = image.convert("RGB")
+    if long_side:
+        scale = long_side / max(out.size)
+        out = out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))), Image.Resampling.LANCZOS)
+    draw = ImageDraw.Draw(out)
+    sx, sy = out.width / int(layout["width"]), out.height / int(layout["height"])
+    line = max(2, round(min(out.size) / 80))
+
+    def scaled(box: Sequence[int]) -> tuple[int, int, int, int]:
+        return (round(box[0] * sx), round(box[1] * sy), max(round(box[0] * sx), round(box[2] * sx) - 1),
+                max(round(box[1] * sy), round(box[3] * sy) - 1))
+
+    for zone in layout.get("safe_zones") or ():
+        left, top, right, bottom = scaled(zone)
+        dash = 4 * line
+        for x in range(left, right + 1, 2 * dash):  # dashed: a zone is a guide, not part of the picture
+            draw.line([(x, top), (min(x + dash, right), top)], fill=ZONE_INK, width=line)
+            draw.line([(x, bottom), (min(x + dash, right), bottom)], fill=ZONE_INK, width=line)
+        for y in range(top, bottom + 1, 2 * dash):
+            draw.line([(left, y), (left, min(y + dash, bottom))], fill=ZONE_INK, width=line)
+            draw.line([(right, y), (right, min(y + dash, bottom))], fill=ZONE_INK, width=line)
+    box = params_box(layout)
+    if box is not None:
+        draw.rectangle(scaled(box), outline=BOX_INK, width=line)
+    return out
 
 
 # --------------------------------------------------------------------------- checks

@@ -301,3 +301,30 @@ def test_each_channel_gets_its_own_top_k():
     outcomes = select_images(rows, Selection(top_k=1, gates=(), weights={"edge_f1": 1.0}))
     chosen = [r["asset_id"] for r, o in zip(rows, outcomes, strict=True) if o["selected"]]
     assert chosen == ["square0", "story0"]  # not both squares, whose scores are higher
+
+
+def test_a_row_read_back_from_parquet_gives_its_layout():
+    from tasks.channels import row_layout
+
+    params = _layout_params("story")
+    row = {"width": params["width"], "height": params["height"], "channel": "story", "channel_aspect": "9:16",
+           "box_left": 10, "box_top": 200, "box_right": 100, "box_bottom": 300,
+           "safe_zones": np.array(["0,0,576,144", "0,819,576,1024"], dtype=object)}
+    layout = row_layout(row)
+    assert layout["safe_zones"] == [[0, 0, 576, 144], [0, 819, 576, 1024]] and layout["product_box"] == [10, 200, 100, 300]
+    plain = row_layout({"width": 64, "height": 64, "channel": float("nan"), "channel_aspect": None,
+                        "box_left": float("nan"), "safe_zones": np.array([], dtype=object)})
+    assert plain["safe_zones"] == [] and "product_box" not in plain and plain["channel"] is None
+
+
+def test_the_layout_is_drawn_where_the_zones_and_box_are():
+    from tasks.channels import BOX_INK, ZONE_INK, outline_layout
+
+    params = _layout_params("banner")  # 1024 x 576; copy side from x = 563
+    drawn = np.asarray(outline_layout(Image.new("RGB", (256, 144), (255, 255, 255)), params, long_side=512))
+    assert drawn.shape == (288, 512, 3)
+    left = round(563 / 2)
+    assert (drawn[:, left] == ZONE_INK).all(axis=1).any()  # the zone's left edge, dashed
+    assert not (drawn[:, : left - 2] == ZONE_INK).all(axis=2).any()  # nothing of the zone left of it
+    box = [round(v / 2) for v in params["product_box"]]
+    assert (drawn[box[1] + 5, box[0]] == BOX_INK).all() and (drawn[box[1], box[0] + 5] == BOX_INK).all()
