@@ -21,7 +21,6 @@ from tasks.gallery import render_gallery
 from tasks.select import OUTCOME, cell_metrics, select_images
 from tasks.sheets import contact_sheet, tile_for
 
-
 SHEET_TILE = 160  # pixels of a contact sheet tile's long side
 
 

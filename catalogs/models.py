@@ -641,7 +641,7 @@ class RunSummary(_Strict):
                  f"published, {self.quarantined} catalog objects quarantined "
                  f"({self.duration_seconds:.1f} s, {self.images_per_second:.2f} images/s)"]
         if self.images_generated or self.images_taken_over:
-            lines.append(f"  selected: {self.images_selected} images (top k per product), "
+            lines.append(f"  selected: {self.images_selected} images (top k per product, and per channel), "
                          f"{self.images_failed} failed; contact sheets: {len(self.sheets)}")
         if self.images_taken_over:
             lines.append(f"  took over: {self.images_taken_over} images made by an earlier run that stopped before "

@@ -54,9 +54,14 @@ def canny_map(image: Image.Image, low: int, high: int) -> Image.Image:
     if low > high:
         raise ValueError(f"canny low threshold {low} is above high threshold {high}")
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    side = min(image.width, image.height)
+    # controlnet_aux rounds each side to a multiple of 64, which squashes a 64x80 or 72x128 canvas:
+    # grown to multiples of 64 by repeating its edge pixels, it is detected unscaled and cropped back.
+    pad_h, pad_w = -rgb.shape[0] % 64, -rgb.shape[1] % 64
+    if pad_h or pad_w:
+        rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    side = min(rgb.shape[:2])
     edges = CannyDetector()(rgb, low_threshold=low, high_threshold=high, detect_resolution=side, image_resolution=side, output_type="np")
-    result = Image.fromarray(edges)
+    result = Image.fromarray(edges[: image.height, : image.width] if edges.shape[:2] == rgb.shape[:2] else edges)
     if result.size != image.size:
         # controlnet_aux rounds sizes to multiples of 64; keep the canvas size exact.
         result = result.resize(image.size, Image.Resampling.NEAREST)

@@ -328,3 +328,46 @@ def test_the_layout_is_drawn_where_the_zones_and_box_are():
     assert not (drawn[:, : left - 2] == ZONE_INK).all(axis=2).any()  # nothing of the zone left of it
     box = [round(v / 2) for v in params["product_box"]]
     assert (drawn[box[1] + 5, box[0]] == BOX_INK).all() and (drawn[box[1], box[0] + 5] == BOX_INK).all()
+
+
+def test_preserve_modes_canvas_and_keep_mask_sit_in_the_channels_box():
+    layout = resolve_channel("story", ChannelSpec(), "tiny")
+    photo = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    photo.paste(Image.new("RGBA", (20, 30), (200, 40, 40, 255)), (10, 5))  # a cut-out product
+    params = {**layout_params(layout, box := product_box(layout, 40, 40)), "mode": "preserve",
+              "canny_low": 100, "canny_high": 200}
+    made = canvas_images(photo, None, params, ("canny", "canvas", "keep"))
+    keep = np.asarray(made["keep"]) >= 128
+    assert made["canvas"].size == made["keep"].size == made["canny"].size == (72, 128)
+    ys, xs = np.nonzero(keep)
+    assert box[0] <= xs.min() and xs.max() < box[2] and box[1] <= ys.min() and ys.max() < box[3]
+    assert not (keep & zones_mask(72, 128, layout.safe_zones)).any()
+    red = np.asarray(made["canvas"]).astype(int)[keep]
+    assert np.median(np.abs(red - (200, 40, 40)).max(axis=1)) <= 8  # the product's own pixels, where preserve keeps them
+
+
+def test_the_channels_example_is_in_the_doc_and_plans_every_placement():
+    from tests.helpers import ROOT
+
+    text = (ROOT / "catalogs" / "examples" / "channels.yaml").read_text()
+    assert f"```yaml\n{text}```" in (ROOT / "docs" / "campaign-spec.md").read_text(), "the doc shows the file as it is"
+    spec = parse_campaign(text, origin="channels.yaml")
+    products = [PRODUCTS[0].model_copy(update={"product_id": pid, "sha256": f"{i:064x}"})
+                for i, pid in enumerate(spec.products.ids)]
+    jobs = plan_jobs(spec, products, STYLES[:1], expand_matrix(spec.matrix), profile_revision="r", dtype="float32",
+                     profile=PROFILES["tiny"])
+    assert len(jobs) == 4 * 2 * 4
+    assert {(j.params["width"], j.params["height"]) for j in jobs} == set(EXPECTED_SIZES["tiny"].values())
+
+
+def test_canny_edges_of_a_canvas_off_the_64_grid_stay_where_the_product_is():
+    import cv2
+
+    from tasks.canny import canny_map
+
+    for width, height in ((64, 80), (72, 128), (128, 72)):
+        canvas = Image.new("RGB", (width, height), (255, 255, 255))
+        canvas.paste(Image.new("RGB", (20, 30), (30, 30, 30)), (10, 20))  # a dark box at x 10..29, y 20..49
+        edges = np.asarray(canny_map(canvas, 100, 200).convert("L")) > 127
+        # Unscaled: the same edges as canny on the canvas itself, not a squashed copy stretched back.
+        assert (edges == (cv2.Canny(np.asarray(canvas), 100, 200) > 0)).all(), (width, height)
