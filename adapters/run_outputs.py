@@ -16,7 +16,7 @@ from adapters.images import load_image
 from adapters.storage import ObjectStore, parallel_map
 from catalogs.models import CHANNEL_AXIS, Product, Selection, StyleSet
 from tasks.canny import control_name
-from tasks.channels import outline_layout, row_layout
+from tasks.channels import channel_of, outline_layout, row_layout
 from tasks.gallery import render_gallery
 from tasks.select import OUTCOME, cell_metrics, select_images
 from tasks.sheets import contact_sheet, tile_for
@@ -63,7 +63,7 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
     by_style = {s.style_id: s for s in styles}
     groups: dict[tuple[str, str, str | None], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["product_id"], r["style_id"], r.get("channel") or None), []).append(r)
+        groups.setdefault((r["product_id"], r["style_id"], channel_of(r)), []).append(r)
     # The pictures that head the sheets, each read once (a product photo heads several sheets), all at once.
     wanted = {by_product[p].image_key for p, _, _ in groups} | {ref.key for _, s, _ in groups for ref in by_style[s].references}
     wanted |= {controls[c] for (p, _, _), members in groups.items() if (c := control_name(p, members[0])) in controls}

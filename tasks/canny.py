@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tasks.channels import params_box
+from tasks.channels import channel_of, params_box
 
 
 def fit_to_canvas(image: Image.Image, width: int, height: int, background: tuple[int, int, int] = (255, 255, 255),
@@ -158,8 +158,8 @@ def canvas_name(product_id: str, params: Mapping, kind: str = "canny") -> str:
     """File name of one canvas image of a product; canny names its thresholds, since they shape it, and a
     channel's images name the channel (its layout places the product)."""
     size = f"{params['width']}x{params['height']}"
-    if params.get("channel"):
-        size = f"{params['channel']}-{size}"
+    if channel := channel_of(params):
+        size = f"{channel}-{size}"
     if kind == "canny":
         return f"{product_id}__{size}_canny{params['canny_low']}-{params['canny_high']}.png"
     return f"{product_id}__{size}_{kind}.png"

@@ -106,10 +106,19 @@ def resolve_channels(campaign: Campaign, profile: ModelProfile | None = None) ->
     """Every channel a campaign's `channel` axis names, resolved for its profile; {} without channels.
 
     A `channel` axis without a `channels:` section names presets as they are.
+
+    Raises:
+        ValueError: the axis names a channel the campaign does not define (or, without `channels:`,
+            no preset), or a channel's layout leaves no room for a product.
     """
     names = [str(v) for v in campaign.matrix.axes.get(CHANNEL_AXIS, ())]
     family = size_family(profile, campaign.generation.profile)
     specs = campaign.channels or {}
+    known = set(specs) if specs else set(CHANNEL_PRESETS)
+    unknown = [n for n in names if n not in known]
+    if unknown:  # a run request's axis override is checked here, not when the spec is read
+        raise ValueError(f"campaign {campaign.name!r}: channels {unknown} are not "
+                         f"{'in its channels' if specs else 'presets'} ({sorted(known)})")
     return {n: resolve_channel(n, specs.get(n, ChannelSpec()), family) for n in names}
 
 
@@ -199,11 +208,17 @@ def _text(value: object) -> object:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
+def channel_of(row: Mapping) -> str | None:
+    """The channel of a job's parameters or a `generations` row; None without one (however the table says null)."""
+    value = _text(row.get("channel"))
+    return str(value) if value else None
+
+
 def row_layout(row: Mapping) -> dict:
     """A `generations` row's canvas and layout as job parameters (`product_box`, `safe_zones`, `aspect`)."""
     listed = row.get("safe_zones")  # a list, or an array as parquet hands it back
     zones = [] if listed is None or isinstance(listed, float) else list(listed)
-    layout = {"width": int(row["width"]), "height": int(row["height"]), "channel": _text(row.get("channel")),
+    layout = {"width": int(row["width"]), "height": int(row["height"]), "channel": channel_of(row),
               "aspect": _text(row.get("channel_aspect")),
               "safe_zones": [[int(v) for v in str(z).split(",")] for z in zones]}
     if _text(row.get("box_left")) is not None:

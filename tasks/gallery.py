@@ -13,6 +13,7 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 
+from tasks.channels import channel_of
 from tasks.values import is_missing
 
 _STYLE = """
@@ -161,7 +162,7 @@ def varying_params(rows: Sequence[Mapping]) -> tuple[list[str], dict[str, str]]:
 
 def _zones_svg(r: Mapping) -> str:
     """The channel's safe zones and product box over the image, in canvas pixels (shown by the toggle)."""
-    if is_missing(r.get("channel")) or not r.get("channel"):
+    if channel_of(r) is None:
         return ""
     listed = r.get("safe_zones")  # a list, or an array as parquet hands it back
     zones = [[int(v) for v in str(z).split(",")] for z in ([] if is_missing(listed) else list(listed))]
@@ -186,7 +187,7 @@ def _card(r: Mapping, varying: Sequence[str] = ()) -> str:
     )
     image = (f'<div class="frame"><img loading="lazy" src="images/{_e(r["asset_id"])}.png" alt="{_e(r["prompt"])}">'
              f"{_zones_svg(r)}</div>" if r.get("output_key") else '<div class="missing">no image</div>')
-    channel = "" if is_missing(r.get("channel")) else str(r.get("channel") or "")
+    channel = channel_of(r) or ""
     reason = f'<div class="reason">{_e(r["status_reason"])}</div>' if r.get("status_reason") else ""
     # What differs between the run's images, unless the cell already says it.
     axes = {k for k, _ in r["cell"]}
@@ -217,7 +218,7 @@ def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheet
     ordered = sorted(rows, key=_order)
     products = sorted({r["product_id"] for r in rows})
     styles = sorted({r["style_id"] for r in rows})
-    channels = list(dict.fromkeys(str(r["channel"]) for r in rows if not is_missing(r.get("channel")) and r.get("channel")))
+    channels = list(dict.fromkeys(c for r in rows if (c := channel_of(r))))
     channel_filters = (
         f'<label>channel <select id="f-channel"><option value="">all</option>{_options(channels)}</select></label>'
         '<label><input type="checkbox" id="t-zones"> show safe zones</label>' if channels else "")

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from catalogs.models import SCORES, Selection, parse_gate
+from tasks.channels import channel_of
 from tasks.phash import HASH_BITS, hamming
 from tasks.scores import duplicate_groups
 from tasks.tables import SCHEMA_VERSION
@@ -108,7 +109,7 @@ def select_images(rows: Sequence[dict], selection: Selection) -> list[dict]:
 
 
 def _placement(row: dict) -> tuple[str, str | None]:
-    return row["product_id"], row.get("channel")
+    return row["product_id"], channel_of(row)
 
 
 def _best_first(rows: Sequence[dict], outcomes: Sequence[dict], i: int) -> tuple[float, str]:

@@ -114,7 +114,7 @@ GENERATIONS = (
     Column("background_hash", "string", "64-bit perceptual hash of the image with the product region blanked out, 16 hex digits"),
     Column("duplicate_of", "string", "asset id of the better-scored near-duplicate this image repeats; null otherwise"),
     Column("gates_failed", "list<string>", "the campaign gates the image failed, as written in the campaign"),
-    Column("score", "float64", "weighted score, 0 to 1, from per-product percentile ranks of the weighted scores; null for gated and failed images"),
+    Column("score", "float64", "weighted score, 0 to 1, from per-product (and channel) percentile ranks of the weighted scores; null for gated and failed images"),
     Column("rank_in_cell", "int32", "rank by score among the ok images of its product, style set and cell (1 = best); null unless ok"),
     Column("rank_in_product", "int32", "rank by score among the ok images of its product (and channel) in the run (1 = best); null unless ok"),
     Column("selected", "bool", "one of the campaign's top_k ok images of its product (and channel)"),

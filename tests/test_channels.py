@@ -371,3 +371,29 @@ def test_canny_edges_of_a_canvas_off_the_64_grid_stay_where_the_product_is():
         edges = np.asarray(canny_map(canvas, 100, 200).convert("L")) > 127
         # Unscaled: the same edges as canny on the canvas itself, not a squashed copy stretched back.
         assert (edges == (cv2.Canny(np.asarray(canvas), 100, 200) > 0)).all(), (width, height)
+
+
+def test_a_run_request_may_narrow_the_channels_but_not_invent_one():
+    from catalogs.models import RunRequest
+    from tasks.request import apply_request
+
+    spec = spec_with({"square": {}, "story": {}})
+    narrowed, profile = apply_request(spec, RunRequest(campaign="chan", axes={"channel": ["story"]}), "tiny", PROFILES)
+    assert list(resolve_channels(narrowed, profile)) == ["story"]
+    invented, profile = apply_request(spec, RunRequest(campaign="chan", axes={"channel": ["poster"]}), "tiny", PROFILES)
+    with pytest.raises(ValueError, match=r"campaign 'chan': channels \['poster'\] are not in its channels"):
+        resolve_channels(invented, profile)
+
+
+def test_rows_read_back_without_a_channel_stay_one_placement():
+    from catalogs.models import Selection
+    from tasks.select import select_images
+
+    # Parquet hands back a null channel as NaN, and NaN != NaN: every such row is still the same placement.
+    rows = [{"product_id": "kettle", "channel": float("nan"), "style_id": "one", "cell_index": i, "asset_id": f"a{i}",
+             "edge_f1": 0.9 - i / 10, "status": "ok", "width": 64, "height": 64, "canny_low": 100, "canny_high": 200}
+            for i in range(3)]
+    outcomes = select_images(rows, Selection(top_k=1, gates=(), weights={"edge_f1": 1.0}))
+    assert [o["selected"] for o in outcomes] == [True, False, False]
+    assert [o["rank_in_product"] for o in outcomes] == [1, 2, 3]
+    assert canvas_name("kettle", rows[0]) == canvas_name("kettle", {k: v for k, v in rows[0].items() if k != "channel"})
