@@ -397,3 +397,16 @@ def test_rows_read_back_without_a_channel_stay_one_placement():
     assert [o["selected"] for o in outcomes] == [True, False, False]
     assert [o["rank_in_product"] for o in outcomes] == [1, 2, 3]
     assert canvas_name("kettle", rows[0]) == canvas_name("kettle", {k: v for k, v in rows[0].items() if k != "channel"})
+
+
+def test_the_runs_table_records_the_channels_as_written():
+    import json
+
+    from catalogs.models import RunRequest
+    from tasks.tables import run_parameters
+
+    spec = spec_with({"square": {}, "hero": {"preset": "banner", "anchor": "right"}})
+    recorded = json.loads(run_parameters(RunRequest(campaign="chan"), spec, products=["kettle"], styles=["one"]))
+    assert recorded["channels"] == {"square": {}, "hero": {"preset": "banner", "anchor": "right"}}
+    assert recorded["matrix"]["axes"]["channel"] == ["square", "hero"]
+    assert json.loads(run_parameters(RunRequest(campaign="s"), campaign(), products=[], styles=[]))["channels"] == {}
