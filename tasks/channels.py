@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from catalogs.models import CHANNEL_AXIS, CHANNEL_PRESETS, Campaign, ChannelSpec, ModelProfile, Zone
+from tasks.values import is_missing
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels; right and bottom exclusive
 
@@ -203,25 +204,20 @@ def params_box(params: Mapping) -> Box | None:
     return tuple(int(v) for v in box)  # type: ignore[return-value]
 
 
-def _text(value: object) -> object:
-    """None for a missing value (None, or the NaN pandas gives an empty cell), else the value."""
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
 def channel_of(row: Mapping) -> str | None:
     """The channel of a job's parameters or a `generations` row; None without one (however the table says null)."""
-    value = _text(row.get("channel"))
-    return str(value) if value else None
+    value = row.get("channel")
+    return None if is_missing(value) or not value else str(value)
 
 
 def row_layout(row: Mapping) -> dict:
     """A `generations` row's canvas and layout as job parameters (`product_box`, `safe_zones`, `aspect`)."""
     listed = row.get("safe_zones")  # a list, or an array as parquet hands it back
-    zones = [] if listed is None or isinstance(listed, float) else list(listed)
+    zones = [] if is_missing(listed) else list(listed)
     layout = {"width": int(row["width"]), "height": int(row["height"]), "channel": channel_of(row),
-              "aspect": _text(row.get("channel_aspect")),
+              "aspect": None if is_missing(row.get("channel_aspect")) else row.get("channel_aspect"),
               "safe_zones": [[int(v) for v in str(z).split(",")] for z in zones]}
-    if _text(row.get("box_left")) is not None:
+    if not is_missing(row.get("box_left")):
         layout["product_box"] = [int(row[k]) for k in ("box_left", "box_top", "box_right", "box_bottom")]
     return layout
 

@@ -13,7 +13,7 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 
-from tasks.channels import channel_of
+from tasks.channels import channel_of, params_box, row_layout
 from tasks.values import is_missing
 
 _STYLE = """
@@ -164,13 +164,14 @@ def _zones_svg(r: Mapping) -> str:
     """The channel's safe zones and product box over the image, in canvas pixels (shown by the toggle)."""
     if channel_of(r) is None:
         return ""
-    listed = r.get("safe_zones")  # a list, or an array as parquet hands it back
-    zones = [[int(v) for v in str(z).split(",")] for z in ([] if is_missing(listed) else list(listed))]
-    rects = "".join(f'<rect class="zone" x="{a}" y="{b}" width="{c - a}" height="{d - b}"/>' for a, b, c, d in zones)
-    if not is_missing(r.get("box_left")):
-        a, b, c, d = (int(r[k]) for k in ("box_left", "box_top", "box_right", "box_bottom"))
+    layout = row_layout(r)
+    rects = "".join(f'<rect class="zone" x="{a}" y="{b}" width="{c - a}" height="{d - b}"/>'
+                    for a, b, c, d in layout["safe_zones"])
+    box = params_box(layout)
+    if box is not None:
+        a, b, c, d = box
         rects += f'<rect class="box" x="{a}" y="{b}" width="{c - a}" height="{d - b}"/>'
-    return (f'<svg class="zones" viewBox="0 0 {int(r["width"])} {int(r["height"])}" preserveAspectRatio="none" '
+    return (f'<svg class="zones" viewBox="0 0 {layout["width"]} {layout["height"]}" preserveAspectRatio="none" '
             f'aria-hidden="true">{rects}</svg>')
 
 
