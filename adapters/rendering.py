@@ -22,6 +22,7 @@ from adapters.scorers import ClipScorer
 from adapters.storage import ObjectStore
 from catalogs.models import Product
 from tasks.canny import canvas_kinds, canvas_name, fit_to_canvas
+from tasks.channels import channel_checks, params_box, row_layout
 from tasks.plan import Batch, Shard, ShardContext
 from tasks.scores import edge_map, is_blank, pixel_scores, product_mask_on_canvas
 from tasks.tables import BatchInputs, RunContext, generation_rows
@@ -89,14 +90,16 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
                 control: Image.Image | None, style_input: StyleInput, clip: ClipScorer | None) -> list[dict]:
     """The batch's rows with every score filled in; a blank image is marked failed.
 
-    Fidelity is measured against the product photo as the control images placed it, inside the
-    product's mask (its mask file, alpha channel or plain background; else the whole photo).
+    Fidelity is measured against the product photo as the control images placed it (in a channel's
+    product box), inside the product's mask (its mask file, alpha channel or plain background; else the whole photo).
     `control` is the batch's canny control image; without one (a profile with other
     ControlNets) the fitted product's edges are computed here with the same thresholds.
     A photo or mask that cannot be read any more leaves the fidelity scores and `product_mask` null.
     """
     first = rows[0]
     width, height, low, high = (int(first[k]) for k in ("width", "height", "canny_low", "canny_high"))
+    layout = row_layout(first)  # a channel's product box and safe zones; none: the product centred on the canvas
+    box = params_box(layout)
     what = f"{product.product_id} x {first.get('style_id', '?')}"
     try:
         photo = load_image(store, product.image_key, product.sha256)  # the photo the images were made from
@@ -107,8 +110,8 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
         log.warning("fidelity scores of %s left null: the product photo or mask cannot be read: %s", what, exc)
         photo, source = None, None
     if photo is not None:
-        region = product_mask_on_canvas(photo, width, height, mask)
-        canvas = fit_to_canvas(photo, width, height)
+        region = product_mask_on_canvas(photo, width, height, mask, box)
+        canvas = fit_to_canvas(photo, width, height, box=box)
         control_edges = np.asarray(control.convert("L")) > 127 if control is not None else edge_map(canvas, low, high)
     else:  # no product region known: the background hash covers the whole image
         region, canvas, control_edges = np.zeros((height, width), dtype=bool), None, None
@@ -125,7 +128,10 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
                                         canny_low=low, canny_high=high)
         for problem in problems:
             log.warning("image %s: score %s", row["asset_id"], problem)
-        row.update(scores, product_mask=source, clip_text=clip_text, clip_style=clip_style,
+        checks = channel_checks(region, image.size, layout)
+        if photo is None:  # the product region is unknown: only the size checks hold
+            checks.update(safe_zone_share=None, product_share=None, product_cut=None)
+        row.update(scores, **checks, product_mask=source, clip_text=clip_text, clip_style=clip_style,
                    clip_model=clip.name if clip is not None else None)
         if is_blank(image):
             row.update(status="failed", status_reason="blank image: every pixel is the same colour")

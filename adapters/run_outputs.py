@@ -14,11 +14,14 @@ from adapters import publish
 from adapters.fonts import sheet_font
 from adapters.images import load_image
 from adapters.storage import ObjectStore, parallel_map
-from catalogs.models import Product, Selection, StyleSet
+from catalogs.models import CHANNEL_AXIS, Product, Selection, StyleSet
 from tasks.canny import control_name
+from tasks.channels import channel_of, outline_layout, row_layout
 from tasks.gallery import render_gallery
 from tasks.select import OUTCOME, cell_metrics, select_images
 from tasks.sheets import contact_sheet, tile_for
+
+SHEET_TILE = 160  # pixels of a contact sheet tile's long side
 
 
 def select_run(store: ObjectStore, parts: Sequence[dict], selection: Selection,
@@ -50,24 +53,26 @@ def write_cell_metrics(store: ObjectStore, assets: str, run_date: str, run_id: s
 
 def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[dict], products: Sequence[Product],
                  styles: Sequence[StyleSet], controls: dict[str, str], *, title: str | None = None) -> dict[str, str]:
-    """One contact sheet per product x style set, stored under the run's `sheets/`; file name -> URI.
+    """One contact sheet per product x style set (x channel, in a campaign with channels), stored under the
+    run's `sheets/`; file name -> URI.
 
-    Each is headed by the campaign's `title` (any language) where it has one, drawn in a font with CJK glyphs.
+    Each is headed by the campaign's `title` (any language) where it has one, drawn in a font with CJK
+    glyphs. A channel's sheet draws the channel's safe zones and product box over each image.
     """
     by_product = {p.product_id: p for p in products}
     by_style = {s.style_id: s for s in styles}
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str | None], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["product_id"], r["style_id"]), []).append(r)
+        groups.setdefault((r["product_id"], r["style_id"], channel_of(r)), []).append(r)
     # The pictures that head the sheets, each read once (a product photo heads several sheets), all at once.
-    wanted = {by_product[p].image_key for p, _ in groups} | {ref.key for _, s in groups for ref in by_style[s].references}
-    wanted |= {controls[c] for (p, _), members in groups.items() if (c := control_name(p, members[0])) in controls}
+    wanted = {by_product[p].image_key for p, _, _ in groups} | {ref.key for _, s, _ in groups for ref in by_style[s].references}
+    wanted |= {controls[c] for (p, _, _), members in groups.items() if (c := control_name(p, members[0])) in controls}
     order = sorted(wanted)
     pictures = dict(zip(order, parallel_map(lambda uri: load_image(store, uri), order), strict=True))
     font = sheet_font()
 
-    def one(group: tuple[str, str]) -> tuple[str, str]:
-        (product_id, style_id), members = group, groups[group]
+    def one(group: tuple[str, str, str | None]) -> tuple[str, str]:
+        (product_id, style_id, channel), members = group, groups[group]
         product, style = by_product[product_id], by_style[style_id]
         header = [(product_id, pictures[product.image_key])]
         control = controls.get(control_name(product_id, members[0]))
@@ -76,12 +81,18 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
         header += [(ref.key.rsplit("/", 1)[-1].rsplit(".", 1)[0], pictures[ref.key]) for ref in style.references]
         ordered = sorted(members, key=lambda r: (r["cell_index"], r["seed"]))
         shown = parallel_map(lambda uri: load_image(store, uri) if uri else None, [r.get("output_key") or "" for r in ordered])
+        if channel:  # one channel per sheet: its axis says nothing there, its layout is drawn instead
+            shown = [outline_layout(image, row_layout(r), SHEET_TILE) if image is not None else None
+                     for r, image in zip(ordered, shown, strict=True)]
+            ordered = [{**r, "cell": [kv for kv in r["cell"] if kv[0] != CHANNEL_AXIS]} for r in ordered]
         tiles = [tile_for(r, image) for r, image in zip(ordered, shown, strict=True)]
         selected = sum(bool(r.get("selected")) for r in members)
-        sheet = contact_sheet(tiles, title=" · ".join(filter(None, [title, f"{product_id} x {style_id}"])),
+        where = f"{product_id} x {style_id}" + (f" · {channel} {members[0]['width']}x{members[0]['height']}"
+                                                if channel else "")
+        sheet = contact_sheet(tiles, title=" · ".join(filter(None, [title, where])),
                               subtitle=f"run {run_id} · {len(members)} images · {selected} selected", header=header,
-                              font=font)
-        name = f"{product_id}__{style_id}.jpg"
+                              tile_size=SHEET_TILE, font=font)
+        name = f"{product_id}__{style_id}" + (f"__{channel}" if channel else "") + ".jpg"
         uri = publish.run_uri(assets, run_id, "sheets", name)
         store.put(uri, publish.encode_jpeg(sheet), content_type="image/jpeg")
         return name, uri

@@ -25,6 +25,8 @@ Mode = Literal["ip_adapter", "img2img", "preserve"]
 ControlType = Literal["canny", "depth", "softedge", "mask"]
 # What an IP-Adapter of a profile is fed: the style set's references, or the product photo.
 AdapterImage = Literal["style", "product"]
+# Where a channel puts the product inside the room its safe zones and margin leave.
+Anchor = Literal["centre", "left", "right", "top", "bottom"]
 
 
 class _Strict(BaseModel):
@@ -98,8 +100,12 @@ class StyleMeta(_Strict):
 # Axes whose values set a generation parameter (or pick the style set) instead of words.
 PARAMETER_AXES = frozenset({
     "mode", "style", "steps", "scheduler", "guidance", "strength", "ip_scale", "ip_preset", "ip_start", "ip_end",
-    "controlnet_scale", "controlnet_start", "controlnet_end",
+    "controlnet_scale", "controlnet_start", "controlnet_end", "channel",
 })
+# The parameter axis that picks a campaign's channel (its canvas and layout); see `Campaign.channels`.
+CHANNEL_AXIS = "channel"
+# The placements shipped as presets (their sizes per profile and layouts are in tasks/channels.py).
+CHANNEL_PRESETS = ("square", "portrait", "story", "banner")
 # The cell key recording which optional parts (`a|b|c`) a cell switches on.
 OPTIONAL_KEY = "optional"
 AxisValue = str | int | float
@@ -306,6 +312,12 @@ SCORES = {
     "luminance": "mid",
     "clipped_share": "lower",
     "colourfulness": "higher",
+    # Channel checks (tasks/channels.py): where the product is on the canvas, and the output's size.
+    "safe_zone_share": "lower",
+    "product_share": "higher",
+    "product_cut": "lower",
+    "size_error": "lower",
+    "aspect_error": "lower",
 }
 GATE_PATTERN = re.compile(r"^\s*([a-z_0-9]+)\s*(>=|<=|>|<)\s*(-?\d+(?:\.\d*)?(?:e-?\d+)?)\s*$")
 
@@ -357,6 +369,43 @@ class Selection(_Strict):
         return weights
 
 
+class Zone(_Strict):
+    """A rectangle of the canvas as fractions of its width and height (0 = left or top edge, 1 = right or bottom).
+
+    Unset sides are the canvas's own: `{left: 0.55}` is the right 45%, `{bottom: 0.14}` the top 14%.
+    """
+
+    left: float = Field(default=0.0, ge=0, le=1)
+    top: float = Field(default=0.0, ge=0, le=1)
+    right: float = Field(default=1.0, ge=0, le=1)
+    bottom: float = Field(default=1.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Zone:
+        if self.left >= self.right or self.top >= self.bottom:
+            raise ValueError(f"zone left={self.left} top={self.top} right={self.right} bottom={self.bottom} is empty "
+                             "(left must be below right and top below bottom)")
+        return self
+
+
+class ChannelSpec(_Strict):
+    """One placement of a campaign: a preset by name, parts of it overridden, or a canvas of its own.
+
+    `preset` defaults to the channel's name when that names a preset (square, portrait, story,
+    banner); a channel that is no preset must give `width`, `height` and `aspect`. Every field
+    left out takes the preset's value (sizes suit the campaign's model profile).
+    """
+
+    preset: Literal["square", "portrait", "story", "banner"] | None = None
+    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+    aspect: str | None = Field(default=None, pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")  # "9:16": what the output must match
+    anchor: Anchor | None = None
+    max_share: float | None = Field(default=None, gt=0, le=1)  # largest share of the canvas area the product may take
+    safe_zones: tuple[Zone, ...] | None = None  # where the product must not go: the copy's room, a platform's interface
+    margin: float | None = Field(default=None, ge=0, lt=0.5)  # kept clear at every edge, as a share of the short side
+
+
 class Campaign(_Strict):
     """What to make: products x style sets x prompt matrix, and how."""
 
@@ -369,6 +418,10 @@ class Campaign(_Strict):
     matrix: PromptMatrix
     generation: Generation = Generation()
     selection: Selection = Selection()
+    # Placements by name: every image is made once per channel (a `channel` axis the campaign does not
+    # write itself lists them all; one it writes zips or narrows them). Empty: one canvas,
+    # generation.width x generation.height, the product centred on it.
+    channels: dict[str, ChannelSpec] = {}
     # A named product or style set that is missing or quarantined is left out, and the run goes on
     # with the rest (reported in its summary, runs table, artifact and gallery). `strict: true`
     # fails the run before anything is generated instead.
@@ -394,10 +447,41 @@ class Campaign(_Strict):
             raise ValueError("must be one line of text (no newlines, tabs or control characters)")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _channels_are_an_axis(cls, data: object) -> object:
+        """`channels:` without a `channel` axis: one is added, listing every channel (it multiplies the matrix)."""
+        if not isinstance(data, dict) or not data.get("channels") or not isinstance(data["channels"], dict):
+            return data
+        matrix = data.get("matrix")
+        if isinstance(matrix, PromptMatrix):
+            matrix = matrix.model_dump()
+        if isinstance(matrix, dict) and CHANNEL_AXIS not in (matrix.get("axes") or {}):
+            axes = {**(matrix.get("axes") or {}), CHANNEL_AXIS: list(data["channels"])}
+            data = {**data, "matrix": {**matrix, "axes": axes}}
+        return data
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_named(cls, channels: dict[str, ChannelSpec]) -> dict[str, ChannelSpec]:
+        for name, spec in channels.items():
+            if not re.fullmatch(ID_PATTERN, name):
+                raise ValueError(f"channel name {name!r} must be a slug (lowercase letters, digits, '-' and '_')")
+            if spec.preset is None and name not in CHANNEL_PRESETS and None in (spec.width, spec.height, spec.aspect):
+                raise ValueError(f"channel {name!r} is no preset ({', '.join(CHANNEL_PRESETS)}): give it `preset:`, "
+                                 "or `width`, `height` and `aspect` of its own")
+        return channels
+
     @model_validator(mode="after")
     def _parameter_axes_valid(self) -> Campaign:
         for name, values in self.matrix.axes.items():
-            if name == "style":
+            if name == CHANNEL_AXIS:
+                known = set(self.channels) if self.channels else set(CHANNEL_PRESETS)
+                bad = [v for v in values if str(v) not in known]
+                if bad:
+                    where = "names in `channels:`" if self.channels else "presets"
+                    raise ValueError(f"matrix axis 'channel': {bad} are not channels (known {where}: {sorted(known)})")
+            elif name == "style":
                 if self.styles.ids or self.styles.tags:
                     raise ValueError("matrix axis 'style' picks the style sets: leave `styles` empty")
                 bad = [v for v in values if not isinstance(v, str) or not re.fullmatch(ID_PATTERN, v)]
@@ -557,7 +641,7 @@ class RunSummary(_Strict):
                  f"published, {self.quarantined} catalog objects quarantined "
                  f"({self.duration_seconds:.1f} s, {self.images_per_second:.2f} images/s)"]
         if self.images_generated or self.images_taken_over:
-            lines.append(f"  selected: {self.images_selected} images (top k per product), "
+            lines.append(f"  selected: {self.images_selected} images (top k per product, and per channel), "
                          f"{self.images_failed} failed; contact sheets: {len(self.sheets)}")
         if self.images_taken_over:
             lines.append(f"  took over: {self.images_taken_over} images made by an earlier run that stopped before "

@@ -20,6 +20,7 @@ from flows import steps
 from flows.catalog import catalog_for_run
 from flows.dispatch import Generated, run_shards
 from tasks.catalog_build import CatalogState
+from tasks.channels import resolve_channels
 from tasks.estimate import estimate_generation
 from tasks.plan import ShardContext, check_control_scales, maskless_products
 from tasks.request import apply_request, narrow
@@ -117,13 +118,14 @@ def resolve_campaign(store: S3Store, request: RunRequest, catalog: str,
     in a second. Plain calls, not tasks, so it runs outside a flow.
 
     Raises:
-        ValueError: (one line, naming the campaign) a bad spec, override, profile or control scale.
+        ValueError: (one line, naming the campaign) a bad spec, override, profile, control scale or channel.
         FileNotFoundError: the campaign file does not exist.
     """
     text = campaigns.read_campaign(store, campaigns.campaign_uri(request.campaign, catalog))
     spec, profile = apply_request(parse_campaign(text, origin=request.campaign), request, default_profile,
                                   load_profiles())
     check_control_scales(spec, profile)
+    resolve_channels(spec, profile)
     return spec, profile
 
 

@@ -20,19 +20,26 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from tasks.channels import channel_of, params_box
 
-def fit_to_canvas(image: Image.Image, width: int, height: int, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+
+def fit_to_canvas(image: Image.Image, width: int, height: int, background: tuple[int, int, int] = (255, 255, 255),
+                  box: Sequence[int] | None = None) -> Image.Image:
     """The image scaled to fit inside width x height, centred on a plain canvas, as RGB.
 
+    With `box` (left, top, right, bottom: a channel's product box, `tasks.channels.product_box`)
+    the image is fitted and centred inside that box instead of the whole canvas.
     Transparent pixels become the background colour, so a cut-out product keeps its outline.
     """
     if image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGBA" if "transparency" in image.info or image.mode in ("LA", "PA") else "RGB")
-    scale = min(width / image.width, height / image.height)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    left, top, right, bottom = box if box is not None else (0, 0, width, height)
+    room_w, room_h = right - left, bottom - top
+    scale = min(room_w / image.width, room_h / image.height)
+    size = (max(1, min(room_w, round(image.width * scale))), max(1, min(room_h, round(image.height * scale))))
     resized = image.resize(size, Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (width, height), background)
-    offset = ((width - size[0]) // 2, (height - size[1]) // 2)
+    offset = (left + (room_w - size[0]) // 2, top + (room_h - size[1]) // 2)
     canvas.paste(resized, offset, resized if resized.mode == "RGBA" else None)
     return canvas
 
@@ -47,9 +54,14 @@ def canny_map(image: Image.Image, low: int, high: int) -> Image.Image:
     if low > high:
         raise ValueError(f"canny low threshold {low} is above high threshold {high}")
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    side = min(image.width, image.height)
+    # controlnet_aux rounds each side to a multiple of 64, which squashes a 64x80 or 72x128 canvas:
+    # grown to multiples of 64 by repeating its edge pixels, it is detected unscaled and cropped back.
+    pad_h, pad_w = -rgb.shape[0] % 64, -rgb.shape[1] % 64
+    if pad_h or pad_w:
+        rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    side = min(rgb.shape[:2])
     edges = CannyDetector()(rgb, low_threshold=low, high_threshold=high, detect_resolution=side, image_resolution=side, output_type="np")
-    result = Image.fromarray(edges)
+    result = Image.fromarray(edges[: image.height, : image.width] if edges.shape[:2] == rgb.shape[:2] else edges)
     if result.size != image.size:
         # controlnet_aux rounds sizes to multiples of 64; keep the canvas size exact.
         result = result.resize(image.size, Image.Resampling.NEAREST)
@@ -61,7 +73,8 @@ def control_image(product: Image.Image, width: int, height: int, low: int, high:
     return canny_map(fit_to_canvas(product, width, height), low, high)
 
 
-def canvas_mask(product: Image.Image, mask: Image.Image | None, width: int, height: int) -> Image.Image:
+def canvas_mask(product: Image.Image, mask: Image.Image | None, width: int, height: int,
+                box: Sequence[int] | None = None) -> Image.Image:
     """The product's mask (white = product) placed on the canvas exactly where `fit_to_canvas` puts the product.
 
     `mask` wins, then the photo's alpha channel; without either the whole photo counts as product.
@@ -74,7 +87,7 @@ def canvas_mask(product: Image.Image, mask: Image.Image | None, width: int, heig
         source = product.convert("RGBA").getchannel("A")
     else:
         source = Image.new("L", product.size, 255)
-    return fit_to_canvas(source.convert("RGB"), width, height, background=(0, 0, 0)).convert("L")
+    return fit_to_canvas(source.convert("RGB"), width, height, background=(0, 0, 0), box=box).convert("L")
 
 
 def depth_map(mask: Image.Image) -> Image.Image:
@@ -116,11 +129,12 @@ def canvas_images(product: Image.Image, mask: Image.Image | None, params: Mappin
         ValueError: `keep` is asked for but the product has no mask and no transparency.
     """
     width, height = params["width"], params["height"]
+    box = params_box(params)
     has_mask = mask is not None or product.mode in ("RGBA", "LA", "PA") or "transparency" in product.info
     if "keep" in kinds and not has_mask:
         raise ValueError("preserve mode needs the product's mask (mask.png, transparency or a plain background)")
-    fitted = fit_to_canvas(product, width, height)
-    placed = canvas_mask(product, mask, width, height) if {"depth", "mask", "keep"} & set(kinds) else None
+    fitted = fit_to_canvas(product, width, height, box=box)
+    placed = canvas_mask(product, mask, width, height, box) if {"depth", "mask", "keep"} & set(kinds) else None
     made: dict[str, Image.Image] = {}
     for kind in kinds:
         if kind == "canny":
@@ -141,8 +155,11 @@ def canvas_images(product: Image.Image, mask: Image.Image | None, params: Mappin
 
 
 def canvas_name(product_id: str, params: Mapping, kind: str = "canny") -> str:
-    """File name of one canvas image of a product; canny names its thresholds, since they shape it."""
+    """File name of one canvas image of a product; canny names its thresholds, since they shape it, and a
+    channel's images name the channel (its layout places the product)."""
     size = f"{params['width']}x{params['height']}"
+    if channel := channel_of(params):
+        size = f"{channel}-{size}"
     if kind == "canny":
         return f"{product_id}__{size}_canny{params['canny_low']}-{params['canny_high']}.png"
     return f"{product_id}__{size}_{kind}.png"

@@ -1,6 +1,7 @@
 """The run's gallery page: one self-contained HTML file (no external assets), images linked relative to it.
 
-Filterable by product, style set and selection; each image shows its status, prompt,
+Filterable by product, style set, channel and selection; a toggle draws each image's channel
+safe zones (where the copy goes) and product box over it. Each image shows its status, prompt,
 parameters and scores. A card shows its cell, its seed and every generation parameter that
 differs between the run's images (mode, strength, preset, adapter window, ControlNet scales, ...);
 what every image shares is said once, at the top. Cards come product by product, best first.
@@ -12,6 +13,7 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 
+from tasks.channels import channel_of, params_box, row_layout
 from tasks.values import is_missing
 
 _STYLE = """
@@ -39,15 +41,22 @@ table.scores{border-collapse:collapse;margin-top:.3rem;width:100%}
 table.scores td{padding:0 .3rem 0 0;font-variant-numeric:tabular-nums}
 table.scores td:nth-child(odd){color:#666}
 details{margin:.5rem 0}
+.frame{position:relative}
+svg.zones{position:absolute;inset:0;width:100%;height:100%;pointer-events:none;display:none}
+body.show-zones svg.zones{display:block}
+svg.zones rect.zone{fill:rgba(230,40,140,.18);stroke:#e6288c;stroke-width:2;stroke-dasharray:6 4}
+svg.zones rect.box{fill:none;stroke:#16963c;stroke-width:2}
+svg.zones rect{vector-effect:non-scaling-stroke}
 """
 
 _SCRIPT = """
 const f = {product: document.getElementById('f-product'), style: document.getElementById('f-style'),
-           status: document.getElementById('f-status')};
+           channel: document.getElementById('f-channel'), status: document.getElementById('f-status')};
 function keep(fig){
   const s = f.status.value;
   return (!f.product.value || fig.dataset.product === f.product.value)
       && (!f.style.value || fig.dataset.style === f.style.value)
+      && (!f.channel || !f.channel.value || fig.dataset.channel === f.channel.value)
       && (!s || (s === 'selected' ? fig.dataset.selected === '1' : fig.dataset.status === s));
 }
 function apply(){
@@ -55,7 +64,10 @@ function apply(){
   for (const fig of document.querySelectorAll('main figure')) { fig.hidden = !keep(fig); if (!fig.hidden) shown++; }
   document.getElementById('shown').textContent = shown;
 }
-for (const el of Object.values(f)) el.onchange = apply;
+for (const el of Object.values(f)) if (el) el.onchange = apply;
+const zones = document.getElementById('t-zones');
+if (zones) { zones.onchange = () => document.body.classList.toggle('show-zones', zones.checked);
+             document.body.classList.toggle('show-zones', zones.checked); }
 apply();
 """
 
@@ -64,7 +76,8 @@ _SCORE_CELLS = (
     ("edge F1", "edge_f1", 2), ("SSIM", "product_ssim", 2), ("ΔE", "product_delta_e", 1),
     ("CLIP-T", "clip_text", 3), ("CLIP-I", "clip_style", 3), ("sharp", "sharpness", 0),
     ("lum", "luminance", 2), ("clipped", "clipped_share", 2), ("colour", "colourfulness", 0),
-    ("score", "score", 3),
+    ("score", "score", 3), ("in safe zone", "safe_zone_share", 2), ("share", "product_share", 2),
+    ("cut", "product_cut", 2),
 )
 
 
@@ -147,6 +160,21 @@ def varying_params(rows: Sequence[Mapping]) -> tuple[list[str], dict[str, str]]:
     return varying, shared
 
 
+def _zones_svg(r: Mapping) -> str:
+    """The channel's safe zones and product box over the image, in canvas pixels (shown by the toggle)."""
+    if channel_of(r) is None:
+        return ""
+    layout = row_layout(r)
+    rects = "".join(f'<rect class="zone" x="{a}" y="{b}" width="{c - a}" height="{d - b}"/>'
+                    for a, b, c, d in layout["safe_zones"])
+    box = params_box(layout)
+    if box is not None:
+        a, b, c, d = box
+        rects += f'<rect class="box" x="{a}" y="{b}" width="{c - a}" height="{d - b}"/>'
+    return (f'<svg class="zones" viewBox="0 0 {layout["width"]} {layout["height"]}" preserveAspectRatio="none" '
+            f'aria-hidden="true">{rects}</svg>')
+
+
 def _card(r: Mapping, varying: Sequence[str] = ()) -> str:
     status = r.get("status") or "ok"
     selected = bool(r.get("selected"))
@@ -158,8 +186,9 @@ def _card(r: Mapping, varying: Sequence[str] = ()) -> str:
         ("<tr>" if i % 2 == 0 else "") + f"<td>{label}</td><td>{_num(r.get(key), digits)}</td>" + ("</tr>" if i % 2 else "")
         for i, (label, key, digits) in enumerate(_SCORE_CELLS)
     )
-    image = (f'<img loading="lazy" src="images/{_e(r["asset_id"])}.png" alt="{_e(r["prompt"])}">'
-             if r.get("output_key") else '<div class="missing">no image</div>')
+    image = (f'<div class="frame"><img loading="lazy" src="images/{_e(r["asset_id"])}.png" alt="{_e(r["prompt"])}">'
+             f"{_zones_svg(r)}</div>" if r.get("output_key") else '<div class="missing">no image</div>')
+    channel = channel_of(r) or ""
     reason = f'<div class="reason">{_e(r["status_reason"])}</div>' if r.get("status_reason") else ""
     # What differs between the run's images, unless the cell already says it.
     axes = {k for k, _ in r["cell"]}
@@ -168,7 +197,7 @@ def _card(r: Mapping, varying: Sequence[str] = ()) -> str:
     line = " · ".join(filter(None, [cell, f"seed {r['seed']}", *params]))
     return (
         f'<figure class="{"selected" if selected else ""}" data-product="{_e(r["product_id"])}" '
-        f'data-style="{_e(r["style_id"])}" data-status="{_e(status)}" data-selected="{int(selected)}">'
+        f'data-style="{_e(r["style_id"])}" data-channel="{_e(channel)}" data-status="{_e(status)}" data-selected="{int(selected)}">'
         f'{image}<figcaption><div>{badges}<span class="ids">{_e(r["product_id"])} · {_e(r["style_id"])}</span>{rank}</div>'
         f"{reason}<div>{_e(r['prompt'])}</div>"
         f'<div class="params">{_e(line)}</div>'
@@ -190,6 +219,10 @@ def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheet
     ordered = sorted(rows, key=_order)
     products = sorted({r["product_id"] for r in rows})
     styles = sorted({r["style_id"] for r in rows})
+    channels = list(dict.fromkeys(c for r in rows if (c := channel_of(r))))
+    channel_filters = (
+        f'<label>channel <select id="f-channel"><option value="">all</option>{_options(channels)}</select></label>'
+        '<label><input type="checkbox" id="t-zones"> show safe zones</label>' if channels else "")
     selected = sum(bool(r.get("selected")) for r in rows)
     counts = " · ".join(f"{sum((r.get('status') or 'ok') == s for r in rows)} {s}" for s in STATUSES[1:])
     sheet_links = "".join(f'<li><a href="{_e(path)}">{_e(label)}</a></li>' for label, path in (sheets or {}).items())
@@ -210,6 +243,7 @@ def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheet
         '<div class="filters">'
         f'<label>product <select id="f-product"><option value="">all</option>{_options(products)}</select></label>'
         f'<label>style <select id="f-style"><option value="">all</option>{_options(styles)}</select></label>'
+        + channel_filters +
         f'<label>show <select id="f-status"><option value="">all</option>{_options(STATUSES)}</select></label>'
         "</div>"
         f'<main class="grid">{"".join(_card(r, varying) for r in ordered)}</main><script>{_SCRIPT}</script></body></html>'

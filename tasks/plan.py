@@ -8,8 +8,9 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from catalogs.models import Campaign, Generation, ModelProfile, Product, StyleSet
+from catalogs.models import CHANNEL_AXIS, Campaign, Generation, ModelProfile, Product, StyleSet
 from tasks.catalog_build import QuarantineEntry
+from tasks.channels import Layout, layout_params, product_box, resolve_channels
 from tasks.matrix import Cell, cell_record, render_prompt
 
 ASSET_ID_VERSION = 2
@@ -23,7 +24,8 @@ GENERATION_PARAMS = (
 DEFAULT_STRENGTH = {"ip_adapter": 1.0, "img2img": 0.75, "preserve": 1.0}
 
 
-Param = str | int | float | dict[str, float]
+# A channel adds its name, aspect, anchor, product box and safe zones (`tasks.channels.layout_params`).
+Param = str | int | float | dict[str, float] | list[int] | list[list[int]]
 
 
 class _Frozen(BaseModel):
@@ -169,7 +171,7 @@ def job_params(campaign: Campaign, style: StyleSet, cell: Cell | None = None,
     if "ip_preset" not in gen.model_fields_set:
         values["ip_preset"] = style.preset
     if cell is not None:
-        values.update({k: v for k, v in cell.params.items() if k != "style"})
+        values.update({k: v for k, v in cell.params.items() if k not in ("style", CHANNEL_AXIS)})
     try:
         checked = Generation.model_validate({**gen.model_dump(), **values})
     except ValidationError as exc:
@@ -203,12 +205,14 @@ def plan_jobs(
     """Every image of the campaign, product by product, style by style, cell by cell, seed by seed.
 
     `profile` says which ControlNets and IP-Adapters the parameters cover (None: one canny
-    ControlNet and one style adapter, the shape of `tiny` and `sd15`). A `style` axis gives
-    each cell its style set.
+    ControlNet and one style adapter, the shape of `tiny` and `sd15`) and which channel sizes
+    suit it. A `style` axis gives each cell its style set; a `channel` axis its canvas and the
+    product's box on it (a campaign without channels keeps one canvas and its asset ids).
     """
     matrix = campaign.matrix
     if not campaign.generation.profile:
         raise ValueError(f"campaign {campaign.name!r}: no model profile decided (set generation.profile or STYLEMATRIX_PROFILE)")
+    layouts = resolve_channels(campaign, profile)
     jobs = []
     for product in products:
         for style in styles:
@@ -218,6 +222,8 @@ def plan_jobs(
                 if "style" in matrix.axes and cell.params["style"] != style.style_id:
                     continue
                 params = job_params(campaign, style, cell, profile)
+                if CHANNEL_AXIS in cell.params:
+                    params.update(channel_params(layouts[str(cell.params[CHANNEL_AXIS])], product))
                 if params["mode"] == "preserve" and product.mask_source == "none":
                     continue  # no mask, no pixels to keep: maskless_products says so
                 prompt = render_prompt(matrix.template, cell, product)
@@ -256,6 +262,14 @@ def plan_jobs(
     if duplicated:
         raise ValueError(f"campaign {campaign.name!r}: {duplicated} jobs repeat another job's inputs exactly")
     return jobs
+
+
+def channel_params(layout: Layout, product: Product) -> dict[str, Param]:
+    """A channel's canvas and layout for one product: where its photo goes depends on the photo's aspect."""
+    if product.width < 1 or product.height < 1:
+        raise ValueError(f"product {product.product_id!r}: its photo size is unknown, so channel {layout.name!r} "
+                         "cannot place it (refresh the catalog)")
+    return layout_params(layout, product_box(layout, product.width, product.height))
 
 
 def modes_used(campaign: Campaign) -> set[str]:

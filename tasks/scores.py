@@ -27,13 +27,15 @@ DELTA_E_PIXELS = 32_768  # at most this many pixels of the region go into the me
 # --------------------------------------------------------------------------- the product region
 
 
-def product_mask_on_canvas(product: Image.Image, width: int, height: int, mask: Image.Image | None = None) -> np.ndarray:
+def product_mask_on_canvas(product: Image.Image, width: int, height: int, mask: Image.Image | None = None,
+                           box: Sequence[int] | None = None) -> np.ndarray:
     """Where the product sits on a width x height canvas, as booleans of shape (height, width).
 
     Placed exactly as the control images place the product (`tasks.canny.canvas_mask`): the
     product's mask wins (`tasks.masks.product_mask`), then its alpha; else the whole fitted photo.
+    `box` is a channel's product box (None: the whole canvas).
     """
-    return np.asarray(canvas_mask(product, mask, width, height)) >= 128
+    return np.asarray(canvas_mask(product, mask, width, height, box)) >= 128
 
 
 def _shrink(mask: np.ndarray, pixels: int) -> np.ndarray:

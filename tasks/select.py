@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from catalogs.models import SCORES, Selection, parse_gate
+from tasks.channels import channel_of
 from tasks.phash import HASH_BITS, hamming
 from tasks.scores import duplicate_groups
 from tasks.tables import SCHEMA_VERSION
@@ -74,7 +75,7 @@ def select_images(rows: Sequence[dict], selection: Selection) -> list[dict]:
     Failed rows stay failed; gates come first, then, within each product, near-duplicates
     (background hashes within `duplicate_distance`) fold into their best-scored member; the
     remaining images are ranked within their cell and their product, and the top k of each
-    product are selected.
+    product are selected (with channels: of each product and channel).
     """
     outcomes = [
         {"status": "failed" if r.get("status") == "failed" else "ok",
@@ -90,8 +91,9 @@ def select_images(rows: Sequence[dict], selection: Selection) -> list[dict]:
         if failed:
             out.update(status="gated", gates_failed=[g for g, _ in failed], status_reason="; ".join(e for _, e in failed))
 
-    for product in dict.fromkeys(r["product_id"] for r in rows):
-        live = [i for i, r in enumerate(rows) if r["product_id"] == product and outcomes[i]["status"] == "ok"]
+    # A campaign's channels are placements of their own: each product x channel is ranked and selected apart.
+    for group in dict.fromkeys(_placement(r) for r in rows):
+        live = [i for i, r in enumerate(rows) if _placement(r) == group and outcomes[i]["status"] == "ok"]
         for i, score in zip(live, weighted_scores([rows[i] for i in live], selection.weights), strict=True):
             outcomes[i]["score"] = float(score)
         _fold_duplicates(rows, outcomes, live, selection.duplicate_distance)
@@ -104,6 +106,10 @@ def select_images(rows: Sequence[dict], selection: Selection) -> list[dict]:
             cells[key] = cells.get(key, 0) + 1
             outcomes[i]["rank_in_cell"] = cells[key]
     return outcomes
+
+
+def _placement(row: dict) -> tuple[str, str | None]:
+    return row["product_id"], channel_of(row)
 
 
 def _best_first(rows: Sequence[dict], outcomes: Sequence[dict], i: int) -> tuple[float, str]:

@@ -17,7 +17,7 @@ import pandas as pd
 from catalogs.models import Campaign, RunRequest
 from tasks.plan import Batch
 
-SCHEMA_VERSION = 4  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title, left_out, images_taken_over, images_left_to_others, left_to_runs; generations.made_by_run
+SCHEMA_VERSION = 5  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title, left_out, images_taken_over, images_left_to_others, left_to_runs; generations.made_by_run. 5: generations.channel, channel_aspect, anchor, box_left/top/right/bottom, safe_zones and the channel checks safe_zone_share, product_share, product_cut, size_error, aspect_error
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,14 @@ GENERATIONS = (
     Column("control_scales", "map<string,string>", "conditioning scale of each of the profile's ControlNets, by control type"),
     Column("canny_low", "int32", "canny low threshold"),
     Column("canny_high", "int32", "canny high threshold"),
+    Column("channel", "string", "the campaign's channel (placement) the image was made for; null for a campaign without `channels:` (one canvas, the product centred)"),
+    Column("channel_aspect", "string", "the aspect the channel declares (`9:16`); null without a channel"),
+    Column("anchor", "string", "where the channel pushes the product in the room its margin and safe zones leave: centre, left, right, top or bottom; null without a channel"),
+    Column("box_left", "int32", "left edge of the product's box on the canvas, in pixels (the photo is fitted and centred in the box); null without a channel"),
+    Column("box_top", "int32", "top edge of the product's box, in pixels; null without a channel"),
+    Column("box_right", "int32", "right edge of the product's box, in pixels (exclusive); null without a channel"),
+    Column("box_bottom", "int32", "bottom edge of the product's box, in pixels (exclusive); null without a channel"),
+    Column("safe_zones", "list<string>", "the channel's text safe zones on the canvas, each `left,top,right,bottom` in pixels (right and bottom exclusive); empty without a channel"),
     Column("profile", "string", "model profile name"),
     Column("profile_revision", "string", "exact revision of the profile's weights"),
     Column("dtype", "string", "torch dtype the pipeline ran in"),
@@ -98,13 +106,18 @@ GENERATIONS = (
     Column("luminance", "float64", "mean luminance, 0 (black) to 1 (white)"),
     Column("clipped_share", "float64", "share of pixels crushed to black (grey <= 1) or blown to white (grey >= 254)"),
     Column("colourfulness", "float64", "Hasler-Suesstrunk colourfulness (0 = grey, about 100 = extremely colourful)"),
+    Column("safe_zone_share", "float64", "channel check: share of the product's pixels (its mask as placed on the canvas) inside the channel's safe zones; 0 = clear of the copy's room; null when the product region is unknown"),
+    Column("product_share", "float64", "channel check: share of the canvas the product's mask covers; null when the product region is unknown"),
+    Column("product_cut", "float64", "channel check: share of the product's outline that runs along the canvas edge (0 = the whole product is in the picture); null when the product region is unknown"),
+    Column("size_error", "float64", "channel check: largest difference in pixels between the output's width or height and the canvas's (0 = exact size)"),
+    Column("aspect_error", "float64", "channel check: relative difference of the output's width:height from the aspect the channel declares (without a channel: the canvas's own), 0 = exact"),
     Column("background_hash", "string", "64-bit perceptual hash of the image with the product region blanked out, 16 hex digits"),
     Column("duplicate_of", "string", "asset id of the better-scored near-duplicate this image repeats; null otherwise"),
     Column("gates_failed", "list<string>", "the campaign gates the image failed, as written in the campaign"),
-    Column("score", "float64", "weighted score, 0 to 1, from per-product percentile ranks of the weighted scores; null for gated and failed images"),
+    Column("score", "float64", "weighted score, 0 to 1, from per-product (and channel) percentile ranks of the weighted scores; null for gated and failed images"),
     Column("rank_in_cell", "int32", "rank by score among the ok images of its product, style set and cell (1 = best); null unless ok"),
-    Column("rank_in_product", "int32", "rank by score among the ok images of its product in the run (1 = best); null unless ok"),
-    Column("selected", "bool", "one of the campaign's top_k ok images of its product"),
+    Column("rank_in_product", "int32", "rank by score among the ok images of its product (and channel) in the run (1 = best); null unless ok"),
+    Column("selected", "bool", "one of the campaign's top_k ok images of its product (and channel)"),
 )
 
 RUNS = (
@@ -113,7 +126,7 @@ RUNS = (
     Column("campaign", "string", "campaign name"),
     Column("title", "string", "the campaign's title for people, in any language (`title:` in the spec); null without one"),
     Column("campaign_sha256", "string", "sha256 of the campaign spec as parsed (canonical JSON)"),
-    Column("parameters", "string", "JSON object: `request` (the run request's overrides: campaign, catalog, assets, snapshot, profile, products, styles, axes, seeds), `products` and `styles` (the ids the run selected), `matrix` (template, axes, zip, negative, max_cells as run, `seeds` as a list), `generation` (the resolved generation settings, profile decided) and `selection` (top_k, gates, weights, duplicate_distance, clip_model)"),
+    Column("parameters", "string", "JSON object: `request` (the run request's overrides: campaign, catalog, assets, snapshot, profile, products, styles, axes, seeds), `products` and `styles` (the ids the run selected), `matrix` (template, axes, zip, negative, max_cells as run, `seeds` as a list), `generation` (the resolved generation settings, profile decided) `selection` (top_k, gates, weights, duplicate_distance, clip_model) and `channels` (the campaign's channels as written: name -> preset and overrides; empty without channels)"),
     Column("triggered_by", "string", "cli, demo, schedule, ui, api or test (the test suite)"),
     Column("flow_run_id", "string", "Prefect flow run id"),
     Column("catalog", "string", "s3 URI of the catalog"),
@@ -178,7 +191,7 @@ TABLES = {"generations": GENERATIONS, "runs": RUNS, "cell_metrics": CELL_METRICS
 UNSCORED: dict[str, object] = {
     **dict.fromkeys(("status_reason", "product_mask", "edge_f1", "product_ssim", "product_delta_e", "clip_text",
                      "clip_style", "clip_model", "sharpness", "luminance", "clipped_share", "colourfulness",
-                     "background_hash", "duplicate_of", "score", "rank_in_cell", "rank_in_product")),
+                     "safe_zone_share", "product_share", "product_cut", "size_error", "aspect_error", "background_hash", "duplicate_of", "score", "rank_in_cell", "rank_in_product")),
     "gates_failed": (),
     "selected": False,
 }
@@ -244,6 +257,7 @@ def generation_rows(ctx: RunContext, batch: Batch, published: Sequence[Published
                                           "ip_scale", "ip_preset", "ip_start", "ip_end", "product_ip_scale", "combine",
                                           "controlnet_scale", "controlnet_start", "controlnet_end",
                                           "canny_low", "canny_high")},
+                **layout_columns(params),
                 "negative_reference_key": inputs.negative_reference_key,
                 "negative_reference_sha256": params["negative_reference"] or None,
                 "control_scales": [(k, str(v)) for k, v in params["control_scales"].items()],
@@ -277,6 +291,18 @@ def generation_rows(ctx: RunContext, batch: Batch, published: Sequence[Published
     return rows
 
 
+def layout_columns(params: dict) -> dict:
+    """The `generations` columns of a job's channel and resolved layout (nulls without a channel)."""
+    box = params.get("product_box") or (None,) * 4
+    return {
+        "channel": params.get("channel"),
+        "channel_aspect": params.get("aspect"),
+        "anchor": params.get("anchor"),
+        **dict(zip(("box_left", "box_top", "box_right", "box_bottom"), box, strict=True)),
+        "safe_zones": [",".join(str(v) for v in z) for z in params.get("safe_zones") or ()],
+    }
+
+
 def to_frame(table: str, rows: Sequence[dict]) -> pd.DataFrame:
     """Rows as a DataFrame with exactly the table's columns, in order; raises on a missing or extra one."""
     columns = [c.name for c in TABLES[table]]
@@ -298,6 +324,7 @@ def run_parameters(request: RunRequest, campaign: Campaign, *, products: Sequenc
         "matrix": matrix,
         "generation": campaign.generation.model_dump(mode="json"),
         "selection": campaign.selection.model_dump(mode="json"),
+        "channels": {name: spec.model_dump(mode="json", exclude_none=True) for name, spec in campaign.channels.items()},
     }, sort_keys=True)
 
 

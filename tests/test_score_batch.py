@@ -73,3 +73,32 @@ def test_a_photo_changed_or_gone_during_the_run_nulls_only_fidelity(batch, chang
         assert all(row[name] == earlier[name] for name in OTHERS if name != "background_hash")
         assert isinstance(row["background_hash"], str) and len(row["background_hash"]) == 16
     assert "fidelity scores of rocket x brick left null" in caplog.text
+
+
+def test_fidelity_and_channel_checks_look_where_the_channel_put_the_product(store, fresh_bucket):
+    from catalogs.models import ChannelSpec
+    from tasks.channels import layout_params, product_box, resolve_channel
+    from tasks.tables import layout_columns
+
+    photo = Image.fromarray(data.rocket()).convert("RGB")
+    data_bytes = encode_png(photo)
+    key = f"s3://{fresh_bucket}/products/rocket/image.png"
+    store.put(key, data_bytes, "image/png")
+    product = Product(product_id="rocket", image_key=key, title="Rocket",
+                      sha256=hashlib.sha256(data_bytes).hexdigest(), width=photo.width, height=photo.height)
+    layout = resolve_channel("banner", ChannelSpec(anchor="left"), "tiny")  # 128 x 72, copy on the right 45%
+    params = layout_params(layout, box := product_box(layout, photo.width, photo.height))
+    placed = fit_to_canvas(photo, layout.width, layout.height, box=box)  # the product where the channel put it
+    row = {"asset_id": "a0", "style_id": "brick", "prompt": "a rocket", "width": layout.width, "height": layout.height,
+           "canny_low": LOW, "canny_high": HIGH, **layout_columns(params)}
+    style_input = StyleInput.from_images([Image.fromarray(data.brick()).convert("RGB").resize((64, 64))], ["0" * 64])
+    [scored] = score_batch(store, [row], [placed], product=product, control=None, style_input=style_input, clip=None)
+    assert scored["product_ssim"] > 0.99 and scored["product_delta_e"] < 1.0  # measured in the box, not centred
+    assert scored["safe_zone_share"] == 0.0 and scored["product_cut"] == 0.0 and scored["size_error"] == 0.0
+    assert scored["aspect_error"] < 0.01
+    expected = (box[2] - box[0]) * (box[3] - box[1]) / (layout.width * layout.height)
+    assert scored["product_share"] == pytest.approx(expected, rel=0.05)
+    # An output of the wrong size fails the size check.
+    [small] = score_batch(store, [dict(row)], [placed.resize((120, 72))], product=product, control=None,
+                          style_input=style_input, clip=None)
+    assert small["size_error"] == 8.0
