@@ -25,6 +25,8 @@ Mode = Literal["ip_adapter", "img2img", "preserve"]
 ControlType = Literal["canny", "depth", "softedge", "mask"]
 # What an IP-Adapter of a profile is fed: the style set's references, or the product photo.
 AdapterImage = Literal["style", "product"]
+# An IP-Adapter scale, or `auto`: the recommended scale of the style set's latest style scan.
+IpScale = Annotated[float, Field(ge=0, le=2)] | Literal["auto"]
 
 
 class _Strict(BaseModel):
@@ -68,10 +70,12 @@ class StyleSet(_Strict):
     references: tuple[Reference, ...] = Field(min_length=1)
     combine: Combine = "concat"
     tags: tuple[str, ...] = ()
-    ip_scale: float | None = Field(default=None, ge=0, le=2)
+    ip_scale: IpScale | None = None
     preset: Preset = "full"
     # An image whose embedding replaces the zero unconditional image embedding: "not like this".
     negative: Reference | None = None
+    # The style scan an `auto` scale was taken from (set by a run, never by the catalog).
+    ip_scale_scan: str | None = None
 
 
 class ProductMeta(_Strict):
@@ -88,7 +92,7 @@ class StyleMeta(_Strict):
     weights: dict[str, float] = {}
     combine: Combine = "concat"
     tags: tuple[str, ...] = ()
-    ip_scale: float | None = Field(default=None, ge=0, le=2)
+    ip_scale: IpScale | None = None
     preset: Preset = "full"
 
 
@@ -261,7 +265,7 @@ class Generation(_Strict):
     # img2img and preserve: how far from the init image the denoising starts (None: 0.75 for
     # img2img, 1.0 for preserve). Text-to-image (ip_adapter) always starts from noise.
     strength: float | None = Field(default=None, gt=0, le=1)
-    ip_scale: float = Field(default=0.6, ge=0, le=2)
+    ip_scale: IpScale = 0.6  # `auto`: each style set's scan decides (stylematrix style scan)
     ip_preset: Preset = "full"  # the style set's preset applies unless this is set
     ip_start: float = Field(default=0.0, ge=0, le=1)  # fraction of the steps where the adapter starts
     ip_end: float = Field(default=1.0, ge=0, le=1)  # ... and where it stops (0 = never on)
@@ -404,6 +408,9 @@ class Campaign(_Strict):
                 if bad:
                     raise ValueError(f"matrix axis 'style': {bad} are not style set ids")
             elif name in PARAMETER_AXES:
+                if name == "ip_scale" and "auto" in values:
+                    raise ValueError("matrix axis 'ip_scale': 'auto' belongs in generation.ip_scale or a style "
+                                     "set's style.yaml, not in an axis")
                 field = Generation.model_fields[name]
                 adapter = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation)
                 for value in values:
