@@ -27,7 +27,7 @@ def curves_plot(scales: Sequence[float], curves: Mapping[str, Sequence[float | N
     recommended scale marked. CLIP measures on the left axis, the 0..1 measures on the right."""
     from matplotlib.figure import Figure  # no pyplot: no global state, safe in threads
 
-    fig = Figure(figsize=(8, 4.5), dpi=100)
+    fig = Figure(figsize=(8, 5.5), dpi=100)
     left = fig.add_subplot(1, 1, 1)
     right = left.twinx()
     for name in MEASURES:
@@ -50,11 +50,14 @@ def curves_plot(scales: Sequence[float], curves: Mapping[str, Sequence[float | N
     left.set_title(title, fontsize=10)
     fig.text(0.01, 0.01, verdict.reason if len(verdict.reason) < 130 else verdict.reason[:127] + "...", fontsize=7,
              color="#555555")
+    low = min([0.0, *(v for n, c in curves.items() if not n.startswith("clip_") for v in c if v is not None)])
+    right.set_ylim(low - 0.05, 1.05)  # the 0..1 measures on their whole range: a small wobble looks small
     handles = left.get_legend_handles_labels()
     more = right.get_legend_handles_labels()
-    left.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="upper left", framealpha=0.8)
+    left.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="upper center",
+                bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     left.grid(alpha=0.3)
-    fig.subplots_adjust(bottom=0.16, right=0.88)
+    fig.subplots_adjust(bottom=0.32, right=0.88)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -63,17 +66,18 @@ def curves_plot(scales: Sequence[float], curves: Mapping[str, Sequence[float | N
 def scan_sheet(rows: Sequence[Mapping], images: Sequence[Image.Image], verdict: Threshold, *, title: str,
                references: Sequence[Image.Image], font: Font | None = None, tile_size: int = 96) -> Image.Image:
     """The probe grid as a contact sheet: one row per scale, the probe images across, each with its
-    copying and style scores; the recommended scale framed in green, scales from the threshold on in red."""
+    copying (SSIM / patch share) and style scores; the recommended scale framed in green, scales from the
+    threshold on labelled in red."""
     tiles = []
-    position: dict[float, int] = {}
+    prompts: dict[str, int] = {}
     for row, image in zip(rows, images, strict=True):
         scale = float(row["ip_scale"])
-        index = position.get(scale, 0)
-        position[scale] = index + 1
+        number = prompts.setdefault(row["prompt"].replace(row["shape"], "{shape}"), len(prompts) + 1)
         past = verdict.threshold is not None and scale >= verdict.threshold
         tiles.append(Tile(
-            cell=(("ip_scale", f"{scale:g}"),), seed=index, image=image,
-            lines=(f"{row['shape']} s{row['seed']}", f"copy {_fmt(row.get('copy_ssim'))}/{_fmt(row.get('copy_patch'))}",
+            cell=(("ip_scale", f"{scale:g}"), ("probe", f"{row['shape']}, prompt {number}")), seed=int(row["seed"]),
+            image=image,
+            lines=(f"copy {_fmt(row.get('copy_ssim'))} / {_fmt(row.get('copy_patch'))}",
                    f"style {_fmt(row.get('clip_style'))}"),
             status="gated" if past else "ok", selected=scale == verdict.recommended))
     subtitle = verdict.reason
