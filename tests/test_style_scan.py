@@ -213,3 +213,23 @@ def test_auto_without_a_scan_fails_naming_the_command():
 def test_auto_is_refused_in_a_matrix_axis():
     with pytest.raises(ValueError, match="'auto' belongs in generation.ip_scale"):
         parse_campaign("name: c\nmatrix: {template: '{product}', axes: {ip_scale: [auto, 0.5]}}\n")
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_scan_command_reads_sweeps_and_refuses_bad_input_in_one_line(tmp_path):
+    from flows.cli_style import parse_scales
+    from tests.helpers import run_cli
+
+    assert parse_scales("0:1.2:0.1") == list(DEFAULT_SCALES)
+    assert parse_scales("0,0.4,0.8") == [0.0, 0.4, 0.8]
+    with pytest.raises(ValueError, match="--scales 'lots': expected start:stop:step or a comma list"):
+        parse_scales("lots")
+    for args, message in ((["style", "scan"], "style scan: name one or more style set ids, or pass --all"),
+                          (["style", "scan", "--all", "--scales", "0:x:1"], "--scales '0:x:1': expected"),
+                          (["style", "scan", "a", "--all"], "style scan: name style set ids or pass --all, not both")):
+        result = run_cli(args, {}, tmp_path, timeout=120)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"stylematrix: error: {message}"), result.stderr
