@@ -56,6 +56,16 @@ def test_scan_writes_table_plot_and_sheet_once_and_again_when_a_reference_change
     assert rows[0]["reference_sha256s"] and rows[0]["profile"] == "tiny"
     assert first["table"].startswith(f"{assets}/tables/style_scans/run_date=")
 
+    # The scan's Prefect artifact shows the plot and the sheet, and says where they are stored.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    this_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[rows[0]["flow_run_id"]]))
+    with get_client(sync_client=True) as client:
+        (artifact,) = [a for a in client.read_artifacts(artifact_filter=this_run) if a.key == "space-age-style-scan"]
+    assert "![curves](data:image/png;base64," in artifact.data and "![probe sheet](data:image/jpeg;base64," in artifact.data
+    assert first["plot"] in artifact.data and first["sheet"] in artifact.data and len(artifact.data) < 1_500_000
+
     # Unchanged style set: read, not scanned; nothing new is written.
     before = keys(store, f"{assets}/")
     (again,) = scan(styles=["space-age"])
