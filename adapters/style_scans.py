@@ -106,10 +106,9 @@ def latest_scans(store: ObjectStore, assets: str, styles: Sequence[StyleSet], st
     return choices
 
 
-def auto_scales(store: ObjectStore, assets: str, campaign: Campaign,
-                styles: Sequence[StyleSet]) -> tuple[Campaign, list[StyleSet]]:
-    """The campaign and style sets with `ip_scale: auto` replaced by each style set's latest scan's
-    recommended scale (`tasks.style_scan.apply_auto_scales`); unchanged when nothing is `auto`.
+def auto_scales(store: ObjectStore, assets: str, campaign: Campaign, styles: Sequence[StyleSet]) -> list[StyleSet]:
+    """The style sets with `ip_scale: auto` replaced by each one's latest scan's recommended scale
+    (`tasks.style_scan.apply_auto_scales`); unchanged when nothing is `auto`.
 
     Raises ValueError naming the command to run when a style set that needs a scan has none.
     """

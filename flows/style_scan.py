@@ -20,12 +20,10 @@ from adapters.settings import get_settings
 from adapters.storage import S3Store
 from adapters.style_scans import ScanResult, sheet_preview
 from catalogs import load_profiles
-from catalogs.models import ModelProfile, StyleSet
 from flows import steps
 from flows.artifacts import artifact_key
 from flows.catalog import catalog_for_run
-from tasks.catalog_build import CatalogState
-from tasks.style_scan import Probe, default_probe, scan_id
+from tasks.style_scan import pick_styles, probe_for, scan_id
 
 
 @flow(name="scan-style")
@@ -34,6 +32,9 @@ def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalo
                scales: list[float] | None = None, seeds: list[int] | None = None, size: int | None = None,
                probe_steps: int | None = None, triggered_by: Literal["cli", "event", "api", "test"] = "api") -> list[dict]:
     """Scan the named style sets (or every one with `all_styles`) over an IP-Adapter scale sweep.
+
+    Plain parameters rather than one model: the deployment's trigger fills `catalog` from the
+    event, and a flat parameter is what a trigger's template sets.
 
     The probe defaults to the profile's (`tasks.style_scan.default_probe`); `scales`, `seeds`,
     `size` and `probe_steps` replace parts of it. A style set whose scan id (references, profile,
@@ -53,7 +54,7 @@ def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalo
     probe = probe_for(profiles[profile_name], scales=scales, seeds=seeds, size=size, steps=probe_steps)
 
     state = catalog_for_run(store, catalog, snapshot)
-    chosen = list(state.styles) if all_styles else pick_styles(state, styles or [])
+    chosen = list(state.styles) if all_styles else pick_styles(state.styles, state.quarantine, styles or [])
     revision, _, _ = steps.identity(profile_name, settings)
     results: list[ScanResult] = []
     todo = []
@@ -76,27 +77,6 @@ def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalo
             report_scan(store, result)
             results.append(result)
     return [r.as_dict() for r in results]
-
-
-def probe_for(profile: ModelProfile, *, scales: list[float] | None, seeds: list[int] | None, size: int | None,
-              steps: int | None) -> Probe:
-    """The profile's probe with the parts a request replaces."""
-    base = default_probe(profile)
-    changes = {"scales": tuple(float(s) for s in scales) if scales else base.scales,
-               "seeds": tuple(seeds) if seeds else base.seeds,
-               "width": size or base.width, "height": size or base.height, "steps": steps or base.steps}
-    return Probe(**{**base.__dict__, **changes})
-
-
-def pick_styles(state: CatalogState, ids: list[str]) -> list[StyleSet]:
-    """The named style sets of the snapshot, in the order named; ValueError naming any that is missing."""
-    by_id = {s.style_id: s for s in state.styles}
-    reasons = {q.entry_id: q.reason for q in state.quarantine if q.kind == "style"}
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        why = "; ".join(f"{i}: quarantined: {reasons[i]}" if i in reasons else f"{i}: not in the catalog" for i in missing)
-        raise ValueError(f"style scan: style sets {missing} cannot be scanned ({why})")
-    return [by_id[i] for i in ids]
 
 
 def report_scan(store: S3Store, result: ScanResult) -> None:

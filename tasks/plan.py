@@ -165,7 +165,8 @@ def job_params(campaign: Campaign, style: StyleSet, cell: Cell | None = None,
     """
     gen = campaign.generation
     values = {name: getattr(gen, name) for name in GENERATION_PARAMS}
-    if "ip_scale" not in gen.model_fields_set and style.ip_scale is not None:
+    # `auto` in the campaign defers to each style set's scale, which a style scan resolved.
+    if ("ip_scale" not in gen.model_fields_set or gen.ip_scale == "auto") and style.ip_scale is not None:
         values["ip_scale"] = style.ip_scale
     if "ip_preset" not in gen.model_fields_set:
         values["ip_preset"] = style.preset
@@ -225,8 +226,7 @@ def plan_jobs(
                 if params["mode"] == "preserve" and product.mask_source == "none":
                     continue  # no mask, no pixels to keep: maskless_products says so
                 prompt = render_prompt(matrix.template, cell, product)
-                scanned = style.ip_scale_scan if style.ip_scale_scan and "ip_scale" not in cell.params and \
-                    "ip_scale" not in campaign.generation.model_fields_set else ""
+                scanned = style.ip_scale_scan or "" if "ip_scale" not in cell.params else ""
                 for seed in matrix.seed_list:
                     aid = asset_id(
                         product_sha256=product.sha256,

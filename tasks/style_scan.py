@@ -26,13 +26,14 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from catalogs.models import Campaign, Generation, ModelProfile, StyleSet
+from catalogs.models import Campaign, ModelProfile, StyleSet
 from tasks.canny import cover_canvas
+from tasks.catalog_build import QuarantineEntry
 from tasks.phash import HASH_SIZE, dct_hash, hamming
 
 SCAN_VERSION = 1  # part of every scan id: a new rule or measure scans every style set again
@@ -126,6 +127,30 @@ def default_probe(profile: ModelProfile) -> Probe:
         return Probe(width=64, height=64, steps=2)
     side = 1024 if profile.pipeline == "sdxl" else 512
     return Probe(width=side, height=side, steps=20)
+
+
+def probe_for(profile: ModelProfile, *, scales: Sequence[float] | None = None, seeds: Sequence[int] | None = None,
+              size: int | None = None, steps: int | None = None) -> Probe:
+    """The profile's probe (`default_probe`) with the parts a request replaces."""
+    base = default_probe(profile)
+    return replace(base, scales=tuple(float(s) for s in scales) if scales else base.scales,
+                   seeds=tuple(int(s) for s in seeds) if seeds else base.seeds,
+                   width=size or base.width, height=size or base.height, steps=steps or base.steps)
+
+
+def pick_styles(styles: Sequence[StyleSet], quarantine: Sequence[QuarantineEntry], ids: Sequence[str]) -> list[StyleSet]:
+    """The named style sets, in the order named.
+
+    Raises:
+        ValueError: naming each id that is quarantined (with why) or not in the catalog.
+    """
+    by_id = {s.style_id: s for s in styles}
+    reasons = {q.entry_id: q.reason for q in quarantine if q.kind == "style"}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        why = "; ".join(f"{i}: quarantined: {reasons[i]}" if i in reasons else f"{i}: not in the catalog" for i in missing)
+        raise ValueError(f"style scan: style sets {missing} cannot be scanned ({why})")
+    return [by_id[i] for i in ids]
 
 
 def sweep(start: float, stop: float, step: float) -> tuple[float, ...]:
@@ -327,10 +352,12 @@ def auto_style_ids(campaign: Campaign, styles: Sequence[StyleSet]) -> list[str]:
 
 
 def apply_auto_scales(campaign: Campaign, styles: Sequence[StyleSet], choices: Mapping[str, ScanChoice | None],
-                      profile: str) -> tuple[Campaign, list[StyleSet]]:
-    """The campaign and style sets with every `auto` scale replaced by its scan's recommended scale.
+                      profile: str) -> list[StyleSet]:
+    """The style sets with every `auto` scale replaced by its scan's recommended scale and the scan's id.
 
     `choices` holds the latest scan of each style set `auto_style_ids` names (None: never scanned).
+    The campaign keeps its `ip_scale: auto` (the runs table shows what was asked for); planning
+    then takes each style set's resolved scale (`tasks.plan.job_params`).
 
     Raises:
         ValueError: a style set that needs a scan has none, naming the command that makes one.
@@ -341,11 +368,6 @@ def apply_auto_scales(campaign: Campaign, styles: Sequence[StyleSet], choices: M
         raise ValueError(f"campaign {campaign.name!r}: ip_scale auto needs a style scan of {missing} with profile "
                          f"{profile!r} for their current references; run `stylematrix style scan "
                          f"{' '.join(missing)} --profile {profile}` first")
-    if campaign.generation.ip_scale == "auto":
-        explicit = campaign.generation.model_dump(exclude_unset=True)
-        explicit.pop("ip_scale")
-        explicit["profile"] = campaign.generation.profile
-        campaign = campaign.model_copy(update={"generation": Generation.model_validate(explicit)})
     chosen = []
     for style in styles:
         choice = choices.get(style.style_id) if style.style_id in wanted else None
@@ -354,7 +376,7 @@ def apply_auto_scales(campaign: Campaign, styles: Sequence[StyleSet], choices: M
         elif style.ip_scale == "auto":
             style = style.model_copy(update={"ip_scale": None})  # the campaign's scale or an axis decides
         chosen.append(style)
-    return campaign, chosen
+    return chosen
 
 
 def scan_rows(scan: Mapping[str, object], scales: Sequence[float], means: Mapping[str, Sequence[float | None]],

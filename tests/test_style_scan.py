@@ -9,6 +9,8 @@ from PIL import Image
 
 from catalogs import parse_campaign
 from catalogs.models import Reference, StyleSet
+from tasks.matrix import expand_matrix
+from tasks.plan import plan_jobs
 from tasks.style_scan import (
     DEFAULT_SCALES,
     TOLERANCES,
@@ -25,7 +27,7 @@ from tasks.style_scan import (
     smooth,
     sweep,
 )
-from tests.helpers import photo
+from tests.helpers import PRODUCTS, photo
 
 SCALES = list(DEFAULT_SCALES)  # 0.0 .. 1.2, 13 points
 
@@ -186,21 +188,24 @@ def test_campaign_auto_takes_every_style_sets_scan():
     spec = parse_campaign(CAMPAIGN % ", ip_scale: auto")
     styles = [style(style_id="a"), style(style_id="b", ip_scale=0.9)]
     assert auto_style_ids(spec, styles) == ["a", "b"]
-    resolved, chosen = apply_auto_scales(spec, styles, {"a": ScanChoice("scan-a", 0.4), "b": ScanChoice("scan-b", 0.7)},
-                                         "tiny")
-    assert "ip_scale" not in resolved.generation.model_fields_set and resolved.generation.profile == "tiny"
+    chosen = apply_auto_scales(spec, styles, {"a": ScanChoice("scan-a", 0.4), "b": ScanChoice("scan-b", 0.7)}, "tiny")
     assert [(s.ip_scale, s.ip_scale_scan) for s in chosen] == [(0.4, "scan-a"), (0.7, "scan-b")]
+    # Planned with those scales, each job naming its scan; an ip_scale axis would set its own.
+    jobs = plan_jobs(spec, PRODUCTS[:1], chosen, expand_matrix(spec.matrix), profile_revision="r", dtype="float32")
+    assert [(j.params["ip_scale"], j.ip_scale_scan) for j in jobs] == [(0.4, "scan-a"), (0.7, "scan-b")]
+    with pytest.raises(ValueError, match="ip_scale auto was not resolved"):
+        plan_jobs(spec, PRODUCTS[:1], styles[:1], expand_matrix(spec.matrix), profile_revision="r", dtype="float32")
 
 
 def test_style_yaml_auto_applies_only_where_the_campaign_sets_no_scale():
     styles = [style(style_id="a", ip_scale="auto"), style(style_id="b", ip_scale=0.5)]
     plain = parse_campaign(CAMPAIGN % "")
     assert auto_style_ids(plain, styles) == ["a"]
-    _, chosen = apply_auto_scales(plain, styles, {"a": ScanChoice("scan-a", 0.3)}, "tiny")
+    chosen = apply_auto_scales(plain, styles, {"a": ScanChoice("scan-a", 0.3)}, "tiny")
     assert [(s.ip_scale, s.ip_scale_scan) for s in chosen] == [(0.3, "scan-a"), (0.5, None)]
     fixed = parse_campaign(CAMPAIGN % ", ip_scale: 0.8")
     assert auto_style_ids(fixed, styles) == []
-    _, chosen = apply_auto_scales(fixed, styles, {}, "tiny")
+    chosen = apply_auto_scales(fixed, styles, {}, "tiny")
     assert chosen[0].ip_scale is None  # the campaign's 0.8 decides
 
 
@@ -233,3 +238,28 @@ def test_scan_command_reads_sweeps_and_refuses_bad_input_in_one_line(tmp_path):
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"stylematrix: error: {message}"), result.stderr
+
+
+def test_probe_follows_the_profile_and_the_request():
+    from catalogs import load_profiles
+    from tasks.style_scan import probe_for
+
+    profiles = load_profiles()
+    tiny, sd15 = probe_for(profiles["tiny"]), probe_for(profiles["sd15"])
+    assert (tiny.width, tiny.steps) == (64, 2) and (sd15.width, sd15.steps) == (512, 20)
+    assert tiny.scales == DEFAULT_SCALES and tiny.images_per_scale == 12
+    asked = probe_for(profiles["sd15"], scales=[0.0, 0.5], seeds=[7], size=256, steps=4)
+    assert (asked.scales, asked.seeds, asked.width, asked.height, asked.steps) == ((0.0, 0.5), (7,), 256, 256, 4)
+
+
+def test_pick_styles_names_quarantined_and_missing_ids():
+    from tasks.catalog_build import QuarantineEntry
+    from tasks.style_scan import pick_styles
+
+    styles = [style(style_id="a"), style(style_id="b")]
+    assert [s.style_id for s in pick_styles(styles, [], ["b", "a"])] == ["b", "a"]
+    quarantine = [QuarantineEntry(key="s3://c/styles/bad/", reason="styles/bad/x.png: not an image", kind="style",
+                                  entry_id="bad")]
+    with pytest.raises(ValueError, match=r"\['bad', 'gone'\] cannot be scanned \(bad: quarantined: styles/bad/x.png: "
+                                         r"not an image; gone: not in the catalog\)"):
+        pick_styles(styles, quarantine, ["a", "bad", "gone"])

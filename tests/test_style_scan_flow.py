@@ -107,6 +107,8 @@ def test_campaign_with_auto_takes_the_scans_scale_and_records_it(campaign_env, s
     assert summary.images_generated == 2
     manifest = json.loads(store.get(summary.manifest))
     gens = publish.read_table(store, manifest, "generations")
+    runs = publish.read_table(store, manifest, "runs")
+    assert json.loads(runs.iloc[0]["parameters"])["generation"]["ip_scale"] == "auto"  # what was asked for
     for row in gens.itertuples():
         assert row.ip_scale == pytest.approx(results[row.style_id]["recommended"])
         assert row.ip_scale_scan_id == results[row.style_id]["scan_id"]
