@@ -11,7 +11,16 @@ import string
 import unicodedata
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 BUILTIN_PLACEHOLDERS = frozenset({"product", "category"})
@@ -25,8 +34,19 @@ Mode = Literal["ip_adapter", "img2img", "preserve"]
 ControlType = Literal["canny", "depth", "softedge", "mask"]
 # What an IP-Adapter of a profile is fed: the style set's references, or the product photo.
 AdapterImage = Literal["style", "product"]
+
+
+def _ip_scale(value: object) -> float | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2:
+        raise ValueError(f"must be a number from 0 to 2, or auto; got {value!r}")
+    return float(value)
+
+
 # An IP-Adapter scale, or `auto`: the recommended scale of the style set's latest style scan.
-IpScale = Annotated[float, Field(ge=0, le=2)] | Literal["auto"]
+IpScale = Annotated[float | Literal["auto"], PlainValidator(_ip_scale)]
+AXIS_SCALE = Annotated[float, Field(ge=0, le=2)]  # an ip_scale axis value: a number, never auto
 
 
 class _Strict(BaseModel):
@@ -412,7 +432,8 @@ class Campaign(_Strict):
                     raise ValueError("matrix axis 'ip_scale': 'auto' belongs in generation.ip_scale or a style "
                                      "set's style.yaml, not in an axis")
                 field = Generation.model_fields[name]
-                adapter = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation)
+                adapter = TypeAdapter(AXIS_SCALE if name == "ip_scale" else
+                                      Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation)
                 for value in values:
                     try:
                         adapter.validate_python(value)

@@ -263,3 +263,14 @@ def test_pick_styles_names_quarantined_and_missing_ids():
     with pytest.raises(ValueError, match=r"\['bad', 'gone'\] cannot be scanned \(bad: quarantined: styles/bad/x.png: "
                                          r"not an image; gone: not in the catalog\)"):
         pick_styles(styles, quarantine, ["a", "bad", "gone"])
+
+
+def test_ip_scale_is_a_number_from_0_to_2_or_auto():
+    from catalogs.models import StyleMeta
+
+    assert parse_campaign(CAMPAIGN % ", ip_scale: auto").generation.ip_scale == "auto"
+    assert StyleMeta.model_validate({"ip_scale": "auto"}).ip_scale == "auto"
+    assert style(ip_scale="auto").model_dump(mode="json")["ip_scale"] == "auto"
+    for bad in ("5", "lots", "true"):
+        with pytest.raises(ValueError, match=r"generation.ip_scale: Value error, must be a number from 0 to 2, or auto"):
+            parse_campaign(CAMPAIGN % f", ip_scale: {bad}")
