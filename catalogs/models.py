@@ -11,7 +11,16 @@ import string
 import unicodedata
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 BUILTIN_PLACEHOLDERS = frozenset({"product", "category"})
@@ -27,6 +36,19 @@ ControlType = Literal["canny", "depth", "softedge", "mask"]
 AdapterImage = Literal["style", "product"]
 # Where a channel puts the product inside the room its safe zones and margin leave.
 Anchor = Literal["centre", "left", "right", "top", "bottom"]
+
+
+def _ip_scale(value: object) -> float | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2:
+        raise ValueError(f"must be a number from 0 to 2, or auto; got {value!r}")
+    return float(value)
+
+
+# An IP-Adapter scale, or `auto`: the recommended scale of the style set's latest style scan.
+IpScale = Annotated[float | Literal["auto"], PlainValidator(_ip_scale)]
+AXIS_SCALE = Annotated[float, Field(ge=0, le=2)]  # an ip_scale axis value: a number, never auto
 
 
 class _Strict(BaseModel):
@@ -70,10 +92,12 @@ class StyleSet(_Strict):
     references: tuple[Reference, ...] = Field(min_length=1)
     combine: Combine = "concat"
     tags: tuple[str, ...] = ()
-    ip_scale: float | None = Field(default=None, ge=0, le=2)
+    ip_scale: IpScale | None = None
     preset: Preset = "full"
     # An image whose embedding replaces the zero unconditional image embedding: "not like this".
     negative: Reference | None = None
+    # The style scan an `auto` scale was taken from (set by a run, never by the catalog).
+    ip_scale_scan: str | None = None
 
 
 class ProductMeta(_Strict):
@@ -90,7 +114,7 @@ class StyleMeta(_Strict):
     weights: dict[str, float] = {}
     combine: Combine = "concat"
     tags: tuple[str, ...] = ()
-    ip_scale: float | None = Field(default=None, ge=0, le=2)
+    ip_scale: IpScale | None = None
     preset: Preset = "full"
 
 
@@ -267,7 +291,7 @@ class Generation(_Strict):
     # img2img and preserve: how far from the init image the denoising starts (None: 0.75 for
     # img2img, 1.0 for preserve). Text-to-image (ip_adapter) always starts from noise.
     strength: float | None = Field(default=None, gt=0, le=1)
-    ip_scale: float = Field(default=0.6, ge=0, le=2)
+    ip_scale: IpScale = 0.6  # `auto`: each style set's scan decides (stylematrix style scan)
     ip_preset: Preset = "full"  # the style set's preset applies unless this is set
     ip_start: float = Field(default=0.0, ge=0, le=1)  # fraction of the steps where the adapter starts
     ip_end: float = Field(default=1.0, ge=0, le=1)  # ... and where it stops (0 = never on)
@@ -488,8 +512,12 @@ class Campaign(_Strict):
                 if bad:
                     raise ValueError(f"matrix axis 'style': {bad} are not style set ids")
             elif name in PARAMETER_AXES:
+                if name == "ip_scale" and "auto" in values:
+                    raise ValueError("matrix axis 'ip_scale': 'auto' belongs in generation.ip_scale or a style "
+                                     "set's style.yaml, not in an axis")
                 field = Generation.model_fields[name]
-                adapter = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation)
+                adapter = TypeAdapter(AXIS_SCALE if name == "ip_scale" else
+                                      Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation)
                 for value in values:
                     try:
                         adapter.validate_python(value)

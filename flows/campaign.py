@@ -43,6 +43,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
     spec, profile = resolve_campaign(store, request, catalog, settings.profile)  # before the catalog or any weight
     state = catalog_for_run(store, catalog, request.snapshot)
     products, styles, left_out = campaign_inputs(store, spec, request, state, catalog)
+    styles = steps.auto_scales(store, assets, spec, styles)  # `ip_scale: auto`: each style set's latest scan
     cells = steps.expand(spec.matrix)
     revision, dtype, device = steps.identity(spec.generation.profile, settings)
     jobs = steps.plan(spec, products, styles, cells, profile_revision=revision, dtype=dtype, profile=profile)

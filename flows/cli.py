@@ -13,6 +13,7 @@ from adapters.settings import export_s3_endpoint, get_settings, prepare_runtime_
 from catalogs.models import RunRequest, RunSummary
 from flows.cli_catalog import catalog_app
 from flows.cli_errors import USER_ERRORS, fail
+from flows.cli_style import style_app
 from flows.progress import terminal_progress
 
 prepare_runtime_env()  # before Prefect is imported anywhere below
@@ -20,6 +21,7 @@ prepare_runtime_env()  # before Prefect is imported anywhere below
 # rich_markup_mode=None: help text is plain text, so `s3://bucket[/prefix]` is not read as a markup tag.
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Style-matrix image campaigns: IP-Adapter + ControlNet on S3 catalogs.")
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(style_app, name="style")
 
 
 def _finish(summary: RunSummary, store, assets: str, out_dir: Path, elapsed: float) -> None:

@@ -13,7 +13,7 @@ from functools import partial
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adapters import catalog_scan, claims, conditioning, publish, rendering, run_outputs, snapshots
+from adapters import catalog_scan, claims, conditioning, publish, rendering, run_outputs, snapshots, style_scans
 from adapters.engine import model_identity
 from flows import artifacts
 from tasks.matrix import expand_matrix
@@ -59,3 +59,8 @@ write_runs_part = io_task(publish.put_table_part, name="write-runs-part")
 # Reports: artifacts never stop a run and are never retried.
 start_progress = task(artifacts.start_progress, name="start-progress", cache_policy=NO_CACHE)
 report_run = task(artifacts.report_run, name="run-artifacts", cache_policy=NO_CACHE)
+
+# Style scans (flows/style_scan.py): a committed scan is read, a new one made on the GPU worker.
+committed_scan = io_task(style_scans.committed_scan, name="committed-scan")
+auto_scales = io_task(style_scans.auto_scales, name="auto-ip-scales")
+run_scan = task(style_scans.run_scan, name="style-scan", retries=1, cache_policy=NO_CACHE, tags=["gpu"])

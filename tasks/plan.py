@@ -49,6 +49,7 @@ class Job(_Frozen):
     dtype: str
     product_sha256: str
     reference_sha256s: tuple[str, ...]
+    ip_scale_scan: str = ""  # the style scan its `auto` IP-Adapter scale came from; "" when set otherwise
 
     @property
     def batch_key(self) -> tuple[str, str, str]:
@@ -166,7 +167,8 @@ def job_params(campaign: Campaign, style: StyleSet, cell: Cell | None = None,
     """
     gen = campaign.generation
     values = {name: getattr(gen, name) for name in GENERATION_PARAMS}
-    if "ip_scale" not in gen.model_fields_set and style.ip_scale is not None:
+    # `auto` in the campaign defers to each style set's scale, which a style scan resolved.
+    if ("ip_scale" not in gen.model_fields_set or gen.ip_scale == "auto") and style.ip_scale is not None:
         values["ip_scale"] = style.ip_scale
     if "ip_preset" not in gen.model_fields_set:
         values["ip_preset"] = style.preset
@@ -177,6 +179,9 @@ def job_params(campaign: Campaign, style: StyleSet, cell: Cell | None = None,
     except ValidationError as exc:
         where = f" cell {cell.label}" if cell is not None else ""
         raise ValueError(f"campaign {campaign.name!r}:{where}: {exc.errors()[0]['msg']}") from None
+    if checked.ip_scale == "auto":
+        raise ValueError(f"campaign {campaign.name!r}: style set {style.style_id!r}: ip_scale auto was not resolved "
+                         "from a style scan (tasks.style_scan.apply_auto_scales)")
     params: dict[str, Param] = {name: getattr(checked, name) for name in GENERATION_PARAMS}
     if checked.mode == "ip_adapter" or checked.strength is None:
         params["strength"] = DEFAULT_STRENGTH[checked.mode]
@@ -227,6 +232,7 @@ def plan_jobs(
                 if params["mode"] == "preserve" and product.mask_source == "none":
                     continue  # no mask, no pixels to keep: maskless_products says so
                 prompt = render_prompt(matrix.template, cell, product)
+                scanned = style.ip_scale_scan or "" if "ip_scale" not in cell.params else ""
                 for seed in matrix.seed_list:
                     aid = asset_id(
                         product_sha256=product.sha256,
@@ -256,6 +262,7 @@ def plan_jobs(
                             dtype=dtype,
                             product_sha256=product.sha256,
                             reference_sha256s=ref_shas,
+                            ip_scale_scan=scanned,
                         )
                     )
     duplicated = len(jobs) - len({j.asset_id for j in jobs})

@@ -17,7 +17,7 @@ import pandas as pd
 from catalogs.models import Campaign, RunRequest
 from tasks.plan import Batch
 
-SCHEMA_VERSION = 5  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title, left_out, images_taken_over, images_left_to_others, left_to_runs; generations.made_by_run. 5: generations.channel, channel_aspect, anchor, box_left/top/right/bottom, safe_zones and the channel checks safe_zone_share, product_share, product_cut, size_error, aspect_error
+SCHEMA_VERSION = 6  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title, left_out, images_taken_over, images_left_to_others, left_to_runs; generations.made_by_run. 5: generations.channel, channel_aspect, anchor, box_left/top/right/bottom, safe_zones and the channel checks safe_zone_share, product_share, product_cut, size_error, aspect_error. 6: generations.ip_scale_scan_id; the style_scans table
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ GENERATIONS = (
     Column("guidance", "float64", "classifier-free guidance scale"),
     Column("strength", "float64", "denoising strength from the init image (img2img, preserve); 1.0 in ip_adapter mode, which starts from noise"),
     Column("ip_scale", "float64", "IP-Adapter scale (of the adapter fed the style references)"),
+    Column("ip_scale_scan_id", "string", "the style scan (`style_scans.scan_id`) whose recommended scale `ip_scale` is, "
+           "for a campaign or style set with `ip_scale: auto`; null when the scale was set otherwise"),
     Column("ip_preset", "string", "UNet blocks the IP-Adapter feeds: full, style-only or layout-only (InstantStyle)"),
     Column("ip_start", "float64", "fraction of the denoising steps at which the IP-Adapter switches on"),
     Column("ip_end", "float64", "fraction of the denoising steps at which the IP-Adapter switches off"),
@@ -185,7 +187,48 @@ CELL_METRICS = (
     Column("best_asset_id", "string", "asset id of that image"),
 )
 
-TABLES = {"generations": GENERATIONS, "runs": RUNS, "cell_metrics": CELL_METRICS}
+STYLE_SCANS = (
+    Column("schema_version", "int32", "version of this table's schema"),
+    Column("scan_id", "string", "the scan: a hash of the style set's id and references (sha256s, weights, combine "
+           "rule, preset), the profile and its revision, and the probe; the same inputs are never scanned twice"),
+    Column("style_id", "string", "catalog style set"),
+    Column("reference_keys", "list<string>", "s3 URIs of the style set's reference images, in order"),
+    Column("reference_sha256s", "list<string>", "sha256 of each reference image"),
+    Column("combine", "string", "how the references combine: concat, average or weighted"),
+    Column("ip_preset", "string", "the style set's preset the probe images were made with"),
+    Column("profile", "string", "model profile name"),
+    Column("profile_revision", "string", "exact revision of the profile's weights"),
+    Column("device", "string", "device the probe images were made on"),
+    Column("dtype", "string", "torch dtype"),
+    Column("catalog", "string", "s3 URI of the catalog"),
+    Column("snapshot_id", "string", "catalog snapshot the style set was read from"),
+    Column("probe", "string", "JSON object: the probe settings (scales, shapes, prompts, seeds, width, height, steps, "
+           "guidance, scheduler, controlnet_scale, canny thresholds)"),
+    Column("ip_scale", "float64", "the IP-Adapter scale of this row's probe images (one row per scale of the sweep)"),
+    Column("images", "int32", "probe images at this scale (shapes x prompts x seeds)"),
+    Column("mean_clip_style", "float64", "mean clip_style of the probe images (as in generations); null without CLIP"),
+    Column("mean_clip_text", "float64", "mean clip_text of the probe images; null without CLIP"),
+    Column("mean_edge_f1", "float64", "mean edge_f1 of the probe images against the probe shape's canny edges"),
+    Column("mean_product_ssim", "float64", "mean product_ssim of the probe images inside the probe shape"),
+    Column("mean_copy_ssim", "float64", "mean copy_ssim: structural similarity of the image to its closest reference "
+           "at the canvas size (1 = the reference's layout copied)"),
+    Column("mean_copy_patch", "float64", "mean copy_patch: share of the image's textured patches (4 x 4 grid) whose "
+           "perceptual hash is within 10 bits of a reference patch (1 = every patch copied)"),
+    Column("threshold", "float64", "the scan's copy threshold: the first scale past a tolerance (docs/style-scan.md); "
+           "null when none was found in the range. The same on every row of the scan"),
+    Column("recommended_scale", "float64", "the scale `ip_scale: auto` takes: just below the threshold (or, with "
+           "none, the scale of highest style similarity)"),
+    Column("threshold_measure", "string", "the measure that crossed its tolerance at the threshold; null without one"),
+    Column("threshold_reason", "string", "the rule's verdict in one line"),
+    Column("plot_key", "string", "s3 URI of the curves plot (PNG) with the threshold marked"),
+    Column("sheet_key", "string", "s3 URI of the contact sheet of the probe grid per scale (JPEG)"),
+    Column("triggered_by", "string", "cli, event (a catalog refresh), api or test"),
+    Column("flow_run_id", "string", "Prefect flow run id"),
+    Column("created_at", "timestamp", "when the scan was committed (UTC)"),
+    Column("duration_seconds", "float64", "wall time of the scan"),
+)
+
+TABLES = {"generations": GENERATIONS, "runs": RUNS, "cell_metrics": CELL_METRICS, "style_scans": STYLE_SCANS}
 
 # What a `generations` row carries until it is scored and selected.
 UNSCORED: dict[str, object] = {
@@ -258,6 +301,7 @@ def generation_rows(ctx: RunContext, batch: Batch, published: Sequence[Published
                                           "controlnet_scale", "controlnet_start", "controlnet_end",
                                           "canny_low", "canny_high")},
                 **layout_columns(params),
+                "ip_scale_scan_id": job.ip_scale_scan or None,
                 "negative_reference_key": inputs.negative_reference_key,
                 "negative_reference_sha256": params["negative_reference"] or None,
                 "control_scales": [(k, str(v)) for k, v in params["control_scales"].items()],

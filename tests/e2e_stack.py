@@ -118,6 +118,7 @@ class WorkerCampaigns:
         from adapters.local_s3 import free_port
         from adapters.sample_catalog import seed_sample_catalog
         from adapters.settings import Settings
+        from adapters.snapshots import refresh
         from flows.serve import start_stack
 
         suffix = uuid.uuid4().hex[:8]
@@ -127,6 +128,9 @@ class WorkerCampaigns:
             store.ensure_bucket(uri.removeprefix("s3://"))
         seed_sample_catalog(store, catalog)
         store.put(f"{catalog}/campaigns/e2e.yaml", CAMPAIGN.encode())
+        # A snapshot before the stack starts, made without a flow: the campaigns then refresh nothing,
+        # so no `stylematrix.catalog.updated` starts style scans on the gpu workers while shards run.
+        refresh(store, catalog)
         env = {
             **env,
             "AWS_ENDPOINT_URL_S3": s3_endpoint,

@@ -6,6 +6,7 @@ The stack and its two campaigns start with the session and run in the background
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -133,3 +134,41 @@ def test_import_triggers_a_refresh_of_that_catalog(worker_campaigns, stack, tmp_
     latest = stack["store"].get(f"{stack['catalog']}/_snapshots/LATEST").decode().strip()
     products = stack["store"].get(f"{stack['catalog']}/_snapshots/{latest}/products.parquet")
     assert "astronaut-mug" in set(read_parquet_bytes(products).column("product_id").to_pylist())
+
+
+def test_catalog_refresh_starts_a_style_scan_of_new_style_sets(worker_campaigns, stack):
+    """A committed refresh emits stylematrix.catalog.updated; the scan-style deployment scans what is new."""
+    worker_campaigns.with_a_killed_worker.exception(timeout=WAIT)  # scans run on the gpu workers: after the campaigns
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.deployments import run_deployment
+
+    from tests.helpers import encode, photo
+
+    store, catalog, assets = stack["store"], stack["catalog"], stack["assets"]
+    store.put(f"{catalog}/styles/e2e-tiles/tiles.png", encode(photo("chelsea", 96)), content_type="image/png")
+    with api(stack), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("scan-style/scan-style")
+        before = {r.id for r in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))}
+        run_deployment("refresh-catalog/catalog-refresh", parameters={"catalog": catalog}, timeout=0, as_subflow=False)
+
+    def committed() -> list[str]:
+        return [o.uri for o in store.list(f"{assets}/scans/e2e-tiles/") if o.uri.endswith("/_SCAN.json")]
+
+    deadline = time.monotonic() + 480
+    with api(stack), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = [r for r in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+                    if r.id not in before]
+            if committed() and any(r.state.is_final() for r in runs):
+                break
+            time.sleep(2)
+    assert runs, "no scan-style run was started by the catalog refresh"
+    mine = [r for r in runs if r.parameters.get("catalog") == catalog]
+    assert mine and all(r.parameters.get("triggered_by") == "event" and r.parameters.get("all_styles") for r in mine)
+    assert any(r.state.is_completed() for r in mine), [r.state for r in mine]
+    (commit,) = committed()
+    record = json.loads(store.get(commit))
+    assert record["profile"] == "tiny" and len(record["curves"]["scales"]) == 13  # the default sweep, 0 .. 1.2
+    rows = read_parquet_bytes(store.get(record["table"])).to_pylist()
+    assert {r["style_id"] for r in rows} == {"e2e-tiles"} and {r["triggered_by"] for r in rows} == {"event"}
