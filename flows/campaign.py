@@ -24,7 +24,7 @@ from tasks.channels import resolve_channels
 from tasks.estimate import estimate_generation
 from tasks.plan import ShardContext, check_control_scales, maskless_products
 from tasks.request import apply_request, narrow
-from tasks.tables import run_parameters, run_row
+from tasks.tables import channels_as_written, run_parameters, run_row
 
 
 def new_run_id(campaign: str, now: datetime) -> str:
@@ -55,7 +55,8 @@ def run_campaign(request: RunRequest) -> RunSummary:
     if request.dry_run:
         g = spec.generation
         estimate = estimate_generation(steps.run_history(store, assets), images=len(todo), profile=g.profile,
-                                       width=g.width, height=g.height, steps=g.steps)
+                                       width=g.width, height=g.height, steps=g.steps,
+                                       channels=channels_as_written(spec))
         return RunSummary(run_id=None, campaign=spec.name, title=spec.title, dry_run=True, images_planned=len(jobs),
                           images_skipped=len(jobs) - len(todo), images_to_generate=len(todo),
                           quarantined=len(state.quarantine), left_out=left_out,

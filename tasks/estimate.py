@@ -17,20 +17,28 @@ class Estimate:
 
 
 def estimate_generation(history: Iterable[Mapping], *, images: int, profile: str, width: int, height: int,
-                        steps: int) -> Estimate:
+                        steps: int, channels: Mapping | None = None) -> Estimate:
     """Seconds to generate `images` images, from the `runs` rows of earlier runs with the same
-    profile, size and steps (`images_per_second` over their generation phase)."""
+    profile, size, steps and channels (`images_per_second` over their generation phase).
+
+    `channels` is the campaign's `channels:` as `runs.parameters` records it (name -> preset and
+    overrides): a campaign with channels makes images at its channels' canvases, not at
+    `width` x `height`, so only runs with the same channels tell its speed."""
     if images == 0:
         return Estimate(0.0, "nothing to generate")
+    channels = dict(channels or {})
     alike = []
     for row in history:
-        generation = json.loads(row.get("parameters") or "{}").get("generation", {})
+        parameters = json.loads(row.get("parameters") or "{}")
+        generation = parameters.get("generation", {})
         if (row.get("profile") == profile and row.get("images_per_second", 0) > 0 and
-                (generation.get("width"), generation.get("height"), generation.get("steps")) == (width, height, steps)):
+                (generation.get("width"), generation.get("height"), generation.get("steps")) == (width, height, steps)
+                and (parameters.get("channels") or {}) == channels):
             alike.append(row)
+    size = f"channels {', '.join(sorted(channels))}" if channels else f"{width}x{height}"
     if not alike:
-        return Estimate(None, f"no earlier run of profile {profile} at {width}x{height}, {steps} steps to estimate from")
+        return Estimate(None, f"no earlier run of profile {profile} at {size}, {steps} steps to estimate from")
     recent = sorted(alike, key=lambda r: str(r.get("started_at")))[-RECENT_RUNS:]
     speed = statistics.median(float(r["images_per_second"]) for r in recent)
     return Estimate(images / speed, f"{speed:.2f} images/s, the median of the latest {len(recent)} runs of profile "
-                                    f"{profile} at {width}x{height}, {steps} steps")
+                                    f"{profile} at {size}, {steps} steps")

@@ -368,8 +368,13 @@ def run_parameters(request: RunRequest, campaign: Campaign, *, products: Sequenc
         "matrix": matrix,
         "generation": campaign.generation.model_dump(mode="json"),
         "selection": campaign.selection.model_dump(mode="json"),
-        "channels": {name: spec.model_dump(mode="json", exclude_none=True) for name, spec in campaign.channels.items()},
+        "channels": channels_as_written(campaign),
     }, sort_keys=True)
+
+
+def channels_as_written(campaign: Campaign) -> dict[str, dict]:
+    """The campaign's `channels:` as `runs.parameters` records it: name -> preset and overrides."""
+    return {name: spec.model_dump(mode="json", exclude_none=True) for name, spec in campaign.channels.items()}
 
 
 def run_row(**fields) -> dict:

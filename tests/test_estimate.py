@@ -26,3 +26,20 @@ def test_no_alike_run_means_no_estimate_and_nothing_to_make_costs_nothing():
     none = estimate_generation([row(3.0, "2026-01-01", width=128)], images=10, profile="tiny", width=64, height=64, steps=2)
     assert none.seconds is None and none.basis.startswith("no earlier run of profile tiny at 64x64, 2 steps")
     assert estimate_generation([], images=0, profile="tiny", width=64, height=64, steps=2).seconds == 0.0
+
+
+def test_a_campaign_with_channels_is_estimated_from_runs_with_the_same_channels():
+    def with_channels(ips: float, started: str, channels: dict) -> dict:
+        return {"profile": "tiny", "images_per_second": ips, "started_at": started,
+                "parameters": json.dumps({"generation": {"width": 64, "height": 64, "steps": 2}, "channels": channels})}
+
+    story = {"story": {"preset": "story"}}
+    history = [row(10.0, "2026-01-01"), with_channels(2.0, "2026-01-02", story),
+               with_channels(8.0, "2026-01-03", {"banner": {"preset": "banner"}})]
+    estimate = estimate_generation(history, images=10, profile="tiny", width=64, height=64, steps=2, channels=story)
+    assert estimate.seconds == pytest.approx(5.0)  # only the story run: 2 images/s
+    assert estimate.basis.endswith("runs of profile tiny at channels story, 2 steps")
+    plain = estimate_generation(history, images=10, profile="tiny", width=64, height=64, steps=2)
+    assert plain.seconds == pytest.approx(1.0)  # the run without channels: 10 images/s
+    none = estimate_generation(history[:1], images=1, profile="tiny", width=64, height=64, steps=2, channels=story)
+    assert none.seconds is None and "at channels story" in none.basis
