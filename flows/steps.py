@@ -13,7 +13,7 @@ from functools import partial
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adapters import catalog_scan, claims, conditioning, publish, rendering, run_outputs, snapshots
+from adapters import catalog_scan, claims, conditioning, delivery, publish, rendering, run_outputs, snapshots
 from adapters.engine import model_identity
 from flows import artifacts
 from tasks.matrix import expand_matrix
@@ -59,3 +59,11 @@ write_runs_part = io_task(publish.put_table_part, name="write-runs-part")
 # Reports: artifacts never stop a run and are never retried.
 start_progress = task(artifacts.start_progress, name="start-progress", cache_policy=NO_CACHE)
 report_run = task(artifacts.report_run, name="run-artifacts", cache_policy=NO_CACHE)
+
+# Review and delivery (flows/review.py): reads, and writes that never write a thing twice, so a retry is safe.
+# They run again when a suspended review resumes (its flow starts from the top): all cheap.
+reviewed_run = io_task(delivery.reviewed_run, name="read-reviewed-run")
+read_review_parts = io_task(delivery.read_parts, name="read-review-parts")
+write_review_part = io_task(delivery.write_part_once, name="write-review-part")
+deliver = io_task(delivery.deliver, name="deliver-approved")
+mark_gallery = io_task(delivery.mark_gallery, name="gallery-review-states")

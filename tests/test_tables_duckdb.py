@@ -9,6 +9,7 @@ import pytest
 
 from adapters import publish
 from catalogs.models import RunRequest
+from tasks.tables import SCHEMA_VERSION
 from tests.helpers import ROOT
 
 duckdb = pytest.importorskip("duckdb")
@@ -124,5 +125,5 @@ def test_duckdb_reads_the_published_tables_of_a_run(campaign_env, store, tmp_pat
                json_extract(parameters, '$.selection.top_k')::INT,
                json_extract(parameters, '$.styles')::VARCHAR[]
         FROM read_parquet('{root}/runs/*/*.parquet', hive_partitioning = true)""").fetchall()
-    assert asked == [("test", 4, ["rocket", "brand-logo"], [1, 2, 3], None, "tiny", 2, 64, [1, 2, 3],
+    assert asked == [("test", SCHEMA_VERSION, ["rocket", "brand-logo"], [1, 2, 3], None, "tiny", 2, 64, [1, 2, 3],
                       ["sand", "marble"], 2, ["space-age"])]
