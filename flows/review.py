@@ -16,7 +16,7 @@ Nothing is delivered for it.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 import pydantic
@@ -70,7 +70,9 @@ def review_form(run: delivery.ReviewedRun) -> type[ReviewForm]:
     others = sorted(set(run.known) - {r["asset_id"] for r in run.selected})
     if not others:
         return ReviewForm
-    choice = list[Literal[tuple(others)]]  # type: ignore[valid-type] - the run's own ids, so the UI offers a list
+    # The run's own ids, so the UI offers a list to pick from (an enum even for one id, not a constant).
+    one = Annotated[Literal[tuple(others)], pydantic.WithJsonSchema({"type": "string", "enum": others})]  # type: ignore[valid-type]
+    choice = list[one]  # type: ignore[valid-type]
     return pydantic.create_model(
         "ReviewForm", __base__=ReviewForm,
         approve_also=(choice, pydantic.Field(default=[], description="Approve these images too (not selected by the run)")),

@@ -154,8 +154,8 @@ def form_description(request: ReviewRequest, selected: Sequence[Mapping], galler
         lines += [f"[Open the gallery]({gallery_url})" if gallery_url.startswith("http") else f"Gallery: `{gallery_url}`",
                   ""]
     lines += ["| # | product | image | asset id |", "|---|---|---|---|"]
-    for r in selected:
+    for n, r in enumerate(selected, 1):
         url = image_urls.get(r["asset_id"])
         picture = f"![{r['asset_id']}]({url})" if url else f"`{r['output_key']}`"
-        lines.append(f"| {r.get('rank_in_product', '')} | {r['product_id']} | {picture} | `{r['asset_id']}` |")
+        lines.append(f"| {n} | {r['product_id']} | {picture} | `{r['asset_id']}` |")
     return "\n".join(lines) + "\n"

@@ -226,3 +226,28 @@ def test_review_parts_are_written_once_per_review(store, fresh_bucket):
     stored = read_parts(store, assets, "reviews", "2026-12-01", "spring-1")
     assert len(stored) == 2 and latest_decisions(stored)[A]["decision"] == "reject"
     assert read_parts(store, assets, "reviews", "2026-12-01", "spring-10") == []
+
+
+def test_review_form_offers_the_runs_other_images_and_describes_the_selected():
+    from adapters.delivery import ReviewedRun
+    from flows.review import ReviewForm, review_form
+    from tasks.review import form_description
+
+    images = tuple({"asset_id": a, "product_id": "kettle", "selected": a != C, "rank_in_product": i + 1,
+                    "status": "ok", "output_key": f"s3://x/{a}.png"} for i, a in enumerate((A, B, C)))
+    run = ReviewedRun(manifest={}, images=images)
+    form = review_form(run)
+    schema = form.model_json_schema()
+    assert schema["properties"]["approve_also"]["items"]["enum"] == [C]
+    assert schema["required"] == ["reviewer"]
+    with pytest.raises(ValidationError):
+        form(reviewer="Ana", approve_also=["f" * 32])  # only the run's own images
+    assert review_form(ReviewedRun(manifest={}, images=images[:2])) is ReviewForm  # nothing else to approve
+    request = ReviewRequest(run_id="spring-1", campaign="spring", title="春季", assets="s3://a", run_date="2026-12-01",
+                            review={"required": True, "reviewers": ["brand team"], "wait_hours": 24},
+                            delivery={"format": "webp", "max_bytes": 300_000})
+    text = form_description(request, run.selected, "https://s3.example/index.html?sig", {A: "https://s3.example/a"})
+    assert "# Review of 春季 (spring) · run spring-1" in text and "For: brand team." in text
+    assert "WEBP of at most 300,000 bytes" in text and "within 24 h nothing is delivered" in text
+    assert "[Open the gallery](https://s3.example/index.html?sig)" in text
+    assert f"![{A}](https://s3.example/a)" in text and f"`s3://x/{B}.png`" in text and C not in text

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 MAX_BYTES = 3000
 CAMPAIGN = (
     "name: e2e-review\ntitle: Review e2e\nproducts: {ids: [rocket]}\nstyles: {ids: [space-age]}\n"
-    "matrix: {template: '{product} on {surface}', axes: {surface: [sand, slate]}, seeds: [1, 2]}\n"
+    "matrix: {template: '{product} on {surface}', axes: {surface: [sand, slate]}, seeds: [11, 12]}\n"
     "generation: {profile: tiny, width: 64, height: 64, steps: 2, batch_size: 4}\n"
     "selection: {top_k: 2, gates: []}\n"
     "review: {required: false, reviewers: [brand team], wait_hours: 48}\n"
@@ -61,13 +61,19 @@ def _wait_state(stack, flow_run_id, done, timeout=600):
     raise AssertionError(f"review {flow_run_id} did not get there in {timeout} s; logs in {stack['stack'].log_dir}")
 
 
-def _events(stack, name):
+def _events(stack, name, run_id, count, timeout=90):
+    """The `count` events `name` about run `run_id`, once the server has stored them (it persists in batches)."""
     import httpx
 
-    response = httpx.post(f"{stack['stack'].api_url}/events/filter",
-                          json={"filter": {"event": {"name": [name]}}, "limit": 50}, timeout=30)
-    response.raise_for_status()
-    return response.json()["events"]
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.post(f"{stack['stack'].api_url}/events/filter",
+                              json={"filter": {"event": {"name": [name]}}, "limit": 50}, timeout=30)
+        response.raise_for_status()
+        found = [e for e in response.json()["events"] if e["payload"].get("run_id") == run_id]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
 
 
 def _screenshot_form(stack, flow_run_id) -> Path | None:
@@ -105,7 +111,7 @@ def test_review_in_the_prefect_ui_delivers_what_is_approved_once(stack):
     (review,) = _review_runs(stack, run_id)
     waiting = _wait_state(stack, review.id, lambda s: s.is_paused())
     assert waiting.state.name == "Suspended"  # the process exited: no worker is held while people decide
-    (requested,) = [e for e in _events(stack, "stylematrix.review.requested") if e["payload"]["run_id"] == run_id]
+    (requested,) = _events(stack, "stylematrix.review.requested", run_id, 1)
     assert requested["resource"]["prefect.resource.id"] == f"stylematrix.run.{run_id}"
     assert requested["payload"]["selected"] == 2 and requested["payload"]["reviewers"] == ["brand team"]
 
@@ -139,7 +145,7 @@ def test_review_in_the_prefect_ui_delivers_what_is_approved_once(stack):
         assert d["delivered_key"] == f"{assets}/delivery/e2e-review/default/rocket/{d['asset_id']}.jpg"
         assert hashlib.sha256(data).hexdigest() == d["sha256"] and len(data) == d["bytes"] <= MAX_BYTES
         assert Image.open(io.BytesIO(data)).format == "JPEG" and d["format"] == "jpeg"
-    (completed,) = [e for e in _events(stack, "stylematrix.delivery.completed") if e["payload"]["run_id"] == run_id]
+    (completed,) = _events(stack, "stylematrix.delivery.completed", run_id, 1)
     assert completed["payload"]["delivered"] == 2 and completed["payload"]["rejected"] == 1
     gallery = store.get(f"{assets}/runs/{run_id}/index.html").decode()
     assert 'data-review="approved"' in gallery and 'data-review="rejected"' in gallery
@@ -155,7 +161,7 @@ def test_review_in_the_prefect_ui_delivers_what_is_approved_once(stack):
     assert len(read_parts(store, assets, "reviews", run_date, run_id)) == 6
     assert read_parts(store, assets, "deliveries", run_date, run_id) == deliveries
     assert len(store.list(f"{assets}/delivery/")) == 2
-    events = [e for e in _events(stack, "stylematrix.delivery.completed") if e["payload"]["run_id"] == run_id]
+    events = _events(stack, "stylematrix.delivery.completed", run_id, 2)
     assert sorted((e["payload"]["delivered"], e["payload"]["already_delivered"]) for e in events) == [(0, 2), (2, 0)]
 
     # A third review nobody answers: the server fails it at its deadline, review-timeout records it.
