@@ -142,7 +142,7 @@ def form_description(request: ReviewRequest, selected: Sequence[Mapping], galler
                      image_urls: Mapping[str, str]) -> str:
     """The markdown above the review form: what is asked, of whom, until when, and the selected images."""
     named = f"{request.title} ({request.campaign})" if request.title else request.campaign
-    lines = [f"# Review of {named} · run {request.run_id}", ""]
+    lines = [f"**Review of {named}** · run `{request.run_id}`", ""]
     if request.review.reviewers:
         lines += [f"For: {', '.join(request.review.reviewers)}.", ""]
     lines += [f"{len(selected)} selected images. Each is set to **approve**: change those that should not go out "

@@ -247,7 +247,41 @@ def test_review_form_offers_the_runs_other_images_and_describes_the_selected():
                             review={"required": True, "reviewers": ["brand team"], "wait_hours": 24},
                             delivery={"format": "webp", "max_bytes": 300_000})
     text = form_description(request, run.selected, "https://s3.example/index.html?sig", {A: "https://s3.example/a"})
-    assert "# Review of 春季 (spring) · run spring-1" in text and "For: brand team." in text
+    assert "**Review of 春季 (spring)** · run `spring-1`" in text and "For: brand team." in text
     assert "WEBP of at most 300,000 bytes" in text and "within 24 h nothing is delivered" in text
     assert "[Open the gallery](https://s3.example/index.html?sig)" in text
     assert f"![{A}](https://s3.example/a)" in text and f"`s3://x/{B}.png`" in text and C not in text
+
+
+def test_documented_duckdb_query_gives_the_latest_decision_and_the_delivered_file(tmp_path):
+    import re
+
+    duckdb = pytest.importorskip("duckdb")
+    from adapters.publish import table_bytes
+    from tests.helpers import ROOT
+
+    request = ReviewRequest(run_id="spring-1", campaign="spring", assets="s3://a", run_date="2026-12-01")
+    known = {a: {"product_id": "kettle", "selected": True} for a in (A, B, C)}
+    first = review_rows(request, "rev-1", [ImageReview(asset_id=a, product_id="kettle") for a in (A, B)],
+                        known=known, reviewer="Ana", reviewed_at=T0, schema_version=SCHEMA_VERSION)
+    second = review_rows(request, "rev-2", [ImageReview(asset_id=B, product_id="kettle", decision="reject")],
+                         known=known, reviewer="Bo", reviewed_at=T0 + timedelta(hours=1), schema_version=SCHEMA_VERSION)
+    late = timeout_rows(request, "rev-3", [{"asset_id": a, "product_id": "kettle"} for a in (A, C)],
+                        at=T0 + timedelta(days=3), schema_version=SCHEMA_VERSION)
+    delivered = [{"schema_version": SCHEMA_VERSION, "review_id": "rev-1", "run_id": "spring-1", "campaign": "spring",
+                  "asset_id": A, "product_id": "kettle", "channel": "default", "source_key": "s3://a/x.png",
+                  "source_sha256": "0" * 64, "delivered_key": f"s3://a/delivery/spring/default/kettle/{A}.jpg",
+                  "format": "jpeg", "quality": 88, "max_bytes": None, "metadata": "strip", "width": 64, "height": 64,
+                  "bytes": 1234, "sha256": "1" * 64, "delivered_at": T0}]
+    for table, name, rows in (("reviews", "rev-1", first), ("reviews", "rev-2", second), ("reviews", "rev-3", late),
+                              ("deliveries", "rev-1", delivered)):
+        folder = tmp_path / table / "run_date=2026-12-01"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"spring-1--{name}.parquet").write_bytes(table_bytes(table, rows))
+    page = (ROOT / "docs" / "metadata-tables.md").read_text()
+    (query,) = [q for q in re.findall(r"(WITH latest AS .*?;)", page, flags=re.S)]
+    query = query.replace("s3://stylematrix-assets/tables", str(tmp_path))
+    got = duckdb.connect().execute(query).fetchall()
+    assert [(r[1], r[2], r[3], r[4]) for r in got] == [
+        (A, "approve", "Ana", f"s3://a/delivery/spring/default/kettle/{A}.jpg"), (B, "reject", "Bo", None),
+        (C, "timed-out", None, None)]

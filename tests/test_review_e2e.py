@@ -89,7 +89,7 @@ def _screenshot_form(stack, flow_run_id) -> Path | None:
         page.get_by_text("Your name", exact=False).first.wait_for(timeout=60_000)
         page.screenshot(path=str(shot), full_page=True)
         text = page.inner_text("body")
-    for label in ("Review of Review e2e (e2e-review)", "For: brand team", "Your name",
+    for label in ("Review of Review e2e (e2e-review)", "For: brand team", "2 selected images", "Your name",
                   "approve: deliver it", "Approve these images too"):
         assert label in text, label
     return shot
