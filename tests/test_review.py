@@ -285,3 +285,19 @@ def test_documented_duckdb_query_gives_the_latest_decision_and_the_delivered_fil
     assert [(r[1], r[2], r[3], r[4]) for r in got] == [
         (A, "approve", "Ana", f"s3://a/delivery/spring/default/kettle/{A}.jpg"), (B, "reject", "Bo", None),
         (C, "timed-out", None, None)]
+
+
+def test_a_run_that_needs_review_without_a_prefect_server_says_so_and_commits(campaign_env, store, tmp_path):
+    import json
+
+    from flows.campaign import run_campaign
+    from tests.helpers import small_campaign
+
+    spec = small_campaign(tmp_path, "signoff", 21)
+    summary = run_campaign(RunRequest(campaign=str(spec), review=True, triggered_by="test"))
+    assert summary.images_generated == 4 and json.loads(store.get(summary.manifest))["run_id"] == summary.run_id
+    assert summary.review.startswith("not started") and "'review-run/review'" in summary.review
+    assert any(line.startswith("  review:   not started") for line in summary.lines())
+    assert store.list(f"{campaign_env['assets']}/delivery/") == []
+    plain = run_campaign(RunRequest(campaign=str(small_campaign(tmp_path, "plain", 22)), triggered_by="test"))
+    assert plain.review is None
