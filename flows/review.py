@@ -34,6 +34,7 @@ from adapters import delivery
 from adapters.settings import get_settings
 from adapters.storage import S3Store
 from flows import steps
+from flows.artifacts import artifact_key
 from tasks.review import (
     ImageReview,
     ReviewRequest,
@@ -151,7 +152,7 @@ def record_review(store: S3Store, request: ReviewRequest, run: delivery.Reviewed
     logger.info("review %s of run %s by %s: %d approved, %d rejected, %d held; %d files delivered, %d already there, "
                 "%d too large", review_id, request.run_id, answer.reviewer, counts["approve"], counts["reject"],
                 counts["hold"], len(done.rows), len(done.already), len(done.too_large))
-    create_markdown_artifact(_summary(payload, done), key=f"review-{request.campaign}"[:60].lower().replace("_", "-"),
+    create_markdown_artifact(_summary(payload, done), key=artifact_key(request.campaign, "review"),
                              description=f"review of run {request.run_id}")
     return payload
 
