@@ -105,11 +105,12 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
 
 def write_gallery(store: ObjectStore, assets: str, run_id: str, campaign: str, rows: Sequence[dict],
                   sheets: dict[str, str], tables: Sequence[str], left_out: dict[str, str] | None = None, *,
-                  title: str | None = None) -> str:
-    """The run's `index.html`; returns its URI. `left_out` is shown as a warning at the top; `title` heads the page."""
+                  title: str | None = None, reviews: dict[str, str] | None = None) -> str:
+    """The run's `index.html`; returns its URI. `left_out` is shown as a warning at the top; `title` heads the page;
+    `reviews` (asset id -> review state) marks the images once a decision exists."""
     uri = publish.run_uri(assets, run_id, "index.html")
     links = {name.removesuffix(".jpg").replace("__", " x "): f"sheets/{name}" for name in sheets}
     publish.put_text(store, uri, render_gallery(run_id, campaign, rows, sheets=links, tables=tables,
-                                                  left_out=left_out, title=title),
+                                                  left_out=left_out, title=title, reviews=reviews),
                      "text/html; charset=utf-8")
     return uri

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     images_per_shard: int = Field(default=64, ge=1)
     shard_attempts: int = Field(default=3, ge=1)
     shard_poll_seconds: float = Field(default=2.0, gt=0)
+    # A campaign whose review is required starts this deployment (prefect.yaml: `review`) after it commits.
+    review_deployment: str = "review-run/review"
     # A run's claim on an asset (adapters/claims.py) older than this, never committed, is presumed abandoned:
     # another run takes the asset over. Longer than a batch takes, shorter than you would wait for a dead run.
     claim_lease_seconds: float = Field(default=900.0, gt=0)

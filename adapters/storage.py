@@ -212,6 +212,7 @@ class S3Store:
             # Custom endpoints (moto, MinIO, an IP address) rarely resolve bucket
             # subdomains; AWS itself keeps its default virtual-host addressing.
             s3={"addressing_style": "path" if settings.s3_endpoint else "auto"},
+            signature_version="s3v4",  # presigned URLs too (botocore's default for them is the older scheme)
         )
         client = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region, config=config)
         return cls(client, RetryPolicy(attempts=settings.s3_retry_attempts, cap_seconds=settings.s3_retry_cap_seconds))
@@ -310,6 +311,12 @@ class S3Store:
                     for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for item in page.get("Contents", [])]
 
         return sorted(self._call(prefix_uri, listing), key=lambda info: info.key)
+
+    def presigned_url(self, uri: str, expires_seconds: int = 3600) -> str:
+        """An https URL that reads the object at `uri` without credentials until it expires (at most 7 days, SigV4's limit)."""
+        bucket, key = _object_parts(uri)
+        return self._client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                                   ExpiresIn=max(1, min(int(expires_seconds), 7 * 24 * 3600)))
 
     def delete(self, uri: str) -> None:
         """Remove the object at `uri`; removing a missing object is not an error (as in S3)."""

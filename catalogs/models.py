@@ -430,6 +430,52 @@ class ChannelSpec(_Strict):
     margin: float | None = Field(default=None, ge=0, lt=0.5)  # kept clear at every edge, as a share of the short side
 
 
+class Review(_Strict):
+    """Whether a person signs the run's images off in the Prefect UI before anything is delivered."""
+
+    required: bool = False
+    # Who the review is for (names, teams or addresses); shown on the form and in the review event.
+    reviewers: tuple[str, ...] = ()
+    # How long the review waits for a decision; then it is recorded as timed out and delivers nothing.
+    wait_hours: float = Field(default=72.0, gt=0, le=24 * 90)
+
+    @field_validator("reviewers")
+    @classmethod
+    def _reviewers_named(cls, reviewers: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not r.strip() for r in reviewers):
+            raise ValueError("a reviewer is empty")
+        return tuple(r.strip() for r in reviewers)
+
+
+class DeliveryFormat(_Strict):
+    """How approved images are written for a channel: file format, quality, size limit, colour and metadata.
+
+    The quality steps down from `quality` by `quality_step` until the file fits `max_bytes`,
+    never below `min_quality`; an image that still does not fit is not delivered.
+    """
+
+    format: Literal["jpeg", "webp"] = "jpeg"
+    quality: int = Field(default=88, ge=1, le=100)
+    min_quality: int = Field(default=60, ge=1, le=100)
+    quality_step: int = Field(default=4, ge=1, le=50)
+    max_bytes: int | None = Field(default=None, ge=1024)
+    # strip: no EXIF, ICC or XMP in the file. keep: the source's metadata, an sRGB ICC profile, and
+    # the asset id and producer in EXIF, for a DAM to read.
+    metadata: Literal["strip", "keep"] = "strip"
+    # Convert the pixels to sRGB (from the source's ICC profile, when it has another one).
+    srgb: bool = True
+
+    @model_validator(mode="after")
+    def _quality_range(self) -> DeliveryFormat:
+        if self.min_quality > self.quality:
+            raise ValueError(f"min_quality {self.min_quality} is above quality {self.quality}")
+        return self
+
+    @property
+    def extension(self) -> str:
+        return {"jpeg": "jpg", "webp": "webp"}[self.format]
+
+
 class Campaign(_Strict):
     """What to make: products x style sets x prompt matrix, and how."""
 
@@ -450,6 +496,9 @@ class Campaign(_Strict):
     # with the rest (reported in its summary, runs table, artifact and gallery). `strict: true`
     # fails the run before anything is generated instead.
     strict: bool = False
+    # A person's sign-off in the Prefect UI before delivery, and the format approved images are delivered in.
+    review: Review = Review()
+    delivery: DeliveryFormat = DeliveryFormat()
 
     @field_validator("name", mode="before")
     @classmethod
@@ -621,6 +670,9 @@ class RunRequest(_Strict):
         default=None, description="Fail when a named product or style set is missing or quarantined, instead of "
                                   "leaving it out (default: the campaign's `strict` setting)")
     dry_run: bool = Field(default=False, description="Plan and report counts; generate and publish nothing")
+    review: bool | None = Field(
+        default=None, description="Wait for a person to approve the selected images in the Prefect UI before they are "
+                                  "delivered (default: the campaign's `review.required`)")
     triggered_by: Literal["cli", "demo", "schedule", "ui", "api", "test"] = "api"
 
 
@@ -655,6 +707,7 @@ class RunSummary(_Strict):
     left_to_runs: tuple[str, ...] = ()
     estimated_seconds: float | None = None  # dry run: generation time from earlier runs' speed (None: no basis)
     estimate_basis: str = ""
+    review: str | None = None  # the review waiting for a decision: its Prefect flow run, or why none could start
 
     def lines(self) -> list[str]:
         """What a person wants to read when a run ends."""
@@ -681,6 +734,8 @@ class RunSummary(_Strict):
         lines += [f"  table:    {t}" for t in self.tables]
         if self.gallery:
             lines.append(f"  gallery:  {self.gallery}")
+        if self.review:
+            lines.append(f"  review:   {self.review}")
         lines.append(f"  manifest: {self.manifest}")
         return lines
 

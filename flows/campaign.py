@@ -19,11 +19,13 @@ from catalogs.models import Campaign, ModelProfile, Product, RunRequest, RunSumm
 from flows import steps
 from flows.catalog import catalog_for_run
 from flows.dispatch import Generated, run_shards
+from flows.review import start_review
 from tasks.catalog_build import CatalogState
 from tasks.channels import resolve_channels
 from tasks.estimate import estimate_generation
 from tasks.plan import ShardContext, check_control_scales, maskless_products
 from tasks.request import apply_request, narrow
+from tasks.review import ReviewRequest
 from tasks.tables import channels_as_written, run_parameters, run_row
 
 
@@ -108,6 +110,10 @@ def run_campaign(request: RunRequest) -> RunSummary:
     steps.report_run(spec.name, run_id, rows, gallery=gallery, sheets=sheets, tables=summary.tables,
                      manifest=summary.manifest, left_out=left_out, title=spec.title)
     commit_run(store, assets, summary, parts, generated, ctx.controls, finished=row["finished_at"])
+    if spec.review.required and rows:  # after the commit: a review reads the committed run, in its own flow run
+        summary = summary.model_copy(update={"review": start_review(ReviewRequest(
+            run_id=run_id, campaign=spec.name, title=spec.title, assets=assets, run_date=run_date, gallery=gallery,
+            review=spec.review, delivery=spec.delivery), settings.review_deployment)})
     logger.info(summary.lines()[0])
     return summary
 

@@ -13,7 +13,17 @@ from functools import partial
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adapters import catalog_scan, claims, conditioning, publish, rendering, run_outputs, snapshots, style_scans
+from adapters import (
+    catalog_scan,
+    claims,
+    conditioning,
+    delivery,
+    publish,
+    rendering,
+    run_outputs,
+    snapshots,
+    style_scans,
+)
 from adapters.engine import model_identity
 from flows import artifacts
 from tasks.matrix import expand_matrix
@@ -64,3 +74,11 @@ report_run = task(artifacts.report_run, name="run-artifacts", cache_policy=NO_CA
 committed_scan = io_task(style_scans.committed_scan, name="committed-scan")
 auto_scales = io_task(style_scans.auto_scales, name="auto-ip-scales")
 run_scan = task(style_scans.run_scan, name="style-scan", retries=1, cache_policy=NO_CACHE, tags=["gpu"])
+
+# Review and delivery (flows/review.py): reads, and writes that never write a thing twice, so a retry is safe.
+# They run again when a suspended review resumes (its flow starts from the top): all cheap.
+reviewed_run = io_task(delivery.reviewed_run, name="read-reviewed-run")
+read_review_parts = io_task(delivery.read_parts, name="read-review-parts")
+write_review_part = io_task(delivery.write_part_once, name="write-review-part")
+deliver = io_task(delivery.deliver, name="deliver-approved")
+mark_gallery = io_task(delivery.mark_gallery, name="gallery-review-states")

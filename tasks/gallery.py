@@ -37,6 +37,8 @@ header p.warning{background:#fff3cd;border:2px solid #d9822b;color:#7a3d00;paddi
 .badge.selected{background:#16963c}.badge.ok{background:#1456a0}.badge.gated{background:#c82828}
 .badge.duplicate{background:#cd7800}.badge.failed{background:#777}
 .reason{color:#a33}
+.badge.review-approved{background:#0b6b2e}.badge.review-rejected{background:#8b1a1a}
+.badge.review-on-hold,.badge.review-pending,.badge.review-timed-out{background:#fff;color:#444;border:1px solid #999}
 table.scores{border-collapse:collapse;margin-top:.3rem;width:100%}
 table.scores td{padding:0 .3rem 0 0;font-variant-numeric:tabular-nums}
 table.scores td:nth-child(odd){color:#666}
@@ -175,11 +177,13 @@ def _zones_svg(r: Mapping) -> str:
             f'aria-hidden="true">{rects}</svg>')
 
 
-def _card(r: Mapping, varying: Sequence[str] = ()) -> str:
+def _card(r: Mapping, varying: Sequence[str] = (), review: str | None = None) -> str:
     status = r.get("status") or "ok"
     selected = bool(r.get("selected"))
     cell = ", ".join(f"{k}: {v}" for k, v in r["cell"])
     badges = '<span class="badge selected">selected</span>' if selected else f'<span class="badge {_e(status)}">{_e(status)}</span>'
+    if review:
+        badges += f'<span class="badge review-{_e(review.replace(" ", "-"))}">{_e(review)}</span>'
     rank = "" if is_missing(r.get("rank_in_product")) else \
         f' · #{int(r["rank_in_product"])} of product, #{int(r["rank_in_cell"])} of cell'
     scores = "".join(
@@ -197,7 +201,8 @@ def _card(r: Mapping, varying: Sequence[str] = ()) -> str:
     line = " · ".join(filter(None, [cell, f"seed {r['seed']}", *params]))
     return (
         f'<figure class="{"selected" if selected else ""}" data-product="{_e(r["product_id"])}" '
-        f'data-style="{_e(r["style_id"])}" data-channel="{_e(channel)}" data-status="{_e(status)}" data-selected="{int(selected)}">'
+        f'data-style="{_e(r["style_id"])}" data-channel="{_e(channel)}" data-status="{_e(status)}" data-selected="{int(selected)}"'
+        + (f' data-review="{_e(review)}"' if review else "") + ">"
         f'{image}<figcaption><div>{badges}<span class="ids">{_e(r["product_id"])} · {_e(r["style_id"])}</span>{rank}</div>'
         f"{reason}<div>{_e(r['prompt'])}</div>"
         f'<div class="params">{_e(line)}</div>'
@@ -208,13 +213,14 @@ def _card(r: Mapping, varying: Sequence[str] = ()) -> str:
 
 def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets: Mapping[str, str] | None = None,
                    tables: Sequence[str] = (), title: str | None = None,
-                   left_out: Mapping[str, str] | None = None) -> str:
+                   left_out: Mapping[str, str] | None = None, reviews: Mapping[str, str] | None = None) -> str:
     """The gallery HTML for a run's `generations` rows; images are `images/<asset_id>.png` beside it.
 
     `sheets` maps a contact sheet's label to its path relative to the page; `tables` lists the
     run's table parts (shown as text: they live outside the run's folder). `title` is the
     campaign's title in any language: the page is UTF-8 and its font stack reaches CJK fonts.
     `left_out` (what the campaign names that the run left out, and why) is a warning at the top.
+    `reviews` (asset id -> approved, rejected, on hold, pending, timed out) marks each image's review state.
     """
     ordered = sorted(rows, key=_order)
     products = sorted({r["product_id"] for r in rows})
@@ -236,6 +242,8 @@ def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheet
         '<span id="shown"></span> shown</p>'
         + "".join(f'<p class="warning" role="alert">left out {_e(what)}: {_e(why)}</p>'
                   for what, why in (left_out or {}).items())
+        + (f'<p class="review">review: {_e(" · ".join(f"{n} {state}" for state, n in _tally(reviews)))}</p>'
+           if reviews else "")
         + (f'<p class="shared">every image: {_e(" · ".join(shared.values()))}</p>' if shared else "")
         + (f"<details><summary>contact sheets ({len(sheets or {})})</summary><ul>{sheet_links}</ul></details>" if sheet_links else "")
         + (f"<details><summary>tables</summary><ul>{table_list}</ul></details>" if table_list else "")
@@ -246,5 +254,11 @@ def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheet
         + channel_filters +
         f'<label>show <select id="f-status"><option value="">all</option>{_options(STATUSES)}</select></label>'
         "</div>"
-        f'<main class="grid">{"".join(_card(r, varying) for r in ordered)}</main><script>{_SCRIPT}</script></body></html>'
+        f'<main class="grid">{"".join(_card(r, varying, (reviews or {}).get(r["asset_id"])) for r in ordered)}</main><script>{_SCRIPT}</script></body></html>'
     )
+
+
+def _tally(reviews: Mapping[str, str]) -> list[tuple[str, int]]:
+    """(state, images) for each review state present, in a fixed order."""
+    order = ("approved", "rejected", "on hold", "pending", "timed out")
+    return [(state, n) for state in order if (n := sum(v == state for v in reviews.values()))]

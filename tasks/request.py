@@ -39,6 +39,8 @@ def apply_request(campaign: Campaign, request: RunRequest, default_profile: str,
         raise ValueError(f"campaign {campaign.name!r}: unknown model profile {profile!r}; known: {sorted(profiles)}")
     if profile != campaign.generation.profile:
         updates["generation"] = campaign.generation.model_copy(update={"profile": profile})
+    if request.review is not None and request.review != campaign.review.required:
+        updates["review"] = campaign.review.model_copy(update={"required": request.review})
     return (campaign.model_copy(update=updates) if updates else campaign), profiles[profile]
 
 

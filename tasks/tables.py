@@ -17,7 +17,7 @@ import pandas as pd
 from catalogs.models import Campaign, RunRequest
 from tasks.plan import Batch
 
-SCHEMA_VERSION = 6  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title, left_out, images_taken_over, images_left_to_others, left_to_runs; generations.made_by_run. 5: generations.channel, channel_aspect, anchor, box_left/top/right/bottom, safe_zones and the channel checks safe_zone_share, product_share, product_cut, size_error, aspect_error. 6: generations.ip_scale_scan_id; the style_scans table
+SCHEMA_VERSION = 7  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title, left_out, images_taken_over, images_left_to_others, left_to_runs; generations.made_by_run. 5: generations.channel, channel_aspect, anchor, box_left/top/right/bottom, safe_zones and the channel checks safe_zone_share, product_share, product_cut, size_error, aspect_error. 6: generations.ip_scale_scan_id; the style_scans table. 7: the reviews and deliveries tables
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,45 @@ STYLE_SCANS = (
     Column("duration_seconds", "float64", "wall time of the scan"),
 )
 
-TABLES = {"generations": GENERATIONS, "runs": RUNS, "cell_metrics": CELL_METRICS, "style_scans": STYLE_SCANS}
+REVIEWS = (
+    Column("schema_version", "int32", "version of this table's schema"),
+    Column("review_id", "string", "one submitted review (or its timeout): the Prefect flow run id of the review"),
+    Column("run_id", "string", "run whose images were reviewed"),
+    Column("campaign", "string", "campaign name"),
+    Column("asset_id", "string", "image the decision is about"),
+    Column("product_id", "string", "catalog product of the image"),
+    Column("selected", "bool", "the run had selected the image (false: a reviewer approved one it had not)"),
+    Column("decision", "string", "approve, reject, hold, or timed-out (no decision came before the review's deadline; "
+           "nothing is delivered). The latest review of a run wins, image by image"),
+    Column("note", "string", "the reviewer's note on the image; null without one"),
+    Column("reviewer", "string", "who decided: the name entered in the review form; null for a timeout"),
+    Column("reviewed_at", "timestamp", "when the decision was submitted, or when the review timed out (UTC)"),
+)
+
+DELIVERIES = (
+    Column("schema_version", "int32", "version of this table's schema"),
+    Column("review_id", "string", "review whose approval delivered the image"),
+    Column("run_id", "string", "run that published the source image"),
+    Column("campaign", "string", "campaign name"),
+    Column("asset_id", "string", "the delivered image's asset id"),
+    Column("product_id", "string", "catalog product of the image"),
+    Column("channel", "string", "channel the format belongs to; `default` for the campaign's own `delivery:` format"),
+    Column("source_key", "string", "s3 URI of the published PNG the delivery was made from"),
+    Column("source_sha256", "string", "sha256 of that PNG"),
+    Column("delivered_key", "string", "s3 URI of the delivered file: <assets>/delivery/<campaign>/<channel>/<product_id>/<asset_id>.<ext>"),
+    Column("format", "string", "jpeg or webp"),
+    Column("quality", "int32", "encoder quality the file was written at (stepped down from the format's quality to fit max_bytes)"),
+    Column("max_bytes", "int64", "the format's size limit; null without one"),
+    Column("metadata", "string", "strip (no EXIF, ICC or XMP) or keep (sRGB ICC profile, EXIF with the asset id)"),
+    Column("width", "int32", "width of the delivered image in pixels"),
+    Column("height", "int32", "height of the delivered image in pixels"),
+    Column("bytes", "int64", "size of the delivered file"),
+    Column("sha256", "string", "sha256 of the delivered file's bytes"),
+    Column("delivered_at", "timestamp", "when the file was written (UTC)"),
+)
+
+TABLES = {"generations": GENERATIONS, "runs": RUNS, "cell_metrics": CELL_METRICS, "style_scans": STYLE_SCANS,
+          "reviews": REVIEWS, "deliveries": DELIVERIES}
 
 # What a `generations` row carries until it is scored and selected.
 UNSCORED: dict[str, object] = {

@@ -1,0 +1,161 @@
+"""A person's review of a run, and the delivery it leads to: decisions, which one wins, where files go.
+
+Decisions are data: every submitted review appends rows to the `reviews` table, and the
+latest decision on an image wins. A timeout is recorded too, but it is not a decision: it
+never overrides one an image already has. Delivery is derived from the winning decisions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from catalogs.models import ID_PATTERN, DeliveryFormat, Review
+
+Decision = Literal["approve", "reject", "hold"]
+TIMED_OUT = "timed-out"
+DEFAULT_CHANNEL = "default"  # the channel path segment of a campaign's own `delivery:` format
+# What the gallery shows for each decision; an image with none is `pending` once any exists.
+REVIEW_STATES = {"approve": "approved", "reject": "rejected", "hold": "on hold", TIMED_OUT: "timed out"}
+PENDING = "pending"
+_ASSET_ID = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+class ReviewRequest(BaseModel):
+    """What a review of a committed run needs: where the run is, how long to wait, how to deliver."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str
+    campaign: str = Field(pattern=ID_PATTERN)
+    title: str | None = None
+    assets: str
+    run_date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    gallery: str | None = None
+    review: Review = Review(required=True)
+    delivery: DeliveryFormat = DeliveryFormat()
+
+
+class ImageReview(BaseModel):
+    """One image's decision in the review form."""
+
+    asset_id: str = Field(description="Image (asset id)")
+    product_id: str = Field(default="", description="Product")
+    decision: Decision = Field(default="approve", description="approve: deliver it; reject: never; hold: not yet")
+    note: str = Field(default="", description="Note (optional)")
+
+
+def decided_images(decisions: Sequence[ImageReview], approve_also: Iterable[str],
+                   known: Mapping[str, Mapping]) -> tuple[list[ImageReview], list[str]]:
+    """The form's decisions as one list (an image listed twice keeps its last entry), and the ids it names
+    that are not images of the run (`known`: asset id -> its generations row), which decide nothing."""
+    chosen: dict[str, ImageReview] = {}
+    unknown: list[str] = []
+    extra = [ImageReview(asset_id=a, decision="approve") for a in approve_also if a not in {d.asset_id for d in decisions}]
+    for item in [*decisions, *extra]:
+        if item.asset_id not in known:
+            unknown.append(item.asset_id)
+            continue
+        chosen[item.asset_id] = item.model_copy(update={"product_id": str(known[item.asset_id]["product_id"])})
+    return list(chosen.values()), unknown
+
+
+def review_rows(request: ReviewRequest, review_id: str, decisions: Sequence[ImageReview], *, known: Mapping[str, Mapping],
+                reviewer: str, reviewed_at: datetime, schema_version: int) -> list[dict]:
+    """The `reviews` rows of one submitted review."""
+    return [{
+        "schema_version": schema_version, "review_id": review_id, "run_id": request.run_id,
+        "campaign": request.campaign, "asset_id": d.asset_id, "product_id": d.product_id,
+        "selected": bool(known[d.asset_id].get("selected")), "decision": d.decision, "note": d.note.strip() or None,
+        "reviewer": reviewer.strip() or None, "reviewed_at": reviewed_at,
+    } for d in decisions]
+
+
+def timeout_rows(request: ReviewRequest, review_id: str, selected: Sequence[Mapping], *, at: datetime,
+                 schema_version: int) -> list[dict]:
+    """The `reviews` rows of a review nobody answered in time: one `timed-out` row per image it asked about."""
+    return [{
+        "schema_version": schema_version, "review_id": review_id, "run_id": request.run_id,
+        "campaign": request.campaign, "asset_id": r["asset_id"], "product_id": r["product_id"], "selected": True,
+        "decision": TIMED_OUT, "note": None, "reviewer": None, "reviewed_at": at,
+    } for r in selected]
+
+
+def latest_decisions(rows: Iterable[Mapping]) -> dict[str, Mapping]:
+    """Each image's winning `reviews` row: its latest decision (by `reviewed_at`, then `review_id`).
+
+    A `timed-out` row wins only where the image has no decision at all.
+    """
+    latest: dict[str, Mapping] = {}
+    for row in sorted(rows, key=lambda r: (r["decision"] != TIMED_OUT, r["reviewed_at"], r["review_id"])):
+        latest[row["asset_id"]] = row
+    return latest
+
+
+def approved(latest: Mapping[str, Mapping]) -> list[str]:
+    """The asset ids whose winning decision is approve, sorted."""
+    return sorted(a for a, row in latest.items() if row["decision"] == "approve")
+
+
+def review_states(latest: Mapping[str, Mapping], selected: Iterable[str]) -> dict[str, str]:
+    """What the gallery shows per image: the winning decision's state, and `pending` for selected images
+    without one. Empty while nothing was decided (a run under review shows no states until then)."""
+    if not latest:
+        return {}
+    states = dict.fromkeys(selected, PENDING)
+    states.update({a: REVIEW_STATES[row["decision"]] for a, row in latest.items()})
+    return states
+
+
+def delivery_path(campaign: str, channel: str, product_id: str, asset_id: str, fmt: DeliveryFormat) -> str:
+    """`delivery/<campaign>/<channel>/<product_id>/<asset_id>.<ext>`, under the assets prefix.
+
+    Raises ValueError naming a segment that is not a slug (or an asset id): keys never climb out of the layout.
+    """
+    for what, value in (("campaign", campaign), ("channel", channel), ("product", product_id)):
+        if not re.fullmatch(ID_PATTERN, value):
+            raise ValueError(f"delivery of {asset_id}: {what} {value!r} is not a slug")
+    if not _ASSET_ID.fullmatch(asset_id):
+        raise ValueError(f"delivery: {asset_id!r} is not an asset id")
+    return f"delivery/{campaign}/{channel}/{product_id}/{asset_id}.{fmt.extension}"
+
+
+def delivery_row(request: ReviewRequest, review_id: str, source: Mapping, *, channel: str, key: str,
+                 fmt: DeliveryFormat, quality: int, width: int, height: int, size: int, sha256: str,
+                 at: datetime, schema_version: int) -> dict:
+    """The `deliveries` row of one written file (`source`: the image's generations row)."""
+    return {
+        "schema_version": schema_version, "review_id": review_id, "run_id": request.run_id,
+        "campaign": request.campaign, "asset_id": source["asset_id"], "product_id": source["product_id"],
+        "channel": channel, "source_key": source["output_key"], "source_sha256": source["sha256"],
+        "delivered_key": key, "format": fmt.format, "quality": quality, "max_bytes": fmt.max_bytes,
+        "metadata": fmt.metadata, "width": width, "height": height, "bytes": size, "sha256": sha256,
+        "delivered_at": at,
+    }
+
+
+def form_description(request: ReviewRequest, selected: Sequence[Mapping], gallery_url: str | None,
+                     image_urls: Mapping[str, str]) -> str:
+    """The markdown above the review form: what is asked, of whom, until when, and the selected images."""
+    named = f"{request.title} ({request.campaign})" if request.title else request.campaign
+    lines = [f"**Review of {named}** · run `{request.run_id}`", ""]
+    if request.review.reviewers:
+        lines += [f"For: {', '.join(request.review.reviewers)}.", ""]
+    lines += [f"{len(selected)} selected images. Each is set to **approve**: change those that should not go out "
+              "to *reject* or *hold*, add a note where it helps, and approve any other image of the run by its id "
+              f"below. Approved images are delivered as {request.delivery.format.upper()}"
+              + (f" of at most {request.delivery.max_bytes:,} bytes" if request.delivery.max_bytes else "")
+              + f"; without a decision within {request.review.wait_hours:g} h nothing is delivered.", ""]
+    if gallery_url:
+        lines += [f"[Open the gallery]({gallery_url})" if gallery_url.startswith("http") else f"Gallery: `{gallery_url}`",
+                  ""]
+    lines += ["| # | product | image | asset id |", "|---|---|---|---|"]
+    for n, r in enumerate(selected, 1):
+        url = image_urls.get(r["asset_id"])
+        picture = f"![{r['asset_id']}]({url})" if url else f"`{r['output_key']}`"
+        lines.append(f"| {n} | {r['product_id']} | {picture} | `{r['asset_id']}` |")
+    return "\n".join(lines) + "\n"
