@@ -141,6 +141,10 @@ class Delivered:
     already: list[str] = field(default_factory=list)  # delivered keys written before, by this or an earlier review
     too_large: dict[str, str] = field(default_factory=dict)  # asset id -> why
 
+    def extend(self, other: Delivered) -> Delivered:
+        """This delivery and another (one channel's), together."""
+        return Delivered(self.rows + other.rows, self.already + other.already, {**self.too_large, **other.too_large})
+
 
 def deliver(store: ObjectStore, request: ReviewRequest, review_id: str, sources: Sequence[Mapping],
             recorded: set[str], *, fmt: DeliveryFormat, channel: str = DEFAULT_CHANNEL) -> Delivered:

@@ -393,43 +393,6 @@ class Selection(_Strict):
         return weights
 
 
-class Zone(_Strict):
-    """A rectangle of the canvas as fractions of its width and height (0 = left or top edge, 1 = right or bottom).
-
-    Unset sides are the canvas's own: `{left: 0.55}` is the right 45%, `{bottom: 0.14}` the top 14%.
-    """
-
-    left: float = Field(default=0.0, ge=0, le=1)
-    top: float = Field(default=0.0, ge=0, le=1)
-    right: float = Field(default=1.0, ge=0, le=1)
-    bottom: float = Field(default=1.0, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> Zone:
-        if self.left >= self.right or self.top >= self.bottom:
-            raise ValueError(f"zone left={self.left} top={self.top} right={self.right} bottom={self.bottom} is empty "
-                             "(left must be below right and top below bottom)")
-        return self
-
-
-class ChannelSpec(_Strict):
-    """One placement of a campaign: a preset by name, parts of it overridden, or a canvas of its own.
-
-    `preset` defaults to the channel's name when that names a preset (square, portrait, story,
-    banner); a channel that is no preset must give `width`, `height` and `aspect`. Every field
-    left out takes the preset's value (sizes suit the campaign's model profile).
-    """
-
-    preset: Literal["square", "portrait", "story", "banner"] | None = None
-    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
-    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
-    aspect: str | None = Field(default=None, pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")  # "9:16": what the output must match
-    anchor: Anchor | None = None
-    max_share: float | None = Field(default=None, gt=0, le=1)  # largest share of the canvas area the product may take
-    safe_zones: tuple[Zone, ...] | None = None  # where the product must not go: the copy's room, a platform's interface
-    margin: float | None = Field(default=None, ge=0, lt=0.5)  # kept clear at every edge, as a share of the short side
-
-
 class Review(_Strict):
     """Whether a person signs the run's images off in the Prefect UI before anything is delivered."""
 
@@ -474,6 +437,45 @@ class DeliveryFormat(_Strict):
     @property
     def extension(self) -> str:
         return {"jpeg": "jpg", "webp": "webp"}[self.format]
+
+
+class Zone(_Strict):
+    """A rectangle of the canvas as fractions of its width and height (0 = left or top edge, 1 = right or bottom).
+
+    Unset sides are the canvas's own: `{left: 0.55}` is the right 45%, `{bottom: 0.14}` the top 14%.
+    """
+
+    left: float = Field(default=0.0, ge=0, le=1)
+    top: float = Field(default=0.0, ge=0, le=1)
+    right: float = Field(default=1.0, ge=0, le=1)
+    bottom: float = Field(default=1.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Zone:
+        if self.left >= self.right or self.top >= self.bottom:
+            raise ValueError(f"zone left={self.left} top={self.top} right={self.right} bottom={self.bottom} is empty "
+                             "(left must be below right and top below bottom)")
+        return self
+
+
+class ChannelSpec(_Strict):
+    """One placement of a campaign: a preset by name, parts of it overridden, or a canvas of its own.
+
+    `preset` defaults to the channel's name when that names a preset (square, portrait, story,
+    banner); a channel that is no preset must give `width`, `height` and `aspect`. Every field
+    left out takes the preset's value (sizes suit the campaign's model profile).
+    """
+
+    preset: Literal["square", "portrait", "story", "banner"] | None = None
+    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+    aspect: str | None = Field(default=None, pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")  # "9:16": what the output must match
+    anchor: Anchor | None = None
+    max_share: float | None = Field(default=None, gt=0, le=1)  # largest share of the canvas area the product may take
+    safe_zones: tuple[Zone, ...] | None = None  # where the product must not go: the copy's room, a platform's interface
+    margin: float | None = Field(default=None, ge=0, lt=0.5)  # kept clear at every edge, as a share of the short side
+    # How this channel's approved images are delivered; unset: the campaign's `delivery:` format.
+    delivery: DeliveryFormat | None = None
 
 
 class Campaign(_Strict):

@@ -25,7 +25,7 @@ from tasks.channels import resolve_channels
 from tasks.estimate import estimate_generation
 from tasks.plan import ShardContext, check_control_scales, maskless_products
 from tasks.request import apply_request, narrow
-from tasks.review import ReviewRequest
+from tasks.review import ReviewRequest, channel_formats
 from tasks.tables import channels_as_written, run_parameters, run_row
 
 
@@ -113,7 +113,8 @@ def run_campaign(request: RunRequest) -> RunSummary:
     if spec.review.required and rows:  # after the commit: a review reads the committed run, in its own flow run
         summary = summary.model_copy(update={"review": start_review(ReviewRequest(
             run_id=run_id, campaign=spec.name, title=spec.title, assets=assets, run_date=run_date, gallery=gallery,
-            review=spec.review, delivery=spec.delivery), settings.review_deployment)})
+            review=spec.review, delivery=spec.delivery, channel_delivery=channel_formats(spec)),
+            settings.review_deployment)})
     logger.info(summary.lines()[0])
     return summary
 

@@ -40,6 +40,7 @@ from tasks.review import (
     ReviewRequest,
     approved,
     decided_images,
+    delivery_groups,
     form_description,
     latest_decisions,
     review_rows,
@@ -139,7 +140,9 @@ def record_review(store: S3Store, request: ReviewRequest, run: delivery.Reviewed
     recorded = {r["delivered_key"] for r in steps.read_review_parts(store, request.assets, "deliveries",
                                                                      request.run_date, request.run_id)}
     sources = [run.known[a] for a in approved(latest) if a in run.known]
-    done = steps.deliver(store, request, review_id, sources, recorded, fmt=request.delivery)
+    done = delivery.Delivered()
+    for channel, fmt, group in delivery_groups(request, sources):  # each channel in its own format and folder
+        done = done.extend(steps.deliver(store, request, review_id, group, recorded, fmt=fmt, channel=channel))
     part = steps.write_review_part(store, request.assets, "deliveries", request, review_id, done.rows)
     gallery = steps.mark_gallery(store, request, run, review_states(latest, [r["asset_id"] for r in run.selected]))
     counts = {d: sum(r["decision"] == d for r in latest.values()) for d in ("approve", "reject", "hold")}

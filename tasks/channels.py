@@ -91,7 +91,7 @@ def resolve_channel(name: str, spec: ChannelSpec, family: str) -> Layout:
     base = dict(PRESET_LAYOUTS[preset]) if preset else {"anchor": "centre", "max_share": 0.5, "margin": 0.05,
                                                         "safe_zones": ()}
     width, height = PRESET_SIZES[family][preset] if preset else (None, None)
-    fields = spec.model_dump(exclude_none=True, exclude={"preset"})
+    fields = spec.model_dump(exclude_none=True, exclude={"preset", "delivery"})
     width, height = fields.pop("width", width), fields.pop("height", height)
     zones = spec.safe_zones if spec.safe_zones is not None else base["safe_zones"]
     fields.pop("safe_zones", None)

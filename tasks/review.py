@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from catalogs.models import ID_PATTERN, DeliveryFormat, Review
+from catalogs.models import ID_PATTERN, Campaign, DeliveryFormat, Review
+from tasks.channels import channel_of
 
 Decision = Literal["approve", "reject", "hold"]
 TIMED_OUT = "timed-out"
@@ -38,6 +39,8 @@ class ReviewRequest(BaseModel):
     gallery: str | None = None
     review: Review = Review(required=True)
     delivery: DeliveryFormat = DeliveryFormat()
+    # Each channel's format (its own `delivery:`, else the campaign's); empty for a campaign without channels.
+    channel_delivery: dict[str, DeliveryFormat] = {}
 
 
 class ImageReview(BaseModel):
@@ -111,6 +114,30 @@ def review_states(latest: Mapping[str, Mapping], selected: Iterable[str]) -> dic
     return states
 
 
+def channel_formats(campaign: Campaign) -> dict[str, DeliveryFormat]:
+    """Each channel's delivery format: the channel's own `delivery:`, else the campaign's."""
+    return {name: spec.delivery or campaign.delivery for name, spec in campaign.channels.items()}
+
+
+def delivery_groups(request: ReviewRequest, sources: Sequence[Mapping]) -> list[tuple[str, DeliveryFormat, list[Mapping]]]:
+    """Approved images (their generations rows) by where and how they go: (channel path segment, format, rows).
+
+    An image made for a channel goes under that channel's name in its format; an image without one
+    (a campaign without `channels:`) under `default` in the campaign's format.
+    """
+    groups: dict[str, tuple[DeliveryFormat, list[Mapping]]] = {}
+    for source in sources:
+        channel = channel_of(source)
+        fmt = request.channel_delivery.get(channel, request.delivery) if channel else request.delivery
+        groups.setdefault(channel or DEFAULT_CHANNEL, (fmt, []))[1].append(source)
+    return [(segment, fmt, rows) for segment, (fmt, rows) in groups.items()]
+
+
+def format_words(fmt: DeliveryFormat) -> str:
+    """`JPEG of at most 200,000 bytes`: a format as the review form says it."""
+    return fmt.format.upper() + (f" of at most {fmt.max_bytes:,} bytes" if fmt.max_bytes else "")
+
+
 def delivery_path(campaign: str, channel: str, product_id: str, asset_id: str, fmt: DeliveryFormat) -> str:
     """`delivery/<campaign>/<channel>/<product_id>/<asset_id>.<ext>`, under the assets prefix.
 
@@ -145,11 +172,11 @@ def form_description(request: ReviewRequest, selected: Sequence[Mapping], galler
     lines = [f"**Review of {named}** · run `{request.run_id}`", ""]
     if request.review.reviewers:
         lines += [f"For: {', '.join(request.review.reviewers)}.", ""]
+    delivered_as = ("; ".join(f"{name}: {format_words(fmt)}" for name, fmt in request.channel_delivery.items())
+                    if request.channel_delivery else format_words(request.delivery))
     lines += [f"{len(selected)} selected images. Each is set to **approve**: change those that should not go out "
               "to *reject* or *hold*, add a note where it helps, and approve any other image of the run by its id "
-              f"below. Approved images are delivered as {request.delivery.format.upper()}"
-              + (f" of at most {request.delivery.max_bytes:,} bytes" if request.delivery.max_bytes else "")
-              + f"; without a decision within {request.review.wait_hours:g} h nothing is delivered.", ""]
+              f"below. Approved images are delivered as {delivered_as}; without a decision within {request.review.wait_hours:g} h nothing is delivered.", ""]
     if gallery_url:
         lines += [f"[Open the gallery]({gallery_url})" if gallery_url.startswith("http") else f"Gallery: `{gallery_url}`",
                   ""]

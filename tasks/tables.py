@@ -250,7 +250,7 @@ DELIVERIES = (
     Column("campaign", "string", "campaign name"),
     Column("asset_id", "string", "the delivered image's asset id"),
     Column("product_id", "string", "catalog product of the image"),
-    Column("channel", "string", "channel the format belongs to; `default` for the campaign's own `delivery:` format"),
+    Column("channel", "string", "the image's channel, whose `delivery:` format it was written in (the campaign's where the channel sets none); `default` for an image without a channel"),
     Column("source_key", "string", "s3 URI of the published PNG the delivery was made from"),
     Column("source_sha256", "string", "sha256 of that PNG"),
     Column("delivered_key", "string", "s3 URI of the delivered file: <assets>/delivery/<campaign>/<channel>/<product_id>/<asset_id>.<ext>"),

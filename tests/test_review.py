@@ -24,14 +24,18 @@ from adapters.delivery import (
 )
 from catalogs import parse_campaign
 from catalogs.models import Campaign, DeliveryFormat, RunRequest
+from tasks.channels import resolve_channels
 from tasks.gallery import render_gallery
 from tasks.request import apply_request
 from tasks.review import (
     ImageReview,
     ReviewRequest,
     approved,
+    channel_formats,
     decided_images,
+    delivery_groups,
     delivery_path,
+    form_description,
     latest_decisions,
     review_rows,
     review_states,
@@ -209,6 +213,37 @@ def test_delivery_writes_once_and_records_what_it_wrote(store, fresh_bucket):
     recovered = deliver(store, request, "rev-3", sources[:1], set(), fmt=request.delivery)
     assert [(r["sha256"], r["quality"]) for r in recovered.rows] == [(row["sha256"], row["quality"])]
     assert len(store.list(f"{assets}/delivery/")) == 1
+
+
+def test_each_channel_is_delivered_in_its_own_format_and_folder(store, fresh_bucket):
+    text = ("name: spring\nmatrix: {template: 'a {product}'}\ndelivery: {format: jpeg, quality: 85}\n"
+            "channels:\n  square: {}\n  story: {max_share: 0.35, delivery: {format: webp, max_bytes: 60000}}\n")
+    spec = parse_campaign(text)
+    plain = parse_campaign(text.replace(", delivery: {format: webp, max_bytes: 60000}", ""))
+    assert resolve_channels(spec) == resolve_channels(plain)  # a delivery format is no part of the layout
+    formats = channel_formats(spec)
+    assert formats == {"square": spec.delivery, "story": DeliveryFormat(format="webp", max_bytes=60_000)}
+    assets = f"s3://{fresh_bucket}/team"
+    request = ReviewRequest(run_id="spring-1", campaign="spring", assets=assets, run_date="2026-12-01",
+                            delivery=spec.delivery, channel_delivery=formats)
+    square, story = (_published(store, assets, "spring-1", "kettle", photo(name, 96)) for name in ("astronaut", "coffee"))
+    sources = [{**square, "channel": "square"}, {**story, "channel": "story"}]
+    groups = delivery_groups(request, sources)
+    assert [(segment, fmt.format, [r["asset_id"] for r in rows]) for segment, fmt, rows in groups] == [
+        ("square", "jpeg", [square["asset_id"]]), ("story", "webp", [story["asset_id"]])]
+    keys = {}
+    for segment, fmt, rows in groups:
+        keys |= {r["delivered_key"]: r for r in deliver(store, request, "rev-1", rows, set(), fmt=fmt, channel=segment).rows}
+    assert sorted(keys) == [f"{assets}/delivery/spring/square/kettle/{square['asset_id']}.jpg",
+                            f"{assets}/delivery/spring/story/kettle/{story['asset_id']}.webp"]
+    assert {r["channel"]: Image.open(io.BytesIO(store.get(k))).format for k, r in keys.items()} == {
+        "square": "JPEG", "story": "WEBP"}
+    # A campaign without channels: every image under `default`, a row's null channel included.
+    request = ReviewRequest(run_id="spring-1", campaign="spring", assets=assets, run_date="2026-12-01")
+    assert [s for s, _, _ in delivery_groups(request, [{**square, "channel": float("nan")}, story])] == ["default"]
+    assert "square: JPEG; story: WEBP of at most 60,000 bytes" in form_description(
+        ReviewRequest(run_id="r", campaign="spring", assets=assets, run_date="2026-12-01", channel_delivery=formats),
+        [], None, {})
 
 
 def test_review_parts_are_written_once_per_review(store, fresh_bucket):
