@@ -46,6 +46,7 @@ T = TypeVar("T")
 SCHEME = "s3://"
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 60.0
+PARALLEL_CALLS = 16  # S3 calls `parallel_map` makes at once, and the client's connection pool to carry them
 COPY_CHUNK_BYTES = 8 << 20
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
@@ -127,7 +128,7 @@ class ObjectStore(Protocol):
     def check_reachable(self, uri: str) -> None: ...
 
 
-def parallel_map(fn: Callable[[str], T], uris: Sequence[str], workers: int = 16) -> list[T]:
+def parallel_map(fn: Callable[[str], T], uris: Sequence[str], workers: int = PARALLEL_CALLS) -> list[T]:
     """`fn` over many URIs at once, results in order: S3 calls wait on latency, not on this process's CPU."""
     if len(uris) <= 1:
         return [fn(u) for u in uris]
@@ -213,6 +214,7 @@ class S3Store:
             # subdomains; AWS itself keeps its default virtual-host addressing.
             s3={"addressing_style": "path" if settings.s3_endpoint else "auto"},
             signature_version="s3v4",  # presigned URLs too (botocore's default for them is the older scheme)
+            max_pool_connections=PARALLEL_CALLS,  # one connection for each thread of parallel_map
         )
         client = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region, config=config)
         return cls(client, RetryPolicy(attempts=settings.s3_retry_attempts, cap_seconds=settings.s3_retry_cap_seconds))

@@ -688,6 +688,7 @@ class RunSummary(_Strict):
     run_id: str | None
     campaign: str
     title: str | None = None  # the campaign's title, in any language
+    channels: tuple[str, ...] = ()  # the placements the run made images for; () without `channels:`
     dry_run: bool = False
     images_planned: int
     images_skipped: int
@@ -724,7 +725,8 @@ class RunSummary(_Strict):
                  f"published, {self.quarantined} catalog objects quarantined "
                  f"({self.duration_seconds:.1f} s, {self.images_per_second:.2f} images/s)"]
         if self.images_generated or self.images_taken_over:
-            lines.append(f"  selected: {self.images_selected} images (top k per product, and per channel), "
+            per = "product and channel" if self.channels else "product"
+            lines.append(f"  selected: {self.images_selected} images (top k per {per}), "
                          f"{self.images_failed} failed; contact sheets: {len(self.sheets)}")
         if self.images_taken_over:
             lines.append(f"  took over: {self.images_taken_over} images made by an earlier run that stopped before "

@@ -15,7 +15,7 @@ from adapters import campaigns, conditioning, publish
 from adapters.settings import get_settings
 from adapters.storage import S3Store
 from catalogs import load_profiles, parse_campaign
-from catalogs.models import Campaign, ModelProfile, Product, RunRequest, RunSummary, StyleSet
+from catalogs.models import CHANNEL_AXIS, Campaign, ModelProfile, Product, RunRequest, RunSummary, StyleSet
 from flows import steps
 from flows.catalog import catalog_for_run
 from flows.dispatch import Generated, run_shards
@@ -101,6 +101,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
     parts.append(steps.write_runs_part(store, assets, "runs", run_date, run_id, [row]))
     summary = RunSummary(
         run_id=run_id, campaign=spec.name, title=spec.title, images_to_generate=len(todo), sheets=sheets, gallery=gallery,
+        channels=tuple(spec.matrix.axes.get(CHANNEL_AXIS, ())),
         tables=tuple(p["uri"] for p in parts), manifest=publish.run_uri(assets, run_id, publish.MANIFEST),
         **{k: row[k] for k in ("images_planned", "images_generated", "images_skipped", "images_selected",
                                "images_failed", "batches", "quarantined", "duration_seconds", "images_per_second",

@@ -410,3 +410,15 @@ def test_the_runs_table_records_the_channels_as_written():
     assert recorded["channels"] == {"square": {}, "hero": {"preset": "banner", "anchor": "right"}}
     assert recorded["matrix"]["axes"]["channel"] == ["square", "hero"]
     assert json.loads(run_parameters(RunRequest(campaign="s"), campaign(), products=[], styles=[]))["channels"] == {}
+
+
+def test_the_run_summary_says_selection_is_per_channel_only_where_there_are_channels():
+    from catalogs.models import RunSummary
+
+    def selected_line(channels: tuple[str, ...]) -> str:
+        summary = RunSummary(run_id="r1", campaign="spring", images_planned=8, images_skipped=0, images_to_generate=8,
+                             images_generated=8, images_selected=2, channels=channels)
+        return next(line for line in summary.lines() if "selected:" in line)
+
+    assert "(top k per product)," in selected_line(())
+    assert "(top k per product and channel)," in selected_line(("square", "story"))
