@@ -78,9 +78,10 @@ _SCORE_CELLS = (
     ("edge F1", "edge_f1", 2), ("SSIM", "product_ssim", 2), ("ΔE", "product_delta_e", 1),
     ("CLIP-T", "clip_text", 3), ("CLIP-I", "clip_style", 3), ("sharp", "sharpness", 0),
     ("lum", "luminance", 2), ("clipped", "clipped_share", 2), ("colour", "colourfulness", 0),
-    ("score", "score", 3), ("in safe zone", "safe_zone_share", 2), ("share", "product_share", 2),
-    ("cut", "product_cut", 2),
+    ("score", "score", 3),
 )
+# The channel checks, shown on the cards of images made for a channel (placements).
+_CHANNEL_CELLS = (("in safe zone", "safe_zone_share", 2), ("share", "product_share", 2), ("cut", "product_cut", 2))
 
 
 def _e(value: object) -> str:
@@ -186,9 +187,10 @@ def _card(r: Mapping, varying: Sequence[str] = (), review: str | None = None) ->
         badges += f'<span class="badge review-{_e(review.replace(" ", "-"))}">{_e(review)}</span>'
     rank = "" if is_missing(r.get("rank_in_product")) else \
         f' · #{int(r["rank_in_product"])} of product, #{int(r["rank_in_cell"])} of cell'
+    cells = _SCORE_CELLS + (_CHANNEL_CELLS if channel_of(r) else ())
     scores = "".join(
         ("<tr>" if i % 2 == 0 else "") + f"<td>{label}</td><td>{_num(r.get(key), digits)}</td>" + ("</tr>" if i % 2 else "")
-        for i, (label, key, digits) in enumerate(_SCORE_CELLS)
+        for i, (label, key, digits) in enumerate(cells)
     )
     image = (f'<div class="frame"><img loading="lazy" src="images/{_e(r["asset_id"])}.png" alt="{_e(r["prompt"])}">'
              f"{_zones_svg(r)}</div>" if r.get("output_key") else '<div class="missing">no image</div>')

@@ -59,6 +59,12 @@ def test_a_gallery_without_channels_has_no_channel_controls():
                                            "cell_index": 0, "cell": [], "prompt": "p", "seed": 1, "width": 64,
                                            "height": 64, "output_key": "s3://a/x.png"}])
     assert 'id="f-channel"' not in page and 'id="t-zones"' not in page and "<svg" not in page
+    assert "in safe zone" not in page  # the channel checks are for placements
+
+
+def test_channel_cards_show_the_channel_checks():
+    page = render_gallery("r1", "placements", _rows())
+    assert page.count("<td>in safe zone</td>") == page.count("<figure")
 
 
 def test_each_channel_card_carries_its_safe_zones_and_product_box():
