@@ -27,9 +27,13 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     model_cache: Path = Path.home() / ".cache" / "stylematrix" / "models"
     out_dir: Path = Path("out")
-    # Scale-out: with a shard deployment ("generate-shard/generate-shard") shards run as flow
-    # runs on the GPU pool; without one they run in the campaign's own process.
-    shard_deployment: str | None = None
+    # Scale-out: with shard workers on, shards are handed to the GPU task workers
+    # (flows/gpu_worker.py, which keep their engine loaded); off, they run in the campaign's own process.
+    shard_workers: bool = False
+    # A worker beats every `shard_heartbeat_seconds` while it runs a shard; a shard whose beat has not
+    # moved for `shard_lease_seconds` is presumed lost with its worker and is handed out again.
+    shard_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    shard_lease_seconds: float = Field(default=60.0, gt=0)
     images_per_shard: int = Field(default=64, ge=1)
     shard_attempts: int = Field(default=3, ge=1)
     shard_poll_seconds: float = Field(default=2.0, gt=0)
