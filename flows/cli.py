@@ -157,7 +157,7 @@ def deployment_names() -> list[str]:
 
 @app.command()
 def serve(
-    gpus: Annotated[int, typer.Option(min=1, help="GPU workers to start (one per GPU; the gpu pool's concurrency)")] = 1,
+    gpus: Annotated[int, typer.Option(min=1, help="GPU workers to start (one per GPU, each keeping its model loaded)")] = 1,
     port: Annotated[int, typer.Option(help="port of the Prefect server and UI on 127.0.0.1")] = 4200,
     home: Annotated[Path, typer.Option(help="PREFECT_HOME of the local server (its SQLite database)")] = Path(".prefect"),
 ) -> None:
