@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,6 +59,14 @@ class Settings(BaseSettings):
         if not value.startswith("s3://") or len(value) <= len("s3://"):
             raise ValueError(f"expected an s3://bucket[/prefix] URI, got {value!r}")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_beats(self) -> Settings:
+        if self.shard_lease_seconds < 2 * self.shard_heartbeat_seconds:
+            raise ValueError(f"STYLEMATRIX_SHARD_LEASE_SECONDS ({self.shard_lease_seconds:g}) must be at least two "
+                             f"heartbeats (STYLEMATRIX_SHARD_HEARTBEAT_SECONDS={self.shard_heartbeat_seconds:g}): "
+                             "a live worker would be taken for dead")
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -43,7 +43,7 @@ def shard_overhead() -> tuple[float, int]:
 
     with get_client(sync_client=True) as client:
         def named(like: str):
-            return client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=like)), limit=10_000)
+            return client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=like)), limit=200)
 
         shards = sorted((r for r in named("-shard-") if r.start_time), key=lambda r: r.start_time)
         batches = named("render-batch")
@@ -74,9 +74,9 @@ def run_once(endpoint: str, catalog: str, models: Path, gpus: int, images_per_sh
             run = run_deployment("run-campaign/campaign", parameters={"request": request},
                                  timeout=1800, poll_interval=1, as_subflow=False)
             elapsed = time.perf_counter() - start
+            overhead = shard_overhead()[0] if gpus == 1 else None
         if not run.state.is_completed():
             raise SystemExit(f"campaign with {gpus} worker(s) ended {run.state.type.value}: {run.state.message}")
-            overhead = shard_overhead()[0] if gpus == 1 else None
         images = sum(1 for o in store.list(f"{assets}/runs/") if "/images/" in o.key)
         return elapsed, images, overhead
     finally:

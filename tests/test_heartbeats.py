@@ -51,3 +51,13 @@ def test_silence_counts_from_the_last_change_on_the_readers_clock(store, fresh_b
 def test_heartbeat_refuses_a_zero_interval(store, fresh_bucket):
     with pytest.raises(ValueError, match="heartbeat interval must be positive"):
         Heartbeat(store, beat_uri(f"s3://{fresh_bucket}", "r", "t"), Beat("gpu-1", 1, "t", 0), interval=0)
+
+
+def test_a_lease_shorter_than_two_heartbeats_is_refused():
+    from pydantic import ValidationError
+
+    from adapters.settings import Settings
+
+    with pytest.raises(ValidationError, match="SHARD_LEASE_SECONDS \\(8\\) must be at least two heartbeats"):
+        Settings(shard_lease_seconds=8, shard_heartbeat_seconds=5)
+    assert Settings(shard_lease_seconds=15, shard_heartbeat_seconds=1).shard_lease_seconds == 15
