@@ -506,6 +506,12 @@ def control_embedded_once(controlnet) -> Iterator[None]:
 
 _ENGINES: dict[tuple, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
+_LOADS = 0  # pipelines this process has loaded: a warm GPU worker reports it with every shard
+
+
+def engine_loads() -> int:
+    """How many times this process has loaded a pipeline (once per profile, device and dtype it served)."""
+    return _LOADS
 
 
 def get_engine(profile_name: str, settings: Settings) -> Engine:
@@ -515,9 +521,11 @@ def get_engine(profile_name: str, settings: Settings) -> Engine:
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    global _LOADS
     key = (profile_name, device, dtype, str(settings.model_cache))
     with _ENGINES_LOCK:
         if key not in _ENGINES:
+            _LOADS += 1
             profile = load_profiles()[profile_name]  # a run's profile is checked where its request is applied
             pipe = load_pipeline(profile, settings, device=device, dtype=dtype)
             _ENGINES[key] = Engine(

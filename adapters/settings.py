@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,9 +27,13 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     model_cache: Path = Path.home() / ".cache" / "stylematrix" / "models"
     out_dir: Path = Path("out")
-    # Scale-out: with a shard deployment ("generate-shard/generate-shard") shards run as flow
-    # runs on the GPU pool; without one they run in the campaign's own process.
-    shard_deployment: str | None = None
+    # Scale-out: with shard workers on, shards are handed to the GPU task workers
+    # (flows/gpu_worker.py, which keep their engine loaded); off, they run in the campaign's own process.
+    shard_workers: bool = False
+    # A worker beats every `shard_heartbeat_seconds` while it runs a shard; a shard whose beat has not
+    # moved for `shard_lease_seconds` is presumed lost with its worker and is handed out again.
+    shard_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    shard_lease_seconds: float = Field(default=60.0, gt=0)
     images_per_shard: int = Field(default=64, ge=1)
     shard_attempts: int = Field(default=3, ge=1)
     shard_poll_seconds: float = Field(default=2.0, gt=0)
@@ -57,6 +61,14 @@ class Settings(BaseSettings):
         if not value.startswith("s3://") or len(value) <= len("s3://"):
             raise ValueError(f"expected an s3://bucket[/prefix] URI, got {value!r}")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_beats(self) -> Settings:
+        if self.shard_lease_seconds < 2 * self.shard_heartbeat_seconds:
+            raise ValueError(f"STYLEMATRIX_SHARD_LEASE_SECONDS ({self.shard_lease_seconds:g}) must be at least two "
+                             f"heartbeats (STYLEMATRIX_SHARD_HEARTBEAT_SECONDS={self.shard_heartbeat_seconds:g}): "
+                             "a live worker would be taken for dead")
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -1,12 +1,14 @@
-"""Wall time of one campaign on one GPU worker against two, with real Prefect workers on loopback.
+"""Wall time of one campaign in the campaign's process, on one GPU worker and on two, with real Prefect on loopback.
 
-    .venv/bin/python bench/workers.py [--images-per-shard 16] [--write-docs]
+    .venv/bin/python bench/workers.py [--images-per-shard 16] [--seeds 8] [--write-docs]
 
-Starts the embedded S3 server, then for 1 and 2 `gpu` workers: a Prefect server, the pools,
-the deployments and the workers (flows/serve.py), runs the sample campaign through the
-`campaign` deployment into a fresh assets prefix, and prints the wall time of each and the ratio.
-The workers share this machine's cores: on a CPU-only box the ratio says how much of a run is
-orchestration and model loading that overlaps, not what two GPUs would give.
+Starts the embedded S3 server, then for 0 (shards in the campaign's process), 1 and 2 GPU
+workers: a Prefect server, the pool, the deployments and the workers (flows/serve.py), runs the
+sample campaign with `--seeds` seeds (8: 256 images) through the `campaign` deployment into a
+fresh assets prefix, and prints the wall time and images/s of each. The per-shard fixed cost is
+the one-worker wall time less the in-process wall time, over the shards: what handing a shard
+to a worker adds. The workers share this machine's cores: on a CPU-only box two workers say how
+much of a run is orchestration that overlaps, not what two GPUs would give.
 """
 
 from __future__ import annotations
@@ -29,7 +31,29 @@ from adapters.storage import S3Store  # noqa: E402
 from flows.serve import start_stack  # noqa: E402
 
 
-def run_once(endpoint: str, catalog: str, models: Path, gpus: int, images_per_shard: int, tmp: Path) -> tuple[float, int]:
+def shard_overhead() -> tuple[float, int]:
+    """Seconds each shard costs beyond its batches on the worker, from the server's task runs; and the shard count.
+
+    A shard's cost is its task run's time less its `render-batch` task runs' time, plus the gap between the
+    end of the shard before it on the same worker and its start (the hand-over). Meaningful with one worker,
+    where every shard waits for the one before it.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        def named(like: str):
+            return client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=like)), limit=200)
+
+        shards = sorted((r for r in named("-shard-") if r.start_time), key=lambda r: r.start_time)
+        batches = named("render-batch")
+    inside = sum(r.total_run_time.total_seconds() for r in shards) - sum(r.total_run_time.total_seconds() for r in batches)
+    gaps = sum((b.start_time - a.end_time).total_seconds() for a, b in zip(shards, shards[1:], strict=False))
+    return (inside + gaps) / max(len(shards), 1), len(shards)
+
+
+def run_once(endpoint: str, catalog: str, models: Path, gpus: int, images_per_shard: int, seeds: int,
+             tmp: Path) -> tuple[float, int, float | None]:
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -46,13 +70,15 @@ def run_once(endpoint: str, catalog: str, models: Path, gpus: int, images_per_sh
     try:
         with temporary_settings({PREFECT_API_URL: stack.api_url}):
             start = time.perf_counter()
-            run = run_deployment("run-campaign/campaign", parameters={"request": {"campaign": "sample", "triggered_by": "api"}},
+            request = {"campaign": "sample", "triggered_by": "api", "seeds": list(range(1, seeds + 1))}
+            run = run_deployment("run-campaign/campaign", parameters={"request": request},
                                  timeout=1800, poll_interval=1, as_subflow=False)
             elapsed = time.perf_counter() - start
+            overhead = shard_overhead()[0] if gpus == 1 else None
         if not run.state.is_completed():
             raise SystemExit(f"campaign with {gpus} worker(s) ended {run.state.type.value}: {run.state.message}")
         images = sum(1 for o in store.list(f"{assets}/runs/") if "/images/" in o.key)
-        return elapsed, images
+        return elapsed, images, overhead
     finally:
         stack.stop()
 
@@ -60,6 +86,7 @@ def run_once(endpoint: str, catalog: str, models: Path, gpus: int, images_per_sh
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images-per-shard", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=8, help="seeds per cell: 32 images each")
     parser.add_argument("--write-docs", action="store_true", help="record the figures in docs/benchmarks.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name, LocalS3Server() as server:
@@ -71,19 +98,23 @@ def main() -> None:
         seed_sample_catalog(store, catalog)
         models = tmp / "models"
         ensure_tiny_kit(models)
-        results = {gpus: run_once(server.endpoint, catalog, models, gpus, args.images_per_shard, tmp) for gpus in (1, 2)}
-    (t1, n1), (t2, n2) = results[1], results[2]
+        results = {gpus: run_once(server.endpoint, catalog, models, gpus, args.images_per_shard, args.seeds, tmp)
+                   for gpus in (0, 1, 2)}
+    (t0, n0, _), (t1, n1, fixed), (t2, n2, _) = results[0], results[1], results[2]
     lines = [
-        f"| 1 gpu worker | {n1} | {t1:.1f} s | {n1 / t1:.2f} |",
-        f"| 2 gpu workers | {n2} | {t2:.1f} s | {n2 / t2:.2f} |",
+        f"| in-process (no worker) | {n0} | {t0:.1f} s | {n0 / t0:.2f} | 100% |",
+        f"| 1 gpu worker | {n1} | {t1:.1f} s | {n1 / t1:.2f} | {(n1 / t1) / (n0 / t0):.0%} |",
+        f"| 2 gpu workers | {n2} | {t2:.1f} s | {n2 / t2:.2f} | {(n2 / t2) / (n0 / t0):.0%} |",
     ]
+    shards = -(-n1 // args.images_per_shard)
     print("\n".join(lines))
-    print(f"two workers / one worker wall time: {t2 / t1:.2f} (speed-up {t1 / t2:.2f}x)")
+    print(f"per-shard fixed cost on one worker: {fixed:.2f} s ({shards} shards); "
+          f"two workers / one worker wall time: {t2 / t1:.2f} (speed-up {t1 / t2:.2f}x)")
     if args.write_docs:
-        record(lines, t1 / t2, args.images_per_shard)
+        record(lines, t1 / t2, fixed, shards, n1, args)
 
 
-def record(lines: list[str], speedup: float, images_per_shard: int) -> None:
+def record(lines: list[str], speedup: float, fixed: float, shards: int, images: int, args) -> None:
     import platform
 
     doc = ROOT / "docs" / "benchmarks.md"
@@ -91,17 +122,22 @@ def record(lines: list[str], speedup: float, images_per_shard: int) -> None:
     start, end = "<!-- workers:start -->", "<!-- workers:end -->"
     section = "\n".join([
         start,
-        "## Scale-out: one GPU worker against two (`bench/workers.py`)",
+        "## Scale-out: in-process, one GPU worker, two (`bench/workers.py`)",
         "",
-        f"Sample campaign (64 images, tiny kit, 128 px, 4 steps), shards of {images_per_shard} images, "
-        f"real Prefect server and process workers on loopback, {platform.processor() or platform.machine()}, "
-        "CPU only: both workers share the same cores.",
+        f"Sample campaign with {args.seeds} seeds ({images} images, tiny kit, 128 px, 4 steps), shards of "
+        f"{args.images_per_shard} images ({shards} shards), campaign started through the `campaign` deployment "
+        f"on a real Prefect server with its workers on loopback, {platform.processor() or platform.machine()}, "
+        "CPU only: the campaign and its workers share the same cores. Workers are warm GPU task workers "
+        "(flows/gpu_worker.py).",
         "",
-        "| workers | images | wall time | images/s |",
-        "|---|---|---|---|",
+        "| shards run | images | wall time | images/s | of in-process |",
+        "|---|---|---|---|---|",
         *lines,
         "",
-        f"Speed-up with two workers: {speedup:.2f}x. Command: `.venv/bin/python bench/workers.py --write-docs`.",
+        f"Per-shard fixed cost on one worker (each shard's task run less its batches, plus the hand-over "
+        f"from the shard before; from the server's task runs): {fixed:.2f} s. Speed-up with two workers: {speedup:.2f}x. "
+        f"Command: `.venv/bin/python bench/workers.py --images-per-shard {args.images_per_shard} "
+        f"--seeds {args.seeds} --write-docs`.",
         end,
     ])
     if start in text:

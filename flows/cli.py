@@ -159,7 +159,7 @@ def deployment_names() -> list[str]:
 
 @app.command()
 def serve(
-    gpus: Annotated[int, typer.Option(min=1, help="GPU workers to start (one per GPU; the gpu pool's concurrency)")] = 1,
+    gpus: Annotated[int, typer.Option(min=1, help="GPU workers to start (one per GPU, each keeping its model loaded)")] = 1,
     port: Annotated[int, typer.Option(help="port of the Prefect server and UI on 127.0.0.1")] = 4200,
     home: Annotated[Path, typer.Option(help="PREFECT_HOME of the local server (its SQLite database)")] = Path(".prefect"),
 ) -> None:
@@ -192,7 +192,7 @@ def serve(
             fail(exc)
         stack.callback(prefect.stop)
         typer.echo(f"Prefect UI: http://127.0.0.1:{port}  (deployments: {', '.join(deployment_names())})")
-        typer.echo(f"workers: cpu-1, {', '.join(f'gpu-{i + 1}' for i in range(gpus))}; logs in {home / 'logs'}")
+        typer.echo(f"workers: cpu-1, {', '.join(f'gpu-{i + 1}' for i in range(gpus))}, gpu-scans; logs in {home / 'logs'}")
         typer.echo("press Ctrl-C to stop")
         try:
             while all(p.poll() is None for p in prefect.processes.values()):

@@ -1,8 +1,10 @@
-"""Running shards: in this process (embedded default), or as `generate-shard` flow runs on the GPU pool.
+"""Running shards: in this process (embedded default), or on the GPU workers (flows/gpu_worker.py).
 
-With a shard deployment configured, every shard becomes a child flow run that any GPU worker
-can pick up. A shard whose run crashes or fails (a worker died, a GPU fell over) is started
-again; it skips the images it already wrote, so nothing is lost or duplicated.
+With shard workers on, every shard becomes a `generate-shard` task run that the next free GPU
+worker takes and runs with the engine it keeps loaded. A shard whose run fails (a GPU fell over)
+or whose worker stops beating for the lease (the worker or its machine died: Prefect itself
+never hands such a run out again) is marked Crashed and handed out again as a new task run; it
+skips the images it already wrote, so nothing is lost or duplicated.
 
 Progress has one writer, so the run's progress bar only moves forward: in this process each
 shard moves it after each batch (shards run one after another); on the pool, where shards run
@@ -12,6 +14,7 @@ written while it waits.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -19,18 +22,22 @@ from dataclasses import dataclass, replace
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
-from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed
 
 from adapters import publish
+from adapters.heartbeats import Silence, beat_uri
 from adapters.settings import Settings
 from adapters.storage import ObjectStore
 from flows import progress
 from flows.artifacts import advance_progress
+from flows.gpu_worker import generate_shard_task
 from flows.shard import generate_shard, shard_part_name
 from tasks.plan import Batch, Shard, ShardContext, finished_batches
 
 RETRYABLE = {StateType.CRASHED, StateType.FAILED}
 FINAL = {StateType.COMPLETED, StateType.CANCELLED, StateType.CRASHED, StateType.FAILED}
+TAKEN = {StateType.PENDING, StateType.RUNNING}  # a worker has the task run: its heartbeat must move
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
     """Run every shard to completion and return what each published, read back from its table part.
 
     Each shard's spec is stored with the run first: what a worker ran can always be looked up or
-    re-run. `settings.shard_deployment` decides where shards run: None, in this process.
+    re-run. `settings.shard_workers` decides where shards run: off, in this process.
     """
     clock = time.perf_counter()
     images = sum(len(b.jobs) for s in shards for b in s.batches)
@@ -58,14 +65,14 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
     for shard in shards:
         store.put(publish.run_uri(ctx.assets, ctx.run_id, "shards", f"{shard.index:05d}.json"),
                   shard.model_dump_json().encode(), content_type="application/json")
-    if settings.shard_deployment is None:
+    if not settings.shard_workers:
         before = 0
         for shard in shards:
             generate_shard(shard, ctx, batches_before=before)
             before += len(shard.batches)
     else:
         tracker = BatchProgress(store, ctx, [b for s in shards for b in s.batches])
-        _run_on_pool(shards, ctx.model_copy(update={"progress": None}), settings, tracker)
+        _run_on_workers(shards, ctx.model_copy(update={"progress": None}), store, settings, tracker)
     if ctx.progress:
         advance_progress(ctx.progress, 1.0)  # every shard has finished, whatever order their batches ran in
     progress.reach(images)
@@ -103,13 +110,23 @@ class BatchProgress:
         return self.share
 
 
-def _run_on_pool(shards: Sequence[Shard], ctx: ShardContext, settings: Settings, tracker: BatchProgress) -> None:
+def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, settings: Settings,
+                    tracker: BatchProgress) -> None:
     logger = get_run_logger()
-    deployment, attempts = settings.shard_deployment, settings.shard_attempts
+    attempts, lease = settings.shard_attempts, settings.shard_lease_seconds
+    silence = Silence(store)
+
+    def submit(shard: Shard, attempt: int) -> str:
+        # Named `<run_id>-shard-<index>-try-<n>`: a deferred task run takes its task's name.
+        named = generate_shard_task.with_options(name=f"{ctx.run_id}-shard-{shard.index:05d}-try-{attempt}")
+        # Handed over outside this flow run's context: `.delay()` would pickle the campaign flow with the
+        # shard, and a worker cannot import the flow's module as a deployment loaded it.
+        return str(contextvars.Context().run(named.delay, shard=shard, ctx=ctx).task_run_id)
+
     tries = {s.index: 1 for s in shards}
-    running = {s.index: _submit(deployment, s, 1, ctx) for s in shards}
+    running = {s.index: submit(s, 1) for s in shards}
     by_index = {s.index: s for s in shards}
-    logger.info("submitted %d shards to deployment %s", len(shards), deployment)
+    logger.info("handed %d shards to the GPU workers", len(shards))
     with get_client(sync_client=True) as client:
         while running:
             time.sleep(settings.shard_poll_seconds)
@@ -118,31 +135,34 @@ def _run_on_pool(shards: Sequence[Shard], ctx: ShardContext, settings: Settings,
             except Exception as exc:  # a progress bar is a report: it never stops the run
                 logger.warning("progress not updated: %s: %s", type(exc).__name__, exc)
             for index, run_id in list(running.items()):
-                state = client.read_flow_run(run_id).state
-                if state is None or state.type not in FINAL:
-                    continue
+                try:
+                    state = client.read_task_run(run_id).state
+                except ObjectNotFound:  # not recorded yet, or deleted by a worker that could not read its parameters
+                    state = None
+                kind = state.type if state else None
+                message = (state.message if state else None) or "no message"
+                if kind in TAKEN or state is None:
+                    quiet = silence.seconds(beat_uri(ctx.assets, ctx.run_id, run_id))
+                    if quiet <= lease:
+                        continue
+                    if state is None:
+                        message = f"task run {run_id} not found for {quiet:.0f} s"
+                    else:
+                        message = f"no heartbeat from its worker for {quiet:.0f} s: the worker is gone"
+                        client.set_task_run_state(run_id, Crashed(message=message), force=True)
+                    kind = StateType.CRASHED
+                elif kind not in FINAL:
+                    continue  # scheduled: waiting for a free worker
                 del running[index]
-                if state.type == StateType.COMPLETED:
-                    logger.info("shard %d done (flow run %s)", index, run_id)
-                elif state.type in RETRYABLE and tries[index] < attempts:
+                if kind == StateType.COMPLETED:
+                    logger.info("shard %d done (task run %s)", index, run_id)
+                elif kind in RETRYABLE and tries[index] < attempts:
                     tries[index] += 1
-                    logger.warning("shard %d %s (%s); starting attempt %d of %d", index, state.type.value.lower(),
-                                   state.message or "no message", tries[index], attempts)
-                    running[index] = _submit(deployment, by_index[index], tries[index], ctx)
+                    logger.warning("shard %d %s (%s); handing out attempt %d of %d", index, kind.value.lower(),
+                                   message, tries[index], attempts)
+                    running[index] = submit(by_index[index], tries[index])
                 else:
-                    raise RuntimeError(f"shard {index} ended {state.type.value} after {tries[index]} attempts: "
-                                       f"{state.message or 'no message'}")
-
-
-def _submit(deployment: str, shard: Shard, attempt: int, ctx: ShardContext):
-    run = run_deployment(
-        name=deployment,
-        parameters={"shard": shard, "ctx": ctx},
-        timeout=0,  # do not wait here: every shard is submitted before any is awaited
-        flow_run_name=f"{ctx.run_id}-shard-{shard.index:05d}-try-{attempt}",
-        as_subflow=True,
-    )
-    return run.id
+                    raise RuntimeError(f"shard {index} ended {kind.value} after {tries[index]} attempts: {message}")
 
 
 def _part_images(store: ObjectStore, part: dict) -> list[dict]:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
-SHARD_DEPLOYMENT = "generate-shard/generate-shard"
 # Flow runs send a heartbeat every HEARTBEAT seconds; a run silent for ZOMBIE seconds is
-# marked Crashed by a server automation, and the campaign starts its shard again.
+# marked Crashed by a server automation. (Shards have their own heartbeat: flows/gpu_worker.py.)
 HEARTBEAT_SECONDS = 30
 ZOMBIE_SECONDS = 75
 
@@ -84,11 +83,14 @@ class PrefectStack:
             time.sleep(0.5)
         raise TimeoutError(f"prefect server did not answer on {self.api_url} within {timeout:.0f} s")
 
-    def create_pools(self, gpus: int) -> None:
-        """A `cpu` pool for orchestration and a `gpu` pool whose concurrency is the number of GPUs."""
+    def create_pools(self) -> None:
+        """The `cpu` pool for orchestration, and the `gpu` pool for style scans, one at a time.
+
+        A campaign's shards need no pool: they go to the GPU task workers.
+        """
         self._prefect("work-pool", "create", "cpu", "--type", "process", "--overwrite")
         self._prefect("work-pool", "create", "gpu", "--type", "process", "--overwrite")
-        self._prefect("work-pool", "set-concurrency-limit", "gpu", str(gpus))
+        self._prefect("work-pool", "set-concurrency-limit", "gpu", "1")
 
     def create_zombie_automation(self) -> None:
         """Mark a flow run Crashed when its heartbeats stop (a worker or machine died mid-run)."""
@@ -121,9 +123,14 @@ class PrefectStack:
         return self._prefect("--no-prompt", "deploy", "--all", timeout=300)
 
     def start_worker(self, pool: str, name: str, env: Mapping[str, str] | None = None) -> subprocess.Popen:
-        """A process worker that runs one flow run at a time (one per GPU on the `gpu` pool)."""
+        """A process worker that runs one flow run at a time."""
         return self._spawn(name, [*PREFECT, "worker", "start", "--pool", pool, "--name", name, "--type", "process",
                                   "--limit", "1"], {"STYLEMATRIX_WORKER_NAME": name, **(env or {})})
+
+    def start_gpu_worker(self, name: str, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+        """A GPU task worker (flows/gpu_worker.py): one process that keeps its engine loaded and runs one shard at a time."""
+        return self._spawn(name, [sys.executable, "-m", "flows.gpu_worker"],
+                           {"STYLEMATRIX_WORKER_NAME": name, **(env or {})})
 
     def stop(self) -> None:
         """Workers first (SIGINT: a 3.9 process worker ignores SIGTERM), then the server."""
@@ -143,16 +150,22 @@ class PrefectStack:
 
 
 def start_stack(home: Path, port: int, *, gpus: int, env: Mapping[str, str], log_dir: Path) -> PrefectStack:
-    """Server, pools, the zombie automation, every deployment, one cpu worker and one worker per GPU."""
+    """Server, the pools, the zombie automation, every deployment, one cpu worker, one GPU task worker per
+    GPU and a `gpu` pool worker for style scans.
+
+    `gpus=0` starts no GPU worker: campaigns then run their shards in their own process.
+    """
     stack = PrefectStack(home=home, port=port, env=dict(env), log_dir=log_dir)
     try:
         stack.start_server()
-        stack.create_pools(gpus)
+        stack.create_pools()
         stack.create_zombie_automation()
         stack.deploy()
-        stack.start_worker("cpu", "cpu-1", {"STYLEMATRIX_SHARD_DEPLOYMENT": SHARD_DEPLOYMENT})
+        stack.start_worker("cpu", "cpu-1", {"STYLEMATRIX_SHARD_WORKERS": "true" if gpus else "false"})
         for i in range(gpus):
-            stack.start_worker("gpu", f"gpu-{i + 1}", {"CUDA_VISIBLE_DEVICES": str(i)} if _has_cuda() else {})
+            stack.start_gpu_worker(f"gpu-{i + 1}", {"CUDA_VISIBLE_DEVICES": str(i)} if _has_cuda() else {})
+        if gpus:  # style scans: a flow run at a time on the first GPU, beside its task worker
+            stack.start_worker("gpu", "gpu-scans", {"CUDA_VISIBLE_DEVICES": "0"} if _has_cuda() else {})
     except BaseException:
         stack.stop()
         raise

@@ -1,4 +1,8 @@
-"""The GPU step: a shard of batches run with the process's engine, its `generations` part written last."""
+"""The GPU step: a shard of batches run with the process's engine, its `generations` part written last.
+
+`generate_shard` is the child flow a campaign runs in its own process; a GPU worker
+(flows/gpu_worker.py) runs the same `run_shard` as a task, with the engine it keeps loaded.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,12 @@ def shard_part_name(run_id: str, index: int) -> str:
 
 @flow(name="generate-shard")
 def generate_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0) -> dict:
-    """Run every batch of a shard with one loaded engine; write the shard's table part.
+    """A shard as a child flow run of the campaign, in the campaign's process (see `run_shard`)."""
+    return run_shard(shard, ctx, batches_before)
+
+
+def run_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0) -> dict:
+    """Run every batch of a shard with the process's engine (loaded on first use); write the shard's table part.
 
     Returns the part's manifest entry. With `ctx.progress` (shards run one after another in the
     campaign's process) the shard moves the run's progress after each batch, to

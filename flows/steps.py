@@ -1,7 +1,8 @@
 """Task policy in one place: which steps retry, which cache, which must never hash their inputs.
 
 Every Prefect task of the project is defined here, as a one-line wrapper around a function of
-`tasks/` (pure) or `adapters/` (I/O). Steps that receive a store, an engine or images use
+`tasks/` (pure) or `adapters/` (I/O); the one exception is `generate-shard`, the task GPU workers
+serve, defined beside them in flows/gpu_worker.py. Steps that receive a store, an engine or images use
 NO_CACHE: hashing them is meaningless or fails. Idempotency comes from deterministic asset ids
 and the manifest, not from Prefect's result cache.
 """

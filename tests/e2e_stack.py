@@ -1,8 +1,8 @@
 """The worker end-to-end stack (tests/test_workers.py): a Prefect server, deployments from
-prefect.yaml, a cpu worker and two gpu workers, on loopback against the session's S3 server.
+prefect.yaml, a cpu worker and two GPU task workers, on loopback against the session's S3 server.
 
 Its two campaigns take minutes, nearly all of it in other processes (workers, flow runs) or
-waiting (a killed worker's shard is crashed only after 75 s without a heartbeat). So the stack
+waiting (a killed worker's shard is handed out again only after its heartbeat lease). So the stack
 starts when the session starts (conftest's `early` fixtures) and a thread runs both campaigns
 while the in-process tests go on; the tests in test_workers.py wait for them and assert.
 The thread only drives the campaigns; every assertion about them is in the tests.
@@ -31,6 +31,7 @@ CAMPAIGN = (
     "generation: {profile: tiny, width: 64, height: 64, steps: 2, batch_size: 4}\n"
 )
 IMAGES = 2 * 2 * 2 * 2
+LEASE = 15  # seconds without a heartbeat before a shard is handed out again (the production default is 60)
 WAIT = 900  # seconds a test waits for a background result before it fails (the thread's own limits are shorter)
 
 
@@ -61,13 +62,20 @@ def wait_final(stack, flow_run_id, timeout: float, stop: threading.Event | None 
     raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout:.0f} s; logs in {stack['stack'].log_dir}")
 
 
-def shard_runs(stack, parent_id):
+def shard_attempt(run) -> tuple[str, int]:
+    """(shard index, attempt) of a `generate-shard` task run, from its name `<run_id>-shard-<index>-try-<n>-<key>`."""
+    shard, attempt = run.name.split("-shard-")[1].split("-try-")
+    return shard, int(attempt.split("-")[0])
+
+
+def shard_runs(stack, run_id: str = ""):
+    """The `generate-shard` task runs a campaign run (all runs: "") handed to the GPU workers."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
     with api(stack), get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
-    return [r for r in runs if "-shard-" in r.name]
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=f"{run_id}-shard-")))
+    return [r for r in runs if r.name.startswith(f"{run_id}-shard-") or not run_id]
 
 
 def published(stack, run_id):
@@ -89,8 +97,9 @@ class WorkerCampaigns:
 
     `stack`: the stack as a dict (stack, store, catalog, assets).
     `on_both_workers`: (final parent flow run, seconds) of a campaign started from the API.
-    `with_a_killed_worker`: (final parent flow run, the shard run whose worker was killed) of a
-    second campaign (seeds 3 and 4) whose first running shard loses its worker and process.
+    `with_a_killed_worker`: (final parent flow run, the shard task run whose worker was killed, seconds
+    from the kill to the end of the campaign) of a second campaign (seeds 3 and 4) whose first
+    running shard loses its worker process.
     """
 
     def __init__(self, s3_endpoint: str, model_cache: Path, folder: Path, env: dict[str, str]):
@@ -140,6 +149,8 @@ class WorkerCampaigns:
             "STYLEMATRIX_DEVICE": "cpu",
             "STYLEMATRIX_IMAGES_PER_SHARD": "4",  # 4 shards: more than the two gpu workers take at once
             "STYLEMATRIX_SHARD_POLL_SECONDS": "0.5",
+            "STYLEMATRIX_SHARD_HEARTBEAT_SECONDS": "1",
+            "STYLEMATRIX_SHARD_LEASE_SECONDS": str(LEASE),
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "OMP_NUM_THREADS": "1",
             "HF_HUB_OFFLINE": "1",
@@ -155,23 +166,27 @@ class WorkerCampaigns:
         return parent, time.monotonic() - started
 
     def _campaign_with_a_killed_worker(self, stack: dict):
+        from adapters.heartbeats import beat_uri, read_beat
+
         parent_id = start_campaign(stack, seeds=[3, 4], triggered_by="api").id
-        victim = None
+        victim = beat = None
         deadline = time.monotonic() + 300
-        while victim is None and time.monotonic() < deadline and not self._stop.is_set():
-            running = [c for c in shard_runs(stack, parent_id) if c.state and c.state.is_running()]
-            if running and running[0].infrastructure_pid:
-                time.sleep(3)  # let its first heartbeat reach the server
-                victim = running[0]
+        while beat is None and time.monotonic() < deadline and not self._stop.is_set():
+            for run in shard_runs(stack):  # the first campaign is over: a running shard is this one's
+                if run.state and run.state.is_running():
+                    run_id = run.name.split("-shard-")[0]
+                    beat = read_beat(stack["store"], beat_uri(stack["assets"], run_id, str(run.id)))
+                    if beat is not None:
+                        victim = run
+                        break
             else:
                 time.sleep(0.5)
         assert victim is not None, "no shard started running"
-        child_pid = int(str(victim.infrastructure_pid).rsplit(":", 1)[-1])
-        worker = psutil.Process(child_pid).parent()
-        # A machine dying: the worker and the shard process vanish at once, with no goodbye.
-        for proc in [worker, *worker.children(recursive=True)]:
-            proc.send_signal(signal.SIGKILL)
-        return wait_final(stack, parent_id, timeout=600, stop=self._stop), victim
+        # A machine dying: the GPU worker's process vanishes mid-shard, with no goodbye.
+        psutil.Process(beat.pid).send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        parent = wait_final(stack, parent_id, timeout=600, stop=self._stop)
+        return parent, victim, time.monotonic() - killed
 
     def close(self) -> None:
         """Stop waiting, then stop the stack and any flow run its workers still have."""

@@ -1,5 +1,5 @@
 """End to end with real parts on loopback: a Prefect server, deployments from prefect.yaml,
-a cpu worker and two gpu workers, the S3 server; shards as child flow runs, one worker killed.
+a cpu worker and two GPU task workers, the S3 server; shards as task runs, one worker killed.
 
 The stack and its two campaigns start with the session and run in the background
 (tests/e2e_stack.py); the first two tests wait for those campaigns and check what they did."""
@@ -11,8 +11,9 @@ import time
 
 import pytest
 
+from adapters.heartbeats import read_beats
 from adapters.parquet_io import read_parquet_bytes
-from tests.e2e_stack import IMAGES, WAIT, api, published, run_id_of, shard_runs, start_campaign
+from tests.e2e_stack import IMAGES, LEASE, WAIT, api, published, run_id_of, shard_attempt, shard_runs, start_campaign
 from tests.helpers import ARTIFACTS, CHROMIUM, chromium_page
 
 pytestmark = pytest.mark.e2e
@@ -33,23 +34,49 @@ def test_campaign_from_the_api_runs_shards_on_both_gpu_workers(worker_campaigns,
     for r in gens.itertuples():
         assert stack["store"].exists(r.output_key)
     # Four shards, each completed once (a busy machine may make one retry, which is still correct).
-    children = shard_runs(stack, parent.id)
-    done = sorted(c.name.split("-shard-")[1].split("-try-")[0] for c in children if c.state.is_completed())
+    children = shard_runs(stack, run_id_of(stack, parent.id))
+    done = sorted(shard_attempt(c)[0] for c in children if c.state.is_completed())
     assert done == ["00000", "00001", "00002", "00003"]
     print(f"two-worker campaign: {IMAGES} images in {elapsed:.1f} s")
 
 
 @pytest.mark.early("worker_campaigns")
+def test_each_gpu_worker_loads_its_engine_once_for_all_its_shards(worker_campaigns, stack):
+    """Warm workers: every shard a worker ran came from one process, which had loaded the engine once."""
+    parent, _ = worker_campaigns.on_both_workers.result(timeout=WAIT)
+    beats = read_beats(stack["store"], stack["assets"], run_id_of(stack, parent.id))
+    assert len(beats) >= 4 and all(b.state == "done" for b in beats)
+    by_worker: dict[str, list] = {}
+    for b in beats:
+        by_worker.setdefault(b.worker, []).append(b)
+    assert set(by_worker) == {"gpu-1", "gpu-2"}
+    for worker, mine in by_worker.items():
+        assert len({b.pid for b in mine}) == 1, f"{worker} ran its shards in several processes"
+        assert {b.engine_loads for b in mine} == {1}, f"{worker} loaded its engine again: {mine}"
+        assert sorted(b.shards_served for b in mine) == list(range(1, len(mine) + 1)), mine
+    # Four shards over two workers: at least one worker served several, still with its one load.
+    assert max(len(mine) for mine in by_worker.values()) >= 2
+
+
+@pytest.mark.early("worker_campaigns")
 def test_killed_worker_shard_is_retried_with_nothing_lost_or_duplicated(worker_campaigns, stack):
-    parent, victim = worker_campaigns.with_a_killed_worker.result(timeout=WAIT)
+    parent, victim, after_kill = worker_campaigns.with_a_killed_worker.result(timeout=WAIT)
     assert parent.state.is_completed(), parent.state.message
     _, gens = published(stack, run_id_of(stack, parent.id))
     assert len(gens) == IMAGES and gens["asset_id"].is_unique
     assert set(gens["seed"]) == {3, 4}
-    states = {c.name: c.state.type.value for c in shard_runs(stack, parent.id)}
-    assert states[victim.name] == "CRASHED"
-    retry = victim.name.replace("-try-1", "-try-2")
-    assert states.get(retry) == "COMPLETED", states
+    runs = shard_runs(stack, run_id_of(stack, parent.id))
+    states = {shard_attempt(c): c.state.type.value for c in runs}
+    shard, _ = shard_attempt(victim)
+    assert states[(shard, 1)] == "CRASHED", states
+    assert states.get((shard, 2)) == "COMPLETED", states
+    # The other worker took the dead worker's shard over; the dead one's last beat says it never finished.
+    beats = {b.task_run_id: b for b in read_beats(stack["store"], stack["assets"], run_id_of(stack, parent.id))}
+    retried = next(c for c in runs if shard_attempt(c) == (shard, 2))
+    dead, redo = beats[str(victim.id)], beats[str(retried.id)]
+    assert dead.state == "running" and redo.state == "done"
+    assert redo.worker != dead.worker and redo.pid != dead.pid
+    print(f"killed worker: campaign finished {after_kill:.1f} s after the kill (lease {LEASE} s)")
 
 
 def test_scheduled_deployment_and_parameter_validation(stack):

@@ -1,0 +1,93 @@
+"""A GPU worker: one long-lived process that loads its engine once and serves shard after shard.
+
+    python -m flows.gpu_worker        # STYLEMATRIX_WORKER_NAME names it in the `worker` column
+
+It is a Prefect task worker serving the `generate-shard` task: a campaign hands each shard over
+with `.delay()`, and the worker runs it in this process, where the engine loaded for the first
+shard stays loaded for the next. Two choices differ from Prefect's stock task worker
+(docs/operations.md says why):
+
+- it takes a shard only when it is free. The stock worker acknowledges the next task run while
+  it still runs one; if it then dies, that run was taken and never started, and the server
+  never hands it out again. Here the worker opens its subscription, takes one run, closes it,
+  runs the shard, and only then asks again; a run the server sends while it closes is not
+  acknowledged and goes back to the queue;
+- it beats (adapters/heartbeats.py) while a shard runs, so the campaign can tell a dead
+  worker's shard from a slow one and hand it out again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.client.subscriptions import Subscription
+from prefect.context import TaskRunContext
+from prefect.settings import get_current_settings
+from prefect.task_worker import TaskWorker
+
+from adapters.engine import engine_loads
+from adapters.heartbeats import Beat, Heartbeat, beat_uri
+from adapters.settings import get_settings
+from adapters.storage import S3Store
+from flows.shard import run_shard
+from tasks.plan import Shard, ShardContext
+
+_served = 0  # shards this process has started
+
+
+@task(name="generate-shard", cache_policy=NO_CACHE, tags=["gpu"])
+def generate_shard_task(shard: Shard, ctx: ShardContext) -> dict:
+    """One shard on this worker, with the engine the process keeps; beats while it runs. Returns its part entry."""
+    global _served
+    _served += 1
+    settings = get_settings()
+    store = S3Store.from_settings(settings)
+    task_run_id = str(TaskRunContext.get().task_run.id)
+    beat = Beat(worker=settings.worker_name, pid=os.getpid(), task_run_id=task_run_id, shard=shard.index,
+                shards_served=_served)
+    with Heartbeat(store, beat_uri(ctx.assets, ctx.run_id, task_run_id), beat, settings.shard_heartbeat_seconds,
+                   engine_loads=engine_loads):
+        part = run_shard(shard, ctx)
+    get_run_logger().info("shard %d done on %s (process %d: %d shards served, engine loaded %d time(s))",
+                          shard.index, settings.worker_name, os.getpid(), _served, engine_loads())
+    return part
+
+
+class ShardWorker(TaskWorker):
+    """A task worker that takes the next task run only when the one it runs is finished (see the module docstring)."""
+
+    async def _subscribe_to_task_scheduling(self) -> None:
+        while True:
+            task_run = await self._take_one()
+            if await self._acquire_token(task_run.id):
+                await self._safe_submit_scheduled_task_run(task_run)
+
+    async def _take_one(self) -> TaskRun:
+        subscription = Subscription(model=TaskRun, path="/task_runs/subscriptions/scheduled", keys=self.task_keys,
+                                    client_id=self.client_id, base_url=get_current_settings().api.url)
+        try:
+            return await subscription.__anext__()
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.websocket.close()
+
+
+async def serve() -> None:
+    """Serve shards until stopped (SIGINT or SIGTERM)."""
+    await ShardWorker(generate_shard_task, limit=1).astart()
+
+
+def main() -> None:
+    if not get_current_settings().api.url:
+        raise SystemExit("gpu worker: PREFECT_API_URL is not set; a task worker needs a Prefect server")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
