@@ -22,14 +22,19 @@ FIDELITY = ("edge_f1", "product_ssim", "product_delta_e")
 OTHERS = ("sharpness", "luminance", "clipped_share", "colourfulness", "background_hash")
 
 
-@pytest.fixture
-def batch(store, fresh_bucket):
+def _stored_rocket(store, bucket: str) -> tuple[Image.Image, Product]:
+    """The rocket photo in the catalog bucket, and its product record."""
     photo = Image.fromarray(data.rocket()).convert("RGB")
     data_bytes = encode_png(photo)
-    key = f"s3://{fresh_bucket}/products/rocket/image.png"
+    key = f"s3://{bucket}/products/rocket/image.png"
     store.put(key, data_bytes, "image/png")
-    product = Product(product_id="rocket", image_key=key, title="Rocket",
-                      sha256=hashlib.sha256(data_bytes).hexdigest(), width=photo.width, height=photo.height)
+    return photo, Product(product_id="rocket", image_key=key, title="Rocket",
+                          sha256=hashlib.sha256(data_bytes).hexdigest(), width=photo.width, height=photo.height)
+
+
+@pytest.fixture
+def batch(store, fresh_bucket):
+    photo, product = _stored_rocket(store, fresh_bucket)
     reference = Image.fromarray(data.brick()).convert("RGB").resize((64, 64))
     style_input = StyleInput.from_images([reference], ["0" * 64])
     # The product as the control image places it, on a new, noisy background: a faithful image.
@@ -45,7 +50,7 @@ def batch(store, fresh_bucket):
         return score_batch(store, rows, images, product=product, control=control_image(photo, SIZE, SIZE, LOW, HIGH),
                            style_input=style_input, clip=None)
 
-    return store, key, score
+    return store, product.image_key, score
 
 
 def test_every_score_is_filled_while_the_photo_is_readable(batch):
@@ -80,12 +85,7 @@ def test_fidelity_and_channel_checks_look_where_the_channel_put_the_product(stor
     from tasks.channels import layout_params, product_box, resolve_channel
     from tasks.tables import layout_columns
 
-    photo = Image.fromarray(data.rocket()).convert("RGB")
-    data_bytes = encode_png(photo)
-    key = f"s3://{fresh_bucket}/products/rocket/image.png"
-    store.put(key, data_bytes, "image/png")
-    product = Product(product_id="rocket", image_key=key, title="Rocket",
-                      sha256=hashlib.sha256(data_bytes).hexdigest(), width=photo.width, height=photo.height)
+    photo, product = _stored_rocket(store, fresh_bucket)
     layout = resolve_channel("banner", ChannelSpec(anchor="left"), "tiny")  # 128 x 72, copy on the right 45%
     params = layout_params(layout, box := product_box(layout, photo.width, photo.height))
     placed = fit_to_canvas(photo, layout.width, layout.height, box=box)  # the product where the channel put it
