@@ -32,7 +32,7 @@ from adapters.storage import ObjectStore
 from flows import progress
 from flows.artifacts import advance_progress
 from flows.gpu_worker import generate_shard_task
-from flows.shard import generate_shard, shard_part_name
+from flows.shard import run_shard, shard_part_name
 from tasks.plan import Batch, Shard, ShardContext, finished_batches
 
 RETRYABLE = {StateType.CRASHED, StateType.FAILED}
@@ -65,10 +65,10 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
     for shard in shards:
         store.put(publish.run_uri(ctx.assets, ctx.run_id, "shards", f"{shard.index:05d}.json"),
                   shard.model_dump_json().encode(), content_type="application/json")
-    if not settings.shard_workers:
+    if not settings.shard_workers:  # in the campaign's flow run: its batches are its render-batch task runs
         before = 0
         for shard in shards:
-            generate_shard(shard, ctx, batches_before=before)
+            run_shard(shard, ctx, batches_before=before)
             before += len(shard.batches)
     else:
         tracker = BatchProgress(store, ctx, [b for s in shards for b in s.batches])

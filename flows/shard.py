@@ -1,12 +1,13 @@
 """The GPU step: a shard of batches run with the process's engine, its `generations` part written last.
 
-`generate_shard` is the child flow a campaign runs in its own process; a GPU worker
-(flows/gpu_worker.py) runs the same `run_shard` as a task, with the engine it keeps loaded.
+A campaign that runs its shards in its own process calls `run_shard` in its flow run, one shard
+after another; a GPU worker (flows/gpu_worker.py) runs the same `run_shard` as a task, with the
+engine it keeps loaded.
 """
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from adapters.engine import get_engine
 from adapters.scorers import get_clip_scorer
@@ -22,12 +23,6 @@ from tasks.tables import RunContext
 def shard_part_name(run_id: str, index: int) -> str:
     """The shard's `generations` part: fixed, so a retried shard overwrites its own part."""
     return f"{run_id}-{index:05d}"
-
-
-@flow(name="generate-shard")
-def generate_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0) -> dict:
-    """A shard as a child flow run of the campaign, in the campaign's process (see `run_shard`)."""
-    return run_shard(shard, ctx, batches_before)
 
 
 def run_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0) -> dict:

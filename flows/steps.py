@@ -5,14 +5,21 @@ Every Prefect task of the project is defined here, as a one-line wrapper around 
 serve, defined beside them in flows/gpu_worker.py. Steps that receive a store, an engine or images use
 NO_CACHE: hashing them is meaningless or fails. Idempotency comes from deterministic asset ids
 and the manifest, not from Prefect's result cache.
+
+Every step is called with its arguments quoted (`step`): steps are called with values, never
+with futures, and Prefect would otherwise walk every argument, element by element, looking for
+some, at every call (a shard's jobs, a run's rows: seconds of CPU at a thousand images).
 """
 
 from __future__ import annotations
 
-from functools import partial
+import functools
+from collections.abc import Callable
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from adapters import (
     catalog_scan,
@@ -30,56 +37,71 @@ from flows import artifacts
 from tasks.matrix import expand_matrix
 from tasks.plan import choose_inputs, group_batches, plan_jobs, plan_shards
 
-# S3 can blip: I/O steps retry twice, a second apart (on top of the store's own retries).
-io_task = partial(task, retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+
+def step(fn: Callable[..., Any], *, name: str, **policy: Any) -> Callable[..., Any]:
+    """`fn` as a Prefect task named `name`, never cached, called with its arguments quoted (see the module docstring)."""
+    run = task(fn, name=name, cache_policy=NO_CACHE, **policy)
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return run(*map(quote, args), **{k: quote(v) for k, v in kwargs.items()})
+
+    call.task = run  # type: ignore[attr-defined]
+    return call
+
+
+def io_step(fn: Callable[..., Any], *, name: str) -> Callable[..., Any]:
+    """An I/O step: S3 can blip, so it retries twice, a second apart (on top of the store's own retries)."""
+    return step(fn, name=name, retries=2, retry_delay_seconds=1)
+
 
 # Pure steps: cheap, deterministic, no retries needed.
-expand = task(expand_matrix, name="expand-matrix", cache_policy=NO_CACHE)
-choose = task(choose_inputs, name="choose-inputs", cache_policy=NO_CACHE)
-plan = task(plan_jobs, name="plan-jobs", cache_policy=NO_CACHE)
-batch = task(group_batches, name="group-batches", cache_policy=NO_CACHE)
-shard = task(plan_shards, name="plan-shards", cache_policy=NO_CACHE)
+expand = step(expand_matrix, name="expand-matrix")
+choose = step(choose_inputs, name="choose-inputs")
+plan = step(plan_jobs, name="plan-jobs")
+batch = step(group_batches, name="group-batches")
+shard = step(plan_shards, name="plan-shards")
 
 # I/O steps.
-read_reference = io_task(conditioning.read_reference, name="read-negative-reference")
+read_reference = io_step(conditioning.read_reference, name="read-negative-reference")
 # Catalog snapshots: a refresh reads only what changed and commits a snapshot; runs read one.
-previous_snapshot = io_task(snapshots.previous_snapshot, name="previous-snapshot")
-scan_catalog = io_task(catalog_scan.scan_catalog, name="scan-catalog")
-write_snapshot = io_task(snapshots.write_snapshot, name="write-snapshot")
-latest_snapshot = io_task(snapshots.latest_snapshot_id, name="latest-snapshot")
-load_snapshot = io_task(snapshots.load_snapshot, name="load-snapshot")
-published = io_task(publish.published_asset_ids, name="published-assets")
-claim_owners = io_task(claims.owners, name="claim-owners")
-run_history = io_task(publish.run_history, name="run-history")
+previous_snapshot = io_step(snapshots.previous_snapshot, name="previous-snapshot")
+scan_catalog = io_step(catalog_scan.scan_catalog, name="scan-catalog")
+write_snapshot = io_step(snapshots.write_snapshot, name="write-snapshot")
+latest_snapshot = io_step(snapshots.latest_snapshot_id, name="latest-snapshot")
+load_snapshot = io_step(snapshots.load_snapshot, name="load-snapshot")
+published = io_step(publish.published_asset_ids, name="published-assets")
+claim_owners = io_step(claims.owners, name="claim-owners")
+run_history = io_step(publish.run_history, name="run-history")
 # The profile's revision: a hash of local files, or of an S3 mirror's listing for s3:// profiles.
-identity = io_task(model_identity, name="model-identity")
+identity = io_step(model_identity, name="model-identity")
 # Control images, once per product and canvas, stored with the run for every shard to read.
-controls = task(conditioning.write_controls, name="canny-controls", retries=1, cache_policy=NO_CACHE)
+controls = step(conditioning.write_controls, name="canny-controls", retries=1)
 
 # On the GPU worker: a batch is generated, published and scored; the shard's table part last.
-render = task(rendering.render_batch, name="render-batch", retries=1, cache_policy=NO_CACHE, tags=["gpu"])
-write_part = io_task(publish.put_table_part, name="write-table-part")
+render = step(rendering.render_batch, name="render-batch", retries=1, tags=["gpu"])
+write_part = io_step(publish.put_table_part, name="write-table-part")
 
 # Selection and publishing, after the shards and before the manifest. Each rewrites its own
 # uncommitted objects, so a retry is safe.
-select_run = io_task(run_outputs.select_run, name="select-images")
-write_cell_metrics = io_task(run_outputs.write_cell_metrics, name="write-cell-metrics")
-write_sheets = io_task(run_outputs.write_sheets, name="contact-sheets")
-write_gallery = io_task(run_outputs.write_gallery, name="gallery")
-write_runs_part = io_task(publish.put_table_part, name="write-runs-part")
+select_run = io_step(run_outputs.select_run, name="select-images")
+write_cell_metrics = io_step(run_outputs.write_cell_metrics, name="write-cell-metrics")
+write_sheets = io_step(run_outputs.write_sheets, name="contact-sheets")
+write_gallery = io_step(run_outputs.write_gallery, name="gallery")
+write_runs_part = io_step(publish.put_table_part, name="write-runs-part")
 # Reports: artifacts never stop a run and are never retried.
-start_progress = task(artifacts.start_progress, name="start-progress", cache_policy=NO_CACHE)
-report_run = task(artifacts.report_run, name="run-artifacts", cache_policy=NO_CACHE)
+start_progress = step(artifacts.start_progress, name="start-progress")
+report_run = step(artifacts.report_run, name="run-artifacts")
 
 # Style scans (flows/style_scan.py): a committed scan is read, a new one made on the GPU worker.
-committed_scan = io_task(style_scans.committed_scan, name="committed-scan")
-auto_scales = io_task(style_scans.auto_scales, name="auto-ip-scales")
-run_scan = task(style_scans.run_scan, name="style-scan", retries=1, cache_policy=NO_CACHE, tags=["gpu"])
+committed_scan = io_step(style_scans.committed_scan, name="committed-scan")
+auto_scales = io_step(style_scans.auto_scales, name="auto-ip-scales")
+run_scan = step(style_scans.run_scan, name="style-scan", retries=1, tags=["gpu"])
 
 # Review and delivery (flows/review.py): reads, and writes that never write a thing twice, so a retry is safe.
 # They run again when a suspended review resumes (its flow starts from the top): all cheap.
-reviewed_run = io_task(delivery.reviewed_run, name="read-reviewed-run")
-read_review_parts = io_task(delivery.read_parts, name="read-review-parts")
-write_review_part = io_task(delivery.write_part_once, name="write-review-part")
-deliver = io_task(delivery.deliver, name="deliver-approved")
-mark_gallery = io_task(delivery.mark_gallery, name="gallery-review-states")
+reviewed_run = io_step(delivery.reviewed_run, name="read-reviewed-run")
+read_review_parts = io_step(delivery.read_parts, name="read-review-parts")
+write_review_part = io_step(delivery.write_part_once, name="write-review-part")
+deliver = io_step(delivery.deliver, name="deliver-approved")
+mark_gallery = io_step(delivery.mark_gallery, name="gallery-review-states")

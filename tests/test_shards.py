@@ -71,8 +71,10 @@ def test_overrides_narrow_the_run(campaign_env, store, small_campaign, generated
 
 
 def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_campaign, generated):
+    from prefect import flow
+
     from flows.campaign import run_campaign
-    from flows.shard import generate_shard, shard_part_name
+    from flows.shard import run_shard, shard_part_name
 
     first = run_campaign(RunRequest(campaign="small", triggered_by="test"))
     manifest = json.loads(store.get(first.manifest))
@@ -94,7 +96,7 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     shard = Shard.model_validate_json(store.get(publish.run_uri(campaign_env["assets"], first.run_id, "shards", "00000.json")))
     ctx = ShardContext(run_id=first.run_id, campaign="small", assets=campaign_env["assets"], controls=manifest["controls"],
                        run_date=part["uri"].split("run_date=")[1].split("/")[0], batch_total=2)
-    generate_shard(shard, ctx)
+    flow(name="retried-shard")(run_shard)(shard, ctx)
     assert generated == [lost["prompt"]]  # only the missing image was rendered again
     again = publish.read_table(store, {"parts": [publish.part_entry(store, "generations", part["uri"])]}, "generations")
     assert sorted(again["asset_id"]) == sorted(gens["asset_id"])
