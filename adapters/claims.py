@@ -13,19 +13,25 @@ Before a batch is generated, its worker claims each asset with a conditional put
 
 A claim is only a promise. What decides is ownership when a run commits: a run records only the
 assets whose claim it holds at that moment (`owners`), so an asset has one row across runs even if
-a slow run's claim was taken over while it was still working.
+a slow run's claim was taken over while it was still working. A claim younger than its lease cannot
+have been taken over, so a run that commits within the lease of its first claim (less the clock
+difference tolerated between machines) reads only the claims of the assets it did not make
+(`owners_at_commit`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from adapters.storage import ObjectStore, join_uri, parallel_map
 
 CLAIMS = "claims"
+# How far the clocks of two machines of one deployment may disagree: a claim's age is read on
+# another machine's clock than the one that wrote it.
+CLOCK_SKEW = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -87,3 +93,19 @@ def owners(store: ObjectStore, assets: str, asset_ids: Iterable[str]) -> dict[st
     ids = list(asset_ids)
     held = parallel_map(lambda a: read_claim(store, assets, a), ids)
     return {a: (c.run_id if c else "") for a, c in zip(ids, held, strict=True)}
+
+
+def owners_at_commit(store: ObjectStore, assets: str, asset_ids: Iterable[str], run_id: str, made: Collection[str], *,
+                     since: datetime, lease: timedelta, now: datetime | None = None) -> dict[str, str]:
+    """`owners` for a run that is committing: asset id -> the run holding its claim now.
+
+    `made` are the assets the run claimed and made (or took over), all claimed at or after `since`
+    (the run's start). Until `lease` less CLOCK_SKEW has passed since then, none of those claims
+    can have been taken over by another run: they are the run's own without a read, and only the
+    claims of the other assets (left to other runs) are read. Later, every claim is read.
+    """
+    ids, now = list(asset_ids), now or datetime.now(UTC)
+    if now - since >= lease - CLOCK_SKEW:
+        return owners(store, assets, ids)
+    mine = set(made)
+    return {a: run_id for a in ids if a in mine} | owners(store, assets, [a for a in ids if a not in mine])

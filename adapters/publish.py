@@ -42,22 +42,39 @@ def image_uri(assets: str, run_id: str, asset_id: str) -> str:
     return run_uri(assets, run_id, "images", f"{asset_id}.png")
 
 
-def put_image(store: ObjectStore, assets: str, run_id: str, asset_id: str, image: Image.Image) -> Published:
-    """The image's PNG under the run's `images/`, its sha256 stored beside it (metadata) so a later run can verify it."""
+def local_image_path(local_copy: str | Path, run_id: str, asset_id: str) -> Path:
+    """Where a run's local copy (`copy_run`) keeps one of its images."""
+    return Path(local_copy) / run_id / "images" / f"{asset_id}.png"
+
+
+def _copy_locally(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def put_image(store: ObjectStore, assets: str, run_id: str, asset_id: str, image: Image.Image,
+              copy_to: str | None = None) -> Published:
+    """The image's PNG under the run's `images/`, its sha256 stored beside it (metadata) so a later run can verify it.
+
+    With `copy_to` (the run's local copy), the same bytes are written there too.
+    """
     data = encode_png(image)
     uri = image_uri(assets, run_id, asset_id)
     sha = hashlib.sha256(data).hexdigest()
     store.put(uri, data, content_type="image/png", metadata={"sha256": sha, "asset-id": asset_id})
+    if copy_to:
+        _copy_locally(local_image_path(copy_to, run_id, asset_id), data)
     return Published(asset_id=asset_id, uri=uri, sha256=sha, size=len(data))
 
 
-def existing_image(store: ObjectStore, assets: str, run_id: str, asset_id: str,
-                   recorder: str = "") -> tuple[Published, Image.Image] | None:
+def existing_image(store: ObjectStore, assets: str, run_id: str, asset_id: str, recorder: str = "",
+                   copy_to: str | None = None) -> tuple[Published, Image.Image] | None:
     """An image `run_id` already wrote, verified: its bytes hash to the sha256 written with them and it decodes.
 
     None when there is none or it does not verify (cut short, overwritten, written before sha256s were
     stored). A retried shard reuses its own images this way; with `recorder` (another run), the image
-    is taken over: recorded by `recorder`, made by `run_id`.
+    is taken over: recorded by `recorder`, made by `run_id`. With `copy_to`, a verified image is
+    written into the local copy of the run that records it.
     """
     uri = image_uri(assets, run_id, asset_id)
     try:
@@ -73,6 +90,8 @@ def existing_image(store: ObjectStore, assets: str, run_id: str, asset_id: str,
     except (OSError, ValueError):
         return None
     made_by = run_id if recorder and recorder != run_id else ""
+    if copy_to:
+        _copy_locally(local_image_path(copy_to, recorder or run_id, asset_id), data)
     return Published(asset_id=asset_id, uri=uri, sha256=sha, size=len(data), made_by_run=made_by), image
 
 
@@ -148,11 +167,21 @@ def run_history(store: ObjectStore, assets: str) -> list[dict]:
     return [row for m in read_manifests(store, assets) for row in read_table(store, m, "runs").to_dict("records")]
 
 
-def mirror_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> Path:
-    """Copy a committed run to `out_dir/<run_id>/` and point `out_dir/latest` at it."""
+def copy_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> Path:
+    """Copy a committed run to `out_dir/<run_id>/` and point `out_dir/latest` at it.
+
+    Images its shards already wrote there as they published them (`put_image`'s `copy_to`) are
+    kept when their bytes are the manifest's; only the others are read from S3. An image there
+    that the run does not record (another run took its claim over) is removed.
+    """
     manifest = json.loads(store.get(run_uri(assets, run_id, MANIFEST)))
     target = out_dir / run_id
-    copies = {img["uri"]: target / "images" / f"{img['asset_id']}.png" for img in manifest["images"]}
+    images = {local_image_path(out_dir, run_id, img["asset_id"]): img for img in manifest["images"]}
+    for path in (target / "images").glob("*.png"):
+        if path not in images:
+            path.unlink()
+    copies = {img["uri"]: path for path, img in images.items()
+              if not (path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == img["sha256"])}
     copies |= {uri: target / "sheets" / name for name, uri in manifest.get("sheets", {}).items()}
     # Every part in its Hive layout too, so DuckDB reads the mirror as it reads the bucket.
     copies |= {p["uri"]: target / "tables" / p["uri"].removeprefix(join_uri(assets, "tables") + "/")

@@ -7,6 +7,7 @@ the run's gates, near-duplicates and ranks are decided later, across the run
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -47,7 +48,8 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
         if held[job.asset_id].run_id != ctx.run_id:
             log.info("image %s is being made by run %s: left to it", job.asset_id, held[job.asset_id].run_id)
     earlier = {j.asset_id: None if held[j.asset_id].new else publish.existing_image(
-        store, ctx.assets, held[j.asset_id].replaced or ctx.run_id, j.asset_id, recorder=ctx.run_id) for j in jobs}
+        store, ctx.assets, held[j.asset_id].replaced or ctx.run_id, j.asset_id, recorder=ctx.run_id,
+        copy_to=ctx.local_copy) for j in jobs}
     todo = [j for j in jobs if earlier[j.asset_id] is None]
     if not jobs:
         return [], 0.0
@@ -70,7 +72,7 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
             stored, picture = earlier[job.asset_id]
         else:
             picture = made[job.asset_id]
-            stored = publish.put_image(store, ctx.assets, ctx.run_id, job.asset_id, picture)
+            stored = publish.put_image(store, ctx.assets, ctx.run_id, job.asset_id, picture, copy_to=ctx.local_copy)
         outputs.append(stored)
         pictures.append(picture)
     batch = batch.model_copy(update={"jobs": tuple(jobs)})
@@ -84,6 +86,25 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
     rows = generation_rows(run, batch, outputs, inputs, seconds=seconds, created_at=datetime.now(UTC))
     return score_batch(store, rows, pictures, product=product, control=canvases.get("canny"),
                        style_input=style_input, clip=clip), seconds
+
+
+@functools.lru_cache(maxsize=16)
+def product_view(store: ObjectStore, product: Product, width: int, height: int,
+                 box: tuple[int, ...] | None) -> tuple[np.ndarray, Image.Image, str]:
+    """The product as a batch's images are scored against it: its mask on the canvas, its photo fitted to
+    the canvas (in `box`), and where the mask came from.
+
+    Read and computed once per product and canvas in a process, not once per batch: a shard's
+    batches of one product share it, and so do the shards a GPU worker serves. The photo is read
+    with the sha256 the catalog recorded, so a cached view is never of other bytes. Read-only.
+
+    Raises FileNotFoundError or ValueError when the photo or mask cannot be read.
+    """
+    photo = load_image(store, product.image_key, product.sha256)  # the photo the images were made from
+    mask, source = load_mask(store, product, photo)
+    region = product_mask_on_canvas(photo, width, height, mask, box)
+    region.flags.writeable = False
+    return region, fit_to_canvas(photo, width, height, box=box), source
 
 
 def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Image], *, product: Product,
@@ -102,19 +123,17 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
     box = params_box(layout)
     what = f"{product.product_id} x {first.get('style_id', '?')}"
     try:
-        photo = load_image(store, product.image_key, product.sha256)  # the photo the images were made from
-        mask, source = load_mask(store, product, photo)
+        view = product_view(store, product, width, height, box)
     except (FileNotFoundError, ValueError) as exc:
         # Gone, overwritten or broken since the run read it: fidelity cannot be measured, every
         # other score can. A connection error is not caught: the shard's retry reads it again.
         log.warning("fidelity scores of %s left null: the product photo or mask cannot be read: %s", what, exc)
-        photo, source = None, None
-    if photo is not None:
-        region = product_mask_on_canvas(photo, width, height, mask, box)
-        canvas = fit_to_canvas(photo, width, height, box=box)
+        view = None
+    if view is not None:
+        region, canvas, source = view
         control_edges = np.asarray(control.convert("L")) > 127 if control is not None else edge_map(canvas, low, high)
     else:  # no product region known: the background hash covers the whole image
-        region, canvas, control_edges = np.zeros((height, width), dtype=bool), None, None
+        region, canvas, control_edges, source = np.zeros((height, width), dtype=bool), None, None, None
     clip_scores: list[tuple[float | None, float | None]] = [(None, None)] * len(images)
     if clip is not None:
         try:
@@ -129,7 +148,7 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
         for problem in problems:
             log.warning("image %s: score %s", row["asset_id"], problem)
         checks = channel_checks(region, image.size, layout)
-        if photo is None:  # the product region is unknown: only the size checks hold
+        if view is None:  # the product region is unknown: only the size checks hold
             checks.update(safe_zone_share=None, product_share=None, product_cut=None)
         row.update(scores, **checks, product_mask=source, clip_text=clip_text, clip_style=clip_style,
                    clip_model=clip.name if clip is not None else None)

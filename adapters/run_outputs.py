@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from PIL import Image
+
 from adapters import publish
 from adapters.fonts import sheet_font
 from adapters.images import load_image
@@ -52,12 +54,14 @@ def write_cell_metrics(store: ObjectStore, assets: str, run_date: str, run_id: s
 
 
 def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[dict], products: Sequence[Product],
-                 styles: Sequence[StyleSet], controls: dict[str, str], *, title: str | None = None) -> dict[str, str]:
+                 styles: Sequence[StyleSet], controls: dict[str, str], *, title: str | None = None,
+                 local_copy: str | None = None) -> dict[str, str]:
     """One contact sheet per product x style set (x channel, in a campaign with channels), stored under the
     run's `sheets/`; file name -> URI.
 
     Each is headed by the campaign's `title` (any language) where it has one, drawn in a font with CJK
-    glyphs. A channel's sheet draws the channel's safe zones and product box over each image.
+    glyphs. A channel's sheet draws the channel's safe zones and product box over each image. The
+    images are read from the run's local copy where its shards wrote them (`local_copy`), else from S3.
     """
     by_product = {p.product_id: p for p in products}
     by_style = {s.style_id: s for s in styles}
@@ -71,6 +75,13 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
     pictures = dict(zip(order, parallel_map(lambda uri: load_image(store, uri), order), strict=True))
     font = sheet_font()
 
+    def output(row: dict) -> Image.Image | None:
+        if local_copy and (path := publish.local_image_path(local_copy, run_id, row["asset_id"])).is_file():
+            with Image.open(path) as image:
+                image.load()
+                return image
+        return load_image(store, row["output_key"]) if row.get("output_key") else None
+
     def one(group: tuple[str, str, str | None]) -> tuple[str, str]:
         (product_id, style_id, channel), members = group, groups[group]
         product, style = by_product[product_id], by_style[style_id]
@@ -80,7 +91,7 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
             header.append(("canny", pictures[control]))
         header += [(ref.key.rsplit("/", 1)[-1].rsplit(".", 1)[0], pictures[ref.key]) for ref in style.references]
         ordered = sorted(members, key=lambda r: (r["cell_index"], r["seed"]))
-        shown = parallel_map(lambda uri: load_image(store, uri) if uri else None, [r.get("output_key") or "" for r in ordered])
+        shown = [output(r) for r in ordered] if local_copy else parallel_map(output, ordered)
         if channel:  # one channel per sheet: its axis says nothing there, its layout is drawn instead
             shown = [outline_layout(image, row_layout(r), SHEET_TILE) if image is not None else None
                      for r, image in zip(ordered, shown, strict=True)]

@@ -675,6 +675,10 @@ class RunRequest(_Strict):
     review: bool | None = Field(
         default=None, description="Wait for a person to approve the selected images in the Prefect UI before they are "
                                   "delivered (default: the campaign's `review.required`)")
+    local_copy: str | None = Field(
+        default=None, description="A folder on the machine that runs the campaign: the run is copied into "
+                                  "<folder>/<run_id>/ as it is made, and <folder>/latest points at it "
+                                  "(`stylematrix run` passes its out/)")
     triggered_by: Literal["cli", "demo", "schedule", "ui", "api", "test"] = "api"
 
 
@@ -702,6 +706,7 @@ class RunSummary(_Strict):
     images_per_second: float = 0.0
     manifest: str | None = None
     gallery: str | None = None
+    local_copy: str | None = None  # the folder the run was copied into (`RunRequest.local_copy`/<run_id>)
     sheets: dict[str, str] = {}
     tables: tuple[str, ...] = ()
     left_out: dict[str, str] = {}  # "style set night-sky" -> why it was left out

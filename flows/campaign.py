@@ -6,7 +6,8 @@ import hashlib
 import secrets
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -73,11 +74,14 @@ def run_campaign(request: RunRequest) -> RunSummary:
         clip_model=spec.selection.clip_model,
         progress=steps.start_progress(spec.name, run_id) if batches else None,
         claim_lease_seconds=settings.claim_lease_seconds,
+        local_copy=request.local_copy,
     )
     shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
     generated = run_shards(shards, ctx, store, settings)
     # Record only what this run holds the claim of as it commits: another run may have taken one over.
-    owner = steps.claim_owners(store, assets, [j.asset_id for j in todo]) if todo else {}
+    owner = steps.claim_owners(store, assets, [j.asset_id for j in todo], run_id,
+                               [i["asset_id"] for i in generated.images], since=started,
+                               lease=timedelta(seconds=settings.claim_lease_seconds)) if todo else {}
     generated = generated.owned_by(run_id, owner)
     left_to = {a: o for a, o in owner.items() if o not in ("", run_id)}
     rows, parts, sheets, gallery = publish_outputs(store, ctx, spec, products, styles, generated, left_out)
@@ -111,6 +115,9 @@ def run_campaign(request: RunRequest) -> RunSummary:
     steps.report_run(spec.name, run_id, rows, gallery=gallery, sheets=sheets, tables=summary.tables,
                      manifest=summary.manifest, left_out=left_out, title=spec.title)
     commit_run(store, assets, summary, parts, generated, ctx.controls, finished=row["finished_at"])
+    if request.local_copy:
+        copied = steps.copy_run(store, assets, run_id, Path(request.local_copy))
+        summary = summary.model_copy(update={"local_copy": str(copied)})
     if spec.review.required and rows:  # after the commit: a review reads the committed run, in its own flow run
         summary = summary.model_copy(update={"review": start_review(ReviewRequest(
             run_id=run_id, campaign=spec.name, title=spec.title, assets=assets, run_date=run_date, gallery=gallery,
@@ -176,7 +183,8 @@ def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products:
     if not rows:
         return [], parts, {}, None
     parts.append(steps.write_cell_metrics(store, ctx.assets, ctx.run_date, ctx.run_id, spec.name, rows))
-    sheets = steps.write_sheets(store, ctx.assets, ctx.run_id, rows, products, styles, ctx.controls, title=spec.title)
+    sheets = steps.write_sheets(store, ctx.assets, ctx.run_id, rows, products, styles, ctx.controls, title=spec.title,
+                                local_copy=ctx.local_copy)
     gallery = steps.write_gallery(store, ctx.assets, ctx.run_id, spec.name, rows, sheets, [p["uri"] for p in parts],
                                   left_out=left_out, title=spec.title)
     return rows, parts, sheets, gallery

@@ -24,19 +24,15 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(style_app, name="style")
 
 
-def _finish(summary: RunSummary, store, assets: str, out_dir: Path, elapsed: float) -> None:
-    from adapters.publish import mirror_run
-
-    if summary.dry_run:
-        typer.echo("\n".join(summary.lines()))
-        return
-    local = mirror_run(store, assets, summary.run_id, out_dir)
+def _finish(summary: RunSummary, out_dir: Path, elapsed: float) -> None:
     for line in summary.lines():
         typer.echo(line)
-    typer.echo(f"  local copy: {local}/ (also {out_dir / 'latest'})")
-    if summary.gallery:
-        typer.echo(f"  open:     {local / 'index.html'}")
-    typer.echo(f"  wall time: {elapsed:.1f} s")
+    if summary.local_copy:
+        typer.echo(f"  local copy: {summary.local_copy}/ (also {out_dir / 'latest'})")
+        if summary.gallery:
+            typer.echo(f"  open:     {Path(summary.local_copy) / 'index.html'}")
+    if not summary.dry_run:
+        typer.echo(f"  wall time: {elapsed:.1f} s")
 
 
 @app.command()
@@ -60,7 +56,8 @@ def run(
         store.check_reachable(catalog)  # an endpoint that is down fails here, before Prefect starts
         store.check_reachable(assets)
         request = RunRequest(campaign=campaigns.campaign_uri(campaign, catalog), catalog=catalog, assets=assets,
-                             profile=profile, snapshot=snapshot, dry_run=dry_run, triggered_by="cli")
+                             profile=profile, snapshot=snapshot, dry_run=dry_run, local_copy=str(settings.out_dir),
+                             triggered_by="cli")
         from flows.campaign import resolve_campaign, run_campaign
 
         resolve_campaign(store, request, catalog, settings.profile)  # a bad spec fails before Prefect starts
@@ -68,7 +65,7 @@ def run(
             summary = run_campaign(request)
     except USER_ERRORS as exc:
         fail(exc)
-    _finish(summary, store, assets, settings.out_dir, time.perf_counter() - start)
+    _finish(summary, settings.out_dir, time.perf_counter() - start)
 
 
 @app.command()
@@ -96,10 +93,11 @@ def demo() -> None:
         try:
             with terminal_progress():
                 summary = run_campaign(RunRequest(campaign="sample", catalog=settings.catalog, assets=settings.assets,
-                                                  profile="tiny", triggered_by="demo"))
+                                                  profile="tiny", local_copy=str(settings.out_dir),
+                                                  triggered_by="demo"))
         except USER_ERRORS as exc:
             fail(exc)
-        _finish(summary, store, settings.assets, settings.out_dir, time.perf_counter() - start)
+        _finish(summary, settings.out_dir, time.perf_counter() - start)
     typer.echo("embedded S3 server stopped")
 
 

@@ -72,7 +72,7 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
             before += len(shard.batches)
     else:
         tracker = BatchProgress(store, ctx, [b for s in shards for b in s.batches])
-        _run_on_workers(shards, ctx.model_copy(update={"progress": None}), store, settings, tracker)
+        _run_on_workers(shards, ctx.model_copy(update={"progress": None, "local_copy": None}), store, settings, tracker)
     if ctx.progress:
         advance_progress(ctx.progress, 1.0)  # every shard has finished, whatever order their batches ran in
     progress.reach(images)

@@ -71,7 +71,7 @@ write_snapshot = io_step(snapshots.write_snapshot, name="write-snapshot")
 latest_snapshot = io_step(snapshots.latest_snapshot_id, name="latest-snapshot")
 load_snapshot = io_step(snapshots.load_snapshot, name="load-snapshot")
 published = io_step(publish.published_asset_ids, name="published-assets")
-claim_owners = io_step(claims.owners, name="claim-owners")
+claim_owners = io_step(claims.owners_at_commit, name="claim-owners")
 run_history = io_step(publish.run_history, name="run-history")
 # The profile's revision: a hash of local files, or of an S3 mirror's listing for s3:// profiles.
 identity = io_step(model_identity, name="model-identity")
@@ -89,6 +89,8 @@ write_cell_metrics = io_step(run_outputs.write_cell_metrics, name="write-cell-me
 write_sheets = io_step(run_outputs.write_sheets, name="contact-sheets")
 write_gallery = io_step(run_outputs.write_gallery, name="gallery")
 write_runs_part = io_step(publish.put_table_part, name="write-runs-part")
+# After the commit: the run's local copy (`RunRequest.local_copy`), for the CLI's out/.
+copy_run = io_step(publish.copy_run, name="local-copy")
 # Reports: artifacts never stop a run and are never retried.
 start_progress = step(artifacts.start_progress, name="start-progress")
 report_run = step(artifacts.report_run, name="run-artifacts")

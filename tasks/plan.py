@@ -97,6 +97,9 @@ class ShardContext(_Frozen):
     progress: str | None = None
     # An asset claimed by another run longer ago than this, never committed, is presumed abandoned.
     claim_lease_seconds: float = 900.0
+    # Shards in the campaign's process write each image into the run's local copy as they publish it
+    # (adapters/publish.local_image_path), so the copy never reads it back; None on the pool.
+    local_copy: str | None = None
 
 
 def asset_id(

@@ -245,3 +245,17 @@ def chromium_page(sync_api, viewport: dict[str, int]) -> Iterator:
             yield browser.new_page()
         finally:
             browser.close()
+
+
+class ReadLog:
+    """A store that logs the URIs it reads (`get`) and passes everything else on."""
+
+    def __init__(self, store) -> None:
+        self.store, self.reads = store, []
+
+    def get(self, uri: str) -> bytes:
+        self.reads.append(uri)
+        return self.store.get(uri)
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)

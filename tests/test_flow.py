@@ -145,7 +145,7 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(s
 
 def test_mirror_writes_out_dir_with_latest_link(sample_run, store, tmp_path):
     summary = sample_run.summary
-    local = publish.mirror_run(store, sample_run.assets, summary.run_id, tmp_path / "out")
+    local = publish.copy_run(store, sample_run.assets, summary.run_id, tmp_path / "out")
     assert (tmp_path / "out" / "latest").resolve() == local.resolve()
     assert summary.images_generated == 64
     assert len(list((local / "images").glob("*.png"))) == 64

@@ -15,7 +15,7 @@ from adapters import claims, publish
 from adapters.gc import collect_garbage
 from catalogs.models import RunRequest
 from tasks.gc import Stored, garbage, run_of
-from tests.helpers import start_cli
+from tests.helpers import ReadLog, start_cli
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 RUN_A, RUN_B = "spring-20261201T100000Z-aaaaaa", "spring-20261201T110000Z-bbbbbb"
@@ -53,6 +53,24 @@ def test_claims_keep_an_asset_with_the_live_run_and_pass_an_abandoned_one_on(sto
     taken = claims.claim_one(store, assets, "a1", RUN_B, lease=lease, now=NOW + timedelta(hours=1))
     assert (taken.run_id, taken.replaced) == (RUN_B, RUN_A)  # abandoned: passed on
     assert claims.owners(store, assets, ["a1", "a2"]) == {"a1": RUN_B, "a2": ""}
+
+
+
+def test_a_committing_run_reads_only_the_claims_that_can_have_changed_hands(store, fresh_bucket):
+    assets, lease = f"s3://{fresh_bucket}", timedelta(minutes=15)
+    for asset in ("a1", "a2"):
+        claims.claim_one(store, assets, asset, RUN_A, lease=lease, now=NOW)
+    claims.claim_one(store, assets, "a3", RUN_B, lease=lease, now=NOW)  # left to RUN_B
+    counting = ReadLog(store)
+    # Within the lease of its start, RUN_A's own claims cannot have been taken over: only a3's is read.
+    assert claims.owners_at_commit(counting, assets, ["a1", "a2", "a3"], RUN_A, {"a1", "a2"}, since=NOW, lease=lease,
+                                   now=NOW + timedelta(minutes=10)) == {"a1": RUN_A, "a2": RUN_A, "a3": RUN_B}
+    assert len(counting.reads) == 1
+    # Past the lease less the clock skew, a claim may have changed hands: every claim is read.
+    claims.claim_one(store, assets, "a2", RUN_B, lease=lease, now=NOW + timedelta(minutes=16))
+    assert claims.owners_at_commit(counting, assets, ["a1", "a2", "a3"], RUN_A, {"a1", "a2"}, since=NOW, lease=lease,
+                                   now=NOW + timedelta(minutes=14, seconds=1)) == {"a1": RUN_A, "a2": RUN_B, "a3": RUN_B}
+    assert len(counting.reads) == 4
 
 
 CAMPAIGN = (

@@ -12,9 +12,10 @@ from skimage import data
 
 from adapters.engine import StyleInput
 from adapters.publish import encode_png
-from adapters.rendering import score_batch
+from adapters.rendering import product_view, score_batch
 from catalogs.models import Product
 from tasks.canny import control_image, fit_to_canvas
+from tests.helpers import ReadLog
 
 SIZE = 128
 LOW, HIGH = 100, 200
@@ -34,6 +35,8 @@ def _stored_rocket(store, bucket: str) -> tuple[Image.Image, Product]:
 
 @pytest.fixture
 def batch(store, fresh_bucket):
+    product_view.cache_clear()
+    store = ReadLog(store)
     photo, product = _stored_rocket(store, fresh_bucket)
     reference = Image.fromarray(data.brick()).convert("RGB").resize((64, 64))
     style_input = StyleInput.from_images([reference], ["0" * 64])
@@ -62,6 +65,16 @@ def test_every_score_is_filled_while_the_photo_is_readable(batch):
     assert second["edge_f1"] < first["edge_f1"]  # shifted off the product's edges
 
 
+def test_the_photo_is_read_once_for_every_batch_of_its_product_in_a_process(batch):
+    store, key, score = batch
+    first = score()
+    store.put(key, encode_png(Image.new("RGB", (300, 300), (10, 20, 30))), "image/png")  # changed since
+    again = score()
+    assert store.reads.count(key) == 1
+    # The images were made from the photo the run's snapshot recorded: they are scored against it.
+    assert [r["edge_f1"] for r in again] == [r["edge_f1"] for r in first]
+
+
 @pytest.mark.parametrize("change", ["overwritten", "deleted"])
 def test_a_photo_changed_or_gone_during_the_run_nulls_only_fidelity(batch, change, caplog):
     store, key, score = batch
@@ -70,6 +83,7 @@ def test_a_photo_changed_or_gone_during_the_run_nulls_only_fidelity(batch, chang
         store.put(key, encode_png(Image.new("RGB", (300, 300), (10, 20, 30))), "image/png")
     else:
         store.delete(key)
+    product_view.cache_clear()  # a process that has not read the photo yet: another GPU worker
     rows = score()
     assert len(rows) == 2 and all(row.get("status") is None for row in rows)  # the images stay
     for row, earlier in zip(rows, before, strict=True):

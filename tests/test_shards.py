@@ -12,6 +12,7 @@ from PIL import Image
 from adapters import publish
 from adapters.engine import Engine
 from catalogs.models import RunRequest
+from tests.helpers import ReadLog
 
 SMALL = (
     "name: small\nproducts: {ids: [rocket, coffee-cup]}\nstyles: {ids: [space-age]}\n"
@@ -196,3 +197,37 @@ def test_ignored_controlnet_scale_axis_is_refused_before_the_catalog_is_read(cam
         run_campaign(RunRequest(campaign="fixed", triggered_by="test"))
     assert store.list(f"{campaign_env['catalog']}/_snapshots/") == []  # no catalog refresh, no snapshot
     assert generated == [] and store.list(f"{campaign_env['assets']}/") == []
+
+
+def test_a_run_copies_itself_locally_as_it_makes_its_images(campaign_env, store, small_campaign, tmp_path, monkeypatch):
+    import hashlib
+
+    from flows import steps
+    from flows.campaign import run_campaign
+
+    copied: list[set[str]] = []  # the images in the local copy when the run starts copying what it lacks
+
+    def watching(store, assets, run_id, out_dir):
+        copied.append({p.name for p in (out_dir / run_id / "images").glob("*.png")})
+        return publish.copy_run(store, assets, run_id, out_dir)
+
+    monkeypatch.setattr(steps, "copy_run", steps.step(watching, name="local-copy"))
+    out = tmp_path / "out"
+    summary = run_campaign(RunRequest(campaign="small", local_copy=str(out), triggered_by="test"))
+    manifest = json.loads(store.get(summary.manifest))
+    local = out / summary.run_id
+    assert summary.local_copy == str(local) and (out / "latest").resolve() == local.resolve()
+    expected = {f"{i['asset_id']}.png": i["sha256"] for i in manifest["images"]}
+    assert copied == [set(expected)]  # every image was written as it was made: none is read back
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (local / "images").glob("*.png")} == expected
+    assert len(list((local / "sheets").glob("*.jpg"))) == 2 and (local / "index.html").is_file()
+
+    # Copied again over a damaged copy: the damaged image is read again, a stray one removed, the rest kept.
+    damaged = sorted(expected)[0]
+    (local / "images" / damaged).write_bytes(b"not a png")
+    (local / "images" / "stray.png").write_bytes(b"left by a run that lost its claim")
+    log = ReadLog(store)
+    publish.copy_run(log, campaign_env["assets"], summary.run_id, out)
+    assert [u for u in log.reads if "/images/" in u] == [next(i["uri"] for i in manifest["images"]
+                                                              if f"{i['asset_id']}.png" == damaged)]
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (local / "images").glob("*.png")} == expected

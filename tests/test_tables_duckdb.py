@@ -75,7 +75,7 @@ def test_duckdb_reads_the_published_tables_of_a_run(campaign_env, store, tmp_pat
     manifest = json.loads(store.get(summary.manifest))
     assert {p["table"] for p in manifest["parts"]} == {"generations", "cell_metrics", "runs"}
 
-    local = publish.mirror_run(store, campaign_env["assets"], summary.run_id, tmp_path / "out")
+    local = publish.copy_run(store, campaign_env["assets"], summary.run_id, tmp_path / "out")
     root = local / "tables"
     db = duckdb.connect()
     top = db.execute(TOP_PER_PRODUCT.format(root=root)).fetchall()
