@@ -542,6 +542,26 @@ def get_engine(profile_name: str, settings: Settings) -> Engine:
         return _ENGINES[key]
 
 
+def load_in_background(profile_name: str, settings: Settings) -> threading.Thread:
+    """Start loading the process's engine for a profile (`get_engine`) in a background thread.
+
+    A campaign whose shards run in its own process calls it as it starts: the weights load while
+    the catalog is read, the run planned and the control images made, and the first shard finds
+    the engine loaded (or waits for the load already under way). A load that fails here fails
+    again, with its error, where the shard loads the engine.
+    """
+
+    def load() -> None:
+        try:
+            get_engine(profile_name, settings)
+        except Exception as exc:  # the shard's own load reports it
+            log.debug("background load of %s failed: %s", profile_name, exc)
+
+    thread = threading.Thread(target=load, name=f"load-{profile_name}", daemon=True)
+    thread.start()
+    return thread
+
+
 def model_identity(profile_name: str, settings: Settings) -> tuple[str, str, str]:
     """(profile revision, dtype name, device) without loading any weights: what planning needs."""
     from adapters.models import profile_revision

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from adapters import campaigns, conditioning, publish
+from adapters.engine import load_in_background
 from adapters.settings import get_settings
 from adapters.storage import S3Store
 from catalogs import load_profiles, parse_campaign
@@ -44,6 +45,8 @@ def run_campaign(request: RunRequest) -> RunSummary:
     catalog, assets = request.catalog or settings.catalog, request.assets or settings.assets
 
     spec, profile = resolve_campaign(store, request, catalog, settings.profile)  # before the catalog or any weight
+    if not request.dry_run and not settings.shard_workers:  # the shards run here: load their engine meanwhile
+        load_in_background(spec.generation.profile, settings)
     state = catalog_for_run(store, catalog, request.snapshot)
     products, styles, left_out = campaign_inputs(store, spec, request, state, catalog)
     styles = steps.auto_scales(store, assets, spec, styles)  # `ip_scale: auto`: each style set's latest scan
