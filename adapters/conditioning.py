@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 
@@ -38,18 +39,23 @@ def product_canvases(store: ObjectStore, product: Product, params: Mapping, kind
 def load_canvases(store: ObjectStore, uris: Mapping[str, str], product_id: str, params: Mapping,
                   kinds: Sequence[str]) -> dict[str, Image.Image]:
     """The stored canvas images of a batch by kind (`uris` maps canvas file names to their URIs)."""
-    canvases = {}
-    for kind in kinds:
-        image = load_image(store, uris[canvas_name(product_id, params, kind)])
-        canvases[kind] = image.convert("L") if kind == "keep" else image.convert("RGB")
-    return canvases
+    return {kind: _canvas(store, uris[canvas_name(product_id, params, kind)], kind) for kind in kinds}
 
 
+@functools.lru_cache(maxsize=64)
+def _canvas(store: ObjectStore, uri: str, kind: str) -> Image.Image:
+    """One stored canvas, read once per process: a run writes each once, under its own URI, before any shard reads it."""
+    image = load_image(store, uri)
+    return image.convert("L") if kind == "keep" else image.convert("RGB")
+
+
+@functools.lru_cache(maxsize=16)
 def style_input(store: ObjectStore, style: StyleSet) -> StyleInput:
     """A style set's references (and negative reference) decoded, with their weights and combine rule.
 
     Each image must still be the one its sha256 names (the embedding cache key and the asset
-    ids are built from those digests): ValueError naming the image when it is not.
+    ids are built from those digests): ValueError naming the image when it is not. Read once per
+    style set in a process (the shards a GPU worker serves share it); read-only.
     """
     refs = style.references
     negative = load_image(store, style.negative.key, style.negative.sha256) if style.negative else None

@@ -8,6 +8,7 @@ conditional write is `FileExistsError`, an endpoint that does not answer is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
@@ -202,6 +203,13 @@ class S3Store:
         self.endpoint: str = client.meta.endpoint_url
         self.policy = policy or RetryPolicy()
         self._rng = random.Random()
+
+    @classmethod
+    def shared(cls, settings: Settings) -> S3Store:
+        """The process's store for `settings`: one boto3 client (thread-safe) for every shard the process
+        runs, so what a shard read once (a product photo, a style set's references) is not read again."""
+        return _shared_store(settings.s3_endpoint, settings.s3_region, settings.s3_retry_attempts,
+                             settings.s3_retry_cap_seconds)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Store:
@@ -448,3 +456,11 @@ def _object_parts(uri: str) -> tuple[str, str]:
 
 def _etag(raw: str) -> str:
     return raw.strip('"')
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_store(endpoint: str | None, region: str | None, attempts: int, cap_seconds: float) -> S3Store:
+    from adapters.settings import Settings
+
+    return S3Store.from_settings(Settings(s3_endpoint=endpoint, s3_region=region, s3_retry_attempts=attempts,
+                                          s3_retry_cap_seconds=cap_seconds))

@@ -34,7 +34,7 @@ def run_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0) -> dict:
     """
     logger = get_run_logger()
     settings = get_settings()
-    store = S3Store.from_settings(settings)
+    store = S3Store.shared(settings)
     profile = shard.batches[0].jobs[0].profile
     engine = get_engine(profile, settings)
     clip = get_clip_scorer(ctx.clip_model, load_profiles()[profile], settings)
