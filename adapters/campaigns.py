@@ -1,4 +1,4 @@
-"""Campaign specs: where a campaign named by a user lives, and its YAML text."""
+"""Campaign specs: where a campaign named by a user lives, its YAML text, and the campaign a request runs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import re
 from pathlib import Path
 
 from adapters.storage import ObjectStore, join_uri
-from catalogs.models import ID_PATTERN
+from catalogs import load_profiles, parse_campaign
+from catalogs.models import ID_PATTERN, Campaign, ModelProfile, RunRequest
+from tasks.channels import resolve_channels
+from tasks.plan import check_control_scales
+from tasks.request import apply_request
 
-__all__ = ["campaign_uri", "read_campaign"]
+__all__ = ["campaign_uri", "read_campaign", "resolve_campaign"]
 
 
 def campaign_uri(campaign: str, catalog_uri: str) -> str:
@@ -39,3 +43,22 @@ def read_campaign(store: ObjectStore | None, spec: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"campaign {spec!r} is not UTF-8 text") from None
+
+
+def resolve_campaign(store: ObjectStore, request: RunRequest, catalog: str,
+                     default_profile: str) -> tuple[Campaign, ModelProfile]:
+    """The campaign as a run executes it, and its model profile: every cheap check of a request.
+
+    The campaign flow calls it first; the CLI calls it too before it imports torch or starts
+    Prefect, so a bad spec fails in a fraction of a second. Plain calls, not tasks.
+
+    Raises:
+        ValueError: (one line, naming the campaign) a bad spec, override, profile, control scale or channel.
+        FileNotFoundError: the campaign file does not exist.
+    """
+    text = read_campaign(store, campaign_uri(request.campaign, catalog))
+    spec, profile = apply_request(parse_campaign(text, origin=request.campaign), request, default_profile,
+                                  load_profiles())
+    check_control_scales(spec, profile)
+    resolve_channels(spec, profile)
+    return spec, profile

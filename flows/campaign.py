@@ -16,17 +16,15 @@ from adapters import campaigns, conditioning, publish
 from adapters.engine import load_in_background
 from adapters.settings import get_settings
 from adapters.storage import S3Store
-from catalogs import load_profiles, parse_campaign
-from catalogs.models import CHANNEL_AXIS, Campaign, ModelProfile, Product, RunRequest, RunSummary, StyleSet
+from catalogs.models import CHANNEL_AXIS, Campaign, Product, RunRequest, RunSummary, StyleSet
 from flows import steps
 from flows.catalog import catalog_for_run
 from flows.dispatch import Generated, run_shards
 from flows.review import start_review
 from tasks.catalog_build import CatalogState
-from tasks.channels import resolve_channels
 from tasks.estimate import estimate_generation
-from tasks.plan import ShardContext, check_control_scales, maskless_products
-from tasks.request import apply_request, narrow
+from tasks.plan import ShardContext, maskless_products
+from tasks.request import narrow
 from tasks.review import ReviewRequest, channel_formats
 from tasks.tables import channels_as_written, run_parameters, run_row
 
@@ -44,7 +42,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
     started, clock = datetime.now(UTC), time.perf_counter()
     catalog, assets = request.catalog or settings.catalog, request.assets or settings.assets
 
-    spec, profile = resolve_campaign(store, request, catalog, settings.profile)  # before the catalog or any weight
+    spec, profile = campaigns.resolve_campaign(store, request, catalog, settings.profile)  # before the catalog or any weight
     if not request.dry_run and not settings.shard_workers:  # the shards run here: load their engine meanwhile
         load_in_background(spec.generation.profile, settings)
     state = catalog_for_run(store, catalog, request.snapshot)
@@ -128,25 +126,6 @@ def run_campaign(request: RunRequest) -> RunSummary:
             settings.review_deployment)})
     logger.info(summary.lines()[0])
     return summary
-
-
-def resolve_campaign(store: S3Store, request: RunRequest, catalog: str,
-                     default_profile: str) -> tuple[Campaign, ModelProfile]:
-    """The campaign as this run executes it, and its model profile: every cheap check of a request.
-
-    The flow calls it first; the CLI calls it too before it starts Prefect, so a bad spec fails
-    in a second. Plain calls, not tasks, so it runs outside a flow.
-
-    Raises:
-        ValueError: (one line, naming the campaign) a bad spec, override, profile, control scale or channel.
-        FileNotFoundError: the campaign file does not exist.
-    """
-    text = campaigns.read_campaign(store, campaigns.campaign_uri(request.campaign, catalog))
-    spec, profile = apply_request(parse_campaign(text, origin=request.campaign), request, default_profile,
-                                  load_profiles())
-    check_control_scales(spec, profile)
-    resolve_channels(spec, profile)
-    return spec, profile
 
 
 def campaign_inputs(store: S3Store, spec: Campaign, request: RunRequest, state: CatalogState,

@@ -83,13 +83,13 @@ def run(
         store = S3Store.from_settings(settings)
         store.check_reachable(catalog)  # an endpoint that is down fails here, before Prefect starts
         store.check_reachable(assets)
-        api = _start_prefect_api()
         request = RunRequest(campaign=campaigns.campaign_uri(campaign, catalog), catalog=catalog, assets=assets,
                              profile=profile, snapshot=snapshot, dry_run=dry_run, local_copy=str(settings.out_dir),
                              triggered_by="cli")
-        from flows.campaign import resolve_campaign, run_campaign
+        campaigns.resolve_campaign(store, request, catalog, settings.profile)  # a bad spec fails before Prefect starts
+        api = _start_prefect_api()  # it boots while torch, diffusers and the flow are imported
+        from flows.campaign import run_campaign
 
-        resolve_campaign(store, request, catalog, settings.profile)  # a bad spec fails before any flow run
         api.join()
         with terminal_progress():  # a live bar in a terminal; plain log lines elsewhere
             summary = run_campaign(request)
