@@ -5,15 +5,15 @@
 Starts the embedded S3 server, then for 0 (shards in the campaign's process), 1 and 2 GPU
 workers: a Prefect server, the pool, the deployments and the workers (flows/serve.py), runs the
 sample campaign with `--seeds` seeds (8: 256 images) through the `campaign` deployment into a
-fresh assets prefix, and prints the wall time and images/s of each. The per-shard fixed cost is
-the one-worker wall time less the in-process wall time, over the shards: what handing a shard
-to a worker adds. The workers share this machine's cores: on a CPU-only box two workers say how
+fresh assets prefix, and prints the wall time and images/s of each, and with one worker the
+per-shard fixed cost (`shard_overhead`): what a shard costs the worker beyond making its images. The workers share this machine's cores: on a CPU-only box two workers say how
 much of a run is orchestration that overlaps, not what two GPUs would give.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adapters import publish  # noqa: E402
 from adapters.kit import ensure_tiny_kit  # noqa: E402
 from adapters.local_s3 import LocalS3Server, free_port  # noqa: E402
 from adapters.sample_catalog import seed_sample_catalog  # noqa: E402
@@ -31,25 +32,30 @@ from adapters.storage import S3Store  # noqa: E402
 from flows.serve import start_stack  # noqa: E402
 
 
-def shard_overhead() -> tuple[float, int]:
-    """Seconds each shard costs beyond its batches on the worker, from the server's task runs; and the shard count.
+def shard_overhead(store: S3Store, assets: str) -> tuple[float, int]:
+    """Seconds each shard costs on the worker beyond making its images, and the shard count.
 
-    A shard's cost is its task run's time less its `render-batch` task runs' time, plus the gap between the
-    end of the shard before it on the same worker and its start (the hand-over). Meaningful with one worker,
-    where every shard waits for the one before it.
+    From the server's `generate-shard` task runs (start, end) and the run's `generations` rows, whose
+    batches each share the `created_at` of the moment their images were written. The pace of a batch
+    is the median gap between consecutive batches of one shard; a shard's fixed cost is its task run's
+    time less its batches at that pace, plus the hand-over from the shard before it. Meaningful with one
+    worker, where every shard waits for the one before it, and with two batches or more per shard.
     """
+    import pandas as pd
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
     with get_client(sync_client=True) as client:
-        def named(like: str):
-            return client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=like)), limit=200)
-
-        shards = sorted((r for r in named("-shard-") if r.start_time), key=lambda r: r.start_time)
-        batches = named("render-batch")
-    inside = sum(r.total_run_time.total_seconds() for r in shards) - sum(r.total_run_time.total_seconds() for r in batches)
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-shard-")), limit=200)
+    shards = sorted((r for r in runs if r.start_time and r.end_time), key=lambda r: r.start_time)
+    (manifest,) = publish.read_manifests(store, assets)
+    written = pd.to_datetime(publish.read_table(store, manifest, "generations")["created_at"], utc=True)
+    batches = sorted(set(written.dt.to_pydatetime()))
+    inside = [[t for t in batches if s.start_time <= t <= s.end_time] for s in shards]
+    pace = statistics.median((b - a).total_seconds() for times in inside for a, b in zip(times, times[1:], strict=False))
+    fixed = sum((s.end_time - s.start_time).total_seconds() - len(times) * pace for s, times in zip(shards, inside, strict=True))
     gaps = sum((b.start_time - a.end_time).total_seconds() for a, b in zip(shards, shards[1:], strict=False))
-    return (inside + gaps) / max(len(shards), 1), len(shards)
+    return (fixed + gaps) / max(len(shards), 1), len(shards)
 
 
 def run_once(endpoint: str, catalog: str, models: Path, gpus: int, images_per_shard: int, seeds: int,
@@ -74,7 +80,7 @@ def run_once(endpoint: str, catalog: str, models: Path, gpus: int, images_per_sh
             run = run_deployment("run-campaign/campaign", parameters={"request": request},
                                  timeout=1800, poll_interval=1, as_subflow=False)
             elapsed = time.perf_counter() - start
-            overhead = shard_overhead()[0] if gpus == 1 else None
+            overhead = shard_overhead(store, assets)[0] if gpus == 1 else None
         if not run.state.is_completed():
             raise SystemExit(f"campaign with {gpus} worker(s) ended {run.state.type.value}: {run.state.message}")
         images = sum(1 for o in store.list(f"{assets}/runs/") if "/images/" in o.key)
@@ -134,8 +140,8 @@ def record(lines: list[str], speedup: float, fixed: float, shards: int, images: 
         "|---|---|---|---|---|",
         *lines,
         "",
-        f"Per-shard fixed cost on one worker (each shard's task run less its batches, plus the hand-over "
-        f"from the shard before; from the server's task runs): {fixed:.2f} s. Speed-up with two workers: {speedup:.2f}x. "
+        f"Per-shard fixed cost on one worker (each shard's task run less its batches at their steady pace, plus "
+        f"the hand-over from the shard before; from the server's task runs and the images' write times): {fixed:.2f} s. Speed-up with two workers: {speedup:.2f}x. "
         f"Command: `.venv/bin/python bench/workers.py --images-per-shard {args.images_per_shard} "
         f"--seeds {args.seeds} --write-docs`.",
         end,

@@ -33,10 +33,18 @@ def start_progress(campaign: str, run_id: str) -> str:
                                         description=f"run {run_id}: share of batches generated"))
 
 
+_REACHED: dict[str, float] = {}  # progress artifact id -> the highest value this process reported
+
+
 def advance_progress(progress: str | None, share: float) -> None:
-    """Move the run's progress artifact to `share` (0..1) of its batches; a no-op without one."""
-    if progress:
-        update_progress_artifact(UUID(progress), round(100.0 * min(max(share, 0.0), 1.0), 1))
+    """Move the run's progress artifact forward to `share` (0..1) of its batches; a no-op without one.
+
+    Never back: a shard that failed and runs again reports its first batches again.
+    """
+    value = round(100.0 * min(max(share, 0.0), 1.0), 1)
+    if progress and value > _REACHED.get(progress, -1.0):
+        _REACHED[progress] = value
+        update_progress_artifact(UUID(progress), value)
 
 
 def top_images(rows: Sequence[dict], per_product: int = ARTIFACT_ROWS_PER_PRODUCT) -> list[dict]:

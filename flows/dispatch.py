@@ -32,7 +32,7 @@ from adapters.storage import ObjectStore
 from flows import progress
 from flows.artifacts import advance_progress
 from flows.gpu_worker import generate_shard_task
-from flows.shard import run_shard, shard_part_name
+from flows.shard import generate_shard, shard_part_name
 from tasks.plan import Batch, Shard, ShardContext, finished_batches
 
 RETRYABLE = {StateType.CRASHED, StateType.FAILED}
@@ -65,11 +65,12 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
     for shard in shards:
         store.put(publish.run_uri(ctx.assets, ctx.run_id, "shards", f"{shard.index:05d}.json"),
                   shard.model_dump_json().encode(), content_type="application/json")
-    if not settings.shard_workers:  # in the campaign's flow run: its batches are its render-batch task runs
-        before = 0
+    if not settings.shard_workers:  # one task run per shard in the campaign's flow run
+        batches_before = images_before = 0
         for shard in shards:
-            run_shard(shard, ctx, batches_before=before)
-            before += len(shard.batches)
+            generate_shard(shard, ctx, batches_before=batches_before, images_before=images_before)
+            batches_before += len(shard.batches)
+            images_before += sum(len(b.jobs) for b in shard.batches)
     else:
         tracker = BatchProgress(store, ctx, [b for s in shards for b in s.batches])
         _run_on_workers(shards, ctx.model_copy(update={"progress": None, "local_copy": None}), store, settings, tracker)

@@ -44,15 +44,9 @@ def begin(total: int) -> None:
         _tell()
 
 
-def add(images: int) -> None:
-    """`images` more are made (a batch of a shard running in this process)."""
-    with _lock:
-        _count["done"] = min(_count["done"] + images, _count["total"])
-        _tell()
-
-
 def reach(done: int) -> None:
-    """At least `done` are made (counted from what the pool has written); never moves back."""
+    """At least `done` are made (after a batch of a shard in this process, or counted from what the pool has
+    written); never moves back, nor past the total."""
     with _lock:
         _count["done"] = min(max(_count["done"], done), _count["total"])
         _tell()

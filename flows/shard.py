@@ -1,14 +1,17 @@
 """The GPU step: a shard of batches run with the process's engine, its `generations` part written last.
 
-A campaign that runs its shards in its own process calls `run_shard` in its flow run, one shard
-after another; a GPU worker (flows/gpu_worker.py) runs the same `run_shard` as a task, with the
-engine it keeps loaded.
+A shard is one task run wherever it runs: `generate_shard` in the campaign's own process, one
+shard after another, or `flows/gpu_worker.generate_shard_task` on a GPU worker, with the engine it
+keeps loaded. Its batches are plain calls inside it (a task run per batch cost about a tenth of a
+second of API calls each, and thousands of task runs per campaign on the Prefect server). A shard
+that fails runs again and skips the images it already wrote.
 """
 
 from __future__ import annotations
 
 from prefect import get_run_logger
 
+from adapters import rendering
 from adapters.engine import get_engine
 from adapters.scorers import get_clip_scorer
 from adapters.settings import get_settings
@@ -25,12 +28,13 @@ def shard_part_name(run_id: str, index: int) -> str:
     return f"{run_id}-{index:05d}"
 
 
-def run_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0) -> dict:
+def run_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0, images_before: int = 0) -> dict:
     """Run every batch of a shard with the process's engine (loaded on first use); write the shard's table part.
 
     Returns the part's manifest entry. With `ctx.progress` (shards run one after another in the
     campaign's process) the shard moves the run's progress after each batch, to
-    (`batches_before` + its batches done) / `ctx.batch_total`.
+    (`batches_before` + its batches done) / `ctx.batch_total`, and the terminal's count to
+    `images_before` + its images done; neither moves back when a failed shard runs again.
     """
     logger = get_run_logger()
     settings = get_settings()
@@ -41,8 +45,9 @@ def run_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0) -> dict:
     run = RunContext(run_id=ctx.run_id, campaign=ctx.campaign, device=engine.device_name, versions=engine.versions,
                      worker=settings.worker_name)
     rows: list[dict] = []
+    images = 0
     for done, batch in enumerate(shard.batches, start=1):
-        batch_rows, seconds = steps.render(engine, store, batch, shard, ctx, run, clip)
+        batch_rows, seconds = rendering.render_batch(engine, store, batch, shard, ctx, run, clip)
         rows += batch_rows
         # One after another, a shard knows the run's count; on the pool it knows only its own.
         where = (f"batch {batches_before + done}/{ctx.batch_total}" if ctx.progress is not None
@@ -50,7 +55,12 @@ def run_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0) -> dict:
         n = len(batch.jobs)
         logger.info("%s done: %d images of %s x %s in %.2f s (%.1f images/s)", where, n, batch.product_id,
                     batch.style_id, seconds, n / max(seconds, 1e-9))
+        images += n
         advance_progress(ctx.progress, (batches_before + done) / ctx.batch_total)
-        progress.add(n)  # the terminal's bar, where this process has one
+        progress.reach(images_before + images)  # the terminal's bar, where this process has one
     return steps.write_part(store, ctx.assets, "generations", ctx.run_date, shard_part_name(ctx.run_id, shard.index),
                             rows)
+
+
+# A shard in the campaign's own process (on a GPU worker: flows/gpu_worker.generate_shard_task).
+generate_shard = steps.step(run_shard, name="generate-shard", retries=1, tags=["gpu"])

@@ -1,8 +1,8 @@
 """Task policy in one place: which steps retry, which cache, which must never hash their inputs.
 
 Every Prefect task of the project is defined here, as a one-line wrapper around a function of
-`tasks/` (pure) or `adapters/` (I/O); the one exception is `generate-shard`, the task GPU workers
-serve, defined beside them in flows/gpu_worker.py. Steps that receive a store, an engine or images use
+`tasks/` (pure) or `adapters/` (I/O); the exceptions are the `generate-shard` tasks, defined beside
+`run_shard` (flows/shard.py) and the GPU workers that serve them (flows/gpu_worker.py). Steps that receive a store, an engine or images use
 NO_CACHE: hashing them is meaningless or fails. Idempotency comes from deterministic asset ids
 and the manifest, not from Prefect's result cache.
 
@@ -27,7 +27,6 @@ from adapters import (
     conditioning,
     delivery,
     publish,
-    rendering,
     run_outputs,
     snapshots,
     style_scans,
@@ -78,8 +77,7 @@ identity = io_step(model_identity, name="model-identity")
 # Control images, once per product and canvas, stored with the run for every shard to read.
 controls = step(conditioning.write_controls, name="canny-controls", retries=1)
 
-# On the GPU worker: a batch is generated, published and scored; the shard's table part last.
-render = step(rendering.render_batch, name="render-batch", retries=1, tags=["gpu"])
+# A shard's table part, written last by the shard (its batches: adapters/rendering.render_batch).
 write_part = io_step(publish.put_table_part, name="write-table-part")
 
 # Selection and publishing, after the shards and before the manifest. Each rewrites its own

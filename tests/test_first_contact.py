@@ -72,7 +72,7 @@ def test_bar_only_in_a_terminal_plain_lines_elsewhere(term):
     with progress.terminal_progress(piped) as bar:
         assert bar is None
         progress.begin(4)
-        progress.add(4)
+        progress.reach(4)
     assert piped.file.getvalue() == ""
     with progress.terminal_progress(term) as bar:
         assert isinstance(bar, progress.TerminalBar)
@@ -87,15 +87,15 @@ def test_listeners_hear_images_done_of_total_forward_only():
         def update(self, done: int, total: int) -> None:
             heard.append((done, total))
 
-    progress.add(3)  # nobody listens: nothing happens, nothing fails
+    progress.reach(3)  # nobody listens: nothing happens, nothing fails
     with progress.listening(Recorder()):
         progress.begin(0)  # a run with nothing to make: no bar
         progress.begin(8)  # shards in this process: a batch at a time
-        progress.add(3)
-        progress.add(4)
-        progress.reach(5)  # the pool's count never moves the bar back
+        progress.reach(3)
+        progress.reach(7)
+        progress.reach(5)  # a shard run again, or the pool's count: never moves the bar back
         progress.reach(8)
-        progress.add(2)  # never past the total
+        progress.reach(10)  # never past the total
     progress.begin(2)
     assert heard == [(0, 8), (3, 8), (7, 8), (7, 8), (8, 8), (8, 8)]
 
@@ -105,7 +105,7 @@ def test_listeners_hear_images_done_of_total_forward_only():
 
     with progress.listening(Broken()) as broken, progress.listening(Recorder()):
         progress.begin(3)  # a bar that fails is dropped; the run and the other listeners go on
-        progress.add(1)
+        progress.reach(1)
         assert broken not in progress._listeners
     assert heard[-2:] == [(0, 3), (1, 3)]
 
@@ -116,15 +116,15 @@ def test_terminal_bar_shows_done_total_rate_and_time_left(term):
     bar = progress.TerminalBar(term)
     with progress.listening(bar):
         progress.begin(8)
-        for _ in range(3):
+        for done in (2, 4, 6):
             time.sleep(0.05)
-            progress.add(2)
+            progress.reach(done)
         task = bar.progress.tasks[-1]
         assert (task.completed, task.total) == (6, 8) and task.speed and task.time_remaining is not None
         bar.progress.refresh()
         live = term.file.getvalue()
         time.sleep(0.05)
-        progress.add(2)  # all made: the bar stops, its last state stays on screen
+        progress.reach(8)  # all made: the bar stops, its last state stays on screen
     assert not bar.progress.live.is_started
     shown = term.file.getvalue()
     assert "6/8" in live and re.search(r"\d+\.\d\d images/s", live) and re.search(r"\d:\d\d:\d\d", live)

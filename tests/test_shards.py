@@ -231,3 +231,24 @@ def test_a_run_copies_itself_locally_as_it_makes_its_images(campaign_env, store,
     assert [u for u in log.reads if "/images/" in u] == [next(i["uri"] for i in manifest["images"]
                                                               if f"{i['asset_id']}.png" == damaged)]
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (local / "images").glob("*.png")} == expected
+
+
+def test_a_shard_whose_batch_fails_runs_again_and_makes_only_what_is_missing(campaign_env, store, small_campaign,
+                                                                             generated, monkeypatch):
+    from adapters import rendering
+    from flows.campaign import run_campaign
+
+    real, calls = rendering.render_batch, []
+
+    def flaky(*args, **kwargs):
+        calls.append(args[2].jobs[0].asset_id)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")  # once, on the second batch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rendering, "render_batch", flaky)
+    summary = run_campaign(RunRequest(campaign="small", triggered_by="test"))  # one shard of two batches of 4
+    gens = publish.read_table(store, json.loads(store.get(summary.manifest)), "generations")
+    assert len(calls) == 4 and calls[2] == calls[0]  # the whole shard ran again ...
+    assert len(generated) == 8  # ... but its first batch's images were not made again
+    assert summary.images_generated == 8 and len(gens) == 8 and gens["asset_id"].is_unique
