@@ -91,7 +91,7 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
             header.append(("canny", pictures[control]))
         header += [(ref.key.rsplit("/", 1)[-1].rsplit(".", 1)[0], pictures[ref.key]) for ref in style.references]
         ordered = sorted(members, key=lambda r: (r["cell_index"], r["seed"]))
-        shown = [output(r) for r in ordered] if local_copy else parallel_map(output, ordered)
+        shown = parallel_map(output, ordered)
         if channel:  # one channel per sheet: its axis says nothing there, its layout is drawn instead
             shown = [outline_layout(image, row_layout(r), SHEET_TILE) if image is not None else None
                      for r, image in zip(ordered, shown, strict=True)]

@@ -214,18 +214,8 @@ class S3Store:
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Store:
         """A store for `settings.s3_endpoint` (None: the AWS default) and `settings.s3_region`."""
-        config = Config(
-            connect_timeout=CONNECT_TIMEOUT_S,
-            read_timeout=READ_TIMEOUT_S,
-            retries={"total_max_attempts": 1, "mode": "standard"},  # RetryPolicy decides, not botocore
-            # Custom endpoints (moto, MinIO, an IP address) rarely resolve bucket
-            # subdomains; AWS itself keeps its default virtual-host addressing.
-            s3={"addressing_style": "path" if settings.s3_endpoint else "auto"},
-            signature_version="s3v4",  # presigned URLs too (botocore's default for them is the older scheme)
-            max_pool_connections=PARALLEL_CALLS,  # one connection for each thread of parallel_map
-        )
-        client = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region, config=config)
-        return cls(client, RetryPolicy(attempts=settings.s3_retry_attempts, cap_seconds=settings.s3_retry_cap_seconds))
+        return _new_store(settings.s3_endpoint, settings.s3_region, settings.s3_retry_attempts,
+                          settings.s3_retry_cap_seconds)
 
     # ------------------------------------------------------------------ objects
 
@@ -458,9 +448,19 @@ def _etag(raw: str) -> str:
     return raw.strip('"')
 
 
-@functools.lru_cache(maxsize=4)
-def _shared_store(endpoint: str | None, region: str | None, attempts: int, cap_seconds: float) -> S3Store:
-    from adapters.settings import Settings
+def _new_store(endpoint: str | None, region: str | None, attempts: int, cap_seconds: float) -> S3Store:
+    config = Config(
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        retries={"total_max_attempts": 1, "mode": "standard"},  # RetryPolicy decides, not botocore
+        # Custom endpoints (moto, MinIO, an IP address) rarely resolve bucket
+        # subdomains; AWS itself keeps its default virtual-host addressing.
+        s3={"addressing_style": "path" if endpoint else "auto"},
+        signature_version="s3v4",  # presigned URLs too (botocore's default for them is the older scheme)
+        max_pool_connections=PARALLEL_CALLS,  # one connection for each thread of parallel_map
+    )
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    return S3Store(client, RetryPolicy(attempts=attempts, cap_seconds=cap_seconds))
 
-    return S3Store.from_settings(Settings(s3_endpoint=endpoint, s3_region=region, s3_retry_attempts=attempts,
-                                          s3_retry_cap_seconds=cap_seconds))
+
+_shared_store = functools.lru_cache(maxsize=4)(_new_store)  # S3Store.shared: one store per process and endpoint

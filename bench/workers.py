@@ -52,7 +52,10 @@ def shard_overhead(store: S3Store, assets: str) -> tuple[float, int]:
     written = pd.to_datetime(publish.read_table(store, manifest, "generations")["created_at"], utc=True)
     batches = sorted(set(written.dt.to_pydatetime()))
     inside = [[t for t in batches if s.start_time <= t <= s.end_time] for s in shards]
-    pace = statistics.median((b - a).total_seconds() for times in inside for a, b in zip(times, times[1:], strict=False))
+    paces = [(b - a).total_seconds() for times in inside for a, b in zip(times, times[1:], strict=False)]
+    if not paces:  # one batch per shard: no pace to measure
+        return float("nan"), len(shards)
+    pace = statistics.median(paces)
     fixed = sum((s.end_time - s.start_time).total_seconds() - len(times) * pace for s, times in zip(shards, inside, strict=True))
     gaps = sum((b.start_time - a.end_time).total_seconds() for a, b in zip(shards, shards[1:], strict=False))
     return (fixed + gaps) / max(len(shards), 1), len(shards)
