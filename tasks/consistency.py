@@ -1,0 +1,355 @@
+"""Consistency across a campaign: whether its images look like one campaign, not each image on its own.
+
+Each image gets a *look* where it is scored (adapters/rendering.py, which holds the pixels and the
+product's mask): the CLIP image embedding the scorer computes anyway, a palette of its background
+(k-means in CIELAB of the pixels outside the product) and its background's lighting (mean lightness
+L* and the correlated colour temperature of its mean colour). Across a group of images (one style
+set, or the whole campaign; each channel apart) the looks have a centre, each image a distance to it,
+and the group a spread.
+
+Every component distance is divided by a unit that is "a difference seen at a glance", so they add
+up: 0.1 of cosine distance between CLIP embeddings, 10 CIEDE2000 between palettes, 10 L* of
+lightness or 50 mired of colour temperature. The combined distance is the mean of the components an
+image has (CLIP scoring may be off), so 1.0 is one clear difference from the centre.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+PALETTE_COLOURS = 5
+PALETTE_PIXELS = 4096  # at most this many background pixels go into a palette (evenly spaced)
+KMEANS_ROUNDS = 12
+EMBEDDING_UNIT = 0.1  # cosine distance between unit CLIP embeddings
+PALETTE_UNIT = 10.0  # CIEDE2000 (2.3 is just noticeable; 10 reads as another colour)
+LIGHTNESS_UNIT = 10.0  # L*, 0 (black) to 100 (white)
+MIRED_UNIT = 50.0  # 1e6 / kelvin: about a half CTO gel
+CCT_RANGE = (1000.0, 25000.0)  # kelvin; McCamy's formula means little outside it
+OUTLIER_FLOOR = 1.0  # never an outlier below one clear difference from the centre
+OUTLIER_MADS = 3.0
+MIN_FOR_OUTLIERS = 4  # a group needs this many images before any is called an outlier
+CENTRE_SAMPLE = 64  # members the medoid palette is chosen among (their pairs: 64 x 64 palette distances)
+
+# sRGB (D65) to XYZ
+_SRGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+
+
+@dataclass(frozen=True)
+class Look:
+    """What an image's consistency is measured on; a part an image lacks is None."""
+
+    embedding: np.ndarray | None = None  # unit length
+    palette: np.ndarray | None = None  # (k, 3) CIELAB colours, heaviest first
+    weights: np.ndarray | None = None  # (k,) shares of the background, summing to 1
+    lightness: float | None = None  # mean L* of the background
+    mired: float | None = None  # 1e6 / colour temperature of the background's mean colour
+
+    @property
+    def empty(self) -> bool:
+        return self.embedding is None and self.palette is None and self.lightness is None
+
+
+@dataclass(frozen=True)
+class Distance:
+    """An image's distance to a centre: each component in its unit, and their mean (None: nothing to compare)."""
+
+    embedding: float | None
+    palette: float | None
+    lighting: float | None
+
+    @property
+    def combined(self) -> float | None:
+        parts = [d for d in (self.embedding, self.palette, self.lighting) if d is not None]
+        return float(np.mean(parts)) if parts else None
+
+
+# --------------------------------------------------------------------------- one image
+
+
+def background_look(image: Image.Image, background: np.ndarray) -> dict[str, object]:
+    """The `generations` columns of an image's background: palette, lightness and colour temperature.
+
+    `background` is where the background is (booleans, the image's shape): tasks.scores.background_region.
+    """
+    from skimage.color import rgb2lab
+
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
+    where = np.flatnonzero(background)
+    if not where.size:
+        where = np.arange(rgb.shape[0])
+    where = where[:: max(1, where.size // PALETTE_PIXELS)]
+    pixels = rgb[where]
+    lab = rgb2lab(pixels[None])[0]
+    centres, shares = weighted_kmeans(lab, np.ones(len(lab)), PALETTE_COLOURS)
+    cct = colour_temperature(pixels.mean(axis=0))
+    return {
+        "background_palette": palette_texts(centres, shares),
+        "background_lightness": float(lab[:, 0].mean()),
+        "background_cct": cct,
+    }
+
+
+def colour_temperature(rgb: np.ndarray) -> float | None:
+    """Correlated colour temperature in kelvin of an sRGB colour (0..1), by McCamy's formula, clamped to CCT_RANGE.
+
+    None for black, which has no chromaticity.
+    """
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    x_, y_, z_ = _SRGB_TO_XYZ @ linear
+    total = x_ + y_ + z_
+    if total <= 1e-9:
+        return None
+    x, y = x_ / total, y_ / total
+    if abs(0.1858 - y) < 1e-9:
+        return CCT_RANGE[1]
+    n = (x - 0.3320) / (0.1858 - y)
+    cct = 449.0 * n**3 + 3525.0 * n**2 + 6823.3 * n + 5520.33
+    return float(min(max(cct, CCT_RANGE[0]), CCT_RANGE[1]))
+
+
+def weighted_kmeans(points: np.ndarray, weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most `k` weighted centres of `points` (n, 3) and their shares of the weight, heaviest first.
+
+    Deterministic: seeded by the heaviest point, then each next seed is the point farthest from the
+    seeds so far (ties: the first), then Lloyd rounds. Empty clusters are dropped.
+    """
+    if not len(points):
+        raise ValueError("a palette needs at least one pixel")
+    seeds = [int(np.argmax(weights))]
+    nearest = ((points - points[seeds[0]]) ** 2).sum(axis=1)
+    while len(seeds) < k:
+        far = int(np.argmax(np.where(weights > 0, nearest, -1.0)))
+        if nearest[far] <= 1e-12:
+            break
+        seeds.append(far)
+        nearest = np.minimum(nearest, ((points - points[far]) ** 2).sum(axis=1))
+    centres = points[seeds].astype(np.float64)
+    for _ in range(KMEANS_ROUNDS):
+        labels = ((points[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        mass = np.bincount(labels, weights=weights, minlength=len(centres))
+        moved = centres.copy()
+        for j in np.flatnonzero(mass > 0):
+            moved[j] = (points[labels == j] * weights[labels == j, None]).sum(axis=0) / mass[j]
+        if np.allclose(moved, centres, atol=1e-6):
+            break
+        centres = moved
+    labels = ((points[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+    mass = np.bincount(labels, weights=weights, minlength=len(centres))
+    keep = [j for j in sorted(range(len(centres)), key=lambda j: (-mass[j], j)) if mass[j] > 0]
+    return centres[keep], mass[keep] / mass[keep].sum()
+
+
+def palette_texts(lab: np.ndarray, shares: np.ndarray) -> list[str]:
+    """A palette as the table stores it: `#rrggbb share` per colour, heaviest first."""
+    from skimage.color import lab2rgb
+
+    rgb = np.clip(np.rint(lab2rgb(lab[None])[0] * 255.0), 0, 255).astype(int)
+    return [f"#{r:02x}{g:02x}{b:02x} {s:.3f}" for (r, g, b), s in zip(rgb, shares, strict=True)]
+
+
+def parse_palette(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A stored palette back as (CIELAB colours, shares); raises ValueError naming a malformed entry."""
+    from skimage.color import rgb2lab
+
+    rgb, shares = [], []
+    for text in texts:
+        try:
+            colour, share = text.split()
+            if not colour.startswith("#") or len(colour) != 7:
+                raise ValueError
+            rgb.append([int(colour[i:i + 2], 16) / 255.0 for i in (1, 3, 5)])
+            shares.append(float(share))
+        except ValueError:
+            raise ValueError(f"palette entry {text!r} is not '#rrggbb share'") from None
+    weights = np.asarray(shares, dtype=np.float64)
+    return rgb2lab(np.asarray(rgb, dtype=np.float64)[None])[0], weights / max(weights.sum(), 1e-12)
+
+
+def look_of(row: dict) -> Look:
+    """An image's look from its `generations` row (what scoring stored)."""
+    def number(name: str) -> float | None:
+        value = row.get(name)
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+    embedding = row.get("clip_embedding")
+    if embedding is not None and len(embedding):
+        embedding = np.asarray(embedding, dtype=np.float64)
+        norm = float(np.linalg.norm(embedding))
+        embedding = embedding / norm if norm > 0 else None
+    else:
+        embedding = None
+    texts = row.get("background_palette")
+    palette, weights = parse_palette(list(texts)) if texts is not None and len(texts) else (None, None)
+    cct = number("background_cct")
+    return Look(embedding=embedding, palette=palette, weights=weights, lightness=number("background_lightness"),
+                mired=None if cct is None else 1e6 / cct)
+
+
+# --------------------------------------------------------------------------- a group of images
+
+
+def centre_of(looks: Sequence[Look]) -> Look | None:
+    """The centre of a group's looks: the normalised mean embedding, the medoid palette (the member's
+    palette nearest to the others': an outlier's colours never enter it), and the median lightness and
+    colour temperature. The medoid is found among at most CENTRE_SAMPLE evenly spaced members.
+    None for an empty group."""
+    looks = [lk for lk in looks if not lk.empty]
+    if not looks:
+        return None
+    embeddings = [lk.embedding for lk in looks if lk.embedding is not None]
+    embedding = None
+    if embeddings:
+        mean = np.mean(embeddings, axis=0)
+        norm = float(np.linalg.norm(mean))
+        embedding = mean / norm if norm > 0 else None
+    palettes = [lk for lk in looks if lk.palette is not None]
+    palette = weights = None
+    if palettes:
+        sample = palettes[:: math.ceil(len(palettes) / CENTRE_SAMPLE)]
+        medoid = sample[int(np.argmin(palette_distances(sample, sample).sum(axis=1)))]
+        palette, weights = medoid.palette, medoid.weights
+    lightness = [lk.lightness for lk in looks if lk.lightness is not None]
+    mired = [lk.mired for lk in looks if lk.mired is not None]
+    return Look(embedding=embedding, palette=palette, weights=weights,
+                lightness=float(np.median(lightness)) if lightness else None,
+                mired=float(np.median(mired)) if mired else None)
+
+
+def palette_distances(a: Sequence[Look], b: Sequence[Look]) -> np.ndarray:
+    """CIEDE2000 between every palette of `a` and every palette of `b`, as a (len a, len b) matrix: each
+    colour's difference to the nearest colour of the other palette, averaged by share, both ways, then
+    halved (0 = the same colours)."""
+    from skimage.color import deltaE_ciede2000
+
+    def stack(looks: Sequence[Look]) -> tuple[np.ndarray, np.ndarray]:
+        k = max(len(lk.palette) for lk in looks)
+        colours, shares = np.zeros((len(looks), k, 3)), np.zeros((len(looks), k))
+        for n, lk in enumerate(looks):
+            colours[n, :len(lk.palette)], shares[n, :len(lk.palette)] = lk.palette, lk.weights
+            colours[n, len(lk.palette):] = lk.palette[0]  # padding: a repeat of a real colour, of no weight
+        return colours, shares
+
+    ca, wa = stack(a)
+    cb, wb = stack(b)
+    d = deltaE_ciede2000(ca[:, None, :, None, :], cb[None, :, None, :, :])  # (a, b, ka, kb)
+    return 0.5 * ((wa[:, None, :] * d.min(axis=3)).sum(axis=2) + (wb[None, :, :] * d.min(axis=2)).sum(axis=2))
+
+
+def distance(look: Look, centre: Look | None) -> Distance:
+    """An image's distance to a centre, by component, each in its unit."""
+    if centre is None:
+        return Distance(None, None, None)
+    embedding = palette = lighting = None
+    if look.embedding is not None and centre.embedding is not None and look.embedding.shape == centre.embedding.shape:
+        embedding = max(0.0, 1.0 - float(look.embedding @ centre.embedding)) / EMBEDDING_UNIT
+    if look.palette is not None and centre.palette is not None:
+        palette = float(palette_distances([look], [centre])[0, 0]) / PALETTE_UNIT
+    parts = []
+    if look.lightness is not None and centre.lightness is not None:
+        parts.append((look.lightness - centre.lightness) / LIGHTNESS_UNIT)
+    if look.mired is not None and centre.mired is not None:
+        parts.append((look.mired - centre.mired) / MIRED_UNIT)
+    if parts:
+        lighting = float(math.hypot(*parts))
+    return Distance(embedding, palette, lighting)
+
+
+def outliers(distances: Sequence[float | None]) -> float | None:
+    """The distance past which an image is an outlier of its group: the median plus OUTLIER_MADS scaled
+    median absolute deviations (robust: the outliers themselves barely move it), never under
+    OUTLIER_FLOOR; None under MIN_FOR_OUTLIERS distances."""
+    present = np.asarray([d for d in distances if d is not None], dtype=np.float64)
+    if len(present) < MIN_FOR_OUTLIERS:
+        return None
+    median = float(np.median(present))
+    mad = 1.4826 * float(np.median(np.abs(present - median)))  # the standard deviation, for normal data
+    return max(median + OUTLIER_MADS * mad, OUTLIER_FLOOR)
+
+
+def spread(looks: Sequence[Look]) -> float | None:
+    """How far a set of images is from looking alike: the mean combined distance of each to the set's
+    own centre (0 = identical looks). None under two images with a look."""
+    looks = [lk for lk in looks if not lk.empty]
+    if len(looks) < 2:
+        return None
+    centre = centre_of(looks)
+    values = [d for d in (distance(lk, centre).combined for lk in looks) if d is not None]
+    return float(np.mean(values)) if values else None
+
+
+def mean_similarity(looks: Sequence[Look]) -> float | None:
+    """Mean pairwise cosine similarity of the looks' CLIP embeddings, from their sum (no pairs are formed:
+    for unit vectors, the sum over pairs i != j of e_i . e_j is |sum e|^2 - n). None under two embeddings."""
+    embeddings = [lk.embedding for lk in looks if lk.embedding is not None]
+    n = len(embeddings)
+    if n < 2:
+        return None
+    total = np.sum(embeddings, axis=0)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+# --------------------------------------------------------------------------- a run's rows
+
+COLUMNS = ("consistency_distance", "embedding_distance", "palette_distance", "lighting_distance",
+           "consistency_outlier", "consistency_within")
+CENTRE_STATUSES = ("ok", "duplicate")  # the images that passed the gates make a group's centre
+STYLE_SET, CAMPAIGN = "style_set", "campaign"
+
+
+def group_of(row: dict, within: str) -> tuple[str | None, str | None]:
+    """The group an image is measured in: its style set (or the whole campaign) and its channel."""
+    from tasks.channels import channel_of
+
+    return (row["style_id"] if within == STYLE_SET else None, channel_of(row))
+
+
+def measure(rows: Sequence[dict], looks: Sequence[Look], statuses: Sequence[str], within: str) -> list[dict]:
+    """Each row's consistency columns (`COLUMNS`): its distance to its group's centre, by component, and
+    whether it is an outlier. The centre is that of the group's images that passed the gates (ok or
+    duplicate); a failed image, or one without a look, gets nulls."""
+    out = [{**dict.fromkeys(COLUMNS), "consistency_outlier": False} for _ in rows]
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        if statuses[i] != "failed" and not looks[i].empty:
+            groups.setdefault(group_of(row, within), []).append(i)
+    for members in groups.values():
+        eligible = [i for i in members if statuses[i] in CENTRE_STATUSES] or members
+        centre = centre_of([looks[i] for i in eligible])
+        distances = {i: distance(looks[i], centre) for i in members}
+        fence = outliers([distances[i].combined for i in eligible])
+        for i, d in distances.items():
+            out[i].update(consistency_distance=d.combined, embedding_distance=d.embedding,
+                          palette_distance=d.palette, lighting_distance=d.lighting, consistency_within=within,
+                          consistency_outlier=bool(fence is not None and d.combined is not None and d.combined > fence))
+    return out
+
+
+def spread_label(style_id: str | None, channel: str | None) -> str:
+    """How a group is named where its spread is reported: the style set (or `campaign`), `· channel` with one."""
+    return " · ".join(filter(None, [style_id or CAMPAIGN, channel]))
+
+
+def selected_spreads(rows: Sequence[dict], within: str) -> dict[str, float | None]:
+    """The spread of the selected images of each group (each style set, or the whole campaign; per channel),
+    by `spread_label`; from the rows' stored looks."""
+    by_group: dict[str, list[Look]] = {}
+    for r in rows:
+        if r.get("selected"):
+            by_group.setdefault(spread_label(*group_of(r, within)), []).append(look_of(r))
+    return {label: spread(looks) for label, looks in sorted(by_group.items())}
+
+
+def spread_columns(rows: Sequence[dict]) -> dict[str, object]:
+    """The `runs` columns `consistency_spread` and `consistency_spreads` of a run's scored and selected rows."""
+    per_style = selected_spreads(rows, STYLE_SET)
+    measured = [v for v in per_style.values() if v is not None]
+    spreads = {**per_style, **selected_spreads(rows, CAMPAIGN)}
+    return {
+        "consistency_spread": float(np.mean(measured)) if measured else None,
+        "consistency_spreads": [(label, "-" if v is None else f"{v:.3f}") for label, v in spreads.items()],
+    }
