@@ -169,6 +169,7 @@ def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products:
     parts.append(steps.write_cell_metrics(store, ctx.assets, ctx.run_date, ctx.run_id, spec.name, rows))
     sheets = steps.write_sheets(store, ctx.assets, ctx.run_id, rows, products, styles, ctx.controls, title=spec.title,
                                 local_copy=ctx.local_copy)
+    sheets |= steps.write_overview(store, ctx.assets, ctx.run_id, rows, title=spec.title, local_copy=ctx.local_copy)
     gallery = steps.write_gallery(store, ctx.assets, ctx.run_id, spec.name, rows, sheets, [p["uri"] for p in parts],
                                   left_out=left_out, title=spec.title)
     return rows, parts, sheets, gallery

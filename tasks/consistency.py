@@ -353,3 +353,10 @@ def spread_columns(rows: Sequence[dict]) -> dict[str, object]:
         "consistency_spread": float(np.mean(measured)) if measured else None,
         "consistency_spreads": [(label, "-" if v is None else f"{v:.3f}") for label, v in spreads.items()],
     }
+
+
+def swatches(look: Look | None) -> list[tuple[int, int, int]]:
+    """A look's palette as sRGB colours (0..255), heaviest first; empty without one."""
+    if look is None or look.palette is None:
+        return []
+    return [tuple(int(t[i:i + 2], 16) for i in (1, 3, 5)) for t in palette_texts(look.palette, look.weights)]
