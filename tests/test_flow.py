@@ -112,7 +112,8 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(s
     assert runs.iloc[0]["images_selected"] == gens["selected"].sum() > 0
     # Per-cell metrics, one contact sheet per product x style set, the gallery marks the selected.
     assert len(publish.read_table(store, manifest, "cell_metrics")) == 4 * 2 * 4
-    assert sorted(manifest["sheets"]) == sorted(f"{p}__{s}.jpg" for p in set(gens["product_id"]) for s in set(gens["style_id"]))
+    assert sorted(manifest["sheets"]) == sorted([*(f"{p}__{s}.jpg" for p in set(gens["product_id"])
+                                                   for s in set(gens["style_id"])), "overview.jpg"])
     assert all(Image.open(io.BytesIO(store.get(uri))).format == "JPEG" for uri in manifest["sheets"].values())
     page = store.get(summary.gallery).decode()
     assert page.count("<figure") == expected and page.count('data-selected="1"') == gens["selected"].sum()
