@@ -257,3 +257,70 @@ products: {ids: [mug]}
 styles: {ids: [s]}
 matrix: {template: "{product}", seeds: 1}
 """).selection.consistency is None  # without the key: each image alone, as before
+
+
+# --------------------------------------------------------------------------- shown: the overview sheet and the gallery
+
+
+def _campaign_outcome(consistency_spec: dict | None = None) -> tuple[list[dict], dict[str, Image.Image]]:
+    """Four products in two style sets (warm dusk, cold dawn), three images each; the clock's sharpest image
+    in each style set has the other style set's colours."""
+    cold = (150, 175, 215)
+    rows, images = [], {}
+    for style, base, other in (("warm-dusk", WARM, cold), ("cold-dawn", cold, WARM)):
+        for product in ("coffee-cup", "alarm-clock", "kettle", "rocket"):
+            for seed in range(3):
+                colour = other if (product, seed) == ("alarm-clock", 0) else base
+                image = picture(colour, seed=len(rows))
+                r = scored_row(f"{style}-{product}-{seed}", image, product=product, style=style, seed=seed,
+                               sharpness=1000.0 - 100 * seed + (50 if style == "warm-dusk" else 0),
+                               output_key=f"s3://a/runs/r1/images/{style}-{product}-{seed}.png",
+                               prompt=f"{product} at {style}")
+                rows.append(r)
+                images[r["asset_id"]] = image
+    selection = Selection(top_k=2, gates=(), weights={"sharpness": 1.0}, consistency=consistency_spec)
+    return [{**r, **o} for r, o in zip(rows, select_images(rows, selection), strict=True)], images
+
+
+def test_the_overview_shows_each_products_selected_image_per_style_set_with_the_spread():
+    from adapters.fonts import sheet_font
+    from tasks.sheets import OUTLIER, SELECTED, overview_lines, overview_sheet
+    from tests.helpers import ARTIFACTS
+
+    rows, images = _campaign_outcome()
+    lines = overview_lines(rows)
+    assert [line.label for line in lines] == ["cold-dawn", "warm-dusk"]
+    warm = lines[1]
+    assert [p for p, _ in warm.picks] == ["alarm-clock", "coffee-cup", "kettle", "rocket"]
+    # Each product shows its best selected image of the style set: the clock's is its cold outlier.
+    assert all(r["selected"] and r["rank_in_product"] == 1 for _, r in warm.picks)
+    assert warm.picks[0][1]["asset_id"] == "warm-dusk-alarm-clock-0" and warm.picks[0][1]["consistency_outlier"]
+    assert warm.spread == pytest.approx(consistency.selected_spreads(rows, "style_set")["warm-dusk"])
+    assert len(warm.swatches) >= 1 and all(len(c) == 3 for c in warm.swatches)
+    sheet = overview_sheet(lines, images, title="autumn · overview", subtitle="run r1", tile_size=96, font=sheet_font())
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sheet.save(ARTIFACTS / "overview.png")  # looked at by a person
+    colours = {tuple(c) for c in np.asarray(sheet).reshape(-1, 3)}
+    assert SELECTED in colours and OUTLIER in colours
+    assert sheet.width > 4 * 96 and sheet.height > 2 * 96
+
+    # Asked for one look, the clock's warm image is picked in warm dusk: its line agrees, its spread shrinks.
+    agreed, _ = _campaign_outcome({"weight": 2.0})
+    agreed_lines = overview_lines(agreed)
+    assert agreed_lines[1].picks[0][1]["asset_id"] == "warm-dusk-alarm-clock-1"
+    assert agreed_lines[1].spread < warm.spread / 2
+
+
+def test_the_gallery_sorts_filters_and_marks_outliers_by_distance_to_the_look():
+    from tasks.gallery import render_gallery
+
+    rows, _ = _campaign_outcome()
+    page = render_gallery("r1", "autumn", rows)
+    assert page.count('class="badge outlier"') == sum(r["consistency_outlier"] for r in rows) == 2
+    for r in rows:
+        assert f'data-distance="{r["consistency_distance"]:.4f}" data-outlier="{int(r["consistency_outlier"])}"' in page
+    assert 'id="f-sort"' in page and 'id="f-outlier"' in page and 'id="f-distance"' in page
+    assert "<td>look</td>" in page
+    # An image without a look (failed, or from before consistency) carries an empty distance.
+    bare = {**rows[0], "consistency_distance": None, "consistency_outlier": False}
+    assert 'data-distance="" data-outlier="0"' in render_gallery("r1", "autumn", [bare])

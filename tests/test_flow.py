@@ -11,6 +11,7 @@ import io
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -183,3 +184,30 @@ def test_a_pinned_run_quarantines_a_product_overwritten_since_its_snapshot(campa
     assert set(gens["product_id"]) == {"coffee-cup", "alarm-clock", "brand-logo"}
     runs = publish.read_table(store, manifest, "runs").iloc[0]
     assert runs["snapshot_id"] == pinned and runs["products"] == 3 and runs["quarantined"] == 2
+
+
+def test_consistency_lands_in_the_tables_the_overview_and_the_gallery(sample_run, store):
+    """Each image's look is measured where it is scored and its distance to its style set's look decided at the
+    gather: the columns are filled in every table, the overview sheet and the gallery show them."""
+    manifest = json.loads(store.get(sample_run.summary.manifest))
+    gens = publish.read_table(store, manifest, "generations")
+    live = gens[gens["status"] != "failed"]
+    for column in ("background_palette", "background_lightness", "background_cct", "clip_embedding",
+                   "consistency_distance", "palette_distance", "lighting_distance", "embedding_distance"):
+        assert live[column].notna().all(), column
+    assert set(live["consistency_within"]) == {"style_set"}
+    assert all(len(e) == len(live.iloc[0]["clip_embedding"]) and abs(float(np.linalg.norm(e)) - 1) < 1e-3
+               for e in live["clip_embedding"])
+    assert all(1 <= len(p) <= 5 and p[0].startswith("#") for p in live["background_palette"])
+    cells = publish.read_table(store, manifest, "cell_metrics")
+    assert cells["mean_consistency_distance"].notna().all()
+    assert cells["consistency_outliers"].sum() == gens["consistency_outlier"].sum()
+    (run,) = publish.read_table(store, manifest, "runs").to_dict("records")
+    spreads = dict(run["consistency_spreads"])
+    assert set(spreads) == {"space-age", "earthy-textures", "campaign"}
+    assert run["consistency_spread"] == pytest.approx(np.mean([float(spreads[s]) for s in ("space-age", "earthy-textures")]),
+                                                      abs=1e-3)
+    overview = Image.open(io.BytesIO(store.get(manifest["sheets"]["overview.jpg"])))
+    assert overview.format == "JPEG" and overview.width > 4 * 160
+    page = store.get(sample_run.summary.gallery).decode()
+    assert page.count('data-distance="') == len(gens) and 'id="f-sort"' in page
