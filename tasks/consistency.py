@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 PALETTE_COLOURS = 5
-PALETTE_PIXELS = 4096  # at most this many background pixels go into a palette (evenly spaced)
+PALETTE_PIXELS = 2048  # background pixels sampled for a palette and the lighting (all of them when fewer)
 KMEANS_ROUNDS = 12
 EMBEDDING_UNIT = 0.1  # cosine distance between unit CLIP embeddings
 PALETTE_UNIT = 10.0  # CIEDE2000 (2.3 is just noticeable; 10 reads as another colour)
@@ -78,12 +78,13 @@ def background_look(image: Image.Image, background: np.ndarray) -> dict[str, obj
     """
     from skimage.color import rgb2lab
 
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
+    rgb = np.asarray(image.convert("RGB")).reshape(-1, 3)
     where = np.flatnonzero(background)
     if not where.size:
         where = np.arange(rgb.shape[0])
-    where = where[:: max(1, where.size // PALETTE_PIXELS)]
-    pixels = rgb[where]
+    if where.size > PALETTE_PIXELS:  # a fixed-seed sample: even spacing would alias with stripes and textures
+        where = where[np.random.default_rng(0).integers(0, where.size, PALETTE_PIXELS)]
+    pixels = rgb[where].astype(np.float64) / 255.0
     lab = rgb2lab(pixels[None])[0]
     centres, shares = weighted_kmeans(lab, np.ones(len(lab)), PALETTE_COLOURS)
     cct = colour_temperature(pixels.mean(axis=0))
@@ -120,6 +121,7 @@ def weighted_kmeans(points: np.ndarray, weights: np.ndarray, k: int) -> tuple[np
     """
     if not len(points):
         raise ValueError("a palette needs at least one pixel")
+    points = np.asarray(points, dtype=np.float64)
     seeds = [int(np.argmax(weights))]
     nearest = ((points - points[seeds[0]]) ** 2).sum(axis=1)
     while len(seeds) < k:
@@ -128,20 +130,24 @@ def weighted_kmeans(points: np.ndarray, weights: np.ndarray, k: int) -> tuple[np
             break
         seeds.append(far)
         nearest = np.minimum(nearest, ((points - points[far]) ** 2).sum(axis=1))
-    centres = points[seeds].astype(np.float64)
+    centres = points[seeds]
     for _ in range(KMEANS_ROUNDS):
-        labels = ((points[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        labels = _nearest_centre(points, centres)
         mass = np.bincount(labels, weights=weights, minlength=len(centres))
-        moved = centres.copy()
-        for j in np.flatnonzero(mass > 0):
-            moved[j] = (points[labels == j] * weights[labels == j, None]).sum(axis=0) / mass[j]
+        sums = np.stack([np.bincount(labels, weights=weights * points[:, c], minlength=len(centres))
+                         for c in range(points.shape[1])], axis=1)
+        moved = np.where(mass[:, None] > 0, sums / np.maximum(mass, 1e-12)[:, None], centres)
         if np.allclose(moved, centres, atol=1e-6):
             break
         centres = moved
-    labels = ((points[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
-    mass = np.bincount(labels, weights=weights, minlength=len(centres))
+    mass = np.bincount(_nearest_centre(points, centres), weights=weights, minlength=len(centres))
     keep = [j for j in sorted(range(len(centres)), key=lambda j: (-mass[j], j)) if mass[j] > 0]
     return centres[keep], mass[keep] / mass[keep].sum()
+
+
+def _nearest_centre(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    squared = (centres**2).sum(axis=1)[None, :] - 2.0 * points @ centres.T  # + |p|^2, the same for every centre
+    return squared.argmin(axis=1)
 
 
 def palette_texts(lab: np.ndarray, shares: np.ndarray) -> list[str]:
@@ -152,42 +158,69 @@ def palette_texts(lab: np.ndarray, shares: np.ndarray) -> list[str]:
     return [f"#{r:02x}{g:02x}{b:02x} {s:.3f}" for (r, g, b), s in zip(rgb, shares, strict=True)]
 
 
-def parse_palette(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """A stored palette back as (CIELAB colours, shares); raises ValueError naming a malformed entry."""
-    from skimage.color import rgb2lab
-
-    rgb, shares = [], []
+def _parse_texts(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    colours, shares = [], []
     for text in texts:
+        parts = text.split()
         try:
-            colour, share = text.split()
-            if not colour.startswith("#") or len(colour) != 7:
+            if len(parts) != 2 or not parts[0].startswith("#") or len(parts[0]) != 7:
                 raise ValueError
-            rgb.append([int(colour[i:i + 2], 16) / 255.0 for i in (1, 3, 5)])
-            shares.append(float(share))
+            int(parts[0][1:], 16)
+            shares.append(float(parts[1]))
         except ValueError:
             raise ValueError(f"palette entry {text!r} is not '#rrggbb share'") from None
+        colours.append(parts[0].lower())
     weights = np.asarray(shares, dtype=np.float64)
-    return rgb2lab(np.asarray(rgb, dtype=np.float64)[None])[0], weights / max(weights.sum(), 1e-12)
+    return colours, weights / max(weights.sum(), 1e-12)
+
+
+def _lab_of(colours: Sequence[str]) -> dict[str, np.ndarray]:
+    """CIELAB of `#rrggbb` colours, converted in one call."""
+    from skimage.color import rgb2lab
+
+    unique = sorted(set(colours))
+    if not unique:
+        return {}
+    rgb = np.asarray([[int(c[i:i + 2], 16) / 255.0 for i in (1, 3, 5)] for c in unique], dtype=np.float64)
+    return dict(zip(unique, rgb2lab(rgb[None])[0], strict=True))
+
+
+def parse_palette(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A stored palette back as (CIELAB colours, shares); raises ValueError naming a malformed entry."""
+    colours, weights = _parse_texts(texts)
+    lab = _lab_of(colours)
+    return np.asarray([lab[c] for c in colours]), weights
 
 
 def look_of(row: dict) -> Look:
     """An image's look from its `generations` row (what scoring stored)."""
-    def number(name: str) -> float | None:
+    return looks_of([row])[0]
+
+
+def looks_of(rows: Sequence[dict]) -> list[Look]:
+    """Each row's look (what scoring stored), every palette colour of the rows converted to CIELAB at once."""
+    def number(row: dict, name: str) -> float | None:
         value = row.get(name)
         return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
-    embedding = row.get("clip_embedding")
-    if embedding is not None and len(embedding):
-        embedding = np.asarray(embedding, dtype=np.float64)
-        norm = float(np.linalg.norm(embedding))
-        embedding = embedding / norm if norm > 0 else None
-    else:
-        embedding = None
-    texts = row.get("background_palette")
-    palette, weights = parse_palette(list(texts)) if texts is not None and len(texts) else (None, None)
-    cct = number("background_cct")
-    return Look(embedding=embedding, palette=palette, weights=weights, lightness=number("background_lightness"),
-                mired=None if cct is None else 1e6 / cct)
+    parsed = [_parse_texts(list(t)) if (t := row.get("background_palette")) is not None and len(t) else None
+              for row in rows]
+    lab = _lab_of([c for p in parsed if p is not None for c in p[0]])
+    looks = []
+    for row, palette in zip(rows, parsed, strict=True):
+        embedding = row.get("clip_embedding")
+        if embedding is not None and len(embedding):
+            embedding = np.asarray(embedding, dtype=np.float64)
+            norm = float(np.linalg.norm(embedding))
+            embedding = embedding / norm if norm > 0 else None
+        else:
+            embedding = None
+        cct = number(row, "background_cct")
+        looks.append(Look(embedding=embedding,
+                          palette=None if palette is None else np.asarray([lab[c] for c in palette[0]]),
+                          weights=None if palette is None else palette[1],
+                          lightness=number(row, "background_lightness"), mired=None if cct is None else 1e6 / cct))
+    return looks
 
 
 # --------------------------------------------------------------------------- a group of images
@@ -198,26 +231,51 @@ def centre_of(looks: Sequence[Look]) -> Look | None:
     palette nearest to the others': an outlier's colours never enter it), and the median lightness and
     colour temperature. The medoid is found among at most CENTRE_SAMPLE evenly spaced members.
     None for an empty group."""
-    looks = [lk for lk in looks if not lk.empty]
-    if not looks:
-        return None
-    embeddings = [lk.embedding for lk in looks if lk.embedding is not None]
-    embedding = None
-    if embeddings:
-        mean = np.mean(embeddings, axis=0)
-        norm = float(np.linalg.norm(mean))
-        embedding = mean / norm if norm > 0 else None
-    palettes = [lk for lk in looks if lk.palette is not None]
-    palette = weights = None
-    if palettes:
-        sample = palettes[:: math.ceil(len(palettes) / CENTRE_SAMPLE)]
-        medoid = sample[int(np.argmin(palette_distances(sample, sample).sum(axis=1)))]
-        palette, weights = medoid.palette, medoid.weights
-    lightness = [lk.lightness for lk in looks if lk.lightness is not None]
-    mired = [lk.mired for lk in looks if lk.mired is not None]
-    return Look(embedding=embedding, palette=palette, weights=weights,
-                lightness=float(np.median(lightness)) if lightness else None,
-                mired=float(np.median(mired)) if mired else None)
+    return centres_without(looks, [""] * len(looks), [None])[None]
+
+
+def centres_without(looks: Sequence[Look], owners: Sequence[str], wanted: Sequence[str | None]) -> dict[str | None, Look | None]:
+    """For each owner in `wanted`, the centre (`centre_of`) of the looks that are not its own; None
+    excludes nothing. One matrix of palette distances serves every owner: a leave-one-out medoid is
+    the sample's palette nearest to the rest once the owner's rows and columns are masked."""
+    keep = [i for i, lk in enumerate(looks) if not lk.empty]
+    looks, owners = [looks[i] for i in keep], np.asarray([owners[i] for i in keep], dtype=object)
+    with_embedding = [i for i, lk in enumerate(looks) if lk.embedding is not None]
+    if with_embedding:
+        vectors = np.stack([looks[i].embedding for i in with_embedding])
+        embedding_owner = owners[with_embedding]
+    with_palette = [i for i, lk in enumerate(looks) if lk.palette is not None]
+    sample = with_palette[:: max(1, math.ceil(len(with_palette) / CENTRE_SAMPLE))]
+    matrix = palette_distances([looks[i] for i in sample], [looks[i] for i in sample]) if sample else None
+    lightness = np.asarray([np.nan if lk.lightness is None else lk.lightness for lk in looks])
+    mired = np.asarray([np.nan if lk.mired is None else lk.mired for lk in looks])
+    centres: dict[str | None, Look | None] = {}
+    for owner in wanted:
+        others = owners != owner if owner is not None else np.ones(len(looks), dtype=bool)
+        if not others.any():
+            centres[owner] = None
+            continue
+        embedding = None
+        if with_embedding:
+            chosen = vectors if owner is None else vectors[embedding_owner != owner]
+            if len(chosen):
+                mean = chosen.mean(axis=0)
+                norm = float(np.linalg.norm(mean))
+                embedding = mean / norm if norm > 0 else None
+        palette = weights = None
+        if matrix is not None:
+            members = np.asarray([bool(others[i]) for i in sample])
+            if members.any():
+                best = np.flatnonzero(members)[int(np.argmin(matrix[np.ix_(members, members)].sum(axis=1)))]
+                palette, weights = looks[sample[best]].palette, looks[sample[best]].weights
+        centres[owner] = Look(embedding=embedding, palette=palette, weights=weights,
+                              lightness=_median(lightness[others]), mired=_median(mired[others]))
+    return centres
+
+
+def _median(values: np.ndarray) -> float | None:
+    values = values[~np.isnan(values)]
+    return float(np.median(values)) if len(values) else None
 
 
 def palette_distances(a: Sequence[Look], b: Sequence[Look]) -> np.ndarray:
@@ -242,21 +300,32 @@ def palette_distances(a: Sequence[Look], b: Sequence[Look]) -> np.ndarray:
 
 def distance(look: Look, centre: Look | None) -> Distance:
     """An image's distance to a centre, by component, each in its unit."""
+    return distances([look], centre)[0]
+
+
+def distances(looks: Sequence[Look], centre: Look | None) -> list[Distance]:
+    """Each look's distance to one centre (`distance`), the palettes compared in one call."""
     if centre is None:
-        return Distance(None, None, None)
-    embedding = palette = lighting = None
-    if look.embedding is not None and centre.embedding is not None and look.embedding.shape == centre.embedding.shape:
-        embedding = max(0.0, 1.0 - float(look.embedding @ centre.embedding)) / EMBEDDING_UNIT
-    if look.palette is not None and centre.palette is not None:
-        palette = float(palette_distances([look], [centre])[0, 0]) / PALETTE_UNIT
-    parts = []
-    if look.lightness is not None and centre.lightness is not None:
-        parts.append((look.lightness - centre.lightness) / LIGHTNESS_UNIT)
-    if look.mired is not None and centre.mired is not None:
-        parts.append((look.mired - centre.mired) / MIRED_UNIT)
-    if parts:
-        lighting = float(math.hypot(*parts))
-    return Distance(embedding, palette, lighting)
+        return [Distance(None, None, None) for _ in looks]
+    palettes = [i for i, lk in enumerate(looks) if lk.palette is not None]
+    palette = {}
+    if palettes and centre.palette is not None:
+        column = palette_distances([looks[i] for i in palettes], [centre])[:, 0] / PALETTE_UNIT
+        palette = dict(zip(palettes, column.tolist(), strict=True))
+    out = []
+    for i, look in enumerate(looks):
+        embedding = lighting = None
+        if look.embedding is not None and centre.embedding is not None and look.embedding.shape == centre.embedding.shape:
+            embedding = max(0.0, 1.0 - float(look.embedding @ centre.embedding)) / EMBEDDING_UNIT
+        parts = []
+        if look.lightness is not None and centre.lightness is not None:
+            parts.append((look.lightness - centre.lightness) / LIGHTNESS_UNIT)
+        if look.mired is not None and centre.mired is not None:
+            parts.append((look.mired - centre.mired) / MIRED_UNIT)
+        if parts:
+            lighting = float(math.hypot(*parts))
+        out.append(Distance(embedding, palette.get(i), lighting))
+    return out
 
 
 def outliers(distances: Sequence[float | None]) -> float | None:
@@ -278,7 +347,7 @@ def spread(looks: Sequence[Look]) -> float | None:
     if len(looks) < 2:
         return None
     centre = centre_of(looks)
-    values = [d for d in (distance(lk, centre).combined for lk in looks) if d is not None]
+    values = [d for d in (m.combined for m in distances(looks, centre)) if d is not None]
     return float(np.mean(values)) if values else None
 
 
@@ -320,9 +389,9 @@ def measure(rows: Sequence[dict], looks: Sequence[Look], statuses: Sequence[str]
     for members in groups.values():
         eligible = [i for i in members if statuses[i] in CENTRE_STATUSES] or members
         centre = centre_of([looks[i] for i in eligible])
-        distances = {i: distance(looks[i], centre) for i in members}
-        fence = outliers([distances[i].combined for i in eligible])
-        for i, d in distances.items():
+        measured = dict(zip(members, distances([looks[i] for i in members], centre), strict=True))
+        fence = outliers([measured[i].combined for i in eligible])
+        for i, d in measured.items():
             out[i].update(consistency_distance=d.combined, embedding_distance=d.embedding,
                           palette_distance=d.palette, lighting_distance=d.lighting, consistency_within=within,
                           consistency_outlier=bool(fence is not None and d.combined is not None and d.combined > fence))
@@ -337,10 +406,11 @@ def spread_label(style_id: str | None, channel: str | None) -> str:
 def selected_spreads(rows: Sequence[dict], within: str) -> dict[str, float | None]:
     """The spread of the selected images of each group (each style set, or the whole campaign; per channel),
     by `spread_label`; from the rows' stored looks."""
-    by_group: dict[str, list[Look]] = {}
+    by_group: dict[str, list] = {}
     for r in rows:
         if r.get("selected"):
-            by_group.setdefault(spread_label(*group_of(r, within)), []).append(look_of(r))
+            by_group.setdefault(spread_label(*group_of(r, within)), []).append(r)
+    by_group = {label: looks_of(members) for label, members in by_group.items()}
     return {label: spread(looks) for label, looks in sorted(by_group.items())}
 
 

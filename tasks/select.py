@@ -104,7 +104,7 @@ def select_images(rows: Sequence[dict], selection: Selection) -> list[dict]:
             outcomes[i]["score"] = float(score)
         _fold_duplicates(rows, outcomes, live, selection.duplicate_distance)
         placements[group] = live
-    looks = [consistency.Look() if o["status"] == "failed" else consistency.look_of(r) for r, o in zip(rows, outcomes, strict=True)]
+    looks = consistency.looks_of([{} if o["status"] == "failed" else r for r, o in zip(rows, outcomes, strict=True)])
     if selection.consistency is not None:
         consistent_scores(rows, outcomes, placements, looks, selection)
     for live in placements.values():
@@ -133,9 +133,10 @@ def consistent_scores(rows: Sequence[dict], outcomes: list[dict], placements: di
     linearly to 0 at AGREEMENT_SPAN), weighs it against the quality score (`consistency.weight`
     beside the sum of the quality weights in use), and picks again; it stops when no pick changes
     (or after CONSISTENCY_ROUNDS). The agreement is absolute, not a rank within the product: two
-    images that both agree pick by quality, and only a visible difference of look moves a pick. A greedy choice, product after product, would let the first product's
-    best image set the look for all; here no product goes first, and the result does not depend
-    on their order. Ties break by asset id, so the same rows always give the same picks.
+    images that both agree pick by quality, and only a visible difference of look moves a pick.
+    A greedy choice, product after product, would let the first product's best image set the look
+    for all; here no product goes first, and the result does not depend on their order. Ties break
+    by asset id, so the same rows always give the same picks.
     """
     assert selection.consistency is not None
     within, weight = selection.consistency.within, selection.consistency.weight
@@ -149,11 +150,9 @@ def consistent_scores(rows: Sequence[dict], outcomes: list[dict], placements: di
 
     chosen = picks()
     for _ in range(CONSISTENCY_ROUNDS):
-        centres = {key: consistency.centre_of([looks[j] for j in chosen if home[j][0] != key[0] and home[j][1] == key[1]])
-                   for key in dict.fromkeys(home.values())}
+        agreement = _distances_to_the_others(looks, home, chosen)
         for key, members in placements.items():
-            agreement = {i: consistency.distance(looks[i], centres[home[i]]).combined for i in members}
-            if all(a is None for a in agreement.values()):
+            if all(agreement[i] is None for i in members):
                 continue  # nothing to agree with (one product, no looks): quality alone, as without the key
             for i in members:
                 agrees = 0.0 if agreement[i] is None else max(0.0, 1.0 - agreement[i] / AGREEMENT_SPAN)
@@ -162,6 +161,22 @@ def consistent_scores(rows: Sequence[dict], outcomes: list[dict], placements: di
         if again == chosen:
             break
         chosen = again
+
+
+def _distances_to_the_others(looks: Sequence[consistency.Look], home: dict[int, tuple],
+                             chosen: set[int]) -> dict[int, float | None]:
+    """Each live image's combined distance to the centre of the picks of the other products of its group."""
+    by_group: dict[tuple, dict[str, list[int]]] = {}
+    for i, (product, group) in home.items():
+        by_group.setdefault(group, {}).setdefault(product, []).append(i)
+    out: dict[int, float | None] = {}
+    for group, products in by_group.items():
+        picked = sorted(j for j in chosen if home[j][1] == group)
+        centres = consistency.centres_without([looks[j] for j in picked], [home[j][0] for j in picked], list(products))
+        for product, mine in products.items():
+            for i, d in zip(mine, consistency.distances([looks[i] for i in mine], centres[product]), strict=True):
+                out[i] = d.combined
+    return out
 
 
 def _weight_in_use(rows: Sequence[dict], weights: dict[str, float]) -> float:

@@ -22,7 +22,7 @@ from adapters.settings import Settings, get_settings
 from adapters.storage import S3Store
 from catalogs.models import RunRequest
 from tasks.tables import GENERATIONS, RUNS
-from tests.helpers import campaign_settings_env, seed_campaign_buckets, small_campaign
+from tests.helpers import ARTIFACTS, campaign_settings_env, seed_campaign_buckets, small_campaign
 
 
 def objects(store: S3Store, prefix: str) -> set[str]:
@@ -209,5 +209,7 @@ def test_consistency_lands_in_the_tables_the_overview_and_the_gallery(sample_run
                                                       abs=1e-3)
     overview = Image.open(io.BytesIO(store.get(manifest["sheets"]["overview.jpg"])))
     assert overview.format == "JPEG" and overview.width > 4 * 160
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    overview.save(ARTIFACTS / "overview-sample.jpg")  # looked at by a person: the sample campaign's overview
     page = store.get(sample_run.summary.gallery).decode()
     assert page.count('data-distance="') == len(gens) and 'id="f-sort"' in page
