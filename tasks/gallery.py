@@ -40,6 +40,7 @@ header p.warning{background:#fff3cd;border:2px solid #d9822b;color:#7a3d00;paddi
 .badge.duplicate{background:#cd7800}.badge.failed{background:#777}
 .reason{color:#a33}
 .badge.outlier{background:#7b2cbf}
+#f-distance{width:5em}
 .badge.review-approved{background:#0b6b2e}.badge.review-rejected{background:#8b1a1a}
 .badge.review-on-hold,.badge.review-pending,.badge.review-timed-out{background:#fff;color:#444;border:1px solid #999}
 table.scores{border-collapse:collapse;margin-top:.3rem;width:100%}

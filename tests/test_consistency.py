@@ -324,3 +324,47 @@ def test_the_gallery_sorts_filters_and_marks_outliers_by_distance_to_the_look():
     # An image without a look (failed, or from before consistency) carries an empty distance.
     bare = {**rows[0], "consistency_distance": None, "consistency_outlier": False}
     assert 'data-distance="" data-outlier="0"' in render_gallery("r1", "autumn", [bare])
+
+
+def test_the_gallery_page_sorts_by_distance_and_filters_outliers_in_a_browser(tmp_path):
+    from pathlib import Path
+
+    from tasks.gallery import render_gallery
+    from tests.helpers import ARTIFACTS, CHROMIUM, chromium_page
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    rows, images = _campaign_outcome()
+    (tmp_path / "images").mkdir()
+    for asset_id, image in images.items():
+        image.save(tmp_path / "images" / f"{asset_id}.png")
+    page_file = tmp_path / "index.html"
+    page_file.write_text(render_gallery("r1", "autumn", rows))
+    distances = sorted(r["consistency_distance"] for r in rows)
+    with chromium_page(sync_api, viewport={"width": 1200, "height": 900}) as page:
+        page.goto(page_file.as_uri())
+        page.wait_for_load_state("load")
+        visible = "main figure:not([hidden])"
+
+        def shown(attribute: str) -> list[str]:
+            return page.locator(visible).evaluate_all(f"els => els.map(e => e.dataset.{attribute})")
+
+        first = shown("order")
+        assert first == [str(n) for n in range(len(rows))]  # best first: the page's own order
+        page.select_option("#f-sort", "near")
+        assert [float(d) for d in shown("distance")] == pytest.approx(distances, abs=1e-4)
+        page.select_option("#f-sort", "far")
+        assert [float(d) for d in shown("distance")] == pytest.approx(distances[::-1], abs=1e-4)
+        page.check("#f-outlier")
+        assert shown("outlier") == ["1", "1"] and page.inner_text("#shown") == "2"
+        assert all("outlier" in t for t in page.locator(visible).all_inner_texts())
+        page.uncheck("#f-outlier")
+        page.fill("#f-distance", "0.5")
+        assert all(float(d) <= 0.5 for d in shown("distance")) and len(shown("distance")) == len(rows) - 2
+        page.fill("#f-distance", "")
+        page.select_option("#f-sort", "")
+        assert shown("order") == first
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.select_option("#f-sort", "far")
+        page.screenshot(path=str(ARTIFACTS / "gallery-by-look.png"), full_page=False)
