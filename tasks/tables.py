@@ -138,7 +138,7 @@ RUNS = (
     Column("campaign", "string", "campaign name"),
     Column("title", "string", "the campaign's title for people, in any language (`title:` in the spec); null without one"),
     Column("campaign_sha256", "string", "sha256 of the campaign spec as parsed (canonical JSON)"),
-    Column("parameters", "string", "JSON object: `request` (the run request's overrides: campaign, catalog, assets, snapshot, profile, products, styles, axes, seeds), `products` and `styles` (the ids the run selected), `matrix` (template, axes, zip, negative, max_cells as run, `seeds` as a list), `generation` (the resolved generation settings, profile decided) `selection` (top_k, gates, weights, duplicate_distance, clip_model) and `channels` (the campaign's channels as written: name -> preset and overrides; empty without channels)"),
+    Column("parameters", "string", "JSON object: `request` (the run request's overrides: campaign, catalog, assets, snapshot, profile, products, styles, axes, seeds), `products` and `styles` (the ids the run selected), `matrix` (template, axes, zip, negative, max_cells as run, `seeds` as a list), `generation` (the resolved generation settings, profile decided) `selection` (top_k, gates, weights, duplicate_distance, clip_model, consistency: weight and within, or null) and `channels` (the campaign's channels as written: name -> preset and overrides; empty without channels)"),
     Column("triggered_by", "string", "cli, demo, schedule, ui, api or test (the test suite)"),
     Column("flow_run_id", "string", "Prefect flow run id"),
     Column("catalog", "string", "s3 URI of the catalog"),
