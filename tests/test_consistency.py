@@ -368,3 +368,26 @@ def test_the_gallery_page_sorts_by_distance_and_filters_outliers_in_a_browser(tm
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.select_option("#f-sort", "far")
         page.screenshot(path=str(ARTIFACTS / "gallery-by-look.png"), full_page=False)
+
+
+def test_the_stored_look_round_trips_through_parquet_and_duckdb_reads_the_embedding(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from adapters.parquet_io import arrow_schema
+    from tasks.tables import GENERATIONS
+
+    duckdb = pytest.importorskip("duckdb")
+    names = ("asset_id", "clip_embedding", "background_palette", "background_lightness", "background_cct")
+    schema = arrow_schema([c for c in GENERATIONS if c.name in names])
+    images = campaign_images()
+    rows = [{k: v for k, v in scored_row(a, images[a], clip_embedding=[1.0, 0.0] if a != "palette" else [0.0, 1.0]).items()
+             if k in names} for a in ("alike-0", "alike-1", "palette")]
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "part.parquet")
+    back = pq.read_table(tmp_path / "part.parquet").to_pandas().to_dict("records")
+    assert [look_of(r).palette.shape for r in back] == [look_of(r).palette.shape for r in rows]
+    assert all(np.allclose(look_of(a).palette, look_of(b).palette) for a, b in zip(back, rows, strict=True))
+    similar = duckdb.connect().execute(
+        f"SELECT asset_id, list_cosine_similarity(clip_embedding, [1.0, 0.0]::FLOAT[]) FROM '{tmp_path}/part.parquet' "
+        "ORDER BY asset_id").fetchall()
+    assert similar == [("alike-0", 1.0), ("alike-1", 1.0), ("palette", 0.0)]
