@@ -26,6 +26,7 @@ ARROW_TYPES = {
     "bool": pa.bool_(),
     "timestamp": pa.timestamp("us", tz="UTC"),
     "list<string>": pa.list_(pa.string()),
+    "list<float32>": pa.list_(pa.float32()),
     "map<string,string>": pa.map_(pa.string(), pa.string()),
 }
 

@@ -24,8 +24,9 @@ from adapters.storage import ObjectStore, parallel_map
 from catalogs.models import Product
 from tasks.canny import canvas_kinds, canvas_name, fit_to_canvas
 from tasks.channels import channel_checks, params_box, row_layout
+from tasks.consistency import background_look
 from tasks.plan import Batch, Shard, ShardContext
-from tasks.scores import edge_map, is_blank, pixel_scores, product_mask_on_canvas
+from tasks.scores import background_region, edge_map, is_blank, pixel_scores, product_mask_on_canvas
 from tasks.tables import BatchInputs, RunContext, generation_rows
 
 log = logging.getLogger(__name__)
@@ -131,18 +132,24 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
     else:  # no product region known: the background hash covers the whole image
         region, canvas, control_edges, source = np.zeros((height, width), dtype=bool), None, None, None
     clip_scores: list[tuple[float | None, float | None]] = [(None, None)] * len(images)
+    embeddings: list[list[float] | None] = [None] * len(images)
     if clip is not None:
         try:
-            clip_scores = clip.score(images, [r["prompt"] for r in rows], style_key=style_input.key,
-                                     references=style_input.images, weights=style_input.weights)
+            clip_scores, embeddings = clip.score_and_embed(images, [r["prompt"] for r in rows], style_key=style_input.key,
+                                                           references=style_input.images, weights=style_input.weights)
         except Exception as exc:  # a scorer's failure costs its columns, never the images
             log.warning("CLIP scores of %s failed: %s: %s", what, type(exc).__name__, exc)
             clip = None
-    for row, image, (clip_text, clip_style) in zip(rows, images, clip_scores, strict=True):
+    background = background_region(region)  # one product region per batch: its background once
+    for row, image, (clip_text, clip_style), embedding in zip(rows, images, clip_scores, embeddings, strict=True):
         scores, problems = pixel_scores(image, product_canvas=canvas, control_edges=control_edges, mask=region,
                                         canny_low=low, canny_high=high)
         for problem in problems:
             log.warning("image %s: score %s", row["asset_id"], problem)
+        try:
+            row.update(background_look(image, background), clip_embedding=embedding)
+        except Exception as exc:  # the look costs the consistency columns, never the image
+            log.warning("image %s: background look: %s: %s", row["asset_id"], type(exc).__name__, exc)
         checks = channel_checks(region, image.size, layout)
         if view is None:  # the product region is unknown: only the size checks hold
             checks.update(safe_zone_share=None, product_share=None, product_cut=None)

@@ -19,11 +19,13 @@ from adapters.storage import ObjectStore, parallel_map
 from catalogs.models import CHANNEL_AXIS, Product, Selection, StyleSet
 from tasks.canny import control_name
 from tasks.channels import channel_of, outline_layout, row_layout
+from tasks.consistency import CAMPAIGN, selected_spreads
 from tasks.gallery import render_gallery
 from tasks.select import OUTCOME, cell_metrics, select_images
-from tasks.sheets import contact_sheet, tile_for
+from tasks.sheets import contact_sheet, overview_lines, overview_sheet, tile_for
 
 SHEET_TILE = 160  # pixels of a contact sheet tile's long side
+OVERVIEW = "overview.jpg"  # the campaign's overview sheet, beside the contact sheets (no product sheet lacks `__`)
 
 
 def select_run(store: ObjectStore, parts: Sequence[dict], selection: Selection,
@@ -76,11 +78,7 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
     font = sheet_font()
 
     def output(row: dict) -> Image.Image | None:
-        if local_copy and (path := publish.local_image_path(local_copy, run_id, row["asset_id"])).is_file():
-            with Image.open(path) as image:
-                image.load()
-                return image
-        return load_image(store, row["output_key"]) if row.get("output_key") else None
+        return output_image(store, run_id, row, local_copy)
 
     def one(group: tuple[str, str, str | None]) -> tuple[str, str]:
         (product_id, style_id, channel), members = group, groups[group]
@@ -112,6 +110,34 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
     # two sheets' images are held at once.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sheets") as pool:
         return dict(pool.map(one, list(groups)))
+
+
+def output_image(store: ObjectStore, run_id: str, row: dict, local_copy: str | None) -> Image.Image | None:
+    """A row's published image: from the run's local copy where its shard wrote it, else from S3; None without one."""
+    if local_copy and (path := publish.local_image_path(local_copy, run_id, row["asset_id"])).is_file():
+        with Image.open(path) as image:
+            image.load()
+            return image
+    return load_image(store, row["output_key"]) if row.get("output_key") else None
+
+
+def write_overview(store: ObjectStore, assets: str, run_id: str, rows: Sequence[dict], *, title: str | None = None,
+                   local_copy: str | None = None) -> dict[str, str]:
+    """The campaign's overview sheet, `sheets/overview.jpg`: the image each product shows in each style set
+    (its selected one), side by side, with the style set's spread (tasks/sheets.overview_sheet); file name -> URI."""
+    lines = overview_lines(rows)
+    shown = [row for line in lines for _, row in line.picks if row is not None]
+    images = dict(zip([r["asset_id"] for r in shown],
+                      parallel_map(lambda r: output_image(store, run_id, r, local_copy), shown), strict=True))
+    campaign = selected_spreads(rows, CAMPAIGN)
+    overall = " · ".join(f"{label} {'-' if v is None else f'{v:.2f}'}" for label, v in campaign.items())
+    sheet = overview_sheet(lines, images, title=" · ".join(filter(None, [title, "overview"])),
+                           subtitle=f"run {run_id} · spread of the selected images: {overall or '-'}"
+                                    " · look = distance to the style set's look (1 = one clear difference)",
+                           tile_size=SHEET_TILE, font=sheet_font())
+    uri = publish.run_uri(assets, run_id, "sheets", OVERVIEW)
+    store.put(uri, publish.encode_jpeg(sheet), content_type="image/jpeg")
+    return {OVERVIEW: uri}
 
 
 def write_gallery(store: ObjectStore, assets: str, run_id: str, campaign: str, rows: Sequence[dict],

@@ -97,6 +97,12 @@ class ClipScorer:
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str], *, style_key: str,
               references: Sequence[Image.Image], weights: Sequence[float]) -> list[tuple[float, float]]:
         """(clip_text, clip_style) per image: cosine to its prompt, and the weighted mean cosine to the references."""
+        return self.score_and_embed(images, prompts, style_key=style_key, references=references, weights=weights)[0]
+
+    def score_and_embed(self, images: Sequence[Image.Image], prompts: Sequence[str], *, style_key: str,
+                        references: Sequence[Image.Image],
+                        weights: Sequence[float]) -> tuple[list[tuple[float, float]], list[list[float]]]:
+        """`score`'s (clip_text, clip_style) per image, and each image's unit embedding (kept for consistency)."""
         import torch
 
         with self._lock:
@@ -104,7 +110,8 @@ class ClipScorer:
             text = (imgs * self.text_embeds(prompts)).sum(dim=-1)
             w = torch.tensor(list(weights), dtype=imgs.dtype, device=imgs.device)
             style = (imgs @ self.style_embeds(style_key, references).T) @ (w / w.sum())
-        return [(float(t), float(s)) for t, s in zip(text.cpu(), style.cpu(), strict=True)]
+        scores = [(float(t), float(s)) for t, s in zip(text.cpu(), style.cpu(), strict=True)]
+        return scores, imgs.cpu().tolist()
 
 
 _SCORERS: dict[tuple, ClipScorer | None] = {}

@@ -357,6 +357,19 @@ def parse_gate(gate: str) -> tuple[str, str, float]:
     return name, op, float(value)
 
 
+class Consistency(_Strict):
+    """Selection for one look across the campaign: each product's picks should agree with the others'.
+
+    `weight` counts beside the sum of `selection.weights` in use: an image's agreement (1 at the centre
+    of the other products' picks, 0 two clear differences away) against its quality score; `within` is
+    the group whose centre counts: the image's own style set, or every style set of the campaign (each
+    channel apart).
+    """
+
+    weight: float = Field(gt=0, le=1000)
+    within: Literal["style_set", "campaign"] = "style_set"
+
+
 class Selection(_Strict):
     """How a run's images are judged: gates drop, weights rank, the top k per product are selected."""
 
@@ -371,6 +384,8 @@ class Selection(_Strict):
     # CLIP model for clip_text and clip_style: "auto" (the tiny kit's for a tiny profile, else
     # openai/clip-vit-large-patch14), "none", an HF repo id, a local folder, an s3:// prefix or "builtin:tiny".
     clip_model: str = Field(default="auto", min_length=1)
+    # Pick, per product, images that also agree with the other products' picks (tasks/select.py); None: each alone.
+    consistency: Consistency | None = None
 
     @field_validator("gates")
     @classmethod

@@ -22,6 +22,7 @@ from flows.catalog import catalog_for_run
 from flows.dispatch import Generated, run_shards
 from flows.review import start_review
 from tasks.catalog_build import CatalogState
+from tasks.consistency import spread_columns
 from tasks.estimate import estimate_generation
 from tasks.plan import ShardContext, maskless_products
 from tasks.request import narrow
@@ -102,6 +103,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
         batches=len(batches), generation_wall_seconds=generated.wall_seconds if batches else 0.0,
         images_per_second=made / generated.wall_seconds if batches and generated.wall_seconds else 0.0,
         quarantined=len(state.quarantine), left_out=list(left_out.items()), status="completed" if rows else "nothing-new",
+        **spread_columns(rows),
     )
     parts.append(steps.write_runs_part(store, assets, "runs", run_date, run_id, [row]))
     summary = RunSummary(
@@ -167,6 +169,7 @@ def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products:
     parts.append(steps.write_cell_metrics(store, ctx.assets, ctx.run_date, ctx.run_id, spec.name, rows))
     sheets = steps.write_sheets(store, ctx.assets, ctx.run_id, rows, products, styles, ctx.controls, title=spec.title,
                                 local_copy=ctx.local_copy)
+    sheets |= steps.write_overview(store, ctx.assets, ctx.run_id, rows, title=spec.title, local_copy=ctx.local_copy)
     gallery = steps.write_gallery(store, ctx.assets, ctx.run_id, spec.name, rows, sheets, [p["uri"] for p in parts],
                                   left_out=left_out, title=spec.title)
     return rows, parts, sheets, gallery

@@ -85,6 +85,7 @@ write_part = io_step(publish.put_table_part, name="write-table-part")
 select_run = io_step(run_outputs.select_run, name="select-images")
 write_cell_metrics = io_step(run_outputs.write_cell_metrics, name="write-cell-metrics")
 write_sheets = io_step(run_outputs.write_sheets, name="contact-sheets")
+write_overview = io_step(run_outputs.write_overview, name="overview-sheet")
 write_gallery = io_step(run_outputs.write_gallery, name="gallery")
 write_runs_part = io_step(publish.put_table_part, name="write-runs-part")
 # After the commit: the run's local copy (`RunRequest.local_copy`), for the CLI's out/.

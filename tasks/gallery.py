@@ -4,7 +4,9 @@ Filterable by product, style set, channel and selection; a toggle draws each ima
 safe zones (where the copy goes) and product box over it. Each image shows its status, prompt,
 parameters and scores. A card shows its cell, its seed and every generation parameter that
 differs between the run's images (mode, strength, preset, adapter window, ControlNet scales, ...);
-what every image shares is said once, at the top. Cards come product by product, best first.
+what every image shares is said once, at the top. Cards come product by product, best first;
+they can also be sorted by their distance to their group's look (`consistency_distance`), filtered
+to a largest distance or to the outliers only, and an outlier carries a badge.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ header p.warning{background:#fff3cd;border:2px solid #d9822b;color:#7a3d00;paddi
 .badge.selected{background:#16963c}.badge.ok{background:#1456a0}.badge.gated{background:#c82828}
 .badge.duplicate{background:#cd7800}.badge.failed{background:#777}
 .reason{color:#a33}
+.badge.outlier{background:#7b2cbf}
+#f-distance{width:5em}
 .badge.review-approved{background:#0b6b2e}.badge.review-rejected{background:#8b1a1a}
 .badge.review-on-hold,.badge.review-pending,.badge.review-timed-out{background:#fff;color:#444;border:1px solid #999}
 table.scores{border-collapse:collapse;margin-top:.3rem;width:100%}
@@ -54,12 +58,30 @@ svg.zones rect{vector-effect:non-scaling-stroke}
 _SCRIPT = """
 const f = {product: document.getElementById('f-product'), style: document.getElementById('f-style'),
            channel: document.getElementById('f-channel'), status: document.getElementById('f-status')};
+const look = {sort: document.getElementById('f-sort'), outlier: document.getElementById('f-outlier'),
+              distance: document.getElementById('f-distance')};
+function distanceOf(fig){ return fig.dataset.distance === '' ? Infinity : parseFloat(fig.dataset.distance); }
 function keep(fig){
   const s = f.status.value;
+  const most = parseFloat(look.distance.value);
   return (!f.product.value || fig.dataset.product === f.product.value)
       && (!f.style.value || fig.dataset.style === f.style.value)
       && (!f.channel || !f.channel.value || fig.dataset.channel === f.channel.value)
-      && (!s || (s === 'selected' ? fig.dataset.selected === '1' : fig.dataset.status === s));
+      && (!s || (s === 'selected' ? fig.dataset.selected === '1' : fig.dataset.status === s))
+      && (!look.outlier.checked || fig.dataset.outlier === '1')
+      && (isNaN(most) || distanceOf(fig) <= most);
+}
+function order(){
+  // Best first (the page's order), or by distance to the group's look; images without one go last.
+  const main = document.querySelector('main'), by = look.sort.value;
+  const figs = [...main.querySelectorAll('figure')];
+  figs.sort((a, b) => {
+    const da = distanceOf(a), db = distanceOf(b), first = a.dataset.order - b.dataset.order;
+    if (!by) return first;
+    if (da === Infinity || db === Infinity) return (da === Infinity) - (db === Infinity) || first;
+    return (by === 'far' ? db - da : da - db) || first;
+  });
+  for (const fig of figs) main.appendChild(fig);
 }
 function apply(){
   let shown = 0;
@@ -67,6 +89,8 @@ function apply(){
   document.getElementById('shown').textContent = shown;
 }
 for (const el of Object.values(f)) if (el) el.onchange = apply;
+look.outlier.onchange = apply; look.distance.oninput = apply;
+look.sort.onchange = () => { order(); apply(); };
 const zones = document.getElementById('t-zones');
 if (zones) { zones.onchange = () => document.body.classList.toggle('show-zones', zones.checked);
              document.body.classList.toggle('show-zones', zones.checked); }
@@ -74,11 +98,19 @@ apply();
 """
 
 STATUSES = ("selected", "ok", "gated", "duplicate", "failed")
+# Sorting and filtering by the distance to the group's look (tasks/consistency.py).
+_LOOK_FILTERS = (
+    '<label>sort <select id="f-sort"><option value="">best first</option>'
+    '<option value="near">nearest the look first</option><option value="far">farthest from the look first</option>'
+    '</select></label>'
+    '<label>look distance at most <input id="f-distance" type="number" min="0" step="0.1" size="4"></label>'
+    '<label><input type="checkbox" id="f-outlier"> outliers only</label>'
+)
 _SCORE_CELLS = (
     ("edge F1", "edge_f1", 2), ("SSIM", "product_ssim", 2), ("ΔE", "product_delta_e", 1),
     ("CLIP-T", "clip_text", 3), ("CLIP-I", "clip_style", 3), ("sharp", "sharpness", 0),
     ("lum", "luminance", 2), ("clipped", "clipped_share", 2), ("colour", "colourfulness", 0),
-    ("score", "score", 3),
+    ("score", "score", 3), ("look", "consistency_distance", 2),
 )
 # The channel checks, shown on the cards of images made for a channel (placements).
 _CHANNEL_CELLS = (("in safe zone", "safe_zone_share", 2), ("share", "product_share", 2), ("cut", "product_cut", 2))
@@ -178,13 +210,22 @@ def _zones_svg(r: Mapping) -> str:
             f'aria-hidden="true">{rects}</svg>')
 
 
-def _card(r: Mapping, varying: Sequence[str] = (), review: str | None = None) -> str:
+def _look_distance(r: Mapping) -> str:
+    """The card's `data-distance`: its consistency distance, or empty without one."""
+    value = r.get("consistency_distance")
+    return "" if is_missing(value) else f"{float(value):.4f}"
+
+
+def _card(r: Mapping, varying: Sequence[str] = (), review: str | None = None, order: int = 0) -> str:
     status = r.get("status") or "ok"
     selected = bool(r.get("selected"))
     cell = ", ".join(f"{k}: {v}" for k, v in r["cell"])
     badges = '<span class="badge selected">selected</span>' if selected else f'<span class="badge {_e(status)}">{_e(status)}</span>'
     if review:
         badges += f'<span class="badge review-{_e(review.replace(" ", "-"))}">{_e(review)}</span>'
+    outlier = bool(r.get("consistency_outlier"))
+    if outlier:
+        badges += '<span class="badge outlier" title="far from its group\'s look">outlier</span>'
     rank = "" if is_missing(r.get("rank_in_product")) else \
         f' · #{int(r["rank_in_product"])} of product, #{int(r["rank_in_cell"])} of cell'
     cells = _SCORE_CELLS + (_CHANNEL_CELLS if channel_of(r) else ())
@@ -204,7 +245,8 @@ def _card(r: Mapping, varying: Sequence[str] = (), review: str | None = None) ->
     return (
         f'<figure class="{"selected" if selected else ""}" data-product="{_e(r["product_id"])}" '
         f'data-style="{_e(r["style_id"])}" data-channel="{_e(channel)}" data-status="{_e(status)}" data-selected="{int(selected)}"'
-        + (f' data-review="{_e(review)}"' if review else "") + ">"
+        + (f' data-review="{_e(review)}"' if review else "")
+        + f' data-distance="{_look_distance(r)}" data-outlier="{int(outlier)}" data-order="{order}">'
         f'{image}<figcaption><div>{badges}<span class="ids">{_e(r["product_id"])} · {_e(r["style_id"])}</span>{rank}</div>'
         f"{reason}<div>{_e(r['prompt'])}</div>"
         f'<div class="params">{_e(line)}</div>'
@@ -255,8 +297,9 @@ def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheet
         f'<label>style <select id="f-style"><option value="">all</option>{_options(styles)}</select></label>'
         + channel_filters +
         f'<label>show <select id="f-status"><option value="">all</option>{_options(STATUSES)}</select></label>'
+        + _LOOK_FILTERS +
         "</div>"
-        f'<main class="grid">{"".join(_card(r, varying, (reviews or {}).get(r["asset_id"])) for r in ordered)}</main><script>{_SCRIPT}</script></body></html>'
+        f'<main class="grid">{"".join(_card(r, varying, (reviews or {}).get(r["asset_id"]), n) for n, r in enumerate(ordered))}</main><script>{_SCRIPT}</script></body></html>'
     )
 
 

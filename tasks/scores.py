@@ -156,12 +156,18 @@ def background_hash(image: Image.Image, mask: np.ndarray) -> str:
     canvas, the whole image is hashed.
     """
     grey = _grey(image).astype(np.float32)
-    product = _grow(mask, EDGE_TOLERANCE)
-    if (~product).mean() >= MIN_BACKGROUND_SHARE:
-        grey = np.where(product, grey[~product].mean(), grey)
+    background = background_region(mask)
+    grey = np.where(background, grey, grey[background].mean())
     small = cv2.resize(grey, (HASH_SIZE, HASH_SIZE), interpolation=cv2.INTER_AREA)
     # Float noise on a flat image must not decide bits: coefficients under half a grey level are zero.
     return dct_hash(small, noise_floor=0.5)
+
+
+def background_region(mask: np.ndarray) -> np.ndarray:
+    """Where the background is: outside the product region grown by EDGE_TOLERANCE (its outline blends
+    into both); the whole image when that leaves under MIN_BACKGROUND_SHARE of it."""
+    background = ~_grow(mask, EDGE_TOLERANCE)
+    return background if background.mean() >= MIN_BACKGROUND_SHARE else np.ones_like(background)
 
 
 def duplicate_groups(hashes: Sequence[str | None], max_distance: int) -> list[int | None]:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from catalogs.models import SCORES, Selection, parse_gate
+from tasks import consistency
 from tasks.channels import channel_of
 from tasks.phash import HASH_BITS, hamming
 from tasks.scores import duplicate_groups
@@ -23,7 +24,9 @@ from tasks.tables import SCHEMA_VERSION
 from tasks.values import is_missing
 
 OUTCOME = ("status", "status_reason", "duplicate_of", "gates_failed", "score", "rank_in_cell", "rank_in_product",
-           "selected")
+           "selected", *consistency.COLUMNS)
+CONSISTENCY_ROUNDS = 8  # picks settle in two or three rounds; the cap stops a cycle
+AGREEMENT_SPAN = 2.0  # consistency distance at which an image no longer agrees at all (two clear differences)
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
 
@@ -75,7 +78,9 @@ def select_images(rows: Sequence[dict], selection: Selection) -> list[dict]:
     Failed rows stay failed; gates come first, then, within each product, near-duplicates
     (background hashes within `duplicate_distance`) fold into their best-scored member; the
     remaining images are ranked within their cell and their product, and the top k of each
-    product are selected (with channels: of each product and channel).
+    product are selected (with channels: of each product and channel). With `selection.consistency`,
+    the score also weighs each image's agreement with the other products' picks (`consistent_scores`).
+    Last, every image's distance to its group's centre is measured (`tasks.consistency.measure`).
     """
     outcomes = [
         {"status": "failed" if r.get("status") == "failed" else "ok",
@@ -92,12 +97,18 @@ def select_images(rows: Sequence[dict], selection: Selection) -> list[dict]:
             out.update(status="gated", gates_failed=[g for g, _ in failed], status_reason="; ".join(e for _, e in failed))
 
     # A campaign's channels are placements of their own: each product x channel is ranked and selected apart.
+    placements: dict[tuple, list[int]] = {}
     for group in dict.fromkeys(_placement(r) for r in rows):
         live = [i for i, r in enumerate(rows) if _placement(r) == group and outcomes[i]["status"] == "ok"]
         for i, score in zip(live, weighted_scores([rows[i] for i in live], selection.weights), strict=True):
             outcomes[i]["score"] = float(score)
         _fold_duplicates(rows, outcomes, live, selection.duplicate_distance)
-        ok = sorted((i for i in live if outcomes[i]["status"] == "ok"), key=lambda i: _best_first(rows, outcomes, i))
+        placements[group] = live
+    looks = consistency.looks_of([{} if o["status"] == "failed" else r for r, o in zip(rows, outcomes, strict=True)])
+    if selection.consistency is not None:
+        consistent_scores(rows, outcomes, placements, looks, selection)
+    for live in placements.values():
+        ok = _ranked_ok(rows, outcomes, live)
         for rank, i in enumerate(ok, start=1):
             outcomes[i].update(rank_in_product=rank, selected=rank <= selection.top_k)
         cells: dict[tuple, int] = {}
@@ -105,7 +116,76 @@ def select_images(rows: Sequence[dict], selection: Selection) -> list[dict]:
             key = (rows[i]["style_id"], rows[i]["cell_index"])
             cells[key] = cells.get(key, 0) + 1
             outcomes[i]["rank_in_cell"] = cells[key]
+    within = selection.consistency.within if selection.consistency is not None else consistency.STYLE_SET
+    for out, measured in zip(outcomes, consistency.measure(rows, looks, [o["status"] for o in outcomes], within),
+                             strict=True):
+        out.update(measured)
     return outcomes
+
+
+def consistent_scores(rows: Sequence[dict], outcomes: list[dict], placements: dict[tuple, list[int]],
+                      looks: Sequence[consistency.Look], selection: Selection) -> None:
+    """Rescore the live images of every placement for quality and agreement, in rounds (in place).
+
+    Iterative, not greedy: round one takes each product's top k by quality alone; each round then
+    measures every image against the centre of the *other* products' picks in its group (its style
+    set or the campaign, per channel), turns that distance into an agreement (1 at the centre, falling
+    linearly to 0 at AGREEMENT_SPAN), weighs it against the quality score (`consistency.weight`
+    beside the sum of the quality weights in use), and picks again; it stops when no pick changes
+    (or after CONSISTENCY_ROUNDS). The agreement is absolute, not a rank within the product: two
+    images that both agree pick by quality, and only a visible difference of look moves a pick.
+    A greedy choice, product after product, would let the first product's best image set the look
+    for all; here no product goes first, and the result does not depend on their order. Ties break
+    by asset id, so the same rows always give the same picks.
+    """
+    assert selection.consistency is not None
+    within, weight = selection.consistency.within, selection.consistency.weight
+    live = [i for members in placements.values() for i in members]
+    home = {i: (rows[i]["product_id"], consistency.group_of(rows[i], within)) for i in live}
+    quality = {i: outcomes[i]["score"] for i in live}
+    in_use = {key: _weight_in_use([rows[i] for i in members], selection.weights) for key, members in placements.items()}
+
+    def picks() -> set[int]:
+        return {i for members in placements.values() for i in _ranked_ok(rows, outcomes, members)[:selection.top_k]}
+
+    chosen = picks()
+    for _ in range(CONSISTENCY_ROUNDS):
+        agreement = _distances_to_the_others(looks, home, chosen)
+        for key, members in placements.items():
+            if all(agreement[i] is None for i in members):
+                continue  # nothing to agree with (one product, no looks): quality alone, as without the key
+            for i in members:
+                agrees = 0.0 if agreement[i] is None else max(0.0, 1.0 - agreement[i] / AGREEMENT_SPAN)
+                outcomes[i]["score"] = (in_use[key] * quality[i] + weight * agrees) / (in_use[key] + weight)
+        again = picks()
+        if again == chosen:
+            break
+        chosen = again
+
+
+def _distances_to_the_others(looks: Sequence[consistency.Look], home: dict[int, tuple],
+                             chosen: set[int]) -> dict[int, float | None]:
+    """Each live image's combined distance to the centre of the picks of the other products of its group."""
+    by_group: dict[tuple, dict[str, list[int]]] = {}
+    for i, (product, group) in home.items():
+        by_group.setdefault(group, {}).setdefault(product, []).append(i)
+    out: dict[int, float | None] = {}
+    for group, products in by_group.items():
+        picked = sorted(j for j in chosen if home[j][1] == group)
+        centres = consistency.centres_without([looks[j] for j in picked], [home[j][0] for j in picked], list(products))
+        for product, mine in products.items():
+            for i, d in zip(mine, consistency.distances([looks[i] for i in mine], centres[product]), strict=True):
+                out[i] = d.combined
+    return out
+
+
+def _weight_in_use(rows: Sequence[dict], weights: dict[str, float]) -> float:
+    """The sum of the weights `weighted_scores` counts for these rows (of the scores some row has)."""
+    return sum(w for name, w in weights.items() if w > 0 and any(_value(r, name) is not None for r in rows))
+
+
+def _ranked_ok(rows: Sequence[dict], outcomes: Sequence[dict], members: Sequence[int]) -> list[int]:
+    return sorted((i for i in members if outcomes[i]["status"] == "ok"), key=lambda i: _best_first(rows, outcomes, i))
 
 
 def _placement(row: dict) -> tuple[str, str | None]:
@@ -165,5 +245,7 @@ def cell_metrics(rows: Sequence[dict], *, run_id: str, campaign: str) -> list[di
             "mean_edge_f1": mean(members, "edge_f1"), "mean_clip_text": mean(members, "clip_text"),
             "mean_clip_style": mean(members, "clip_style"),
             "best_score": best["score"] if best else None, "best_asset_id": best["asset_id"] if best else None,
+            "mean_consistency_distance": mean(members, "consistency_distance"),
+            "consistency_outliers": sum(bool(m.get("consistency_outlier")) for m in members),
         })
     return metrics

@@ -284,3 +284,108 @@ def tile_for(row: dict, image: Image.Image | None) -> Tile:
     )
     return Tile(cell=tuple(tuple(kv) for kv in row["cell"]), seed=int(row["seed"]), image=image, lines=lines,
                 status=status, selected=bool(row.get("selected")))
+
+
+# --------------------------------------------------------------------------- the campaign's overview
+
+OUTLIER = (123, 44, 191)
+SWATCH = 18
+
+
+@dataclass(frozen=True)
+class OverviewLine:
+    """One style set (and channel) of the overview: its spread, its selection's palette, and per product
+    the image shown (its best selected image; else its best ok one; else None)."""
+
+    label: str
+    spread: float | None
+    swatches: tuple[tuple[int, int, int], ...]
+    picks: tuple[tuple[str, dict | None], ...]
+
+
+def overview_lines(rows: Sequence[dict]) -> list[OverviewLine]:
+    """The overview's lines from a run's scored and selected rows: style sets in name order (channels in
+    the order met), products in name order in every line, so each column is one product."""
+    from tasks.consistency import STYLE_SET, centre_of, group_of, look_of, selected_spreads, spread_label, swatches
+
+    products = sorted({r["product_id"] for r in rows})
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["style_id"]):
+        groups.setdefault(group_of(r, STYLE_SET), []).append(r)
+    spreads = selected_spreads(rows, STYLE_SET)
+    lines = []
+    for (style, channel), members in groups.items():
+        label = spread_label(style, channel)
+        picks = []
+        for product in products:
+            candidates = [r for r in members if r["product_id"] == product and r.get("status") == "ok"
+                          and not is_missing(r.get("rank_in_product"))]
+            best = min(candidates, key=lambda r: (not r.get("selected"), float(r["rank_in_product"]), r["asset_id"]),
+                       default=None)
+            picks.append((product, best))
+        chosen = [look_of(r) for r in members if r.get("selected")]
+        lines.append(OverviewLine(label=label, spread=spreads.get(label),
+                                  swatches=tuple(swatches(centre_of(chosen))), picks=tuple(picks)))
+    return lines
+
+
+def overview_sheet(lines: Sequence[OverviewLine], images: dict[str, Image.Image | None], *, title: str,
+                   subtitle: str = "", tile_size: int = 160, font: Font | None = None) -> Image.Image:
+    """The campaign's overview as an RGB image: a line per style set, a column per product, the image each
+    product shows there (`images` by asset id) framed green when selected and purple when an outlier,
+    its look distance under it; the style set's spread and the palette of its selection at the left."""
+    font = font if font is not None else ImageFont.load_default(size=FONT_SIZE)
+    drawable = Drawable(font)
+    products = [p for p, _ in lines[0].picks] if lines else []
+    label_w = max(tile_size, SWATCH * 6)
+    cell_w, cell_h = tile_size + 2 * PAD, tile_size + 2 * PAD + 2 * LINE
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title, texts = drawable(title), [drawable(p) for p in products]
+    labels = [drawable(line.label) for line in lines]
+    subtitle = "  ·  ".join(filter(None, [drawable(subtitle), drawable.note()]))
+    top = PAD + 2 * LINE + PAD
+    width = max(label_w + PAD + len(products) * cell_w,
+                *(int(scratch.textlength(t, font=font)) + 2 * PAD for t in (title, subtitle)))
+    sheet = Image.new("RGB", (width, top + LINE + len(lines) * cell_h + PAD), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    draw.text((PAD, PAD), title, fill=INK, font=font)
+    draw.text((PAD, PAD + LINE), subtitle, fill=MUTED, font=font)
+    for c, text in enumerate(texts):
+        draw.text((label_w + PAD + c * cell_w + PAD, top), _wrap(draw, text, tile_size, font)[0], fill=INK, font=font)
+    top += LINE
+    for n, (line, label) in enumerate(zip(lines, labels, strict=True)):
+        y0 = top + n * cell_h
+        wrapped = _wrap(draw, label, label_w - PAD, font)[:2]
+        for i, text in enumerate([*wrapped, f"spread {_fmt(line.spread)}"]):
+            draw.text((PAD, y0 + PAD + i * LINE), text, fill=MUTED if i == len(wrapped) else INK, font=font)
+        swatch_y = y0 + PAD + (len(wrapped) + 1) * LINE + 2
+        for i, colour in enumerate(line.swatches):
+            x = PAD + i * (SWATCH + 2)
+            draw.rectangle([x, swatch_y, x + SWATCH - 1, swatch_y + SWATCH - 1], fill=colour, outline=MUTED)
+        for c, (_, row) in enumerate(line.picks):
+            x0 = label_w + PAD + c * cell_w
+            image = images.get(row["asset_id"]) if row is not None else None
+            outlier = row is not None and bool(row.get("consistency_outlier"))
+            if row is not None and row.get("selected"):
+                draw.rectangle([x0 + PAD - FRAME, y0 + PAD - FRAME, x0 + PAD + tile_size + FRAME - 1,
+                                y0 + PAD + tile_size + FRAME - 1], fill=SELECTED)
+            if outlier:  # a purple ring around the tile (and around its green frame)
+                draw.rectangle([x0 + PAD - 2 * FRAME, y0 + PAD - 2 * FRAME, x0 + PAD + tile_size + 2 * FRAME - 1,
+                                y0 + PAD + tile_size + 2 * FRAME - 1], outline=OUTLIER, width=FRAME)
+            if image is None:
+                draw.rectangle([x0 + PAD, y0 + PAD, x0 + PAD + tile_size - 1, y0 + PAD + tile_size - 1], fill=(225, 225, 225))
+            else:
+                scale = tile_size / max(image.size)
+                small = image.convert("RGB").resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                                    Image.Resampling.LANCZOS)
+                sheet.paste(small, (x0 + PAD + (tile_size - small.width) // 2, y0 + PAD + (tile_size - small.height) // 2))
+            if row is None:
+                notes = ("no ok image", "")
+            else:
+                state = "selected" if row.get("selected") else "not selected"
+                notes = (f"#{int(row['rank_in_product'])} {state}" + ("  outlier" if outlier else ""),
+                         f"look {_fmt(row.get('consistency_distance'))}")
+            for i, text in enumerate(notes):
+                draw.text((x0 + PAD, y0 + 2 * PAD + tile_size + i * LINE), _wrap(draw, drawable(text), tile_size, font)[0],
+                          fill=OUTLIER if outlier and i == 0 else INK, font=font)
+    return sheet

@@ -1,7 +1,7 @@
 """The metadata tables: their schemas (the one source of truth) and how rows are built.
 
 Types are written as strings (`string`, `int32`, `int64`, `float64`, `timestamp`,
-`list<string>`, `map<string,string>`); the storage adapter maps them to parquet types and
+`list<string>`, `list<float32>`, `map<string,string>`); the storage adapter maps them to parquet types and
 `docs/metadata-tables.md` documents every column (a test keeps the two in step).
 """
 
@@ -17,7 +17,7 @@ import pandas as pd
 from catalogs.models import Campaign, RunRequest
 from tasks.plan import Batch
 
-SCHEMA_VERSION = 7  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title, left_out, images_taken_over, images_left_to_others, left_to_runs; generations.made_by_run. 5: generations.channel, channel_aspect, anchor, box_left/top/right/bottom, safe_zones and the channel checks safe_zone_share, product_share, product_cut, size_error, aspect_error. 6: generations.ip_scale_scan_id; the style_scans table. 7: the reviews and deliveries tables
+SCHEMA_VERSION = 8  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title, left_out, images_taken_over, images_left_to_others, left_to_runs; generations.made_by_run. 5: generations.channel, channel_aspect, anchor, box_left/top/right/bottom, safe_zones and the channel checks safe_zone_share, product_share, product_cut, size_error, aspect_error. 6: generations.ip_scale_scan_id; the style_scans table. 7: the reviews and deliveries tables. 8: consistency: generations.clip_embedding, background_palette, background_lightness, background_cct, consistency_distance, embedding_distance, palette_distance, lighting_distance, consistency_outlier, consistency_within; cell_metrics.mean_consistency_distance, consistency_outliers; runs.consistency_spread, consistency_spreads
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,22 @@ GENERATIONS = (
     Column("size_error", "float64", "channel check: largest difference in pixels between the output's width or height and the canvas's (0 = exact size)"),
     Column("aspect_error", "float64", "channel check: relative difference of the output's width:height from the aspect the channel declares (without a channel: the canvas's own), 0 = exact"),
     Column("background_hash", "string", "64-bit perceptual hash of the image with the product region blanked out, 16 hex digits"),
+    Column("clip_embedding", "list<float32>", "the image's CLIP image embedding (unit length; the clip_model's), as computed for clip_text and clip_style; null when CLIP scoring was off. DuckDB: list_cosine_similarity"),
+    Column("background_palette", "list<string>", "the background's palette (the pixels outside the product region, grown 2 px): up to 5 k-means colours in CIELAB, each `#rrggbb share`, heaviest first"),
+    Column("background_lightness", "float64", "mean CIE L* of the background, 0 (black) to 100 (white)"),
+    Column("background_cct", "float64", "correlated colour temperature of the background's mean colour in kelvin (McCamy), clamped to 1,000-25,000; null for a black background"),
     Column("duplicate_of", "string", "asset id of the better-scored near-duplicate this image repeats; null otherwise"),
     Column("gates_failed", "list<string>", "the campaign gates the image failed, as written in the campaign"),
-    Column("score", "float64", "weighted score, 0 to 1, from per-product (and channel) percentile ranks of the weighted scores; null for gated and failed images"),
+    Column("score", "float64", "weighted score, 0 to 1, from per-product (and channel) percentile ranks of the weighted scores; with `selection.consistency`, blended with the image's agreement with the other products' picks (docs/metadata-tables.md, Consistency); null for gated and failed images"),
     Column("rank_in_cell", "int32", "rank by score among the ok images of its product, style set and cell (1 = best); null unless ok"),
     Column("rank_in_product", "int32", "rank by score among the ok images of its product (and channel) in the run (1 = best); null unless ok"),
     Column("selected", "bool", "one of the campaign's top_k ok images of its product (and channel)"),
+    Column("consistency_distance", "float64", "distance of the image's look to the centre of its group (its style set, or the campaign with `selection.consistency.within: campaign`; per channel): the mean of the three distances below that the image has, each in units of a difference seen at a glance (0 = the centre's look; 1 = one clear difference); null for failed images"),
+    Column("embedding_distance", "float64", "cosine distance of clip_embedding to the group's mean embedding, / 0.1; null without CLIP"),
+    Column("palette_distance", "float64", "CIEDE2000 between background_palette and the group's medoid palette (nearest colours, weighted by share, both ways, halved), / 10"),
+    Column("lighting_distance", "float64", "difference of background lightness (/ 10 L*) and colour temperature (/ 50 mired) from the group's medians, combined as a Euclidean length"),
+    Column("consistency_outlier", "bool", "consistency_distance is past its group's fence: the median + 3 scaled median absolute deviations of the distances of the group's ok and duplicate images, and at least 1.0; never in a group of under 4 images"),
+    Column("consistency_within", "string", "the group consistency_distance was measured in: style_set or campaign; null for failed images"),
 )
 
 RUNS = (
@@ -128,7 +138,7 @@ RUNS = (
     Column("campaign", "string", "campaign name"),
     Column("title", "string", "the campaign's title for people, in any language (`title:` in the spec); null without one"),
     Column("campaign_sha256", "string", "sha256 of the campaign spec as parsed (canonical JSON)"),
-    Column("parameters", "string", "JSON object: `request` (the run request's overrides: campaign, catalog, assets, snapshot, profile, products, styles, axes, seeds), `products` and `styles` (the ids the run selected), `matrix` (template, axes, zip, negative, max_cells as run, `seeds` as a list), `generation` (the resolved generation settings, profile decided) `selection` (top_k, gates, weights, duplicate_distance, clip_model) and `channels` (the campaign's channels as written: name -> preset and overrides; empty without channels)"),
+    Column("parameters", "string", "JSON object: `request` (the run request's overrides: campaign, catalog, assets, snapshot, profile, products, styles, axes, seeds), `products` and `styles` (the ids the run selected), `matrix` (template, axes, zip, negative, max_cells as run, `seeds` as a list), `generation` (the resolved generation settings, profile decided) `selection` (top_k, gates, weights, duplicate_distance, clip_model, consistency: weight and within, or null) and `channels` (the campaign's channels as written: name -> preset and overrides; empty without channels)"),
     Column("triggered_by", "string", "cli, demo, schedule, ui, api or test (the test suite)"),
     Column("flow_run_id", "string", "Prefect flow run id"),
     Column("catalog", "string", "s3 URI of the catalog"),
@@ -162,6 +172,8 @@ RUNS = (
            "each with why (`product alarm-clock` -> `quarantined: ...` or `not in the catalog`); empty when none. "
            "A `strict` campaign fails instead"),
     Column("status", "string", "completed or nothing-new"),
+    Column("consistency_spread", "float64", "how far the selected images are from one look: the mean of the style-set entries of consistency_spreads (0 = alike); null when no style set has two selected images"),
+    Column("consistency_spreads", "map<string,string>", "spread of the selected images of each style set (`style_id`, with channels `style_id · channel`) and of all of them together (`campaign`, with channels `campaign · channel`): the mean consistency distance of each to the set's own centre; `-` under two images"),
 )
 
 CELL_METRICS = (
@@ -185,6 +197,8 @@ CELL_METRICS = (
     Column("mean_clip_style", "float64", "mean clip_style of the images"),
     Column("best_score", "float64", "highest score among the ok images; null when none is ok"),
     Column("best_asset_id", "string", "asset id of that image"),
+    Column("mean_consistency_distance", "float64", "mean consistency_distance of the images (how far this cell sits from its group's look); null when none has one"),
+    Column("consistency_outliers", "int32", "images with consistency_outlier"),
 )
 
 STYLE_SCANS = (
@@ -272,7 +286,10 @@ TABLES = {"generations": GENERATIONS, "runs": RUNS, "cell_metrics": CELL_METRICS
 UNSCORED: dict[str, object] = {
     **dict.fromkeys(("status_reason", "product_mask", "edge_f1", "product_ssim", "product_delta_e", "clip_text",
                      "clip_style", "clip_model", "sharpness", "luminance", "clipped_share", "colourfulness",
-                     "safe_zone_share", "product_share", "product_cut", "size_error", "aspect_error", "background_hash", "duplicate_of", "score", "rank_in_cell", "rank_in_product")),
+                     "safe_zone_share", "product_share", "product_cut", "size_error", "aspect_error", "background_hash", "duplicate_of", "score", "rank_in_cell", "rank_in_product",
+                     "clip_embedding", "background_palette", "background_lightness", "background_cct", "consistency_distance",
+                     "embedding_distance", "palette_distance", "lighting_distance", "consistency_within")),
+    "consistency_outlier": False,
     "gates_failed": (),
     "selected": False,
 }

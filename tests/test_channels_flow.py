@@ -45,7 +45,7 @@ def test_the_channels_example_makes_every_placement(campaign_env, store):
     assert dict(banner["cell"])["channel"] == "banner"
     # Each placement is judged apart: top_k 1 selects one image per product and channel.
     assert gens.groupby(["product_id", "channel"])["selected"].sum().tolist() == [1] * 8
-    assert sorted(summary.sheets) == sorted(f"{p}__space-age__{c}.jpg" for p in ("coffee-cup", "brand-logo")
-                                            for c in SIZES)
+    assert sorted(summary.sheets) == sorted([*(f"{p}__space-age__{c}.jpg" for p in ("coffee-cup", "brand-logo")
+                                              for c in SIZES), "overview.jpg"])
     page = store.get(summary.gallery).decode()
     assert 'id="f-channel"' in page and 'id="t-zones"' in page

@@ -329,7 +329,7 @@ def test_a_titled_cjk_campaign_through_the_flow(campaign_env, store):
     assert f"<h1>{TITLE}</h1>" in page
     gens = publish.read_table(store, manifest, "generations")
     assert {dict(c)["surface"] for c in gens["cell"]} == {"大理石台面", "沙滩"}
-    assert len(summary.sheets) == 2
+    assert len(summary.sheets) == 3  # one per product x style set, and the campaign's overview
     sheet = Image.open(io.BytesIO(store.get(summary.sheets["rocket__space-age.jpg"])))
     assert sheet.mode == "RGB" and sheet.width > 200
     sheet.save(SHEET_OUT, quality=92)  # looked at by a person: the CJK title and axis values as glyphs

@@ -11,6 +11,7 @@ import io
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -21,7 +22,7 @@ from adapters.settings import Settings, get_settings
 from adapters.storage import S3Store
 from catalogs.models import RunRequest
 from tasks.tables import GENERATIONS, RUNS
-from tests.helpers import campaign_settings_env, seed_campaign_buckets, small_campaign
+from tests.helpers import ARTIFACTS, campaign_settings_env, seed_campaign_buckets, small_campaign
 
 
 def objects(store: S3Store, prefix: str) -> set[str]:
@@ -112,7 +113,8 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(s
     assert runs.iloc[0]["images_selected"] == gens["selected"].sum() > 0
     # Per-cell metrics, one contact sheet per product x style set, the gallery marks the selected.
     assert len(publish.read_table(store, manifest, "cell_metrics")) == 4 * 2 * 4
-    assert sorted(manifest["sheets"]) == sorted(f"{p}__{s}.jpg" for p in set(gens["product_id"]) for s in set(gens["style_id"]))
+    assert sorted(manifest["sheets"]) == sorted([*(f"{p}__{s}.jpg" for p in set(gens["product_id"])
+                                                   for s in set(gens["style_id"])), "overview.jpg"])
     assert all(Image.open(io.BytesIO(store.get(uri))).format == "JPEG" for uri in manifest["sheets"].values())
     page = store.get(summary.gallery).decode()
     assert page.count("<figure") == expected and page.count('data-selected="1"') == gens["selected"].sum()
@@ -182,3 +184,32 @@ def test_a_pinned_run_quarantines_a_product_overwritten_since_its_snapshot(campa
     assert set(gens["product_id"]) == {"coffee-cup", "alarm-clock", "brand-logo"}
     runs = publish.read_table(store, manifest, "runs").iloc[0]
     assert runs["snapshot_id"] == pinned and runs["products"] == 3 and runs["quarantined"] == 2
+
+
+def test_consistency_lands_in_the_tables_the_overview_and_the_gallery(sample_run, store):
+    """Each image's look is measured where it is scored and its distance to its style set's look decided at the
+    gather: the columns are filled in every table, the overview sheet and the gallery show them."""
+    manifest = json.loads(store.get(sample_run.summary.manifest))
+    gens = publish.read_table(store, manifest, "generations")
+    live = gens[gens["status"] != "failed"]
+    for column in ("background_palette", "background_lightness", "background_cct", "clip_embedding",
+                   "consistency_distance", "palette_distance", "lighting_distance", "embedding_distance"):
+        assert live[column].notna().all(), column
+    assert set(live["consistency_within"]) == {"style_set"}
+    assert all(len(e) == len(live.iloc[0]["clip_embedding"]) and abs(float(np.linalg.norm(e)) - 1) < 1e-3
+               for e in live["clip_embedding"])
+    assert all(1 <= len(p) <= 5 and p[0].startswith("#") for p in live["background_palette"])
+    cells = publish.read_table(store, manifest, "cell_metrics")
+    assert cells["mean_consistency_distance"].notna().all()
+    assert cells["consistency_outliers"].sum() == gens["consistency_outlier"].sum()
+    (run,) = publish.read_table(store, manifest, "runs").to_dict("records")
+    spreads = dict(run["consistency_spreads"])
+    assert set(spreads) == {"space-age", "earthy-textures", "campaign"}
+    assert run["consistency_spread"] == pytest.approx(np.mean([float(spreads[s]) for s in ("space-age", "earthy-textures")]),
+                                                      abs=1e-3)
+    overview = Image.open(io.BytesIO(store.get(manifest["sheets"]["overview.jpg"])))
+    assert overview.format == "JPEG" and overview.width > 4 * 160
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    overview.save(ARTIFACTS / "overview-sample.jpg")  # looked at by a person: the sample campaign's overview
+    page = store.get(sample_run.summary.gallery).decode()
+    assert page.count('data-distance="') == len(gens) and 'id="f-sort"' in page

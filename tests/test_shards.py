@@ -220,7 +220,7 @@ def test_a_run_copies_itself_locally_as_it_makes_its_images(campaign_env, store,
     expected = {f"{i['asset_id']}.png": i["sha256"] for i in manifest["images"]}
     assert copied == [set(expected)]  # every image was written as it was made: none is read back
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (local / "images").glob("*.png")} == expected
-    assert len(list((local / "sheets").glob("*.jpg"))) == 2 and (local / "index.html").is_file()
+    assert len(list((local / "sheets").glob("*.jpg"))) == 3 and (local / "index.html").is_file()
 
     # Copied again over a damaged copy: the damaged image is read again, a stray one removed, the rest kept.
     damaged = sorted(expected)[0]
