@@ -31,7 +31,7 @@ from __future__ import annotations
 from datetime import timedelta
 from uuid import UUID
 
-from prefect.automations import Automation
+from prefect.automations import Automation, AutomationCore
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
@@ -111,7 +111,7 @@ def ensure_automations(api_url: str, window_seconds: float) -> list[UUID]:
         for automation in wanted:
             for old in client.read_automations_by_name(automation.name):
                 client.delete_automation(old.id)
-        return [client.create_automation(a) for a in wanted]
+        return [client.create_automation(AutomationCore(**a.model_dump(exclude={"id"}))) for a in wanted]
 
 
 if __name__ == "__main__":  # python -m flows.zombies: against PREFECT_API_URL, with STYLEMATRIX_ZOMBIE_SECONDS
