@@ -6,12 +6,12 @@ the rule is written once:
 
 - `crash-silent-flow-runs`: a flow run's process sends `prefect.flow-run.heartbeat` every
   `FLOW_HEARTBEAT_SECONDS` while it runs. Each heartbeat opens a window of `window` seconds, and
-  the next heartbeat, or **any** state change of the run (`prefect.flow-run.<state name>`:
-  Completed, Failed, Cancelled, Crashed, and also Suspended, Paused, Scheduled, Resuming,
-  Pending ...), closes it. A window that closes on nothing marks the run Crashed. Only a
-  heartbeat opens a window, and only a running process sends one: a run suspended for a
-  person's review (no process at all), paused, or resumed and waiting in Scheduled or Pending
-  for a free worker is never crashed for its silence, however long it waits.
+  the next heartbeat, or a state change out of running (`prefect.flow-run.<state name>` for each
+  of `LEFT_RUNNING`: Completed, Failed, Cancelled, Crashed, and also Suspended, Paused,
+  Scheduled, Resuming ...), closes it. A window that closes on nothing marks the run Crashed.
+  Only a heartbeat opens a window, and only a running process sends one: a run suspended for a
+  person's review (no process at all), paused, or resumed and waiting for a free worker is never
+  crashed for its silence, however long it waits.
 - `redo-crashed-reviews`: a `review-run` flow run that crashed (the automation above, or a
   worker that saw its process die) is scheduled again, up to `REVIEW_RUNS` runs in all. It
   starts from the top, reads the decisions already submitted for it and delivers what is not
@@ -46,7 +46,12 @@ REVIEW_FLOW = "review-run"  # flows/review.py: review_run
 # each crash adds one. A review that crashed on its REVIEW_RUNS-th run stays Crashed.
 REVIEW_RUNS = 4
 HEARTBEAT = "prefect.flow-run.heartbeat"
-ANY_FLOW_RUN_EVENT = "prefect.flow-run.*"  # a heartbeat or any state change
+# The state names (Prefect 3.9's, and this module's Rescheduled) a running flow run leaves running for: waiting
+# (scheduled, paused, suspended, resumed) or ended. Not Running or Retrying (a run's first heartbeat follows them at
+# once), nor Pending: with the clocks of two machines apart, those could land in the first heartbeat's window and
+# close it, and a process that died in its first 30 s would never be crashed.
+LEFT_RUNNING = ("Scheduled", "Late", "AwaitingRetry", "AwaitingConcurrencySlot", "Resuming", "Rescheduled", "Paused",
+                "Suspended", "Cancelling", "Completed", "Failed", "Cancelled", "Crashed")
 
 
 def crash_silent_runs(window_seconds: float) -> Automation:
@@ -61,7 +66,7 @@ def crash_silent_runs(window_seconds: float) -> Automation:
                     "and scheduled runs send none and are left alone.",
         trigger=EventTrigger(
             after={HEARTBEAT},
-            expect={ANY_FLOW_RUN_EVENT},
+            expect={HEARTBEAT, *(f"prefect.flow-run.{name}" for name in LEFT_RUNNING)},
             match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
