@@ -42,9 +42,9 @@ from adapters.settings import FLOW_HEARTBEAT_SECONDS
 CRASH_SILENT = "crash-silent-flow-runs"
 REDO_CRASHED_REVIEWS = "redo-crashed-reviews"
 REVIEW_FLOW = "review-run"  # flows/review.py: review_run
-# A review uses two runs when nothing goes wrong (until its suspension, then after the form is submitted);
-# each crash adds one. A review that crashed on its REVIEW_RUNS-th run stays Crashed.
-REVIEW_RUNS = 4
+# A review is one run when nothing goes wrong (Prefect does not count the resumption after the form as a new
+# run); each crash adds one. A review that crashed on its REVIEW_RUNS-th run stays Crashed.
+REVIEW_RUNS = 3
 HEARTBEAT = "prefect.flow-run.heartbeat"
 # The state names (Prefect 3.9's, and this module's Rescheduled) a running flow run leaves running for: waiting
 # (scheduled, paused, suspended, resumed) or ended. Not Running or Retrying (a run's first heartbeat follows them at
@@ -87,7 +87,7 @@ def redo_crashed_reviews() -> Automation:
         trigger=EventTrigger(
             expect={"prefect.flow-run.Crashed"},
             match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*",
-                                         "prefect.run-count": [str(n) for n in range(REVIEW_RUNS)]}),
+                                         "prefect.run-count": [str(n) for n in range(1, REVIEW_RUNS)]}),
             match_related=ResourceSpecification({"prefect.resource.role": "flow",
                                                  "prefect.resource.name": REVIEW_FLOW}),
             for_each={"prefect.resource.id"},
