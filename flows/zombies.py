@@ -119,12 +119,22 @@ def ensure_automations(api_url: str, window_seconds: float) -> list[UUID]:
         return [client.create_automation(AutomationCore(**a.model_dump(exclude={"id"}))) for a in wanted]
 
 
-if __name__ == "__main__":  # python -m flows.zombies: against PREFECT_API_URL, with STYLEMATRIX_ZOMBIE_SECONDS
+def main() -> None:
+    """`python -m flows.zombies`: the automations on the server of PREFECT_API_URL, with STYLEMATRIX_ZOMBIE_SECONDS."""
     from prefect.settings import PREFECT_API_URL
+    from pydantic import ValidationError
 
     from adapters.settings import get_settings
 
     if not PREFECT_API_URL.value():
         raise SystemExit("flows.zombies: PREFECT_API_URL names no Prefect server")
-    ids = ensure_automations(PREFECT_API_URL.value(), get_settings().zombie_seconds)
-    print(f"automations {CRASH_SILENT}, {REDO_CRASHED_REVIEWS}: {', '.join(map(str, ids))}")
+    try:
+        window = get_settings().zombie_seconds
+    except ValidationError as exc:
+        raise SystemExit(f"flows.zombies: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+    ids = ensure_automations(PREFECT_API_URL.value(), window)
+    print(f"automations {CRASH_SILENT} ({window:g} s), {REDO_CRASHED_REVIEWS}: {', '.join(map(str, ids))}")
+
+
+if __name__ == "__main__":
+    main()
