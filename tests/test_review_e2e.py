@@ -296,9 +296,11 @@ def _states(stack, flow_run_id):
 
 
 def _gap(states, name: str) -> float:
-    """Seconds a run spent in its first state named `name`, until its next state."""
+    """Seconds from a run's first state named `name` until it left that state's type (Resuming -> Late is still
+    waiting in Scheduled)."""
     i = next(i for i, s in enumerate(states) if s.name == name)
-    return (states[i + 1].timestamp - states[i].timestamp).total_seconds()
+    left = next(s for s in states[i + 1:] if s.type != states[i].type)
+    return (left.timestamp - states[i].timestamp).total_seconds()
 
 
 def _until(stack, what: str, check, timeout: float):
