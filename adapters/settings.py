@@ -16,6 +16,10 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# A flow run's process sends a Prefect heartbeat this often while it runs (PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+# set on workers; Prefect 3.9 never sends them more often: flow_engine.MINIMUM_HEARTBEAT_INTERVAL).
+FLOW_HEARTBEAT_SECONDS = 30
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STYLEMATRIX_", extra="ignore", frozen=True, populate_by_name=True)
@@ -37,6 +41,9 @@ class Settings(BaseSettings):
     images_per_shard: int = Field(default=64, ge=1)
     shard_attempts: int = Field(default=3, ge=1)
     shard_poll_seconds: float = Field(default=2.0, gt=0)
+    # A running flow run silent for this long after a heartbeat is marked Crashed by the server automation
+    # `crash-silent-flow-runs` (flows/zombies.py); runs that wait on purpose (suspended, paused, scheduled) are not.
+    zombie_seconds: float = Field(default=75.0, gt=FLOW_HEARTBEAT_SECONDS)
     # A campaign whose review is required starts this deployment (prefect.yaml: `review`) after it commits.
     review_deployment: str = "review-run/review"
     # A run's claim on an asset (adapters/claims.py) older than this, never committed, is presumed abandoned:

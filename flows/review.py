@@ -11,6 +11,10 @@ images and emits `stylematrix.delivery.completed`.
 Nobody answering before the deadline: Prefect's server fails the suspended run, and the
 `review-timeout` deployment (triggered by that failure) records the review as timed out.
 Nothing is delivered for it.
+
+A suspended review has no process and sends no heartbeat: the server's zombie automation leaves it
+alone however long it waits, and crashes a review only when its process dies while it runs; a
+crashed review is scheduled again and finishes with the answer already submitted (flows/zombies.py).
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import pydantic
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 from prefect.events import emit_event
 from prefect.flow_runs import suspend_flow_run
-from prefect.input import RunInput
+from prefect.input import RunInput, read_flow_run_input
+from prefect.input.run_input import keyset_from_base_key
 
 from adapters import delivery
 from adapters.settings import get_settings
@@ -100,15 +105,27 @@ def start_review(request: ReviewRequest, deployment: str) -> str:
 @flow(name="review-run")
 def review_run(request: ReviewRequest) -> dict:
     """Wait for a person's decisions on a committed run's images, record them, deliver what is approved."""
-    logger = get_run_logger()
     store = S3Store.from_settings(get_settings())
     run = steps.reviewed_run(store, request)
     context = FlowRunContext.get()
     flow_run = context.flow_run if context else None
-    resumed = flow_run is not None and PAUSE_KEY in (flow_run.empirical_policy.pause_keys or set())
+    form = review_form(run)
+    answer = submitted_answer(form, flow_run.id) if flow_run else None
+    if answer is None:
+        answer = wait_for_answer(store, request, run, form, flow_run)
+    return record_review(store, request, run, str(flow_run.id) if flow_run else request.run_id, answer)
+
+
+def wait_for_answer(store: S3Store, request: ReviewRequest, run: delivery.ReviewedRun, form: type[ReviewForm],
+                    flow_run: FlowRun | None) -> ReviewForm:
+    """Ask for the decisions (the first run only emits `stylematrix.review.requested`), then suspend with the form:
+    the process exits, and the answer is returned when a worker runs the resumed flow again from the top."""
+    logger = get_run_logger()
+    asked = flow_run is not None and (PAUSE_KEY in (flow_run.empirical_policy.pause_keys or set())
+                                      or flow_run.run_count > 1)
     wait_seconds = int(request.review.wait_hours * 3600)
     selected = run.selected
-    if not resumed:
+    if not asked:
         payload = {"run_id": request.run_id, "campaign": request.campaign, "selected": len(selected),
                    "reviewers": list(request.review.reviewers), "wait_hours": request.review.wait_hours,
                    "gallery": request.gallery, "flow_run_id": str(flow_run.id) if flow_run else None,
@@ -118,12 +135,23 @@ def review_run(request: ReviewRequest) -> dict:
                     ", ".join(request.review.reviewers) or "anyone", request.review.wait_hours)
     links = {r["asset_id"]: store.presigned_url(r["output_key"], wait_seconds) for r in selected}
     gallery = store.presigned_url(request.gallery, wait_seconds) if request.gallery else None
-    form = review_form(run).with_initial_data(
+    filled = form.with_initial_data(
         description=form_description(request, selected, gallery, links),
         decisions=[ImageReview(asset_id=r["asset_id"], product_id=r["product_id"]) for r in selected],
     )
-    answer = suspend_flow_run(wait_for_input=form, timeout=wait_seconds, key=PAUSE_KEY)
-    return record_review(store, request, run, str(flow_run.id) if flow_run else request.run_id, answer)
+    return suspend_flow_run(wait_for_input=filled, timeout=wait_seconds, key=PAUSE_KEY)
+
+
+def submitted_answer(form: type[ReviewForm], flow_run_id: UUID) -> ReviewForm | None:
+    """The decisions already submitted to this flow run's form, if any.
+
+    A review that crashed after its form was submitted (its worker died mid-delivery) is scheduled
+    again from Crashed (flows/zombies.py), and leaving a final state clears Prefect's record of the
+    suspension: `suspend_flow_run` would suspend again and drop the answer. The answer itself is still
+    stored under the suspension's keys, so the review reads it and goes on to deliver.
+    """
+    value = read_flow_run_input(keyset_from_base_key(f"suspended-{PAUSE_KEY}")["response"], flow_run_id=flow_run_id)
+    return form.model_validate(value) if value else None
 
 
 def record_review(store: S3Store, request: ReviewRequest, run: delivery.ReviewedRun, review_id: str,

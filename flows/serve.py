@@ -13,15 +13,15 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
+
+from adapters.settings import FLOW_HEARTBEAT_SECONDS, get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
-# Flow runs send a heartbeat every HEARTBEAT seconds; a run silent for ZOMBIE seconds is
-# marked Crashed by a server automation. (Shards have their own heartbeat: flows/gpu_worker.py.)
-HEARTBEAT_SECONDS = 30
-ZOMBIE_SECONDS = 75
+# Flow runs send a heartbeat every FLOW_HEARTBEAT_SECONDS while they run; a running flow run silent for
+# STYLEMATRIX_ZOMBIE_SECONDS is marked Crashed by a server automation (flows/zombies.py).
+# (Shards have their own heartbeat: flows/gpu_worker.py.)
 
 
 @dataclass
@@ -47,7 +47,7 @@ class PrefectStack:
             "DO_NOT_TRACK": "1",
             "PREFECT_CLI_PROMPT": "false",
             "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
-            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(FLOW_HEARTBEAT_SECONDS),
             **(extra or {}),
         }
 
@@ -92,31 +92,12 @@ class PrefectStack:
         self._prefect("work-pool", "create", "gpu", "--type", "process", "--overwrite")
         self._prefect("work-pool", "set-concurrency-limit", "gpu", "1")
 
-    def create_zombie_automation(self) -> None:
-        """Mark a flow run Crashed when its heartbeats stop (a worker or machine died mid-run)."""
-        from prefect.automations import Automation
-        from prefect.client.schemas.objects import StateType
-        from prefect.events.actions import ChangeFlowRunState
-        from prefect.events.schemas.automations import EventTrigger, Posture
-        from prefect.events.schemas.events import ResourceSpecification
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+    def create_automations(self, zombie_seconds: float) -> None:
+        """The server automations of flows/zombies.py: crash a flow run whose worker died mid-run (never one
+        that waits on purpose), and hand a crashed review out again."""
+        from flows.zombies import ensure_automations
 
-        with temporary_settings({PREFECT_API_URL: self.api_url}):
-            Automation(
-                name="crash-silent-flow-runs",
-                trigger=EventTrigger(
-                    after={"prefect.flow-run.heartbeat"},
-                    expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                            "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
-                    match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-                    for_each={"prefect.resource.id"},
-                    posture=Posture.Proactive,
-                    threshold=1,
-                    within=timedelta(seconds=ZOMBIE_SECONDS),
-                ),
-                actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                            message=f"no heartbeat for {ZOMBIE_SECONDS} s: its worker is gone")],
-            ).create()
+        ensure_automations(self.api_url, zombie_seconds)
 
     def deploy(self) -> str:
         """Every deployment in prefect.yaml."""
@@ -149,17 +130,19 @@ class PrefectStack:
         self.processes.clear()
 
 
-def start_stack(home: Path, port: int, *, gpus: int, env: Mapping[str, str], log_dir: Path) -> PrefectStack:
-    """Server, the pools, the zombie automation, every deployment, one cpu worker, one GPU task worker per
-    GPU and a `gpu` pool worker for style scans.
+def start_stack(home: Path, port: int, *, gpus: int, env: Mapping[str, str], log_dir: Path,
+                zombie_seconds: float | None = None) -> PrefectStack:
+    """Server, the pools, the automations (flows/zombies.py), every deployment, one cpu worker, one GPU task
+    worker per GPU and a `gpu` pool worker for style scans.
 
-    `gpus=0` starts no GPU worker: campaigns then run their shards in their own process.
+    `gpus=0` starts no GPU worker: campaigns then run their shards in their own process. `zombie_seconds`
+    (default: the settings' STYLEMATRIX_ZOMBIE_SECONDS) is how long a running flow run may be silent.
     """
     stack = PrefectStack(home=home, port=port, env=dict(env), log_dir=log_dir)
     try:
         stack.start_server()
         stack.create_pools()
-        stack.create_zombie_automation()
+        stack.create_automations(zombie_seconds or get_settings().zombie_seconds)
         stack.deploy()
         stack.start_worker("cpu", "cpu-1", {"STYLEMATRIX_SHARD_WORKERS": "true" if gpus else "false"})
         for i in range(gpus):

@@ -32,6 +32,11 @@ CAMPAIGN = (
 )
 IMAGES = 2 * 2 * 2 * 2
 LEASE = 15  # seconds without a heartbeat before a shard is handed out again (the production default is 60)
+# Seconds a running flow run may be silent before the server crashes it (production: 75). Prefect sends a
+# flow run's heartbeat every 30 s at the most often, so a window shorter than 30 s plus the heartbeat's
+# way to the server would crash live runs: 45 leaves 15 s on this busy machine.
+ZOMBIE = 45
+CPU_WORKER_ENV = {"STYLEMATRIX_SHARD_WORKERS": "true"}  # the stack's cpu worker (gpus=2)
 WAIT = 900  # seconds a test waits for a background result before it fails (the thread's own limits are shorter)
 
 
@@ -157,7 +162,8 @@ class WorkerCampaigns:
         }
         if self._stop.is_set():
             raise RuntimeError("the session ended before the worker stack started")
-        self._prefect = start_stack(folder / "prefect", free_port(), gpus=2, env=env, log_dir=folder / "logs")
+        self._prefect = start_stack(folder / "prefect", free_port(), gpus=2, env=env, log_dir=folder / "logs",
+                                    zombie_seconds=ZOMBIE)
         return {"stack": self._prefect, "store": store, "catalog": catalog, "assets": assets}
 
     def _campaign_on_both_workers(self, stack: dict):

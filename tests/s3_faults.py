@@ -6,7 +6,8 @@ time before the request is forwarded and half the time after S3 has carried it o
 to a write is lost, the write happened). Everything else is forwarded as is. `rules` can force a
 fault on requests whose path matches a pattern (`"503"`, `"reset-before"`, `"reset-after"`; with
 `"*N"` appended, only the first N times), for tests that need one object to stay unreadable or
-one write to lose its answer.
+one write to lose its answer; `"hold"` keeps matching requests waiting until `release()`, so a test
+knows its client is stuck in that very call (and can kill it there).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class FaultyS3Proxy:
         self.counts: Counter[str] = Counter()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self._released = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="faulty-s3", daemon=True)
@@ -55,6 +57,10 @@ class FaultyS3Proxy:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def release(self) -> None:
+        """Let every held request through, and every later one that a `hold` rule matches."""
+        self._released.set()
 
     def _fault(self, method: str, path: str) -> str:
         with self._lock:
@@ -122,6 +128,8 @@ class FaultyS3Proxy:
             def _handle(self) -> None:
                 body = self._body()
                 fault = proxy._fault(self.command, self.path)
+                if fault == "hold" and not proxy._released.wait(timeout=900):
+                    return self._reset()
                 if fault == "reset-before":
                     return self._reset()
                 if fault == "503":
@@ -147,6 +155,12 @@ class FaultyS3Proxy:
                     self.wfile.write(payload)
                 return None
 
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle  # noqa: N815
+            def _handle_quietly(self) -> None:
+                try:
+                    self._handle()
+                except (BrokenPipeError, ConnectionResetError):  # the client is gone (a held one was killed)
+                    self.close_connection = True
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle_quietly  # noqa: N815
 
         return Handler
