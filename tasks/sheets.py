@@ -242,15 +242,18 @@ def contact_sheet(tiles: Sequence[Tile], *, title: str, subtitle: str = "",
     for t in tiles:
         r, c = layout.slots[(t.cell, t.seed)]
         x0, y0 = label_w + c * cell_w, top + r * cell_h
-        if t.selected:
-            draw.rectangle([x0 + PAD - FRAME, y0 + PAD - FRAME, x0 + PAD + tile_size + FRAME - 1,
-                            y0 + PAD + tile_size + FRAME - 1], fill=SELECTED)
-        if t.image is None:
-            draw.rectangle([x0 + PAD, y0 + PAD, x0 + PAD + tile_size - 1, y0 + PAD + tile_size - 1], fill=(225, 225, 225))
-        else:
+        small = None
+        if t.image is not None:
             small = t.image.convert("RGB").resize((tile_size, tile_size), Image.Resampling.LANCZOS) \
                 if t.image.size[0] == t.image.size[1] else _thumb(t.image, tile_size)
-            sheet.paste(small, (x0 + PAD + (tile_size - small.width) // 2, y0 + PAD + (tile_size - small.height) // 2))
+        w, h = (small.width, small.height) if small is not None else (tile_size, tile_size)
+        left, upper = x0 + PAD + (tile_size - w) // 2, y0 + PAD + (tile_size - h) // 2
+        if t.selected:  # the frame follows the picture: a wide banner's frame is wide, not a square behind it
+            draw.rectangle([left - FRAME, upper - FRAME, left + w + FRAME - 1, upper + h + FRAME - 1], fill=SELECTED)
+        if small is None:
+            draw.rectangle([left, upper, left + w - 1, upper + h - 1], fill=(225, 225, 225))
+        else:
+            sheet.paste(small, (left, upper))
         ink = SELECTED if t.selected else STATUS_INK.get(t.status, INK)
         for i, line in enumerate(tile_lines[(t.cell, t.seed)]):
             draw.text((x0 + PAD, y0 + 2 * PAD + tile_size + i * LINE), _wrap(draw, line, tile_size, font)[0],
