@@ -4,7 +4,7 @@ A kit is built locally from a seed, in the same folder layout as the public chec
 that the engine loads it through exactly the code paths it uses for real weights
 (`from_pretrained`, `load_ip_adapter`). Same seed and library versions, same bytes.
 
-- variant `sd15` (`builtin:tiny`): base, a canny and a second ("depth") ControlNet, two
+- variant `sd15` (`builtin:tiny`): base, a canny, a second ("depth") and a tile ControlNet, two
   IP-Adapters sharing one image encoder (so multi-ControlNet and multi-adapter profiles are
   testable), and a tiny CLIP for scoring;
 - variant `sdxl` (`builtin:tiny-sdxl`): two text encoders (the second with projection), a
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from transformers import CLIPTextModel, CLIPTokenizer
 
 # 2: a tiny CLIP (text + vision with projections) under clip/ for scoring;
-# 3: a second ControlNet and IP-Adapter, and the sdxl variant.
-KIT_FORMAT_VERSION = 3
+# 3: a second ControlNet and IP-Adapter, and the sdxl variant; 4: a tile ControlNet (sd15), for upscaling.
+KIT_FORMAT_VERSION = 4
 KIT_MANIFEST = "KIT.json"
 IP_ADAPTER_WEIGHT_NAME = "ip-adapter_tiny.safetensors"
 IP_ADAPTER_2_WEIGHT_NAME = "ip-adapter_tiny_2.safetensors"
@@ -80,6 +80,9 @@ def build_tiny_kit(dest: Path, *, seed: int = 0, variant: str = "sd15") -> Path:
             _save_base(dest / "base", unet, seed)
             _save_controlnet(dest / "controlnet", unet, seed)
             _save_controlnet(dest / "controlnet_depth", unet, seed + 100)
+            # The tile ControlNet of the `tile` upscale: conditioned on the picture itself (a trained one
+            # keeps the tile's content while img2img adds detail); random here, like the others.
+            _save_controlnet(dest / "controlnet_tile", unet, seed + 200)
             ip_dir = dest / "ip_adapter" / "models"
             _save_image_encoder(ip_dir / "image_encoder", seed)
             _save_ip_adapter(ip_dir / IP_ADAPTER_WEIGHT_NAME, unet, seed)
