@@ -24,6 +24,7 @@ from adapters.storage import ObjectStore, parallel_map
 from catalogs.models import Product
 from tasks.canny import canvas_kinds, canvas_name, fit_to_canvas
 from tasks.channels import channel_checks, params_box, row_layout
+from tasks.finish import paste_back
 from tasks.plan import Batch, Shard, ShardContext
 from tasks.scores import edge_map, is_blank, pixel_scores, product_mask_on_canvas
 from tasks.tables import BatchInputs, RunContext, generation_rows
@@ -56,14 +57,17 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
     canvases = conditioning.load_canvases(store, ctx.controls, batch.product_id, batch.params, kinds)
     style_input = conditioning.style_input(store, style)
     start = time.perf_counter()
-    fresh = engine.generate(
-        canvases=canvases,
-        style=style_input,
-        prompts=[j.prompt for j in todo],
-        negatives=[j.negative_prompt for j in todo],
-        seeds=[j.seed for j in todo],
-        params=batch.params,
-    ) if todo else []
+    if todo and batch.params.get("background") == "white":  # composed from the photo: no model, no scene
+        fresh = [white_preview(store, product, batch.params)] * len(todo)
+    else:
+        fresh = engine.generate(
+            canvases=canvases,
+            style=style_input,
+            prompts=[j.prompt for j in todo],
+            negatives=[j.negative_prompt for j in todo],
+            seeds=[j.seed for j in todo],
+            params=batch.params,
+        ) if todo else []
     seconds = time.perf_counter() - start
     made = dict(zip([j.asset_id for j in todo], fresh, strict=True))
     # All of the batch's uploads at once (PNG encoding drops the GIL; S3 waits on latency).
@@ -82,6 +86,19 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
     rows = generation_rows(run, batch, outputs, inputs, seconds=seconds, created_at=datetime.now(UTC))
     return score_batch(store, rows, pictures, product=product, control=canvases.get("canny"),
                        style_input=style_input, clip=clip), seconds
+
+
+def white_preview(store: ObjectStore, product: Product, params: dict) -> Image.Image:
+    """A white-background image at the canvas size: the product's own pixels in its box on RGB 255.
+
+    What selection scores; the delivered image is composed again at the marketplace's size after
+    selection (adapters/finishing.py), with its shadow, the product cut to its outline to fill the frame.
+    """
+    photo = load_image(store, product.image_key, product.sha256)
+    mask, _ = load_mask(store, product, photo)
+    width, height = int(params["width"]), int(params["height"])
+    white = Image.new("RGB", (width, height), (255, 255, 255))
+    return paste_back(white, photo, mask, params_box(params) or (0, 0, width, height)).image
 
 
 @functools.lru_cache(maxsize=16)

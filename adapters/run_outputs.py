@@ -76,11 +76,13 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
     font = sheet_font()
 
     def output(row: dict) -> Image.Image | None:
-        if local_copy and (path := publish.local_image_path(local_copy, run_id, row["asset_id"])).is_file():
+        # A finished image (upscaled, on white, pasted back) is shown in place of its source.
+        shown = row.get("finish") or row
+        if local_copy and (path := publish.local_image_path(local_copy, run_id, shown["asset_id"])).is_file():
             with Image.open(path) as image:
                 image.load()
                 return image
-        return load_image(store, row["output_key"]) if row.get("output_key") else None
+        return load_image(store, shown["output_key"]) if shown.get("output_key") else None
 
     def one(group: tuple[str, str, str | None]) -> tuple[str, str]:
         (product_id, style_id, channel), members = group, groups[group]

@@ -611,6 +611,10 @@ class Campaign(_Strict):
         for name, spec in channels.items():
             if not re.fullmatch(ID_PATTERN, name):
                 raise ValueError(f"channel name {name!r} must be a slug (lowercase letters, digits, '-' and '_')")
+            market = spec.preset if spec.preset in MARKETPLACE_PRESETS else name if name in MARKETPLACE_PRESETS else None
+            if market and spec.delivery and (spec.delivery.format != "jpeg" or not spec.delivery.srgb):
+                raise ValueError(f"channel {name!r}: a {market} image is delivered as sRGB JPEG; its `delivery:` "
+                                 f"asks for {spec.delivery.format}{'' if spec.delivery.srgb else ' without sRGB'}")
             if spec.preset is None and name not in PRESETS and None in (spec.width, spec.height, spec.aspect):
                 raise ValueError(f"channel {name!r} is no preset ({', '.join(PRESETS)}): give it `preset:`, "
                                  "or `width`, `height` and `aspect` of its own")

@@ -123,7 +123,7 @@ def stretch_note(photo: Image.Image, box: Sequence[int]) -> str | None:
     scale = min(w / photo.width, h / photo.height)
     if scale <= 1.0:
         return None
-    return (f"product photo {photo.width}x{photo.height} is smaller than its {w}x{h} box at this size: "
+    return (f"the product photo gives {photo.width}x{photo.height} px, less than its {w}x{h} box at this size: "
             f"stretched x{scale:.2f} (a larger catalog photo gives a sharper product)")
 
 
@@ -134,7 +134,7 @@ class Finished:
     image: Image.Image
     product: np.ndarray  # booleans: the product's pixels (keep-mask >= 128)
     reference: Image.Image  # the catalog photo fitted at this size: what fidelity is measured against
-    shadow: np.ndarray | None = None  # booleans: where the shadow shows; None without one
+    shadow: np.ndarray | None = None  # booleans: where the shadow and the product's soft outline may be grey
     note: str | None = None
     pasted: bool = False
 
@@ -149,12 +149,13 @@ def paste_back(base: Image.Image, photo: Image.Image, mask: Image.Image | None, 
     width, height = base.size
     fitted = fit_to_canvas(photo, width, height, box=box)
     keep = canvas_mask(photo, mask, width, height, box)
-    product = np.asarray(keep) >= 128
-    region = None
+    levels = np.asarray(keep)
+    product = levels >= 128
+    region = (levels > 0) & ~product  # the product's anti-aliased outline: part product, never pure white
     if shadow is not None:
         alpha = shadow_alpha(product, shadow)
         base = draw_shadow(base, alpha, shadow.colour)
-        region = shadow_region(alpha) & ~product
+        region |= shadow_region(alpha) & ~product
     image = Image.composite(fitted, base.convert("RGB"), keep)
     return Finished(image=image, product=product, reference=fitted, shadow=region, note=stretch_note(photo, box),
                     pasted=True)

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from PIL import Image, ImageDraw, ImageFont
 
+from tasks.marketplace import check_words
 from tasks.values import is_missing
 
 BACKGROUND = (255, 255, 255)
@@ -284,6 +285,13 @@ def tile_for(row: dict, image: Image.Image | None) -> Tile:
         f"F1 {_fmt(row.get('edge_f1'))}  SSIM {_fmt(row.get('product_ssim'))}  dE {_fmt(row.get('product_delta_e'), 1)}",
         f"CLIP-T {_fmt(row.get('clip_text'))}  CLIP-I {_fmt(row.get('clip_style'))}",
         f"sharp {_fmt(row.get('sharpness'), 0)}  score {_fmt(row.get('score'))}",
-    )
+    ) + ((finish_line(row["finish"]),) if row.get("finish") else ())
     return Tile(cell=tuple(tuple(kv) for kv in row["cell"]), seed=int(row["seed"]), image=image, lines=lines,
                 status=status, selected=bool(row.get("selected")))
+
+
+def finish_line(finish: dict) -> str:
+    """A finished image under its tile: its size and, for a marketplace, whether its checks pass."""
+    size = f"{finish['width']}x{finish['height']}"
+    checks = check_words(finish)
+    return f"{size} {checks}" if checks else f"finished {size} ({finish['method']})"
