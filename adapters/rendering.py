@@ -26,7 +26,7 @@ from tasks.canny import canvas_kinds, canvas_name, fit_to_canvas
 from tasks.channels import channel_checks, params_box, row_layout
 from tasks.finish import paste_back
 from tasks.plan import Batch, Shard, ShardContext
-from tasks.scores import edge_map, is_blank, pixel_scores, product_mask_on_canvas
+from tasks.scores import clipped_share, edge_map, is_blank, pixel_scores, product_mask_on_canvas
 from tasks.tables import BatchInputs, RunContext, generation_rows
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
     )
     rows = generation_rows(run, batch, outputs, inputs, seconds=seconds, created_at=datetime.now(UTC))
     return score_batch(store, rows, pictures, product=product, control=canvases.get("canny"),
-                       style_input=style_input, clip=clip), seconds
+                       style_input=style_input, clip=clip, white=batch.params.get("background") == "white"), seconds
 
 
 def white_preview(store: ObjectStore, product: Product, params: dict) -> Image.Image:
@@ -121,7 +121,8 @@ def product_view(store: ObjectStore, product: Product, width: int, height: int,
 
 
 def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Image], *, product: Product,
-                control: Image.Image | None, style_input: StyleInput, clip: ClipScorer | None) -> list[dict]:
+                control: Image.Image | None, style_input: StyleInput, clip: ClipScorer | None,
+                white: bool = False) -> list[dict]:
     """The batch's rows with every score filled in; a blank image is marked failed.
 
     Fidelity is measured against the product photo as the control images placed it (in a channel's
@@ -129,6 +130,7 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
     `control` is the batch's canny control image; without one (a profile with other
     ControlNets) the fitted product's edges are computed here with the same thresholds.
     A photo or mask that cannot be read any more leaves the fidelity scores and `product_mask` null.
+    `white`: images on a white background, whose background hash is left null (they repeat no scene).
     """
     first = rows[0]
     width, height, low, high = (int(first[k]) for k in ("width", "height", "canny_low", "canny_high"))
@@ -165,6 +167,8 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
             checks.update(safe_zone_share=None, product_share=None, product_cut=None)
         row.update(scores, **checks, product_mask=source, clip_text=clip_text, clip_style=clip_style,
                    clip_model=clip.name if clip is not None else None)
+        if white:  # white by design: its background repeats no scene, and it is not blown out
+            row.update(background_hash=None, clipped_share=clipped_share(image, region) if region.any() else None)
         if is_blank(image):
             row.update(status="failed", status_reason="blank image: every pixel is the same colour")
     return rows

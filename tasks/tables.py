@@ -106,7 +106,7 @@ GENERATIONS = (
     Column("clip_model", "string", "CLIP weights behind clip_text and clip_style (source/subfolder@revision); null when CLIP scoring was off or could not load"),
     Column("sharpness", "float64", "variance of the Laplacian of the grey image (higher is crisper)"),
     Column("luminance", "float64", "mean luminance, 0 (black) to 1 (white)"),
-    Column("clipped_share", "float64", "share of pixels crushed to black (grey <= 1) or blown to white (grey >= 254)"),
+    Column("clipped_share", "float64", "share of pixels crushed to black (grey <= 1) or blown to white (grey >= 254); for an image on a white background (a marketplace main image), of the product's pixels only"),
     Column("colourfulness", "float64", "Hasler-Suesstrunk colourfulness (0 = grey, about 100 = extremely colourful)"),
     Column("safe_zone_share", "float64", "channel check: share of the product's pixels (its mask as placed on the canvas) inside the channel's safe zones; 0 = clear of the copy's room; null when the product region is unknown"),
     Column("product_share", "float64", "channel check: share of the canvas the product's mask covers; null when the product region is unknown"),
