@@ -185,3 +185,33 @@ def test_the_white_preview_uses_the_cut_out_product():
     cut = product(64)
     done = compose_white(cut, None, (800, 800), 0.8)
     assert product_fill(done.product) == pytest.approx(0.8, abs=0.01)
+
+
+def test_delivery_takes_the_finished_file_and_refuses_a_main_image_that_fails_its_checks():
+    from tasks.review import ReviewRequest, channel_formats, channel_marketplaces, finished_sources, form_description
+
+    sources = [{"asset_id": a, "product_id": "p", "channel": c, "output_key": f"s3://a/{a}.png", "sha256": a * 8}
+               for a, c in (("aa", "amazon"), ("bb", "amazon"), ("cc", "feed"), ("dd", None))]
+    finishes = [
+        {"source_asset_id": "aa", "marketplace": "amazon-main", "checks_passed": True, "check_reasons": [],
+         "output_key": "s3://a/fa.png", "sha256": "fa"},
+        {"source_asset_id": "bb", "marketplace": "amazon-main", "checks_passed": False,
+         "check_reasons": ["product_fill 0.62 < 0.85"], "output_key": "s3://a/fb.png", "sha256": "fb"},
+        {"source_asset_id": "cc", "marketplace": None, "checks_passed": None, "check_reasons": [],
+         "output_key": "s3://a/fc.png", "sha256": "fc"},
+    ]
+    deliver, refused = finished_sources(sources, finishes)
+    assert [(s["asset_id"], s["output_key"]) for s in deliver] == [
+        ("aa", "s3://a/fa.png"), ("cc", "s3://a/fc.png"), ("dd", "s3://a/dd.png")]
+    assert refused == {"bb": "image bb: amazon-main checks fail: product_fill 0.62 < 0.85"}
+
+    spec = campaign(channels={"feed": ChannelSpec(preset="square"), "amazon": ChannelSpec(preset="amazon-main")})
+    spec = Campaign.model_validate({**spec.model_dump(), "delivery": {"format": "webp"}})
+    assert channel_marketplaces(spec) == {"amazon": "Amazon main image (amazon-main)"}
+    formats = channel_formats(spec)
+    assert formats["amazon"].format == "jpeg" and formats["amazon"].srgb and formats["feed"].format == "webp"
+    request = ReviewRequest(run_id="r", campaign=spec.name, assets="s3://a", run_date="2026-12-07",
+                            channel_delivery=formats, channel_marketplace=channel_marketplaces(spec))
+    text = form_description(request, sources[:3], None, {})
+    assert "| 1 | p | Amazon main image (amazon-main) | `s3://a/aa.png` | `aa` |" in text
+    assert "| 3 | p | feed |" in text and "delivered only when their checks pass" in text
