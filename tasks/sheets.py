@@ -16,7 +16,6 @@ from typing import TypeVar
 
 from PIL import Image, ImageDraw, ImageFont
 
-from tasks.marketplace import check_words
 from tasks.values import is_missing
 
 BACKGROUND = (255, 255, 255)
@@ -293,5 +292,7 @@ def tile_for(row: dict, image: Image.Image | None) -> Tile:
 def finish_line(finish: dict) -> str:
     """A finished image under its tile: its size and, for a marketplace, whether its checks pass."""
     size = f"{finish['width']}x{finish['height']}"
-    checks = check_words(finish)
-    return f"{size} {checks}" if checks else f"finished {size} ({finish['method']})"
+    if not finish.get("marketplace"):
+        return f"finished {size} {finish['method']}"
+    failed = [reason.split()[0] for reason in finish.get("check_reasons") or ()]
+    return f"{size} " + ("checks pass" if not failed else "FAIL " + ", ".join(failed))

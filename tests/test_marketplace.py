@@ -215,3 +215,29 @@ def test_delivery_takes_the_finished_file_and_refuses_a_main_image_that_fails_it
     text = form_description(request, sources[:3], None, {})
     assert "| 1 | p | Amazon main image (amazon-main) | `s3://a/aa.png` | `aa` |" in text
     assert "| 3 | p | feed |" in text and "delivered only when their checks pass" in text
+
+
+@pytest.mark.slow
+def test_the_tiny_kits_tile_controlnet_refines_an_upscale_in_tiles(model_cache):
+    """The `tile` method on the tiny kit: the right size, the same pixels for the same seed, the tile ControlNet's
+    img2img moving pixels away from plain Lanczos, and tiled close to one pass. The kit's weights are random and its
+    attention sees the whole tile, so its tiled and one-pass results differ everywhere a little, not only at seams
+    (with a local refinement they differ only at seams: test_tiled_and_one_pass_refinement_differ_only_near_seams)."""
+    from adapters.settings import Settings
+    from adapters.upscale import tile_upscaler
+
+    upscaler = tile_upscaler("tiny", Settings(model_cache=model_cache, device="cpu", dtype="float32"))
+    source = photo("coffee").resize((64, 64))
+    up = Upscale(long_side=192, method="tile", strength=0.3, steps=4, tile=128, overlap=32)
+    kwargs = {"prompt": "a cup", "negative": "", "seed": 5, "up": up}
+    tiled = upscaler.refine(source, (192, 192), **kwargs)
+    assert tiled.size == (192, 192)
+    assert np.array_equal(np.asarray(tiled), np.asarray(upscaler.refine(source, (192, 192), **kwargs)))
+    whole = upscaler.refine(source, (192, 192), tiled=False, **kwargs)
+    plain = np.asarray(lanczos_to(source, (192, 192)), dtype=int)
+    moved = np.abs(np.asarray(whole, dtype=int) - plain).mean()
+    apart = np.abs(np.asarray(tiled, dtype=int) - np.asarray(whole, dtype=int)).mean()
+    assert moved > 5  # the refinement did something
+    assert apart < 0.6 * moved, (apart, moved)  # tiles land near the one pass, far nearer than to plain Lanczos
+    with pytest.raises(ValueError, match="multiples of 8"):
+        upscaler.refine(source, (190, 190), **kwargs)
