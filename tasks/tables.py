@@ -251,7 +251,7 @@ DELIVERIES = (
     Column("asset_id", "string", "the delivered image's asset id"),
     Column("product_id", "string", "catalog product of the image"),
     Column("channel", "string", "the image's channel, whose `delivery:` format it was written in (the campaign's where the channel sets none); `default` for an image without a channel"),
-    Column("source_key", "string", "s3 URI of the published PNG the delivery was made from"),
+    Column("source_key", "string", "s3 URI of the published PNG the delivery was made from: the finished image (`finishes.output_key`) where the run finished it, else the generated one"),
     Column("source_sha256", "string", "sha256 of that PNG"),
     Column("delivered_key", "string", "s3 URI of the delivered file: <assets>/delivery/<campaign>/<channel>/<product_id>/<asset_id>.<ext>"),
     Column("format", "string", "jpeg or webp"),
