@@ -133,6 +133,8 @@ def test_kit_layout_matches_the_tiny_profile(kit: Path, tiny_profile: ModelProfi
         "controlnet/diffusion_pytorch_model.safetensors",
         "controlnet_depth/diffusion_pytorch_model.safetensors",
         "controlnet_tile/diffusion_pytorch_model.safetensors",
+        "upscaler/model_index.json",
+        "upscaler/unet/diffusion_pytorch_model.safetensors",
         "ip_adapter/models/ip-adapter_tiny.safetensors",
         "ip_adapter/models/ip-adapter_tiny_2.safetensors",
         "ip_adapter/models/image_encoder/config.json",

@@ -241,3 +241,26 @@ def test_the_tiny_kits_tile_controlnet_refines_an_upscale_in_tiles(model_cache):
     assert apart < 0.6 * moved, (apart, moved)  # tiles land near the one pass, far nearer than to plain Lanczos
     with pytest.raises(ValueError, match="multiples of 8"):
         upscaler.refine(source, (190, 190), **kwargs)
+
+
+@pytest.mark.slow
+def test_the_x4_upscaler_of_a_profile_makes_the_asked_size(model_cache):
+    """`method: x4` runs the profile's SD x4 upscaler pipeline (the tiny kit has one at toy size)."""
+    from adapters.settings import Settings
+    from adapters.upscale import x4_upscaler
+
+    upscaler = x4_upscaler("tiny", Settings(model_cache=model_cache, device="cpu", dtype="float32"))
+    source = photo("coffee").resize((48, 32))
+    up = Upscale(long_side=200, method="x4", steps=2)
+    out = upscaler.refine(source, (200, 136), prompt="a cup", negative="", seed=2, up=up)
+    assert out.size == (200, 136)
+    assert upscaler.revision.startswith("builtin:tiny/upscaler@")
+
+
+def test_a_profile_without_a_tile_controlnet_refuses_the_tile_method_in_one_line():
+    from adapters.models import upscale_revision
+    from adapters.settings import Settings
+    from catalogs import load_profiles
+
+    with pytest.raises(ValueError, match="profile 'sdxl' names no tile_controlnet: upscale method 'tile' needs one"):
+        upscale_revision(load_profiles()["sdxl"], Settings(), "tile_controlnet")
