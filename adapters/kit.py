@@ -329,7 +329,13 @@ def _save_x4_upscaler(path: Path, seed: int) -> None:
     class embeddings, a 4x VAE (three blocks) and the kit's text encoder, in the layout of
     stabilityai/stable-diffusion-x4-upscaler."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
