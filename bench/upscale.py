@@ -29,6 +29,7 @@ SOURCE = 256
 TILE, OVERLAP = 512, 128  # SD1.5's native tile and a quarter of it: what the sd15 profile runs
 STRENGTH, STEPS = 0.3, 20
 MEMORY_LIMIT_GB = 8  # per measured process: well under this machine's 23 GiB, shared with others
+SIDE_TIMEOUT = 1200  # seconds a side may run before it is stopped and reported as not finished
 
 
 def run_side(side: str, cache: Path) -> dict:
@@ -61,7 +62,10 @@ def measure(side: str, cache: Path) -> dict:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     cmd = [sys.executable, __file__, "--side", side, "--cache", str(cache)]
-    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=cap, cwd=ROOT, timeout=3600)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=cap, cwd=ROOT, timeout=SIDE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return {"side": side, "error": f"not finished in {SIDE_TIMEOUT // 60} minutes (stopped)"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -147,9 +151,11 @@ def report(sides: list[dict], flops: dict) -> str:
         f"{flops['tiled'] / tflop:.1f} T |",
         f"| one pass at {LONG_SIDE} px | {flops['one_pass_step'] / tflop:.1f} T | {flops['one_pass'] / tflop:.1f} T |",
         "",
-        "At an H100's ~400 TFLOP/s of dense bf16 reached at 40-50% utilisation, the tiled image is about "
-        f"{flops['tiled'] / (0.45 * 400 * tflop):.1f} s of GPU time; one pass costs more FLOPs (attention grows with "
-        "the square of the pixels) and its attention at 2048 px needs far more memory than a tile's.",
+        f"At an achieved 200 TFLOP/s (about a fifth of an H100 SXM's 989 TFLOP/s dense bf16 peak; measure it with "
+        f"bench/gpu.py before planning), the tiled image is about {flops['tiled'] / (200 * tflop):.1f} s of GPU time "
+        f"and one pass {flops['one_pass'] / (200 * tflop):.1f} s: one pass costs "
+        f"{flops['one_pass'] / flops['tiled']:.1f}x the FLOPs (attention grows with the square of the pixels) and "
+        "holds 16 times a tile's activations at once.",
     ])
 
 
