@@ -140,10 +140,12 @@ class Delivered:
     rows: list[dict] = field(default_factory=list)
     already: list[str] = field(default_factory=list)  # delivered keys written before, by this or an earlier review
     too_large: dict[str, str] = field(default_factory=dict)  # asset id -> why
+    checks_failed: dict[str, str] = field(default_factory=dict)  # asset id -> the marketplace checks it fails
 
     def extend(self, other: Delivered) -> Delivered:
         """This delivery and another (one channel's), together."""
-        return Delivered(self.rows + other.rows, self.already + other.already, {**self.too_large, **other.too_large})
+        return Delivered(self.rows + other.rows, self.already + other.already, {**self.too_large, **other.too_large},
+                         {**self.checks_failed, **other.checks_failed})
 
 
 def deliver(store: ObjectStore, request: ReviewRequest, review_id: str, sources: Sequence[Mapping],
@@ -200,6 +202,7 @@ class ReviewedRun:
 
     manifest: dict
     images: tuple[dict, ...]
+    finishes: tuple[dict, ...] = ()  # the run's finished images (upscaled, on white, checked), by source
 
     @property
     def selected(self) -> list[dict]:
@@ -221,7 +224,8 @@ def reviewed_run(store: ObjectStore, request: ReviewRequest) -> ReviewedRun:
     except FileNotFoundError:
         raise FileNotFoundError(f"review of run {request.run_id}: the run is not committed ({uri} is missing)") from None
     rows = publish.read_table(store, manifest, "generations").to_dict("records")
-    return ReviewedRun(manifest=manifest, images=tuple(rows))
+    finishes = publish.read_table(store, manifest, "finishes").to_dict("records")
+    return ReviewedRun(manifest=manifest, images=tuple(rows), finishes=tuple(finishes))
 
 
 def mark_gallery(store: ObjectStore, request: ReviewRequest, run: ReviewedRun, states: dict[str, str]) -> str | None:
@@ -231,6 +235,8 @@ def mark_gallery(store: ObjectStore, request: ReviewRequest, run: ReviewedRun, s
     runs = publish.read_table(store, run.manifest, "runs").to_dict("records")
     left_out = dict(runs[0]["left_out"]) if runs and runs[0].get("left_out") is not None else {}
     title = runs[0].get("title") if runs else None
-    return run_outputs.write_gallery(store, request.assets, request.run_id, request.campaign, list(run.images),
+    by_source = {f["source_asset_id"]: f for f in run.finishes}
+    shown = [{**r, "finish": by_source[r["asset_id"]]} if r["asset_id"] in by_source else r for r in run.images]
+    return run_outputs.write_gallery(store, request.assets, request.run_id, request.campaign, shown,
                                      run.manifest.get("sheets", {}), [p["uri"] for p in run.manifest["parts"]],
                                      left_out, title=title if isinstance(title, str) else None, reviews=states)

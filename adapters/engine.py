@@ -238,6 +238,11 @@ class Engine:
         self.options: EngineOptions | None = None  # None: the pipeline as loaded; see set_options
 
     @property
+    def lock(self) -> threading.Lock:
+        """Held for every pipeline call on this engine's components (the upscaler's tiles share them)."""
+        return self._lock
+
+    @property
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 

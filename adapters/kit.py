@@ -4,7 +4,8 @@ A kit is built locally from a seed, in the same folder layout as the public chec
 that the engine loads it through exactly the code paths it uses for real weights
 (`from_pretrained`, `load_ip_adapter`). Same seed and library versions, same bytes.
 
-- variant `sd15` (`builtin:tiny`): base, a canny and a second ("depth") ControlNet, two
+- variant `sd15` (`builtin:tiny`): base, a canny, a second ("depth") and a tile ControlNet, an SD x4
+  upscaler pipeline (the upscale stage's `tile` and `x4` methods), two
   IP-Adapters sharing one image encoder (so multi-ControlNet and multi-adapter profiles are
   testable), and a tiny CLIP for scoring;
 - variant `sdxl` (`builtin:tiny-sdxl`): two text encoders (the second with projection), a
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
     from transformers import CLIPTextModel, CLIPTokenizer
 
 # 2: a tiny CLIP (text + vision with projections) under clip/ for scoring;
-# 3: a second ControlNet and IP-Adapter, and the sdxl variant.
-KIT_FORMAT_VERSION = 3
+# 3: a second ControlNet and IP-Adapter, and the sdxl variant; 4: a tile ControlNet and an x4 upscaler (sd15).
+KIT_FORMAT_VERSION = 4
 KIT_MANIFEST = "KIT.json"
 IP_ADAPTER_WEIGHT_NAME = "ip-adapter_tiny.safetensors"
 IP_ADAPTER_2_WEIGHT_NAME = "ip-adapter_tiny_2.safetensors"
@@ -80,6 +81,10 @@ def build_tiny_kit(dest: Path, *, seed: int = 0, variant: str = "sd15") -> Path:
             _save_base(dest / "base", unet, seed)
             _save_controlnet(dest / "controlnet", unet, seed)
             _save_controlnet(dest / "controlnet_depth", unet, seed + 100)
+            # The tile ControlNet of the `tile` upscale: conditioned on the picture itself (a trained one
+            # keeps the tile's content while img2img adds detail); random here, like the others.
+            _save_controlnet(dest / "controlnet_tile", unet, seed + 200)
+            _save_x4_upscaler(dest / "upscaler", seed + 300)
             ip_dir = dest / "ip_adapter" / "models"
             _save_image_encoder(ip_dir / "image_encoder", seed)
             _save_ip_adapter(ip_dir / IP_ADAPTER_WEIGHT_NAME, unet, seed)
@@ -317,6 +322,39 @@ def _save_controlnet(path: Path, unet: UNet2DConditionModel, seed: int) -> None:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * CONTROLNET_ZERO_CONV_STD)
             conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen) * CONTROLNET_ZERO_CONV_STD)
     controlnet.save_pretrained(path, safe_serialization=True)
+
+
+def _save_x4_upscaler(path: Path, seed: int) -> None:
+    """The SD x4 upscaler's pipeline at toy size: a 7-channel UNet (latents + the low-res image) with noise-level
+    class embeddings, a 4x VAE (three blocks) and the kit's text encoder, in the layout of
+    stabilityai/stable-diffusion-x4-upscaler."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=7, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(32, 64), layers_per_block=1,
+        cross_attention_dim=CROSS_ATTENTION_DIM, num_class_embeds=1000, attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 32, 32), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=32, scaling_factor=0.08333)
+    tokenizer, vocab, merges = build_tokenizer()
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=_build_text_encoder(seed), tokenizer=tokenizer, unet=unet,
+        low_res_scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0001,
+                                        beta_end=0.02),
+        scheduler=DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                beta_end=0.012, prediction_type="v_prediction"),
+        safety_checker=None, feature_extractor=None, watermarker=None, max_noise_level=350)
+    pipe.save_pretrained(path, safe_serialization=True)
+    _write_slow_tokenizer_files(path / "tokenizer", vocab, merges)
 
 
 def _edge_probe() -> torch.Tensor:

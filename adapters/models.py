@@ -152,6 +152,47 @@ def profile_revision(profile: ModelProfile, settings: Settings) -> str:
     return ";".join(parts)
 
 
+def load_tile_controlnet(profile: ModelProfile, settings: Settings, *, dtype: torch.dtype):
+    """The profile's tile ControlNet (the `tile` upscale's), on the CPU; ValueError when the profile names none."""
+    from diffusers import ControlNetModel
+
+    ref = _upscale_ref(profile, "tile_controlnet")
+    label = f"profile {profile.name!r}: tile ControlNet weights"
+    where = _locate(ref, settings, label, {})
+    with quiet_progress_bars(), _friendly_load_errors(label, ref.source):
+        return ControlNetModel.from_pretrained(_component_path(ref, where), dtype=dtype, **_hub_kwargs(ref, where))
+
+
+def load_x4_upscaler(profile: ModelProfile, settings: Settings, *, device: str, dtype: torch.dtype):
+    """The profile's SD x4 upscaler pipeline on `device`, progress bars off; ValueError when the profile names none."""
+    from diffusers import StableDiffusionUpscalePipeline
+
+    ref = _upscale_ref(profile, "upscaler")
+    label = f"profile {profile.name!r}: x4 upscaler weights"
+    where = _locate(ref, settings, label, {})
+    with quiet_progress_bars(), _friendly_load_errors(label, ref.source):
+        pipe = StableDiffusionUpscalePipeline.from_pretrained(_component_path(ref, where), dtype=dtype,
+                                                              **_hub_kwargs(ref, where, subfolder=False))
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def upscale_revision(profile: ModelProfile, settings: Settings, what: str) -> str:
+    """The revision of the profile's `tile_controlnet` or `upscaler`: part of a finished image's id."""
+    ref = _upscale_ref(profile, what)
+    return _ref_revision(ref, settings, f"profile {profile.name!r}: {what} weights")
+
+
+def _upscale_ref(profile: ModelProfile, what: str) -> WeightsRef:
+    ref = getattr(profile, what)
+    if ref is None:
+        method = "tile" if what == "tile_controlnet" else "x4"
+        raise ValueError(f"profile {profile.name!r} names no {what}: upscale method {method!r} needs one "
+                         "(catalogs/profiles.yaml), or use method lanczos")
+    return ref
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries whose numerics shape the pixels."""
     return {name: metadata.version(name) for name in ("torch", "diffusers", "transformers")}
@@ -437,4 +478,5 @@ def _listing_revision(listing: dict[str, dict[str, Any]]) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["S3Mirror", "library_versions", "load_pipeline", "mirror_s3_prefix", "profile_revision", "resolve_weights"]
+__all__ = ["S3Mirror", "library_versions", "load_pipeline", "load_tile_controlnet", "load_x4_upscaler", "mirror_s3_prefix",
+           "profile_revision", "resolve_weights", "upscale_revision"]

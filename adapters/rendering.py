@@ -25,8 +25,9 @@ from catalogs.models import Product
 from tasks.canny import canvas_kinds, canvas_name, fit_to_canvas
 from tasks.channels import channel_checks, params_box, row_layout
 from tasks.consistency import background_look
+from tasks.finish import paste_back
 from tasks.plan import Batch, Shard, ShardContext
-from tasks.scores import background_region, edge_map, is_blank, pixel_scores, product_mask_on_canvas
+from tasks.scores import background_region, clipped_share, edge_map, is_blank, pixel_scores, product_mask_on_canvas
 from tasks.tables import BatchInputs, RunContext, generation_rows
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,17 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
     canvases = conditioning.load_canvases(store, ctx.controls, batch.product_id, batch.params, kinds)
     style_input = conditioning.style_input(store, style)
     start = time.perf_counter()
-    fresh = engine.generate(
-        canvases=canvases,
-        style=style_input,
-        prompts=[j.prompt for j in todo],
-        negatives=[j.negative_prompt for j in todo],
-        seeds=[j.seed for j in todo],
-        params=batch.params,
-    ) if todo else []
+    if todo and batch.params.get("background") == "white":  # composed from the photo: no model, no scene
+        fresh = [white_preview(store, product, batch.params)] * len(todo)
+    else:
+        fresh = engine.generate(
+            canvases=canvases,
+            style=style_input,
+            prompts=[j.prompt for j in todo],
+            negatives=[j.negative_prompt for j in todo],
+            seeds=[j.seed for j in todo],
+            params=batch.params,
+        ) if todo else []
     seconds = time.perf_counter() - start
     made = dict(zip([j.asset_id for j in todo], fresh, strict=True))
     # All of the batch's uploads at once (PNG encoding drops the GIL; S3 waits on latency).
@@ -82,7 +86,20 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
     )
     rows = generation_rows(run, batch, outputs, inputs, seconds=seconds, created_at=datetime.now(UTC))
     return score_batch(store, rows, pictures, product=product, control=canvases.get("canny"),
-                       style_input=style_input, clip=clip), seconds
+                       style_input=style_input, clip=clip, white=batch.params.get("background") == "white"), seconds
+
+
+def white_preview(store: ObjectStore, product: Product, params: dict) -> Image.Image:
+    """A white-background image at the canvas size: the product's own pixels in its box on RGB 255.
+
+    What selection scores; the delivered image is composed again at the marketplace's size after
+    selection (adapters/finishing.py), with its shadow, the product cut to its outline to fill the frame.
+    """
+    photo = load_image(store, product.image_key, product.sha256)
+    mask, _ = load_mask(store, product, photo)
+    width, height = int(params["width"]), int(params["height"])
+    white = Image.new("RGB", (width, height), (255, 255, 255))
+    return paste_back(white, photo, mask, params_box(params) or (0, 0, width, height)).image
 
 
 @functools.lru_cache(maxsize=16)
@@ -105,7 +122,8 @@ def product_view(store: ObjectStore, product: Product, width: int, height: int,
 
 
 def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Image], *, product: Product,
-                control: Image.Image | None, style_input: StyleInput, clip: ClipScorer | None) -> list[dict]:
+                control: Image.Image | None, style_input: StyleInput, clip: ClipScorer | None,
+                white: bool = False) -> list[dict]:
     """The batch's rows with every score filled in; a blank image is marked failed.
 
     Fidelity is measured against the product photo as the control images placed it (in a channel's
@@ -113,6 +131,7 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
     `control` is the batch's canny control image; without one (a profile with other
     ControlNets) the fitted product's edges are computed here with the same thresholds.
     A photo or mask that cannot be read any more leaves the fidelity scores and `product_mask` null.
+    `white`: images on a white background, whose background hash is left null (they repeat no scene).
     """
     first = rows[0]
     width, height, low, high = (int(first[k]) for k in ("width", "height", "canny_low", "canny_high"))
@@ -155,6 +174,8 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
             checks.update(safe_zone_share=None, product_share=None, product_cut=None)
         row.update(scores, **checks, product_mask=source, clip_text=clip_text, clip_style=clip_style,
                    clip_model=clip.name if clip is not None else None)
+        if white:  # white by design: its background repeats no scene, and it is not blown out
+            row.update(background_hash=None, clipped_share=clipped_share(image, region) if region.any() else None)
         if is_blank(image):
             row.update(status="failed", status_reason="blank image: every pixel is the same colour")
     return rows

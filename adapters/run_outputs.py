@@ -78,7 +78,8 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
     font = sheet_font()
 
     def output(row: dict) -> Image.Image | None:
-        return output_image(store, run_id, row, local_copy)
+        # A finished image (upscaled, on white, pasted back) is shown in place of its source.
+        return output_image(store, run_id, row.get("finish") or row, local_copy)
 
     def one(group: tuple[str, str, str | None]) -> tuple[str, str]:
         (product_id, style_id, channel), members = group, groups[group]

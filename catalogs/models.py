@@ -130,6 +130,10 @@ PARAMETER_AXES = frozenset({
 CHANNEL_AXIS = "channel"
 # The placements shipped as presets (their sizes per profile and layouts are in tasks/channels.py).
 CHANNEL_PRESETS = ("square", "portrait", "story", "banner")
+# Marketplace presets: a marketplace's main (or gallery) image, its size, background rule and checks
+# (tasks/marketplace.py). A channel named after one, or with `preset:` one, is made to its rules.
+MARKETPLACE_PRESETS = ("amazon-main", "jd-main", "tmall-main", "shopify-square")
+PRESETS = CHANNEL_PRESETS + MARKETPLACE_PRESETS
 # The cell key recording which optional parts (`a|b|c`) a cell switches on.
 OPTIONAL_KEY = "optional"
 AxisValue = str | int | float
@@ -454,6 +458,61 @@ class DeliveryFormat(_Strict):
         return {"jpeg": "jpg", "webp": "webp"}[self.format]
 
 
+class Upscale(_Strict):
+    """How an image is brought to its delivery size after selection (`upscale:` of a campaign, channel or preset).
+
+    `tile`: Lanczos to the size, then img2img with the profile's tile ControlNet at a low strength, in
+    overlapping tiles whose seams are blended (memory stays that of one tile); `lanczos`: no model;
+    `x4`: the profile's SD x4 upscaler pipeline. Only the selected images by default.
+    """
+
+    long_side: int = Field(ge=64, le=8192)
+    method: Literal["tile", "lanczos", "x4"] = "lanczos"
+    only: Literal["selected", "all"] = "selected"
+    strength: float = Field(default=0.3, gt=0, le=1)  # tile: how far from the Lanczos image denoising starts
+    steps: int = Field(default=20, ge=1, le=200)  # tile: scheduler steps (about steps x strength are run)
+    guidance: float = Field(default=5.0, ge=0, le=30)
+    controlnet_scale: float = Field(default=1.0, ge=0, le=2)
+    tile: int | None = Field(default=None, ge=32, le=2048, multiple_of=8)  # None: the profile's native size
+    overlap: int | None = Field(default=None, ge=0, le=1024, multiple_of=8)  # None: a quarter of the tile
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> Upscale:
+        if self.tile is not None and self.overlap is not None and self.overlap * 2 >= self.tile:
+            raise ValueError(f"overlap {self.overlap} must be under half the tile {self.tile}")
+        return self
+
+
+class Shadow(_Strict):
+    """A grounded shadow drawn from the product's mask under the pasted product (as Bria's shadow options).
+
+    `contact`: a soft ellipse where the product meets the ground; `drop`: the product's silhouette,
+    offset and blurred; `both`. Offsets and blur are shares of the product's height on the image, so the
+    same shadow comes out at any size; `size` is the contact shadow's width as a share of the product's.
+    """
+
+    type: Literal["contact", "drop", "both"] = "contact"
+    offset: tuple[float, float] = (0.02, 0.03)  # drop shadow: right, down
+    blur: float = Field(default=0.04, ge=0, le=0.5)
+    opacity: float = Field(default=0.35, ge=0, le=1)
+    size: float = Field(default=0.9, gt=0, le=2)
+    colour: tuple[int, int, int] = (0, 0, 0)
+
+    @field_validator("offset")
+    @classmethod
+    def _offset_small(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if any(abs(v) > 0.5 for v in value):
+            raise ValueError(f"offset {list(value)} must be shares of the product's height within -0.5..0.5")
+        return value
+
+    @field_validator("colour")
+    @classmethod
+    def _colour_bytes(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= v <= 255 for v in value):
+            raise ValueError(f"colour {list(value)} must be three values from 0 to 255")
+        return value
+
+
 class Zone(_Strict):
     """A rectangle of the canvas as fractions of its width and height (0 = left or top edge, 1 = right or bottom).
 
@@ -481,7 +540,8 @@ class ChannelSpec(_Strict):
     left out takes the preset's value (sizes suit the campaign's model profile).
     """
 
-    preset: Literal["square", "portrait", "story", "banner"] | None = None
+    preset: Literal["square", "portrait", "story", "banner", "amazon-main", "jd-main", "tmall-main",
+                    "shopify-square"] | None = None
     width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
     height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
     aspect: str | None = Field(default=None, pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")  # "9:16": what the output must match
@@ -491,6 +551,11 @@ class ChannelSpec(_Strict):
     margin: float | None = Field(default=None, ge=0, lt=0.5)  # kept clear at every edge, as a share of the short side
     # How this channel's approved images are delivered; unset: the campaign's `delivery:` format.
     delivery: DeliveryFormat | None = None
+    # white: the product on pure white (RGB 255) with only its shadow, no generated scene (a marketplace's
+    # main image); scene: what the model makes. Unset: the preset's rule (scene for the placements).
+    background: Literal["scene", "white"] | None = None
+    upscale: Upscale | None = None  # unset: the preset's, else the campaign's
+    shadow: Shadow | None = None  # unset: the preset's, else the campaign's
 
 
 class Campaign(_Strict):
@@ -516,6 +581,10 @@ class Campaign(_Strict):
     # A person's sign-off in the Prefect UI before delivery, and the format approved images are delivered in.
     review: Review = Review()
     delivery: DeliveryFormat = DeliveryFormat()
+    # After selection: bring images to a delivery size, and draw a grounded shadow under pasted products
+    # (each channel may set its own; a marketplace preset brings its size and shadow).
+    upscale: Upscale | None = None
+    shadow: Shadow | None = None
 
     @field_validator("name", mode="before")
     @classmethod
@@ -557,8 +626,12 @@ class Campaign(_Strict):
         for name, spec in channels.items():
             if not re.fullmatch(ID_PATTERN, name):
                 raise ValueError(f"channel name {name!r} must be a slug (lowercase letters, digits, '-' and '_')")
-            if spec.preset is None and name not in CHANNEL_PRESETS and None in (spec.width, spec.height, spec.aspect):
-                raise ValueError(f"channel {name!r} is no preset ({', '.join(CHANNEL_PRESETS)}): give it `preset:`, "
+            market = spec.preset if spec.preset in MARKETPLACE_PRESETS else name if name in MARKETPLACE_PRESETS else None
+            if market and spec.delivery and (spec.delivery.format != "jpeg" or not spec.delivery.srgb):
+                raise ValueError(f"channel {name!r}: a {market} image is delivered as sRGB JPEG; its `delivery:` "
+                                 f"asks for {spec.delivery.format}{'' if spec.delivery.srgb else ' without sRGB'}")
+            if spec.preset is None and name not in PRESETS and None in (spec.width, spec.height, spec.aspect):
+                raise ValueError(f"channel {name!r} is no preset ({', '.join(PRESETS)}): give it `preset:`, "
                                  "or `width`, `height` and `aspect` of its own")
         return channels
 
@@ -566,7 +639,7 @@ class Campaign(_Strict):
     def _parameter_axes_valid(self) -> Campaign:
         for name, values in self.matrix.axes.items():
             if name == CHANNEL_AXIS:
-                known = set(self.channels) if self.channels else set(CHANNEL_PRESETS)
+                known = set(self.channels) if self.channels else set(PRESETS)
                 bad = [v for v in values if str(v) not in known]
                 if bad:
                     where = "names in `channels:`" if self.channels else "presets"
@@ -630,6 +703,10 @@ class ModelProfile(_Strict):
     controlnet: ControlNetRef | tuple[ControlNetRef, ...]
     ip_adapter: IPAdapterRef | tuple[IPAdapterRef, ...]
     description: str = ""
+    # For the `tile` upscale: a ControlNet trained on tiles (SD1.5's control_v11f1e_sd15_tile); for `x4`:
+    # the SD x4 upscaler pipeline. Not part of the profile's revision: finished images hash their own.
+    tile_controlnet: WeightsRef | None = None
+    upscaler: WeightsRef | None = None
 
     @model_validator(mode="after")
     def _one_of_each_kind(self) -> ModelProfile:

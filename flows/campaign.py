@@ -26,7 +26,7 @@ from tasks.consistency import spread_columns
 from tasks.estimate import estimate_generation
 from tasks.plan import ShardContext, maskless_products
 from tasks.request import narrow
-from tasks.review import ReviewRequest, channel_formats
+from tasks.review import ReviewRequest, channel_formats, channel_marketplaces
 from tasks.tables import channels_as_written, run_parameters, run_row
 
 
@@ -124,7 +124,8 @@ def run_campaign(request: RunRequest) -> RunSummary:
     if spec.review.required and rows:  # after the commit: a review reads the committed run, in its own flow run
         summary = summary.model_copy(update={"review": start_review(ReviewRequest(
             run_id=run_id, campaign=spec.name, title=spec.title, assets=assets, run_date=run_date, gallery=gallery,
-            review=spec.review, delivery=spec.delivery, channel_delivery=channel_formats(spec)),
+            review=spec.review, delivery=spec.delivery, channel_delivery=channel_formats(spec),
+            channel_marketplace=channel_marketplaces(spec)),
             settings.review_deployment)})
     logger.info(summary.lines()[0])
     return summary
@@ -167,12 +168,29 @@ def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products:
     if not rows:
         return [], parts, {}, None
     parts.append(steps.write_cell_metrics(store, ctx.assets, ctx.run_date, ctx.run_id, spec.name, rows))
-    sheets = steps.write_sheets(store, ctx.assets, ctx.run_id, rows, products, styles, ctx.controls, title=spec.title,
+    # After selection: the chosen images to their delivery size, products pasted back, marketplace checks.
+    finishes, finish_part = steps.finish_images(store, ctx, spec, products, rows)
+    if finish_part:
+        parts.append(finish_part)
+    shown = with_finishes(rows, finishes)
+    sheets = steps.write_sheets(store, ctx.assets, ctx.run_id, shown, products, styles, ctx.controls, title=spec.title,
                                 local_copy=ctx.local_copy)
     sheets |= steps.write_overview(store, ctx.assets, ctx.run_id, rows, title=spec.title, local_copy=ctx.local_copy)
-    gallery = steps.write_gallery(store, ctx.assets, ctx.run_id, spec.name, rows, sheets, [p["uri"] for p in parts],
+    gallery = steps.write_gallery(store, ctx.assets, ctx.run_id, spec.name, shown, sheets, [p["uri"] for p in parts],
                                   left_out=left_out, title=spec.title)
     return rows, parts, sheets, gallery
+
+
+def with_finishes(rows: Sequence[dict], finishes: Sequence[dict]) -> list[dict]:
+    """The rows as the sheets and gallery show them: each finished image's size, file and checks beside its source."""
+    by_source = {f["source_asset_id"]: f for f in finishes}
+    return [{**r, "finish": by_source[r["asset_id"]]} if r["asset_id"] in by_source else r for r in rows]
+
+
+def finished_images(parts: Sequence[dict], store: S3Store) -> list[dict]:
+    """The manifest's entries of the run's finished images (so readers, copies and GC know them)."""
+    table = publish.read_table(store, {"parts": [p for p in parts if p.get("table") == "finishes"]}, "finishes")
+    return [{"asset_id": r.asset_id, "uri": r.output_key, "sha256": r.sha256} for r in table.itertuples()]
 
 
 def commit_run(store: S3Store, assets: str, summary: RunSummary, parts: Sequence[dict], generated: Generated,
@@ -180,7 +198,8 @@ def commit_run(store: S3Store, assets: str, summary: RunSummary, parts: Sequence
     """Write the run's manifest, last: the one conditional put that makes every part and image count."""
     publish.write_manifest(store, assets, summary.run_id, {
         "schema_version": 2, "run_id": summary.run_id, "campaign": summary.campaign, "created_at": finished.isoformat(),
-        "parts": list(parts), "images": list(generated.images), "gallery": summary.gallery, "sheets": summary.sheets,
+        "parts": list(parts), "images": [*generated.images, *finished_images(parts, store)], "gallery": summary.gallery,
+        "sheets": summary.sheets,
         "controls": controls,
         "counts": summary.model_dump(include={"images_planned", "images_generated", "images_skipped",
                                               "images_selected", "images_failed", "batches", "quarantined"}),

@@ -46,6 +46,7 @@ from tasks.review import (
     approved,
     decided_images,
     delivery_groups,
+    finished_sources,
     form_description,
     latest_decisions,
     review_rows,
@@ -167,8 +168,11 @@ def record_review(store: S3Store, request: ReviewRequest, run: delivery.Reviewed
     latest = latest_decisions(steps.read_review_parts(store, request.assets, "reviews", request.run_date, request.run_id))
     recorded = {r["delivered_key"] for r in steps.read_review_parts(store, request.assets, "deliveries",
                                                                      request.run_date, request.run_id)}
-    sources = [run.known[a] for a in approved(latest) if a in run.known]
-    done = delivery.Delivered()
+    # A finished image goes out in place of its source; a marketplace image only when its checks pass.
+    sources, refused = finished_sources([run.known[a] for a in approved(latest) if a in run.known], run.finishes)
+    for why in refused.values():
+        logger.warning("not delivered: %s", why)
+    done = delivery.Delivered(checks_failed=refused)
     for channel, fmt, group in delivery_groups(request, sources):  # each channel in its own format and folder
         done = done.extend(steps.deliver(store, request, review_id, group, recorded, fmt=fmt, channel=channel))
     part = steps.write_review_part(store, request.assets, "deliveries", request, review_id, done.rows)
@@ -177,12 +181,14 @@ def record_review(store: S3Store, request: ReviewRequest, run: delivery.Reviewed
     payload = {"run_id": request.run_id, "campaign": request.campaign, "review_id": review_id,
                "reviewer": answer.reviewer, "approved": counts["approve"], "rejected": counts["reject"],
                "held": counts["hold"], "delivered": len(done.rows), "already_delivered": len(done.already),
-               "too_large": sorted(done.too_large), "deliveries_table": part, "gallery": gallery,
+               "too_large": sorted(done.too_large), "checks_failed": sorted(done.checks_failed),
+               "deliveries_table": part, "gallery": gallery,
                "keys": [r["delivered_key"] for r in done.rows][:100]}
     emit_event(event=DELIVERY_COMPLETED, resource=run_resource(request), payload=payload)
     logger.info("review %s of run %s by %s: %d approved, %d rejected, %d held; %d files delivered, %d already there, "
-                "%d too large", review_id, request.run_id, answer.reviewer, counts["approve"], counts["reject"],
-                counts["hold"], len(done.rows), len(done.already), len(done.too_large))
+                "%d too large, %d failing their marketplace checks", review_id, request.run_id, answer.reviewer,
+                counts["approve"], counts["reject"], counts["hold"], len(done.rows), len(done.already),
+                len(done.too_large), len(done.checks_failed))
     create_markdown_artifact(_summary(payload, done), key=artifact_key(request.campaign, "review"),
                              description=f"review of run {request.run_id}")
     return payload
@@ -226,6 +232,6 @@ def _summary(payload: dict, done: delivery.Delivered) -> str:
     lines = [f"# Review of run {payload['run_id']} by {payload['reviewer']}", "",
              f"{payload['approved']} approved, {payload['rejected']} rejected, {payload['held']} on hold.", "",
              f"{payload['delivered']} files delivered, {payload['already_delivered']} were already delivered.", ""]
-    lines += [f"- not delivered: {why}" for why in done.too_large.values()]
+    lines += [f"- not delivered: {why}" for why in [*done.too_large.values(), *done.checks_failed.values()]]
     lines += [f"- `{r['delivered_key']}` ({r['bytes']:,} bytes, quality {r['quality']})" for r in done.rows[:50]]
     return "\n".join(lines) + "\n"

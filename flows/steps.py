@@ -26,6 +26,7 @@ from adapters import (
     claims,
     conditioning,
     delivery,
+    finishing,
     publish,
     run_outputs,
     snapshots,
@@ -87,6 +88,8 @@ write_cell_metrics = io_step(run_outputs.write_cell_metrics, name="write-cell-me
 write_sheets = io_step(run_outputs.write_sheets, name="contact-sheets")
 write_overview = io_step(run_outputs.write_overview, name="overview-sheet")
 write_gallery = io_step(run_outputs.write_gallery, name="gallery")
+# After selection: upscale, paste back, shadow, marketplace checks (the tile and x4 methods run a model here).
+finish_images = step(finishing.finish_run, name="finish-images", retries=1, tags=["gpu"])
 write_runs_part = io_step(publish.put_table_part, name="write-runs-part")
 # After the commit: the run's local copy (`RunRequest.local_copy`), for the CLI's out/.
 copy_run = io_step(publish.copy_run, name="local-copy")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from catalogs.models import CHANNEL_AXIS, CHANNEL_PRESETS, Campaign, ChannelSpec, ModelProfile, Zone
+from catalogs.models import CHANNEL_AXIS, PRESETS, Campaign, ChannelSpec, ModelProfile, Zone
+from tasks.marketplace import MARKETPLACES
 from tasks.values import is_missing
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels; right and bottom exclusive
@@ -42,6 +43,13 @@ PRESET_SIZES: dict[str, dict[str, tuple[int, int]]] = {
     "sd15": {"square": (512, 512), "portrait": (512, 640), "story": (576, 1024), "banner": (1024, 576)},
     "sdxl": {"square": (1024, 1024), "portrait": (1024, 1280), "story": (1024, 1792), "banner": (1792, 1024)},
 }
+# A marketplace preset is made on the family's square canvas, the product as large as its fill asks;
+# its final size, background rule and checks are the marketplace's (tasks/marketplace.py).
+for _name, _market in MARKETPLACES.items():
+    PRESET_LAYOUTS[_name] = {"aspect": "1:1", "anchor": "centre", "max_share": 1.0,
+                             "margin": round((1 - _market.fill) / 2, 4), "safe_zones": (), "background": _market.background}
+    for _sizes in PRESET_SIZES.values():
+        _sizes[_name] = _sizes["square"]
 MIN_BOX = 8  # the smallest product box, in pixels a side, that a layout must leave room for
 
 
@@ -57,6 +65,7 @@ class Layout:
     max_share: float
     margin: float
     safe_zones: tuple[Box, ...]
+    background: str = "scene"  # white: the product composed on RGB 255, no generated scene
 
     @property
     def margin_px(self) -> int:
@@ -85,13 +94,13 @@ def resolve_channel(name: str, spec: ChannelSpec, family: str) -> Layout:
     Raises:
         ValueError: a channel that is no preset lacks a size or aspect, or an unknown size family.
     """
-    preset = spec.preset or (name if name in CHANNEL_PRESETS else None)
+    preset = spec.preset or (name if name in PRESETS else None)
     if family not in PRESET_SIZES:
         raise ValueError(f"channel {name!r}: unknown size family {family!r}; known: {sorted(PRESET_SIZES)}")
     base = dict(PRESET_LAYOUTS[preset]) if preset else {"anchor": "centre", "max_share": 0.5, "margin": 0.05,
                                                         "safe_zones": ()}
     width, height = PRESET_SIZES[family][preset] if preset else (None, None)
-    fields = spec.model_dump(exclude_none=True, exclude={"preset", "delivery"})
+    fields = spec.model_dump(exclude_none=True, exclude={"preset", "delivery", "upscale", "shadow"})
     width, height = fields.pop("width", width), fields.pop("height", height)
     zones = spec.safe_zones if spec.safe_zones is not None else base["safe_zones"]
     fields.pop("safe_zones", None)
@@ -100,7 +109,8 @@ def resolve_channel(name: str, spec: ChannelSpec, family: str) -> Layout:
         raise ValueError(f"channel {name!r} is no preset: give it width, height and aspect")
     return Layout(name=name, width=int(width), height=int(height), aspect=merged["aspect"], anchor=merged["anchor"],
                   max_share=float(merged["max_share"]), margin=float(merged["margin"]),
-                  safe_zones=tuple(zone_box(z, int(width), int(height)) for z in zones))
+                  safe_zones=tuple(zone_box(z, int(width), int(height)) for z in zones),
+                  background=merged.get("background", "scene"))
 
 
 def resolve_channels(campaign: Campaign, profile: ModelProfile | None = None) -> dict[str, Layout]:
@@ -115,7 +125,7 @@ def resolve_channels(campaign: Campaign, profile: ModelProfile | None = None) ->
     names = [str(v) for v in campaign.matrix.axes.get(CHANNEL_AXIS, ())]
     family = size_family(profile, campaign.generation.profile)
     specs = campaign.channels or {}
-    known = set(specs) if specs else set(CHANNEL_PRESETS)
+    known = set(specs) if specs else set(PRESETS)
     unknown = [n for n in names if n not in known]
     if unknown:  # a run request's axis override is checked here, not when the spec is read
         raise ValueError(f"campaign {campaign.name!r}: channels {unknown} are not "
@@ -191,6 +201,8 @@ def layout_params(layout: Layout, box: Box) -> dict:
         "anchor": layout.anchor,
         "product_box": list(box),
         "safe_zones": [list(z) for z in layout.safe_zones],
+        # Only a white background is named: a scene channel's parameters (and asset ids) stay as they were.
+        **({"background": "white"} if layout.background == "white" else {}),
     }
 
 

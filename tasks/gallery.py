@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from tasks.channels import channel_of, params_box, row_layout
+from tasks.marketplace import check_words
 from tasks.values import is_missing
 
 _STYLE = """
@@ -237,6 +238,7 @@ def _card(r: Mapping, varying: Sequence[str] = (), review: str | None = None, or
              f"{_zones_svg(r)}</div>" if r.get("output_key") else '<div class="missing">no image</div>')
     channel = channel_of(r) or ""
     reason = f'<div class="reason">{_e(r["status_reason"])}</div>' if r.get("status_reason") else ""
+    reason += _finish_html(r["finish"]) if r.get("finish") else ""
     # What differs between the run's images, unless the cell already says it.
     axes = {k for k, _ in r["cell"]}
     own = generation_params(r)
@@ -253,6 +255,15 @@ def _card(r: Mapping, varying: Sequence[str] = (), review: str | None = None, or
         f'<table class="scores">{scores}</table>'
         f'<div class="params">{_e(r["asset_id"])}</div></figcaption></figure>'
     )
+
+
+def _finish_html(f: Mapping) -> str:
+    """A card's finished image: a link to it, its size and method, its marketplace checks and any note."""
+    checks = check_words(f)
+    failed = bool(f.get("marketplace")) and not f.get("checks_passed")
+    return (f'<div class="finish{" reason" if failed else ""}"><a href="images/{_e(f["asset_id"])}.png">finished '
+            f'{f["width"]}x{f["height"]}</a> ({_e(f["method"])}){" · " + _e(checks) if checks else ""}'
+            + (f" · {_e(f['note'])}" if f.get("note") else "") + "</div>")
 
 
 def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets: Mapping[str, str] | None = None,

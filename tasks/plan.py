@@ -222,6 +222,7 @@ def plan_jobs(
         raise ValueError(f"campaign {campaign.name!r}: no model profile decided (set generation.profile or STYLEMATRIX_PROFILE)")
     layouts = resolve_channels(campaign, profile)
     jobs = []
+    composed: set[tuple[str, str]] = set()  # (product, channel) of the white-background images planned
     for product in products:
         for style in styles:
             ref_shas = tuple(r.sha256 for r in style.references)
@@ -232,11 +233,18 @@ def plan_jobs(
                 params = job_params(campaign, style, cell, profile)
                 if CHANNEL_AXIS in cell.params:
                     params.update(channel_params(layouts[str(cell.params[CHANNEL_AXIS])], product))
-                if params["mode"] == "preserve" and product.mask_source == "none":
+                white = params.get("background") == "white"
+                if (params["mode"] == "preserve" or white) and product.mask_source == "none":
                     continue  # no mask, no pixels to keep: maskless_products says so
+                if white:
+                    # A white-background image is composed from the catalog photo, not generated: one per
+                    # product and channel, whatever the style, cell and seed (the first of each).
+                    if (product.product_id, str(params["channel"])) in composed:
+                        continue
+                    composed.add((product.product_id, str(params["channel"])))
                 prompt = render_prompt(matrix.template, cell, product)
                 scanned = style.ip_scale_scan or "" if "ip_scale" not in cell.params else ""
-                for seed in matrix.seed_list:
+                for seed in matrix.seed_list[:1] if white else matrix.seed_list:
                     aid = asset_id(
                         product_sha256=product.sha256,
                         reference_sha256s=ref_shas,
@@ -287,8 +295,19 @@ def modes_used(campaign: Campaign) -> set[str]:
     return {str(m) for m in campaign.matrix.axes.get("mode", (campaign.generation.mode,))}
 
 
+def white_channels(campaign: Campaign, profile: ModelProfile | None = None) -> list[str]:
+    """The campaign's channels whose images are the product on white (a marketplace's main image)."""
+    return [name for name, layout in resolve_channels(campaign, profile).items() if layout.background == "white"]
+
+
 def maskless_products(campaign: Campaign, products: Sequence[Product]) -> dict[str, str]:
-    """Products whose preserve-mode images `plan_jobs` leaves out, with the reason: they have no mask."""
+    """Products whose preserve-mode (or white-background) images `plan_jobs` leaves out, with the reason: they
+    have no mask."""
+    white = white_channels(campaign)
+    if white and "preserve" not in modes_used(campaign):
+        return {p.product_id: f"product {p.product_id!r} has no mask (no mask.png, no transparent or plain "
+                              f"background): its white-background images ({', '.join(white)}) are left out"
+                for p in products if p.mask_source == "none"}
     if "preserve" not in modes_used(campaign):
         return {}
     return {

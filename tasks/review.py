@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from catalogs.models import ID_PATTERN, Campaign, DeliveryFormat, Review
 from tasks.channels import channel_of
+from tasks.finish import channel_plan
 
 Decision = Literal["approve", "reject", "hold"]
 TIMED_OUT = "timed-out"
@@ -41,6 +42,8 @@ class ReviewRequest(BaseModel):
     delivery: DeliveryFormat = DeliveryFormat()
     # Each channel's format (its own `delivery:`, else the campaign's); empty for a campaign without channels.
     channel_delivery: dict[str, DeliveryFormat] = {}
+    # The marketplace each marketplace channel's images are for ("amazon-main": "Amazon"), for the form.
+    channel_marketplace: dict[str, str] = {}
 
 
 class ImageReview(BaseModel):
@@ -114,9 +117,38 @@ def review_states(latest: Mapping[str, Mapping], selected: Iterable[str]) -> dic
     return states
 
 
+def channel_marketplaces(campaign: Campaign) -> dict[str, str]:
+    """Each channel made to a marketplace preset, and the marketplace's main image it is (`Amazon main image`)."""
+    plans = {name: channel_plan(campaign, name) for name in campaign.channels}
+    return {name: f"{plan.marketplace.marketplace} {plan.marketplace.name.split('-', 1)[1]} image ({plan.marketplace.name})"
+            for name, plan in plans.items() if plan.marketplace is not None}
+
+
+def finished_sources(sources: Sequence[Mapping], finishes: Sequence[Mapping]) -> tuple[list[dict], dict[str, str]]:
+    """Approved images as delivery takes them: a finished image's file in place of its source, and the
+    marketplace images whose checks failed, with why (asset id -> reason): those are not delivered."""
+    by_source = {f["source_asset_id"]: f for f in finishes}
+    out: list[dict] = []
+    refused: dict[str, str] = {}
+    for source in sources:
+        finish = by_source.get(source["asset_id"])
+        if finish is None:
+            out.append(dict(source))
+        elif finish.get("marketplace") and not finish.get("checks_passed"):
+            reasons = "; ".join(finish.get("check_reasons") or ()) or "checks not passed"
+            refused[source["asset_id"]] = f"image {source['asset_id']}: {finish['marketplace']} checks fail: {reasons}"
+        else:
+            out.append({**source, "output_key": finish["output_key"], "sha256": finish["sha256"]})
+    return out, refused
+
+
 def channel_formats(campaign: Campaign) -> dict[str, DeliveryFormat]:
-    """Each channel's delivery format: the channel's own `delivery:`, else the campaign's."""
-    return {name: spec.delivery or campaign.delivery for name, spec in campaign.channels.items()}
+    """Each channel's delivery format: the channel's own `delivery:`, else the campaign's (as sRGB JPEG for a
+    marketplace preset's channel, whatever the campaign's format)."""
+    markets = channel_marketplaces(campaign)
+    return {name: spec.delivery or (campaign.delivery.model_copy(update={"format": "jpeg", "srgb": True})
+                                    if name in markets else campaign.delivery)
+            for name, spec in campaign.channels.items()}
 
 
 def delivery_groups(request: ReviewRequest, sources: Sequence[Mapping]) -> list[tuple[str, DeliveryFormat, list[Mapping]]]:
@@ -180,9 +212,15 @@ def form_description(request: ReviewRequest, selected: Sequence[Mapping], galler
     if gallery_url:
         lines += [f"[Open the gallery]({gallery_url})" if gallery_url.startswith("http") else f"Gallery: `{gallery_url}`",
                   ""]
-    lines += ["| # | product | image | asset id |", "|---|---|---|---|"]
+    markets = request.channel_marketplace
+    if markets:
+        lines += ["Marketplace images are delivered only when their checks pass (long side, white background, "
+                  "product fill, no added text).", ""]
+    lines += ["| # | product | " + ("for | " if markets else "") + "image | asset id |",
+              "|---|---|" + ("---|" if markets else "") + "---|---|"]
     for n, r in enumerate(selected, 1):
         url = image_urls.get(r["asset_id"])
         picture = f"![{r['asset_id']}]({url})" if url else f"`{r['output_key']}`"
-        lines.append(f"| {n} | {r['product_id']} | {picture} | `{r['asset_id']}` |")
+        target = (markets.get(channel_of(r) or "", channel_of(r) or "any") + " | ") if markets else ""
+        lines.append(f"| {n} | {r['product_id']} | {target}{picture} | `{r['asset_id']}` |")
     return "\n".join(lines) + "\n"

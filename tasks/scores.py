@@ -132,6 +132,12 @@ def exposure(image: Image.Image) -> tuple[float, float]:
     return float(grey.mean() / 255.0), float(clipped.mean())
 
 
+def clipped_share(image: Image.Image, region: np.ndarray) -> float:
+    """Share of a region's pixels crushed to black or blown to white (a main image's product, not its white ground)."""
+    grey = _grey(image)
+    return float(((grey <= CLIPPED_LOW) | (grey >= CLIPPED_HIGH))[region].mean())
+
+
 def colourfulness(image: Image.Image) -> float:
     """Hasler and Suesstrunk's colourfulness (0 for grey; ~100 is extremely colourful)."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float64)

@@ -242,15 +242,18 @@ def contact_sheet(tiles: Sequence[Tile], *, title: str, subtitle: str = "",
     for t in tiles:
         r, c = layout.slots[(t.cell, t.seed)]
         x0, y0 = label_w + c * cell_w, top + r * cell_h
-        if t.selected:
-            draw.rectangle([x0 + PAD - FRAME, y0 + PAD - FRAME, x0 + PAD + tile_size + FRAME - 1,
-                            y0 + PAD + tile_size + FRAME - 1], fill=SELECTED)
-        if t.image is None:
-            draw.rectangle([x0 + PAD, y0 + PAD, x0 + PAD + tile_size - 1, y0 + PAD + tile_size - 1], fill=(225, 225, 225))
-        else:
+        small = None
+        if t.image is not None:
             small = t.image.convert("RGB").resize((tile_size, tile_size), Image.Resampling.LANCZOS) \
                 if t.image.size[0] == t.image.size[1] else _thumb(t.image, tile_size)
-            sheet.paste(small, (x0 + PAD + (tile_size - small.width) // 2, y0 + PAD + (tile_size - small.height) // 2))
+        w, h = (small.width, small.height) if small is not None else (tile_size, tile_size)
+        left, upper = x0 + PAD + (tile_size - w) // 2, y0 + PAD + (tile_size - h) // 2
+        if t.selected:  # the frame follows the picture: a wide banner's frame is wide, not a square behind it
+            draw.rectangle([left - FRAME, upper - FRAME, left + w + FRAME - 1, upper + h + FRAME - 1], fill=SELECTED)
+        if small is None:
+            draw.rectangle([left, upper, left + w - 1, upper + h - 1], fill=(225, 225, 225))
+        else:
+            sheet.paste(small, (left, upper))
         ink = SELECTED if t.selected else STATUS_INK.get(t.status, INK)
         for i, line in enumerate(tile_lines[(t.cell, t.seed)]):
             draw.text((x0 + PAD, y0 + 2 * PAD + tile_size + i * LINE), _wrap(draw, line, tile_size, font)[0],
@@ -281,7 +284,7 @@ def tile_for(row: dict, image: Image.Image | None) -> Tile:
         f"F1 {_fmt(row.get('edge_f1'))}  SSIM {_fmt(row.get('product_ssim'))}  dE {_fmt(row.get('product_delta_e'), 1)}",
         f"CLIP-T {_fmt(row.get('clip_text'))}  CLIP-I {_fmt(row.get('clip_style'))}",
         f"sharp {_fmt(row.get('sharpness'), 0)}  score {_fmt(row.get('score'))}",
-    )
+    ) + ((finish_line(row["finish"]),) if row.get("finish") else ())
     return Tile(cell=tuple(tuple(kv) for kv in row["cell"]), seed=int(row["seed"]), image=image, lines=lines,
                 status=status, selected=bool(row.get("selected")))
 
@@ -389,3 +392,10 @@ def overview_sheet(lines: Sequence[OverviewLine], images: dict[str, Image.Image 
                 draw.text((x0 + PAD, y0 + 2 * PAD + tile_size + i * LINE), _wrap(draw, drawable(text), tile_size, font)[0],
                           fill=OUTLIER if outlier and i == 0 else INK, font=font)
     return sheet
+def finish_line(finish: dict) -> str:
+    """A finished image under its tile: its size and, for a marketplace, whether its checks pass."""
+    size = f"{finish['width']}x{finish['height']}"
+    if not finish.get("marketplace"):
+        return f"finished {size} {finish['method']}"
+    failed = [reason.split()[0] for reason in finish.get("check_reasons") or ()]
+    return f"{size} " + ("checks pass" if not failed else "FAIL " + ", ".join(failed))

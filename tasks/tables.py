@@ -17,7 +17,7 @@ import pandas as pd
 from catalogs.models import Campaign, RunRequest
 from tasks.plan import Batch
 
-SCHEMA_VERSION = 8  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title, left_out, images_taken_over, images_left_to_others, left_to_runs; generations.made_by_run. 5: generations.channel, channel_aspect, anchor, box_left/top/right/bottom, safe_zones and the channel checks safe_zone_share, product_share, product_cut, size_error, aspect_error. 6: generations.ip_scale_scan_id; the style_scans table. 7: the reviews and deliveries tables. 8: consistency: generations.clip_embedding, background_palette, background_lightness, background_cct, consistency_distance, embedding_distance, palette_distance, lighting_distance, consistency_outlier, consistency_within; cell_metrics.mean_consistency_distance, consistency_outliers; runs.consistency_spread, consistency_spreads
+SCHEMA_VERSION = 8  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title, left_out, images_taken_over, images_left_to_others, left_to_runs; generations.made_by_run. 5: generations.channel, channel_aspect, anchor, box_left/top/right/bottom, safe_zones and the channel checks safe_zone_share, product_share, product_cut, size_error, aspect_error. 6: generations.ip_scale_scan_id; the style_scans table. 7: the reviews and deliveries tables. 8: consistency: generations.clip_embedding, background_palette, background_lightness, background_cct, consistency_distance, embedding_distance, palette_distance, lighting_distance, consistency_outlier, consistency_within; cell_metrics.mean_consistency_distance, consistency_outliers; runs.consistency_spread, consistency_spreads; the finishes table
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ GENERATIONS = (
     Column("clip_model", "string", "CLIP weights behind clip_text and clip_style (source/subfolder@revision); null when CLIP scoring was off or could not load"),
     Column("sharpness", "float64", "variance of the Laplacian of the grey image (higher is crisper)"),
     Column("luminance", "float64", "mean luminance, 0 (black) to 1 (white)"),
-    Column("clipped_share", "float64", "share of pixels crushed to black (grey <= 1) or blown to white (grey >= 254)"),
+    Column("clipped_share", "float64", "share of pixels crushed to black (grey <= 1) or blown to white (grey >= 254); for an image on a white background (a marketplace main image), of the product's pixels only"),
     Column("colourfulness", "float64", "Hasler-Suesstrunk colourfulness (0 = grey, about 100 = extremely colourful)"),
     Column("safe_zone_share", "float64", "channel check: share of the product's pixels (its mask as placed on the canvas) inside the channel's safe zones; 0 = clear of the copy's room; null when the product region is unknown"),
     Column("product_share", "float64", "channel check: share of the canvas the product's mask covers; null when the product region is unknown"),
@@ -265,7 +265,7 @@ DELIVERIES = (
     Column("asset_id", "string", "the delivered image's asset id"),
     Column("product_id", "string", "catalog product of the image"),
     Column("channel", "string", "the image's channel, whose `delivery:` format it was written in (the campaign's where the channel sets none); `default` for an image without a channel"),
-    Column("source_key", "string", "s3 URI of the published PNG the delivery was made from"),
+    Column("source_key", "string", "s3 URI of the published PNG the delivery was made from: the finished image (`finishes.output_key`) where the run finished it, else the generated one"),
     Column("source_sha256", "string", "sha256 of that PNG"),
     Column("delivered_key", "string", "s3 URI of the delivered file: <assets>/delivery/<campaign>/<channel>/<product_id>/<asset_id>.<ext>"),
     Column("format", "string", "jpeg or webp"),
@@ -279,8 +279,46 @@ DELIVERIES = (
     Column("delivered_at", "timestamp", "when the file was written (UTC)"),
 )
 
+# One row per finished image (tasks/finish.py, adapters/finishing.py): upscaled, pasted back, shadowed, checked.
+FINISHES = (
+    Column("schema_version", "int32", "version of this table's schema"),
+    Column("asset_id", "string", "the finished image's own asset id: sha256 over its source image, its finishing plan, size and refining model"),
+    Column("source_asset_id", "string", "the `generations` image it was made from (its seed, prompt and parameters are there)"),
+    Column("run_id", "string", "run that finished it"),
+    Column("campaign", "string", "campaign name"),
+    Column("product_id", "string", "catalog product"),
+    Column("channel", "string", "the source image's channel; null without one"),
+    Column("marketplace", "string", "the marketplace preset whose checks gate it (amazon-main, jd-main, tmall-main, shopify-square); null for other channels"),
+    Column("background", "string", "white (the product on RGB 255 with only its shadow, composed from the catalog photo) or scene (the model's picture)"),
+    Column("method", "string", "how it was brought to its size: lanczos, tile (Lanczos, then the tile ControlNet's img2img in blended tiles), x4 (the SD x4 upscaler), compose (a white-background image drawn at its size) or none (kept at the render's size)"),
+    Column("upscale", "string", "the upscale settings as JSON (long_side, method, only, strength, steps, guidance, controlnet_scale, tile, overlap); null without an upscale"),
+    Column("model_revision", "string", "revision of the weights that refined it (the profile's tile ControlNet or x4 upscaler); null for lanczos, compose and none"),
+    Column("seed", "int64", "seed of the refinement's noise (the source image's seed)"),
+    Column("source_width", "int32", "width of the source image in pixels"),
+    Column("source_height", "int32", "height of the source image in pixels"),
+    Column("width", "int32", "width of the finished image in pixels"),
+    Column("height", "int32", "height of the finished image in pixels"),
+    Column("shadow", "string", "the grounded shadow's settings as JSON (type, offset, blur, opacity, size, colour); null without one"),
+    Column("paste_back", "bool", "the product's pixels were pasted from the catalog photo at the finished size (preserve mode, white background)"),
+    Column("product_stretched", "bool", "the catalog photo was smaller than the product's box at the finished size and was stretched to fill it (see note)"),
+    Column("note", "string", "what a person should know about this image (the stretched photo, in one line); null otherwise"),
+    Column("product_ssim", "float64", "structural similarity of the product region to the catalog photo fitted at the finished size (1 = identical)"),
+    Column("product_delta_e", "float64", "mean CIEDE2000 colour difference of the product region from that photo, at the finished size"),
+    Column("long_side", "int32", "marketplace check: the finished image's long side in pixels"),
+    Column("white_background_share", "float64", "marketplace check: share of the background (outside the product and its shadow) within 3 levels of RGB 255 on every channel; null for a scene background"),
+    Column("product_fill", "float64", "marketplace check: the product's bounding box width or height as a share of the image's, whichever is larger"),
+    Column("text_added", "bool", "marketplace check: text or a logo was drawn on the image (stylematrix draws none on a finished image; text a model painted is not detected)"),
+    Column("checks_passed", "bool", "every check of its marketplace preset passed: only then is it delivered; null without a marketplace"),
+    Column("check_reasons", "list<string>", "each failed check with its value and the threshold (`product_fill 0.62 < 0.85`); empty when all pass"),
+    Column("output_key", "string", "s3 URI of the finished PNG"),
+    Column("sha256", "string", "sha256 of the finished PNG bytes"),
+    Column("bytes", "int64", "size of the finished PNG"),
+    Column("finish_seconds", "float64", "wall time of finishing this image (reading, upscaling, composing, checking, writing)"),
+    Column("created_at", "timestamp", "when the finished image was written (UTC)"),
+)
+
 TABLES = {"generations": GENERATIONS, "runs": RUNS, "cell_metrics": CELL_METRICS, "style_scans": STYLE_SCANS,
-          "reviews": REVIEWS, "deliveries": DELIVERIES}
+          "reviews": REVIEWS, "deliveries": DELIVERIES, "finishes": FINISHES}
 
 # What a `generations` row carries until it is scored and selected.
 UNSCORED: dict[str, object] = {

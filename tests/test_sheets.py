@@ -153,3 +153,21 @@ def test_gallery_cards_show_the_generation_parameters_that_vary():
     assert "<figure" in render_gallery("r2", "spring", [{k: v for k, v in rows[0].items()
                                                          if k in ("asset_id", "product_id", "style_id", "prompt",
                                                                   "seed", "cell", "status")}])
+
+
+def test_the_selection_frame_follows_a_wide_tile():
+    """A banner's selected tile is framed around the banner itself, not by a square block behind it."""
+    wide = Image.new("RGB", (128, 72), (20, 40, 200))
+    tiles = [Tile(cell=(("surface", "marble"),), seed=1, image=wide, selected=True)]
+    pixels = np.asarray(contact_sheet(tiles, title="banner", tile_size=64)).astype(int)
+    blue = np.argwhere((np.abs(pixels - (20, 40, 200)) <= 8).all(axis=2))
+    top, left = blue.min(axis=0)
+    bottom, right = blue.max(axis=0)
+    assert right - left + 1 == 64 and 34 <= bottom - top + 1 <= 38  # the banner, fitted to 64 px wide
+    green = (np.abs(pixels - SELECTED) <= 8).all(axis=2)
+    # The frame hugs the picture on all four sides ...
+    for y, x in ((top - 2, (left + right) // 2), (bottom + 2, (left + right) // 2), ((top + bottom) // 2, left - 2),
+                 ((top + bottom) // 2, right + 2)):
+        assert green[y, x], (y, x)
+    # ... and nothing green sits above or below it, where a square tile's frame would reach.
+    assert not green[: top - 6].any() and not green[bottom + 6:].any()
