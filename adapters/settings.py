@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # another run takes the asset over. Longer than a batch takes, shorter than you would wait for a dead run.
     claim_lease_seconds: float = Field(default=900.0, gt=0)
     worker_name: str = Field(default_factory=socket.gethostname)
+    # The `sim` profile's simulated GPU: seconds per image (a run may set its own, `RunRequest.sim_seconds`).
+    sim_seconds_per_image: float = Field(default=0.0, ge=0)
     s3_endpoint: str | None = Field(
         default=None,
         validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "STYLEMATRIX_S3_ENDPOINT"),

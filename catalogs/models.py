@@ -610,7 +610,8 @@ class ModelProfile(_Strict):
     """A named set of weights the engine loads together: one or more ControlNets and IP-Adapters."""
 
     name: str = Field(pattern=ID_PATTERN)
-    pipeline: Literal["sd15", "sdxl"] = "sd15"
+    # `sim`: no model, a simulated GPU for load-testing the orchestration (adapters/sim_engine.py).
+    pipeline: Literal["sd15", "sdxl", "sim"] = "sd15"
     base: WeightsRef
     controlnet: ControlNetRef | tuple[ControlNetRef, ...]
     ip_adapter: IPAdapterRef | tuple[IPAdapterRef, ...]
@@ -679,6 +680,9 @@ class RunRequest(_Strict):
         default=None, description="A folder on the machine that runs the campaign: the run is copied into "
                                   "<folder>/<run_id>/ as it is made, and <folder>/latest points at it "
                                   "(`stylematrix run` passes its out/)")
+    sim_seconds: float | None = Field(
+        default=None, ge=0, description="Profile `sim` only (a simulated GPU, for load tests): seconds per image "
+                                        "(default: the GPU workers' STYLEMATRIX_SIM_SECONDS_PER_IMAGE)")
     triggered_by: Literal["cli", "demo", "schedule", "ui", "api", "test"] = "api"
 
 

@@ -76,6 +76,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
         progress=steps.start_progress(spec.name, run_id) if batches else None,
         claim_lease_seconds=settings.claim_lease_seconds,
         local_copy=request.local_copy,
+        sim_seconds=request.sim_seconds,
     )
     shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
     generated = run_shards(shards, ctx, store, settings)

@@ -100,6 +100,8 @@ class ShardContext(_Frozen):
     # Shards in the campaign's process write each image into the run's local copy as they publish it
     # (adapters/publish.local_image_path), so the copy never reads it back; None on the pool.
     local_copy: str | None = None
+    # The `sim` profile's seconds per image for this run (`RunRequest.sim_seconds`); None: the worker's setting.
+    sim_seconds: float | None = None
 
 
 def asset_id(
