@@ -720,6 +720,8 @@ class RunSummary(_Strict):
     estimated_seconds: float | None = None  # dry run: generation time from earlier runs' speed (None: no basis)
     estimate_basis: str = ""
     review: str | None = None  # the review waiting for a decision: its Prefect flow run, or why none could start
+    # Reports that failed (contact-sheets, gallery, artifacts) -> why; the run committed without them.
+    reports_failed: dict[str, str] = {}
 
     def lines(self) -> list[str]:
         """What a person wants to read when a run ends."""
@@ -744,6 +746,8 @@ class RunSummary(_Strict):
             lines.append(f"  left to:  {self.images_left_to_others} images that run {', '.join(self.left_to_runs)} "
                          "was making at the same time")
         lines += [f"  WARNING: left out {what}: {why}" for what, why in self.left_out.items()]
+        lines += [f"  WARNING: report {what} failed: {why} (make it again: stylematrix report {self.run_id})"
+                  for what, why in self.reports_failed.items()]
         lines += [f"  table:    {t}" for t in self.tables]
         if self.gallery:
             lines.append(f"  gallery:  {self.gallery}")
