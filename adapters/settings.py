@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     images_per_shard: int = Field(default=64, ge=1)
     shard_attempts: int = Field(default=3, ge=1)
     shard_poll_seconds: float = Field(default=2.0, gt=0)
+    # Shards handed to the pool at once: each poll reads the states (and beats) of these, whatever the run's size.
+    shards_in_flight: int = Field(default=64, ge=1)
     # A campaign whose review is required starts this deployment (prefect.yaml: `review`) after it commits.
     review_deployment: str = "review-run/review"
     # A run's claim on an asset (adapters/claims.py) older than this, never committed, is presumed abandoned:

@@ -323,12 +323,6 @@ def group_batches(jobs: Iterable[Job], batch_size: int) -> list[Batch]:
     return batches
 
 
-def finished_batches(batches: Iterable[Batch], present: Iterable[str]) -> int:
-    """How many of `batches` have every image among the `present` asset ids (in whatever order they finished)."""
-    have = set(present)
-    return sum(all(j.asset_id in have for j in b.jobs) for b in batches)
-
-
 def plan_shards(
     batches: Sequence[Batch],
     products: Sequence[Product],
