@@ -19,7 +19,7 @@ from adapters.storage import ObjectStore, parallel_map
 from catalogs.models import CHANNEL_AXIS, Product, Selection, StyleSet
 from tasks.canny import control_name
 from tasks.channels import channel_of, outline_layout, row_layout
-from tasks.gallery import render_gallery
+from tasks.gallery import gallery_files
 from tasks.select import OUTCOME, cell_metrics, select_images
 from tasks.sheets import contact_sheet, sheet_pages, tile_for
 
@@ -130,11 +130,15 @@ def _tiles(ordered: Sequence[dict], shown: Sequence[Image.Image | None], channel
 def write_gallery(store: ObjectStore, assets: str, run_id: str, campaign: str, rows: Sequence[dict],
                   sheets: dict[str, str], tables: Sequence[str], left_out: dict[str, str] | None = None, *,
                   title: str | None = None, reviews: dict[str, str] | None = None) -> str:
-    """The run's `index.html`; returns its URI. `left_out` is shown as a warning at the top; `title` heads the page;
+    """The run's `index.html` (and, for a large run, its card pages under `gallery/`: `tasks.gallery.gallery_files`);
+    returns the page's URI. `left_out` is shown as a warning at the top; `title` heads the page;
     `reviews` (asset id -> review state) marks the images once a decision exists."""
-    uri = publish.run_uri(assets, run_id, "index.html")
     links = {name.removesuffix(".jpg").replace("__", " x "): f"sheets/{name}" for name in sheets}
-    publish.put_text(store, uri, render_gallery(run_id, campaign, rows, sheets=links, tables=tables,
-                                                  left_out=left_out, title=title, reviews=reviews),
-                     "text/html; charset=utf-8")
+    files = gallery_files(run_id, campaign, rows, sheets=links, tables=tables, left_out=left_out, title=title,
+                          reviews=reviews)
+    page = files.pop("index.html")
+    parallel_map(lambda path: publish.put_text(store, publish.run_uri(assets, run_id, path), files[path],
+                                               "text/javascript; charset=utf-8"), sorted(files))
+    uri = publish.run_uri(assets, run_id, "index.html")
+    publish.put_text(store, uri, page, "text/html; charset=utf-8")  # last: it names the pages
     return uri
