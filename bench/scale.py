@@ -192,6 +192,16 @@ def main() -> None:
         print(f"plan: plan_jobs {times['plan_jobs_s']:.2f} s, dry run through the flow {times['dry_run_s']:.2f} s "
               f"({args.images} images)", flush=True)
         if args.plan_only:
+            if args.write_docs:
+                from bench.harness import write_section
+
+                write_section(ROOT / "docs" / "benchmarks.md", f"scale-plan-{args.images}", "\n".join([
+                    f"## Planning {args.images:,} images (`bench/scale.py --plan-only`)", "",
+                    f"Command: `nice -n 5 .venv/bin/python bench/scale.py --images {args.images} --plan-only "
+                    "--write-docs`; 2 cores shared with the S3 server and other work.", "",
+                    f"- `plan_jobs` alone: {times['plan_jobs_s']:.2f} s",
+                    f"- the whole dry run through the flow (catalog snapshot, plan, published ids, estimate; Prefect's "
+                    f"temporary server already up): {times['dry_run_s']:.2f} s", ""]))
             return
         result = run(store, "s3://scale-assets", args.sim_seconds)
     report(args, times, result)

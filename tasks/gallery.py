@@ -272,10 +272,12 @@ def _head(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets: Mappin
     )
 
 
-# Up to this many images the gallery is one page with every card in it (nothing to load, works from
-# any folder). Above, the cards are split into pages of PAGE_CARDS, loaded as needed (`gallery_files`).
-INLINE_LIMIT = 2000
+# Up to this many images the gallery is one page with every card in it (nothing more to load). Above,
+# the cards are split into pages of PAGE_CARDS, loaded as needed (`gallery_files`): measured in
+# Chromium, a one-page gallery of 2,000 cards took about twice as long to show its first cards as a
+# paged one of 100,000 (docs/benchmarks.md).
 PAGE_CARDS = 500
+INLINE_LIMIT = PAGE_CARDS
 PAGES = "gallery"  # the folder beside index.html that holds a paged gallery's index and card pages
 
 _PAGED_SCRIPT = """
@@ -340,7 +342,7 @@ def gallery_files(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets
     A paged gallery opens with its header and filters and an index of its pages (`gallery/index.js`:
     each page's product, style set, channel and counts per status), then reads the card pages the
     filters want, one at a time as the reader scrolls: opening it costs the same at 100,000 images as
-    at 2,000. Pages are scripts (`galleryPage(n, cards)`), not JSON: a browser runs a script from a
+    at 1,000. Pages are scripts (`galleryPage(n, cards)`), not JSON: a browser runs a script from a
     folder on disk (the run's local copy) where it refuses to fetch a file. Each page holds the cards
     of one product x style set (x channel), best first, at most `page_cards` of them; a card is the
     same HTML as on a one-page gallery, so whatever a card shows, both show.
