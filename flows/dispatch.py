@@ -144,6 +144,7 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
     silence, waiting = Silence(store), deque(shards)
     by_index = {s.index: s for s in shards}
     pool = _Pool(running={}, tries={})
+    logger.info("handing %d shards to the GPU workers, at most %d at a time", len(shards), settings.shards_in_flight)
     with get_client(sync_client=True) as client:
         while waiting or pool.running:
             while waiting and len(pool.running) < settings.shards_in_flight:
@@ -153,8 +154,8 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
             time.sleep(settings.shard_poll_seconds)
             states = _states(client, list(pool.running.values()))
             for index, task_run_id in list(pool.running.items()):
-                kind, message = _verdict(client, silence, _beat_uri(ctx, task_run_id), states.get(task_run_id),
-                                         settings.shard_lease_seconds)
+                kind, message = _verdict(client, silence, _beat_uri(ctx, task_run_id), task_run_id,
+                                         states.get(task_run_id), settings.shard_lease_seconds)
                 if kind is None:
                     continue
                 del pool.running[index]
@@ -197,7 +198,7 @@ def _states(client, task_run_ids: Sequence[str]) -> dict[str, State]:
     return states
 
 
-def _verdict(client, silence: Silence, beat: str, state: State | None,
+def _verdict(client, silence: Silence, beat: str, task_run_id: str, state: State | None,
              lease: float) -> tuple[StateType | None, str]:
     """What a shard's task run came to: (None, "") while it is scheduled or its worker beats; else its final
     state and why. A task run taken (or unknown to the server) whose heartbeat has not moved for `lease`
@@ -208,7 +209,6 @@ def _verdict(client, silence: Silence, beat: str, state: State | None,
         quiet = silence.seconds(beat)
         if quiet <= lease:
             return None, ""
-        task_run_id = beat.rsplit("/", 1)[-1].removesuffix(".json")
         if state is None:  # not recorded yet, or deleted by a worker that could not read its parameters
             return StateType.CRASHED, f"task run {task_run_id} not found for {quiet:.0f} s"
         message = f"no heartbeat from its worker for {quiet:.0f} s: the worker is gone"
