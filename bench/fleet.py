@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -77,13 +78,15 @@ def one_fleet(stack: PrefectStack, store: S3Store, workers: int, args) -> dict:
     try:
         wait_ready(stack, names)
         images = workers * args.shards_per_worker * IMAGES_PER_SHARD
-        name = f"fleet-{workers}"
+        name, bucket = f"fleet-{workers}", f"fleet-assets-{workers}-{time.time_ns()}"  # nothing already published
+        store.ensure_bucket(bucket)
         store.put(f"s3://fleet-catalog/campaigns/{name}.yaml", campaign_yaml(name, images // 8).encode())
         start = time.perf_counter()
-        summary = run_campaign(RunRequest(campaign=name, triggered_by="test", sim_seconds=args.sim_seconds))
+        summary = run_campaign(RunRequest(campaign=name, assets=f"s3://{bucket}", triggered_by="test",
+                                          sim_seconds=args.sim_seconds))
         wall = time.perf_counter() - start
-        manifest = publish.read_manifests(store, "s3://fleet-assets")
-        gens = publish.read_table(store, next(m for m in manifest if m["run_id"] == summary.run_id), "generations")
+        (manifest,) = publish.read_manifests(store, f"s3://{bucket}")
+        gens = publish.read_table(store, manifest, "generations")
         written = pd.to_datetime(gens["created_at"], utc=True)
         span = (written.max() - written.min()).total_seconds()
         per_batch = len(gens) / max(written.nunique(), 1)
@@ -93,7 +96,7 @@ def one_fleet(stack: PrefectStack, store: S3Store, workers: int, args) -> dict:
                 "rate": rate, "used": sorted(set(gens["worker"])), "generation_wall": summary.images_per_second}
     finally:
         for proc, n in zip(procs, names, strict=True):
-            proc.send_signal(2)
+            proc.send_signal(signal.SIGTERM)  # a task worker stops on it (SIGINT may be ignored in a background job)
             stack.processes.pop(n, None)
         for proc in procs:
             try:
@@ -110,16 +113,17 @@ def main() -> None:
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
+    # SIGTERM ends the bench through its `finally`s: the workers and servers it started stop with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     (TMP / "logs").mkdir()
     with LocalS3Server() as server:
         export_s3_endpoint(server.endpoint)
-        os.environ.update({"STYLEMATRIX_CATALOG": "s3://fleet-catalog", "STYLEMATRIX_ASSETS": "s3://fleet-assets",
+        os.environ.update({"STYLEMATRIX_CATALOG": "s3://fleet-catalog",
                            "STYLEMATRIX_SHARD_WORKERS": "true", "STYLEMATRIX_SHARD_POLL_SECONDS": "1",
                            "STYLEMATRIX_MODEL_CACHE": str(TMP / "models")})
         get_settings.cache_clear()
         store = S3Store.from_settings(Settings(s3_endpoint=server.endpoint))
-        for bucket in ("fleet-catalog", "fleet-assets"):
-            store.ensure_bucket(bucket)
+        store.ensure_bucket("fleet-catalog")
         seed_sample_catalog(store, "s3://fleet-catalog")
         stack = PrefectStack(home=TMP / "prefect", port=PREFECT_PORT, env=child_env(), log_dir=TMP / "logs")
         try:

@@ -162,7 +162,7 @@ def run(store: S3Store, assets: str, sim_seconds: float) -> dict:
             "images": len(images), "unique": len(set(ids)), "intact": intact, "task_runs": task_runs_of(row["flow_run_id"]),
             "manifest_bytes": len(store.get(summary.manifest)),
             "gallery_bytes": sum(o.size for o in store.list(publish.run_uri(assets, summary.run_id, "")) if
-                                 o.key.rsplit("/", 1)[-1].startswith(("index", "gallery"))),
+                                 o.key.endswith("/index.html") or "/gallery/" in o.key),
             "sheets": len(summary.sheets),
             "parts": [(p["table"], p["rows"], p["bytes"]) for p in manifest["parts"]]}
 
