@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -131,6 +132,7 @@ def main() -> None:
             results = [one_fleet(stack, store, n, args) for n in counts]
         finally:
             stack.stop()
+            shutil.rmtree(TMP, ignore_errors=True)
     report(results, args)
 
 

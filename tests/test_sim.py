@@ -56,16 +56,20 @@ def test_sim_engine_takes_its_stated_time_per_image_and_a_run_may_set_its_own():
         SimEngine(profile="sim", seconds_per_image=-1)
 
 
-def test_a_sim_campaign_goes_through_every_step_of_a_run(campaign_env, store):
+def test_a_sim_campaign_of_a_few_hundred_images_goes_through_every_step_of_a_run(campaign_env, store):
     from flows.campaign import run_campaign
 
-    store.put(f"{campaign_env['catalog']}/campaigns/simload.yaml", SIM.encode())
+    store.put(f"{campaign_env['catalog']}/campaigns/simload.yaml", SIM.replace("seeds: 6", "seeds: 100").encode())
     summary = run_campaign(RunRequest(campaign="simload", triggered_by="test", sim_seconds=0.0))
-    assert summary.images_generated == 36 and summary.images_failed == 0
+    assert summary.images_generated == 600 and summary.images_failed == 0
     manifest = json.loads(store.get(summary.manifest))
     gens = publish.read_table(store, manifest, "generations")
-    assert len(gens) == 36 and gens["asset_id"].is_unique and set(gens["device"]) == {"sim"}
-    assert gens["selected"].any() and gens["edge_f1"].notna().all()
-    for img in manifest["images"][:5]:
+    assert len(gens) == 600 and gens["asset_id"].is_unique and set(gens["device"]) == {"sim"}
+    assert gens["selected"].sum() == 2 * 4 and gens["edge_f1"].notna().all()  # top 4 of each product
+    assert (gens["status"] == "duplicate").sum() < 60  # distinct pictures, as a model's would be
+    for img in manifest["images"]:
         assert hashlib.sha256(store.get(img["uri"])).hexdigest() == img["sha256"]
+    assert len({p["uri"] for p in manifest["parts"] if p["table"] == "generations"}) == 10  # one per shard of 64
+    # A gallery of more than 500 images is paged: its page, its index, its card pages beside it.
     assert summary.sheets and summary.gallery and store.exists(summary.gallery)
+    assert store.exists(publish.run_uri(campaign_env["assets"], summary.run_id, "gallery", "index.js"))
