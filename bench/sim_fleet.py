@@ -1,6 +1,6 @@
 """Scale-out on simulated GPUs: N GPU task workers (`python -m flows.gpu_worker`, profile `sim`) on one Prefect server.
 
-    nice -n 5 .venv/bin/python bench/fleet.py --workers 1,2,4 --sim-seconds 0.25 --shards-per-worker 4 [--write-docs]
+    nice -n 5 .venv/bin/python bench/sim_fleet.py --workers 1,2,4 --sim-seconds 0.25 --shards-per-worker 4 [--write-docs]
 
 Starts the embedded S3 server and a Prefect server (flows/serve.PrefectStack, the helper the
 end-to-end tests use), then for each N: N GPU task workers, each a simulated GPU that takes
@@ -146,10 +146,10 @@ def report(results: list[dict], args) -> None:
     if args.write_docs:
         from bench.harness import write_section
 
-        key = "fleet-ceiling" if args.sim_seconds == 0 else "fleet"
+        key = "sim-fleet-ceiling" if args.sim_seconds == 0 else "sim-fleet"
         body = "\n".join([
-            f"## Simulated GPUs: {args.workers} workers at {args.sim_seconds:g} s per image (`bench/fleet.py`)", "",
-            f"Command: `nice -n 5 .venv/bin/python bench/fleet.py --workers {args.workers} --sim-seconds "
+            f"## Simulated GPUs: {args.workers} workers at {args.sim_seconds:g} s per image (`bench/sim_fleet.py`)", "",
+            f"Command: `nice -n 5 .venv/bin/python bench/sim_fleet.py --workers {args.workers} --sim-seconds "
             f"{args.sim_seconds:g} --shards-per-worker {args.shards_per_worker} --write-docs`. Prefect server "
             "(SQLite, flows/serve.PrefectStack), moto S3, the campaign and every worker on this machine's 2 cores, "
             "shared with other work; images/s from the images' write times.", "", *table, ""])
