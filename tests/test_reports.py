@@ -42,7 +42,7 @@ def test_a_failing_sheet_and_gallery_leave_the_run_committed_and_can_be_made_aga
     store.put(f"{campaign_env['catalog']}/campaigns/simload.yaml", SIM.encode())
     with monkeypatch.context() as patched:
         patched.setattr(run_outputs, "contact_sheet", broken)
-        patched.setattr(run_outputs, "render_gallery", broken)
+        patched.setattr(run_outputs, "gallery_files", broken)
         summary = run_campaign(RunRequest(campaign="simload", triggered_by="test"))
     # Committed: the manifest lists every image and the tables; the failed reports are named, with why.
     manifest = json.loads(store.get(summary.manifest))
