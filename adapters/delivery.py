@@ -23,6 +23,7 @@ from adapters import publish, run_outputs
 from adapters.parquet_io import read_parquet_bytes
 from adapters.storage import ObjectStore, join_uri
 from catalogs.models import DeliveryFormat
+from tasks.finish import with_finishes
 from tasks.review import DEFAULT_CHANNEL, ReviewRequest, delivery_path, delivery_row
 from tasks.tables import SCHEMA_VERSION
 
@@ -235,8 +236,7 @@ def mark_gallery(store: ObjectStore, request: ReviewRequest, run: ReviewedRun, s
     runs = publish.read_table(store, run.manifest, "runs").to_dict("records")
     left_out = dict(runs[0]["left_out"]) if runs and runs[0].get("left_out") is not None else {}
     title = runs[0].get("title") if runs else None
-    by_source = {f["source_asset_id"]: f for f in run.finishes}
-    shown = [{**r, "finish": by_source[r["asset_id"]]} if r["asset_id"] in by_source else r for r in run.images]
+    shown = with_finishes(run.images, run.finishes)
     return run_outputs.write_gallery(store, request.assets, request.run_id, request.campaign, shown,
                                      run.manifest.get("sheets", {}), [p["uri"] for p in run.manifest["parts"]],
                                      left_out, title=title if isinstance(title, str) else None, reviews=states)

@@ -520,7 +520,10 @@ def engine_loads() -> int:
 
 
 def get_engine(profile_name: str, settings: Settings) -> Engine:
-    """The process's engine for a profile, loaded on first use and kept for the life of the process."""
+    """The process's engine for a profile, loaded on first use and kept for the life of the process.
+
+    The `sim` pipeline gets the simulated GPU (adapters/sim_engine.py) instead: no weights, no torch call.
+    """
     from adapters.models import library_versions, load_pipeline, profile_revision
     from catalogs import load_profiles
 
@@ -532,6 +535,12 @@ def get_engine(profile_name: str, settings: Settings) -> Engine:
         if key not in _ENGINES:
             _LOADS += 1
             profile = load_profiles()[profile_name]  # a run's profile is checked where its request is applied
+            if profile.pipeline == "sim":
+                from adapters.sim_engine import SimEngine
+
+                _ENGINES[key] = SimEngine(profile=profile_name, seconds_per_image=settings.sim_seconds_per_image,
+                                          control_types=profile.control_types, adapter_images=profile.adapter_images)
+                return _ENGINES[key]
             pipe = load_pipeline(profile, settings, device=device, dtype=dtype)
             _ENGINES[key] = Engine(
                 pipe,
@@ -572,6 +581,9 @@ def model_identity(profile_name: str, settings: Settings) -> tuple[str, str, str
     from adapters.models import profile_revision
     from catalogs import load_profiles
 
+    profile = load_profiles()[profile_name]
+    if profile.pipeline == "sim":
+        return profile_revision(profile, settings), "none", "sim"
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    return profile_revision(load_profiles()[profile_name], settings), str(dtype).removeprefix("torch."), device
+    return profile_revision(profile, settings), str(dtype).removeprefix("torch."), device

@@ -36,6 +36,7 @@ class Beat:
     beats: int = 0  # goes up with every put while the shard runs
     engine_loads: int = 0  # pipelines loaded by the worker's process so far
     shards_served: int = 0  # shards this process has started, this one included
+    images_done: int = 0  # images of the shard made so far (the campaign's progress on the pool)
     state: str = "running"  # running | done | failed
     at: str = ""  # the worker's clock, for people reading it; liveness never uses it
 
@@ -61,20 +62,22 @@ def read_beats(store: ObjectStore, assets: str, run_id: str) -> list[Beat]:
 class Heartbeat:
     """Puts a `Beat` every `interval` seconds from a thread while the `with` block runs, and once at its end.
 
-    `engine_loads`, if given, is asked at every beat: the first shard of a process loads the engine mid-shard.
+    `engine_loads` and `images_done`, if given, are asked at every beat: the first shard of a process
+    loads the engine mid-shard, and the campaign counts its progress from the images done.
     """
 
     def __init__(self, store: ObjectStore, uri: str, beat: Beat, interval: float,
-                 engine_loads: Callable[[], int] | None = None) -> None:
+                 engine_loads: Callable[[], int] | None = None, images_done: Callable[[], int] | None = None) -> None:
         if interval <= 0:
             raise ValueError(f"heartbeat interval must be positive, got {interval}")
         self._store, self._uri, self._beat, self._interval = store, uri, beat, interval
         self._loads = engine_loads or (lambda: beat.engine_loads)
+        self._done = images_done or (lambda: self._beat.images_done)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{beat.shard}", daemon=True)
 
     def _put(self, **change) -> None:
-        self._beat = replace(self._beat, beats=self._beat.beats + 1, engine_loads=self._loads(),
+        self._beat = replace(self._beat, beats=self._beat.beats + 1, engine_loads=self._loads(), images_done=self._done(),
                              at=datetime.now(UTC).isoformat(), **change)
         self._store.put(self._uri, json.dumps(asdict(self._beat), sort_keys=True).encode(),
                         content_type="application/json")
@@ -103,10 +106,15 @@ class Silence:
     def __init__(self, store: ObjectStore, clock=time.monotonic) -> None:
         self._store, self._clock = store, clock
         self._seen: dict[str, tuple[int, float]] = {}  # uri -> (beats, when that count was first seen)
+        self._last: dict[str, Beat | None] = {}  # uri -> the beat read there last
+
+    def last(self, uri: str) -> Beat | None:
+        """The beat `seconds` last read at `uri` (None: none read yet); reads nothing."""
+        return self._last.get(uri)
 
     def seconds(self, uri: str) -> float:
         """Seconds since the beat at `uri` last moved; since the first call for it if no beat was put yet."""
-        beat = read_beat(self._store, uri)
+        beat = self._last[uri] = read_beat(self._store, uri)
         count = beat.beats if beat else 0
         now = self._clock()
         last = self._seen.get(uri)

@@ -144,6 +144,10 @@ def profile_revision(profile: ModelProfile, settings: Settings) -> str:
     else `unpinned`), a local folder (hash of file names and sizes: hashing GBs of contents on
     every run is too slow, and mtimes change on copy) or an s3 prefix (hash of the objects' ETags).
     """
+    if profile.pipeline == "sim":  # no weights: the simulated GPU's own revision
+        from adapters.sim_engine import SIM_REVISION
+
+        return SIM_REVISION
     refs = _refs(profile)
     sources = {ref.source for _, ref in refs}
     if len(sources) == 1 and next(iter(sources)) in BUILTIN_KITS:

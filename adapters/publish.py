@@ -188,6 +188,9 @@ def copy_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> Pat
                for p in manifest["parts"]}
     if manifest.get("gallery"):
         copies[manifest["gallery"]] = target / "index.html"
+        # A large run's gallery pages (tasks.gallery.gallery_files), beside its index.html.
+        pages = run_uri(assets, run_id, "gallery") + "/"
+        copies |= {o.uri: target / "gallery" / o.uri.removeprefix(pages) for o in store.list(pages)}
     for local in {path.parent for path in copies.values()}:
         local.mkdir(parents=True, exist_ok=True)
     parallel_map(lambda uri: copies[uri].write_bytes(store.get(uri)), list(copies))

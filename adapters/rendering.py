@@ -20,6 +20,7 @@ from adapters import claims, conditioning, publish
 from adapters.engine import Engine, StyleInput
 from adapters.images import load_image, load_mask
 from adapters.scorers import ClipScorer
+from adapters.sim_engine import SIM_PARAM
 from adapters.storage import ObjectStore, parallel_map
 from catalogs.models import Product
 from tasks.canny import canvas_kinds, canvas_name, fit_to_canvas
@@ -67,7 +68,8 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
             prompts=[j.prompt for j in todo],
             negatives=[j.negative_prompt for j in todo],
             seeds=[j.seed for j in todo],
-            params=batch.params,
+            # A run's own time per image for the simulated GPU (adapters/sim_engine.py); a real engine ignores it.
+            params=batch.params if ctx.sim_seconds is None else {**batch.params, SIM_PARAM: ctx.sim_seconds},
         ) if todo else []
     seconds = time.perf_counter() - start
     made = dict(zip([j.asset_id for j in todo], fresh, strict=True))

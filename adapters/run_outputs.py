@@ -20,9 +20,9 @@ from catalogs.models import CHANNEL_AXIS, Product, Selection, StyleSet
 from tasks.canny import control_name
 from tasks.channels import channel_of, outline_layout, row_layout
 from tasks.consistency import CAMPAIGN, selected_spreads
-from tasks.gallery import render_gallery
+from tasks.gallery import gallery_files
 from tasks.select import OUTCOME, cell_metrics, select_images
-from tasks.sheets import contact_sheet, overview_lines, overview_sheet, tile_for
+from tasks.sheets import contact_sheet, overview_lines, overview_sheet, sheet_pages, tile_for
 
 SHEET_TILE = 160  # pixels of a contact sheet tile's long side
 OVERVIEW = "overview.jpg"  # the campaign's overview sheet, beside the contact sheets (no product sheet lacks `__`)
@@ -59,7 +59,8 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
                  styles: Sequence[StyleSet], controls: dict[str, str], *, title: str | None = None,
                  local_copy: str | None = None) -> dict[str, str]:
     """One contact sheet per product x style set (x channel, in a campaign with channels), stored under the
-    run's `sheets/`; file name -> URI.
+    run's `sheets/`; file name -> URI. A sheet too large for one picture is split into pages
+    (`tasks.sheets.sheet_pages`: by rows, and across by seed), named `<...>__p01.jpg`, `__p02` ...
 
     Each is headed by the campaign's `title` (any language) where it has one, drawn in a font with CJK
     glyphs. A channel's sheet draws the channel's safe zones and product box over each image. The
@@ -81,36 +82,48 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
         # A finished image (upscaled, on white, pasted back) is shown in place of its source.
         return output_image(store, run_id, row.get("finish") or row, local_copy)
 
-    def one(group: tuple[str, str, str | None]) -> tuple[str, str]:
-        (product_id, style_id, channel), members = group, groups[group]
+    def one(page: tuple[tuple[str, str, str | None], list[dict], int, int]) -> tuple[str, str]:
+        (product_id, style_id, channel), ordered, number, pages = page
+        members = groups[(product_id, style_id, channel)]
         product, style = by_product[product_id], by_style[style_id]
         header = [(product_id, pictures[product.image_key])]
         control = controls.get(control_name(product_id, members[0]))
         if control:
             header.append(("canny", pictures[control]))
         header += [(ref.key.rsplit("/", 1)[-1].rsplit(".", 1)[0], pictures[ref.key]) for ref in style.references]
-        ordered = sorted(members, key=lambda r: (r["cell_index"], r["seed"]))
-        shown = parallel_map(output, ordered)
-        if channel:  # one channel per sheet: its axis says nothing there, its layout is drawn instead
-            shown = [outline_layout(image, row_layout(r), SHEET_TILE) if image is not None else None
-                     for r, image in zip(ordered, shown, strict=True)]
-            ordered = [{**r, "cell": [kv for kv in r["cell"] if kv[0] != CHANNEL_AXIS]} for r in ordered]
-        tiles = [tile_for(r, image) for r, image in zip(ordered, shown, strict=True)]
+        shown = parallel_map(output, ordered)  # only this page's images are held
+        tiles = _tiles(ordered, shown, channel)
         selected = sum(bool(r.get("selected")) for r in members)
         where = f"{product_id} x {style_id}" + (f" · {channel} {members[0]['width']}x{members[0]['height']}"
                                                 if channel else "")
+        paging = f" · page {number} of {pages} ({len(ordered)} images)" if pages > 1 else ""
         sheet = contact_sheet(tiles, title=" · ".join(filter(None, [title, where])),
-                              subtitle=f"run {run_id} · {len(members)} images · {selected} selected", header=header,
-                              tile_size=SHEET_TILE, font=font)
-        name = f"{product_id}__{style_id}" + (f"__{channel}" if channel else "") + ".jpg"
+                              subtitle=f"run {run_id} · {len(members)} images · {selected} selected{paging}",
+                              header=header, tile_size=SHEET_TILE, font=font)
+        name = f"{product_id}__{style_id}" + (f"__{channel}" if channel else "") + \
+            (f"__p{number:02d}" if pages > 1 else "") + ".jpg"
         uri = publish.run_uri(assets, run_id, "sheets", name)
         store.put(uri, publish.encode_jpeg(sheet), content_type="image/jpeg")
         return name, uri
 
-    # PIL drops the GIL while it resizes and encodes: two sheets at a time use two cores, and only
-    # two sheets' images are held at once.
+    pages = []
+    for group, members in groups.items():
+        ordered = sorted(members, key=lambda r: (r["cell_index"], r["seed"]))
+        split = sheet_pages(_tiles(ordered, [None] * len(ordered), group[2]))
+        pages += [(group, [ordered[i] for i in page], n, len(split)) for n, page in enumerate(split, start=1)]
+    # PIL drops the GIL while it resizes and encodes: two pages at a time use two cores, and only
+    # two pages' images are held at once.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sheets") as pool:
-        return dict(pool.map(one, list(groups)))
+        return dict(pool.map(one, pages))
+
+
+def _tiles(ordered: Sequence[dict], shown: Sequence[Image.Image | None], channel: str | None) -> list:
+    """The sheet tiles of `ordered` rows with their images; a channel's sheet draws its layout, not its axis."""
+    if channel:  # one channel per sheet: its axis says nothing there, its layout is drawn instead
+        shown = [outline_layout(image, row_layout(r), SHEET_TILE) if image is not None else None
+                 for r, image in zip(ordered, shown, strict=True)]
+        ordered = [{**r, "cell": [kv for kv in r["cell"] if kv[0] != CHANNEL_AXIS]} for r in ordered]
+    return [tile_for(r, image) for r, image in zip(ordered, shown, strict=True)]
 
 
 def output_image(store: ObjectStore, run_id: str, row: dict, local_copy: str | None) -> Image.Image | None:
@@ -144,11 +157,15 @@ def write_overview(store: ObjectStore, assets: str, run_id: str, rows: Sequence[
 def write_gallery(store: ObjectStore, assets: str, run_id: str, campaign: str, rows: Sequence[dict],
                   sheets: dict[str, str], tables: Sequence[str], left_out: dict[str, str] | None = None, *,
                   title: str | None = None, reviews: dict[str, str] | None = None) -> str:
-    """The run's `index.html`; returns its URI. `left_out` is shown as a warning at the top; `title` heads the page;
+    """The run's `index.html` (and, for a large run, its card pages under `gallery/`: `tasks.gallery.gallery_files`);
+    returns the page's URI. `left_out` is shown as a warning at the top; `title` heads the page;
     `reviews` (asset id -> review state) marks the images once a decision exists."""
-    uri = publish.run_uri(assets, run_id, "index.html")
     links = {name.removesuffix(".jpg").replace("__", " x "): f"sheets/{name}" for name in sheets}
-    publish.put_text(store, uri, render_gallery(run_id, campaign, rows, sheets=links, tables=tables,
-                                                  left_out=left_out, title=title, reviews=reviews),
-                     "text/html; charset=utf-8")
+    files = gallery_files(run_id, campaign, rows, sheets=links, tables=tables, left_out=left_out, title=title,
+                          reviews=reviews)
+    page = files.pop("index.html")
+    parallel_map(lambda path: publish.put_text(store, publish.run_uri(assets, run_id, path), files[path],
+                                               "text/javascript; charset=utf-8"), sorted(files))
+    uri = publish.run_uri(assets, run_id, "index.html")
+    publish.put_text(store, uri, page, "text/html; charset=utf-8")  # last: it names the pages
     return uri

@@ -35,7 +35,7 @@ def clip_weights(setting: str, profile: ModelProfile) -> WeightsRef | None:
 
     `auto` is the tiny kit's CLIP for a profile built from a tiny kit, openai/clip-vit-large-patch14 otherwise.
     """
-    if setting == "none":
+    if setting == "none" or profile.pipeline == "sim":  # a simulated GPU's images have nothing for CLIP to see
         return None
     if setting == "auto":
         setting = TINY_SOURCE if profile.base.source in BUILTIN_KITS else DEFAULT_CLIP

@@ -44,12 +44,16 @@ class Settings(BaseSettings):
     # A running flow run silent for this long after a heartbeat is marked Crashed by the server automation
     # `crash-silent-flow-runs` (flows/zombies.py); runs that wait on purpose (suspended, paused, scheduled) are not.
     zombie_seconds: float = Field(default=75.0, gt=FLOW_HEARTBEAT_SECONDS)
+    # Shards handed to the pool at once: each poll reads the states (and beats) of these, whatever the run's size.
+    shards_in_flight: int = Field(default=64, ge=1)
     # A campaign whose review is required starts this deployment (prefect.yaml: `review`) after it commits.
     review_deployment: str = "review-run/review"
     # A run's claim on an asset (adapters/claims.py) older than this, never committed, is presumed abandoned:
     # another run takes the asset over. Longer than a batch takes, shorter than you would wait for a dead run.
     claim_lease_seconds: float = Field(default=900.0, gt=0)
     worker_name: str = Field(default_factory=socket.gethostname)
+    # The `sim` profile's simulated GPU: seconds per image (a run may set its own, `RunRequest.sim_seconds`).
+    sim_seconds_per_image: float = Field(default=0.0, ge=0)
     s3_endpoint: str | None = Field(
         default=None,
         validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "STYLEMATRIX_S3_ENDPOINT"),

@@ -698,7 +698,8 @@ class ModelProfile(_Strict):
     """A named set of weights the engine loads together: one or more ControlNets and IP-Adapters."""
 
     name: str = Field(pattern=ID_PATTERN)
-    pipeline: Literal["sd15", "sdxl"] = "sd15"
+    # `sim`: no model, a simulated GPU for load-testing the orchestration (adapters/sim_engine.py).
+    pipeline: Literal["sd15", "sdxl", "sim"] = "sd15"
     base: WeightsRef
     controlnet: ControlNetRef | tuple[ControlNetRef, ...]
     ip_adapter: IPAdapterRef | tuple[IPAdapterRef, ...]
@@ -771,6 +772,9 @@ class RunRequest(_Strict):
         default=None, description="A folder on the machine that runs the campaign: the run is copied into "
                                   "<folder>/<run_id>/ as it is made, and <folder>/latest points at it "
                                   "(`stylematrix run` passes its out/)")
+    sim_seconds: float | None = Field(
+        default=None, ge=0, description="Profile `sim` only (a simulated GPU, for load tests): seconds per image "
+                                        "(default: the GPU workers' STYLEMATRIX_SIM_SECONDS_PER_IMAGE)")
     triggered_by: Literal["cli", "demo", "schedule", "ui", "api", "test"] = "api"
 
 
@@ -808,6 +812,8 @@ class RunSummary(_Strict):
     estimated_seconds: float | None = None  # dry run: generation time from earlier runs' speed (None: no basis)
     estimate_basis: str = ""
     review: str | None = None  # the review waiting for a decision: its Prefect flow run, or why none could start
+    # Reports that failed (contact-sheets, gallery, artifacts) -> why; the run committed without them.
+    reports_failed: dict[str, str] = {}
 
     def lines(self) -> list[str]:
         """What a person wants to read when a run ends."""
@@ -832,6 +838,8 @@ class RunSummary(_Strict):
             lines.append(f"  left to:  {self.images_left_to_others} images that run {', '.join(self.left_to_runs)} "
                          "was making at the same time")
         lines += [f"  WARNING: left out {what}: {why}" for what, why in self.left_out.items()]
+        lines += [f"  WARNING: report {what} failed: {why} (make it again: stylematrix report {self.run_id})"
+                  for what, why in self.reports_failed.items()]
         lines += [f"  table:    {t}" for t in self.tables]
         if self.gallery:
             lines.append(f"  gallery:  {self.gallery}")

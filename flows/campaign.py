@@ -17,13 +17,14 @@ from adapters.engine import load_in_background
 from adapters.settings import get_settings
 from adapters.storage import S3Store
 from catalogs.models import CHANNEL_AXIS, Campaign, Product, RunRequest, RunSummary, StyleSet
-from flows import steps
+from flows import reports, steps
 from flows.catalog import catalog_for_run
 from flows.dispatch import Generated, run_shards
 from flows.review import start_review
 from tasks.catalog_build import CatalogState
 from tasks.consistency import spread_columns
 from tasks.estimate import estimate_generation
+from tasks.finish import with_finishes
 from tasks.plan import ShardContext, maskless_products
 from tasks.request import narrow
 from tasks.review import ReviewRequest, channel_formats, channel_marketplaces
@@ -77,6 +78,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
         progress=steps.start_progress(spec.name, run_id) if batches else None,
         claim_lease_seconds=settings.claim_lease_seconds,
         local_copy=request.local_copy,
+        sim_seconds=request.sim_seconds,
     )
     shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
     generated = run_shards(shards, ctx, store, settings)
@@ -86,7 +88,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
                                lease=timedelta(seconds=settings.claim_lease_seconds)) if todo else {}
     generated = generated.owned_by(run_id, owner)
     left_to = {a: o for a, o in owner.items() if o not in ("", run_id)}
-    rows, parts, sheets, gallery = publish_outputs(store, ctx, spec, products, styles, generated, left_out)
+    rows, parts, sheets, gallery, failed = publish_outputs(store, ctx, spec, products, styles, generated, left_out)
     made = sum(r["made_by_run"] == run_id for r in rows)
 
     row = run_row(
@@ -115,8 +117,9 @@ def run_campaign(request: RunRequest) -> RunSummary:
                                "images_taken_over", "images_left_to_others", "left_to_runs")},
         left_out=left_out,
     )
-    steps.report_run(spec.name, run_id, rows, gallery=gallery, sheets=sheets, tables=summary.tables,
-                     manifest=summary.manifest, left_out=left_out, title=spec.title)
+    reports.attempt("artifacts", failed, steps.report_run, spec.name, run_id, rows, gallery=gallery, sheets=sheets,
+                    tables=summary.tables, manifest=summary.manifest, left_out=left_out, title=spec.title, default=None)
+    summary = summary.model_copy(update={"reports_failed": failed})
     commit_run(store, assets, summary, parts, generated, ctx.controls, finished=row["finished_at"])
     if request.local_copy:
         copied = steps.copy_run(store, assets, run_id, Path(request.local_copy))
@@ -156,35 +159,32 @@ def campaign_inputs(store: S3Store, spec: Campaign, request: RunRequest, state: 
 
 def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products: Sequence[Product],
                     styles: Sequence[StyleSet], generated: Generated,
-                    left_out: dict[str, str]) -> tuple[list[dict], list[dict], dict[str, str], str | None]:
+                    left_out: dict[str, str]) -> tuple[list[dict], list[dict], dict[str, str], str | None, dict[str, str]]:
     """Gates, duplicates and ranks across the run; then the tables, sheets and gallery built on them.
 
     Returns the rows with their outcomes, the manifest entries of the table parts, the contact
-    sheets (file name -> URI) and the gallery's URI (None when nothing new was made).
+    sheets (file name -> URI), the gallery's URI (None when nothing new was made) and the reports
+    that failed (name -> why): a sheet or gallery that fails never stops the commit (flows/reports.py).
     """
+    failed: dict[str, str] = {}
     if not generated.parts:
-        return [], [], {}, None
+        return [], [], {}, None, failed
     rows, parts = steps.select_run(store, generated.parts, spec.selection, [i["asset_id"] for i in generated.images])
     if not rows:
-        return [], parts, {}, None
+        return [], parts, {}, None, failed
     parts.append(steps.write_cell_metrics(store, ctx.assets, ctx.run_date, ctx.run_id, spec.name, rows))
     # After selection: the chosen images to their delivery size, products pasted back, marketplace checks.
     finishes, finish_part = steps.finish_images(store, ctx, spec, products, rows)
     if finish_part:
         parts.append(finish_part)
     shown = with_finishes(rows, finishes)
-    sheets = steps.write_sheets(store, ctx.assets, ctx.run_id, shown, products, styles, ctx.controls, title=spec.title,
-                                local_copy=ctx.local_copy)
-    sheets |= steps.write_overview(store, ctx.assets, ctx.run_id, rows, title=spec.title, local_copy=ctx.local_copy)
-    gallery = steps.write_gallery(store, ctx.assets, ctx.run_id, spec.name, shown, sheets, [p["uri"] for p in parts],
-                                  left_out=left_out, title=spec.title)
-    return rows, parts, sheets, gallery
-
-
-def with_finishes(rows: Sequence[dict], finishes: Sequence[dict]) -> list[dict]:
-    """The rows as the sheets and gallery show them: each finished image's size, file and checks beside its source."""
-    by_source = {f["source_asset_id"]: f for f in finishes}
-    return [{**r, "finish": by_source[r["asset_id"]]} if r["asset_id"] in by_source else r for r in rows]
+    sheets = reports.attempt("contact-sheets", failed, steps.write_sheets, store, ctx.assets, ctx.run_id, shown,
+                             products, styles, ctx.controls, title=spec.title, local_copy=ctx.local_copy, default={})
+    sheets |= reports.attempt("overview", failed, steps.write_overview, store, ctx.assets, ctx.run_id, rows,
+                              title=spec.title, local_copy=ctx.local_copy, default={})
+    gallery = reports.attempt("gallery", failed, steps.write_gallery, store, ctx.assets, ctx.run_id, spec.name, shown,
+                              sheets, [p["uri"] for p in parts], left_out=left_out, title=spec.title, default=None)
+    return rows, parts, sheets, gallery, failed
 
 
 def finished_images(parts: Sequence[dict], store: S3Store) -> list[dict]:
@@ -199,8 +199,7 @@ def commit_run(store: S3Store, assets: str, summary: RunSummary, parts: Sequence
     publish.write_manifest(store, assets, summary.run_id, {
         "schema_version": 2, "run_id": summary.run_id, "campaign": summary.campaign, "created_at": finished.isoformat(),
         "parts": list(parts), "images": [*generated.images, *finished_images(parts, store)], "gallery": summary.gallery,
-        "sheets": summary.sheets,
-        "controls": controls,
+        "sheets": summary.sheets, "controls": controls, "reports_failed": summary.reports_failed,
         "counts": summary.model_dump(include={"images_planned", "images_generated", "images_skipped",
                                               "images_selected", "images_failed", "batches", "quarantined"}),
     })

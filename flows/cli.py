@@ -179,6 +179,27 @@ def gc(
                f"{len(report.objects)} objects, {report.bytes / 1e6:.1f} MB")
 
 
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="a committed run's id")],
+    assets: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] of the outputs (default STYLEMATRIX_ASSETS)")] = None,
+) -> None:
+    """Make a committed run's contact sheets and gallery again from its tables (after a report failed)."""
+    from adapters.storage import S3Store
+    from flows.reports import remake_reports
+
+    settings = get_settings()
+    assets = assets or settings.assets
+    try:
+        store = S3Store.from_settings(settings)
+        store.check_reachable(assets)
+        made = remake_reports(store, assets, run_id)
+    except USER_ERRORS as exc:
+        fail(exc)
+    typer.echo(f"run {run_id}: {len(made['sheets'])} contact sheets and the gallery made again")
+    typer.echo(f"  gallery:  {made['gallery']}")
+
+
 def deployment_names() -> list[str]:
     """The deployments `serve` registers: every one in prefect.yaml, in its order."""
     import yaml

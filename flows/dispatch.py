@@ -8,36 +8,43 @@ skips the images it already wrote, so nothing is lost or duplicated.
 
 Progress has one writer, so the run's progress bar only moves forward: in this process each
 shard moves it after each batch (shards run one after another); on the pool, where shards run
-in parallel and finish in any order, the campaign flow counts the batches whose images are all
-written while it waits.
+in parallel and finish in any order, the campaign flow counts the images of the completed shards
+and those the running shards' workers report in their heartbeats.
+
+On the pool, at most `shards_in_flight` shards are handed out at once; a poll reads their states in
+one query per 200 and the beats of those a worker has taken, so the campaign's requests per poll
+depend on the shards in flight, never on the size of the run.
 """
 
 from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
-from prefect.exceptions import ObjectNotFound
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+from prefect.client.schemas.objects import State, StateType
 from prefect.states import Crashed
 
 from adapters import publish
-from adapters.heartbeats import Silence, beat_uri
+from adapters.heartbeats import Beat, Silence, beat_uri
 from adapters.settings import Settings
 from adapters.storage import ObjectStore
 from flows import progress
 from flows.artifacts import advance_progress
 from flows.gpu_worker import generate_shard_task
 from flows.shard import generate_shard, shard_part_name
-from tasks.plan import Batch, Shard, ShardContext, finished_batches
+from tasks.plan import Shard, ShardContext
 
 RETRYABLE = {StateType.CRASHED, StateType.FAILED}
 FINAL = {StateType.COMPLETED, StateType.CANCELLED, StateType.CRASHED, StateType.FAILED}
 TAKEN = {StateType.PENDING, StateType.RUNNING}  # a worker has the task run: its heartbeat must move
+STATE_PAGE = 200  # task runs read per query: the API's default page
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
             batches_before += len(shard.batches)
             images_before += sum(len(b.jobs) for b in shard.batches)
     else:
-        tracker = BatchProgress(store, ctx, [b for s in shards for b in s.batches])
+        tracker = PoolProgress(ctx, shards)
         _run_on_workers(shards, ctx.model_copy(update={"progress": None, "local_copy": None}), store, settings, tracker)
     if ctx.progress:
         advance_progress(ctx.progress, 1.0)  # every shard has finished, whatever order their batches ran in
@@ -85,85 +92,131 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
     return Generated(parts=tuple(parts), images=images, wall_seconds=wall)
 
 
-class BatchProgress:
-    """The run's progress artifact as the share of batches whose images are all written, whichever shard wrote them.
+class PoolProgress:
+    """The run's progress on the pool: the images of the shards that completed plus those the running shards'
+    workers report in their heartbeats (`Beat.images_done`), as a share of the run's images.
 
-    `update` lists the run's images and moves the artifact forward only: it never goes back. The
-    images of those batches go to this process's progress listeners (the terminal's bar).
+    It reads nothing itself: the campaign already knows which shards completed (their task runs'
+    states) and reads the running shards' beats to tell live workers from dead ones. So a poll
+    costs the same at 100 images or 100,000. The artifact and the terminal's bar move forward only.
     """
 
-    def __init__(self, store: ObjectStore, ctx: ShardContext, batches: Sequence[Batch]) -> None:
-        self._store, self._progress, self._batches = store, ctx.progress, tuple(batches)
-        self._images = publish.run_uri(ctx.assets, ctx.run_id, "images/")
+    def __init__(self, ctx: ShardContext, shards: Sequence[Shard]) -> None:
+        self._progress = ctx.progress
+        self._images = {s.index: sum(len(b.jobs) for b in s.batches) for s in shards}
+        self._total = sum(self._images.values())
+        self._completed = 0
         self.share = 0.0
 
-    def update(self) -> float:
-        """Count the finished batches now; returns the share reported (0..1)."""
-        if not self._batches:
+    def completed(self, index: int) -> None:
+        """Shard `index` completed: all its images are written."""
+        self._completed += self._images[index]
+
+    def update(self, running: Iterable[Beat | None] = ()) -> float:
+        """The share of the run's images made now (0..1), counting the running shards' last beats."""
+        if not self._total:
             return self.share
-        present = {o.key.rsplit("/", 1)[-1].removesuffix(".png") for o in self._store.list(self._images)}
-        finished = [b for b in self._batches if finished_batches([b], present)]
-        progress.reach(sum(len(b.jobs) for b in finished))
-        share = len(finished) / len(self._batches)
+        done = self._completed + sum(b.images_done for b in running if b is not None and b.state == "running")
+        progress.reach(done)
+        share = min(done / self._total, 1.0)
         if share > self.share:
             self.share = share
             advance_progress(self._progress, share)
         return self.share
 
 
+@dataclass
+class _Pool:
+    """The shards handed to the GPU workers and not yet completed: index -> task run id, attempts so far."""
+
+    running: dict[int, str]
+    tries: dict[int, int]
+
+
 def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, settings: Settings,
-                    tracker: BatchProgress) -> None:
+                    tracker: PoolProgress) -> None:
+    """Hand the shards out, at most `settings.shards_in_flight` at once, and wait until every one completed.
+
+    Each poll reads the states of the shards in flight in one query (`_states`) and the heartbeats of
+    those a worker has taken: its cost grows with the shards in flight, never with the run.
+    """
     logger = get_run_logger()
-    attempts, lease = settings.shard_attempts, settings.shard_lease_seconds
-    silence = Silence(store)
-
-    def submit(shard: Shard, attempt: int) -> str:
-        # Named `<run_id>-shard-<index>-try-<n>`: a deferred task run takes its task's name.
-        named = generate_shard_task.with_options(name=f"{ctx.run_id}-shard-{shard.index:05d}-try-{attempt}")
-        # Handed over outside this flow run's context: `.delay()` would pickle the campaign flow with the
-        # shard, and a worker cannot import the flow's module as a deployment loaded it.
-        return str(contextvars.Context().run(named.delay, shard=shard, ctx=ctx).task_run_id)
-
-    tries = {s.index: 1 for s in shards}
-    running = {s.index: submit(s, 1) for s in shards}
+    silence, waiting = Silence(store), deque(shards)
     by_index = {s.index: s for s in shards}
-    logger.info("handed %d shards to the GPU workers", len(shards))
+    pool = _Pool(running={}, tries={})
+    logger.info("handing %d shards to the GPU workers, at most %d at a time", len(shards), settings.shards_in_flight)
     with get_client(sync_client=True) as client:
-        while running:
+        while waiting or pool.running:
+            while waiting and len(pool.running) < settings.shards_in_flight:
+                shard = waiting.popleft()
+                pool.tries[shard.index] = 1
+                pool.running[shard.index] = _submit(shard, ctx, 1)
             time.sleep(settings.shard_poll_seconds)
+            states = _states(client, list(pool.running.values()))
+            for index, task_run_id in list(pool.running.items()):
+                kind, message = _verdict(client, silence, _beat_uri(ctx, task_run_id), task_run_id,
+                                         states.get(task_run_id), settings.shard_lease_seconds)
+                if kind is None:
+                    continue
+                del pool.running[index]
+                if kind == StateType.COMPLETED:
+                    tracker.completed(index)
+                    logger.info("shard %d done (task run %s)", index, task_run_id)
+                elif kind in RETRYABLE and pool.tries[index] < settings.shard_attempts:
+                    pool.tries[index] += 1
+                    logger.warning("shard %d %s (%s); handing out attempt %d of %d", index, kind.value.lower(),
+                                   message, pool.tries[index], settings.shard_attempts)
+                    pool.running[index] = _submit(by_index[index], ctx, pool.tries[index])
+                else:
+                    raise RuntimeError(f"shard {index} ended {kind.value} after {pool.tries[index]} attempts: {message}")
             try:
-                tracker.update()
+                tracker.update(silence.last(_beat_uri(ctx, t)) for t in pool.running.values())
             except Exception as exc:  # a progress bar is a report: it never stops the run
                 logger.warning("progress not updated: %s: %s", type(exc).__name__, exc)
-            for index, run_id in list(running.items()):
-                try:
-                    state = client.read_task_run(run_id).state
-                except ObjectNotFound:  # not recorded yet, or deleted by a worker that could not read its parameters
-                    state = None
-                kind = state.type if state else None
-                message = (state.message if state else None) or "no message"
-                if kind in TAKEN or state is None:
-                    quiet = silence.seconds(beat_uri(ctx.assets, ctx.run_id, run_id))
-                    if quiet <= lease:
-                        continue
-                    if state is None:
-                        message = f"task run {run_id} not found for {quiet:.0f} s"
-                    else:
-                        message = f"no heartbeat from its worker for {quiet:.0f} s: the worker is gone"
-                        client.set_task_run_state(run_id, Crashed(message=message), force=True)
-                    kind = StateType.CRASHED
-                elif kind not in FINAL:
-                    continue  # scheduled: waiting for a free worker
-                del running[index]
-                if kind == StateType.COMPLETED:
-                    logger.info("shard %d done (task run %s)", index, run_id)
-                elif kind in RETRYABLE and tries[index] < attempts:
-                    tries[index] += 1
-                    logger.warning("shard %d %s (%s); handing out attempt %d of %d", index, kind.value.lower(),
-                                   message, tries[index], attempts)
-                    running[index] = submit(by_index[index], tries[index])
-                else:
-                    raise RuntimeError(f"shard {index} ended {kind.value} after {tries[index]} attempts: {message}")
+
+
+def _submit(shard: Shard, ctx: ShardContext, attempt: int) -> str:
+    """Hand one shard to the GPU workers as a `generate-shard` task run; returns the task run's id."""
+    # Named `<run_id>-shard-<index>-try-<n>`: a deferred task run takes its task's name.
+    named = generate_shard_task.with_options(name=f"{ctx.run_id}-shard-{shard.index:05d}-try-{attempt}")
+    # Handed over outside this flow run's context: `.delay()` would pickle the campaign flow with the
+    # shard, and a worker cannot import the flow's module as a deployment loaded it.
+    return str(contextvars.Context().run(named.delay, shard=shard, ctx=ctx).task_run_id)
+
+
+def _beat_uri(ctx: ShardContext, task_run_id: str) -> str:
+    return beat_uri(ctx.assets, ctx.run_id, task_run_id)
+
+
+def _states(client, task_run_ids: Sequence[str]) -> dict[str, State]:
+    """The states of these task runs, in one query per STATE_PAGE of them; a run the server does not know is absent."""
+    states: dict[str, State] = {}
+    for start in range(0, len(task_run_ids), STATE_PAGE):
+        page = [UUID(t) for t in task_run_ids[start:start + STATE_PAGE]]
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=page)), limit=len(page))
+        states |= {str(r.id): r.state for r in runs if r.state is not None}
+    return states
+
+
+def _verdict(client, silence: Silence, beat: str, task_run_id: str, state: State | None,
+             lease: float) -> tuple[StateType | None, str]:
+    """What a shard's task run came to: (None, "") while it is scheduled or its worker beats; else its final
+    state and why. A task run taken (or unknown to the server) whose heartbeat has not moved for `lease`
+    seconds is marked Crashed: its worker is gone, and Prefect never hands such a run out again."""
+    kind = state.type if state else None
+    message = (state.message if state else None) or "no message"
+    if kind in TAKEN or state is None:
+        quiet = silence.seconds(beat)
+        if quiet <= lease:
+            return None, ""
+        if state is None:  # not recorded yet, or deleted by a worker that could not read its parameters
+            return StateType.CRASHED, f"task run {task_run_id} not found for {quiet:.0f} s"
+        message = f"no heartbeat from its worker for {quiet:.0f} s: the worker is gone"
+        client.set_task_run_state(task_run_id, Crashed(message=message), force=True)
+        return StateType.CRASHED, message
+    if kind not in FINAL:
+        return None, ""  # scheduled: waiting for a free worker
+    return kind, message
 
 
 def _part_images(store: ObjectStore, part: dict) -> list[dict]:

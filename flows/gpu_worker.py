@@ -34,6 +34,7 @@ from adapters.engine import engine_loads
 from adapters.heartbeats import Beat, Heartbeat, beat_uri
 from adapters.settings import get_settings
 from adapters.storage import S3Store
+from flows import progress
 from flows.shard import run_shard
 from tasks.plan import Shard, ShardContext
 
@@ -50,8 +51,9 @@ def generate_shard_task(shard: Shard, ctx: ShardContext) -> dict:
     task_run_id = str(TaskRunContext.get().task_run.id)
     beat = Beat(worker=settings.worker_name, pid=os.getpid(), task_run_id=task_run_id, shard=shard.index,
                 shards_served=_served)
+    progress.begin(sum(len(b.jobs) for b in shard.batches))  # the beats report this shard's images done
     with Heartbeat(store, beat_uri(ctx.assets, ctx.run_id, task_run_id), beat, settings.shard_heartbeat_seconds,
-                   engine_loads=engine_loads):
+                   engine_loads=engine_loads, images_done=progress.done):
         part = run_shard(shard, ctx)
     get_run_logger().info("shard %d done on %s (process %d: %d shards served, engine loaded %d time(s))",
                           shard.index, settings.worker_name, os.getpid(), _served, engine_loads())

@@ -3,7 +3,7 @@
 Prefect's progress artifact (flows/artifacts.py) shows the share of batches in the UI; this shows
 images done / total, images/s and time left in the terminal that started the run. Both are fed
 from the same two places: `generate_shard` after each batch when shards run in this process, and
-the campaign flow's `BatchProgress` while it waits on the GPU pool. A process nobody listens in (a
+the campaign flow's `PoolProgress` while it waits on the GPU pool. A process nobody listens in (a
 worker, CI, output piped to a file) keeps Prefect's log lines only, and the calls cost nothing.
 """
 
@@ -50,6 +50,11 @@ def reach(done: int) -> None:
     with _lock:
         _count["done"] = min(max(_count["done"], done), _count["total"])
         _tell()
+
+
+def done() -> int:
+    """Images made so far in this process's run (what a GPU worker's heartbeat reports for its shard)."""
+    return _count["done"]
 
 
 def _tell() -> None:

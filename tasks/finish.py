@@ -201,3 +201,9 @@ def render_box(row: Mapping, size: tuple[int, int]) -> Box:
     width, height = int(row["width"]), int(row["height"])
     box = params_box(row_layout(row)) or (0, 0, width, height)
     return scale_box(box, (width, height), size)
+
+
+def with_finishes(rows: Sequence[Mapping], finishes: Sequence[Mapping]) -> list[dict]:
+    """The rows as the sheets and gallery show them: each finished image's size, file and checks beside its source."""
+    by_source = {f["source_asset_id"]: f for f in finishes}
+    return [{**r, "finish": by_source[r["asset_id"]]} if r["asset_id"] in by_source else dict(r) for r in rows]

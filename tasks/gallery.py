@@ -12,6 +12,7 @@ to a largest distance or to the outliers only, and an outlier carries a badge.
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections.abc import Mapping, Sequence
 
@@ -217,6 +218,12 @@ def _look_distance(r: Mapping) -> str:
     return "" if is_missing(value) else f"{float(value):.4f}"
 
 
+def _distance(r: Mapping) -> float | None:
+    """A paged card's distance to its group's look (None without one)."""
+    value = r.get("consistency_distance")
+    return None if is_missing(value) else round(float(value), 4)
+
+
 def _card(r: Mapping, varying: Sequence[str] = (), review: str | None = None, order: int = 0) -> str:
     status = r.get("status") or "ok"
     selected = bool(r.get("selected"))
@@ -278,6 +285,18 @@ def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheet
     `reviews` (asset id -> approved, rejected, on hold, pending, timed out) marks each image's review state.
     """
     ordered = sorted(rows, key=_order)
+    varying, _ = varying_params(rows)
+    return (
+        _head(run_id, campaign, rows, sheets=sheets, tables=tables, title=title, left_out=left_out, reviews=reviews)
+        + f'<main class="grid">{"".join(_card(r, varying, (reviews or {}).get(r["asset_id"]), n) for n, r in enumerate(ordered))}</main>'
+        f"<script>{_SCRIPT}</script></body></html>"
+    )
+
+
+def _head(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets: Mapping[str, str] | None,
+          tables: Sequence[str], title: str | None, left_out: Mapping[str, str] | None,
+          reviews: Mapping[str, str] | None) -> str:
+    """The page up to its cards: the title, counts, warnings, links and the filters."""
     products = sorted({r["product_id"] for r in rows})
     styles = sorted({r["style_id"] for r in rows})
     channels = list(dict.fromkeys(c for r in rows if (c := channel_of(r))))
@@ -288,7 +307,7 @@ def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheet
     counts = " · ".join(f"{sum((r.get('status') or 'ok') == s for r in rows)} {s}" for s in STATUSES[1:])
     sheet_links = "".join(f'<li><a href="{_e(path)}">{_e(label)}</a></li>' for label, path in (sheets or {}).items())
     table_list = "".join(f"<li><code>{_e(t)}</code></li>" for t in tables)
-    varying, shared = varying_params(rows)
+    _, shared = varying_params(rows)
     heading, byline = _e(title or campaign), f"campaign {_e(campaign)} · " if title else ""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -310,8 +329,121 @@ def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheet
         f'<label>show <select id="f-status"><option value="">all</option>{_options(STATUSES)}</select></label>'
         + _LOOK_FILTERS +
         "</div>"
-        f'<main class="grid">{"".join(_card(r, varying, (reviews or {}).get(r["asset_id"]), n) for n, r in enumerate(ordered))}</main><script>{_SCRIPT}</script></body></html>'
     )
+
+
+# Up to this many images the gallery is one page with every card in it (nothing more to load). Above,
+# the cards are split into pages of PAGE_CARDS, loaded as needed (`gallery_files`): measured in
+# Chromium, a one-page gallery of 2,000 cards took about twice as long to show its first cards as a
+# paged one of 100,000 (docs/benchmarks.md).
+PAGE_CARDS = 500
+INLINE_LIMIT = PAGE_CARDS
+PAGES = "gallery"  # the folder beside index.html that holds a paged gallery's index and card pages
+
+_PAGED_SCRIPT = """
+const idx = window.galleryIndex, main = document.querySelector('main'), more = document.getElementById('more');
+const f = {product: document.getElementById('f-product'), style: document.getElementById('f-style'),
+           channel: document.getElementById('f-channel'), status: document.getElementById('f-status')};
+const loaded = {};  // page number -> its cards, once read
+let queue = [], gen = 0, waiting = null;
+function wanted(page){
+  return (!f.product.value || page.product === f.product.value) && (!f.style.value || page.style === f.style.value)
+      && (!f.channel || !f.channel.value || page.channel === f.channel.value)
+      && (!f.status.value || (page.counts[f.status.value] || 0) > 0);
+}
+// The look filters act on each card as it loads (card[3]: distance to its group's look, card[4]: outlier);
+// sorting by that distance needs every card at once, so a paged gallery keeps its best-first order.
+const look = {outlier: document.getElementById('f-outlier'), distance: document.getElementById('f-distance')};
+document.getElementById('f-sort').closest('label').hidden = true;
+function lookOn(){ return look.outlier.checked || !isNaN(parseFloat(look.distance.value)); }
+function keep(card){
+  const s = f.status.value, most = parseFloat(look.distance.value);
+  return (!s || (s === 'selected' ? card[1] === 1 : card[0] === s))
+      && (!look.outlier.checked || card[4] === 1)
+      && (isNaN(most) || (card[3] !== null && card[3] <= most));
+}
+function show(n){
+  let html = '';
+  for (const card of loaded[n]) if (keep(card)) html += card[2];
+  main.insertAdjacentHTML('beforeend', html);
+  if (lookOn()) document.getElementById('shown').textContent = main.querySelectorAll('figure').length;
+}
+function next(){
+  while (queue.length && !waiting) {
+    const n = queue.shift();
+    if (loaded[n]) { show(n); if (!near()) return; continue; }
+    waiting = {n: n, gen: gen};
+    const s = document.createElement('script');
+    s.src = '""" + PAGES + """/' + idx.pages[n].file;
+    document.head.appendChild(s);
+  }
+  more.hidden = !queue.length && !waiting;
+}
+window.galleryPage = function(n, cards){
+  loaded[n] = cards;
+  if (waiting && waiting.n === n) { const same = waiting.gen === gen; waiting = null; if (same) show(n); }
+  if (near()) next();
+};
+function near(){ return more.getBoundingClientRect().top < window.innerHeight * 2; }
+function apply(){
+  gen++; main.innerHTML = '';
+  const pages = idx.pages.map((p, n) => n).filter(n => wanted(idx.pages[n]));
+  document.getElementById('shown').textContent = pages.reduce(
+    (t, n) => t + (f.status.value ? (idx.pages[n].counts[f.status.value] || 0) : idx.pages[n].rows), 0);
+  queue = pages; if (waiting) waiting.gen = -1; waiting = null; next();
+}
+for (const el of Object.values(f)) if (el) el.onchange = apply;
+look.outlier.onchange = apply; look.distance.oninput = apply;
+new IntersectionObserver(entries => { if (entries.some(e => e.isIntersecting)) next(); }, {rootMargin: '100%'}).observe(more);
+const zones = document.getElementById('t-zones');
+if (zones) { zones.onchange = () => document.body.classList.toggle('show-zones', zones.checked); }
+apply();
+"""
+
+
+def gallery_files(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets: Mapping[str, str] | None = None,
+                  tables: Sequence[str] = (), title: str | None = None, left_out: Mapping[str, str] | None = None,
+                  reviews: Mapping[str, str] | None = None, inline_limit: int = INLINE_LIMIT,
+                  page_cards: int = PAGE_CARDS) -> dict[str, str]:
+    """The gallery's files by path relative to the run's folder: `index.html`, and for a run of more than
+    `inline_limit` images its card pages under `gallery/`.
+
+    A paged gallery opens with its header and filters and an index of its pages (`gallery/index.js`:
+    each page's product, style set, channel and counts per status), then reads the card pages the
+    filters want, one at a time as the reader scrolls: opening it costs the same at 100,000 images as
+    at 1,000. Pages are scripts (`galleryPage(n, cards)`), not JSON: a browser runs a script from a
+    folder on disk (the run's local copy) where it refuses to fetch a file. Each page holds the cards
+    of one product x style set (x channel), best first, at most `page_cards` of them; a card is the
+    same HTML as on a one-page gallery, so whatever a card shows, both show.
+    """
+    if len(rows) <= inline_limit:
+        return {"index.html": render_gallery(run_id, campaign, rows, sheets=sheets, tables=tables, title=title,
+                                             left_out=left_out, reviews=reviews)}
+    varying, _ = varying_params(rows)
+    groups: dict[tuple[str, str, str], list[Mapping]] = {}
+    for r in sorted(rows, key=_order):
+        groups.setdefault((r["product_id"], r["style_id"], channel_of(r) or ""), []).append(r)
+    files, index = {}, []
+    for (product, style, channel), members in groups.items():
+        for start in range(0, len(members), page_cards):
+            chunk, name = members[start:start + page_cards], f"page-{len(index):05d}.js"
+            cards = [[r.get("status") or "ok", int(bool(r.get("selected"))),
+                      _card(r, varying, (reviews or {}).get(r["asset_id"]), start + n),
+                      _distance(r), int(bool(r.get("consistency_outlier")))] for n, r in enumerate(chunk)]
+            counts = {s: sum(c[0] == s for c in cards) for s in STATUSES[1:]} | {"selected": sum(c[1] for c in cards)}
+            index.append({"file": name, "product": product, "style": style, "channel": channel, "rows": len(chunk),
+                          "counts": counts})
+            files[f"{PAGES}/{name}"] = f"galleryPage({len(index) - 1},{_json(cards)});\n"
+    files[f"{PAGES}/index.js"] = f"window.galleryIndex={_json({'pages': index, 'rows': len(rows)})};\n"
+    head = _head(run_id, campaign, rows, sheets=sheets, tables=tables, title=title, left_out=left_out, reviews=reviews)
+    files["index.html"] = (head + '<main class="grid"></main><p id="more">loading…</p>'
+                           f'<script src="{PAGES}/index.js"></script><script>{_PAGED_SCRIPT}</script></body></html>')
+    return files
+
+
+def _json(value: object) -> str:
+    """JSON safe inside a script: no `</script>` can close it early."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
 
 
 def _tally(reviews: Mapping[str, str]) -> list[tuple[str, int]]:

@@ -51,10 +51,6 @@ class Job(_Frozen):
     reference_sha256s: tuple[str, ...]
     ip_scale_scan: str = ""  # the style scan its `auto` IP-Adapter scale came from; "" when set otherwise
 
-    @property
-    def batch_key(self) -> tuple[str, str, str]:
-        return (self.product_id, self.style_id, json.dumps(self.params, sort_keys=True))
-
 
 class Batch(_Frozen):
     """Jobs that run in one pipeline call: one control image, one style set, many prompts and seeds."""
@@ -100,6 +96,8 @@ class ShardContext(_Frozen):
     # Shards in the campaign's process write each image into the run's local copy as they publish it
     # (adapters/publish.local_image_path), so the copy never reads it back; None on the pool.
     local_copy: str | None = None
+    # The `sim` profile's seconds per image for this run (`RunRequest.sim_seconds`); None: the worker's setting.
+    sim_seconds: float | None = None
 
 
 def asset_id(
@@ -116,6 +114,21 @@ def asset_id(
     dtype: str,
 ) -> str:
     """A key that is the same whenever the inputs are: 32 hex digits of a sha256."""
+    return _seeded_asset_ids(product_sha256=product_sha256, reference_sha256s=reference_sha256s,
+                             reference_weights=reference_weights, prompt=prompt, negative_prompt=negative_prompt,
+                             params=params, profile=profile, profile_revision=profile_revision, dtype=dtype)([seed])[0]
+
+
+_SEED_MARK = "\x00seed\x00"  # stands for the seed in a payload's JSON; no input can contain it as JSON writes it
+
+
+def _seeded_asset_ids(*, product_sha256: str, reference_sha256s: Sequence[str], reference_weights: Sequence[float],
+                      prompt: str, negative_prompt: str, params: dict[str, object], profile: str,
+                      profile_revision: str, dtype: str):
+    """`asset_id` for many seeds of the same inputs: the payload's JSON is written once, each seed set into it.
+
+    The bytes hashed are exactly `asset_id`'s (an int is written as its decimal digits), so the ids are too.
+    """
     payload = {
         "v": ASSET_ID_VERSION,
         "product": product_sha256,
@@ -123,14 +136,19 @@ def asset_id(
         "weights": [float(w) for w in reference_weights],
         "prompt": prompt,
         "negative": negative_prompt,
-        "seed": int(seed),
+        "seed": _SEED_MARK,
         "params": params,
         "profile": profile,
         "revision": profile_revision,
         "dtype": dtype,
     }
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
+    before, after = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode().split(
+        json.dumps(_SEED_MARK).encode())
+
+    def ids(seeds: Iterable[int]) -> list[str]:
+        return [hashlib.sha256(b"%s%d%s" % (before, int(seed), after)).hexdigest()[:32] for seed in seeds]
+
+    return ids
 
 
 def check_control_scales(campaign: Campaign, profile: ModelProfile | None = None) -> tuple[str, ...]:
@@ -244,38 +262,39 @@ def plan_jobs(
                     composed.add((product.product_id, str(params["channel"])))
                 prompt = render_prompt(matrix.template, cell, product)
                 scanned = style.ip_scale_scan or "" if "ip_scale" not in cell.params else ""
-                for seed in matrix.seed_list[:1] if white else matrix.seed_list:
-                    aid = asset_id(
-                        product_sha256=product.sha256,
-                        reference_sha256s=ref_shas,
-                        reference_weights=ref_weights,
-                        prompt=prompt,
-                        negative_prompt=matrix.negative,
-                        seed=seed,
-                        params=params,
-                        profile=campaign.generation.profile,
-                        profile_revision=profile_revision,
-                        dtype=dtype,
-                    )
-                    jobs.append(
-                        Job(
-                            asset_id=aid,
-                            product_id=product.product_id,
-                            style_id=style.style_id,
-                            cell_index=cell.index,
-                            cell=cell_record(cell, matrix),
-                            prompt=prompt,
-                            negative_prompt=matrix.negative,
-                            seed=seed,
-                            params=params,
-                            profile=campaign.generation.profile,
-                            profile_revision=profile_revision,
-                            dtype=dtype,
-                            product_sha256=product.sha256,
-                            reference_sha256s=ref_shas,
-                            ip_scale_scan=scanned,
-                        )
-                    )
+                seeds = matrix.seed_list[:1] if white else matrix.seed_list
+                ids = _seeded_asset_ids(
+                    product_sha256=product.sha256,
+                    reference_sha256s=ref_shas,
+                    reference_weights=ref_weights,
+                    prompt=prompt,
+                    negative_prompt=matrix.negative,
+                    params=params,
+                    profile=campaign.generation.profile,
+                    profile_revision=profile_revision,
+                    dtype=dtype,
+                )(seeds)
+                first = Job(
+                    asset_id=ids[0],
+                    product_id=product.product_id,
+                    style_id=style.style_id,
+                    cell_index=cell.index,
+                    cell=cell_record(cell, matrix),
+                    prompt=prompt,
+                    negative_prompt=matrix.negative,
+                    seed=seeds[0],
+                    params=params,
+                    profile=campaign.generation.profile,
+                    profile_revision=profile_revision,
+                    dtype=dtype,
+                    product_sha256=product.sha256,
+                    reference_sha256s=ref_shas,
+                    ip_scale_scan=scanned,
+                )
+                # A cell's jobs differ only by seed: one is checked, the rest are copies (100,000 jobs in seconds).
+                jobs.append(first)
+                jobs += [first.model_copy(update={"asset_id": aid, "seed": int(seed)})
+                         for aid, seed in zip(ids[1:], seeds[1:], strict=True)]
     duplicated = len(jobs) - len({j.asset_id for j in jobs})
     if duplicated:
         raise ValueError(f"campaign {campaign.name!r}: {duplicated} jobs repeat another job's inputs exactly")
@@ -322,8 +341,13 @@ def group_batches(jobs: Iterable[Job], batch_size: int) -> list[Batch]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     groups: dict[tuple, list[Job]] = {}
+    jobs = list(jobs)  # alive throughout: `written` is keyed by the id of their params
+    written: dict[int, str] = {}  # a cell's jobs share one params dict: its JSON is written once
     for job in jobs:
-        groups.setdefault(job.batch_key, []).append(job)
+        params = written.get(id(job.params))
+        if params is None:
+            params = written[id(job.params)] = json.dumps(job.params, sort_keys=True)
+        groups.setdefault((job.product_id, job.style_id, params), []).append(job)
     batches = []
     for members in groups.values():
         first = members[0]
@@ -338,12 +362,6 @@ def group_batches(jobs: Iterable[Job], batch_size: int) -> list[Batch]:
                 )
             )
     return batches
-
-
-def finished_batches(batches: Iterable[Batch], present: Iterable[str]) -> int:
-    """How many of `batches` have every image among the `present` asset ids (in whatever order they finished)."""
-    have = set(present)
-    return sum(all(j.asset_id in have for j in b.jobs) for b in batches)
 
 
 def plan_shards(

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.canny import canvas_mask
-from tasks.phash import HASH_SIZE, dct_hash, hamming
+from tasks.phash import HASH_SIZE, dct_hash
 
 EDGE_TOLERANCE = 2  # pixels an output edge may sit from the product's edge and still count
 BLANK_STD = 0.5  # an image whose grey levels vary less than this carries no picture
@@ -189,13 +189,14 @@ def duplicate_groups(hashes: Sequence[str | None], max_distance: int) -> list[in
             i = parent[i]
         return i
 
-    for i, a in enumerate(hashes):
-        if a is None:
-            continue
-        for j in range(i + 1, len(hashes)):
-            b = hashes[j]
-            if b is not None and hamming(a, b) <= max_distance:
-                parent[root(j)] = root(i)
+    # Every pair is compared (a run's product has tens of thousands of images): a vectorised row of
+    # distances per hash, and unions in the same order as a plain double loop, so the groups are too.
+    known = np.array([h is not None for h in hashes], dtype=bool)
+    bits = np.array([int(h, 16) if h is not None else 0 for h in hashes], dtype=np.uint64)
+    for i in np.flatnonzero(known):
+        near = np.bitwise_count(bits[i + 1:] ^ bits[i]) <= max_distance
+        for j in np.flatnonzero(near & known[i + 1:]) + i + 1:
+            parent[root(int(j))] = root(int(i))
     return [None if h is None else root(i) for i, h in enumerate(hashes)]
 
 

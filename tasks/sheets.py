@@ -54,6 +54,31 @@ class Layout:
     slots: dict[tuple[tuple[tuple[str, str], ...], int], tuple[int, int]]
 
 
+# A sheet's page: at most this many tiles across and down. JPEG stops at 65,535 pixels a side; far
+# below that, a page of 32 x 16 tiles of 160 px (about 5,700 x 3,800 px) is still one readable picture,
+# and a sheet of any size holds one page of images in memory at a time.
+PAGE_COLUMNS = 32
+PAGE_ROWS = 16
+
+
+def sheet_pages(tiles: Sequence[Tile], *, columns: int = PAGE_COLUMNS, rows: int = PAGE_ROWS) -> list[list[int]]:
+    """The tiles of one sheet split into pages of at most `columns` x `rows` tiles: indices into `tiles`, per page.
+
+    Pages cut the sheet's own grid (`sheet_layout`) into windows: down the rows (the first half of the
+    axes) and across the columns (the other axes, seeds innermost, so a wide sheet is split by seed).
+    A page lays its tiles out again and keeps only its own rows and columns, so it never exceeds
+    its window. One page when the sheet fits.
+    """
+    if columns < 1 or rows < 1:
+        raise ValueError(f"a sheet page needs at least one column and one row, got {columns} x {rows}")
+    layout = sheet_layout(tiles)
+    pages: dict[tuple[int, int], list[int]] = {}
+    for i, t in enumerate(tiles):
+        r, c = layout.slots[(t.cell, t.seed)]
+        pages.setdefault((r // rows, c // columns), []).append(i)
+    return [pages[k] for k in sorted(pages)]
+
+
 def split_axes(axes: Sequence[T]) -> tuple[tuple[T, ...], tuple[T, ...]]:
     """The axes (or combined axes) that run down (the first half, rounded up) and across (the rest)."""
     down = math.ceil(len(axes) / 2)

@@ -131,37 +131,35 @@ def test_terminal_bar_shows_done_total_rate_and_time_left(term):
     assert "8/8" in shown
 
 
-def test_pool_progress_tells_listeners_the_images_of_finished_batches(store, fresh_bucket):
-    from adapters import publish
+def test_pool_progress_tells_listeners_the_images_of_completed_and_running_shards():
+    from adapters.heartbeats import Beat
     from flows import progress
-    from flows.dispatch import BatchProgress
+    from flows.dispatch import PoolProgress
     from tasks.plan import ShardContext
 
-    assets, run_id = f"s3://{fresh_bucket}/assets", "pool-run"
-    # BatchProgress reads only each batch's jobs' asset ids.
-    batches = [SimpleNamespace(jobs=[SimpleNamespace(asset_id=f"b{b}-{i}") for i in range(size)])
-               for b, size in enumerate((4, 4, 2))]
-    ctx = ShardContext(run_id=run_id, campaign="pool", assets=assets, run_date="2026-01-01", controls={},
-                       batch_total=len(batches))
+    # PoolProgress reads only each shard's index and its batches' jobs.
+    shards = [SimpleNamespace(index=i, batches=[SimpleNamespace(jobs=[None] * size)])
+              for i, size in enumerate((4, 4, 2))]
+    ctx = ShardContext(run_id="pool-run", campaign="pool", assets="s3://a", run_date="2026-01-01", controls={},
+                       batch_total=3)
     heard: list[tuple[int, int]] = []
 
     class Recorder:
         def update(self, done: int, total: int) -> None:
             heard.append((done, total))
 
-    def write(batch, jobs=None):
-        for job in batch.jobs[:jobs]:
-            store.put(publish.image_uri(assets, run_id, job.asset_id), b"png", content_type="image/png")
+    def beat(images: int, state: str = "running") -> Beat:
+        return Beat(worker="gpu-1", pid=1, task_run_id="t", shard=0, images_done=images, state=state)
 
     with progress.listening(Recorder()):
         progress.begin(10)
-        tracker = BatchProgress(store, ctx, batches)
-        write(batches[2])
-        write(batches[0], jobs=3)  # half-written: not counted
-        assert tracker.update() == pytest.approx(1 / 3)
-        write(batches[0])
-        assert tracker.update() == pytest.approx(2 / 3)
-    assert heard == [(0, 10), (2, 10), (6, 10)]
+        tracker = PoolProgress(ctx, shards)
+        tracker.completed(2)
+        assert tracker.update([beat(3), None]) == pytest.approx(5 / 10)  # a running shard's worker has made 3
+        tracker.completed(0)
+        assert tracker.update([beat(1), beat(4, state="done")]) == pytest.approx(7 / 10)  # a done beat is not counted twice
+        assert tracker.update([]) == pytest.approx(7 / 10)  # never moves back
+    assert heard == [(0, 10), (5, 10), (7, 10), (7, 10)]
 
 
 # --------------------------------------------------------------------------- campaign titles

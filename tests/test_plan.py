@@ -10,7 +10,6 @@ from tasks.matrix import expand_matrix
 from tasks.plan import (
     check_control_scales,
     choose_inputs,
-    finished_batches,
     group_batches,
     maskless_products,
     plan_jobs,
@@ -84,16 +83,6 @@ def test_shards_pack_whole_batches_and_carry_their_catalog_entries():
     for s in shards:
         assert set(s.products) == {b.product_id for b in s.batches}
         assert set(s.styles) == {b.style_id for b in s.batches}
-
-
-def test_finished_batches_counts_whole_batches_whatever_order_they_finish_in():
-    batches = group_batches(plan(campaign()), batch_size=4)
-    assert len(batches) > 3
-    last = batches[-1]
-    assert finished_batches(batches, []) == 0
-    assert finished_batches(batches, [j.asset_id for j in last.jobs]) == 1  # the last batch alone is one batch, not all
-    assert finished_batches(batches, [j.asset_id for j in last.jobs[:-1]]) == 0  # a half-written batch is not done
-    assert finished_batches(batches, [j.asset_id for b in batches for j in b.jobs]) == len(batches)
 
 
 def test_select_by_ids_and_tags_with_clear_errors():

@@ -156,33 +156,25 @@ def test_progress_moves_forward_across_shards_in_process_and_ends_at_100_and_thr
     assert run["images_per_second"] == summary.images_per_second == 8 / run["generation_wall_seconds"]
 
 
-def test_pool_progress_counts_finished_batches_in_any_order(campaign_env, store):
+def test_pool_progress_counts_completed_shards_in_any_order_and_moves_the_artifact_forward(campaign_env, store):
     from flows import artifacts
-    from flows.dispatch import BatchProgress
-    from tasks.plan import ShardContext, group_batches
-    from tests.helpers import campaign, plan
+    from flows.dispatch import PoolProgress
+    from tasks.plan import ShardContext, group_batches, plan_shards
+    from tests.helpers import PRODUCTS, STYLES, campaign, plan
 
-    batches = group_batches(plan(campaign()), batch_size=4)[:4]
+    shards = plan_shards(group_batches(plan(campaign()), batch_size=4)[:4], PRODUCTS, STYLES, images_per_shard=4)
     assets, run_id = campaign_env["assets"], "pool-run"
     progress = artifacts.start_progress("pool", run_id)
     ctx = ShardContext(run_id=run_id, campaign="pool", assets=assets, run_date="2026-01-01", controls={},
-                       batch_total=len(batches), progress=progress)
-    tracker = BatchProgress(store, ctx, batches)
-
-    def write(batch):
-        for job in batch.jobs:
-            store.put(publish.image_uri(assets, run_id, job.asset_id), b"png", content_type="image/png")
-
+                       batch_total=4, progress=progress)
+    tracker = PoolProgress(ctx, shards)
     assert tracker.update() == 0.0
-    write(batches[3])  # a parallel shard finishes the run's last batch first: a quarter done, not all
+    tracker.completed(shards[3].index)  # a parallel shard finishes the run's last batch first: a quarter done, not all
     assert tracker.update() == 0.25 and _progress_of(progress) == 25.0
-    write(batches[0])
-    store.delete(publish.image_uri(assets, run_id, batches[0].jobs[0].asset_id))  # half-written: not counted
-    assert tracker.update() == 0.25
-    write(batches[0])
-    write(batches[1])
+    tracker.completed(shards[0].index)
+    tracker.completed(shards[1].index)
     assert tracker.update() == 0.75 and _progress_of(progress) == 75.0
-    write(batches[2])
+    tracker.completed(shards[2].index)
     assert tracker.update() == 1.0 and _progress_of(progress) == 100.0
 
 
