@@ -191,6 +191,7 @@ def duplicate_groups(hashes: Sequence[str | None], max_distance: int) -> list[in
 
     # Every pair is compared (a run's product has tens of thousands of images): a vectorised row of
     # distances per hash, and unions in the same order as a plain double loop, so the groups are too.
+    hashes = [h if isinstance(h, str) else None for h in hashes]  # a missing hash may arrive as None or NaN
     known = np.array([h is not None for h in hashes], dtype=bool)
     bits = np.array([int(h, 16) if h is not None else 0 for h in hashes], dtype=np.uint64)
     for i in np.flatnonzero(known):

@@ -42,19 +42,20 @@ def test_a_failing_sheet_and_gallery_leave_the_run_committed_and_can_be_made_aga
     store.put(f"{campaign_env['catalog']}/campaigns/simload.yaml", SIM.encode())
     with monkeypatch.context() as patched:
         patched.setattr(run_outputs, "contact_sheet", broken)
+        patched.setattr(run_outputs, "overview_sheet", broken)
         patched.setattr(run_outputs, "gallery_files", broken)
         summary = run_campaign(RunRequest(campaign="simload", triggered_by="test"))
     # Committed: the manifest lists every image and the tables; the failed reports are named, with why.
     manifest = json.loads(store.get(summary.manifest))
     assert len(manifest["images"]) == summary.images_generated == 36
-    assert set(summary.reports_failed) == {"contact-sheets", "gallery"}
+    assert set(summary.reports_failed) == {"contact-sheets", "overview", "gallery"}
     assert "broken data stream" in summary.reports_failed["contact-sheets"]
     assert manifest["reports_failed"] == summary.reports_failed and not summary.sheets and summary.gallery is None
     assert any("report contact-sheets failed" in line for line in summary.lines())
     assert not store.exists(publish.run_uri(campaign_env["assets"], summary.run_id, "index.html"))
 
     made = remake_reports(store, campaign_env["assets"], summary.run_id)
-    assert sorted(made["sheets"]) == ["coffee-cup__space-age.jpg", "rocket__space-age.jpg"]
+    assert sorted(made["sheets"]) == ["coffee-cup__space-age.jpg", "overview.jpg", "rocket__space-age.jpg"]
     for uri in made["sheets"].values():
         assert Image.open(io.BytesIO(store.get(uri))).format == "JPEG"
     page = store.get(made["gallery"]).decode()
