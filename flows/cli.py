@@ -217,13 +217,14 @@ def serve(
             seed_sample_catalog(store, settings.catalog)
             typer.echo(f"embedded S3 server: {server.endpoint} (sample catalog at {settings.catalog})")
         try:
-            prefect = start_stack(home.resolve(), port, gpus=gpus, env=child_env(), log_dir=home.resolve() / "logs")
+            prefect = start_stack(home.resolve(), port, gpus=gpus, env=child_env(), log_dir=home.resolve() / "logs",
+                                  task_storage=f"{settings.assets}/_prefect/tasks")
         except (RuntimeError, TimeoutError, OSError) as exc:
             fail(exc)
         stack.callback(prefect.stop)
         typer.echo(f"Prefect UI: http://127.0.0.1:{port}  (deployments: {', '.join(deployment_names())})")
         typer.echo(f"workers: cpu-1, {', '.join(f'gpu-{i + 1}' for i in range(gpus))}, gpu-scans; logs in {home / 'logs'}")
-        typer.echo("press Ctrl-C to stop")
+        typer.echo("press Ctrl-C to stop (SIGTERM and SIGHUP stop it too)")
         try:
             while all(p.poll() is None for p in prefect.processes.values()):
                 time.sleep(1)
@@ -234,8 +235,11 @@ def serve(
 
 
 def main() -> None:
+    from adapters.processes import signals_interrupt
+
     try:
-        app()
+        with signals_interrupt():  # SIGTERM, SIGHUP: the same way out as Ctrl-C, stopping what we started
+            app()
     except KeyboardInterrupt:
         typer.echo("stylematrix: interrupted", err=True)
         sys.exit(130)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
@@ -26,11 +27,13 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
 from adapters import publish
+from adapters.code_version import code_version
 from adapters.heartbeats import Silence, beat_uri
 from adapters.settings import Settings
 from adapters.storage import ObjectStore
 from flows import progress
 from flows.artifacts import advance_progress
+from flows.fleet import Forgotten, read_fleet, require_worker, withdraw
 from flows.gpu_worker import generate_shard_task
 from flows.shard import generate_shard, shard_part_name
 from tasks.plan import Batch, Shard, ShardContext, finished_batches
@@ -115,7 +118,7 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
                     tracker: BatchProgress) -> None:
     logger = get_run_logger()
     attempts, lease = settings.shard_attempts, settings.shard_lease_seconds
-    silence = Silence(store)
+    silence, forgotten = Silence(store), Forgotten(settings.shard_forgotten_seconds)
 
     def submit(shard: Shard, attempt: int) -> str:
         # Named `<run_id>-shard-<index>-try-<n>`: a deferred task run takes its task's name.
@@ -124,24 +127,39 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
         # shard, and a worker cannot import the flow's module as a deployment loaded it.
         return str(contextvars.Context().run(named.delay, shard=shard, ctx=ctx).task_run_id)
 
-    tries = {s.index: 1 for s in shards}
-    running = {s.index: submit(s, 1) for s in shards}
-    by_index = {s.index: s for s in shards}
-    logger.info("handed %d shards to the GPU workers", len(shards))
     with get_client(sync_client=True) as client:
+        _require_workers(client, settings)
+        tries = {s.index: 1 for s in shards}
+        running = {s.index: submit(s, 1) for s in shards}
+        by_index = {s.index: s for s in shards}
+        logger.info("handed %d shards to the GPU workers", len(shards))
         while running:
             time.sleep(settings.shard_poll_seconds)
             try:
                 tracker.update()
             except Exception as exc:  # a progress bar is a report: it never stops the run
                 logger.warning("progress not updated: %s: %s", type(exc).__name__, exc)
+            free: frozenset[str] | None = None  # task keys a free worker waits on, read once per poll if needed
             for index, run_id in list(running.items()):
                 try:
                     state = client.read_task_run(run_id).state
                 except ObjectNotFound:  # not recorded yet, or deleted by a worker that could not read its parameters
                     state = None
+                except httpx.TransportError as exc:  # the server is restarting: ask again at the next poll
+                    logger.warning("Prefect API unreachable (%s); polling on", type(exc).__name__)
+                    break
                 kind = state.type if state else None
                 message = (state.message if state else None) or "no message"
+                if kind == StateType.SCHEDULED:
+                    free = read_fleet(client).free if free is None else free
+                    if forgotten.check(run_id, generate_shard_task.task_key in free):
+                        logger.warning("shard %d: the Prefect server no longer queues it (restarted?); handing it "
+                                       "out again", index)
+                        withdraw(client, run_id)
+                        forgotten.forget(run_id)
+                        running[index] = submit(by_index[index], tries[index])
+                    continue
+                forgotten.forget(run_id)
                 if kind in TAKEN or state is None:
                     quiet = silence.seconds(beat_uri(ctx.assets, ctx.run_id, run_id))
                     if quiet <= lease:
@@ -153,7 +171,7 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
                         client.set_task_run_state(run_id, Crashed(message=message), force=True)
                     kind = StateType.CRASHED
                 elif kind not in FINAL:
-                    continue  # scheduled: waiting for a free worker
+                    continue  # another state on the way to running
                 del running[index]
                 if kind == StateType.COMPLETED:
                     logger.info("shard %d done (task run %s)", index, run_id)
@@ -164,6 +182,13 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
                     running[index] = submit(by_index[index], tries[index])
                 else:
                     raise RuntimeError(f"shard {index} ended {kind.value} after {tries[index]} attempts: {message}")
+
+
+def _require_workers(client, settings: Settings) -> None:
+    """Wait for a GPU worker on this code version (flows/fleet.py), or fail saying which version is needed."""
+    fleet = require_worker(client, code_version(), generate_shard_task.task_key, settings.worker_wait_seconds)
+    names = sorted({w.worker for w in fleet.seen if w.version == code_version()})
+    get_run_logger().info("GPU workers on code version %s: %s", code_version(), ", ".join(names))
 
 
 def _part_images(store: ObjectStore, part: dict) -> list[dict]:

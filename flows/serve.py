@@ -6,7 +6,6 @@ to run real workers on loopback. Production runs the same pieces separately (doc
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+
+from adapters.processes import stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -33,6 +34,7 @@ class PrefectStack:
     env: dict[str, str]
     log_dir: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    task_storage: str | None = None  # the block slug shards' parameters and results go through (flows/task_storage.py)
 
     @property
     def api_url(self) -> str:
@@ -48,6 +50,7 @@ class PrefectStack:
             "PREFECT_CLI_PROMPT": "false",
             "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+            **({"PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK": self.task_storage} if self.task_storage else {}),
             **(extra or {}),
         }
 
@@ -92,6 +95,15 @@ class PrefectStack:
         self._prefect("work-pool", "create", "gpu", "--type", "process", "--overwrite")
         self._prefect("work-pool", "set-concurrency-limit", "gpu", "1")
 
+    def register_task_storage(self, basepath: str) -> None:
+        """Shards' parameters and results under `basepath` in S3, for every process started after this."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from flows.task_storage import register
+
+        with temporary_settings({PREFECT_API_URL: self.api_url}):
+            self.task_storage = register(basepath)
+
     def create_zombie_automation(self) -> None:
         """Mark a flow run Crashed when its heartbeats stop (a worker or machine died mid-run)."""
         from prefect.automations import Automation
@@ -133,31 +145,26 @@ class PrefectStack:
                            {"STYLEMATRIX_WORKER_NAME": name, **(env or {})})
 
     def stop(self) -> None:
-        """Workers first (SIGINT: a 3.9 process worker ignores SIGTERM), then the server."""
-        order = sorted(self.processes, key=lambda n: n == "server")
-        for name in order:
-            proc = self.processes[name]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for name in order:
-            proc = self.processes[name]
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        """Workers first (SIGINT: a 3.9 process worker ignores SIGTERM), then the server; each with what it started."""
+        workers = [p for n, p in self.processes.items() if n != "server"]
+        stop_processes(workers)
+        stop_processes([p for n, p in self.processes.items() if n == "server"])
         self.processes.clear()
 
 
-def start_stack(home: Path, port: int, *, gpus: int, env: Mapping[str, str], log_dir: Path) -> PrefectStack:
+def start_stack(home: Path, port: int, *, gpus: int, env: Mapping[str, str], log_dir: Path,
+                task_storage: str | None = None) -> PrefectStack:
     """Server, the pools, the zombie automation, every deployment, one cpu worker, one GPU task worker per
     GPU and a `gpu` pool worker for style scans.
 
-    `gpus=0` starts no GPU worker: campaigns then run their shards in their own process.
+    `gpus=0` starts no GPU worker: campaigns then run their shards in their own process. `task_storage`
+    (s3://bucket/prefix): where shards' parameters and results go, as on a fleet; None: under PREFECT_HOME.
     """
     stack = PrefectStack(home=home, port=port, env=dict(env), log_dir=log_dir)
     try:
         stack.start_server()
+        if task_storage:
+            stack.register_task_storage(task_storage)
         stack.create_pools()
         stack.create_zombie_automation()
         stack.deploy()

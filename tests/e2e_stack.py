@@ -157,7 +157,8 @@ class WorkerCampaigns:
         }
         if self._stop.is_set():
             raise RuntimeError("the session ended before the worker stack started")
-        self._prefect = start_stack(folder / "prefect", free_port(), gpus=2, env=env, log_dir=folder / "logs")
+        self._prefect = start_stack(folder / "prefect", free_port(), gpus=2, env=env, log_dir=folder / "logs",
+                                    task_storage=f"{assets}/_prefect/tasks")
         return {"stack": self._prefect, "store": store, "catalog": catalog, "assets": assets}
 
     def _campaign_on_both_workers(self, stack: dict):
