@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # it) is handed out again (flows/fleet.py).
     worker_wait_seconds: float = Field(default=60.0, gt=0)
     shard_forgotten_seconds: float = Field(default=10.0, gt=0)
+    # The Prefect server's database (a fleet: PostgreSQL). Unset, `stylematrix serve` creates and runs a
+    # PostgreSQL cluster of its own under its home folder (adapters/postgres.py).
+    prefect_database_url: str | None = Field(default=None, validation_alias=AliasChoices(
+        "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"), repr=False)
     # The code version workers and campaigns compare (adapters/code_version.py); unset: the git commit.
     code_version: str | None = None
     images_per_shard: int = Field(default=64, ge=1)

@@ -24,11 +24,13 @@ import asyncio
 import contextlib
 import os
 
+import websockets.exceptions
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.client.subscriptions import Subscription
 from prefect.context import TaskRunContext
+from prefect.logging import get_logger
 from prefect.settings import get_current_settings
 from prefect.task_worker import TaskWorker
 
@@ -90,13 +92,18 @@ class ShardWorker(TaskWorker):
             await asyncio.sleep(1)
 
     async def _take_one(self) -> TaskRun:
-        subscription = Subscription(model=TaskRun, path="/task_runs/subscriptions/scheduled", keys=self.task_keys,
-                                    client_id=self.client_id, base_url=get_current_settings().api.url)
-        try:
-            return await subscription.__anext__()
-        finally:
-            with contextlib.suppress(Exception):
-                await subscription.websocket.close()
+        while True:
+            subscription = Subscription(model=TaskRun, path="/task_runs/subscriptions/scheduled", keys=self.task_keys,
+                                        client_id=self.client_id, base_url=get_current_settings().api.url)
+            try:
+                return await subscription.__anext__()
+            except (OSError, websockets.exceptions.WebSocketException) as exc:  # the server restarts: ask again
+                get_logger("stylematrix.gpu_worker").warning("Prefect API unreachable (%s); asking again",
+                                                             type(exc).__name__)
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await subscription.websocket.close()
 
 
 async def serve() -> None:

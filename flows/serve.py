@@ -23,6 +23,11 @@ PREFECT = [sys.executable, "-m", "prefect"]
 # marked Crashed by a server automation. (Shards have their own heartbeat: flows/gpu_worker.py.)
 HEARTBEAT_SECONDS = 30
 ZOMBIE_SECONDS = 75
+# The server's upkeep on PostgreSQL: events are kept a week, and the vacuum service deletes older ones
+# (heartbeats add one event per flow run every HEARTBEAT_SECONDS). Flow runs are kept: a run's history is
+# its audit trail, and the tables in S3 are the record of what was made.
+DATABASE_VARIABLES = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+SERVER_UPKEEP = {"PREFECT_SERVER_EVENTS_RETENTION_PERIOD": "P7D", "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events"}
 
 
 @dataclass
@@ -34,6 +39,7 @@ class PrefectStack:
     env: dict[str, str]
     log_dir: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    database_url: str | None = None  # PostgreSQL (postgresql+asyncpg://...); None: SQLite under `home`
     task_storage: str | None = None  # the block slug shards' parameters and results go through (flows/task_storage.py)
 
     @property
@@ -41,8 +47,9 @@ class PrefectStack:
         return f"http://127.0.0.1:{self.port}/api"
 
     def _env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        # The database's URL holds its password: only the server's processes get it (`_server_env`).
         return {
-            **self.env,
+            **{k: v for k, v in self.env.items() if k not in DATABASE_VARIABLES},
             "PREFECT_HOME": str(self.home),
             "PREFECT_API_URL": self.api_url,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -68,11 +75,29 @@ class PrefectStack:
             raise RuntimeError(f"prefect {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
         return result.stdout
 
+    def _server_env(self) -> dict[str, str]:
+        """What only the server's processes get: the database (its URL holds the password) and its upkeep."""
+        if not self.database_url:
+            return {}
+        return {"PREFECT_API_DATABASE_CONNECTION_URL": self.database_url,
+                "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",  # `prefect server database upgrade` does it, first
+                **SERVER_UPKEEP}
+
+    def migrate(self) -> None:
+        """Bring the database's schema to this Prefect's version: a step of its own, before the server starts."""
+        if self.database_url:
+            result = subprocess.run([*PREFECT, "server", "database", "upgrade", "-y"], cwd=ROOT,
+                                    env=self._env(self._server_env()), capture_output=True, text=True, timeout=600)
+            if result.returncode != 0:
+                raise RuntimeError(f"prefect server database upgrade failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
+
     def start_server(self, timeout: float = 90) -> None:
-        """`prefect server start` on loopback, with its SQLite database under `home`."""
+        """`prefect server start` on loopback: on `database_url` (migrated first), else SQLite under `home`."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        proc = self._spawn("server", [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+        self.migrate()
+        proc = self._spawn("server", [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                           self._server_env())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -153,14 +178,15 @@ class PrefectStack:
 
 
 def start_stack(home: Path, port: int, *, gpus: int, env: Mapping[str, str], log_dir: Path,
-                task_storage: str | None = None) -> PrefectStack:
+                task_storage: str | None = None, database_url: str | None = None) -> PrefectStack:
     """Server, the pools, the zombie automation, every deployment, one cpu worker, one GPU task worker per
     GPU and a `gpu` pool worker for style scans.
 
     `gpus=0` starts no GPU worker: campaigns then run their shards in their own process. `task_storage`
     (s3://bucket/prefix): where shards' parameters and results go, as on a fleet; None: under PREFECT_HOME.
+    `database_url`: the server's PostgreSQL database; None: SQLite under `home`.
     """
-    stack = PrefectStack(home=home, port=port, env=dict(env), log_dir=log_dir)
+    stack = PrefectStack(home=home, port=port, env=dict(env), log_dir=log_dir, database_url=database_url)
     try:
         stack.start_server()
         if task_storage:

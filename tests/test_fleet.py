@@ -40,10 +40,10 @@ def test_a_shard_is_forgotten_only_after_a_free_worker_left_it_scheduled_for_the
 
 def test_task_storage_keeps_parameters_in_s3_for_any_host(s3_server, store, fresh_bucket, prefect_api_env,
                                                           monkeypatch):
-    from adapters.settings import get_settings
     from prefect.blocks.core import Block
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from adapters.settings import get_settings
     from flows.task_storage import S3TaskStorage, register
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)  # each process reaches S3 with its own settings

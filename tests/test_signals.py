@@ -4,9 +4,11 @@ stop them (SIGTERM, SIGHUP), as on Ctrl-C: no server or worker left running, no 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -106,12 +108,16 @@ def test_run_stops_prefects_temporary_server_on_sighup(s3_server, store, model_c
     _stop_and_check(proc, log, signal.SIGHUP, ports)
 
 
-def test_serve_stops_server_and_workers_on_sigterm(s3_server, tmp_path):
+def test_serve_stops_server_workers_and_postgres_on_sigterm(s3_server, tmp_path):
     port = free_port()
+    home = Path(tempfile.mkdtemp(prefix="stylematrix-serve-", dir="/tmp"))
+    home.chmod(0o711)  # PostgreSQL's account must reach its cluster inside
     env = {"AWS_ENDPOINT_URL_S3": s3_server.endpoint, "STYLEMATRIX_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
-    proc, log = _start(["serve", "--gpus", "1", "--port", str(port), "--home", str(tmp_path / "prefect")], env,
-                       tmp_path)
+    proc, log = _start(["serve", "--gpus", "1", "--port", str(port), "--home", str(home)], env, tmp_path)
     _wait_for(lambda: "press Ctrl-C" in log.read_text(), 300, "the stack's start", proc, log)
     names = " ".join(_cmdline(p) for p in psutil.Process(proc.pid).children(recursive=True))
     assert "worker start" in names and "flows.gpu_worker" in names and "server start" in names, names
+    assert (home / "postgres" / "data" / "postmaster.pid").exists(), "serve started no PostgreSQL of its own"
     _stop_and_check(proc, log, signal.SIGTERM, {port})
+    assert not (home / "postgres" / "data" / "postmaster.pid").exists(), "PostgreSQL left running"
+    shutil.rmtree(home, ignore_errors=True)
