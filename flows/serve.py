@@ -40,6 +40,7 @@ class PrefectStack:
     log_dir: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     database_url: str | None = None  # PostgreSQL (postgresql+asyncpg://...); None: SQLite under `home`
+    auth_string: str | None = None  # basic auth the API requires (`user:password`); None: none, on loopback only
     task_storage: str | None = None  # the block slug shards' parameters and results go through (flows/task_storage.py)
 
     @property
@@ -58,6 +59,7 @@ class PrefectStack:
             "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
             **({"PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK": self.task_storage} if self.task_storage else {}),
+            **({"PREFECT_API_AUTH_STRING": self.auth_string} if self.auth_string else {}),
             **(extra or {}),
         }
 
@@ -76,10 +78,11 @@ class PrefectStack:
         return result.stdout
 
     def _server_env(self) -> dict[str, str]:
-        """What only the server's processes get: the database (its URL holds the password) and its upkeep."""
+        """What only the server's processes get: the database (its URL holds the password), its upkeep, its auth."""
+        auth = {"PREFECT_SERVER_API_AUTH_STRING": self.auth_string} if self.auth_string else {}
         if not self.database_url:
-            return {}
-        return {"PREFECT_API_DATABASE_CONNECTION_URL": self.database_url,
+            return auth
+        return {**auth, "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url,
                 "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",  # `prefect server database upgrade` does it, first
                 **SERVER_UPKEEP}
 
@@ -122,11 +125,11 @@ class PrefectStack:
 
     def register_task_storage(self, basepath: str) -> None:
         """Shards' parameters and results under `basepath` in S3, for every process started after this."""
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
         from flows.task_storage import register
 
-        with temporary_settings({PREFECT_API_URL: self.api_url}):
+        with temporary_settings({PREFECT_API_URL: self.api_url, PREFECT_API_AUTH_STRING: self.auth_string}):
             self.task_storage = register(basepath)
 
     def create_zombie_automation(self) -> None:

@@ -94,3 +94,38 @@ def test_a_campaign_needs_a_gpu_worker_on_its_code_version(prefect_api_env, tmp_
     message = str(refused.value)
     assert "\n" not in message
     assert "new-release" in message and "gpu-old at old-release" in message
+
+
+def test_fleet_deployments_pull_the_exact_commit_and_ask_for_workers_at_it():
+    import yaml
+
+    from flows.fleet_deploy import fleet_manifest
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    spec = fleet_manifest("https://git.example.com/acme/stylematrix.git", commit)
+    clone = spec["pull"][0]["prefect.deployments.steps.git_clone"]
+    assert clone["commit_sha"] == commit and clone["repository"].endswith("stylematrix.git")
+    assert spec["pull"][1]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ clone.directory }}"
+    names = [d["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]]
+    assert [d["name"] for d in spec["deployments"]] == names
+    assert {d["job_variables"]["env"]["STYLEMATRIX_CODE_VERSION"] for d in spec["deployments"]} == {commit[:12]}
+    with pytest.raises(ValueError, match="40-hex"):
+        fleet_manifest("https://git.example.com/acme/stylematrix.git", "main")
+
+
+def test_code_version_is_the_commit_unless_the_deployment_names_one(monkeypatch):
+    from adapters import code_version as cv
+    from adapters.settings import get_settings
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    cv.code_version.cache_clear()
+    assert cv.code_version().split("-")[0] == commit.strip()[:12]
+    monkeypatch.setenv("STYLEMATRIX_CODE_VERSION", "release-7")
+    get_settings.cache_clear()
+    cv.code_version.cache_clear()
+    try:
+        assert cv.code_version() == "release-7"
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        cv.code_version.cache_clear()

@@ -3,16 +3,19 @@
 A server on PostgreSQL, one GPU task worker, and a campaign of three shards started with `stylematrix run`
 against that server: the worker runs the first shard, the other two wait in the server's memory. The
 server is killed (SIGKILL) while that shard runs and started again on the same port and database. The
-two shards it forgot are handed out again, and the campaign completes with every image once, each
-matching its sha256.
+shards it forgot are handed out again, and the campaign completes with every image once, each
+matching its sha256. The API requires basic auth, as a fleet's does; no secret ends up in what was written.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 import psutil
@@ -67,11 +70,13 @@ def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_ca
            "STYLEMATRIX_DEVICE": "cpu", "STYLEMATRIX_IMAGES_PER_SHARD": "4", "STYLEMATRIX_SHARD_POLL_SECONDS": "0.5",
            "STYLEMATRIX_SHARD_HEARTBEAT_SECONDS": "1", "STYLEMATRIX_SHARD_LEASE_SECONDS": "15",
            "STYLEMATRIX_SHARD_FORGOTTEN_SECONDS": "5", "OMP_NUM_THREADS": "1"}
+    secret = f"fleet:{uuid.uuid4().hex}"  # the API's basic auth, as a fleet's server requires
     stack = PrefectStack(home=tmp_path / "prefect", port=free_port(), env=env, log_dir=tmp_path / "logs",
-                         database_url=postgres.database(f"restart_{suffix}"))
+                         database_url=postgres.database(f"restart_{suffix}"), auth_string=secret)
     campaign = None
     try:
         stack.start_server()
+        _check_auth(stack.api_url, secret)
         stack.register_task_storage(f"{assets}/_prefect/tasks")
         stack.start_gpu_worker("gpu-1")
         log_file = tmp_path / "campaign.log"
@@ -103,3 +108,27 @@ def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_ca
     assert len(rows) == IMAGES and rows["asset_id"].is_unique
     for row in rows.itertuples():
         assert hashlib.sha256(store.get(row.output_key)).hexdigest() == row.sha256
+    # No secret in a log, a table, an artifact's source or anything else the run wrote.
+    secrets = {secret.encode(), secret.split(":")[1].encode(), postgres.password.encode()}
+    written = [p.read_bytes() for p in tmp_path.rglob("*.log")] + [store.get(o.uri) for o in store.list(f"{assets}/")]
+    assert len(written) > IMAGES
+    assert not [s for s in secrets for blob in written if s in blob]
+
+
+def _check_auth(api_url: str, secret: str) -> None:
+    """The API refuses a request without the auth string, and a wrong one; it takes the right one."""
+    def status(headers: dict[str, str]) -> int:
+        request = urllib.request.Request(f"{api_url}/flows/filter", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def basic(value: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(value.encode()).decode()}
+
+    assert status({}) == 401
+    assert status(basic("fleet:wrong")) == 401
+    assert status(basic(secret)) == 200
