@@ -45,6 +45,7 @@ class LocalPostgres:
 
     folder: Path
     port: int
+    netns: str | None = None  # the network namespace the server runs in (the fleet test's server host)
 
     @property
     def data(self) -> Path:
@@ -71,15 +72,18 @@ class LocalPostgres:
         self._psql("CREATE EXTENSION IF NOT EXISTS pg_trgm", name)
         return self.url_of(name)
 
-    def _owner(self) -> dict:
-        """Popen arguments to run PostgreSQL as its own account when we are root."""
-        if os.geteuid() != 0:
-            return {}
-        return {"user": "postgres", "group": "postgres", "extra_groups": []}
+    def _command(self, args: list[str], as_owner: bool) -> tuple[list[str], dict]:
+        """The command line and Popen arguments: in `netns`, and as PostgreSQL's own account when we are root."""
+        root, prefix = os.geteuid() == 0, ["ip", "netns", "exec", self.netns] if self.netns else []
+        if not (as_owner and root):
+            return prefix + args, {}
+        if prefix:  # entering the namespace needs root: change account after it
+            return [*prefix, "runuser", "-u", "postgres", "--", *args], {}
+        return args, {"user": "postgres", "group": "postgres", "extra_groups": []}
 
     def _run(self, *args: str, timeout: float = 120) -> str:
-        result = subprocess.run([str(_bindir() / args[0]), *args[1:]], capture_output=True, text=True,
-                                timeout=timeout, cwd="/", **self._owner())
+        command, owner = self._command([str(_bindir() / args[0]), *args[1:]], as_owner=True)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd="/", **owner)
         if result.returncode != 0:
             raise RuntimeError(f"postgres: {args[0]} failed: {(result.stderr or result.stdout).strip()[-1500:]}")
         return result.stdout
@@ -125,8 +129,9 @@ class LocalPostgres:
 
     def _psql(self, sql: str, database: str = "postgres") -> str:
         env = child_env({"PGPASSWORD": self.password})
-        result = subprocess.run([str(_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER,
-                                 "-d", database, "-tAc", sql], capture_output=True, text=True, timeout=60, env=env)
+        command, _ = self._command([str(_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER,
+                                    "-d", database, "-tAc", sql], as_owner=False)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"postgres: {sql!r} failed: {result.stderr.strip()[-800:]}")
         return result.stdout.strip()

@@ -41,7 +41,7 @@ from adapters.heartbeats import read_beats  # noqa: E402
 from adapters.local_s3 import LocalS3Server, free_port  # noqa: E402
 from adapters.postgres import LocalPostgres  # noqa: E402
 from adapters.sample_catalog import seed_sample_catalog  # noqa: E402
-from adapters.settings import Settings, child_env  # noqa: E402
+from adapters.settings import Settings, child_env, export_s3_endpoint  # noqa: E402
 from adapters.snapshots import refresh  # noqa: E402
 from adapters.storage import S3Store  # noqa: E402
 from flows.serve import PrefectStack  # noqa: E402
@@ -52,6 +52,7 @@ class Fleet:
         self.folder = folder
         self.postgres = LocalPostgres(folder / "postgres", free_port()).start()
         self.s3 = LocalS3Server().start()
+        export_s3_endpoint(self.s3.endpoint)  # and its dummy credentials, for every host
         self.store = S3Store.from_settings(Settings(s3_endpoint=self.s3.endpoint))
         self.catalog = "s3://fleet-catalog"
         for bucket in ("fleet-catalog", "fleet-assets"):

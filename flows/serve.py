@@ -39,13 +39,18 @@ class PrefectStack:
     env: dict[str, str]
     log_dir: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # Where the server listens and clients reach it; `netns`: the network namespace its processes run in
+    # (the fleet test's server host). Defaults: loopback, this namespace.
+    listen: str = "127.0.0.1"
+    address: str = "127.0.0.1"
+    netns: str | None = None
     database_url: str | None = None  # PostgreSQL (postgresql+asyncpg://...); None: SQLite under `home`
     auth_string: str | None = None  # basic auth the API requires (`user:password`); None: none, on loopback only
     task_storage: str | None = None  # the block slug shards' parameters and results go through (flows/task_storage.py)
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
+        return f"http://{self.address}:{self.port}/api"
 
     def _env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         # The database's URL holds its password: only the server's processes get it (`_server_env`).
@@ -65,10 +70,13 @@ class PrefectStack:
 
     def _spawn(self, name: str, args: list[str], extra: Mapping[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(args, cwd=ROOT, env=self._env(extra), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(self._in_netns(args), cwd=ROOT, env=self._env(extra), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.processes[name] = proc
         return proc
+
+    def _in_netns(self, args: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *args] if self.netns else args
 
     def _prefect(self, *args: str, timeout: float = 120) -> str:
         result = subprocess.run([*PREFECT, *args], cwd=ROOT, env=self._env(), capture_output=True, text=True,
@@ -89,7 +97,7 @@ class PrefectStack:
     def migrate(self) -> None:
         """Bring the database's schema to this Prefect's version: a step of its own, before the server starts."""
         if self.database_url:
-            result = subprocess.run([*PREFECT, "server", "database", "upgrade", "-y"], cwd=ROOT,
+            result = subprocess.run(self._in_netns([*PREFECT, "server", "database", "upgrade", "-y"]), cwd=ROOT,
                                     env=self._env(self._server_env()), capture_output=True, text=True, timeout=600)
             if result.returncode != 0:
                 raise RuntimeError(f"prefect server database upgrade failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
@@ -99,7 +107,7 @@ class PrefectStack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.migrate()
-        proc = self._spawn("server", [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+        proc = self._spawn("server", [*PREFECT, "server", "start", "--host", self.listen, "--port", str(self.port)],
                            self._server_env())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
