@@ -50,8 +50,19 @@ from flows.serve import PrefectStack  # noqa: E402
 class Fleet:
     def __init__(self, folder: Path, images_per_shard: int):
         self.folder = folder
-        self.postgres = LocalPostgres(folder / "postgres", free_port()).start()
-        self.s3 = LocalS3Server().start()
+        self.postgres = LocalPostgres(folder / "postgres", free_port())
+        self.s3 = LocalS3Server()
+        self.gpus: dict[str, subprocess.Popen] = {}
+        self.stack = None
+        try:
+            self._start(images_per_shard)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, images_per_shard: int) -> None:
+        self.postgres.start()
+        self.s3.start()
         export_s3_endpoint(self.s3.endpoint)  # and its dummy credentials, for every host
         self.store = S3Store.from_settings(Settings(s3_endpoint=self.s3.endpoint))
         self.catalog = "s3://fleet-catalog"
@@ -63,11 +74,11 @@ class Fleet:
                     "STYLEMATRIX_DEVICE": "cpu", "STYLEMATRIX_IMAGES_PER_SHARD": str(images_per_shard),
                     "STYLEMATRIX_SHARD_LEASE_SECONDS": "15", "STYLEMATRIX_SHARD_HEARTBEAT_SECONDS": "1",
                     "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-        self.stack = PrefectStack(home=folder / "server", port=free_port(), env=self.env, log_dir=folder / "logs",
+        self.stack = PrefectStack(home=self.folder / "server", port=free_port(), env=self.env,
+                                  log_dir=self.folder / "logs",
                                   database_url=self.postgres.database("fleet"), auth_string=f"fleet:{uuid.uuid4().hex}")
         self.stack.start_server()
         self.stack.register_task_storage("s3://fleet-assets/_prefect/tasks")
-        self.gpus: dict[str, subprocess.Popen] = {}
 
     def host(self, name: str) -> tuple[Path, dict[str, str]]:
         """A host's own folder, working copy and environment."""
@@ -114,7 +125,8 @@ class Fleet:
             proc.send_signal(signal.SIGINT)
         for proc in self.gpus.values():
             proc.wait(timeout=60)
-        self.stack.stop()
+        if self.stack is not None:
+            self.stack.stop()
         self.s3.stop()
         self.postgres.stop()
 

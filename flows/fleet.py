@@ -31,6 +31,11 @@ from prefect.exceptions import ObjectNotFound
 PRESENCE = "stylematrix-gpu-worker"
 
 
+class NoGpuWorker(ConnectionError):
+    """No GPU worker on the campaign's code version is connected: the one line says which version is needed and
+    which are there."""
+
+
 @dataclass(frozen=True)
 class WorkerSeen:
     """A GPU worker as its presence key names it."""
@@ -80,14 +85,14 @@ def read_fleet(client: SyncPrefectClient) -> Fleet:
 
 def require_worker(client: SyncPrefectClient, version: str, task_key: str, timeout: float,
                    poll: float = 1.0) -> Fleet:
-    """Wait up to `timeout` s for a GPU worker on `version` serving `task_key`; RuntimeError in one line otherwise."""
+    """Wait up to `timeout` s for a GPU worker on `version` serving `task_key`; NoGpuWorker in one line otherwise."""
     deadline = time.monotonic() + timeout
     while True:
         fleet = read_fleet(client)
         if fleet.serves(version, task_key):
             return fleet
         if time.monotonic() >= deadline:
-            raise RuntimeError(_no_worker(version, task_key, fleet, timeout))
+            raise NoGpuWorker(_no_worker(version, task_key, fleet, timeout))
         time.sleep(poll)
 
 
