@@ -117,7 +117,7 @@ class Fleet:
         with temporary_settings({PREFECT_API_URL: self.stack.api_url, PREFECT_API_AUTH_STRING: self.stack.auth_string}), \
                 get_client(sync_client=True) as client:
             runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=f"{run_id}-shard-")),
-                                         limit=500)
+                                         limit=200)
         return [r for r in runs if r.start_time and r.end_time]
 
     def stop(self) -> None:
