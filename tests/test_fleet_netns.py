@@ -3,8 +3,7 @@
 One namespace for the server host (PostgreSQL on its loopback, the S3 server, the Prefect server with
 basic auth), one for the campaign's host, two GPU hosts. Each host has its own HOME, PREFECT_HOME,
 model cache and working copy (a git clone at HEAD, as `deploy/install.sh` and the deployments' `pull:`
-bring it: committed code only), and reaches the server host only over its own veth link; the hosts
-cannot reach each other. The test process stands for the operator, on a link of its own.
+bring it: committed code only), and reaches the server host only over its own veth link. The test process stands for the operator, on the same network.
 
 Scenarios: a campaign across both GPU hosts during which one GPU host's link is cut mid-shard and then
 restored (both hosts serve shards; the cut host's shard is handed out again after the lease; every image
@@ -55,22 +54,35 @@ def sh(*args: str) -> None:
 
 
 class Network:
-    """Namespaces `srv`, `cpu`, `g1`, `g2` (prefixed), each host linked to the server host only."""
+    """Namespaces `srv`, `cpu`, `g1`, `g2` (prefixed) on one bridge in the server host's namespace.
+
+    Every host reaches the server host at the same address, as a fleet names it by one DNS name: Prefect
+    runs a task with the settings of the process that submitted it (its API URL included), so a GPU worker
+    must reach the API under the URL the campaign's host uses. The operator (this process) is on the
+    bridge too. Cutting a host's link takes its port on the bridge down.
+    """
 
     def __init__(self) -> None:
         tag = uuid.uuid4().hex[:4]
         self.prefix, self.octet = f"sm{tag}", 100 + int(tag, 16) % 100
-        self.hosts = {"cpu": 1, "g1": 2, "g2": 3}
+        self.hosts = {"cpu": 2, "g1": 3, "g2": 4}
         self.made: list[str] = []
 
     def ns(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
-    def server_ip(self, host: str | None = None) -> str:
-        """The server host's address as `host` reaches it over its link (None: as the operator does)."""
-        if host is None:
-            return f"10.{self.octet}.0.2"
-        return f"10.{self.octet}.{self.hosts[host]}.1"
+    def server_ip(self) -> str:
+        return f"10.{self.octet}.0.1"
+
+    def _link(self, n: int, ns: str | None) -> None:
+        """A veth from the bridge to `ns` (None: this namespace), addressed 10.x.0.`n`."""
+        srv, port, end = self.ns("srv"), f"{self.prefix}p{n}", f"{self.prefix}e{n}"
+        where = ["netns", ns] if ns else []
+        sh("ip", "-n", srv, "link", "add", port, "type", "veth", "peer", "name", end, *(where or ["netns", "1"]))
+        sh("ip", "-n", srv, "link", "set", port, "master", f"{self.prefix}br", "up")
+        inside = ["ip", "-n", ns] if ns else ["ip"]
+        sh(*inside, "addr", "add", f"10.{self.octet}.0.{n}/24", "dev", end)
+        sh(*inside, "link", "set", end, "up")
 
     def up(self) -> Network:
         srv = self.ns("srv")
@@ -78,31 +90,22 @@ class Network:
             sh("ip", "netns", "add", self.ns(name))
             self.made.append(self.ns(name))
             sh("ip", "-n", self.ns(name), "link", "set", "lo", "up")
-        # The operator (this process) to the server host.
-        sh("ip", "link", "add", f"{self.prefix}r0", "type", "veth", "peer", "name", f"{self.prefix}s0", "netns", srv)
-        sh("ip", "addr", "add", f"10.{self.octet}.0.1/30", "dev", f"{self.prefix}r0")
-        sh("ip", "link", "set", f"{self.prefix}r0", "up")
-        sh("ip", "-n", srv, "addr", "add", f"10.{self.octet}.0.2/30", "dev", f"{self.prefix}s0")
-        sh("ip", "-n", srv, "link", "set", f"{self.prefix}s0", "up")
+        sh("ip", "-n", srv, "link", "add", f"{self.prefix}br", "type", "bridge")
+        sh("ip", "-n", srv, "addr", "add", f"{self.server_ip()}/24", "dev", f"{self.prefix}br")
+        sh("ip", "-n", srv, "link", "set", f"{self.prefix}br", "up")
+        self._link(254, None)
         for host, n in self.hosts.items():
-            inside, outside = f"{self.prefix}h{n}", f"{self.prefix}s{n}"
-            sh("ip", "link", "add", outside, "netns", srv, "type", "veth", "peer", "name", inside, "netns", self.ns(host))
-            sh("ip", "-n", srv, "addr", "add", f"10.{self.octet}.{n}.1/30", "dev", outside)
-            sh("ip", "-n", self.ns(host), "addr", "add", f"10.{self.octet}.{n}.2/30", "dev", inside)
-            sh("ip", "-n", srv, "link", "set", outside, "up")
-            sh("ip", "-n", self.ns(host), "link", "set", inside, "up")
+            self._link(n, self.ns(host))
         return self
 
     def cut(self, host: str, down: bool) -> None:
         """Take `host`'s link to the server host down (a cable pulled) or up again."""
-        sh("ip", "-n", self.ns("srv"), "link", "set", f"{self.prefix}s{self.hosts[host]}", "down" if down else "up")
+        sh("ip", "-n", self.ns("srv"), "link", "set", f"{self.prefix}p{self.hosts[host]}", "down" if down else "up")
 
     def down(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            sh("ip", "link", "del", f"{self.prefix}r0")
         for name in self.made:
             with contextlib.suppress(subprocess.CalledProcessError):
-                sh("ip", "netns", "del", name)
+                sh("ip", "netns", "del", name)  # its veths go with it, the operator's end included
 
 
 class Fleet:
@@ -155,7 +158,7 @@ class Fleet:
             home.mkdir(parents=True)
             subprocess.run(["git", "clone", "--quiet", str(ROOT), str(code)], check=True, timeout=120)
             shutil.copytree(self.model_cache, home / "models")  # as a GPU host's own model mirror would fill it
-        server = self.net.server_ip(host)
+        server = self.net.server_ip()
         env = {**child_env(self.credentials), "HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
                "PYTHONPATH": str(code), "PREFECT_API_URL": f"http://{server}:{self.stack.port}/api",
                "PREFECT_API_AUTH_STRING": self.secret, "AWS_ENDPOINT_URL_S3": f"http://{server}:{self.s3_port}",
@@ -199,9 +202,10 @@ class Fleet:
         self.postgres.stop()
 
 
-def _wait(condition, timeout: float, what: str) -> None:
+def _wait(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
+        assert proc is None or proc.poll() is None, f"the campaign exited ({proc.returncode}) before {what}"
         assert time.monotonic() < deadline, f"{what} not seen within {timeout:.0f} s"
         time.sleep(0.3)
 
@@ -249,7 +253,7 @@ def test_a_fleet_of_hosts_that_share_nothing_but_the_network(model_cache, monkey
             return [b for r in runs for b in read_beats(store, assets, r)
                     if b.worker == "gpu-host-1" and b.state == "running"]
 
-        _wait(running_on_g1, 300, "a shard running on gpu-host-1")
+        _wait(running_on_g1, 300, "a shard running on gpu-host-1", run)
         net.cut("g1", down=True)
         time.sleep(LEASE + 10)
         net.cut("g1", down=False)
