@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # it) is handed out again (flows/fleet.py).
     worker_wait_seconds: float = Field(default=60.0, gt=0)
     shard_forgotten_seconds: float = Field(default=10.0, gt=0)
+    # How long a campaign keeps handing out shards while the Prefect API cannot be reached (a server restart).
+    api_outage_seconds: float = Field(default=300.0, gt=0)
     # The Prefect server's database (a fleet: PostgreSQL). Unset, `stylematrix serve` creates and runs a
     # PostgreSQL cluster of its own under its home folder (adapters/postgres.py).
     prefect_database_url: str | None = Field(default=None, validation_alias=AliasChoices(

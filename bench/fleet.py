@@ -171,6 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--images-per-shard", type=int, default=4)
+    parser.add_argument("--restart-only", action="store_true", help="only the restart scenario, on two GPU hosts")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="stylematrix-fleet-", dir="/tmp"))
     folder.chmod(0o711)
@@ -179,13 +180,15 @@ def main() -> None:
     results = {}
     try:
         fleet.start_gpu("gpu-host-1")
-        for hosts, first_seed in ((1, 100), (2, 200)):
+        for hosts, first_seed in ((1, 100), (2, 200)) if not args.restart_only else ():
             if hosts == 2:
                 fleet.start_gpu("gpu-host-2")
             assets = f"s3://fleet-assets/hosts-{hosts}"
             assert fleet.campaign(args.seeds, first_seed, assets).wait(timeout=900) == 0, f"campaign on {hosts} failed"
             results[f"{hosts}_gpu_hosts"] = measure(fleet, assets)
             print(json.dumps({f"{hosts}_gpu_hosts": results[f"{hosts}_gpu_hosts"]}), flush=True)
+        if args.restart_only:
+            fleet.start_gpu("gpu-host-2")
         results["restart_to_next_shard_s"] = restart_mid_campaign(fleet, args.seeds, "s3://fleet-assets/restart")
         print(json.dumps({"restart_to_next_shard_s": results["restart_to_next_shard_s"]}), flush=True)
     finally:

@@ -33,7 +33,7 @@ from adapters.settings import Settings
 from adapters.storage import ObjectStore
 from flows import progress
 from flows.artifacts import advance_progress
-from flows.fleet import Forgotten, read_fleet, require_worker, withdraw
+from flows.fleet import Forgotten, read_fleet, require_worker, through_outage, withdraw
 from flows.gpu_worker import generate_shard_task
 from flows.shard import generate_shard, shard_part_name
 from tasks.plan import Batch, Shard, ShardContext, finished_batches
@@ -125,7 +125,9 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
         named = generate_shard_task.with_options(name=f"{ctx.run_id}-shard-{shard.index:05d}-try-{attempt}")
         # Handed over outside this flow run's context: `.delay()` would pickle the campaign flow with the
         # shard, and a worker cannot import the flow's module as a deployment loaded it.
-        return str(contextvars.Context().run(named.delay, shard=shard, ctx=ctx).task_run_id)
+        future = through_outage(settings.api_outage_seconds, contextvars.Context().run, named.delay, shard=shard,
+                                ctx=ctx)
+        return str(future.task_run_id)
 
     with get_client(sync_client=True) as client:
         _require_workers(client, settings)
@@ -151,11 +153,12 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
                 kind = state.type if state else None
                 message = (state.message if state else None) or "no message"
                 if kind == StateType.SCHEDULED:
-                    free = read_fleet(client).free if free is None else free
+                    if free is None:
+                        free = through_outage(settings.api_outage_seconds, read_fleet, client).free
                     if forgotten.check(run_id, generate_shard_task.task_key in free):
                         logger.warning("shard %d: the Prefect server no longer queues it (restarted?); handing it "
                                        "out again", index)
-                        withdraw(client, run_id)
+                        through_outage(settings.api_outage_seconds, withdraw, client, run_id)
                         forgotten.forget(run_id)
                         running[index] = submit(by_index[index], tries[index])
                     continue
@@ -168,7 +171,8 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
                         message = f"task run {run_id} not found for {quiet:.0f} s"
                     else:
                         message = f"no heartbeat from its worker for {quiet:.0f} s: the worker is gone"
-                        client.set_task_run_state(run_id, Crashed(message=message), force=True)
+                        through_outage(settings.api_outage_seconds, client.set_task_run_state, run_id,
+                                       Crashed(message=message), force=True)
                     kind = StateType.CRASHED
                 elif kind not in FINAL:
                     continue  # another state on the way to running

@@ -24,11 +24,14 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+import httpx
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.exceptions import ObjectNotFound
 
 PRESENCE = "stylematrix-gpu-worker"
+T = TypeVar("T")
 
 
 class NoGpuWorker(ConnectionError):
@@ -125,6 +128,19 @@ class Forgotten:
 
     def forget(self, task_run_id: str) -> None:
         self._since.pop(task_run_id, None)
+
+
+def through_outage(seconds: float, call: Callable[..., T], *args, **kwargs) -> T:
+    """`call(*args, **kwargs)`, called again while the Prefect API cannot be reached (a server restarting), for up
+    to `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except httpx.TransportError as exc:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(f"Prefect API unreachable for {seconds:.0f} s: {type(exc).__name__}: {exc}") from exc
+            time.sleep(1.0)
 
 
 def withdraw(client: SyncPrefectClient, task_run_id: str) -> None:

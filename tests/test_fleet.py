@@ -129,3 +129,22 @@ def test_code_version_is_the_commit_unless_the_deployment_names_one(monkeypatch)
         monkeypatch.undo()
         get_settings.cache_clear()
         cv.code_version.cache_clear()
+
+
+def test_calls_to_the_api_wait_out_a_server_restart_but_not_for_ever():
+    import httpx
+
+    from flows.fleet import through_outage
+
+    failures = [httpx.ConnectError("refused"), httpx.ConnectError("refused")]
+
+    def call(value):
+        if failures:
+            raise failures.pop()
+        return value
+
+    assert through_outage(10, call, "task-run-id") == "task-run-id"
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="unreachable for 1 s"):
+        through_outage(1, lambda: (_ for _ in ()).throw(httpx.ConnectError("refused")))
+    assert time.monotonic() - started < 5
