@@ -38,6 +38,19 @@ class Settings(BaseSettings):
     # moved for `shard_lease_seconds` is presumed lost with its worker and is handed out again.
     shard_heartbeat_seconds: float = Field(default=5.0, gt=0)
     shard_lease_seconds: float = Field(default=60.0, gt=0)
+    # A fleet: a campaign waits this long for a GPU worker on its code version before it fails saying which it
+    # needs; a handed-out shard left SCHEDULED this long while a worker is free (the server restarted and forgot
+    # it) is handed out again (flows/fleet.py).
+    worker_wait_seconds: float = Field(default=60.0, gt=0)
+    shard_forgotten_seconds: float = Field(default=10.0, gt=0)
+    # How long a campaign keeps handing out shards while the Prefect API cannot be reached (a server restart).
+    api_outage_seconds: float = Field(default=300.0, gt=0)
+    # The Prefect server's database (a fleet: PostgreSQL). Unset, `stylematrix serve` creates and runs a
+    # PostgreSQL cluster of its own under its home folder (adapters/postgres.py).
+    prefect_database_url: str | None = Field(default=None, validation_alias=AliasChoices(
+        "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"), repr=False)
+    # The code version workers and campaigns compare (adapters/code_version.py); unset: the git commit.
+    code_version: str | None = None
     images_per_shard: int = Field(default=64, ge=1)
     shard_attempts: int = Field(default=3, ge=1)
     shard_poll_seconds: float = Field(default=2.0, gt=0)

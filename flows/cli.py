@@ -212,14 +212,12 @@ def deployment_names() -> list[str]:
 def serve(
     gpus: Annotated[int, typer.Option(min=1, help="GPU workers to start (one per GPU, each keeping its model loaded)")] = 1,
     port: Annotated[int, typer.Option(help="port of the Prefect server and UI on 127.0.0.1")] = 4200,
-    home: Annotated[Path, typer.Option(help="PREFECT_HOME of the local server (its SQLite database)")] = Path(".prefect"),
+    home: Annotated[Path, typer.Option(help="PREFECT_HOME of the local server: its PostgreSQL cluster (unless PREFECT_API_DATABASE_CONNECTION_URL names a database) and logs")] = Path(".prefect"),
 ) -> None:
     """Start a local Prefect server with the UI, the work pools, every deployment and the workers.
 
     Without an S3 endpoint configured, an embedded S3 server is started and seeded with the sample catalog.
     """
-    import contextlib
-
     from adapters.local_s3 import LocalS3Server
     from adapters.sample_catalog import seed_sample_catalog
     from adapters.settings import child_env
@@ -238,13 +236,15 @@ def serve(
             seed_sample_catalog(store, settings.catalog)
             typer.echo(f"embedded S3 server: {server.endpoint} (sample catalog at {settings.catalog})")
         try:
-            prefect = start_stack(home.resolve(), port, gpus=gpus, env=child_env(), log_dir=home.resolve() / "logs")
+            database = settings.prefect_database_url or _start_postgres(stack, home.resolve() / "postgres")
+            prefect = start_stack(home.resolve(), port, gpus=gpus, env=child_env(), log_dir=home.resolve() / "logs",
+                                  task_storage=f"{settings.assets}/_prefect/tasks", database_url=database)
         except (RuntimeError, TimeoutError, OSError) as exc:
             fail(exc)
         stack.callback(prefect.stop)
         typer.echo(f"Prefect UI: http://127.0.0.1:{port}  (deployments: {', '.join(deployment_names())})")
         typer.echo(f"workers: cpu-1, {', '.join(f'gpu-{i + 1}' for i in range(gpus))}, gpu-scans; logs in {home / 'logs'}")
-        typer.echo("press Ctrl-C to stop")
+        typer.echo("press Ctrl-C to stop (SIGTERM and SIGHUP stop it too)")
         try:
             while all(p.poll() is None for p in prefect.processes.values()):
                 time.sleep(1)
@@ -254,9 +254,24 @@ def serve(
             typer.echo("stopping")
 
 
+def _start_postgres(stack: contextlib.ExitStack, folder: Path) -> str:
+    """The project's own PostgreSQL cluster under `folder` (created on first use), stopped with `stack`."""
+    from adapters.local_s3 import free_port
+    from adapters.postgres import LocalPostgres
+
+    postgres = LocalPostgres(folder, free_port())
+    stack.callback(postgres.stop)
+    postgres.start()
+    typer.echo(f"PostgreSQL: {folder} on 127.0.0.1:{postgres.port}")
+    return postgres.url
+
+
 def main() -> None:
+    from adapters.processes import signals_interrupt
+
     try:
-        app()
+        with signals_interrupt():  # SIGTERM, SIGHUP: the same way out as Ctrl-C, stopping what we started
+            app()
     except KeyboardInterrupt:
         typer.echo("stylematrix: interrupted", err=True)
         sys.exit(130)

@@ -32,11 +32,13 @@ from prefect.client.schemas.objects import State, StateType
 from prefect.states import Crashed
 
 from adapters import publish
+from adapters.code_version import code_version
 from adapters.heartbeats import Beat, Silence, beat_uri
 from adapters.settings import Settings
 from adapters.storage import ObjectStore
 from flows import progress
 from flows.artifacts import advance_progress
+from flows.fleet import Forgotten, read_fleet, require_worker, through_outage, withdraw
 from flows.gpu_worker import generate_shard_task
 from flows.shard import generate_shard, shard_part_name
 from tasks.plan import Shard, ShardContext
@@ -131,6 +133,8 @@ class _Pool:
 
     running: dict[int, str]
     tries: dict[int, int]
+    shards: dict[int, Shard]
+    forgotten: Forgotten
 
 
 def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, settings: Settings,
@@ -142,17 +146,20 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
     """
     logger = get_run_logger()
     silence, waiting = Silence(store), deque(shards)
-    by_index = {s.index: s for s in shards}
-    pool = _Pool(running={}, tries={})
+    pool = _Pool(running={}, tries={}, shards={s.index: s for s in shards},
+                 forgotten=Forgotten(settings.shard_forgotten_seconds))
+    outage = settings.api_outage_seconds
     logger.info("handing %d shards to the GPU workers, at most %d at a time", len(shards), settings.shards_in_flight)
     with get_client(sync_client=True) as client:
+        _require_workers(client, settings)
         while waiting or pool.running:
             while waiting and len(pool.running) < settings.shards_in_flight:
                 shard = waiting.popleft()
                 pool.tries[shard.index] = 1
-                pool.running[shard.index] = _submit(shard, ctx, 1)
+                pool.running[shard.index] = _submit(shard, ctx, 1, outage)
             time.sleep(settings.shard_poll_seconds)
-            states = _states(client, list(pool.running.values()))
+            states = through_outage(outage, _states, client, list(pool.running.values()))
+            _hand_out_forgotten(client, pool, states, ctx, settings)
             for index, task_run_id in list(pool.running.items()):
                 kind, message = _verdict(client, silence, _beat_uri(ctx, task_run_id), task_run_id,
                                          states.get(task_run_id), settings.shard_lease_seconds)
@@ -166,7 +173,7 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
                     pool.tries[index] += 1
                     logger.warning("shard %d %s (%s); handing out attempt %d of %d", index, kind.value.lower(),
                                    message, pool.tries[index], settings.shard_attempts)
-                    pool.running[index] = _submit(by_index[index], ctx, pool.tries[index])
+                    pool.running[index] = _submit(pool.shards[index], ctx, pool.tries[index], outage)
                 else:
                     raise RuntimeError(f"shard {index} ended {kind.value} after {pool.tries[index]} attempts: {message}")
             try:
@@ -175,13 +182,34 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
                 logger.warning("progress not updated: %s: %s", type(exc).__name__, exc)
 
 
-def _submit(shard: Shard, ctx: ShardContext, attempt: int) -> str:
-    """Hand one shard to the GPU workers as a `generate-shard` task run; returns the task run's id."""
+def _submit(shard: Shard, ctx: ShardContext, attempt: int, outage: float) -> str:
+    """Hand one shard to the GPU workers as a `generate-shard` task run (waiting out an API outage of up to
+    `outage` seconds); returns the task run's id."""
     # Named `<run_id>-shard-<index>-try-<n>`: a deferred task run takes its task's name.
     named = generate_shard_task.with_options(name=f"{ctx.run_id}-shard-{shard.index:05d}-try-{attempt}")
     # Handed over outside this flow run's context: `.delay()` would pickle the campaign flow with the
     # shard, and a worker cannot import the flow's module as a deployment loaded it.
-    return str(contextvars.Context().run(named.delay, shard=shard, ctx=ctx).task_run_id)
+    future = through_outage(outage, contextvars.Context().run, named.delay, shard=shard, ctx=ctx)
+    return str(future.task_run_id)
+
+
+def _hand_out_forgotten(client, pool: _Pool, states: dict[str, State], ctx: ShardContext, settings: Settings) -> None:
+    """Hand out again the shards a restarted server forgot (flows/fleet.py): a shard still SCHEDULED while a free
+    worker waits on its task, for `shard_forgotten_seconds`, is withdrawn and submitted again on the same attempt."""
+    free: frozenset[str] | None = None  # the task keys a free worker waits on, read once per poll if needed
+    for index, task_run_id in list(pool.running.items()):
+        state = states.get(task_run_id)
+        if state is None or state.type != StateType.SCHEDULED:
+            pool.forgotten.forget(task_run_id)
+            continue
+        if free is None:
+            free = through_outage(settings.api_outage_seconds, read_fleet, client).free
+        if pool.forgotten.check(task_run_id, generate_shard_task.task_key in free):
+            get_run_logger().warning("shard %d: the Prefect server no longer queues it (restarted?); handing it out "
+                                     "again", index)
+            through_outage(settings.api_outage_seconds, withdraw, client, task_run_id)
+            pool.forgotten.forget(task_run_id)
+            pool.running[index] = _submit(pool.shards[index], ctx, pool.tries[index], settings.api_outage_seconds)
 
 
 def _beat_uri(ctx: ShardContext, task_run_id: str) -> str:
@@ -217,6 +245,13 @@ def _verdict(client, silence: Silence, beat: str, task_run_id: str, state: State
     if kind not in FINAL:
         return None, ""  # scheduled: waiting for a free worker
     return kind, message
+
+
+def _require_workers(client, settings: Settings) -> None:
+    """Wait for a GPU worker on this code version (flows/fleet.py), or fail saying which version is needed."""
+    fleet = require_worker(client, code_version(), generate_shard_task.task_key, settings.worker_wait_seconds)
+    names = sorted({w.worker for w in fleet.seen if w.version == code_version()})
+    get_run_logger().info("GPU workers on code version %s: %s", code_version(), ", ".join(names))
 
 
 def _part_images(store: ObjectStore, part: dict) -> list[dict]:

@@ -13,7 +13,9 @@ shard stays loaded for the next. Two choices differ from Prefect's stock task wo
   runs the shard, and only then asks again; a run the server sends while it closes is not
   acknowledged and goes back to the queue;
 - it beats (adapters/heartbeats.py) while a shard runs, so the campaign can tell a dead
-  worker's shard from a slow one and hand it out again.
+  worker's shard from a slow one and hand it out again;
+- it stays listed with the server under a key that names its code version, busy or free, so a
+  campaign can refuse to start when no worker runs its code (flows/fleet.py).
 """
 
 from __future__ import annotations
@@ -22,20 +24,25 @@ import asyncio
 import contextlib
 import os
 
+import websockets.exceptions
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.client.subscriptions import Subscription
 from prefect.context import TaskRunContext
+from prefect.logging import get_logger
 from prefect.settings import get_current_settings
 from prefect.task_worker import TaskWorker
 
+from adapters.code_version import code_version
 from adapters.engine import engine_loads
 from adapters.heartbeats import Beat, Heartbeat, beat_uri
 from adapters.settings import get_settings
 from adapters.storage import S3Store
 from flows import progress
+from flows.fleet import presence_key
 from flows.shard import run_shard
+from flows.task_storage import S3TaskStorage  # noqa: F401 - the block class shards' parameters are read with
 from tasks.plan import Shard, ShardContext
 
 _served = 0  # shards this process has started
@@ -64,19 +71,41 @@ class ShardWorker(TaskWorker):
     """A task worker that takes the next task run only when the one it runs is finished (see the module docstring)."""
 
     async def _subscribe_to_task_scheduling(self) -> None:
+        presence = asyncio.create_task(self._be_seen())
+        try:
+            while True:
+                task_run = await self._take_one()
+                if await self._acquire_token(task_run.id):
+                    await self._safe_submit_scheduled_task_run(task_run)
+        finally:
+            presence.cancel()
+
+    async def _be_seen(self) -> None:
+        """Stay listed in the server's task-worker registry under a key naming this worker's code (flows/fleet.py).
+
+        Nothing is ever submitted under that key: the subscription only waits, and reconnects after a restart.
+        """
+        key = presence_key(get_settings().worker_name, code_version(), generate_shard_task.task_key)
         while True:
-            task_run = await self._take_one()
-            if await self._acquire_token(task_run.id):
-                await self._safe_submit_scheduled_task_run(task_run)
+            subscription = Subscription(model=TaskRun, path="/task_runs/subscriptions/scheduled", keys=[key],
+                                        client_id=f"{self.client_id}-presence", base_url=get_current_settings().api.url)
+            with contextlib.suppress(Exception):
+                await subscription.__anext__()
+            await asyncio.sleep(1)
 
     async def _take_one(self) -> TaskRun:
-        subscription = Subscription(model=TaskRun, path="/task_runs/subscriptions/scheduled", keys=self.task_keys,
-                                    client_id=self.client_id, base_url=get_current_settings().api.url)
-        try:
-            return await subscription.__anext__()
-        finally:
-            with contextlib.suppress(Exception):
-                await subscription.websocket.close()
+        while True:
+            subscription = Subscription(model=TaskRun, path="/task_runs/subscriptions/scheduled", keys=self.task_keys,
+                                        client_id=self.client_id, base_url=get_current_settings().api.url)
+            try:
+                return await subscription.__anext__()
+            except (OSError, websockets.exceptions.WebSocketException) as exc:  # the server restarts: ask again
+                get_logger("stylematrix.gpu_worker").warning("Prefect API unreachable (%s); asking again",
+                                                             type(exc).__name__)
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await subscription.websocket.close()
 
 
 async def serve() -> None:

@@ -6,7 +6,6 @@ to run real workers on loopback. Production runs the same pieces separately (doc
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapters.processes import stop_processes
 from adapters.settings import FLOW_HEARTBEAT_SECONDS, get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +22,11 @@ PREFECT = [sys.executable, "-m", "prefect"]
 # Flow runs send a heartbeat every FLOW_HEARTBEAT_SECONDS while they run; a running flow run silent for
 # STYLEMATRIX_ZOMBIE_SECONDS is marked Crashed by a server automation (flows/zombies.py).
 # (Shards have their own heartbeat: flows/gpu_worker.py.)
+# The server's upkeep on PostgreSQL: events are kept a week, and the vacuum service deletes older ones
+# (heartbeats add one event per flow run every FLOW_HEARTBEAT_SECONDS). Flow runs are kept: a run's history is
+# its audit trail, and the tables in S3 are the record of what was made.
+DATABASE_VARIABLES = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+SERVER_UPKEEP = {"PREFECT_SERVER_EVENTS_RETENTION_PERIOD": "P7D", "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events"}
 
 
 @dataclass
@@ -33,14 +38,23 @@ class PrefectStack:
     env: dict[str, str]
     log_dir: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # Where the server listens and clients reach it; `netns`: the network namespace its processes run in
+    # (the fleet test's server host). Defaults: loopback, this namespace.
+    listen: str = "127.0.0.1"
+    address: str = "127.0.0.1"
+    netns: str | None = None
+    database_url: str | None = None  # PostgreSQL (postgresql+asyncpg://...); None: SQLite under `home`
+    auth_string: str | None = None  # basic auth the API requires (`user:password`); None: none, on loopback only
+    task_storage: str | None = None  # the block slug shards' parameters and results go through (flows/task_storage.py)
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
+        return f"http://{self.address}:{self.port}/api"
 
     def _env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        # The database's URL holds its password: only the server's processes get it (`_server_env`).
         return {
-            **self.env,
+            **{k: v for k, v in self.env.items() if k not in DATABASE_VARIABLES},
             "PREFECT_HOME": str(self.home),
             "PREFECT_API_URL": self.api_url,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -48,15 +62,20 @@ class PrefectStack:
             "PREFECT_CLI_PROMPT": "false",
             "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(FLOW_HEARTBEAT_SECONDS),
+            **({"PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK": self.task_storage} if self.task_storage else {}),
+            **({"PREFECT_API_AUTH_STRING": self.auth_string} if self.auth_string else {}),
             **(extra or {}),
         }
 
     def _spawn(self, name: str, args: list[str], extra: Mapping[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(args, cwd=ROOT, env=self._env(extra), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(self._in_netns(args), cwd=ROOT, env=self._env(extra), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.processes[name] = proc
         return proc
+
+    def _in_netns(self, args: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *args] if self.netns else args
 
     def _prefect(self, *args: str, timeout: float = 120) -> str:
         result = subprocess.run([*PREFECT, *args], cwd=ROOT, env=self._env(), capture_output=True, text=True,
@@ -65,11 +84,30 @@ class PrefectStack:
             raise RuntimeError(f"prefect {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
         return result.stdout
 
+    def _server_env(self) -> dict[str, str]:
+        """What only the server's processes get: the database (its URL holds the password), its upkeep, its auth."""
+        auth = {"PREFECT_SERVER_API_AUTH_STRING": self.auth_string} if self.auth_string else {}
+        if not self.database_url:
+            return auth
+        return {**auth, "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url,
+                "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",  # `prefect server database upgrade` does it, first
+                **SERVER_UPKEEP}
+
+    def migrate(self) -> None:
+        """Bring the database's schema to this Prefect's version: a step of its own, before the server starts."""
+        if self.database_url:
+            result = subprocess.run(self._in_netns([*PREFECT, "server", "database", "upgrade", "-y"]), cwd=ROOT,
+                                    env=self._env(self._server_env()), capture_output=True, text=True, timeout=600)
+            if result.returncode != 0:
+                raise RuntimeError(f"prefect server database upgrade failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
+
     def start_server(self, timeout: float = 90) -> None:
-        """`prefect server start` on loopback, with its SQLite database under `home`."""
+        """`prefect server start` on loopback: on `database_url` (migrated first), else SQLite under `home`."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        proc = self._spawn("server", [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+        self.migrate()
+        proc = self._spawn("server", [*PREFECT, "server", "start", "--host", self.listen, "--port", str(self.port)],
+                           self._server_env())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -91,6 +129,15 @@ class PrefectStack:
         self._prefect("work-pool", "create", "cpu", "--type", "process", "--overwrite")
         self._prefect("work-pool", "create", "gpu", "--type", "process", "--overwrite")
         self._prefect("work-pool", "set-concurrency-limit", "gpu", "1")
+
+    def register_task_storage(self, basepath: str) -> None:
+        """Shards' parameters and results under `basepath` in S3, for every process started after this."""
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+        from flows.task_storage import register
+
+        with temporary_settings({PREFECT_API_URL: self.api_url, PREFECT_API_AUTH_STRING: self.auth_string}):
+            self.task_storage = register(basepath)
 
     def create_automations(self, zombie_seconds: float) -> None:
         """The server automations of flows/zombies.py: crash a flow run whose worker died mid-run (never one
@@ -114,33 +161,29 @@ class PrefectStack:
                            {"STYLEMATRIX_WORKER_NAME": name, **(env or {})})
 
     def stop(self) -> None:
-        """Workers first (SIGINT: a 3.9 process worker ignores SIGTERM), then the server."""
-        order = sorted(self.processes, key=lambda n: n == "server")
-        for name in order:
-            proc = self.processes[name]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for name in order:
-            proc = self.processes[name]
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        """Workers first (SIGINT: a 3.9 process worker ignores SIGTERM), then the server; each with what it started."""
+        workers = [p for n, p in self.processes.items() if n != "server"]
+        stop_processes(workers)
+        stop_processes([p for n, p in self.processes.items() if n == "server"])
         self.processes.clear()
 
 
 def start_stack(home: Path, port: int, *, gpus: int, env: Mapping[str, str], log_dir: Path,
-                zombie_seconds: float | None = None) -> PrefectStack:
+                zombie_seconds: float | None = None, task_storage: str | None = None,
+                database_url: str | None = None) -> PrefectStack:
     """Server, the pools, the automations (flows/zombies.py), every deployment, one cpu worker, one GPU task
     worker per GPU and a `gpu` pool worker for style scans.
 
     `gpus=0` starts no GPU worker: campaigns then run their shards in their own process. `zombie_seconds`
     (default: the settings' STYLEMATRIX_ZOMBIE_SECONDS) is how long a running flow run may be silent.
+    `task_storage` (s3://bucket/prefix): where shards' parameters and results go, as on a fleet; None: under
+    PREFECT_HOME. `database_url`: the server's PostgreSQL database; None: SQLite under `home`.
     """
-    stack = PrefectStack(home=home, port=port, env=dict(env), log_dir=log_dir)
+    stack = PrefectStack(home=home, port=port, env=dict(env), log_dir=log_dir, database_url=database_url)
     try:
         stack.start_server()
+        if task_storage:
+            stack.register_task_storage(task_storage)
         stack.create_pools()
         stack.create_automations(zombie_seconds or get_settings().zombie_seconds)
         stack.deploy()

@@ -93,6 +93,26 @@ def private_model_cache(model_cache: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def postgres() -> Iterator:
+    """One PostgreSQL cluster for the session's Prefect servers, each on a database of its own
+    (`postgres.database(name)`), as a fleet's server runs. In a folder under /tmp: PostgreSQL runs as its
+    own account when the tests run as root, and that account must reach the folder."""
+    import tempfile
+
+    from adapters.local_s3 import free_port
+    from adapters.postgres import LocalPostgres
+
+    folder = Path(tempfile.mkdtemp(prefix="stylematrix-pg-", dir="/tmp"))
+    folder.chmod(0o711)
+    cluster = LocalPostgres(folder / "cluster", free_port())
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory) -> Iterator[Path]:
     """A throwaway Prefect API for the whole session (it takes seconds to start); the value is a
     copy of its database taken right after migration (see `_warm_prefect_home`)."""

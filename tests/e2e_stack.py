@@ -107,13 +107,13 @@ class WorkerCampaigns:
     running shard loses its worker process.
     """
 
-    def __init__(self, s3_endpoint: str, model_cache: Path, folder: Path, env: dict[str, str]):
+    def __init__(self, s3_endpoint: str, model_cache: Path, folder: Path, env: dict[str, str], database_url: str):
         self.stack: Future = Future()
         self.on_both_workers: Future = Future()
         self.with_a_killed_worker: Future = Future()
         self._stop = threading.Event()
         self._prefect = None
-        self._args = (s3_endpoint, model_cache, folder, env)
+        self._args = (s3_endpoint, model_cache, folder, env, database_url)
         self._thread = threading.Thread(target=self._run, name="worker-campaigns", daemon=True)
         self._thread.start()
 
@@ -128,7 +128,7 @@ class WorkerCampaigns:
             for future in pending:
                 future.set_exception(exc)
 
-    def _start(self, s3_endpoint: str, model_cache: Path, folder: Path, env: dict[str, str]) -> dict:
+    def _start(self, s3_endpoint: str, model_cache: Path, folder: Path, env: dict[str, str], database_url: str) -> dict:
         from adapters.local_s3 import free_port
         from adapters.sample_catalog import seed_sample_catalog
         from adapters.settings import Settings
@@ -163,7 +163,8 @@ class WorkerCampaigns:
         if self._stop.is_set():
             raise RuntimeError("the session ended before the worker stack started")
         self._prefect = start_stack(folder / "prefect", free_port(), gpus=2, env=env, log_dir=folder / "logs",
-                                    zombie_seconds=ZOMBIE)
+                                    zombie_seconds=ZOMBIE, task_storage=f"{assets}/_prefect/tasks",
+                                    database_url=database_url)
         return {"stack": self._prefect, "store": store, "catalog": catalog, "assets": assets}
 
     def _campaign_on_both_workers(self, stack: dict):
@@ -208,11 +209,12 @@ class WorkerCampaigns:
 
 
 @pytest.fixture(scope="session")
-def worker_campaigns(s3_server, model_cache, tmp_path_factory):
+def worker_campaigns(s3_server, model_cache, tmp_path_factory, postgres):
     """The worker stack and its two campaigns, started in the background (see the module docstring)."""
     from adapters.settings import child_env
 
     # This process's environment now, before any test changes it: the thread must not see a test's.
-    campaigns = WorkerCampaigns(s3_server.endpoint, model_cache, tmp_path_factory.mktemp("e2e"), child_env())
+    campaigns = WorkerCampaigns(s3_server.endpoint, model_cache, tmp_path_factory.mktemp("e2e"), child_env(),
+                                postgres.database("worker_campaigns"))
     yield campaigns
     campaigns.close()
