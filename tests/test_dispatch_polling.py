@@ -25,7 +25,7 @@ class FakePool:
         self.queries: list[list[str]] = []  # the task run ids of each read_task_runs call
         self.completed: list[int] = []
 
-    def submit(self, shard, ctx, attempt: int) -> str:
+    def submit(self, shard, ctx, attempt: int, outage: float) -> str:
         run = str(uuid.uuid4())
         self.age[run], self.shard_of[run] = 0, (shard.index, attempt)
         return run
@@ -60,6 +60,9 @@ def wait_on_pool(monkeypatch, shards: int, in_flight: int) -> tuple[FakePool, Co
     monkeypatch.setattr(dispatch, "get_client", lambda sync_client: contextlib.nullcontext(pool))
     monkeypatch.setattr(dispatch, "get_run_logger", lambda: logging.getLogger("test"))
     monkeypatch.setattr(dispatch, "_submit", pool.submit)
+    # A GPU worker on this code version is there, and busy: no scheduled shard counts as forgotten (flows/fleet.py).
+    monkeypatch.setattr(dispatch, "_require_workers", lambda client, settings: None)
+    monkeypatch.setattr(dispatch, "read_fleet", lambda client: SimpleNamespace(free=frozenset()))
     polls: list[float] = []
     monkeypatch.setattr(dispatch.time, "sleep", polls.append)
     work = [SimpleNamespace(index=i, batches=[SimpleNamespace(jobs=[None] * 4)]) for i in range(shards)]
@@ -95,6 +98,9 @@ def test_a_taken_shard_costs_one_beat_read_per_poll(monkeypatch):
     monkeypatch.setattr(dispatch, "get_client", lambda sync_client: contextlib.nullcontext(pool))
     monkeypatch.setattr(dispatch, "get_run_logger", lambda: logging.getLogger("test"))
     monkeypatch.setattr(dispatch, "_submit", pool.submit)
+    # A GPU worker on this code version is there, and busy: no scheduled shard counts as forgotten (flows/fleet.py).
+    monkeypatch.setattr(dispatch, "_require_workers", lambda client, settings: None)
+    monkeypatch.setattr(dispatch, "read_fleet", lambda client: SimpleNamespace(free=frozenset()))
     monkeypatch.setattr(dispatch.time, "sleep", lambda seconds: None)
     work = [SimpleNamespace(index=i, batches=[SimpleNamespace(jobs=[None] * 4)]) for i in range(30)]
     ctx = ShardContext(run_id="r", campaign="c", assets="s3://a", run_date="2026-01-01", controls={}, batch_total=30)
