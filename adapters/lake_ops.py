@@ -65,7 +65,7 @@ def query(tables: lake.Lake, sql: str, *, versions: dict[str, int] | None = None
         cursor = con.execute(sql)
     except duckdb.Error as exc:
         raise ValueError(f"query: {str(exc).splitlines()[0]}") from None
-    if cursor.description is None:
+    if cursor is None or cursor.description is None:
         return Result((), [])
     return Result(tuple(d[0] for d in cursor.description), cursor.fetchall())
 
