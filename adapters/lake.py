@@ -129,13 +129,17 @@ def commit(lake: Lake, table: str, rows: Sequence[dict], *, run_date: str | date
     Raises ValueError for rows that do not fit the table's schema; CommitFailedError when the commit
     still conflicts after COMMIT_ATTEMPTS tries.
     """
-    uri = lake.uri(table)
     if not rows:
-        return Committed(table, uri, None, 0)
-    data = arrow_rows(table, rows, run_date)
+        return Committed(table, lake.uri(table), None, 0)
+    return commit_arrow(lake, table, arrow_rows(table, rows, run_date), txn=txn)
+
+
+def commit_arrow(lake: Lake, table: str, data: pa.Table, *, txn: str) -> Committed:
+    """`commit` for rows already in Arrow, in `table_schema(table)` (the `run_date` column filled)."""
+    uri = lake.uri(table)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         if (version := landed_version(lake, table, txn)) is not None:
-            return Committed(table, uri, version, len(rows), again=True)
+            return Committed(table, uri, version, data.num_rows, again=True)
         try:
             write_deltalake(uri, data, mode="append", partition_by=[PARTITION], schema_mode="merge",
                             storage_options=lake.options,
@@ -148,7 +152,7 @@ def commit(lake: Lake, table: str, rows: Sequence[dict], *, run_date: str | date
                 raise
             time.sleep(0.05 * attempt)
             continue
-        return Committed(table, uri, landed_version(lake, table, txn), len(rows))
+        return Committed(table, uri, landed_version(lake, table, txn), data.num_rows)
     raise AssertionError("unreachable")
 
 

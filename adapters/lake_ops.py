@@ -50,7 +50,7 @@ def versions_of_run(store: ObjectStore, assets: str, run_id: str) -> tuple[dict[
 
 def query(tables: lake.Lake, sql: str, *, versions: dict[str, int] | None = None,
           as_of: datetime | None = None) -> Result:
-    """Run `sql` in DuckDB with every table registered under its name (`generations`, `runs`, ...).
+    """Run `sql` in DuckDB with every table it names registered under that name (`generations`, `runs`, ...).
 
     `versions` pins tables to a version (the others are read `as_of`, else at their newest).
     Raises ValueError (one line) for SQL DuckDB refuses.
@@ -58,7 +58,7 @@ def query(tables: lake.Lake, sql: str, *, versions: dict[str, int] | None = None
     import duckdb
 
     con = duckdb.connect()
-    for name in TABLES:
+    for name in (t for t in TABLES if re.search(rf"\b{t}\b", sql)):  # only the tables the SQL names: each costs a log read
         version = (versions or {}).get(name)
         con.register(name, lake.dataset(tables, name, version=version, as_of=None if version is not None else as_of))
     try:
