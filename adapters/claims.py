@@ -80,9 +80,8 @@ def claim_one(store: ObjectStore, assets: str, asset_id: str, run_id: str, *, le
     held = read_claim(store, assets, asset_id)
     if held is None:  # released between the put and the read: try once more
         return claim_one(store, assets, asset_id, run_id, lease=lease, now=now)
-    if held.run_id == run_id and held.released:  # this run's own claim, handed back: its own again
-        store.put(uri, _body(run_id, now), content_type="application/json")
-        return Claim(asset_id, run_id, now)
+    # A claim handed back stays handed back, even to a worker of its own run still busy after the
+    # run stopped: any other run takes it over at once.
     if held.run_id == run_id or (now - held.claimed_at <= lease and not held.released):
         return held
     store.put(uri, _body(run_id, now), content_type="application/json")

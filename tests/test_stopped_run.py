@@ -90,3 +90,15 @@ def test_a_run_stopped_with_sigterm_is_taken_over_at_once_and_every_reader_sees_
     assert not any("/images/" in uri for uri in report.objects)
     assert all(store.exists(uri) for uri in gens["output_key"])
     assert readers() == dict.fromkeys(("duckdb", "pandas", "manifests", "every file"), (IMAGES, IMAGES))
+
+
+def test_a_claim_handed_back_is_taken_over_at_once_and_only_its_holder_hands_it_back(store, fresh_bucket):
+    assets, lease = f"s3://{fresh_bucket}", timedelta(minutes=15)
+    claims.claim_one(store, assets, "a1", "run-a", lease=lease)
+    claims.claim_one(store, assets, "a2", "run-b", lease=lease)
+    assert claims.release_all(store, assets, ["a1", "a2", "a3"], "run-a") == 1  # only its own; a3 is nobody's
+    assert claims.release_all(store, assets, ["a1"], "run-a") == 0
+    assert claims.claim_one(store, assets, "a1", "run-a", lease=lease).released  # its own late worker: still handed back
+    taken = claims.claim_one(store, assets, "a1", "run-c", lease=lease)
+    assert (taken.run_id, taken.replaced, taken.released) == ("run-c", "run-a", False)
+    assert claims.claim_one(store, assets, "a2", "run-c", lease=lease).run_id == "run-b"  # alive: left to it
