@@ -100,7 +100,10 @@ def open_table(lake: Lake, table: str, version: int | None = None, as_of: dateti
     except TableNotFoundError:
         return None
     if as_of is not None:
-        dt.load_as_version(as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC))
+        moment = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+        if moment.timestamp() * 1000 < (dt.metadata().created_time or 0):  # nothing was committed yet then
+            return None
+        dt.load_as_version(moment)
     return dt
 
 

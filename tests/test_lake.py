@@ -122,6 +122,7 @@ def test_a_reader_during_commits_sees_each_commit_whole(tables):
 
 def test_time_travel_by_version_by_time_and_by_run(store, tables, cli_env):
     first, second = run_id(40), run_id(41)
+    before = datetime.now(UTC)
     for run in (first, second):
         done = lake.commit_run(tables, run, DAY, {"generations": rows("generations", run, 2), "runs": rows("runs", run, 1)})
         publish.write_manifest(store, tables.assets, run, {
@@ -132,6 +133,7 @@ def test_time_travel_by_version_by_time_and_by_run(store, tables, cli_env):
             between = datetime.now(UTC)
             time.sleep(1.1)
     assert count(tables) == 4 and count(tables, version=0) == 2 and count(tables, as_of=between) == 2
+    assert count(tables, as_of=before) == 0  # nothing was committed yet then
     versions, when = lake_ops.versions_of_run(store, tables.assets, first)
     assert versions == {"generations": 0, "runs": 0}
     assert lake_ops.query(tables, "SELECT DISTINCT run_id FROM generations", versions=versions).rows == [(first,)]
