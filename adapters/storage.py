@@ -322,7 +322,8 @@ class S3Store:
         """
         options = {"AWS_REGION": self._client.meta.region_name or "us-east-1"}
         if self.endpoint and not self.endpoint.endswith(".amazonaws.com"):
-            options["AWS_ENDPOINT_URL"] = self.endpoint
+            # Both names: delta-rs lets AWS_ENDPOINT_URL_S3 in the environment win over AWS_ENDPOINT_URL.
+            options["AWS_ENDPOINT_URL"] = options["AWS_ENDPOINT_URL_S3"] = self.endpoint
             options["AWS_ALLOW_HTTP"] = "true" if self.endpoint.startswith("http://") else "false"
         return options
 
