@@ -163,7 +163,7 @@ def test_a_column_added_to_the_schema_merges_into_the_table(tables, monkeypatch)
     assert got == [(old, None), (new, 0.5)]
 
 
-def test_compaction_then_vacuum_leaves_one_file_per_partition_and_the_same_rows(tables):
+def test_compaction_then_vacuum_leaves_one_file_per_partition_and_the_same_rows(tables, cli_env):
     for i in range(6):
         run = run_id(60 + i)
         lake.commit(tables, "generations", rows("generations", run, 10), run_date=DAY if i % 2 else "2026-12-06",
@@ -176,6 +176,22 @@ def test_compaction_then_vacuum_leaves_one_file_per_partition_and_the_same_rows(
     assert lake_ops.vacuum(tables, "generations", retention_hours=DEFAULT_KEEP) == []  # all younger than a week
     gone = lake_ops.vacuum(tables, "generations", retention_hours=0)
     assert len(gone) == 6 and count(tables) == 60
+
+    # The same through the command line, on the runs table.
+    from flows.cli import app
+
+    cli, where = CliRunner(), ["--assets", tables.assets]
+    for i in range(3):
+        lake.commit(tables, "runs", rows("runs", run_id(66 + i), 1), run_date=DAY, txn=lake.run_txn(run_id(66 + i)))
+    out = cli.invoke(app, ["tables", "compact", "--table", "runs", *where])
+    assert out.exit_code == 0 and "runs: 3 files -> 1 in 1 partitions (version 3)" in out.output, out.output
+    out = cli.invoke(app, ["tables", "vacuum", "--retention-hours", "0", "--table", "runs", *where])
+    assert "runs: deleted 3 files older than 0 h" in out.output, out.output
+    out = cli.invoke(app, ["tables", "history", "runs", *where])
+    assert out.output.splitlines()[0].split("\t") == ["version", "timestamp", "operation", "commit", "rows"]
+    assert f"run:{run_id(66)}" in out.output and "OPTIMIZE" in out.output
+    out = cli.invoke(app, ["tables", "compact", "--table", "nope", *where])
+    assert out.exit_code == 2 and "--table 'nope': not one of generations" in out.output
 
 
 DEFAULT_KEEP = lake_ops.DEFAULT_RETENTION_HOURS
