@@ -197,7 +197,7 @@ def test_compaction_then_vacuum_leaves_one_file_per_partition_and_the_same_rows(
 DEFAULT_KEEP = lake_ops.DEFAULT_RETENTION_HOURS
 
 
-def test_migration_converts_a_schema_7_bucket_in_place_and_is_idempotent(store, tables):
+def test_migration_converts_a_schema_7_bucket_in_place_and_is_idempotent(store, tables, cli_env):
     assets, committed, dead = tables.assets, run_id(70), run_id(71)
     legacy = f"{assets}/tables/%s/run_date={DAY}/%s.parquet"
     parts = []
@@ -223,6 +223,10 @@ def test_migration_converts_a_schema_7_bucket_in_place_and_is_idempotent(store, 
     assert len(publish.read_table(store, manifest, "generations")) == 5
     again = lake_ops.migrate(store, assets)
     assert again.commits == {} and again.left == done.left and count(tables) == 5
+    from flows.cli import app
+
+    out = CliRunner().invoke(app, ["tables", "migrate", "--assets", assets])
+    assert out.exit_code == 0 and "removed 0 parts now in the tables; left 1 parts" in out.output, out.output
     # The dead run's part is what gc removes, as it always did.
     report = collect_garbage(store, assets, older_than=timedelta(0), dry_run=False)
     assert report.runs == (dead,) and parts[3]["uri"] in report.objects and count(tables) == 5
