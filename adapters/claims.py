@@ -7,7 +7,8 @@ Before a batch is generated, its worker claims each asset with a conditional put
 - claimed by this run (a retried shard): still ours;
 - claimed by another run within the lease: that run is presumed alive and making it; this run
   leaves the asset to it and says so in its summary;
-- claimed by another run longer ago than the lease, and that run never committed: presumed dead.
+- claimed by another run longer ago than the lease, or handed back by it (a run stopped with SIGTERM
+  or Ctrl-C releases its claims on the way out, `release_all`), and that run never committed: presumed dead.
   The claim is taken over; the dead run's image, if it wrote one that verifies against the sha256
   stored with it, is recorded by this run (`made_by_run`); otherwise it is generated again.
 
@@ -43,6 +44,7 @@ class Claim:
     claimed_at: datetime
     replaced: str = ""  # the presumed-dead run whose claim this one replaced
     new: bool = False  # claimed just now, from nobody: nothing of it can exist yet
+    released: bool = False  # handed back by its run as it stopped: free to take over at once
 
 
 def claim_uri(assets: str, asset_id: str) -> str:
@@ -54,11 +56,15 @@ def read_claim(store: ObjectStore, assets: str, asset_id: str) -> Claim | None:
         raw = json.loads(store.get(claim_uri(assets, asset_id)))
     except FileNotFoundError:
         return None
-    return Claim(asset_id=asset_id, run_id=raw["run_id"], claimed_at=datetime.fromisoformat(raw["claimed_at"]))
+    return Claim(asset_id=asset_id, run_id=raw["run_id"], claimed_at=datetime.fromisoformat(raw["claimed_at"]),
+                 released=bool(raw.get("released_at")))
 
 
-def _body(run_id: str, now: datetime) -> bytes:
-    return json.dumps({"run_id": run_id, "claimed_at": now.isoformat()}, sort_keys=True).encode()
+def _body(run_id: str, now: datetime, released_at: datetime | None = None) -> bytes:
+    body = {"run_id": run_id, "claimed_at": now.isoformat()}
+    if released_at is not None:
+        body["released_at"] = released_at.isoformat()
+    return json.dumps(body, sort_keys=True).encode()
 
 
 def claim_one(store: ObjectStore, assets: str, asset_id: str, run_id: str, *, lease: timedelta,
@@ -74,7 +80,9 @@ def claim_one(store: ObjectStore, assets: str, asset_id: str, run_id: str, *, le
     held = read_claim(store, assets, asset_id)
     if held is None:  # released between the put and the read: try once more
         return claim_one(store, assets, asset_id, run_id, lease=lease, now=now)
-    if held.run_id == run_id or now - held.claimed_at <= lease:
+    # A claim handed back stays handed back, even to a worker of its own run still busy after the
+    # run stopped: any other run takes it over at once.
+    if held.run_id == run_id or (now - held.claimed_at <= lease and not held.released):
         return held
     store.put(uri, _body(run_id, now), content_type="application/json")
     return Claim(asset_id, run_id, now, replaced=held.run_id)
@@ -109,3 +117,23 @@ def owners_at_commit(store: ObjectStore, assets: str, asset_ids: Iterable[str], 
         return owners(store, assets, ids)
     mine = set(made)
     return {a: run_id for a in ids if a in mine} | owners(store, assets, [a for a in ids if a not in mine])
+
+
+def release_all(store: ObjectStore, assets: str, asset_ids: Iterable[str], run_id: str) -> int:
+    """Hand back every claim `run_id` holds among `asset_ids` (a run stopping before it commits); returns how many.
+
+    The claim stays, marked released, so the next run takes the asset over at once (recording the
+    image this run made, when it verifies) instead of waiting out the lease. A claim another run
+    holds is left alone.
+    """
+    now = datetime.now(UTC)
+
+    def one(asset_id: str) -> bool:
+        held = read_claim(store, assets, asset_id)
+        if held is None or held.run_id != run_id or held.released:
+            return False
+        store.put(claim_uri(assets, asset_id), _body(run_id, held.claimed_at, released_at=now),
+                  content_type="application/json")
+        return True
+
+    return sum(parallel_map(one, list(asset_ids)))

@@ -19,8 +19,7 @@ from functools import lru_cache
 
 from PIL import Image, ImageCms
 
-from adapters import publish, run_outputs
-from adapters.parquet_io import read_parquet_bytes
+from adapters import lake, publish, run_outputs
 from adapters.storage import ObjectStore, join_uri
 from catalogs.models import DeliveryFormat
 from tasks.finish import with_finishes
@@ -114,24 +113,20 @@ def part_name(run_id: str, review_id: str) -> str:
 
 
 def read_parts(store: ObjectStore, assets: str, table: str, run_date: str, run_id: str) -> list[dict]:
-    """Every row of `table` (reviews or deliveries) about run `run_id`: each part is one object, complete or absent."""
-    prefix = publish.table_part_uri(assets, table, run_date, part_name(run_id, "")).removesuffix(".parquet")
-    rows: list[dict] = []
-    for info in store.list(prefix):
-        rows += read_parquet_bytes(store.get(info.uri)).to_pylist()
-    return rows
+    """Every committed row of `table` (reviews or deliveries) about run `run_id` (in partition `run_date`)."""
+    rows = lake.read(lake.Lake.of(store, assets), table, where=("run_id", run_id))
+    return [r for r in rows.to_pylist() if str(r.pop(lake.PARTITION)) == run_date]
 
 
 def write_part_once(store: ObjectStore, assets: str, table: str, request: ReviewRequest, review_id: str,
                     rows: Sequence[dict]) -> str | None:
-    """Write one review's part of `table`, unless that review already wrote it; its URI, None without rows."""
+    """Commit one review's rows of `table`, unless that review's commit already landed; the table's URI, None
+    without rows. The commit is named `review:<run_id>--<review_id>`: a retry finds it and writes nothing."""
     if not rows:
         return None
-    uri = publish.table_part_uri(assets, table, request.run_date, part_name(request.run_id, review_id))
-    if store.exists(uri):
-        return uri
-    store.put(uri, publish.table_bytes(table, rows), content_type="application/vnd.apache.parquet", if_absent=True)
-    return uri
+    done = lake.commit(lake.Lake.of(store, assets), table, rows, run_date=request.run_date,
+                       txn=f"review:{part_name(request.run_id, review_id)}")
+    return done.uri
 
 
 @dataclass
@@ -238,5 +233,5 @@ def mark_gallery(store: ObjectStore, request: ReviewRequest, run: ReviewedRun, s
     title = runs[0].get("title") if runs else None
     shown = with_finishes(run.images, run.finishes)
     return run_outputs.write_gallery(store, request.assets, request.run_id, request.campaign, shown,
-                                     run.manifest.get("sheets", {}), [p["uri"] for p in run.manifest["parts"]],
+                                     run.manifest.get("sheets", {}), [t["uri"] for t in run.manifest.get("tables", [])],
                                      left_out, title=title if isinstance(title, str) else None, reviews=states)

@@ -87,9 +87,9 @@ def finish_image(render: Image.Image, photo: Image.Image, mask: Image.Image | No
 
 
 def finish_run(store: ObjectStore, ctx: ShardContext, spec: Campaign, products: Sequence[Product],
-               rows: Sequence[dict]) -> tuple[list[dict], dict | None]:
-    """Finish the run's images that their channel's plan asks for; their `finishes` rows and the part's
-    manifest entry (None when nothing was finished)."""
+               rows: Sequence[dict]) -> list[dict]:
+    """Finish the run's images that their channel's plan asks for; their `finishes` rows, which the run
+    commits with its other tables."""
     plans = finish_plans(spec, [channel_of(r) for r in rows])
     todo = to_finish(rows, plans)
     by_id = {p.product_id: p for p in products}
@@ -114,9 +114,7 @@ def finish_run(store: ObjectStore, ctx: ShardContext, spec: Campaign, products: 
         made = Made(method=method, revision=revision, stored=stored, checks=checks, reasons=reasons,
                     seconds=time.perf_counter() - clock)
         out.append(finish_row(ctx, row, plan, done, made))
-    if not out:
-        return [], None
-    return out, publish.put_table_part(store, ctx.assets, "finishes", ctx.run_date, ctx.run_id, out)
+    return out
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from adapters import claims, publish
+from adapters import claims, lake, publish
 from adapters.storage import ObjectStore, join_uri
-from tasks.gc import Stored, garbage
+from tasks.gc import Stored, garbage, run_of
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class GcReport:
     objects: tuple[str, ...]  # objects removed (or, in a dry run, that would be)
     bytes: int
     dry_run: bool
+    kept: tuple[str, ...] = ()  # objects of abandoned runs kept: committed rows or manifests name them (taken over)
 
 
 def collect_garbage(store: ObjectStore, assets: str, *, older_than: timedelta, dry_run: bool,
@@ -25,8 +26,12 @@ def collect_garbage(store: ObjectStore, assets: str, *, older_than: timedelta, d
     now = now or datetime.now(UTC)
     listed = [o for prefix in ("runs/", "tables/") for o in store.list(join_uri(assets, prefix))]
     manifests = publish.read_manifests(store, assets)
-    committed = {m["run_id"] for m in manifests}
+    tables = lake.Lake.of(store, assets)
+    # Committed is what the tables hold: a run whose `runs` row landed, an image whose `generations` row did
+    # (whoever recorded it), whether or not a manifest followed.
+    committed = {m["run_id"] for m in manifests} | set(lake.column(tables, "runs", "run_id"))
     referenced = {uri for m in manifests for uri in _named_uris(m)}
+    referenced |= {uri for uri in lake.column(tables, "generations", "output_key") if uri}
     held = {}
     for info in store.list(join_uri(assets, claims.CLAIMS + "/")):
         raw = json.loads(store.get(info.uri))
@@ -37,11 +42,12 @@ def collect_garbage(store: ObjectStore, assets: str, *, older_than: timedelta, d
     if not dry_run:
         for uri in doomed:
             store.delete(uri)
+    kept = sorted(o.uri for o in listed if run_of(o.uri) in dead and o.uri in referenced)
     return GcReport(runs=tuple(sorted(dead)), objects=tuple(doomed), bytes=sum(sizes.get(u, 0) for u in doomed),
-                    dry_run=dry_run)
+                    dry_run=dry_run, kept=tuple(kept))
 
 
 def _named_uris(manifest: dict) -> set[str]:
-    named = {i["uri"] for i in manifest.get("images", [])} | {p["uri"] for p in manifest.get("parts", [])}
+    named = {i["uri"] for i in manifest.get("images", [])} | {p["uri"] for p in manifest.get("parts", [])}  # v7: parts
     named |= set((manifest.get("sheets") or {}).values()) | set((manifest.get("controls") or {}).values())
     return named | ({manifest["gallery"]} if manifest.get("gallery") else set())

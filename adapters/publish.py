@@ -14,11 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from adapters import lake
 from adapters.parquet_io import arrow_schema, parquet_bytes, parquet_row_count, read_parquet_bytes
 from adapters.storage import ObjectStore, join_uri, parallel_map
 from tasks.tables import TABLES, Published, to_frame
 
 MANIFEST = "_MANIFEST.json"
+STAGING = "staging"  # <assets>/runs/<run_id>/staging/<table>/: rows a run has not committed
 
 def run_uri(assets: str, run_id: str, *parts: str) -> str:
     return join_uri(assets, "runs", run_id, *parts)
@@ -101,27 +103,21 @@ def table_bytes(table: str, rows: Sequence[dict]) -> bytes:
     return parquet_bytes(arrow)
 
 
-def table_part_uri(assets: str, table: str, run_date: str, name: str) -> str:
-    return join_uri(assets, "tables", table, f"run_date={run_date}", f"{name}.parquet")
+def staged_part_uri(assets: str, run_id: str, table: str, name: str) -> str:
+    """Where a run stages rows before it commits them: under its own folder, where no table reader looks."""
+    return run_uri(assets, run_id, STAGING, table, f"{name}.parquet")
 
 
-def put_table_part(store: ObjectStore, assets: str, table: str, run_date: str, name: str, rows: Sequence[dict]) -> dict:
-    """Write one Hive-partitioned parquet part; returns its manifest entry."""
+def stage_part(store: ObjectStore, assets: str, run_id: str, table: str, name: str, rows: Sequence[dict]) -> dict:
+    """Write one staged parquet part of `table` (a shard's rows); returns its entry (`table`, `uri`, `rows`, ...)."""
     data = table_bytes(table, rows)
-    uri = table_part_uri(assets, table, run_date, name)
+    uri = staged_part_uri(assets, run_id, table, name)
     store.put(uri, data, content_type="application/vnd.apache.parquet")
     return _entry(table, uri, data)
 
 
-def rewrite_table_part(store: ObjectStore, part: dict, rows: Sequence[dict]) -> dict:
-    """Write `rows` over an uncommitted part (same URI); returns its new manifest entry."""
-    data = table_bytes(part["table"], rows)
-    store.put(part["uri"], data, content_type="application/vnd.apache.parquet")
-    return _entry(part["table"], part["uri"], data)
-
-
 def part_entry(store: ObjectStore, table: str, uri: str) -> dict:
-    """The manifest entry of a part another process wrote."""
+    """The entry of a staged part another process wrote."""
     return _entry(table, uri, store.get(uri))
 
 
@@ -130,12 +126,20 @@ def _entry(table: str, uri: str, data: bytes) -> dict:
     return {"table": table, "uri": uri, "rows": rows, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
+def read_staged(store: ObjectStore, parts: Sequence[dict], table: str) -> pd.DataFrame:
+    """The rows of `table` in staged parts (not yet committed)."""
+    frames = [read_parquet_bytes(store.get(p["uri"])).to_pandas() for p in parts if p["table"] == table]
+    if not frames:
+        return arrow_schema(TABLES[table]).empty_table().to_pandas()
+    return pd.concat(frames, ignore_index=True)
+
+
 def put_text(store: ObjectStore, uri: str, text: str, content_type: str) -> None:
     store.put(uri, text.encode(), content_type=content_type)
 
 
 def write_manifest(store: ObjectStore, assets: str, run_id: str, manifest: dict) -> str:
-    """The run's commit record; readers trust only parts and images a manifest lists."""
+    """The run's record, written once after its tables committed: its files and the table versions it made."""
     uri = run_uri(assets, run_id, MANIFEST)
     store.put(uri, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode(),
               content_type="application/json", if_absent=True)
@@ -149,22 +153,33 @@ def read_manifests(store: ObjectStore, assets: str) -> list[dict]:
 
 
 def published_asset_ids(store: ObjectStore, assets: str) -> set[str]:
-    """Asset ids some committed run already published."""
-    return {img["asset_id"] for m in read_manifests(store, assets) for img in m.get("images", [])}
+    """Asset ids whose row some run committed to the `generations` table."""
+    return set(lake.column(lake.Lake.of(store, assets), "generations", "asset_id"))
 
 
 def read_table(store: ObjectStore, manifest: dict, table: str) -> pd.DataFrame:
-    """One table's rows from the parts a manifest lists."""
-    frames = [read_parquet_bytes(store.get(p["uri"])).to_pandas()
-              for p in manifest["parts"] if p["table"] == table]
-    if not frames:
+    """A committed run's rows of one table, as of the version its commit made (the newest for a migrated run)."""
+    assets = manifest.get("assets") or _assets_of(manifest)
+    committed = {t["table"]: t for t in manifest.get("tables", [])}
+    version = committed[table]["version"] if table in committed else None
+    if table in committed and version is None:  # the run had no rows for it
         return arrow_schema(TABLES[table]).empty_table().to_pandas()
-    return pd.concat(frames, ignore_index=True)
+    rows = lake.read(lake.Lake.of(store, assets), table, version=version, where=("run_id", manifest["run_id"]))
+    return rows.drop_columns([lake.PARTITION]).to_pandas()
+
+
+def _assets_of(manifest: dict) -> str:
+    """The assets prefix of a manifest written before manifests named it: from its gallery's or an image's URI."""
+    for uri in [manifest.get("gallery") or "", *(i["uri"] for i in manifest.get("images", []))]:
+        if "/runs/" in uri:
+            return uri.split("/runs/", 1)[0]
+    raise ValueError(f"manifest of run {manifest.get('run_id')!r}: no `assets` and no URI to find it from")
 
 
 def run_history(store: ObjectStore, assets: str) -> list[dict]:
-    """The `runs` rows of every committed run under the assets prefix."""
-    return [row for m in read_manifests(store, assets) for row in read_table(store, m, "runs").to_dict("records")]
+    """Every committed `runs` row under the assets prefix."""
+    rows = lake.read(lake.Lake.of(store, assets), "runs")
+    return rows.drop_columns([lake.PARTITION]).to_pylist()
 
 
 def copy_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> Path:
@@ -183,9 +198,6 @@ def copy_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> Pat
     copies = {img["uri"]: path for path, img in images.items()
               if not (path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == img["sha256"])}
     copies |= {uri: target / "sheets" / name for name, uri in manifest.get("sheets", {}).items()}
-    # Every part in its Hive layout too, so DuckDB reads the mirror as it reads the bucket.
-    copies |= {p["uri"]: target / "tables" / p["uri"].removeprefix(join_uri(assets, "tables") + "/")
-               for p in manifest["parts"]}
     if manifest.get("gallery"):
         copies[manifest["gallery"]] = target / "index.html"
         # A large run's gallery pages (tasks.gallery.gallery_files), beside its index.html.
@@ -194,9 +206,16 @@ def copy_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> Pat
     for local in {path.parent for path in copies.values()}:
         local.mkdir(parents=True, exist_ok=True)
     parallel_map(lambda uri: copies[uri].write_bytes(store.get(uri)), list(copies))
-    gens = read_table(store, manifest, "generations")
-    pq.write_table(pa.Table.from_pandas(gens, schema=arrow_schema(TABLES["generations"]), preserve_index=False),
-                   target / "generations.parquet")
+    # The run's committed rows of each table, one parquet file per table in a Hive layout (`run_date=`),
+    # so a local DuckDB reads the mirror with `read_parquet(..., hive_partitioning = true)`.
+    for entry in manifest.get("tables", []):
+        frame = read_table(store, manifest, entry["table"])
+        data = pa.Table.from_pandas(frame, schema=arrow_schema(TABLES[entry["table"]]), preserve_index=False)
+        folder = target / "tables" / entry["table"] / f"{lake.PARTITION}={manifest['run_date']}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(data, folder / f"{run_id}.parquet")
+        if entry["table"] == "generations":
+            pq.write_table(data, target / "generations.parquet")
     (target / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     latest = out_dir / "latest"
     tmp = out_dir / f".latest-{os.getpid()}"

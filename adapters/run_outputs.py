@@ -1,8 +1,8 @@
-"""The run's outputs after generation, before the manifest: every image's outcome written into
-the `generations` parts, the per-cell metrics, the contact sheets and the gallery page.
+"""The run's outputs after generation, before its commit: every image's outcome decided across the
+run, the contact sheets and the gallery page.
 
-Each rewrites or overwrites its own still-uncommitted objects, so a retry is safe; none of it
-counts until the campaign writes its manifest.
+Each overwrites its own still-uncommitted objects, so a retry is safe; the rows count once the
+campaign commits them to the tables (adapters/lake.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tasks.canny import control_name
 from tasks.channels import channel_of, outline_layout, row_layout
 from tasks.consistency import CAMPAIGN, selected_spreads
 from tasks.gallery import gallery_files
-from tasks.select import OUTCOME, cell_metrics, select_images
+from tasks.select import OUTCOME, select_images
 from tasks.sheets import contact_sheet, overview_lines, overview_sheet, sheet_pages, tile_for
 
 SHEET_TILE = 160  # pixels of a contact sheet tile's long side
@@ -29,30 +29,20 @@ OVERVIEW = "overview.jpg"  # the campaign's overview sheet, beside the contact s
 
 
 def select_run(store: ObjectStore, parts: Sequence[dict], selection: Selection,
-               owned: Collection[str] | None = None) -> tuple[list[dict], list[dict]]:
-    """Decide every image's outcome across the run and rewrite each `generations` part with it.
+               owned: Collection[str] | None = None) -> list[dict]:
+    """The run's `generations` rows from its staged parts, each with its outcome decided across the run.
 
     With `owned`, only those asset ids stay (the run holds their claims as it commits; another run
-    that took a claim over records that asset instead). Returns the run's rows, with outcomes, and
-    the parts' new manifest entries.
+    that took a claim over records that asset instead).
     """
-    per_part = [publish.read_table(store, {"parts": [p]}, "generations").to_dict("records") for p in parts]
+    rows = publish.read_staged(store, parts, "generations").to_dict("records")
     if owned is not None:
         keep = set(owned)
-        per_part = [[r for r in part_rows if r["asset_id"] in keep] for part_rows in per_part]
-    rows = [r for part_rows in per_part for r in part_rows]
+        rows = [r for r in rows if r["asset_id"] in keep]
     if rows:
         for row, outcome in zip(rows, select_images(rows, selection), strict=True):
             row.update({k: outcome[k] for k in OUTCOME})
-    new_parts = [publish.rewrite_table_part(store, p, part_rows) for p, part_rows in zip(parts, per_part, strict=True)]
-    return rows, new_parts
-
-
-def write_cell_metrics(store: ObjectStore, assets: str, run_date: str, run_id: str, campaign: str,
-                       rows: Sequence[dict]) -> dict:
-    """The run's `cell_metrics` part; returns its manifest entry."""
-    return publish.put_table_part(store, assets, "cell_metrics", run_date, run_id,
-                                  cell_metrics(rows, run_id=run_id, campaign=campaign))
+    return rows
 
 
 def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[dict], products: Sequence[Product],

@@ -128,6 +128,8 @@ class ObjectStore(Protocol):
 
     def check_reachable(self, uri: str) -> None: ...
 
+    def storage_options(self) -> dict[str, str]: ...
+
 
 def parallel_map(fn: Callable[[str], T], uris: Sequence[str], workers: int = PARALLEL_CALLS) -> list[T]:
     """`fn` over many URIs at once, results in order: S3 calls wait on latency, not on this process's CPU."""
@@ -311,6 +313,19 @@ class S3Store:
                     for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for item in page.get("Contents", [])]
 
         return sorted(self._call(prefix_uri, listing), key=lambda info: info.key)
+
+    def storage_options(self) -> dict[str, str]:
+        """The endpoint and region of this store as Delta Lake (delta-rs) storage options.
+
+        Credentials are not in them: delta-rs finds them itself, as boto3 does (AWS_ACCESS_KEY_ID and
+        AWS_SECRET_ACCESS_KEY, a profile, an instance role).
+        """
+        options = {"AWS_REGION": self._client.meta.region_name or "us-east-1"}
+        if self.endpoint and not self.endpoint.endswith(".amazonaws.com"):
+            # Both names: delta-rs lets AWS_ENDPOINT_URL_S3 in the environment win over AWS_ENDPOINT_URL.
+            options["AWS_ENDPOINT_URL"] = options["AWS_ENDPOINT_URL_S3"] = self.endpoint
+            options["AWS_ALLOW_HTTP"] = "true" if self.endpoint.startswith("http://") else "false"
+        return options
 
     def presigned_url(self, uri: str, expires_seconds: int = 3600) -> str:
         """An https URL that reads the object at `uri` without credentials until it expires (at most 7 days, SigV4's limit)."""

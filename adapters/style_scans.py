@@ -3,8 +3,9 @@ and publish the curves, the probe sheet and the `style_scans` rows; then find th
 a style set for `ip_scale: auto`.
 
 A scan is stored under `<assets>/scans/<style_id>/<scan_id>/` (curves.png, sheet.jpg) with its
-table part under `tables/style_scans/`, and counts once its `_SCAN.json` is written, last, with
-a conditional put: a scan id is committed once, whoever gets there first.
+rows committed to the `style_scans` Delta table (one commit named `scan:<scan_id>`: a scan's rows land
+once, whoever gets there first), and counts once its `_SCAN.json` is written, last, with a
+conditional put.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 import numpy as np
 from PIL import Image
 
-from adapters import conditioning, publish
+from adapters import conditioning, lake, publish
 from adapters.engine import Engine
 from adapters.fonts import sheet_font
 from adapters.scorers import ClipScorer
@@ -179,14 +180,15 @@ def run_scan(engine: Engine, clip: ClipScorer | None, store: ObjectStore, style:
         "sheet_key": sheet, "triggered_by": triggered_by, "flow_run_id": flow_run_id, "created_at": now,
         "duration_seconds": seconds,
     }
-    part = publish.put_table_part(store, assets, "style_scans", f"{now:%Y-%m-%d}", scan_id,
-                                  scan_rows(common, probe.scales, means, verdict, probe.images_per_scale))
+    part = lake.commit(lake.Lake.of(store, assets), "style_scans",
+                       scan_rows(common, probe.scales, means, verdict, probe.images_per_scale),
+                       run_date=f"{now:%Y-%m-%d}", txn=f"scan:{scan_id}")
     record = {
         "scan_id": scan_id, "style_id": style.style_id, "profile": engine.profile,
         "profile_revision": engine.revision, "references_key": references_key(style),
         "reference_sha256s": common["reference_sha256s"], "threshold": verdict.threshold,
         "recommended": verdict.recommended, "measure": verdict.measure, "reason": verdict.reason,
-        "plot": plot, "sheet": sheet, "table": part["uri"], "created_at": now.isoformat(), "seconds": seconds,
+        "plot": plot, "sheet": sheet, "table": part.uri, "table_version": part.version, "created_at": now.isoformat(), "seconds": seconds,
         "probe": probe.as_dict(), "curves": {"scales": list(probe.scales), **means},
     }
     try:

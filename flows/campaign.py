@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from adapters import campaigns, conditioning, publish
+from adapters import campaigns, claims, conditioning, lake, publish
 from adapters.engine import load_in_background
 from adapters.settings import get_settings
 from adapters.storage import S3Store
@@ -28,7 +30,21 @@ from tasks.finish import with_finishes
 from tasks.plan import ShardContext, maskless_products
 from tasks.request import narrow
 from tasks.review import ReviewRequest, channel_formats, channel_marketplaces
+from tasks.select import cell_metrics
 from tasks.tables import channels_as_written, run_parameters, run_row
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the gather hands to the commit: the rows of the run's tables (each image with its outcome, the cell
+    metrics, the finished images) and the reports made, or why each that failed did."""
+
+    rows: list[dict] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    finishes: list[dict] = field(default_factory=list)
+    sheets: dict[str, str] = field(default_factory=dict)
+    gallery: str | None = None
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 def new_run_id(campaign: str, now: datetime) -> str:
@@ -81,57 +97,78 @@ def run_campaign(request: RunRequest) -> RunSummary:
         sim_seconds=request.sim_seconds,
     )
     shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
-    generated = run_shards(shards, ctx, store, settings)
-    # Record only what this run holds the claim of as it commits: another run may have taken one over.
-    owner = steps.claim_owners(store, assets, [j.asset_id for j in todo], run_id,
-                               [i["asset_id"] for i in generated.images], since=started,
-                               lease=timedelta(seconds=settings.claim_lease_seconds)) if todo else {}
-    generated = generated.owned_by(run_id, owner)
-    left_to = {a: o for a, o in owner.items() if o not in ("", run_id)}
-    rows, parts, sheets, gallery, failed = publish_outputs(store, ctx, spec, products, styles, generated, left_out)
-    made = sum(r["made_by_run"] == run_id for r in rows)
+    # Stopped before its commit (SIGTERM, Ctrl-C, an error), the run hands its claims back on the way out.
+    with claims_handed_back(store, assets, [j.asset_id for j in todo], run_id):
+        generated = run_shards(shards, ctx, store, settings)
+        # Record only what this run holds the claim of as it commits: another run may have taken one over.
+        owner = steps.claim_owners(store, assets, [j.asset_id for j in todo], run_id,
+                                   [i["asset_id"] for i in generated.images], since=started,
+                                   lease=timedelta(seconds=settings.claim_lease_seconds)) if todo else {}
+        generated = generated.owned_by(run_id, owner)
+        left_to = {a: o for a, o in owner.items() if o not in ("", run_id)}
+        out = publish_outputs(store, ctx, spec, products, styles, generated, left_out)
+        rows = out.rows
+        made = sum(r["made_by_run"] == run_id for r in rows)
 
-    row = run_row(
-        run_id=run_id, campaign=spec.name, title=spec.title, campaign_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
-        parameters=run_parameters(request, spec, products=[p.product_id for p in products],
-                                  styles=[s.style_id for s in styles]),
-        triggered_by=request.triggered_by, flow_run_id=str(flow_run.get_id() or ""), catalog=catalog,
-        snapshot_id=state.snapshot_id, assets=assets, profile=spec.generation.profile, profile_revision=revision,
-        device=device, dtype=dtype, started_at=started, finished_at=datetime.now(UTC),
-        duration_seconds=time.perf_counter() - clock, products=len(products), styles=len(styles), cells=len(cells),
-        images_planned=len(jobs), images_generated=made, images_skipped=len(jobs) - len(todo),
-        images_taken_over=len(rows) - made, images_left_to_others=len(left_to), left_to_runs=sorted(set(left_to.values())),
-        images_selected=sum(bool(r["selected"]) for r in rows), images_failed=sum(r["status"] == "failed" for r in rows),
-        batches=len(batches), generation_wall_seconds=generated.wall_seconds if batches else 0.0,
-        images_per_second=made / generated.wall_seconds if batches and generated.wall_seconds else 0.0,
-        quarantined=len(state.quarantine), left_out=list(left_out.items()), status="completed" if rows else "nothing-new",
-        **spread_columns(rows),
-    )
-    parts.append(steps.write_runs_part(store, assets, "runs", run_date, run_id, [row]))
-    summary = RunSummary(
-        run_id=run_id, campaign=spec.name, title=spec.title, images_to_generate=len(todo), sheets=sheets, gallery=gallery,
-        channels=tuple(spec.matrix.axes.get(CHANNEL_AXIS, ())),
-        tables=tuple(p["uri"] for p in parts), manifest=publish.run_uri(assets, run_id, publish.MANIFEST),
-        **{k: row[k] for k in ("images_planned", "images_generated", "images_skipped", "images_selected",
-                               "images_failed", "batches", "quarantined", "duration_seconds", "images_per_second",
-                               "images_taken_over", "images_left_to_others", "left_to_runs")},
-        left_out=left_out,
-    )
-    reports.attempt("artifacts", failed, steps.report_run, spec.name, run_id, rows, gallery=gallery, sheets=sheets,
-                    tables=summary.tables, manifest=summary.manifest, left_out=left_out, title=spec.title, default=None)
-    summary = summary.model_copy(update={"reports_failed": failed})
-    commit_run(store, assets, summary, parts, generated, ctx.controls, finished=row["finished_at"])
+        row = run_row(
+            run_id=run_id, campaign=spec.name, title=spec.title, campaign_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
+            parameters=run_parameters(request, spec, products=[p.product_id for p in products],
+                                      styles=[s.style_id for s in styles]),
+            triggered_by=request.triggered_by, flow_run_id=str(flow_run.get_id() or ""), catalog=catalog,
+            snapshot_id=state.snapshot_id, assets=assets, profile=spec.generation.profile, profile_revision=revision,
+            device=device, dtype=dtype, started_at=started, finished_at=datetime.now(UTC),
+            duration_seconds=time.perf_counter() - clock, products=len(products), styles=len(styles), cells=len(cells),
+            images_planned=len(jobs), images_generated=made, images_skipped=len(jobs) - len(todo),
+            images_taken_over=len(rows) - made, images_left_to_others=len(left_to), left_to_runs=sorted(set(left_to.values())),
+            images_selected=sum(bool(r["selected"]) for r in rows), images_failed=sum(r["status"] == "failed" for r in rows),
+            batches=len(batches), generation_wall_seconds=generated.wall_seconds if batches else 0.0,
+            images_per_second=made / generated.wall_seconds if batches and generated.wall_seconds else 0.0,
+            quarantined=len(state.quarantine), left_out=list(left_out.items()), status="completed" if rows else "nothing-new",
+            **spread_columns(rows),
+        )
+        tables = {"generations": rows, "cell_metrics": out.metrics, "finishes": out.finishes, "runs": [row]}
+        summary = RunSummary(
+            run_id=run_id, campaign=spec.name, title=spec.title, images_to_generate=len(todo), sheets=out.sheets, gallery=out.gallery,
+            channels=tuple(spec.matrix.axes.get(CHANNEL_AXIS, ())),
+            tables=tuple(lake.Lake.of(store, assets).uri(t) for t in lake.RUN_TABLES),
+            manifest=publish.run_uri(assets, run_id, publish.MANIFEST),
+            **{k: row[k] for k in ("images_planned", "images_generated", "images_skipped", "images_selected",
+                                   "images_failed", "batches", "quarantined", "duration_seconds", "images_per_second",
+                                   "images_taken_over", "images_left_to_others", "left_to_runs")},
+            left_out=left_out,
+        )
+        failed = out.failed
+        reports.attempt("artifacts", failed, steps.report_run, spec.name, run_id, rows, gallery=out.gallery,
+                        sheets=out.sheets, tables=summary.tables, manifest=summary.manifest, left_out=left_out,
+                        title=spec.title, default=None)
+        summary = summary.model_copy(update={"reports_failed": failed})
+        commit_run(store, summary, tables, generated, ctx, finished=row["finished_at"])
     if request.local_copy:
         copied = steps.copy_run(store, assets, run_id, Path(request.local_copy))
         summary = summary.model_copy(update={"local_copy": str(copied)})
     if spec.review.required and rows:  # after the commit: a review reads the committed run, in its own flow run
         summary = summary.model_copy(update={"review": start_review(ReviewRequest(
-            run_id=run_id, campaign=spec.name, title=spec.title, assets=assets, run_date=run_date, gallery=gallery,
+            run_id=run_id, campaign=spec.name, title=spec.title, assets=assets, run_date=run_date, gallery=out.gallery,
             review=spec.review, delivery=spec.delivery, channel_delivery=channel_formats(spec),
             channel_marketplace=channel_marketplaces(spec)),
             settings.review_deployment)})
     logger.info(summary.lines()[0])
     return summary
+
+
+@contextlib.contextmanager
+def claims_handed_back(store: S3Store, assets: str, asset_ids: Sequence[str], run_id: str) -> Iterator[None]:
+    """Hand the run's claims back when it stops before committing (SIGTERM, Ctrl-C, an error), so the next
+    run takes those images over at once instead of waiting out the lease."""
+    try:
+        yield
+    except BaseException:
+        try:
+            released = claims.release_all(store, assets, asset_ids, run_id)
+            get_run_logger().warning("run %s stopped before its commit: handed back %d claims", run_id, released)
+        except Exception as exc:  # the run is stopping anyway: say so, and let the lease expire
+            get_run_logger().warning("run %s: claims not handed back (%s); they expire with their lease", run_id, exc)
+        raise
 
 
 def campaign_inputs(store: S3Store, spec: Campaign, request: RunRequest, state: CatalogState,
@@ -159,47 +196,44 @@ def campaign_inputs(store: S3Store, spec: Campaign, request: RunRequest, state: 
 
 def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products: Sequence[Product],
                     styles: Sequence[StyleSet], generated: Generated,
-                    left_out: dict[str, str]) -> tuple[list[dict], list[dict], dict[str, str], str | None, dict[str, str]]:
-    """Gates, duplicates and ranks across the run; then the tables, sheets and gallery built on them.
-
-    Returns the rows with their outcomes, the manifest entries of the table parts, the contact
-    sheets (file name -> URI), the gallery's URI (None when nothing new was made) and the reports
-    that failed (name -> why): a sheet or gallery that fails never stops the commit (flows/reports.py).
-    """
+                    left_out: dict[str, str]) -> Published:
+    """Gates, duplicates and ranks across the run; then the finished images, cell metrics, sheets and gallery
+    built on them. A sheet or gallery that fails never stops the commit (flows/reports.py): it is named in
+    `Published.failed`."""
     failed: dict[str, str] = {}
     if not generated.parts:
-        return [], [], {}, None, failed
-    rows, parts = steps.select_run(store, generated.parts, spec.selection, [i["asset_id"] for i in generated.images])
+        return Published()
+    rows = steps.select_run(store, generated.parts, spec.selection, [i["asset_id"] for i in generated.images])
     if not rows:
-        return [], parts, {}, None, failed
-    parts.append(steps.write_cell_metrics(store, ctx.assets, ctx.run_date, ctx.run_id, spec.name, rows))
+        return Published()
+    metrics = cell_metrics(rows, run_id=ctx.run_id, campaign=spec.name)
     # After selection: the chosen images to their delivery size, products pasted back, marketplace checks.
-    finishes, finish_part = steps.finish_images(store, ctx, spec, products, rows)
-    if finish_part:
-        parts.append(finish_part)
+    finishes = steps.finish_images(store, ctx, spec, products, rows)
     shown = with_finishes(rows, finishes)
+    tables = [lake.Lake.of(store, ctx.assets).uri(t) for t in lake.RUN_TABLES]
     sheets = reports.attempt("contact-sheets", failed, steps.write_sheets, store, ctx.assets, ctx.run_id, shown,
                              products, styles, ctx.controls, title=spec.title, local_copy=ctx.local_copy, default={})
     sheets |= reports.attempt("overview", failed, steps.write_overview, store, ctx.assets, ctx.run_id, rows,
                               title=spec.title, local_copy=ctx.local_copy, default={})
     gallery = reports.attempt("gallery", failed, steps.write_gallery, store, ctx.assets, ctx.run_id, spec.name, shown,
-                              sheets, [p["uri"] for p in parts], left_out=left_out, title=spec.title, default=None)
-    return rows, parts, sheets, gallery, failed
+                              sheets, tables, left_out=left_out, title=spec.title, default=None)
+    return Published(rows, metrics, finishes, sheets, gallery, failed)
 
 
-def finished_images(parts: Sequence[dict], store: S3Store) -> list[dict]:
-    """The manifest's entries of the run's finished images (so readers, copies and GC know them)."""
-    table = publish.read_table(store, {"parts": [p for p in parts if p.get("table") == "finishes"]}, "finishes")
-    return [{"asset_id": r.asset_id, "uri": r.output_key, "sha256": r.sha256} for r in table.itertuples()]
-
-
-def commit_run(store: S3Store, assets: str, summary: RunSummary, parts: Sequence[dict], generated: Generated,
-               controls: dict[str, str], *, finished: datetime) -> None:
-    """Write the run's manifest, last: the one conditional put that makes every part and image count."""
-    publish.write_manifest(store, assets, summary.run_id, {
-        "schema_version": 2, "run_id": summary.run_id, "campaign": summary.campaign, "created_at": finished.isoformat(),
-        "parts": list(parts), "images": [*generated.images, *finished_images(parts, store)], "gallery": summary.gallery,
-        "sheets": summary.sheets, "controls": controls, "reports_failed": summary.reports_failed,
+def commit_run(store: S3Store, summary: RunSummary, tables: dict[str, list[dict]], generated: Generated,
+               ctx: ShardContext, *, finished: datetime) -> None:
+    """The commit: the run's rows into the Delta tables, one commit per table (`runs` last), each named for
+    the run so a retry never lands twice; then the manifest, which records the run's files (its finished
+    images included) and the table versions its commits made."""
+    committed = steps.commit_tables(lake.Lake.of(store, ctx.assets), summary.run_id, ctx.run_date, tables)
+    finished_images = [{"asset_id": f["asset_id"], "uri": f["output_key"], "sha256": f["sha256"]}
+                       for f in tables.get("finishes", ())]
+    steps.write_manifest(store, ctx.assets, summary.run_id, {
+        "schema_version": 3, "run_id": summary.run_id, "campaign": summary.campaign, "created_at": finished.isoformat(),
+        "assets": ctx.assets, "run_date": ctx.run_date,
+        "tables": [c.entry() for c in committed.values()], "images": [*generated.images, *finished_images],
+        "gallery": summary.gallery, "sheets": summary.sheets, "controls": ctx.controls,
+        "reports_failed": summary.reports_failed,
         "counts": summary.model_dump(include={"images_planned", "images_generated", "images_skipped",
                                               "images_selected", "images_failed", "batches", "quarantined"}),
     })

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc as pygc  # `gc` is a command below
+import signal
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ from catalogs.models import RunRequest, RunSummary
 from flows.cli_catalog import catalog_app
 from flows.cli_errors import USER_ERRORS, fail
 from flows.cli_style import style_app
+from flows.cli_tables import tables_app
 from flows.progress import terminal_progress
 
 prepare_runtime_env()  # before Prefect is imported anywhere below
@@ -25,6 +27,18 @@ prepare_runtime_env()  # before Prefect is imported anywhere below
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Style-matrix image campaigns: IP-Adapter + ControlNet on S3 catalogs.")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(style_app, name="style")
+app.add_typer(tables_app, name="tables")
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM (and SIGINT, which a background process may have ignored) stop the command as Ctrl-C does:
+    the run unwinds, hands its claims back and exits, instead of dying where it stands."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def _start_prefect_api() -> threading.Thread:
@@ -77,6 +91,7 @@ def run(
     from adapters.storage import S3Store
 
     start = time.perf_counter()
+    _stop_on_signals()
     settings = get_settings()
     catalog, assets = catalog or settings.catalog, assets or settings.assets
     try:
@@ -155,9 +170,10 @@ def gc(
     older_than_hours: Annotated[float, typer.Option(min=0, help="only runs that have written nothing for this long")] = 24.0,
     dry_run: Annotated[bool, typer.Option(help="list what would be removed; remove nothing")] = False,
 ) -> None:
-    """Remove what runs that never committed left behind (images no later run took over, table parts, claims).
+    """Remove what runs that never committed left behind (images no later run took over, staged rows, claims).
 
-    A committed run's objects are never touched; nor is anything a committed manifest names.
+    A committed run's objects are never touched; nor is an image whose row is committed (a later run took it
+    over), nor anything a committed manifest names: those are listed as kept.
     """
     from datetime import timedelta
 
@@ -175,8 +191,11 @@ def gc(
     verb = "would remove" if dry_run else "removed"
     for uri in report.objects:
         typer.echo(f"  {verb}: {uri}")
+    for uri in report.kept:
+        typer.echo(f"  kept: {uri} (a committed row records it)")
     typer.echo(f"{assets}: {len(report.runs)} abandoned runs ({', '.join(report.runs) or 'none'}); {verb} "
-               f"{len(report.objects)} objects, {report.bytes / 1e6:.1f} MB")
+               f"{len(report.objects)} objects, {report.bytes / 1e6:.1f} MB; kept {len(report.kept)} objects of "
+               "those runs that committed rows record (images another run took over)")
 
 
 @app.command()

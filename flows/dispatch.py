@@ -88,8 +88,8 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
     progress.reach(images)
     # Wall time of the whole generation phase, not the sum of the shards' times: parallel workers count once.
     wall = time.perf_counter() - clock
-    parts = [publish.part_entry(store, "generations", publish.table_part_uri(
-        ctx.assets, "generations", ctx.run_date, shard_part_name(ctx.run_id, s.index))) for s in shards]
+    parts = [publish.part_entry(store, "generations", publish.staged_part_uri(
+        ctx.assets, ctx.run_id, "generations", shard_part_name(ctx.run_id, s.index))) for s in shards]
     images = tuple(img for part in parts for img in _part_images(store, part))
     return Generated(parts=tuple(parts), images=images, wall_seconds=wall)
 
@@ -256,5 +256,5 @@ def _require_workers(client, settings: Settings) -> None:
 
 def _part_images(store: ObjectStore, part: dict) -> list[dict]:
     """The images a finished shard published, from its table part in S3."""
-    rows = publish.read_table(store, {"parts": [part]}, "generations")
+    rows = publish.read_staged(store, [part], "generations")
     return [{"asset_id": r.asset_id, "uri": r.output_key, "sha256": r.sha256} for r in rows.itertuples()]

@@ -70,7 +70,7 @@ def remake_reports(store: ObjectStore, assets: str, run_id: str) -> dict[str, An
     sheets |= run_outputs.write_overview(store, assets, run_id, rows, title=title)
     left_out = {} if is_missing(run.get("left_out")) else dict(run["left_out"])
     gallery = run_outputs.write_gallery(store, assets, run_id, run["campaign"], shown, sheets,
-                                        [p["uri"] for p in manifest["parts"]], left_out=left_out, title=title)
+                                        [t["uri"] for t in manifest.get("tables", [])], left_out=left_out, title=title)
     record = {"run_id": run_id, "made_at": datetime.now(UTC).isoformat(), "sheets": sheets, "gallery": gallery}
     publish.put_text(store, publish.run_uri(assets, run_id, REPORTS), json.dumps(record, indent=2, sort_keys=True),
                      "application/json")

@@ -1,4 +1,4 @@
-"""The GPU step: a shard of batches run with the process's engine, its `generations` part written last.
+"""The GPU step: a shard of batches run with the process's engine, its staged `generations` part written last.
 
 A shard is one task run wherever it runs: `generate_shard` in the campaign's own process, one
 shard after another, or `flows/gpu_worker.generate_shard_task` on a GPU worker, with the engine it
@@ -58,7 +58,7 @@ def run_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0, images_b
         images += n
         advance_progress(ctx.progress, (batches_before + done) / ctx.batch_total)
         progress.reach(images_before + images)  # the terminal's bar, where this process has one
-    return steps.write_part(store, ctx.assets, "generations", ctx.run_date, shard_part_name(ctx.run_id, shard.index),
+    return steps.write_part(store, ctx.assets, ctx.run_id, "generations", shard_part_name(ctx.run_id, shard.index),
                             rows)
 
 

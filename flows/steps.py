@@ -27,6 +27,7 @@ from adapters import (
     conditioning,
     delivery,
     finishing,
+    lake,
     publish,
     run_outputs,
     snapshots,
@@ -78,19 +79,20 @@ identity = io_step(model_identity, name="model-identity")
 # Control images, once per product and canvas, stored with the run for every shard to read.
 controls = step(conditioning.write_controls, name="canny-controls", retries=1)
 
-# A shard's table part, written last by the shard (its batches: adapters/rendering.render_batch).
-write_part = io_step(publish.put_table_part, name="write-table-part")
+# A shard's staged rows, written last by the shard (its batches: adapters/rendering.render_batch).
+write_part = io_step(publish.stage_part, name="stage-table-part")
 
-# Selection and publishing, after the shards and before the manifest. Each rewrites its own
+# Selection and publishing, after the shards and before the commit. Each rewrites its own
 # uncommitted objects, so a retry is safe.
 select_run = io_step(run_outputs.select_run, name="select-images")
-write_cell_metrics = io_step(run_outputs.write_cell_metrics, name="write-cell-metrics")
 write_sheets = io_step(run_outputs.write_sheets, name="contact-sheets")
 write_overview = io_step(run_outputs.write_overview, name="overview-sheet")
 write_gallery = io_step(run_outputs.write_gallery, name="gallery")
 # After selection: upscale, paste back, shadow, marketplace checks (the tile and x4 methods run a model here).
 finish_images = step(finishing.finish_run, name="finish-images", retries=1, tags=["gpu"])
-write_runs_part = io_step(publish.put_table_part, name="write-runs-part")
+# The commit: one Delta commit per table, each named for the run, so a retry never lands twice.
+commit_tables = io_step(lake.commit_run, name="commit-tables")
+write_manifest = io_step(publish.write_manifest, name="write-manifest")
 # After the commit: the run's local copy (`RunRequest.local_copy`), for the CLI's out/.
 copy_run = io_step(publish.copy_run, name="local-copy")
 # Reports: artifacts never stop a run and are never retried.

@@ -1,8 +1,9 @@
 """Which stored objects of the assets bucket belong to nobody: the rule behind `stylematrix gc`.
 
-A run counts once its manifest is written. Objects of a run that never committed (it died, was
-killed, or is still running) are garbage once the run has written nothing for `older_than`, except
-those a committed manifest names (images another run took over). A committed run's objects are
+A run counts once its rows are committed (its `runs` row) or its manifest is written. Objects of a
+run that never committed (it died, was killed, or is still running) are garbage once the run has
+written nothing for `older_than`, except those `referenced`: named by a committed row or manifest
+(images another run took over). A schema-7 table part named for an abandoned run is garbage too. A committed run's objects are
 never garbage. Claims are garbage once older than `older_than` and held by a committed run (its
 assets are published) or by a garbage run.
 """

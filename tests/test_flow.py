@@ -93,9 +93,13 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(s
     assert list(runs.columns) == [c.name for c in RUNS]
     assert runs.iloc[0]["images_generated"] == expected and runs.iloc[0]["triggered_by"] == "test"
     assert summary.gallery and b"<figure" in store.get(summary.gallery)
-    for part in manifest["parts"]:
-        assert "/run_date=" in part["uri"]
-        assert read_parquet_bytes(store.get(part["uri"])).num_rows == part["rows"]
+    # One commit per table, its version and rows in the manifest; the staged rows stay under the run.
+    assert [(t["table"], t["uri"], t["rows"]) for t in manifest["tables"]] == [
+        (name, f"{assets}/tables/{name}", rows) for name, rows in
+        (("generations", expected), ("cell_metrics", 4 * 2 * 4), ("runs", 1))]
+    assert all(t["version"] is not None for t in manifest["tables"])
+    assert sum(read_parquet_bytes(store.get(o.uri)).num_rows
+               for o in store.list(f"{assets}/runs/{summary.run_id}/staging/generations/")) == expected
 
     # Every image is scored; gates, near-duplicates and top k decide its outcome.
     for column in ("edge_f1", "product_ssim", "sharpness", "colourfulness", "background_hash", "clip_text", "clip_style"):

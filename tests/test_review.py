@@ -288,13 +288,13 @@ def test_review_form_offers_the_runs_other_images_and_describes_the_selected():
     assert f"![{A}](https://s3.example/a)" in text and f"`s3://x/{B}.png`" in text and C not in text
 
 
-def test_documented_duckdb_query_gives_the_latest_decision_and_the_delivered_file(tmp_path):
+def test_documented_duckdb_query_gives_the_latest_decision_and_the_delivered_file(store, fresh_bucket):
     import re
 
-    duckdb = pytest.importorskip("duckdb")
-    from adapters.publish import table_bytes
+    from adapters import lake, lake_ops
     from tests.helpers import ROOT
 
+    tables = lake.Lake.of(store, f"s3://{fresh_bucket}")
     request = ReviewRequest(run_id="spring-1", campaign="spring", assets="s3://a", run_date="2026-12-01")
     known = {a: {"product_id": "kettle", "selected": True} for a in (A, B, C)}
     first = review_rows(request, "rev-1", [ImageReview(asset_id=a, product_id="kettle") for a in (A, B)],
@@ -310,13 +310,10 @@ def test_documented_duckdb_query_gives_the_latest_decision_and_the_delivered_fil
                   "bytes": 1234, "sha256": "1" * 64, "delivered_at": T0}]
     for table, name, rows in (("reviews", "rev-1", first), ("reviews", "rev-2", second), ("reviews", "rev-3", late),
                               ("deliveries", "rev-1", delivered)):
-        folder = tmp_path / table / "run_date=2026-12-01"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"spring-1--{name}.parquet").write_bytes(table_bytes(table, rows))
+        lake.commit(tables, table, rows, run_date="2026-12-01", txn=f"review:spring-1--{name}")
     page = (ROOT / "docs" / "metadata-tables.md").read_text()
     (query,) = [q for q in re.findall(r"(WITH latest AS .*?;)", page, flags=re.S)]
-    query = query.replace("s3://stylematrix-assets/tables", str(tmp_path))
-    got = duckdb.connect().execute(query).fetchall()
+    got = lake_ops.query(tables, query).rows
     assert [(r[1], r[2], r[3], r[4]) for r in got] == [
         (A, "approve", "Ana", f"s3://a/delivery/spring/default/kettle/{A}.jpg"), (B, "reject", "Bo", None),
         (C, "timed-out", None, None)]

@@ -84,6 +84,12 @@ def test_a_refresh_and_a_campaign_survive_throttling_and_dropped_connections(cam
     spec = tmp_path / "load.yaml"
     spec.write_text(CAMPAIGN)
     catalog, assets = campaign_env["catalog"], campaign_env["assets"]
+    # The Delta tables' own client (delta-rs, with its own retries) gets no answer from this test proxy to
+    # its log listings, faults or none: its commits go to the server directly, every other call through
+    # the faults.
+    direct = S3Store.storage_options
+    monkeypatch.setattr(S3Store, "storage_options", lambda self: {**direct(self), "AWS_ENDPOINT_URL": s3_server.endpoint,
+                                                                  "AWS_ENDPOINT_URL_S3": s3_server.endpoint})
     with FaultyS3Proxy(s3_server.endpoint, throttle=THROTTLE, reset=RESET, seed=int(SEED)) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
         monkeypatch.setenv("STYLEMATRIX_S3_RETRY_CAP_SECONDS", "0.5")
@@ -111,4 +117,4 @@ def test_a_refresh_and_a_campaign_survive_throttling_and_dropped_connections(cam
     # A rerun through the same faults adds nothing but its own manifest and runs row.
     assert again.images_generated == 0 and again.images_skipped == 8
     added = {o.uri for o in store.list(f"{assets}/")} - before
-    assert added <= {again.manifest, *(t for t in again.tables if "/runs/" in t)}
+    assert added and all(u == again.manifest or u.startswith(f"{assets}/tables/runs/") for u in added), added

@@ -82,8 +82,9 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     assert len(generated) == 8
     gens = publish.read_table(store, manifest, "generations")
 
-    # Simulate a shard that died after writing some images: drop one image and the shard's part.
-    part = manifest["parts"][0]
+    # Simulate a shard that died after writing some images: drop one image and the shard's staged part.
+    part = {"table": "generations", "uri": publish.staged_part_uri(campaign_env["assets"], first.run_id, "generations",
+                                                                   shard_part_name(first.run_id, 0))}
     lost = gens.iloc[3]
     lost_image = Image.open(io.BytesIO(store.get(lost["output_key"])))
     lost_image.load()
@@ -96,10 +97,10 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     # Re-run the very shard the campaign ran (its spec is stored with the run), as a retry would.
     shard = Shard.model_validate_json(store.get(publish.run_uri(campaign_env["assets"], first.run_id, "shards", "00000.json")))
     ctx = ShardContext(run_id=first.run_id, campaign="small", assets=campaign_env["assets"], controls=manifest["controls"],
-                       run_date=part["uri"].split("run_date=")[1].split("/")[0], batch_total=2)
+                       run_date=manifest["run_date"], batch_total=2)
     flow(name="retried-shard")(run_shard)(shard, ctx)
     assert generated == [lost["prompt"]]  # only the missing image was rendered again
-    again = publish.read_table(store, {"parts": [publish.part_entry(store, "generations", part["uri"])]}, "generations")
+    again = publish.read_staged(store, [publish.part_entry(store, "generations", part["uri"])], "generations")
     assert sorted(again["asset_id"]) == sorted(gens["asset_id"])
     before, after = dict(zip(gens["asset_id"], gens["sha256"], strict=False)), dict(zip(again["asset_id"], again["sha256"], strict=False))
     assert {a: h for a, h in after.items() if a != lost["asset_id"]} == {a: h for a, h in before.items() if a != lost["asset_id"]}
