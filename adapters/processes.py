@@ -22,7 +22,9 @@ from collections.abc import Iterator, Sequence
 
 import psutil
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# SIGINT too: a command started in the background by a non-interactive shell inherits SIGINT ignored, and
+# would otherwise not stop on it at all.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 def _interrupt(signum: int, _frame) -> None:
@@ -34,7 +36,8 @@ def _interrupt(signum: int, _frame) -> None:
 
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread (elsewhere: no change)."""
+    """Within the block, SIGTERM, SIGHUP and SIGINT raise KeyboardInterrupt in the main thread, once (elsewhere:
+    no change): the command unwinds as on Ctrl-C, a run hands its claims back, what it started is stopped."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

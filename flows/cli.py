@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc as pygc  # `gc` is a command below
-import signal
 import sys
 import threading
 import time
@@ -28,17 +27,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(style_app, name="style")
 app.add_typer(tables_app, name="tables")
-
-
-def _stop_on_signals() -> None:
-    """SIGTERM (and SIGINT, which a background process may have ignored) stop the command as Ctrl-C does:
-    the run unwinds, hands its claims back and exits, instead of dying where it stands."""
-
-    def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
 
 
 def _start_prefect_api() -> threading.Thread:
@@ -91,7 +79,6 @@ def run(
     from adapters.storage import S3Store
 
     start = time.perf_counter()
-    _stop_on_signals()
     settings = get_settings()
     catalog, assets = catalog or settings.catalog, assets or settings.assets
     try:
