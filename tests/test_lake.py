@@ -54,7 +54,8 @@ def test_a_run_commits_once_per_table_and_a_retry_writes_nothing(tables):
     run = run_id(1)
     first = lake.commit_run(tables, run, DAY, {"generations": rows("generations", run, 5), "runs": rows("runs", run, 1)})
     assert {t: (c.version, c.rows, c.again) for t, c in first.items()} == {
-        "generations": (0, 5, False), "cell_metrics": (None, 0, False), "runs": (0, 1, False)}
+        "generations": (0, 5, False), "cell_metrics": (None, 0, False), "finishes": (None, 0, False),
+        "runs": (0, 1, False)}
     again = lake.commit_run(tables, run, DAY, {"generations": rows("generations", run, 5), "runs": rows("runs", run, 1)})
     assert again["generations"].again and again["generations"].version == 0
     assert count(tables) == 5 and count(tables, "runs") == 1 and lake.version(tables, "generations") == 0

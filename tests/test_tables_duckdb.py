@@ -84,7 +84,8 @@ def test_duckdb_reads_the_published_tables_of_a_run(campaign_env, store, tmp_pat
     summary = run_campaign(RunRequest(campaign=str(spec), products=("rocket", "brand-logo"), seeds=(1, 2, 3),
                                       triggered_by="test"))
     manifest = json.loads(store.get(summary.manifest))
-    assert {t["table"]: t["rows"] for t in manifest["tables"]} == {"generations": 12, "cell_metrics": 4, "runs": 1}
+    assert {t["table"]: t["rows"] for t in manifest["tables"]} == {"generations": 12, "cell_metrics": 4, "finishes": 0,
+                                                                   "runs": 1}
     tables = lake.Lake.of(store, campaign_env["assets"])
 
     def sql(text: str) -> list[tuple]:
