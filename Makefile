@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test test-fast lint install clean serve
+.PHONY: demo test test-fast lint install clean serve system-packages
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found (set PYTHON=...)"; exit 1; }
@@ -22,8 +22,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/stylematrix demo
 
-# Everything, as CI runs it (about 6 minutes on two cores).
-test: $(STAMP)
+# The Debian packages the servers and the browser tests use: PostgreSQL (every Prefect server the tests
+# and `make serve` start runs on it) and chromium (the gallery tests). Installed when missing and root.
+system-packages:
+	@missing=""; ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="postgresql"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
+	  else echo "make: install the Debian packages:$$missing (apt-get install -y$$missing)"; exit 1; fi; fi
+
+# Everything, as CI runs it.
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q
 
 # The edit loop (under a minute): tasks/ and the quick adapter tests; no Prefect flows, no model
@@ -31,7 +40,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not e2e and not flow and not model and not gpu"
 
-serve: $(STAMP)
+serve: $(STAMP) system-packages
 	$(BIN)/stylematrix serve
 
 lint: $(STAMP)
