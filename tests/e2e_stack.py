@@ -97,6 +97,23 @@ def run_id_of(stack, flow_run_id) -> str:
     raise AssertionError(f"no committed run for flow run {flow_run_id}")
 
 
+def _kill_mid_shard(stack: dict, task_run_id, pid: int) -> bool:
+    """A machine dying mid-shard: the GPU worker's process vanishes with no goodbye. The worker is frozen
+    first (SIGSTOP) and killed only if its shard is still running then, so the kill is always mid-shard;
+    a shard that finished in the meantime is let go (False) and another is picked."""
+    from prefect.client.orchestration import get_client
+
+    worker = psutil.Process(pid)
+    worker.send_signal(signal.SIGSTOP)
+    with api(stack), get_client(sync_client=True) as client:
+        state = client.read_task_run(task_run_id).state
+    if state is not None and state.is_running():
+        worker.send_signal(signal.SIGKILL)
+        return True
+    worker.send_signal(signal.SIGCONT)
+    return False
+
+
 class WorkerCampaigns:
     """The stack and its two campaigns, driven by one thread; each result is a Future.
 
@@ -176,21 +193,19 @@ class WorkerCampaigns:
         from adapters.heartbeats import beat_uri, read_beat
 
         parent_id = start_campaign(stack, seeds=[3, 4], triggered_by="api").id
-        victim = beat = None
+        victim = None
         deadline = time.monotonic() + 300
-        while beat is None and time.monotonic() < deadline and not self._stop.is_set():
+        while victim is None and time.monotonic() < deadline and not self._stop.is_set():
             for run in shard_runs(stack):  # the first campaign is over: a running shard is this one's
                 if run.state and run.state.is_running():
                     run_id = run.name.split("-shard-")[0]
                     beat = read_beat(stack["store"], beat_uri(stack["assets"], run_id, str(run.id)))
-                    if beat is not None:
+                    if beat is not None and _kill_mid_shard(stack, run.id, beat.pid):
                         victim = run
                         break
             else:
                 time.sleep(0.5)
         assert victim is not None, "no shard started running"
-        # A machine dying: the GPU worker's process vanishes mid-shard, with no goodbye.
-        psutil.Process(beat.pid).send_signal(signal.SIGKILL)
         killed = time.monotonic()
         parent = wait_final(stack, parent_id, timeout=600, stop=self._stop)
         return parent, victim, time.monotonic() - killed

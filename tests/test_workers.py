@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from adapters import lake
 from adapters.heartbeats import read_beats
 from adapters.parquet_io import read_parquet_bytes
 from tests.e2e_stack import IMAGES, LEASE, WAIT, api, published, run_id_of, shard_attempt, shard_runs, start_campaign
@@ -197,5 +198,5 @@ def test_catalog_refresh_starts_a_style_scan_of_new_style_sets(worker_campaigns,
     (commit,) = committed()
     record = json.loads(store.get(commit))
     assert record["profile"] == "tiny" and len(record["curves"]["scales"]) == 13  # the default sweep, 0 .. 1.2
-    rows = read_parquet_bytes(store.get(record["table"])).to_pylist()
+    rows = lake.read(lake.Lake.of(store, assets), "style_scans", where=("scan_id", record["scan_id"])).to_pylist()
     assert {r["style_id"] for r in rows} == {"e2e-tiles"} and {r["triggered_by"] for r in rows} == {"event"}
