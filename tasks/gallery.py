@@ -351,22 +351,14 @@ function wanted(page){
       && (!f.channel || !f.channel.value || page.channel === f.channel.value)
       && (!f.status.value || (page.counts[f.status.value] || 0) > 0);
 }
-// The look filters act on each card as it loads (card[3]: distance to its group's look, card[4]: outlier);
-// sorting by that distance needs every card at once, so a paged gallery keeps its best-first order.
-const look = {outlier: document.getElementById('f-outlier'), distance: document.getElementById('f-distance')};
-document.getElementById('f-sort').closest('label').hidden = true;
-function lookOn(){ return look.outlier.checked || !isNaN(parseFloat(look.distance.value)); }
 function keep(card){
-  const s = f.status.value, most = parseFloat(look.distance.value);
-  return (!s || (s === 'selected' ? card[1] === 1 : card[0] === s))
-      && (!look.outlier.checked || card[4] === 1)
-      && (isNaN(most) || (card[3] !== null && card[3] <= most));
+  const s = f.status.value;
+  return !s || (s === 'selected' ? card[1] === 1 : card[0] === s);
 }
 function show(n){
   let html = '';
   for (const card of loaded[n]) if (keep(card)) html += card[2];
   main.insertAdjacentHTML('beforeend', html);
-  if (lookOn()) document.getElementById('shown').textContent = main.querySelectorAll('figure').length;
 }
 function next(){
   while (queue.length && !waiting) {
@@ -393,11 +385,15 @@ function apply(){
   queue = pages; if (waiting) waiting.gen = -1; waiting = null; next();
 }
 for (const el of Object.values(f)) if (el) el.onchange = apply;
-look.outlier.onchange = apply; look.distance.oninput = apply;
 new IntersectionObserver(entries => { if (entries.some(e => e.isIntersecting)) next(); }, {rootMargin: '100%'}).observe(more);
+// The observer speaks only when `more` comes into view; a reader scrolling while it stays in view (a filter
+// that shows few cards per page) reads the next pages from here.
+window.addEventListener('scroll', () => { if (near()) next(); }, {passive: true});
 const zones = document.getElementById('t-zones');
 if (zones) { zones.onchange = () => document.body.classList.toggle('show-zones', zones.checked); }
 apply();
+// The look's sort and filters need every card at once: a paged gallery leaves them out (the tables have them).
+for (const id of ['f-sort', 'f-distance', 'f-outlier']) document.getElementById(id).parentElement.hidden = true;
 """
 
 
