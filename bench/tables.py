@@ -88,12 +88,16 @@ def run_tables(run_id: str, images: int, rng: random.Random, day: date) -> dict[
             "runs": synthetic("runs", run_id, 1, rng, day)}
 
 
+def stage_shards(store: S3Store, assets: str, run_id: str, gens: list[dict]) -> list[dict]:
+    """The run's generations rows staged as SHARDS shards would stage them (untimed: both commits start here)."""
+    per = -(-len(gens) // SHARDS)
+    return [publish.stage_part(store, assets, run_id, "generations", f"{run_id}-{s:05d}", gens[s * per:(s + 1) * per])
+            for s in range(SHARDS)]
+
+
 def commit_v7(store: S3Store, assets: str, run_id: str, day: str, tables: dict[str, list[dict]]) -> float:
     """Schema 7's commit of a run whose shards staged their parts: rewrite, add parts, write the manifest."""
-    gens = tables["generations"]
-    per = -(-len(gens) // SHARDS)
-    staged = [publish.stage_part(store, assets, run_id, "generations", f"{run_id}-{s:05d}", gens[s * per:(s + 1) * per])
-              for s in range(SHARDS)]
+    staged = stage_shards(store, assets, run_id, tables["generations"])
     start = time.perf_counter()
     part = f"{assets}/tables/%s/run_date={day}/%s.parquet"
     parts = []
@@ -112,10 +116,7 @@ def commit_v7(store: S3Store, assets: str, run_id: str, day: str, tables: dict[s
 
 def commit_delta(store: S3Store, assets: str, run_id: str, day: str, tables: dict[str, list[dict]]) -> float:
     """This commit: the shards' staged rows read back, one Delta commit per table, the manifest."""
-    gens = tables["generations"]
-    per = -(-len(gens) // SHARDS)
-    staged = [publish.stage_part(store, assets, run_id, "generations", f"{run_id}-{s:05d}", gens[s * per:(s + 1) * per])
-              for s in range(SHARDS)]
+    staged = stage_shards(store, assets, run_id, tables["generations"])
     start = time.perf_counter()
     rows = publish.read_staged(store, staged, "generations").to_dict("records")
     done = lake.commit_run(lake.Lake.of(store, assets), run_id, day, {**tables, "generations": rows})
