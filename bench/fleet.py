@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fleet.py [--seeds 4] [--images-per-shard 4]
 
-The server side: PostgreSQL (adapters/postgres.py), the S3 server, the Prefect server with basic auth
+The server side: PostgreSQL (adapters/infra/postgres.py), the S3 server, the Prefect server with basic auth
 and the S3 shard storage block. Each GPU host and the campaign's host get their own HOME,
 PREFECT_HOME, model cache and working copy (a git clone at HEAD: committed code only, as a deployment
 pulls it), and reach the server only through its API and S3. Three campaigns of the sample catalog
@@ -36,14 +36,14 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters import publish  # noqa: E402
-from adapters.heartbeats import read_beats  # noqa: E402
-from adapters.local_s3 import LocalS3Server, free_port  # noqa: E402
-from adapters.postgres import LocalPostgres  # noqa: E402
-from adapters.sample_catalog import seed_sample_catalog  # noqa: E402
-from adapters.settings import Settings, child_env, export_s3_endpoint  # noqa: E402
-from adapters.snapshots import refresh  # noqa: E402
-from adapters.storage import S3Store  # noqa: E402
+from adapters.catalog.sample import seed_sample_catalog  # noqa: E402
+from adapters.catalog.snapshots import refresh  # noqa: E402
+from adapters.infra.local_s3 import LocalS3Server, free_port  # noqa: E402
+from adapters.infra.postgres import LocalPostgres  # noqa: E402
+from adapters.infra.settings import Settings, child_env, export_s3_endpoint  # noqa: E402
+from adapters.infra.storage import S3Store  # noqa: E402
+from adapters.steps import publish  # noqa: E402
+from adapters.steps.heartbeats import read_beats  # noqa: E402
 from flows.serve import PrefectStack  # noqa: E402
 
 

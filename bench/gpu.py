@@ -48,9 +48,9 @@ from harness import (
     write_section,
 )
 
-from adapters.engine import Engine, EngineOptions, StyleInput, get_engine
-from adapters.models import library_versions
-from adapters.settings import Settings
+from adapters.infra.settings import Settings
+from adapters.model.engine import Engine, EngineOptions, StyleInput, get_engine
+from adapters.model.weights import library_versions
 from tasks.canny import canvas_images
 from tests.helpers import pixel_diffs, product
 

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from adapters.engine import Engine, EngineOptions, StyleInput  # noqa: E402
-from adapters.models import library_versions  # noqa: E402
+from adapters.model.engine import Engine, EngineOptions, StyleInput  # noqa: E402
+from adapters.model.weights import library_versions  # noqa: E402
 from tests.helpers import noise_references, plain_pipeline_images  # noqa: E402
 
 PROMPTS = [f"a product photo of a red kettle on {s}, {light}" for s in ("marble", "sand") for light in ("dawn", "dusk")]
@@ -97,7 +97,7 @@ def write_section(doc: Path, key: str, body: str) -> None:
 
 
 def _ip_adapter(pipe, image_embed_dim: int) -> None:
-    from adapters.kit import ip_adapter_state
+    from adapters.model.kit import ip_adapter_state
 
     flat = ip_adapter_state(pipe.unet, seed=0, image_embed_dim=image_embed_dim)
     nested: dict[str, dict] = {"image_proj": {}, "ip_adapter": {}}
@@ -142,7 +142,7 @@ def full_size_engine(device: str, dtype: torch.dtype, pipeline: str = "sd15") ->
     """
     from transformers import CLIPImageProcessor
 
-    from adapters.kit import build_tokenizer, sd15_scheduler
+    from adapters.model.kit import build_tokenizer, sd15_scheduler
 
     if pipeline not in ("sd15", "sdxl"):
         raise ValueError(f"unknown pipeline {pipeline!r}; expected sd15 or sdxl")

@@ -32,14 +32,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters.settings import prepare_runtime_env  # noqa: E402
+from adapters.infra.settings import prepare_runtime_env  # noqa: E402
 
 prepare_runtime_env()
 
-from adapters.local_s3 import LocalS3Server  # noqa: E402
-from adapters.sample_catalog import seed_sample_catalog  # noqa: E402
-from adapters.settings import Settings, export_s3_endpoint, get_settings  # noqa: E402
-from adapters.storage import S3Store, parallel_map  # noqa: E402
+from adapters.catalog.sample import seed_sample_catalog  # noqa: E402
+from adapters.infra.local_s3 import LocalS3Server  # noqa: E402
+from adapters.infra.settings import Settings, export_s3_endpoint, get_settings  # noqa: E402
+from adapters.infra.storage import S3Store, parallel_map  # noqa: E402
 
 CELLS = 4 * 2 * 4  # products x style sets x cells of the campaign below
 
@@ -128,7 +128,7 @@ def plan_times(store: S3Store, catalog: str, images: int) -> dict[str, float]:
     summary = run_campaign(RunRequest(campaign="scale", dry_run=True, triggered_by="test"))
     dry = time.perf_counter() - start
     assert summary.images_planned == images, summary
-    from adapters import campaigns, snapshots
+    from adapters.catalog import campaigns, snapshots
 
     spec, _ = campaigns.resolve_campaign(store, RunRequest(campaign="scale"), catalog, "sim")
     state = snapshots.load_snapshot(store, catalog)
@@ -155,7 +155,7 @@ def run(store: S3Store, assets: str, sim_seconds: float) -> dict:
     images = manifest["images"]
     ids = [i["asset_id"] for i in images]
     intact = sum(parallel_map(lambda i: hashlib.sha256(store.get(i["uri"])).hexdigest() == i["sha256"], images))
-    from adapters import publish
+    from adapters.steps import publish
 
     (row,) = publish.read_table(store, manifest, "runs").to_dict("records")
     return {"summary": summary, "wall_s": wall, "calls": calls, "peak_mb": peak_mb(), "samples": memory.samples,

@@ -33,17 +33,17 @@ PORT_FILE = TMP / "port"
 # workers must share. Set before Prefect is imported (it reads its settings once).
 os.environ["PREFECT_HOME"] = str(TMP / "prefect")
 
-from adapters.local_s3 import LocalS3Server, free_port  # noqa: E402
-from adapters.settings import prepare_runtime_env  # noqa: E402
+from adapters.infra.local_s3 import LocalS3Server, free_port  # noqa: E402
+from adapters.infra.settings import prepare_runtime_env  # noqa: E402
 
 PREFECT_PORT = free_port()
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{PREFECT_PORT}/api"
 prepare_runtime_env()
 
-from adapters import publish  # noqa: E402
-from adapters.sample_catalog import seed_sample_catalog  # noqa: E402
-from adapters.settings import Settings, child_env, export_s3_endpoint, get_settings  # noqa: E402
-from adapters.storage import S3Store  # noqa: E402
+from adapters.catalog.sample import seed_sample_catalog  # noqa: E402
+from adapters.infra.settings import Settings, child_env, export_s3_endpoint, get_settings  # noqa: E402
+from adapters.infra.storage import S3Store  # noqa: E402
+from adapters.steps import publish  # noqa: E402
 from flows.serve import PrefectStack  # noqa: E402
 
 IMAGES_PER_SHARD = 64

@@ -34,10 +34,11 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters import lake, lake_ops, publish  # noqa: E402
-from adapters.local_s3 import LocalS3Server  # noqa: E402
-from adapters.settings import export_s3_endpoint  # noqa: E402
-from adapters.storage import S3Store  # noqa: E402
+from adapters.infra import lake  # noqa: E402
+from adapters.infra.local_s3 import LocalS3Server  # noqa: E402
+from adapters.infra.settings import export_s3_endpoint  # noqa: E402
+from adapters.infra.storage import S3Store  # noqa: E402
+from adapters.steps import lake_ops, publish  # noqa: E402
 from tasks.tables import SCHEMA_VERSION, TABLES  # noqa: E402
 from tests.test_tables_duckdb import doc_queries  # noqa: E402
 
@@ -241,7 +242,7 @@ def main() -> None:
     args = parser.parse_args()
     with LocalS3Server() as server:
         export_s3_endpoint(server.endpoint, access_key="bench", secret_key="bench")
-        from adapters.settings import get_settings
+        from adapters.infra.settings import get_settings
 
         store = S3Store.from_settings(get_settings())
         print("\n".join(bench_commits(store, args.commit_runs, args.images)))

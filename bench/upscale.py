@@ -36,8 +36,8 @@ def run_side(side: str, cache: Path) -> dict:
     """One side of the measure in this process: the tiny kit's tile refinement, tiled or in one pass."""
     import torch
 
-    from adapters.settings import Settings
-    from adapters.upscale import tile_upscaler
+    from adapters.infra.settings import Settings
+    from adapters.model.upscale import tile_upscaler
     from catalogs.models import Upscale
     from tests.helpers import photo
 
@@ -170,7 +170,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "models"
-        from adapters.kit import ensure_tiny_kit
+        from adapters.model.kit import ensure_tiny_kit
 
         ensure_tiny_kit(cache)
         sides = [measure("tiled", cache), measure("one-pass", cache)]

@@ -23,12 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters import publish  # noqa: E402
-from adapters.kit import ensure_tiny_kit  # noqa: E402
-from adapters.local_s3 import LocalS3Server, free_port  # noqa: E402
-from adapters.sample_catalog import seed_sample_catalog  # noqa: E402
-from adapters.settings import Settings, child_env, export_s3_endpoint  # noqa: E402
-from adapters.storage import S3Store  # noqa: E402
+from adapters.catalog.sample import seed_sample_catalog  # noqa: E402
+from adapters.infra.local_s3 import LocalS3Server, free_port  # noqa: E402
+from adapters.infra.settings import Settings, child_env, export_s3_endpoint  # noqa: E402
+from adapters.infra.storage import S3Store  # noqa: E402
+from adapters.model.kit import ensure_tiny_kit  # noqa: E402
+from adapters.steps import publish  # noqa: E402
 from flows.serve import start_stack  # noqa: E402
 
 

@@ -698,7 +698,7 @@ class ModelProfile(_Strict):
     """A named set of weights the engine loads together: one or more ControlNets and IP-Adapters."""
 
     name: str = Field(pattern=ID_PATTERN)
-    # `sim`: no model, a simulated GPU for load-testing the orchestration (adapters/sim_engine.py).
+    # `sim`: no model, a simulated GPU for load-testing the orchestration (adapters/model/sim_engine.py).
     pipeline: Literal["sd15", "sdxl", "sim"] = "sd15"
     base: WeightsRef
     controlnet: ControlNetRef | tuple[ControlNetRef, ...]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install stylematrix at one commit into /opt/stylematrix: on the server, the cpu worker's host and every
-# GPU host, so every process runs the same code version (the commit; adapters/code_version.py).
+# GPU host, so every process runs the same code version (the commit; adapters/infra/code_version.py).
 #   deploy/install.sh https://git.example.com/acme/stylematrix.git <40-hex commit>
 set -euo pipefail
 repository=$1 commit=$2

@@ -14,10 +14,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from adapters import campaigns, claims, conditioning, lake, publish
-from adapters.engine import load_in_background
-from adapters.settings import get_settings
-from adapters.storage import S3Store
+from adapters.catalog import campaigns
+from adapters.infra import lake
+from adapters.infra.settings import get_settings
+from adapters.infra.storage import S3Store
+from adapters.model.engine import load_in_background
+from adapters.steps import claims, conditioning, publish
 from catalogs.models import CHANNEL_AXIS, Campaign, Product, RunRequest, RunSummary, StyleSet
 from flows import reports, steps
 from flows.catalog import catalog_for_run

@@ -13,8 +13,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
-from adapters.settings import get_settings
-from adapters.storage import S3Store
+from adapters.infra.settings import get_settings
+from adapters.infra.storage import S3Store
 from flows import steps
 from tasks.catalog_build import CatalogState
 

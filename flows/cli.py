@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from adapters.settings import export_s3_endpoint, get_settings, prepare_runtime_env
+from adapters.infra.settings import export_s3_endpoint, get_settings, prepare_runtime_env
 from catalogs.models import RunRequest, RunSummary
 from flows.cli_catalog import catalog_app
 from flows.cli_errors import USER_ERRORS, fail
@@ -75,8 +75,8 @@ def run(
     dry_run: Annotated[bool, typer.Option(help="plan only: images to make and an estimate of their generation time")] = False,
 ) -> None:
     """Run a campaign against the configured S3 endpoint and model profile."""
-    from adapters import campaigns
-    from adapters.storage import S3Store
+    from adapters.catalog import campaigns
+    from adapters.infra.storage import S3Store
 
     start = time.perf_counter()
     settings = get_settings()
@@ -103,10 +103,10 @@ def run(
 @app.command()
 def demo() -> None:
     """Start an embedded S3 server, seed the sample catalog, run the sample campaign, stop the server."""
-    from adapters.kit import ensure_tiny_kit
-    from adapters.local_s3 import LocalS3Server
-    from adapters.sample_catalog import seed_sample_catalog
-    from adapters.storage import S3Store, split_uri
+    from adapters.catalog.sample import seed_sample_catalog
+    from adapters.infra.local_s3 import LocalS3Server
+    from adapters.infra.storage import S3Store, split_uri
+    from adapters.model.kit import ensure_tiny_kit
 
     start = time.perf_counter()
     api = _start_prefect_api()
@@ -138,8 +138,8 @@ def demo() -> None:
 @app.command()
 def seed(catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] to seed (default STYLEMATRIX_CATALOG)")] = None) -> None:
     """Write the sample catalog (products, style sets, the sample campaign) to an S3 catalog."""
-    from adapters.sample_catalog import seed_sample_catalog
-    from adapters.storage import S3Store
+    from adapters.catalog.sample import seed_sample_catalog
+    from adapters.infra.storage import S3Store
 
     settings = get_settings()
     catalog = catalog or settings.catalog
@@ -164,8 +164,8 @@ def gc(
     """
     from datetime import timedelta
 
-    from adapters.gc import collect_garbage
-    from adapters.storage import S3Store
+    from adapters.infra.storage import S3Store
+    from adapters.steps.gc import collect_garbage
 
     settings = get_settings()
     assets = assets or settings.assets
@@ -191,7 +191,7 @@ def report(
     assets: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] of the outputs (default STYLEMATRIX_ASSETS)")] = None,
 ) -> None:
     """Make a committed run's contact sheets and gallery again from its tables (after a report failed)."""
-    from adapters.storage import S3Store
+    from adapters.infra.storage import S3Store
     from flows.reports import remake_reports
 
     settings = get_settings()
@@ -224,10 +224,10 @@ def serve(
 
     Without an S3 endpoint configured, an embedded S3 server is started and seeded with the sample catalog.
     """
-    from adapters.local_s3 import LocalS3Server
-    from adapters.sample_catalog import seed_sample_catalog
-    from adapters.settings import child_env
-    from adapters.storage import S3Store, split_uri
+    from adapters.catalog.sample import seed_sample_catalog
+    from adapters.infra.local_s3 import LocalS3Server
+    from adapters.infra.settings import child_env
+    from adapters.infra.storage import S3Store, split_uri
     from flows.serve import start_stack
 
     settings = get_settings()
@@ -262,8 +262,8 @@ def serve(
 
 def _start_postgres(stack: contextlib.ExitStack, folder: Path) -> str:
     """The project's own PostgreSQL cluster under `folder` (created on first use), stopped with `stack`."""
-    from adapters.local_s3 import free_port
-    from adapters.postgres import LocalPostgres
+    from adapters.infra.local_s3 import free_port
+    from adapters.infra.postgres import LocalPostgres
 
     postgres = LocalPostgres(folder, free_port())
     stack.callback(postgres.stop)
@@ -273,7 +273,7 @@ def _start_postgres(stack: contextlib.ExitStack, folder: Path) -> str:
 
 
 def main() -> None:
-    from adapters.processes import signals_interrupt
+    from adapters.infra.processes import signals_interrupt
 
     try:
         with signals_interrupt():  # SIGTERM, SIGHUP: the same way out as Ctrl-C, stopping what we started

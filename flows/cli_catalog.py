@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from adapters.settings import get_settings
+from adapters.infra.settings import get_settings
 from flows.cli_errors import USER_ERRORS, fail
 
 catalog_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,  # plain help: see cli.py
@@ -27,7 +27,7 @@ CatalogOption = Annotated[str | None, typer.Option(help="s3://bucket[/prefix] of
 
 def _store_for(catalog: str | None):
     """The S3 store and catalog URI, failing with one line when the catalog's bucket is unusable."""
-    from adapters.storage import S3Store
+    from adapters.infra.storage import S3Store
 
     settings = get_settings()
     catalog = (catalog or settings.catalog).rstrip("/")
@@ -44,7 +44,7 @@ def import_(
         "--as", help="for a folder of loose images: each image is one product, or one style set")] = None,
 ) -> None:
     """Upload a folder of materials; files already in the catalog unchanged are not uploaded again."""
-    from adapters.catalog_import import import_folder
+    from adapters.catalog.importing import import_folder
 
     try:
         store, catalog = _store_for(catalog)
@@ -95,7 +95,7 @@ def ls(
     snapshot: Annotated[str | None, typer.Option(help="snapshot id (default: the latest)")] = None,
 ) -> None:
     """Print the products, style sets and quarantined objects of a snapshot."""
-    from adapters import snapshots
+    from adapters.catalog import snapshots
 
     try:
         store, catalog = _store_for(catalog)

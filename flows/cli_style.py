@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from adapters.settings import get_settings
+from adapters.infra.settings import get_settings
 from flows.cli_errors import USER_ERRORS, fail
 
 style_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,  # plain help: see cli.py
@@ -41,7 +41,7 @@ def scan(
     snapshot: Annotated[str | None, typer.Option(help="catalog snapshot id to read (default: the latest)")] = None,
 ) -> None:
     """Find each style set's copy threshold and recommended ip_scale; an unchanged style set is not scanned again."""
-    from adapters.storage import S3Store
+    from adapters.infra.storage import S3Store
 
     start = time.perf_counter()
     settings = get_settings()
@@ -66,7 +66,7 @@ def scan(
                              probe_steps=steps, triggered_by="cli")
     except USER_ERRORS as exc:
         fail(exc)
-    from adapters.style_scans import ScanResult
+    from adapters.steps.style_scans import ScanResult
 
     for result in (ScanResult(**r) for r in results):
         typer.echo(result.line())

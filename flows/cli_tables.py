@@ -1,4 +1,4 @@
-"""`stylematrix tables ...`: the Delta tables as the data team reads and keeps them (adapters/lake_ops.py)."""
+"""`stylematrix tables ...`: the Delta tables as the data team reads and keeps them (adapters/steps/lake_ops.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from adapters.settings import get_settings
+from adapters.infra.settings import get_settings
 from flows.cli_errors import USER_ERRORS, fail
 
 tables_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,  # plain help: see cli.py
@@ -18,8 +18,8 @@ ASSETS_HELP = "s3://bucket[/prefix] of the outputs (default STYLEMATRIX_ASSETS)"
 
 
 def _lake(assets: str | None):
-    from adapters import lake
-    from adapters.storage import S3Store
+    from adapters.infra import lake
+    from adapters.infra.storage import S3Store
 
     settings = get_settings()
     assets = assets or settings.assets
@@ -45,7 +45,7 @@ def query(
     assets: Annotated[str | None, typer.Option(help=ASSETS_HELP)] = None,
 ) -> None:
     """Run SQL over the committed rows and print them tab-separated, with a header line."""
-    from adapters import lake_ops
+    from adapters.steps import lake_ops
 
     try:
         if as_of_run and as_of:
@@ -69,7 +69,7 @@ def history(
     assets: Annotated[str | None, typer.Option(help=ASSETS_HELP)] = None,
 ) -> None:
     """The table's newest commits: version, time, operation, the commit's name (run:<run_id>, ...) and rows added."""
-    from adapters import lake_ops
+    from adapters.steps import lake_ops
 
     try:
         (name,) = _tables(table)
@@ -89,7 +89,7 @@ def compact(
     assets: Annotated[str | None, typer.Option(help=ASSETS_HELP)] = None,
 ) -> None:
     """Rewrite small files into files of about --target-mb, per run_date partition, in one commit per table."""
-    from adapters import lake_ops
+    from adapters.steps import lake_ops
 
     try:
         names = _tables(table)
@@ -111,7 +111,7 @@ def vacuum(
     assets: Annotated[str | None, typer.Option(help=ASSETS_HELP)] = None,
 ) -> None:
     """Delete files no recent version needs: those compaction replaced and those of commits that never landed."""
-    from adapters import lake_ops
+    from adapters.steps import lake_ops
 
     verb = "would delete" if dry_run else "deleted"
     try:
@@ -127,7 +127,7 @@ def vacuum(
 @tables_app.command()
 def migrate(assets: Annotated[str | None, typer.Option(help=ASSETS_HELP)] = None) -> None:
     """Convert a schema-7 bucket (parquet parts and manifests) to Delta tables in place; safe to run again."""
-    from adapters import lake_ops
+    from adapters.steps import lake_ops
 
     try:
         store, assets, _ = _lake(assets)

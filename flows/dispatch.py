@@ -31,11 +31,11 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
 from prefect.client.schemas.objects import State, StateType
 from prefect.states import Crashed
 
-from adapters import publish
-from adapters.code_version import code_version
-from adapters.heartbeats import Beat, Silence, beat_uri
-from adapters.settings import Settings
-from adapters.storage import ObjectStore
+from adapters.infra.code_version import code_version
+from adapters.infra.settings import Settings
+from adapters.infra.storage import ObjectStore
+from adapters.steps import publish
+from adapters.steps.heartbeats import Beat, Silence, beat_uri
 from flows import progress
 from flows.artifacts import advance_progress
 from flows.fleet import Forgotten, read_fleet, require_worker, through_outage, withdraw

@@ -12,7 +12,7 @@ shard stays loaded for the next. Two choices differ from Prefect's stock task wo
   never hands it out again. Here the worker opens its subscription, takes one run, closes it,
   runs the shard, and only then asks again; a run the server sends while it closes is not
   acknowledged and goes back to the queue;
-- it beats (adapters/heartbeats.py) while a shard runs, so the campaign can tell a dead
+- it beats (adapters/steps/heartbeats.py) while a shard runs, so the campaign can tell a dead
   worker's shard from a slow one and hand it out again;
 - it stays listed with the server under a key that names its code version, busy or free, so a
   campaign can refuse to start when no worker runs its code (flows/fleet.py).
@@ -34,11 +34,11 @@ from prefect.logging import get_logger
 from prefect.settings import get_current_settings
 from prefect.task_worker import TaskWorker
 
-from adapters.code_version import code_version
-from adapters.engine import engine_loads
-from adapters.heartbeats import Beat, Heartbeat, beat_uri
-from adapters.settings import get_settings
-from adapters.storage import S3Store
+from adapters.infra.code_version import code_version
+from adapters.infra.settings import get_settings
+from adapters.infra.storage import S3Store
+from adapters.model.engine import engine_loads
+from adapters.steps.heartbeats import Beat, Heartbeat, beat_uri
 from flows import progress
 from flows.fleet import presence_key
 from flows.shard import run_shard

@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
-from adapters import publish, run_outputs, snapshots
-from adapters.storage import ObjectStore
+from adapters.catalog import snapshots
+from adapters.infra.storage import ObjectStore
+from adapters.steps import publish, run_outputs
 from tasks.finish import with_finishes
 from tasks.values import first_line, is_missing
 

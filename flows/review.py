@@ -35,9 +35,9 @@ from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput, read_flow_run_input
 from prefect.input.run_input import keyset_from_base_key
 
-from adapters import delivery
-from adapters.settings import get_settings
-from adapters.storage import S3Store
+from adapters.infra.settings import get_settings
+from adapters.infra.storage import S3Store
+from adapters.steps import delivery
 from flows import steps
 from flows.artifacts import artifact_key
 from tasks.review import (

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapters.processes import stop_processes
-from adapters.settings import FLOW_HEARTBEAT_SECONDS, get_settings
+from adapters.infra.processes import stop_processes
+from adapters.infra.settings import FLOW_HEARTBEAT_SECONDS, get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]

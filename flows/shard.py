@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from adapters import rendering
-from adapters.engine import get_engine
-from adapters.scorers import get_clip_scorer
-from adapters.settings import get_settings
-from adapters.storage import S3Store
+from adapters.infra.settings import get_settings
+from adapters.infra.storage import S3Store
+from adapters.model.clip import get_clip_scorer
+from adapters.model.engine import get_engine
+from adapters.steps import rendering
 from catalogs import load_profiles
 from flows import progress, steps
 from flows.artifacts import advance_progress

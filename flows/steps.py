@@ -21,19 +21,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from adapters import (
-    catalog_scan,
-    claims,
-    conditioning,
-    delivery,
-    finishing,
-    lake,
-    publish,
-    run_outputs,
-    snapshots,
-    style_scans,
-)
-from adapters.engine import model_identity
+from adapters.catalog import scan as catalog_scan
+from adapters.catalog import snapshots
+from adapters.infra import lake
+from adapters.model.engine import model_identity
+from adapters.steps import claims, conditioning, delivery, finishing, publish, run_outputs, style_scans
 from flows import artifacts
 from tasks.matrix import expand_matrix
 from tasks.plan import choose_inputs, group_batches, plan_jobs, plan_shards
@@ -79,7 +71,7 @@ identity = io_step(model_identity, name="model-identity")
 # Control images, once per product and canvas, stored with the run for every shard to read.
 controls = step(conditioning.write_controls, name="canny-controls", retries=1)
 
-# A shard's staged rows, written last by the shard (its batches: adapters/rendering.render_batch).
+# A shard's staged rows, written last by the shard (its batches: adapters/steps/rendering.render_batch).
 write_part = io_step(publish.stage_part, name="stage-table-part")
 
 # Selection and publishing, after the shards and before the commit. Each rewrites its own

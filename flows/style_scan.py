@@ -14,11 +14,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from adapters.engine import get_engine
-from adapters.scorers import get_clip_scorer
-from adapters.settings import get_settings
-from adapters.storage import S3Store
-from adapters.style_scans import ScanResult, sheet_preview
+from adapters.infra.settings import get_settings
+from adapters.infra.storage import S3Store
+from adapters.model.clip import get_clip_scorer
+from adapters.model.engine import get_engine
+from adapters.steps.style_scans import ScanResult, sheet_preview
 from catalogs import load_profiles
 from flows import steps
 from flows.artifacts import artifact_key

@@ -5,8 +5,8 @@ names, and the task worker reads them there and writes the result beside them. U
 folder under the submitting process's PREFECT_HOME, which a GPU worker on another machine cannot
 read: it fails every shard with `Path .../storage/parameters/<id> does not exist`.
 
-This block keeps them under an S3 prefix through adapters/storage.S3Store. It holds only the prefix:
-each process reaches S3 with its own endpoint and credentials (adapters/settings.py), so no secret is
+This block keeps them under an S3 prefix through adapters/infra/storage.S3Store. It holds only the prefix:
+each process reaches S3 with its own endpoint and credentials (adapters/infra/settings.py), so no secret is
 stored on the Prefect server or shown in its UI. (prefect-aws's S3Bucket block would do the same, but
 its aiobotocore pins an older boto3 than the one the project uses.)
 
@@ -21,8 +21,8 @@ import anyio.to_thread
 from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.filesystems import WritableFileSystem
 
-from adapters.settings import get_settings
-from adapters.storage import S3Store, join_uri
+from adapters.infra.settings import get_settings
+from adapters.infra.storage import S3Store, join_uri
 
 BLOCK_NAME = "shards"
 

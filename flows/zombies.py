@@ -15,7 +15,7 @@ the rule is written once:
 - `redo-crashed-reviews`: a `review-run` flow run that crashed (the automation above, or a
   worker that saw its process die) is scheduled again, up to `REVIEW_RUNS` runs in all. It
   starts from the top, reads the decisions already submitted for it and delivers what is not
-  delivered yet (delivery never writes a file twice: adapters/delivery.py).
+  delivered yet (delivery never writes a file twice: adapters/steps/delivery.py).
 
 Why these event names: Prefect 3.9's server names a flow run's state-change event after the
 state's *name* (`prefect.server.models.events.flow_run_state_change_event`), so a suspension is
@@ -37,7 +37,7 @@ from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 
-from adapters.settings import FLOW_HEARTBEAT_SECONDS
+from adapters.infra.settings import FLOW_HEARTBEAT_SECONDS
 
 CRASH_SILENT = "crash-silent-flow-runs"
 REDO_CRASHED_REVIEWS = "redo-crashed-reviews"
@@ -124,7 +124,7 @@ def main() -> None:
     from prefect.settings import PREFECT_API_URL
     from pydantic import ValidationError
 
-    from adapters.settings import get_settings
+    from adapters.infra.settings import get_settings
 
     if not PREFECT_API_URL.value():
         raise SystemExit("flows.zombies: PREFECT_API_URL names no Prefect server")

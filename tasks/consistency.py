@@ -1,6 +1,6 @@
 """Consistency across a campaign: whether its images look like one campaign, not each image on its own.
 
-Each image gets a *look* where it is scored (adapters/rendering.py, which holds the pixels and the
+Each image gets a *look* where it is scored (adapters/steps/rendering.py, which holds the pixels and the
 product's mask): the CLIP image embedding the scorer computes anyway, a palette of its background
 (k-means in CIELAB of the pixels outside the product) and its background's lighting (mean lightness
 L* and the correlated colour temperature of its mean colour). Across a group of images (one style

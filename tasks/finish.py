@@ -3,7 +3,7 @@ at that size over a grounded shadow, a marketplace main image composed on white,
 
 What each channel gets is resolved once (`finish_plans`): its `upscale:` (the channel's, else its
 marketplace preset's, else the campaign's), its `shadow:`, its background rule and marketplace. The
-pixels are made here from plain images (`paste_back`, `compose_white`); adapters/finishing.py reads
+pixels are made here from plain images (`paste_back`, `compose_white`); adapters/steps/finishing.py reads
 and writes them, and runs the model for the `tile` and `x4` methods.
 
 The product is never taken from an upscaled render: in preserve mode (and on a white background)

@@ -36,7 +36,7 @@ class MarketplacePreset:
     fill: float  # the product's long side as a share of the frame's side, as composed
     min_fill: float  # the least `product_fill` the check accepts
     min_long_side: int
-    format: str = "jpeg"  # sRGB JPEG, written by adapters/delivery.py
+    format: str = "jpeg"  # sRGB JPEG, written by adapters/steps/delivery.py
     shadow: Shadow = Shadow()
 
     @property

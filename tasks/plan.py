@@ -94,7 +94,7 @@ class ShardContext(_Frozen):
     # An asset claimed by another run longer ago than this, never committed, is presumed abandoned.
     claim_lease_seconds: float = 900.0
     # Shards in the campaign's process write each image into the run's local copy as they publish it
-    # (adapters/publish.local_image_path), so the copy never reads it back; None on the pool.
+    # (adapters/steps/publish.local_image_path), so the copy never reads it back; None on the pool.
     local_copy: str | None = None
     # The `sim` profile's seconds per image for this run (`RunRequest.sim_seconds`); None: the worker's setting.
     sim_seconds: float | None = None

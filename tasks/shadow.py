@@ -5,7 +5,7 @@ outside the product shows. Sizes are shares of the product's height on the image
 settings give the same look at 512 px and at 2,000 px.
 
 Relighting the product to its scene with a model (IC-Light) would go where `finish.relight` is
-called (adapters/finishing.py), between the shadow and the paste-back; it is not built.
+called (adapters/steps/finishing.py), between the shadow and the paste-back; it is not built.
 """
 
 from __future__ import annotations

@@ -221,7 +221,7 @@ def contact_sheet(tiles: Sequence[Tile], *, title: str, subtitle: str = "",
 
     `header` is (label, image) pairs shown in a strip at the top: the product, its canny map,
     the references. Each tile shows its image (or a grey box when there is none), its lines,
-    and a green frame when selected. `font` draws every text (`adapters/fonts.sheet_font`: one
+    and a green frame when selected. `font` draws every text (`adapters/infra/fonts.sheet_font`: one
     with CJK glyphs); without one, PIL's default font. A character the font has no glyph for is
     drawn as MISSING, and the subtitle says which characters those were: never an empty box.
     """

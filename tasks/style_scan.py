@@ -2,7 +2,7 @@
 
 Pure: the probe grid (shapes drawn here, neutral prompts, fixed seeds), the copying measure,
 the per-scale means, the threshold rule, the scan's key and how `ip_scale: auto` resolves.
-The scan itself (generating and scoring the grid) is `adapters/style_scans.py`.
+The scan itself (generating and scoring the grid) is `adapters/steps/style_scans.py`.
 
 The threshold rule, on the per-scale means of every measure (docs/style-scan.md):
 

@@ -279,7 +279,7 @@ DELIVERIES = (
     Column("delivered_at", "timestamp", "when the file was written (UTC)"),
 )
 
-# One row per finished image (tasks/finish.py, adapters/finishing.py): upscaled, pasted back, shadowed, checked.
+# One row per finished image (tasks/finish.py, adapters/steps/finishing.py): upscaled, pasted back, shadowed, checked.
 FINISHES = (
     Column("schema_version", "int32", "version of this table's schema"),
     Column("asset_id", "string", "the finished image's own asset id: sha256 over its source image, its finishing plan, size and refining model"),

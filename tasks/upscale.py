@@ -1,6 +1,6 @@
 """Upscaling without a model, and the tile geometry the model's tiled pass uses.
 
-The tiled pass (adapters/upscale.py) is the ControlNet-tile "hires fix": the image is first brought
+The tiled pass (adapters/model/upscale.py) is the ControlNet-tile "hires fix": the image is first brought
 to its size with Lanczos (`lanczos_to`), then refined tile by tile. Tiles overlap (`tile_grid`), and
 each tile's result is blended into the whole with a weight that falls linearly to zero across the
 overlap (`blend_weights`, `TileCanvas`), so seams do not show and memory stays that of one tile.

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.local_s3 import LocalS3Server
-from adapters.settings import Settings, get_settings
-from adapters.storage import S3Store
+from adapters.infra.local_s3 import LocalS3Server
+from adapters.infra.settings import Settings, get_settings
+from adapters.infra.storage import S3Store
 from tests.e2e_stack import worker_campaigns  # noqa: F401 - a fixture, started early
 from tests.helpers import BackgroundCommand, campaign_settings_env, seed_campaign_buckets, start_cli
 
@@ -75,7 +75,7 @@ def model_cache(tmp_path_factory) -> Path:
     """One model cache for the session: each tiny kit is built once, by the first test that needs it.
     The sd15 kit is built here, before the commands started in the background need it, so no
     background command spends its time building one."""
-    from adapters.kit import ensure_tiny_kit
+    from adapters.model.kit import ensure_tiny_kit
 
     cache = tmp_path_factory.getbasetemp() / "models"
     ensure_tiny_kit(cache)
@@ -99,8 +99,8 @@ def postgres() -> Iterator:
     own account when the tests run as root, and that account must reach the folder."""
     import tempfile
 
-    from adapters.local_s3 import free_port
-    from adapters.postgres import LocalPostgres
+    from adapters.infra.local_s3 import free_port
+    from adapters.infra.postgres import LocalPostgres
 
     folder = Path(tempfile.mkdtemp(prefix="stylematrix-pg-", dir="/tmp"))
     folder.chmod(0o711)
@@ -116,7 +116,7 @@ def postgres() -> Iterator:
 def prefect_harness(tmp_path_factory) -> Iterator[Path]:
     """A throwaway Prefect API for the whole session (it takes seconds to start); the value is a
     copy of its database taken right after migration (see `_warm_prefect_home`)."""
-    from adapters.settings import prepare_runtime_env
+    from adapters.infra.settings import prepare_runtime_env
 
     prepare_runtime_env()
     from prefect.testing.utilities import prefect_test_harness

@@ -22,8 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from adapters import publish
-from adapters.storage import S3Store
+from adapters.infra.storage import S3Store
+from adapters.steps import publish
 
 CAMPAIGN = (
     "name: e2e\nproducts: {ids: [rocket, coffee-cup]}\nstyles: {ids: [space-age, earthy-textures]}\n"
@@ -146,10 +146,10 @@ class WorkerCampaigns:
                 future.set_exception(exc)
 
     def _start(self, s3_endpoint: str, model_cache: Path, folder: Path, env: dict[str, str], database_url: str) -> dict:
-        from adapters.local_s3 import free_port
-        from adapters.sample_catalog import seed_sample_catalog
-        from adapters.settings import Settings
-        from adapters.snapshots import refresh
+        from adapters.catalog.sample import seed_sample_catalog
+        from adapters.catalog.snapshots import refresh
+        from adapters.infra.local_s3 import free_port
+        from adapters.infra.settings import Settings
         from flows.serve import start_stack
 
         suffix = uuid.uuid4().hex[:8]
@@ -190,7 +190,7 @@ class WorkerCampaigns:
         return parent, time.monotonic() - started
 
     def _campaign_with_a_killed_worker(self, stack: dict):
-        from adapters.heartbeats import beat_uri, read_beat
+        from adapters.steps.heartbeats import beat_uri, read_beat
 
         parent_id = start_campaign(stack, seeds=[3, 4], triggered_by="api").id
         victim = None
@@ -226,7 +226,7 @@ class WorkerCampaigns:
 @pytest.fixture(scope="session")
 def worker_campaigns(s3_server, model_cache, tmp_path_factory, postgres):
     """The worker stack and its two campaigns, started in the background (see the module docstring)."""
-    from adapters.settings import child_env
+    from adapters.infra.settings import child_env
 
     # This process's environment now, before any test changes it: the thread must not see a test's.
     campaigns = WorkerCampaigns(s3_server.endpoint, model_cache, tmp_path_factory.mktemp("e2e"), child_env(),

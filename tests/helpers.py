@@ -93,7 +93,7 @@ def small_campaign(folder: Path, name: str, seed: int) -> Path:
 
 def seed_campaign_buckets(store) -> tuple[str, str]:
     """A seeded catalog bucket (the sample catalog plus one broken product) and an empty assets bucket."""
-    from adapters.sample_catalog import seed_sample_catalog
+    from adapters.catalog.sample import seed_sample_catalog
 
     suffix = uuid.uuid4().hex[:10]
     catalog, assets = f"s3://catalog-{suffix}", f"s3://assets-{suffix}/team-a"

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from adapters import catalog_scan, sample_catalog
-from adapters.campaigns import campaign_uri, read_campaign
-from adapters.catalog_import import entry_id_from_name, import_folder
-from adapters.catalog_scan import read_catalog
-from adapters.images import load_image, load_mask
-from adapters.sample_catalog import sample_png, seed_sample_catalog
-from adapters.storage import S3Store
+from adapters.catalog import sample as sample_catalog
+from adapters.catalog import scan as catalog_scan
+from adapters.catalog.campaigns import campaign_uri, read_campaign
+from adapters.catalog.images import load_image, load_mask
+from adapters.catalog.importing import entry_id_from_name, import_folder
+from adapters.catalog.sample import sample_png, seed_sample_catalog
+from adapters.catalog.scan import read_catalog
+from adapters.infra.storage import S3Store
 from tasks.catalog_build import CatalogState
 from tests.helpers import encode
 
@@ -75,7 +76,7 @@ def test_seeding_is_deterministic(store: S3Store, fresh_bucket: str) -> None:
 def test_sample_images_are_the_same_in_another_process(store: S3Store, sample: str) -> None:
     # The logo goes through every step (RGBA source, cut-out background, PNG encoding).
     code = (
-        "import hashlib; from adapters.sample_catalog import sample_png; "
+        "import hashlib; from adapters.catalog.sample import sample_png; "
         "print(hashlib.sha256(sample_png('logo', 512, 'transparent')).hexdigest())"
     )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -387,7 +388,7 @@ class _Refusing:
                                    OSError("S3 error: NotImplemented: this server does not support it")])
 def test_an_unreadable_object_quarantines_its_entry_and_is_read_again_next_time(store: S3Store, sample: str,
                                                                                 error: Exception) -> None:
-    from adapters.snapshots import refresh
+    from adapters.catalog.snapshots import refresh
 
     flaky = _Refusing(store, "products/rocket/image.png", error)
     first = refresh(flaky, sample)
@@ -406,7 +407,7 @@ def test_an_unreadable_object_quarantines_its_entry_and_is_read_again_next_time(
                                    ConnectionError("cannot reach S3 endpoint: connection reset")])
 def test_a_transient_error_stops_the_refresh_naming_the_object_and_never_becomes_data(store: S3Store, sample: str,
                                                                                       error: Exception) -> None:
-    from adapters.snapshots import latest_snapshot_id, load_snapshot, refresh
+    from adapters.catalog.snapshots import latest_snapshot_id, load_snapshot, refresh
 
     good = refresh(store, sample).snapshot_id
     store.put(f"{sample}/products/rocket/product.yaml", b"title: Rocket, again\n")  # a change to read

@@ -17,10 +17,11 @@ from PIL import Image
 from skimage import data
 from skimage.util import img_as_ubyte
 
-from adapters import publish, snapshots
-from adapters.images import load_image
-from adapters.sample_catalog import sample_png, seed_sample_catalog
-from adapters.storage import S3Store
+from adapters.catalog import snapshots
+from adapters.catalog.images import load_image
+from adapters.catalog.sample import sample_png, seed_sample_catalog
+from adapters.infra.storage import S3Store
+from adapters.steps import publish
 from tasks.catalog_rules import find_duplicates, key_problem, perceptual_hash
 from tasks.phash import hamming
 from tasks.snapshot_tables import SNAPSHOT_TABLES
@@ -323,7 +324,7 @@ def test_duplicates_are_flagged_across_the_catalog(store, catalog):
 
 
 def test_a_run_refuses_images_changed_since_its_snapshot(store, catalog):
-    from adapters import conditioning
+    from adapters.steps import conditioning
 
     store.put(f"{catalog}/products/alarm-clock/mask.png",
               encode(Image.new("L", Image.open(io.BytesIO(store.get(f"{catalog}/products/alarm-clock/image.png"))).size, 255), "PNG"))

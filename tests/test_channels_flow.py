@@ -14,7 +14,7 @@ SIZES = {"square": (64, 64), "portrait": (64, 80), "story": (72, 128), "banner":
 
 
 def test_the_channels_example_makes_every_placement(campaign_env, store):
-    from adapters import publish
+    from adapters.steps import publish
     from catalogs.models import RunRequest
     from flows.campaign import run_campaign
 

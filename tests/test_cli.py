@@ -9,7 +9,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from adapters.local_s3 import free_port
+from adapters.infra.local_s3 import free_port
 from tests.helpers import ROOT, run_cli
 
 

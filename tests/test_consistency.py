@@ -283,7 +283,7 @@ def _campaign_outcome(consistency_spec: dict | None = None) -> tuple[list[dict],
 
 
 def test_the_overview_shows_each_products_selected_image_per_style_set_with_the_spread():
-    from adapters.fonts import sheet_font
+    from adapters.infra.fonts import sheet_font
     from tasks.sheets import OUTLIER, SELECTED, overview_lines, overview_sheet
     from tests.helpers import ARTIFACTS
 
@@ -374,7 +374,7 @@ def test_the_stored_look_round_trips_through_parquet_and_duckdb_reads_the_embedd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from adapters.parquet_io import arrow_schema
+    from adapters.infra.parquet_io import arrow_schema
     from tasks.tables import GENERATIONS
 
     duckdb = pytest.importorskip("duckdb")

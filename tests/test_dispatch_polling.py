@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from prefect.client.schemas.objects import StateType
 
-from adapters.settings import Settings
+from adapters.infra.settings import Settings
 from flows import dispatch
 from tasks.plan import ShardContext
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from adapters.engine import Engine, StyleInput, get_engine, ip_block_scales, window_active
-from adapters.settings import Settings
+from adapters.infra.settings import Settings
+from adapters.model.engine import Engine, StyleInput, get_engine, ip_block_scales, window_active
 from tasks.canny import canvas_images, canvas_kinds, cover_canvas, pad_to_square
 from tests.helpers import ROOT, max_diff, product, reference
 
@@ -359,7 +359,7 @@ def test_bad_batch_is_refused_before_any_work(engine):
 
 def test_example_campaign_with_every_control_runs_end_to_end(campaign_env, store):
     """catalogs/examples/every-control.yaml, trimmed to 1 seed and 1 optional part, run by the real flow."""
-    from adapters import publish
+    from adapters.steps import publish
     from catalogs.models import RunRequest
     from flows.campaign import run_campaign
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from adapters.engine import EngineOptions, StyleInput, apply_options, get_engine
-from adapters.settings import Settings
+from adapters.infra.settings import Settings
+from adapters.model.engine import EngineOptions, StyleInput, apply_options, get_engine
 from tasks.canny import canvas_images
 from tests.helpers import ROOT, noise_references, pixel_diffs, plain_pipeline_images, product
 

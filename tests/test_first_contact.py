@@ -132,7 +132,7 @@ def test_terminal_bar_shows_done_total_rate_and_time_left(term):
 
 
 def test_pool_progress_tells_listeners_the_images_of_completed_and_running_shards():
-    from adapters.heartbeats import Beat
+    from adapters.steps.heartbeats import Beat
     from flows import progress
     from flows.dispatch import PoolProgress
     from tasks.plan import ShardContext
@@ -226,7 +226,7 @@ def _tiles(values=("大理石台面", "沙滩")) -> list:
 
 
 def test_sheet_font_has_cjk_glyphs_and_is_noto_sans_cjk():
-    from adapters.fonts import sheet_font
+    from adapters.infra.fonts import sheet_font
     from tasks.sheets import Drawable
 
     font = sheet_font()
@@ -252,22 +252,22 @@ def test_a_font_without_cjk_draws_question_marks_and_says_so_never_boxes():
     marks = contact_sheet(_tiles(), title="???", font=default)
     assert cjk.crop(strip).tobytes() == marks.crop(strip).tobytes()
     # With the CJK font, the same title is drawn as glyphs, not as those marks.
-    from adapters.fonts import sheet_font
+    from adapters.infra.fonts import sheet_font
 
     drawn = contact_sheet(_tiles(), title="大理石", font=sheet_font())
     assert drawn.crop(strip).tobytes() != contact_sheet(_tiles(), title="???", font=sheet_font()).crop(strip).tobytes()
 
 
-@pytest.mark.filterwarnings("ignore:Logger 'adapters.fonts' attempted to send logs")  # no flow run here
+@pytest.mark.filterwarnings("ignore:Logger 'adapters.infra.fonts' attempted to send logs")  # no flow run here
 def test_missing_font_package_falls_back_with_one_warning(monkeypatch, caplog):
     from PIL import ImageFont
 
-    from adapters import fonts
+    from adapters.infra import fonts
 
     monkeypatch.setattr(fonts, "cjk_font_path", lambda: None)
     fonts.sheet_font.cache_clear()
     try:
-        with caplog.at_level("WARNING", logger="adapters.fonts"):
+        with caplog.at_level("WARNING", logger="adapters.infra.fonts"):
             first, again = fonts.sheet_font(), fonts.sheet_font()
     finally:
         fonts.sheet_font.cache_clear()
@@ -279,7 +279,7 @@ def test_missing_font_package_falls_back_with_one_warning(monkeypatch, caplog):
 def test_long_cjk_labels_wrap_at_characters_instead_of_being_cut():
     from PIL import Image, ImageDraw
 
-    from adapters.fonts import sheet_font
+    from adapters.infra.fonts import sheet_font
     from tasks.sheets import _wrap
 
     draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), sheet_font()
@@ -304,7 +304,7 @@ generation: {{profile: tiny, width: 64, height: 64, steps: 2, batch_size: 2}}
 def test_a_titled_cjk_campaign_through_the_flow(campaign_env, store):
     from PIL import Image
 
-    from adapters import publish
+    from adapters.steps import publish
     from catalogs.models import RunRequest
     from flows import progress
     from flows.campaign import run_campaign

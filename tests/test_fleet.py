@@ -43,7 +43,7 @@ def test_task_storage_keeps_parameters_in_s3_for_any_host(s3_server, store, fres
     from prefect.blocks.core import Block
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from adapters.settings import get_settings
+    from adapters.infra.settings import get_settings
     from flows.task_storage import S3TaskStorage, register
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)  # each process reaches S3 with its own settings
@@ -114,8 +114,8 @@ def test_fleet_deployments_pull_the_exact_commit_and_ask_for_workers_at_it():
 
 
 def test_code_version_is_the_commit_unless_the_deployment_names_one(monkeypatch):
-    from adapters import code_version as cv
-    from adapters.settings import get_settings
+    from adapters.infra import code_version as cv
+    from adapters.infra.settings import get_settings
 
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     cv.code_version.cache_clear()

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from adapters import publish
-from adapters.heartbeats import read_beats
-from adapters.sample_catalog import seed_sample_catalog
-from adapters.settings import Settings, child_env
-from adapters.snapshots import refresh
-from adapters.storage import S3Store
+from adapters.catalog.sample import seed_sample_catalog
+from adapters.catalog.snapshots import refresh
+from adapters.infra.settings import Settings, child_env
+from adapters.infra.storage import S3Store
+from adapters.steps import publish
+from adapters.steps.heartbeats import read_beats
 from tests.helpers import ROOT
 
 pytestmark = [
@@ -112,8 +112,8 @@ class Fleet:
     """The server host's processes, and the hosts' processes, each started in its namespace."""
 
     def __init__(self, net: Network, folder: Path, model_cache: Path):
-        from adapters.local_s3 import free_port
-        from adapters.postgres import LocalPostgres
+        from adapters.infra.local_s3 import free_port
+        from adapters.infra.postgres import LocalPostgres
         from flows.serve import PrefectStack
 
         self.net, self.folder, self.model_cache = net, folder, model_cache

@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from adapters import publish
-from adapters.parquet_io import read_parquet_bytes
-from adapters.settings import Settings, get_settings
-from adapters.storage import S3Store
+from adapters.infra.parquet_io import read_parquet_bytes
+from adapters.infra.settings import Settings, get_settings
+from adapters.infra.storage import S3Store
+from adapters.steps import publish
 from catalogs.models import RunRequest
 from tasks.tables import GENERATIONS, RUNS
 from tests.helpers import ARTIFACTS, campaign_settings_env, seed_campaign_buckets, small_campaign
@@ -171,7 +171,7 @@ def test_bad_campaign_fails_before_any_image(campaign_env, store, tmp_path):
 
 
 def test_a_pinned_run_quarantines_a_product_overwritten_since_its_snapshot(campaign_env, store, tmp_path):
-    from adapters.sample_catalog import sample_png
+    from adapters.catalog.sample import sample_png
     from flows.campaign import run_campaign
     from flows.catalog import refresh_catalog
 

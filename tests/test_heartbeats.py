@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from adapters.heartbeats import Beat, Heartbeat, Silence, beat_uri, read_beat, read_beats
+from adapters.steps.heartbeats import Beat, Heartbeat, Silence, beat_uri, read_beat, read_beats
 
 
 def test_heartbeat_beats_while_the_shard_runs_and_records_how_it_ended(store, fresh_bucket):
@@ -56,7 +56,7 @@ def test_heartbeat_refuses_a_zero_interval(store, fresh_bucket):
 def test_a_lease_shorter_than_two_heartbeats_is_refused():
     from pydantic import ValidationError
 
-    from adapters.settings import Settings
+    from adapters.infra.settings import Settings
 
     with pytest.raises(ValidationError, match="SHARD_LEASE_SECONDS \\(8\\) must be at least two heartbeats"):
         Settings(shard_lease_seconds=8, shard_heartbeat_seconds=5)

@@ -15,16 +15,16 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from adapters.kit import KIT_FORMAT_VERSION, build_tiny_kit, ensure_tiny_kit, kit_manifest
-from adapters.local_s3 import LocalS3Server
-from adapters.models import (
+from adapters.infra.local_s3 import LocalS3Server
+from adapters.infra.settings import Settings
+from adapters.model.kit import KIT_FORMAT_VERSION, build_tiny_kit, ensure_tiny_kit, kit_manifest
+from adapters.model.weights import (
     library_versions,
     load_pipeline,
     mirror_s3_prefix,
     profile_revision,
     resolve_weights,
 )
-from adapters.settings import Settings
 from catalogs import load_profiles
 from catalogs.models import ControlNetRef, IPAdapterRef, ModelProfile, WeightsRef
 
@@ -430,7 +430,7 @@ def test_s3_profile_mirrors_once_then_only_changes(s3_kit: tuple[str, str], kit:
 def test_a_builder_that_finishes_second_leaves_the_first_builders_kit_in_place(tmp_path, monkeypatch):
     # Two processes build the kit at once; the slower one must not move the complete kit aside
     # while the other is already reading it.
-    import adapters.kit as kit
+    import adapters.model.kit as kit
 
     final = tmp_path / f"tiny-{KIT_FORMAT_VERSION}"
 

@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
-from adapters import lake, lake_ops, publish
-from adapters.gc import collect_garbage
+from adapters.infra import lake
+from adapters.steps import lake_ops, publish
+from adapters.steps.gc import collect_garbage
 from tasks.tables import TABLES, Column
 
 DAY = "2026-12-07"
@@ -38,7 +39,7 @@ def tables(store, fresh_bucket) -> lake.Lake:
 @pytest.fixture
 def cli_env(s3_server, monkeypatch):
     """The command line's settings pointing at the session's S3 server."""
-    from adapters.settings import get_settings
+    from adapters.infra.settings import get_settings
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
     get_settings.cache_clear()

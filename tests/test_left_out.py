@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from adapters import publish
+from adapters.steps import publish
 from catalogs.models import RunRequest
 
 # campaign_env seeds the sample catalog plus `broken-mug`, whose image is not an image: quarantined.

@@ -223,8 +223,8 @@ def test_the_tiny_kits_tile_controlnet_refines_an_upscale_in_tiles(model_cache):
     img2img moving pixels away from plain Lanczos, and tiled close to one pass. The kit's weights are random and its
     attention sees the whole tile, so its tiled and one-pass results differ everywhere a little, not only at seams
     (with a local refinement they differ only at seams: test_tiled_and_one_pass_refinement_differ_only_near_seams)."""
-    from adapters.settings import Settings
-    from adapters.upscale import tile_upscaler
+    from adapters.infra.settings import Settings
+    from adapters.model.upscale import tile_upscaler
 
     upscaler = tile_upscaler("tiny", Settings(model_cache=model_cache, device="cpu", dtype="float32"))
     source = photo("coffee").resize((64, 64))
@@ -246,8 +246,8 @@ def test_the_tiny_kits_tile_controlnet_refines_an_upscale_in_tiles(model_cache):
 @pytest.mark.slow
 def test_the_x4_upscaler_of_a_profile_makes_the_asked_size(model_cache):
     """`method: x4` runs the profile's SD x4 upscaler pipeline (the tiny kit has one at toy size)."""
-    from adapters.settings import Settings
-    from adapters.upscale import x4_upscaler
+    from adapters.infra.settings import Settings
+    from adapters.model.upscale import x4_upscaler
 
     upscaler = x4_upscaler("tiny", Settings(model_cache=model_cache, device="cpu", dtype="float32"))
     source = photo("coffee").resize((48, 32))
@@ -258,8 +258,8 @@ def test_the_x4_upscaler_of_a_profile_makes_the_asked_size(model_cache):
 
 
 def test_a_profile_without_a_tile_controlnet_refuses_the_tile_method_in_one_line():
-    from adapters.models import upscale_revision
-    from adapters.settings import Settings
+    from adapters.infra.settings import Settings
+    from adapters.model.weights import upscale_revision
     from catalogs import load_profiles
 
     with pytest.raises(ValueError, match="profile 'sdxl' names no tile_controlnet: upscale method 'tile' needs one"):

@@ -13,7 +13,7 @@ from tests.helpers import ROOT
 
 
 def test_a_run_makes_a_scene_and_compliant_main_images_and_records_their_lineage(campaign_env, store):
-    from adapters import publish
+    from adapters.steps import publish
     from catalogs.models import RunRequest
     from flows.campaign import run_campaign
 

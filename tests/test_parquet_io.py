@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pytest
 
-from adapters.parquet_io import parquet_bytes, parquet_row_count, read_parquet_bytes
+from adapters.infra.parquet_io import parquet_bytes, parquet_row_count, read_parquet_bytes
 from tests.helpers import ROOT
 
 
@@ -31,7 +31,7 @@ def test_round_trip_keeps_rows_types_and_count():
 # exception", exit -6) about one time in three in this script.
 _SHORT_COMMAND = """
 import pyarrow as pa
-from adapters.parquet_io import parquet_bytes, read_parquet_bytes
+from adapters.infra.parquet_io import parquet_bytes, read_parquet_bytes
 data = parquet_bytes(pa.table({"a": list(range(50)), "b": [str(i) for i in range(50)]}))
 for _ in range(3):
     assert len(read_parquet_bytes(data).to_pylist()) == 50

@@ -8,7 +8,7 @@ import json
 
 from PIL import Image
 
-from adapters import publish
+from adapters.steps import publish
 from catalogs.models import RunRequest
 from flows.reports import REPORTS, remake_reports
 from tasks.sheets import PAGE_COLUMNS, PAGE_ROWS, Tile, contact_sheet, sheet_layout, sheet_pages
@@ -33,7 +33,7 @@ def test_a_sheet_of_any_size_is_split_into_pages_that_fit_and_hold_every_image_o
 
 
 def test_a_failing_sheet_and_gallery_leave_the_run_committed_and_can_be_made_again(campaign_env, store, monkeypatch):
-    from adapters import run_outputs
+    from adapters.steps import run_outputs
     from flows.campaign import run_campaign
 
     def broken(*args, **kwargs):

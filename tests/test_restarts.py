@@ -21,11 +21,11 @@ import uuid
 import psutil
 import pytest
 
-from adapters import publish
-from adapters.heartbeats import read_beats
-from adapters.local_s3 import free_port
-from adapters.sample_catalog import seed_sample_catalog
-from adapters.snapshots import refresh
+from adapters.catalog.sample import seed_sample_catalog
+from adapters.catalog.snapshots import refresh
+from adapters.infra.local_s3 import free_port
+from adapters.steps import publish
+from adapters.steps.heartbeats import read_beats
 from tests.helpers import CLI, ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -55,7 +55,7 @@ def _wait(condition, timeout: float, what: str, *, campaign: subprocess.Popen, l
 
 
 def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_cache, postgres, tmp_path):
-    from adapters.settings import child_env
+    from adapters.infra.settings import child_env
     from flows.serve import PrefectStack
 
     suffix = uuid.uuid4().hex[:8]

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image, ImageCms
 from pydantic import ValidationError
 
-from adapters import publish
-from adapters.delivery import (
+from adapters.steps import publish
+from adapters.steps.delivery import (
     TooLarge,
     deliver,
     encode_delivery,
@@ -264,7 +264,7 @@ def test_review_parts_are_written_once_per_review(store, fresh_bucket):
 
 
 def test_review_form_offers_the_runs_other_images_and_describes_the_selected():
-    from adapters.delivery import ReviewedRun
+    from adapters.steps.delivery import ReviewedRun
     from flows.review import ReviewForm, review_form
     from tasks.review import form_description
 
@@ -291,7 +291,8 @@ def test_review_form_offers_the_runs_other_images_and_describes_the_selected():
 def test_documented_duckdb_query_gives_the_latest_decision_and_the_delivered_file(store, fresh_bucket):
     import re
 
-    from adapters import lake, lake_ops
+    from adapters.infra import lake
+    from adapters.steps import lake_ops
     from tests.helpers import ROOT
 
     tables = lake.Lake.of(store, f"s3://{fresh_bucket}")

@@ -26,8 +26,8 @@ import psutil
 import pytest
 from PIL import Image
 
-from adapters.delivery import read_parts
-from adapters.settings import FLOW_HEARTBEAT_SECONDS
+from adapters.infra.settings import FLOW_HEARTBEAT_SECONDS
+from adapters.steps.delivery import read_parts
 from tasks.review import approved, latest_decisions
 from tests.e2e_stack import CPU_WORKER_ENV, WAIT, ZOMBIE, api, run_id_of, start_campaign, wait_final
 from tests.helpers import ARTIFACTS, CHROMIUM, chromium_page
@@ -139,7 +139,7 @@ def test_review_in_the_prefect_ui_delivers_what_is_approved_once(stack, committe
     if shot is not None:
         assert shot.stat().st_size > 20_000
 
-    from adapters import publish
+    from adapters.steps import publish
 
     manifest = publish.read_manifests(store, assets)
     gens = next(publish.read_table(store, m, "generations") for m in manifest if m["run_id"] == run_id)
@@ -265,7 +265,7 @@ def test_reviews_wait_for_people_and_one_whose_worker_died_is_redone(stack, comm
 
 def _images(stack, run_id) -> tuple[list[str], list[str]]:
     """The run's selected images, best first, and the others, in the `generations` table's order."""
-    from adapters import publish
+    from adapters.steps import publish
 
     manifest = next(m for m in publish.read_manifests(stack["store"], stack["assets"]) if m["run_id"] == run_id)
     gens = publish.read_table(stack["store"], manifest, "generations")

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from adapters import claims, publish
-from adapters.gc import collect_garbage
+from adapters.steps import claims, publish
+from adapters.steps.gc import collect_garbage
 from catalogs.models import RunRequest
 from tasks.gc import Stored, garbage, run_of
 from tests.helpers import ReadLog, start_cli
@@ -96,7 +96,7 @@ def _recorded(store, assets):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_run_is_taken_over_by_the_rerun_and_gc_leaves_nothing_unrecorded(
         campaign_env, store, prefect_api_env, tmp_path, monkeypatch, sig):
-    from adapters.settings import get_settings
+    from adapters.infra.settings import get_settings
     from flows.campaign import run_campaign
 
     assets = campaign_env["assets"]

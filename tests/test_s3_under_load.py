@@ -14,10 +14,10 @@ import os
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from adapters import publish
-from adapters.local_s3 import free_port
-from adapters.settings import Settings, get_settings
-from adapters.storage import RetryPolicy, S3Store, fault_kind
+from adapters.infra.local_s3 import free_port
+from adapters.infra.settings import Settings, get_settings
+from adapters.infra.storage import RetryPolicy, S3Store, fault_kind
+from adapters.steps import publish
 from catalogs.models import RunRequest
 from tests.s3_faults import FaultyS3Proxy
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from adapters.engine import StyleInput
-from adapters.publish import encode_png
-from adapters.rendering import product_view, score_batch
+from adapters.model.engine import StyleInput
+from adapters.steps.publish import encode_png
+from adapters.steps.scoring import product_view, score_batch
 from catalogs.models import Product
 from tasks.canny import control_image, fit_to_canvas
 from tests.helpers import ReadLog

@@ -187,13 +187,13 @@ def test_a_failing_scorer_costs_its_column_not_the_image(product):
 
 @pytest.fixture(scope="module")
 def clip_settings(model_cache):
-    from adapters.settings import Settings
+    from adapters.infra.settings import Settings
 
     return Settings(model_cache=model_cache, device="cpu")
 
 
 def test_clip_model_setting_picks_weights():
-    from adapters.scorers import clip_weights
+    from adapters.model.clip import clip_weights
     from catalogs import load_profiles
 
     profiles = load_profiles()
@@ -204,7 +204,7 @@ def test_clip_model_setting_picks_weights():
 
 
 def test_tiny_clip_scores_prompt_and_style(clip_settings):
-    from adapters.scorers import get_clip_scorer
+    from adapters.model.clip import get_clip_scorer
     from catalogs import load_profiles
 
     scorer = get_clip_scorer("auto", load_profiles()["tiny"], clip_settings)
@@ -224,7 +224,7 @@ def test_tiny_clip_scores_prompt_and_style(clip_settings):
 
 
 def test_an_unavailable_clip_model_turns_clip_scores_off(clip_settings, caplog):
-    from adapters.scorers import get_clip_scorer
+    from adapters.model.clip import get_clip_scorer
     from catalogs import load_profiles
 
     # Offline, with nothing in the Hugging Face cache: no scorer and a warning, not an exception.
@@ -234,7 +234,7 @@ def test_an_unavailable_clip_model_turns_clip_scores_off(clip_settings, caplog):
 
 
 def test_a_clip_model_that_breaks_while_loading_turns_clip_scores_off(clip_settings, caplog, tmp_path):
-    from adapters.scorers import get_clip_scorer
+    from adapters.model.clip import get_clip_scorer
     from catalogs import load_profiles
 
     # A folder whose config is valid JSON but not a config: transformers raises TypeError, not OSError.

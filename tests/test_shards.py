@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapters import publish
-from adapters.engine import Engine
+from adapters.model.engine import Engine
+from adapters.steps import publish
 from catalogs.models import RunRequest
 from tests.helpers import ReadLog
 
@@ -124,7 +124,7 @@ def _progress_of(artifact_id: str) -> float:
 
 def test_progress_moves_forward_across_shards_in_process_and_ends_at_100_and_throughput_is_wall_time(campaign_env, store, small_campaign,
                                                                           monkeypatch):
-    from adapters.settings import get_settings
+    from adapters.infra.settings import get_settings
     from flows import artifacts
     from flows.campaign import run_campaign
 
@@ -228,7 +228,7 @@ def test_a_run_copies_itself_locally_as_it_makes_its_images(campaign_env, store,
 
 def test_a_shard_whose_batch_fails_runs_again_and_makes_only_what_is_missing(campaign_env, store, small_campaign,
                                                                              generated, monkeypatch):
-    from adapters import rendering
+    from adapters.steps import rendering
     from flows.campaign import run_campaign
 
     real, calls = rendering.render_batch, []

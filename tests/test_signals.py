@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from adapters.local_s3 import free_port
+from adapters.infra.local_s3 import free_port
 from tests.conftest import _warm_prefect_home
 from tests.helpers import CLI, ROOT, campaign_settings_env, seed_campaign_buckets
 

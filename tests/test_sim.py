@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from adapters import publish
-from adapters.sim_engine import SimEngine, sim_image
+from adapters.model.sim_engine import SimEngine, sim_image
+from adapters.steps import publish
 from catalogs import load_profiles
 from catalogs.models import RunRequest
 from tests.helpers import product

@@ -9,9 +9,10 @@ from datetime import timedelta
 
 import pytest
 
-from adapters import claims, lake, lake_ops, publish
-from adapters.gc import collect_garbage
-from adapters.parquet_io import read_parquet_bytes
+from adapters.infra import lake
+from adapters.infra.parquet_io import read_parquet_bytes
+from adapters.steps import claims, lake_ops, publish
+from adapters.steps.gc import collect_garbage
 from catalogs.models import RunRequest
 from tests.helpers import start_cli
 
@@ -39,7 +40,7 @@ def test_a_run_stopped_with_sigterm_is_taken_over_at_once_and_every_reader_sees_
         campaign_env, store, prefect_api_env, tmp_path, monkeypatch):
     from deltalake import DeltaTable
 
-    from adapters.settings import get_settings
+    from adapters.infra.settings import get_settings
     from flows.campaign import run_campaign
 
     assets = campaign_env["assets"]

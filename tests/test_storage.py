@@ -1,4 +1,4 @@
-"""adapters.storage and adapters.local_s3 against a real moto S3 server subprocess."""
+"""adapters.infra.storage and adapters.infra.local_s3 against a real moto S3 server subprocess."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 import pytest
 
 import adapters
-from adapters.local_s3 import LocalS3Server, free_port
-from adapters.settings import Settings
-from adapters.storage import ObjectInfo, ObjectStore, S3Store, join_uri, split_uri
+from adapters.infra.local_s3 import LocalS3Server, free_port
+from adapters.infra.settings import Settings
+from adapters.infra.storage import ObjectInfo, ObjectStore, S3Store, join_uri, split_uri
 
 
 def test_adapters_is_this_repository() -> None:

@@ -10,7 +10,8 @@ import json
 import pytest
 from PIL import Image
 
-from adapters import lake, publish
+from adapters.infra import lake
+from adapters.steps import publish
 from catalogs.models import RunRequest
 from tasks.tables import STYLE_SCANS
 from tests.helpers import ARTIFACTS, encode, photo

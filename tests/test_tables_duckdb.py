@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from adapters import publish
+from adapters.steps import publish
 from catalogs.models import RunRequest
 from tasks.tables import SCHEMA_VERSION
 from tests.helpers import ROOT
@@ -74,7 +74,8 @@ def test_duckdb_reads_the_published_tables_of_a_run(campaign_env, store, tmp_pat
     from deltalake import DeltaTable
     from typer.testing import CliRunner
 
-    from adapters import lake, lake_ops
+    from adapters.infra import lake
+    from adapters.steps import lake_ops
     from flows.campaign import run_campaign
     from flows.cli import app
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from adapters import lake
-from adapters.heartbeats import read_beats
-from adapters.parquet_io import read_parquet_bytes
+from adapters.infra import lake
+from adapters.infra.parquet_io import read_parquet_bytes
+from adapters.steps.heartbeats import read_beats
 from tests.e2e_stack import IMAGES, LEASE, WAIT, api, published, run_id_of, shard_attempt, shard_runs, start_campaign
 from tests.helpers import ARTIFACTS, CHROMIUM, chromium_page
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from adapters.settings import Settings
+from adapters.infra.settings import Settings
 from flows.zombies import CRASH_SILENT, REDO_CRASHED_REVIEWS, crash_silent_runs, ensure_automations
 
 

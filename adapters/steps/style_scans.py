@@ -20,11 +20,12 @@ from datetime import UTC, datetime
 import numpy as np
 from PIL import Image
 
-from adapters import conditioning, lake, publish
-from adapters.engine import Engine
-from adapters.fonts import sheet_font
-from adapters.scorers import ClipScorer
-from adapters.storage import ObjectStore, join_uri
+from adapters.infra import lake
+from adapters.infra.fonts import sheet_font
+from adapters.infra.storage import ObjectStore, join_uri
+from adapters.model.clip import ClipScorer
+from adapters.model.engine import Engine
+from adapters.steps import conditioning, publish
 from catalogs.models import Campaign, StyleSet
 from tasks.canny import canvas_images, canvas_kinds, fit_to_canvas
 from tasks.scan_report import curves_plot, scan_sheet
@@ -202,7 +203,7 @@ def run_scan(engine: Engine, clip: ClipScorer | None, store: ObjectStore, style:
 
 def sheet_preview(store: ObjectStore, uri: str, width: int = 900) -> bytes:
     """The stored sheet shrunk to `width` pixels, as JPEG bytes small enough to embed in a report."""
-    from adapters.images import load_image
+    from adapters.catalog.images import load_image
 
     image = load_image(store, uri)
     if image.width > width:

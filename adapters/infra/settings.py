@@ -46,10 +46,10 @@ class Settings(BaseSettings):
     # How long a campaign keeps handing out shards while the Prefect API cannot be reached (a server restart).
     api_outage_seconds: float = Field(default=300.0, gt=0)
     # The Prefect server's database (a fleet: PostgreSQL). Unset, `stylematrix serve` creates and runs a
-    # PostgreSQL cluster of its own under its home folder (adapters/postgres.py).
+    # PostgreSQL cluster of its own under its home folder (adapters/infra/postgres.py).
     prefect_database_url: str | None = Field(default=None, validation_alias=AliasChoices(
         "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"), repr=False)
-    # The code version workers and campaigns compare (adapters/code_version.py); unset: the git commit.
+    # The code version workers and campaigns compare (adapters/infra/code_version.py); unset: the git commit.
     code_version: str | None = None
     images_per_shard: int = Field(default=64, ge=1)
     shard_attempts: int = Field(default=3, ge=1)
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     shards_in_flight: int = Field(default=64, ge=1)
     # A campaign whose review is required starts this deployment (prefect.yaml: `review`) after it commits.
     review_deployment: str = "review-run/review"
-    # A run's claim on an asset (adapters/claims.py) older than this, never committed, is presumed abandoned:
+    # A run's claim on an asset (adapters/steps/claims.py) older than this, never committed, is presumed abandoned:
     # another run takes the asset over. Longer than a batch takes, shorter than you would wait for a dead run.
     claim_lease_seconds: float = Field(default=900.0, gt=0)
     worker_name: str = Field(default_factory=socket.gethostname)
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "STYLEMATRIX_S3_ENDPOINT"),
     )
     # S3 under load: calls that meet throttling or dropped connections are retried this many
-    # times in all, with full-jitter backoff capped at this many seconds (adapters/storage.RetryPolicy).
+    # times in all, with full-jitter backoff capped at this many seconds (adapters/infra/storage.RetryPolicy).
     s3_retry_attempts: int = Field(default=30, ge=1)
     s3_retry_cap_seconds: float = Field(default=8.0, gt=0)
     s3_region: str = Field(

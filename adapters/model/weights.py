@@ -1,7 +1,7 @@
 """Model profiles: where their weights live, how they are loaded, and which exact weights they are.
 
 A `WeightsRef.source` is one of:
-- `builtin:tiny` / `builtin:tiny-sdxl`: the random-weight kits, built once into the model cache (adapters/kit.py);
+- `builtin:tiny` / `builtin:tiny-sdxl`: the random-weight kits, built once into the model cache (adapters/model/kit.py);
 - `s3://bucket/prefix`: mirrored into `<model_cache>/s3/bucket/prefix` (changed objects only);
 - a local folder (absolute, `./`, `../`, `~`, `file://`, or any existing directory);
 - otherwise a Hugging Face repo id, loaded through the HF cache (offline when HF_HUB_OFFLINE=1).
@@ -24,9 +24,9 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from adapters.kit import ensure_tiny_kit, kit_manifest, quiet_progress_bars
-from adapters.settings import Settings
-from adapters.storage import ObjectStore, S3Store
+from adapters.infra.settings import Settings
+from adapters.infra.storage import ObjectStore, S3Store
+from adapters.model.kit import ensure_tiny_kit, kit_manifest, quiet_progress_bars
 from catalogs.models import ControlNetRef, IPAdapterRef, ModelProfile, WeightsRef
 from tasks.values import first_line
 
@@ -145,7 +145,7 @@ def profile_revision(profile: ModelProfile, settings: Settings) -> str:
     every run is too slow, and mtimes change on copy) or an s3 prefix (hash of the objects' ETags).
     """
     if profile.pipeline == "sim":  # no weights: the simulated GPU's own revision
-        from adapters.sim_engine import SIM_REVISION
+        from adapters.model.sim_engine import SIM_REVISION
 
         return SIM_REVISION
     refs = _refs(profile)

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from adapters.catalog_scan import Scan, list_catalog, scan_catalog
-from adapters.parquet_io import arrow_schema, parquet_bytes, read_parquet_bytes
-from adapters.storage import ObjectStore, join_uri
+from adapters.catalog.scan import Scan, list_catalog, scan_catalog
+from adapters.infra.parquet_io import arrow_schema, parquet_bytes, read_parquet_bytes
+from adapters.infra.storage import ObjectStore, join_uri
 from tasks.catalog_build import CatalogState, ObjectRecord, without_changed
 from tasks.catalog_rules import RULES_VERSION
 from tasks.snapshot_tables import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from adapters.storage import ObjectStore, join_uri
+from adapters.infra.storage import ObjectStore, join_uri
 from catalogs import load_profiles, parse_campaign
 from catalogs.models import ID_PATTERN, Campaign, ModelProfile, RunRequest
 from tasks.channels import resolve_channels

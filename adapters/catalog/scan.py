@@ -4,8 +4,8 @@ Catalog layout under a catalog URI (paths below are relative to it):
 
     products/<product_id>/image.{png,jpg,jpeg,webp,gif}  (+ mask.png, product.yaml)
     styles/<style_id>/*.{png,jpg,jpeg,webp,gif}          (+ style.yaml)
-    campaigns/<name>.yaml                                 (adapters/campaigns.py)
-    _snapshots/<snapshot_id>/...                          (written by a refresh: adapters/snapshots.py)
+    campaigns/<name>.yaml                                 (adapters/catalog/campaigns.py)
+    _snapshots/<snapshot_id>/...                          (written by a refresh: adapters/catalog/snapshots.py)
 
 A scan lists `products/` and `styles/`, turns every object into an `ObjectRecord` (reusing
 the record of an unchanged object from the previous snapshot instead of downloading it
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 
-from adapters.storage import ObjectInfo, ObjectStore, join_uri, split_uri
+from adapters.infra.storage import ObjectInfo, ObjectStore, join_uri, split_uri
 from tasks.catalog_build import CatalogState, ObjectRecord, build_catalog
 from tasks.catalog_rules import Rejected, inspect_image, key_problem, object_role, size_problem
 from tasks.snapshot_tables import inventory_digest

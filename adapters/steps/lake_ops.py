@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from adapters import lake, publish
-from adapters.parquet_io import read_parquet_bytes
-from adapters.storage import ObjectStore, join_uri
+from adapters.infra import lake
+from adapters.infra.parquet_io import read_parquet_bytes
+from adapters.infra.storage import ObjectStore, join_uri
+from adapters.steps import publish
 from tasks.tables import TABLES
 
 DEFAULT_RETENTION_HOURS = 168  # a week, Delta's own default: time travel reaches back at least this far

@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from adapters.settings import get_settings
+from adapters.infra.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

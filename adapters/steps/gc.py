@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from adapters import claims, lake, publish
-from adapters.storage import ObjectStore, join_uri
+from adapters.infra import lake
+from adapters.infra.storage import ObjectStore, join_uri
+from adapters.steps import claims, publish
 from tasks.gc import Stored, garbage, run_of
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from adapters.settings import Settings
+from adapters.infra.settings import Settings
 from tasks.canny import canvas_kinds, cover_canvas, pad_to_square
 
 log = logging.getLogger(__name__)
@@ -522,9 +522,9 @@ def engine_loads() -> int:
 def get_engine(profile_name: str, settings: Settings) -> Engine:
     """The process's engine for a profile, loaded on first use and kept for the life of the process.
 
-    The `sim` pipeline gets the simulated GPU (adapters/sim_engine.py) instead: no weights, no torch call.
+    The `sim` pipeline gets the simulated GPU (adapters/model/sim_engine.py) instead: no weights, no torch call.
     """
-    from adapters.models import library_versions, load_pipeline, profile_revision
+    from adapters.model.weights import library_versions, load_pipeline, profile_revision
     from catalogs import load_profiles
 
     device = resolve_device(settings.device)
@@ -536,7 +536,7 @@ def get_engine(profile_name: str, settings: Settings) -> Engine:
             _LOADS += 1
             profile = load_profiles()[profile_name]  # a run's profile is checked where its request is applied
             if profile.pipeline == "sim":
-                from adapters.sim_engine import SimEngine
+                from adapters.model.sim_engine import SimEngine
 
                 _ENGINES[key] = SimEngine(profile=profile_name, seconds_per_image=settings.sim_seconds_per_image,
                                           control_types=profile.control_types, adapter_images=profile.adapter_images)
@@ -578,7 +578,7 @@ def load_in_background(profile_name: str, settings: Settings) -> threading.Threa
 
 def model_identity(profile_name: str, settings: Settings) -> tuple[str, str, str]:
     """(profile revision, dtype name, device) without loading any weights: what planning needs."""
-    from adapters.models import profile_revision
+    from adapters.model.weights import profile_revision
     from catalogs import load_profiles
 
     profile = load_profiles()[profile_name]

@@ -6,7 +6,7 @@ import hashlib
 
 from PIL import Image
 
-from adapters.storage import ObjectStore
+from adapters.infra.storage import ObjectStore
 from catalogs.models import Product
 from tasks.catalog_rules import Rejected, decode_image, normalize_image
 from tasks.masks import MaskSource, product_mask

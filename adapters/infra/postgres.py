@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.settings import child_env
+from adapters.infra.settings import child_env
 
 DATABASE = "prefect"
 USER = "prefect"

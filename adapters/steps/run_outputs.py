@@ -2,7 +2,7 @@
 run, the contact sheets and the gallery page.
 
 Each overwrites its own still-uncommitted objects, so a retry is safe; the rows count once the
-campaign commits them to the tables (adapters/lake.py).
+campaign commits them to the tables (adapters/infra/lake.py).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
-from adapters import publish
-from adapters.fonts import sheet_font
-from adapters.images import load_image
-from adapters.storage import ObjectStore, parallel_map
+from adapters.catalog.images import load_image
+from adapters.infra.fonts import sheet_font
+from adapters.infra.storage import ObjectStore, parallel_map
+from adapters.steps import publish
 from catalogs.models import CHANNEL_AXIS, Product, Selection, StyleSet
 from tasks.canny import control_name
 from tasks.channels import channel_of, outline_layout, row_layout

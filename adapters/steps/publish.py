@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from adapters import lake
-from adapters.parquet_io import arrow_schema, parquet_bytes, parquet_row_count, read_parquet_bytes
-from adapters.storage import ObjectStore, join_uri, parallel_map
+from adapters.infra import lake
+from adapters.infra.parquet_io import arrow_schema, parquet_bytes, parquet_row_count, read_parquet_bytes
+from adapters.infra.storage import ObjectStore, join_uri, parallel_map
 from tasks.tables import TABLES, Published, to_frame
 
 MANIFEST = "_MANIFEST.json"

@@ -4,7 +4,7 @@ Each finished image is its own asset under the run's `images/`, with a row in th
 pointing at its source (tasks/tables.FINISHES). Like the other outputs written before the manifest,
 it is rewritten by a retry and counts only once the run commits. The pixels are made by
 tasks/finish.py; the `tile` and `x4` methods run the profile's models in this process
-(adapters/upscale.py), on the engine the shards loaded.
+(adapters/model/upscale.py), on the engine the shards loaded.
 
 Where model relighting (IC-Light) would go: `relight`, between the upscale and the paste-back.
 """
@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 
 from PIL import Image
 
-from adapters import publish
-from adapters.images import load_image, load_mask
-from adapters.settings import get_settings
-from adapters.storage import ObjectStore
+from adapters.catalog.images import load_image, load_mask
+from adapters.infra.settings import get_settings
+from adapters.infra.storage import ObjectStore
+from adapters.steps import publish
 from catalogs.models import Campaign, Product
 from tasks.channels import channel_of
 from tasks.finish import (
@@ -62,7 +62,7 @@ def upscaled(render: Image.Image, size: tuple[int, int], row: dict, plan: Finish
         return (render.convert("RGB"), "none", None) if render.size == size else (lanczos_to(render, size), "lanczos", None)
     if up.method == "lanczos":
         return lanczos_to(render, size), "lanczos", None
-    from adapters.upscale import tile_upscaler, x4_upscaler  # torch: only where a model refines
+    from adapters.model.upscale import tile_upscaler, x4_upscaler  # torch: only where a model refines
 
     settings = get_settings()
     model = tile_upscaler(row["profile"], settings) if up.method == "tile" else x4_upscaler(row["profile"], settings)

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from adapters.engine import resolve_device, resolve_dtype
-from adapters.kit import quiet_progress_bars
-from adapters.models import BUILTIN_KITS, TINY_SOURCE, _ref_revision, resolve_weights
-from adapters.settings import Settings
+from adapters.infra.settings import Settings
+from adapters.model.engine import resolve_device, resolve_dtype
+from adapters.model.kit import quiet_progress_bars
+from adapters.model.weights import BUILTIN_KITS, TINY_SOURCE, _ref_revision, resolve_weights
 from catalogs.models import ModelProfile, WeightsRef
 from tasks.values import first_line
 

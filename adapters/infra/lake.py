@@ -33,12 +33,12 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import CommitProperties, Transaction
 
-from adapters.parquet_io import arrow_schema
-from adapters.storage import join_uri
+from adapters.infra.parquet_io import arrow_schema
+from adapters.infra.storage import join_uri
 from tasks.tables import TABLES, to_frame
 
 if TYPE_CHECKING:
-    from adapters.storage import S3Store
+    from adapters.infra.storage import S3Store
 
 PARTITION = "run_date"
 TXN_KEY = "stylematrix.txn"  # commit metadata: the app transaction a commit carried, to find its version
@@ -166,7 +166,7 @@ def read(lake: Lake, table: str, *, version: int | None = None, as_of: datetime 
     dt = open_table(lake, table, version, as_of)
     if dt is None:
         return table_schema(table).empty_table()
-    # In the calling thread: see adapters/parquet_io.py for the interpreter-exit abort a thread pool risks.
+    # In the calling thread: see adapters/infra/parquet_io.py for the interpreter-exit abort a thread pool risks.
     return dt.to_pyarrow_dataset().to_table(filter=ds.field(where[0]) == where[1] if where else None,
                                             use_threads=False)
 

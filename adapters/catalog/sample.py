@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.storage import ObjectStore, join_uri, split_uri
+from adapters.infra.storage import ObjectStore, join_uri, split_uri
 from catalogs import sample_campaign_text
 from tasks.masks import border_connected
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from adapters.engine import Engine, StyleInput, get_engine
-from adapters.models import load_tile_controlnet, load_x4_upscaler, upscale_revision
-from adapters.settings import Settings
+from adapters.infra.settings import Settings
+from adapters.model.engine import Engine, StyleInput, get_engine
+from adapters.model.weights import load_tile_controlnet, load_x4_upscaler, upscale_revision
 from catalogs import load_profiles
 from catalogs.models import Upscale
 from tasks.upscale import lanczos_to, refine_in_tiles, tile_grid
@@ -150,7 +150,7 @@ class X4Upscaler:
 
 def x4_upscaler(profile_name: str, settings: Settings) -> X4Upscaler:
     """The process's x4 upscaler for a profile, loaded on first use, on the engine's device and dtype."""
-    from adapters.engine import resolve_device, resolve_dtype
+    from adapters.model.engine import resolve_device, resolve_dtype
 
     key = ("x4", profile_name)
     with _LOCK:

@@ -19,8 +19,9 @@ from functools import lru_cache
 
 from PIL import Image, ImageCms
 
-from adapters import lake, publish, run_outputs
-from adapters.storage import ObjectStore, join_uri
+from adapters.infra import lake
+from adapters.infra.storage import ObjectStore, join_uri
+from adapters.steps import publish, run_outputs
 from catalogs.models import DeliveryFormat
 from tasks.finish import with_finishes
 from tasks.review import DEFAULT_CHANNEL, ReviewRequest, delivery_path, delivery_row

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
-from adapters.storage import ObjectStore, join_uri
+from adapters.infra.storage import ObjectStore, join_uri
 
 WORKERS = "workers"
 

@@ -27,7 +27,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from adapters.storage import ObjectStore, join_uri, parallel_map
+from adapters.infra.storage import ObjectStore, join_uri, parallel_map
 
 CLAIMS = "claims"
 # How far the clocks of two machines of one deployment may disagree: a claim's age is read on

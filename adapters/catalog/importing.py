@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from adapters.catalog_scan import inspect_object, list_catalog, read_record
-from adapters.storage import ObjectInfo, ObjectStore, join_uri
+from adapters.catalog.scan import inspect_object, list_catalog, read_record
+from adapters.infra.storage import ObjectInfo, ObjectStore, join_uri
 from tasks.catalog_build import QuarantineEntry, build_catalog
 from tasks.catalog_rules import IMAGE_SUFFIXES
 

@@ -38,7 +38,7 @@ from urllib3.exceptions import ProtocolError
 from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 
 if TYPE_CHECKING:
-    from adapters.settings import Settings
+    from adapters.infra.settings import Settings
 
 __all__ = ["ObjectInfo", "ObjectStore", "RetryPolicy", "S3Store", "fault_kind", "join_uri", "parallel_map", "split_uri"]
 

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 
 from PIL import Image
 
-from adapters import publish
-from adapters.engine import StyleInput
-from adapters.images import load_image, load_mask
-from adapters.storage import ObjectStore, join_uri
+from adapters.catalog.images import load_image, load_mask
+from adapters.infra.storage import ObjectStore, join_uri
+from adapters.model.engine import StyleInput
+from adapters.steps import publish
 from catalogs.models import Product, Reference, StyleSet
 from tasks.canny import canvas_images, canvas_kinds, canvas_name
 from tasks.catalog_rules import decode_image

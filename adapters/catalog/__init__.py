@@ -1,0 +1,1 @@
+"""Catalogs: reading and importing them, their snapshots and images, campaign specs."""

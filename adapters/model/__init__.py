@@ -1,0 +1,1 @@
+"""Model machinery: weights and kits, the diffusion and simulated engines, CLIP, upscalers."""

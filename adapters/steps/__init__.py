@@ -1,0 +1,1 @@
+"""A run's step work: conditioning, rendering, scoring, claims, publishing, outcomes, finishing, delivery."""
