@@ -121,7 +121,7 @@ def plan_times(store: S3Store, catalog: str, images: int) -> dict[str, float]:
     from catalogs.models import RunRequest
     from flows.campaign import run_campaign
     from tasks.matrix import expand_matrix
-    from tasks.plan import plan_jobs
+    from tasks.plan import ModelIdentity, plan_jobs
 
     run_campaign(RunRequest(campaign="scale", dry_run=True, triggered_by="test"))  # warm-up: Prefect's server starts
     start = time.perf_counter()
@@ -135,7 +135,7 @@ def plan_times(store: S3Store, catalog: str, images: int) -> dict[str, float]:
     products = [p for p in state.products if p.product_id in spec.products.ids]
     styles = [s for s in state.styles if s.style_id in spec.styles.ids]
     start = time.perf_counter()
-    jobs = plan_jobs(spec, products, styles, expand_matrix(spec.matrix), profile_revision="sim-1", dtype="none")
+    jobs = plan_jobs(spec, products, styles, expand_matrix(spec.matrix), ModelIdentity(revision="sim-1", dtype="none"))
     planned = time.perf_counter() - start
     assert len(jobs) == images
     return {"dry_run_s": dry, "plan_jobs_s": planned}

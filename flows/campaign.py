@@ -29,7 +29,7 @@ from tasks.catalog_build import CatalogState
 from tasks.consistency import spread_columns
 from tasks.estimate import estimate_generation
 from tasks.finish import with_finishes
-from tasks.plan import ShardContext, maskless_products
+from tasks.plan import ModelIdentity, ShardContext, maskless_products
 from tasks.request import narrow
 from tasks.review import ReviewRequest, channel_formats, channel_marketplaces
 from tasks.select import cell_metrics
@@ -70,7 +70,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
     styles = steps.auto_scales(store, assets, spec, styles)  # `ip_scale: auto`: each style set's latest scan
     cells = steps.expand(spec.matrix)
     revision, dtype, device = steps.identity(spec.generation.profile, settings)
-    jobs = steps.plan(spec, products, styles, cells, profile_revision=revision, dtype=dtype, profile=profile)
+    jobs = steps.plan(spec, products, styles, cells, ModelIdentity(revision=revision, dtype=dtype, profile=profile))
     done = steps.published(store, assets)
     todo = [j for j in jobs if j.asset_id not in done]
     logger.info("%s: %d products x %d style sets x %d cells x %d seeds = %d images; %d already published, %d to make",

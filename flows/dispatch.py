@@ -69,7 +69,7 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
     re-run. `settings.shard_workers` decides where shards run: off, in this process.
     """
     clock = time.perf_counter()
-    images = sum(len(b.jobs) for s in shards for b in s.batches)
+    images = sum(s.image_count for s in shards)
     progress.begin(images)  # the terminal's bar counts images; the artifact, batches
     for shard in shards:
         store.put(publish.run_uri(ctx.assets, ctx.run_id, "shards", f"{shard.index:05d}.json"),
@@ -79,7 +79,7 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
         for shard in shards:
             generate_shard(shard, ctx, batches_before=batches_before, images_before=images_before)
             batches_before += len(shard.batches)
-            images_before += sum(len(b.jobs) for b in shard.batches)
+            images_before += shard.image_count
     else:
         tracker = PoolProgress(ctx, shards)
         _run_on_workers(shards, ctx.model_copy(update={"progress": None, "local_copy": None}), store, settings, tracker)
@@ -105,7 +105,7 @@ class PoolProgress:
 
     def __init__(self, ctx: ShardContext, shards: Sequence[Shard]) -> None:
         self._progress = ctx.progress
-        self._images = {s.index: sum(len(b.jobs) for b in s.batches) for s in shards}
+        self._images = {s.index: s.image_count for s in shards}
         self._total = sum(self._images.values())
         self._completed = 0
         self.share = 0.0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -72,7 +73,20 @@ class Shard(_Frozen):
 
     @property
     def image_count(self) -> int:
+        """How many images the shard's batches make."""
         return sum(len(b.jobs) for b in self.batches)
+
+
+class ModelIdentity(_Frozen):
+    """The model a plan is for, as far as it decides pixels: the profile's weights revision and dtype.
+
+    `profile` says which ControlNets and IP-Adapters the parameters cover and which channel sizes
+    suit it; None: one canny ControlNet and one style adapter (the shape of `tiny` and `sd15`).
+    """
+
+    revision: str
+    dtype: str
+    profile: ModelProfile | None = None
 
 
 class ShardContext(_Frozen):
@@ -100,55 +114,56 @@ class ShardContext(_Frozen):
     sim_seconds: float | None = None
 
 
-def asset_id(
-    *,
-    product_sha256: str,
-    reference_sha256s: Sequence[str],
-    reference_weights: Sequence[float],
-    prompt: str,
-    negative_prompt: str,
-    seed: int,
-    params: dict[str, object],
-    profile: str,
-    profile_revision: str,
-    dtype: str,
-) -> str:
+@dataclass(frozen=True)
+class AssetInputs:
+    """Everything that decides an image's pixels except its seed: what `asset_id` hashes.
+
+    A plain frozen dataclass, not a pydantic model: planning makes one per cell and must not copy
+    or coerce `params` (its JSON is hashed exactly as given).
+    """
+
+    product_sha256: str
+    reference_sha256s: Sequence[str]
+    reference_weights: Sequence[float]
+    prompt: str
+    negative_prompt: str
+    params: Mapping[str, object]
+    profile: str
+    profile_revision: str
+    dtype: str
+
+
+def asset_id(inputs: AssetInputs, seed: int) -> str:
     """A key that is the same whenever the inputs are: 32 hex digits of a sha256."""
-    return _seeded_asset_ids(product_sha256=product_sha256, reference_sha256s=reference_sha256s,
-                             reference_weights=reference_weights, prompt=prompt, negative_prompt=negative_prompt,
-                             params=params, profile=profile, profile_revision=profile_revision, dtype=dtype)([seed])[0]
+    return asset_ids(inputs, [seed])[0]
 
 
 _SEED_MARK = "\x00seed\x00"  # stands for the seed in a payload's JSON; no input can contain it as JSON writes it
 
 
-def _seeded_asset_ids(*, product_sha256: str, reference_sha256s: Sequence[str], reference_weights: Sequence[float],
-                      prompt: str, negative_prompt: str, params: dict[str, object], profile: str,
-                      profile_revision: str, dtype: str):
+def asset_ids(inputs: AssetInputs, seeds: Iterable[int]) -> list[str]:
     """`asset_id` for many seeds of the same inputs: the payload's JSON is written once, each seed set into it.
 
-    The bytes hashed are exactly `asset_id`'s (an int is written as its decimal digits), so the ids are too.
+    The bytes hashed are those of the whole payload with the seed written in place (an int as its
+    decimal digits). Changing them changes every asset id, and stored images are found by their id:
+    bump ASSET_ID_VERSION instead, and know that every image is then made again.
     """
     payload = {
         "v": ASSET_ID_VERSION,
-        "product": product_sha256,
-        "references": list(reference_sha256s),
-        "weights": [float(w) for w in reference_weights],
-        "prompt": prompt,
-        "negative": negative_prompt,
+        "product": inputs.product_sha256,
+        "references": list(inputs.reference_sha256s),
+        "weights": [float(w) for w in inputs.reference_weights],
+        "prompt": inputs.prompt,
+        "negative": inputs.negative_prompt,
         "seed": _SEED_MARK,
-        "params": params,
-        "profile": profile,
-        "revision": profile_revision,
-        "dtype": dtype,
+        "params": inputs.params,
+        "profile": inputs.profile,
+        "revision": inputs.profile_revision,
+        "dtype": inputs.dtype,
     }
     before, after = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode().split(
         json.dumps(_SEED_MARK).encode())
-
-    def ids(seeds: Iterable[int]) -> list[str]:
-        return [hashlib.sha256(b"%s%d%s" % (before, int(seed), after)).hexdigest()[:32] for seed in seeds]
-
-    return ids
+    return [hashlib.sha256(b"%s%d%s" % (before, int(seed), after)).hexdigest()[:32] for seed in seeds]
 
 
 def check_control_scales(campaign: Campaign, profile: ModelProfile | None = None) -> tuple[str, ...]:
@@ -223,14 +238,11 @@ def plan_jobs(
     products: Sequence[Product],
     styles: Sequence[StyleSet],
     cells: Sequence[Cell],
-    *,
-    profile_revision: str,
-    dtype: str,
-    profile: ModelProfile | None = None,
+    model: ModelIdentity,
 ) -> list[Job]:
     """Every image of the campaign, product by product, style by style, cell by cell, seed by seed.
 
-    `profile` says which ControlNets and IP-Adapters the parameters cover (None: one canny
+    `model.profile` says which ControlNets and IP-Adapters the parameters cover (None: one canny
     ControlNet and one style adapter, the shape of `tiny` and `sd15`) and which channel sizes
     suit it. A `style` axis gives each cell its style set; a `channel` axis its canvas and the
     product's box on it (a campaign without channels keeps one canvas and its asset ids).
@@ -238,6 +250,7 @@ def plan_jobs(
     matrix = campaign.matrix
     if not campaign.generation.profile:
         raise ValueError(f"campaign {campaign.name!r}: no model profile decided (set generation.profile or STYLEMATRIX_PROFILE)")
+    profile = model.profile
     layouts = resolve_channels(campaign, profile)
     jobs = []
     composed: set[tuple[str, str]] = set()  # (product, channel) of the white-background images planned
@@ -263,7 +276,7 @@ def plan_jobs(
                 prompt = render_prompt(matrix.template, cell, product)
                 scanned = style.ip_scale_scan or "" if "ip_scale" not in cell.params else ""
                 seeds = matrix.seed_list[:1] if white else matrix.seed_list
-                ids = _seeded_asset_ids(
+                ids = asset_ids(AssetInputs(
                     product_sha256=product.sha256,
                     reference_sha256s=ref_shas,
                     reference_weights=ref_weights,
@@ -271,9 +284,9 @@ def plan_jobs(
                     negative_prompt=matrix.negative,
                     params=params,
                     profile=campaign.generation.profile,
-                    profile_revision=profile_revision,
-                    dtype=dtype,
-                )(seeds)
+                    profile_revision=model.revision,
+                    dtype=model.dtype,
+                ), seeds)
                 first = Job(
                     asset_id=ids[0],
                     product_id=product.product_id,
@@ -285,8 +298,8 @@ def plan_jobs(
                     seed=seeds[0],
                     params=params,
                     profile=campaign.generation.profile,
-                    profile_revision=profile_revision,
-                    dtype=dtype,
+                    profile_revision=model.revision,
+                    dtype=model.dtype,
                     product_sha256=product.sha256,
                     reference_sha256s=ref_shas,
                     ip_scale_scan=scanned,

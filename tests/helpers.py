@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from catalogs import parse_campaign, sample_campaign_text
 from catalogs.models import Product, Reference, StyleSet
 from tasks.matrix import expand_matrix
-from tasks.plan import plan_jobs
+from tasks.plan import ModelIdentity, plan_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "flows.cli"]
@@ -134,7 +134,7 @@ def campaign(**overrides):
 
 def plan(spec, products=PRODUCTS, styles=STYLES, revision="rev1", dtype="float32"):
     """The jobs of `spec` over three products and two style sets (one and three references)."""
-    return plan_jobs(spec, products, styles, expand_matrix(spec.matrix), profile_revision=revision, dtype=dtype)
+    return plan_jobs(spec, products, styles, expand_matrix(spec.matrix), ModelIdentity(revision=revision, dtype=dtype))
 
 
 # --------------------------------------------------------------------------- images

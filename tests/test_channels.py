@@ -21,7 +21,7 @@ from tasks.channels import (
     zones_mask,
 )
 from tasks.matrix import expand_matrix
-from tasks.plan import group_batches, plan_jobs
+from tasks.plan import ModelIdentity, group_batches, plan_jobs
 from tasks.scores import product_mask_on_canvas
 from tests.helpers import STYLES, campaign, plan
 
@@ -155,7 +155,7 @@ def test_the_canvas_images_put_the_product_in_its_box():
 def test_channels_multiply_the_matrix_and_set_each_canvas():
     spec = spec_with({"square": {}, "story": {}, "banner": {"anchor": "left"}})
     assert spec.matrix.axes["channel"] == ("square", "story", "banner")
-    jobs = plan_jobs(spec, PRODUCTS, STYLES[:1], expand_matrix(spec.matrix), profile_revision="r", dtype="float32")
+    jobs = plan_jobs(spec, PRODUCTS, STYLES[:1], expand_matrix(spec.matrix), ModelIdentity(revision="r", dtype="float32"))
     assert len(jobs) == 2 * 3
     sizes = {j.params["channel"]: (j.params["width"], j.params["height"]) for j in jobs}
     assert sizes == {"square": (64, 64), "story": (72, 128), "banner": (128, 72)}
@@ -174,7 +174,7 @@ def test_the_channel_axis_zips_with_a_word_axis():
     cells = expand_matrix(spec.matrix)
     assert [(c.as_dict()["surface"], c.as_dict()["channel"]) for c in cells] == [("marble", "square"),
                                                                                ("sand", "banner")]
-    jobs = plan_jobs(spec, PRODUCTS, STYLES[:1], cells, profile_revision="r", dtype="float32")
+    jobs = plan_jobs(spec, PRODUCTS, STYLES[:1], cells, ModelIdentity(revision="r", dtype="float32"))
     assert [(j.prompt, j.params["width"]) for j in jobs] == [("a photo of kettle on marble", 64),
                                                              ("a photo of kettle on sand", 128)]
 
@@ -186,9 +186,9 @@ def test_a_channel_axis_alone_names_presets():
 
 def test_the_channel_layout_is_part_of_the_asset_id():
     one = plan_jobs(spec_with({"square": {}}), PRODUCTS, STYLES[:1], expand_matrix(spec_with({"square": {}}).matrix),
-                    profile_revision="r", dtype="float32")
+                    ModelIdentity(revision="r", dtype="float32"))
     moved = spec_with({"square": {"anchor": "left"}})
-    two = plan_jobs(moved, PRODUCTS, STYLES[:1], expand_matrix(moved.matrix), profile_revision="r", dtype="float32")
+    two = plan_jobs(moved, PRODUCTS, STYLES[:1], expand_matrix(moved.matrix), ModelIdentity(revision="r", dtype="float32"))
     assert {j.asset_id for j in one}.isdisjoint(j.asset_id for j in two)
 
 
@@ -206,7 +206,7 @@ def test_a_product_of_unknown_size_cannot_be_placed():
     spec = spec_with({"square": {}})
     unsized = [PRODUCTS[0].model_copy(update={"width": 0, "height": 0})]
     with pytest.raises(ValueError, match="product 'kettle': its photo size is unknown"):
-        plan_jobs(spec, unsized, STYLES[:1], expand_matrix(spec.matrix), profile_revision="r", dtype="float32")
+        plan_jobs(spec, unsized, STYLES[:1], expand_matrix(spec.matrix), ModelIdentity(revision="r", dtype="float32"))
 
 
 def test_the_spec_text_reads_channels():
@@ -354,8 +354,7 @@ def test_the_channels_example_is_in_the_doc_and_plans_every_placement():
     spec = parse_campaign(text, origin="channels.yaml")
     products = [PRODUCTS[0].model_copy(update={"product_id": pid, "sha256": f"{i:064x}"})
                 for i, pid in enumerate(spec.products.ids)]
-    jobs = plan_jobs(spec, products, STYLES[:1], expand_matrix(spec.matrix), profile_revision="r", dtype="float32",
-                     profile=PROFILES["tiny"])
+    jobs = plan_jobs(spec, products, STYLES[:1], expand_matrix(spec.matrix), ModelIdentity(revision="r", dtype="float32", profile=PROFILES["tiny"]))
     assert len(jobs) == 4 * 2 * 4
     assert {(j.params["width"], j.params["height"]) for j in jobs} == set(EXPECTED_SIZES["tiny"].values())
 
