@@ -53,7 +53,6 @@ from tasks.review import (
     review_states,
     timeout_rows,
 )
-from tasks.tables import SCHEMA_VERSION
 
 REVIEW_REQUESTED = "stylematrix.review.requested"
 DELIVERY_COMPLETED = "stylematrix.delivery.completed"
@@ -163,7 +162,7 @@ def record_review(store: S3Store, request: ReviewRequest, run: delivery.Reviewed
     for asset_id in unknown:
         logger.warning("review %s: %r is not a deliverable image of run %s; ignored", review_id, asset_id, request.run_id)
     rows = review_rows(request, review_id, decisions, known=run.known, reviewer=answer.reviewer,
-                       reviewed_at=datetime.now(UTC), schema_version=SCHEMA_VERSION)
+                       reviewed_at=datetime.now(UTC))
     steps.write_review_part(store, request.assets, "reviews", request, review_id, rows)
     latest = latest_decisions(steps.read_review_parts(store, request.assets, "reviews", request.run_date, request.run_id))
     recorded = {r["delivered_key"] for r in steps.read_review_parts(store, request.assets, "deliveries",
@@ -211,8 +210,7 @@ def record_review_timeout(flow_run: str) -> dict:
     request = ReviewRequest.model_validate(run.parameters["request"])
     store = S3Store.from_settings(get_settings())
     reviewed = steps.reviewed_run(store, request)
-    rows = timeout_rows(request, str(review_id), reviewed.selected, at=run.state.timestamp,
-                        schema_version=SCHEMA_VERSION)
+    rows = timeout_rows(request, str(review_id), reviewed.selected, at=run.state.timestamp)
     steps.write_review_part(store, request.assets, "reviews", request, str(review_id), rows)
     latest = latest_decisions(steps.read_review_parts(store, request.assets, "reviews", request.run_date, request.run_id))
     steps.mark_gallery(store, request, reviewed, review_states(latest, [r["asset_id"] for r in reviewed.selected]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from catalogs.models import ID_PATTERN, Campaign, DeliveryFormat, Review
 from tasks.channels import channel_of
 from tasks.finish import channel_plan
+from tasks.tables import SCHEMA_VERSION
 
 Decision = Literal["approve", "reject", "hold"]
 TIMED_OUT = "timed-out"
@@ -71,21 +73,20 @@ def decided_images(decisions: Sequence[ImageReview], approve_also: Iterable[str]
 
 
 def review_rows(request: ReviewRequest, review_id: str, decisions: Sequence[ImageReview], *, known: Mapping[str, Mapping],
-                reviewer: str, reviewed_at: datetime, schema_version: int) -> list[dict]:
+                reviewer: str, reviewed_at: datetime) -> list[dict]:
     """The `reviews` rows of one submitted review."""
     return [{
-        "schema_version": schema_version, "review_id": review_id, "run_id": request.run_id,
+        "schema_version": SCHEMA_VERSION, "review_id": review_id, "run_id": request.run_id,
         "campaign": request.campaign, "asset_id": d.asset_id, "product_id": d.product_id,
         "selected": bool(known[d.asset_id].get("selected")), "decision": d.decision, "note": d.note.strip() or None,
         "reviewer": reviewer.strip() or None, "reviewed_at": reviewed_at,
     } for d in decisions]
 
 
-def timeout_rows(request: ReviewRequest, review_id: str, selected: Sequence[Mapping], *, at: datetime,
-                 schema_version: int) -> list[dict]:
+def timeout_rows(request: ReviewRequest, review_id: str, selected: Sequence[Mapping], *, at: datetime) -> list[dict]:
     """The `reviews` rows of a review nobody answered in time: one `timed-out` row per image it asked about."""
     return [{
-        "schema_version": schema_version, "review_id": review_id, "run_id": request.run_id,
+        "schema_version": SCHEMA_VERSION, "review_id": review_id, "run_id": request.run_id,
         "campaign": request.campaign, "asset_id": r["asset_id"], "product_id": r["product_id"], "selected": True,
         "decision": TIMED_OUT, "note": None, "reviewer": None, "reviewed_at": at,
     } for r in selected]
@@ -183,17 +184,30 @@ def delivery_path(campaign: str, channel: str, product_id: str, asset_id: str, f
     return f"delivery/{campaign}/{channel}/{product_id}/{asset_id}.{fmt.extension}"
 
 
-def delivery_row(request: ReviewRequest, review_id: str, source: Mapping, *, channel: str, key: str,
-                 fmt: DeliveryFormat, quality: int, width: int, height: int, size: int, sha256: str,
-                 at: datetime, schema_version: int) -> dict:
+@dataclass(frozen=True)
+class DeliveredFile:
+    """One file a delivery wrote (or found written): where, in which format, and what it holds."""
+
+    channel: str  # the channel path segment (`DEFAULT_CHANNEL` for a campaign without channels)
+    key: str
+    fmt: DeliveryFormat
+    quality: int
+    width: int
+    height: int
+    size: int  # bytes
+    sha256: str
+
+
+def delivery_row(request: ReviewRequest, review_id: str, source: Mapping, file: DeliveredFile, *,
+                 at: datetime) -> dict:
     """The `deliveries` row of one written file (`source`: the image's generations row)."""
     return {
-        "schema_version": schema_version, "review_id": review_id, "run_id": request.run_id,
+        "schema_version": SCHEMA_VERSION, "review_id": review_id, "run_id": request.run_id,
         "campaign": request.campaign, "asset_id": source["asset_id"], "product_id": source["product_id"],
-        "channel": channel, "source_key": source["output_key"], "source_sha256": source["sha256"],
-        "delivered_key": key, "format": fmt.format, "quality": quality, "max_bytes": fmt.max_bytes,
-        "metadata": fmt.metadata, "width": width, "height": height, "bytes": size, "sha256": sha256,
-        "delivered_at": at,
+        "channel": file.channel, "source_key": source["output_key"], "source_sha256": source["sha256"],
+        "delivered_key": file.key, "format": file.fmt.format, "quality": file.quality, "max_bytes": file.fmt.max_bytes,
+        "metadata": file.fmt.metadata, "width": file.width, "height": file.height, "bytes": file.size,
+        "sha256": file.sha256, "delivered_at": at,
     }
 
 

@@ -111,13 +111,11 @@ def test_form_decisions_merge_approve_also_and_drop_unknown_ids():
     assert [(i.asset_id, i.decision, i.product_id) for i in items] == [(A, "reject", "kettle"), (B, "approve", "mug")]
     assert unknown == ["f" * 32]
     request = ReviewRequest(run_id="spring-1", campaign="spring", assets="s3://a", run_date="2026-12-01")
-    rows = review_rows(request, "rev-1", items, known=known, reviewer="Ana", reviewed_at=T0,
-                       schema_version=SCHEMA_VERSION)
+    rows = review_rows(request, "rev-1", items, known=known, reviewer="Ana", reviewed_at=T0)
     assert [(r["asset_id"], r["selected"], r["note"], r["reviewer"]) for r in rows] == [
         (A, True, "too dark", "Ana"), (B, False, None, "Ana")]
     to_frame("reviews", rows)  # exactly the table's columns
-    timeouts = timeout_rows(request, "rev-2", [{"asset_id": A, "product_id": "kettle"}], at=T0,
-                            schema_version=SCHEMA_VERSION)
+    timeouts = timeout_rows(request, "rev-2", [{"asset_id": A, "product_id": "kettle"}], at=T0)
     assert timeouts[0]["decision"] == "timed-out" and timeouts[0]["reviewer"] is None
     to_frame("reviews", timeouts)
 
@@ -251,7 +249,7 @@ def test_review_parts_are_written_once_per_review(store, fresh_bucket):
     request = ReviewRequest(run_id="spring-1", campaign="spring", assets=assets, run_date="2026-12-01")
     known = {A: {"product_id": "kettle", "selected": True}}
     rows = review_rows(request, "rev-1", [ImageReview(asset_id=A, product_id="kettle")], known=known, reviewer="Ana",
-                       reviewed_at=T0, schema_version=SCHEMA_VERSION)
+                       reviewed_at=T0)
     uri = write_part_once(store, assets, "reviews", request, "rev-1", rows)
     later = [dict(r, reviewed_at=T0 + timedelta(hours=1)) for r in rows]
     assert write_part_once(store, assets, "reviews", request, "rev-1", later) == uri  # a rerun keeps the first
@@ -299,11 +297,11 @@ def test_documented_duckdb_query_gives_the_latest_decision_and_the_delivered_fil
     request = ReviewRequest(run_id="spring-1", campaign="spring", assets="s3://a", run_date="2026-12-01")
     known = {a: {"product_id": "kettle", "selected": True} for a in (A, B, C)}
     first = review_rows(request, "rev-1", [ImageReview(asset_id=a, product_id="kettle") for a in (A, B)],
-                        known=known, reviewer="Ana", reviewed_at=T0, schema_version=SCHEMA_VERSION)
+                        known=known, reviewer="Ana", reviewed_at=T0)
     second = review_rows(request, "rev-2", [ImageReview(asset_id=B, product_id="kettle", decision="reject")],
-                         known=known, reviewer="Bo", reviewed_at=T0 + timedelta(hours=1), schema_version=SCHEMA_VERSION)
+                         known=known, reviewer="Bo", reviewed_at=T0 + timedelta(hours=1))
     late = timeout_rows(request, "rev-3", [{"asset_id": a, "product_id": "kettle"} for a in (A, C)],
-                        at=T0 + timedelta(days=3), schema_version=SCHEMA_VERSION)
+                        at=T0 + timedelta(days=3))
     delivered = [{"schema_version": SCHEMA_VERSION, "review_id": "rev-1", "run_id": "spring-1", "campaign": "spring",
                   "asset_id": A, "product_id": "kettle", "channel": "default", "source_key": "s3://a/x.png",
                   "source_sha256": "0" * 64, "delivered_key": f"s3://a/delivery/spring/default/kettle/{A}.jpg",

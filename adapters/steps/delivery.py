@@ -24,8 +24,7 @@ from adapters.infra.storage import ObjectStore, join_uri
 from adapters.steps import publish, run_outputs
 from catalogs.models import DeliveryFormat
 from tasks.finish import with_finishes
-from tasks.review import DEFAULT_CHANNEL, ReviewRequest, delivery_path, delivery_row
-from tasks.tables import SCHEMA_VERSION
+from tasks.review import DEFAULT_CHANNEL, DeliveredFile, ReviewRequest, delivery_path, delivery_row
 
 logger = logging.getLogger(__name__)
 
@@ -182,10 +181,9 @@ def deliver(store: ObjectStore, request: ReviewRequest, review_id: str, sources:
             with Image.open(io.BytesIO(data)) as stored:
                 width, height = stored.size
             quality = int(meta["quality"])
-        out.rows.append(delivery_row(request, review_id, source, channel=channel, key=key, fmt=fmt, quality=quality,
-                                     width=width, height=height, size=len(data),
-                                     sha256=hashlib.sha256(data).hexdigest(), at=datetime.now(UTC),
-                                     schema_version=SCHEMA_VERSION))
+        written = DeliveredFile(channel=channel, key=key, fmt=fmt, quality=quality, width=width, height=height,
+                                size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        out.rows.append(delivery_row(request, review_id, source, written, at=datetime.now(UTC)))
     return out
 
 
