@@ -27,13 +27,13 @@ from flows.dispatch import Generated, run_shards
 from flows.review import start_review
 from tasks.catalog_build import CatalogState
 from tasks.consistency import spread_columns
-from tasks.estimate import estimate_generation
+from tasks.estimate import RunShape, estimate_generation
 from tasks.finish import with_finishes
 from tasks.plan import ModelIdentity, ShardContext, maskless_products
 from tasks.request import narrow
 from tasks.review import ReviewRequest, channel_formats, channel_marketplaces
 from tasks.select import cell_metrics
-from tasks.tables import channels_as_written, run_parameters, run_row
+from tasks.tables import run_parameters, run_row
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
                 spec.name, len(products), len(styles), len(cells), len(spec.matrix.seed_list), len(jobs),
                 len(jobs) - len(todo), len(todo))
     if request.dry_run:
-        g = spec.generation
-        estimate = estimate_generation(steps.run_history(store, assets), images=len(todo), profile=g.profile,
-                                       width=g.width, height=g.height, steps=g.steps,
-                                       channels=channels_as_written(spec))
+        estimate = estimate_generation(steps.run_history(store, assets), RunShape.of(spec), images=len(todo))
         return RunSummary(run_id=None, campaign=spec.name, title=spec.title, dry_run=True, images_planned=len(jobs),
                           images_skipped=len(jobs) - len(todo), images_to_generate=len(todo),
                           quarantined=len(state.quarantine), left_out=left_out,
