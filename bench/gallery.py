@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.gallery import gallery_files  # noqa: E402
+from tasks.gallery import Gallery, gallery_files  # noqa: E402
 from tests.helpers import chromium_page  # noqa: E402
 from tests.test_gallery_scale import CHANNELS, PRODUCTS, STYLES  # noqa: E402
 
@@ -40,7 +40,7 @@ def main() -> None:
     from playwright import sync_api
 
     start = time.perf_counter()
-    files = gallery_files("bench", "season", rows(args.images))
+    files = gallery_files(Gallery("bench", "season", rows(args.images)))
     render = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         for path, text in files.items():

@@ -15,6 +15,7 @@ import html
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from tasks.channels import channel_of, params_box, row_layout
 from tasks.marketplace import check_words
@@ -273,30 +274,39 @@ def _finish_html(f: Mapping) -> str:
             + (f" · {_e(f['note'])}" if f.get("note") else "") + "</div>")
 
 
-def render_gallery(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets: Mapping[str, str] | None = None,
-                   tables: Sequence[str] = (), title: str | None = None,
-                   left_out: Mapping[str, str] | None = None, reviews: Mapping[str, str] | None = None) -> str:
-    """The gallery HTML for a run's `generations` rows; images are `images/<asset_id>.png` beside it.
+@dataclass(frozen=True)
+class Gallery:
+    """What a run's gallery shows: its `generations` rows, and what the page says around them.
 
-    `sheets` maps a contact sheet's label to its path relative to the page; `tables` lists the
-    run's table parts (shown as text: they live outside the run's folder). `title` is the
-    campaign's title in any language: the page is UTF-8 and its font stack reaches CJK fonts.
-    `left_out` (what the campaign names that the run left out, and why) is a warning at the top.
-    `reviews` (asset id -> approved, rejected, on hold, pending, timed out) marks each image's review state.
+    Images are `images/<asset_id>.png` beside the page. `sheets` maps a contact sheet's label to its
+    path relative to the page; `tables` lists the run's table parts (shown as text: they live
+    outside the run's folder). `title` is the campaign's title in any language: the page is UTF-8
+    and its font stack reaches CJK fonts. `left_out` (what the campaign names that the run left
+    out, and why) is a warning at the top. `reviews` (asset id -> approved, rejected, on hold,
+    pending, timed out) marks each image's review state.
     """
-    ordered = sorted(rows, key=_order)
-    varying, _ = varying_params(rows)
-    return (
-        _head(run_id, campaign, rows, sheets=sheets, tables=tables, title=title, left_out=left_out, reviews=reviews)
-        + f'<main class="grid">{"".join(_card(r, varying, (reviews or {}).get(r["asset_id"]), n) for n, r in enumerate(ordered))}</main>'
-        f"<script>{_SCRIPT}</script></body></html>"
-    )
+
+    run_id: str
+    campaign: str
+    rows: Sequence[Mapping]
+    sheets: Mapping[str, str] = field(default_factory=dict)
+    tables: Sequence[str] = ()
+    title: str | None = None
+    left_out: Mapping[str, str] = field(default_factory=dict)
+    reviews: Mapping[str, str] = field(default_factory=dict)
 
 
-def _head(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets: Mapping[str, str] | None,
-          tables: Sequence[str], title: str | None, left_out: Mapping[str, str] | None,
-          reviews: Mapping[str, str] | None) -> str:
+def render_gallery(gallery: Gallery) -> str:
+    """The gallery HTML of a run: one page with every card in it."""
+    ordered = sorted(gallery.rows, key=_order)
+    varying, _ = varying_params(gallery.rows)
+    cards = "".join(_card(r, varying, gallery.reviews.get(r["asset_id"]), n) for n, r in enumerate(ordered))
+    return _head(gallery) + f'<main class="grid">{cards}</main><script>{_SCRIPT}</script></body></html>'
+
+
+def _head(gallery: Gallery) -> str:
     """The page up to its cards: the title, counts, warnings, links and the filters."""
+    run_id, campaign, rows, title, reviews = gallery.run_id, gallery.campaign, gallery.rows, gallery.title, gallery.reviews
     products = sorted({r["product_id"] for r in rows})
     styles = sorted({r["style_id"] for r in rows})
     channels = list(dict.fromkeys(c for r in rows if (c := channel_of(r))))
@@ -305,8 +315,8 @@ def _head(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets: Mappin
         '<label><input type="checkbox" id="t-zones"> show safe zones</label>' if channels else "")
     selected = sum(bool(r.get("selected")) for r in rows)
     counts = " · ".join(f"{sum((r.get('status') or 'ok') == s for r in rows)} {s}" for s in STATUSES[1:])
-    sheet_links = "".join(f'<li><a href="{_e(path)}">{_e(label)}</a></li>' for label, path in (sheets or {}).items())
-    table_list = "".join(f"<li><code>{_e(t)}</code></li>" for t in tables)
+    sheet_links = "".join(f'<li><a href="{_e(path)}">{_e(label)}</a></li>' for label, path in gallery.sheets.items())
+    table_list = "".join(f"<li><code>{_e(t)}</code></li>" for t in gallery.tables)
     _, shared = varying_params(rows)
     heading, byline = _e(title or campaign), f"campaign {_e(campaign)} · " if title else ""
     return (
@@ -315,11 +325,11 @@ def _head(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets: Mappin
         f"<header><h1>{heading}</h1><p>{byline}run {_e(run_id)} · {len(rows)} images · {selected} selected · {counts} · "
         '<span id="shown"></span> shown</p>'
         + "".join(f'<p class="warning" role="alert">left out {_e(what)}: {_e(why)}</p>'
-                  for what, why in (left_out or {}).items())
+                  for what, why in gallery.left_out.items())
         + (f'<p class="review">review: {_e(" · ".join(f"{n} {state}" for state, n in _tally(reviews)))}</p>'
            if reviews else "")
         + (f'<p class="shared">every image: {_e(" · ".join(shared.values()))}</p>' if shared else "")
-        + (f"<details><summary>contact sheets ({len(sheets or {})})</summary><ul>{sheet_links}</ul></details>" if sheet_links else "")
+        + (f"<details><summary>contact sheets ({len(gallery.sheets)})</summary><ul>{sheet_links}</ul></details>" if sheet_links else "")
         + (f"<details><summary>tables</summary><ul>{table_list}</ul></details>" if table_list else "")
         + "</header>"
         '<div class="filters">'
@@ -397,10 +407,7 @@ for (const id of ['f-sort', 'f-distance', 'f-outlier']) document.getElementById(
 """
 
 
-def gallery_files(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets: Mapping[str, str] | None = None,
-                  tables: Sequence[str] = (), title: str | None = None, left_out: Mapping[str, str] | None = None,
-                  reviews: Mapping[str, str] | None = None, inline_limit: int = INLINE_LIMIT,
-                  page_cards: int = PAGE_CARDS) -> dict[str, str]:
+def gallery_files(gallery: Gallery, *, inline_limit: int = INLINE_LIMIT, page_cards: int = PAGE_CARDS) -> dict[str, str]:
     """The gallery's files by path relative to the run's folder: `index.html`, and for a run of more than
     `inline_limit` images its card pages under `gallery/`.
 
@@ -412,9 +419,9 @@ def gallery_files(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets
     of one product x style set (x channel), best first, at most `page_cards` of them; a card is the
     same HTML as on a one-page gallery, so whatever a card shows, both show.
     """
+    rows = gallery.rows
     if len(rows) <= inline_limit:
-        return {"index.html": render_gallery(run_id, campaign, rows, sheets=sheets, tables=tables, title=title,
-                                             left_out=left_out, reviews=reviews)}
+        return {"index.html": render_gallery(gallery)}
     varying, _ = varying_params(rows)
     groups: dict[tuple[str, str, str], list[Mapping]] = {}
     for r in sorted(rows, key=_order):
@@ -424,15 +431,14 @@ def gallery_files(run_id: str, campaign: str, rows: Sequence[Mapping], *, sheets
         for start in range(0, len(members), page_cards):
             chunk, name = members[start:start + page_cards], f"page-{len(index):05d}.js"
             cards = [[r.get("status") or "ok", int(bool(r.get("selected"))),
-                      _card(r, varying, (reviews or {}).get(r["asset_id"]), start + n),
+                      _card(r, varying, gallery.reviews.get(r["asset_id"]), start + n),
                       _distance(r), int(bool(r.get("consistency_outlier")))] for n, r in enumerate(chunk)]
             counts = {s: sum(c[0] == s for c in cards) for s in STATUSES[1:]} | {"selected": sum(c[1] for c in cards)}
             index.append({"file": name, "product": product, "style": style, "channel": channel, "rows": len(chunk),
                           "counts": counts})
             files[f"{PAGES}/{name}"] = f"galleryPage({len(index) - 1},{_json(cards)});\n"
     files[f"{PAGES}/index.js"] = f"window.galleryIndex={_json({'pages': index, 'rows': len(rows)})};\n"
-    head = _head(run_id, campaign, rows, sheets=sheets, tables=tables, title=title, left_out=left_out, reviews=reviews)
-    files["index.html"] = (head + '<main class="grid"></main><p id="more">loading…</p>'
+    files["index.html"] = (_head(gallery) + '<main class="grid"></main><p id="more">loading…</p>'
                            f'<script src="{PAGES}/index.js"></script><script>{_PAGED_SCRIPT}</script></body></html>')
     return files
 

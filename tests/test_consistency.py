@@ -312,10 +312,10 @@ def test_the_overview_shows_each_products_selected_image_per_style_set_with_the_
 
 
 def test_the_gallery_sorts_filters_and_marks_outliers_by_distance_to_the_look():
-    from tasks.gallery import render_gallery
+    from tasks.gallery import Gallery, render_gallery
 
     rows, _ = _campaign_outcome()
-    page = render_gallery("r1", "autumn", rows)
+    page = render_gallery(Gallery("r1", "autumn", rows))
     assert page.count('class="badge outlier"') == sum(r["consistency_outlier"] for r in rows) == 2
     for r in rows:
         assert f'data-distance="{r["consistency_distance"]:.4f}" data-outlier="{int(r["consistency_outlier"])}"' in page
@@ -323,13 +323,13 @@ def test_the_gallery_sorts_filters_and_marks_outliers_by_distance_to_the_look():
     assert "<td>look</td>" in page
     # An image without a look (failed, or from before consistency) carries an empty distance.
     bare = {**rows[0], "consistency_distance": None, "consistency_outlier": False}
-    assert 'data-distance="" data-outlier="0"' in render_gallery("r1", "autumn", [bare])
+    assert 'data-distance="" data-outlier="0"' in render_gallery(Gallery("r1", "autumn", [bare]))
 
 
 def test_the_gallery_page_sorts_by_distance_and_filters_outliers_in_a_browser(tmp_path):
     from pathlib import Path
 
-    from tasks.gallery import render_gallery
+    from tasks.gallery import Gallery, render_gallery
     from tests.helpers import ARTIFACTS, CHROMIUM, chromium_page
 
     if not Path(CHROMIUM).exists():
@@ -340,7 +340,7 @@ def test_the_gallery_page_sorts_by_distance_and_filters_outliers_in_a_browser(tm
     for asset_id, image in images.items():
         image.save(tmp_path / "images" / f"{asset_id}.png")
     page_file = tmp_path / "index.html"
-    page_file.write_text(render_gallery("r1", "autumn", rows))
+    page_file.write_text(render_gallery(Gallery("r1", "autumn", rows)))
     distances = sorted(r["consistency_distance"] for r in rows)
     with chromium_page(sync_api, viewport={"width": 1200, "height": 900}) as page:
         page.goto(page_file.as_uri())

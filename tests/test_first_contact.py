@@ -199,18 +199,18 @@ def test_title_in_the_summary_the_artifacts_and_the_runs_schema(monkeypatch):
 
 
 def test_gallery_shows_the_title_as_utf8_with_cjk_fonts_in_its_font_stack():
-    from tasks.gallery import render_gallery
+    from tasks.gallery import Gallery, render_gallery
 
     rows = [{"product_id": "mug", "style_id": "spring", "asset_id": "a1", "prompt": "马克杯 在 大理石台面",
              "cell": [("surface", "大理石台面")], "seed": 0, "status": "ok", "selected": True, "rank_in_product": 1,
              "rank_in_cell": 1, "output_key": "s3://a/runs/autumn-1/images/a1.png"}]
-    page = render_gallery("autumn-1", "autumn", rows, title=TITLE)
+    page = render_gallery(Gallery("autumn-1", "autumn", rows, title=TITLE))
     assert "<meta charset=utf-8>" in page and "马克杯 在 大理石台面" in page and "surface: 大理石台面" in page
     assert f"<title>{TITLE} · autumn-1</title>" in page and f"<h1>{TITLE}</h1>" in page
     assert "campaign autumn · run autumn-1" in page
     font = re.search(r"body\{font:([^;]+);", page).group(1)
     assert '"Noto Sans CJK SC"' in font and '"PingFang SC"' in font and font.endswith("sans-serif")
-    assert "<h1>autumn</h1>" in render_gallery("autumn-1", "autumn", rows)
+    assert "<h1>autumn</h1>" in render_gallery(Gallery("autumn-1", "autumn", rows))
 
 
 # --------------------------------------------------------------------------- CJK text on contact sheets

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.gallery import render_gallery
+from tasks.gallery import Gallery, render_gallery
 from tests.helpers import ARTIFACTS, CHROMIUM, chromium_page
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install -y chromium)")
@@ -49,8 +49,8 @@ def gallery(tmp_path: Path) -> Path:
     (tmp_path / "sheets").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "sheets" / "kettle__dawn.jpg")
     page = tmp_path / "index.html"
-    page.write_text(render_gallery("r1", "spring", rows, sheets={"kettle x dawn": "sheets/kettle__dawn.jpg"},
-                                   tables=["s3://a/tables/generations/run_date=2026-11-25/r1-00000.parquet"]))
+    page.write_text(render_gallery(Gallery("r1", "spring", rows, sheets={"kettle x dawn": "sheets/kettle__dawn.jpg"},
+                                   tables=["s3://a/tables/generations/run_date=2026-11-25/r1-00000.parquet"])))
     return page
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from catalogs.models import ChannelSpec
 from tasks.channels import layout_params, product_box, resolve_channel
-from tasks.gallery import render_gallery
+from tasks.gallery import Gallery, render_gallery
 from tasks.tables import layout_columns
 from tests.helpers import ARTIFACTS, CHROMIUM, chromium_page
 
@@ -50,25 +50,25 @@ def gallery(tmp_path: Path) -> Path:
         Image.new("RGB", (r["width"] // 4, r["height"] // 4), (40 * i % 255, 120, 90)).save(
             tmp_path / "images" / f"{r['asset_id']}.png")
     page = tmp_path / "index.html"
-    page.write_text(render_gallery("r1", "placements", rows))
+    page.write_text(render_gallery(Gallery("r1", "placements", rows)))
     return page
 
 
 def test_a_gallery_without_channels_has_no_channel_controls():
-    page = render_gallery("r1", "plain", [{"asset_id": "0" * 32, "product_id": "kettle", "style_id": "dawn",
+    page = render_gallery(Gallery("r1", "plain", [{"asset_id": "0" * 32, "product_id": "kettle", "style_id": "dawn",
                                            "cell_index": 0, "cell": [], "prompt": "p", "seed": 1, "width": 64,
-                                           "height": 64, "output_key": "s3://a/x.png"}])
+                                           "height": 64, "output_key": "s3://a/x.png"}]))
     assert 'id="f-channel"' not in page and 'id="t-zones"' not in page and "<svg" not in page
     assert "in safe zone" not in page  # the channel checks are for placements
 
 
 def test_channel_cards_show_the_channel_checks():
-    page = render_gallery("r1", "placements", _rows())
+    page = render_gallery(Gallery("r1", "placements", _rows()))
     assert page.count("<td>in safe zone</td>") == page.count("<figure")
 
 
 def test_each_channel_card_carries_its_safe_zones_and_product_box():
-    page = render_gallery("r1", "placements", _rows())
+    page = render_gallery(Gallery("r1", "placements", _rows()))
     assert page.count('data-channel="banner"') == 4
     # The banner's copy side (the right 45% of 1024 px) and the story's top 14% of 1024 px.
     assert '<rect class="zone" x="563" y="0" width="461" height="576"/>' in page

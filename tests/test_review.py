@@ -25,7 +25,7 @@ from adapters.steps.delivery import (
 from catalogs import parse_campaign
 from catalogs.models import Campaign, DeliveryFormat, RunRequest
 from tasks.channels import resolve_channels
-from tasks.gallery import render_gallery
+from tasks.gallery import Gallery, render_gallery
 from tasks.request import apply_request
 from tasks.review import (
     ImageReview,
@@ -134,9 +134,9 @@ def test_gallery_shows_review_state_once_a_decision_exists():
     rows = [{"asset_id": a, "product_id": "kettle", "style_id": "s", "cell": [("surface", "oak")], "seed": 1,
              "prompt": "p", "status": "ok", "selected": True, "rank_in_product": i + 1, "rank_in_cell": 1,
              "output_key": f"s3://x/{a}.png"} for i, a in enumerate((A, B))]
-    before = render_gallery("run-1", "spring", rows)
+    before = render_gallery(Gallery("run-1", "spring", rows))
     assert "data-review" not in before and "review:" not in before
-    after = render_gallery("run-1", "spring", rows, reviews={A: "approved", B: "pending"})
+    after = render_gallery(Gallery("run-1", "spring", rows, reviews={A: "approved", B: "pending"}))
     assert 'data-review="approved"' in after and 'data-review="pending"' in after
     assert "review: 1 approved · 1 pending" in after
 

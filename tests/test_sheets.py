@@ -127,7 +127,7 @@ def _gallery_row(n: int, **params) -> dict:
 
 
 def test_gallery_cards_show_the_generation_parameters_that_vary():
-    from tasks.gallery import render_gallery
+    from tasks.gallery import Gallery, render_gallery
 
     rows = [
         _gallery_row(0, cell=[("mode", "ip_adapter")]),
@@ -136,7 +136,7 @@ def test_gallery_cards_show_the_generation_parameters_that_vary():
         _gallery_row(2, cell=[("mode", "preserve")], mode="preserve", strength=0.9, ip_start=0.2,
                      controlnet_end=0.5),
     ]
-    page = render_gallery("r1", "spring", rows)
+    page = render_gallery(Gallery("r1", "spring", rows))
     cards = {c.split('"', 1)[0]: c for c in page.split('<img loading="lazy" src="images/')[1:]}
     plain, img2img, preserve = (cards[f"{n:032x}.png"] for n in range(3))
     assert "mode: img2img · seed 7 · strength 0.75 · preset style-only · ip on 0–0.8 · cn canny 0.9, depth 0.4 · " \
@@ -150,9 +150,9 @@ def test_gallery_cards_show_the_generation_parameters_that_vary():
         in shared
     assert "steps" not in img2img.split("<table")[0].split("seed 7")[1]
     # A card with the few columns older rows carry still renders.
-    assert "<figure" in render_gallery("r2", "spring", [{k: v for k, v in rows[0].items()
+    assert "<figure" in render_gallery(Gallery("r2", "spring", [{k: v for k, v in rows[0].items()
                                                          if k in ("asset_id", "product_id", "style_id", "prompt",
-                                                                  "seed", "cell", "status")}])
+                                                                  "seed", "cell", "status")}]))
 
 
 def test_the_selection_frame_follows_a_wide_tile():

@@ -20,7 +20,7 @@ from catalogs.models import CHANNEL_AXIS, Product, Selection, StyleSet
 from tasks.canny import control_name
 from tasks.channels import channel_of, outline_layout, row_layout
 from tasks.consistency import CAMPAIGN, selected_spreads
-from tasks.gallery import gallery_files
+from tasks.gallery import Gallery, gallery_files
 from tasks.select import OUTCOME, select_images
 from tasks.sheets import contact_sheet, overview_lines, overview_sheet, sheet_pages, tile_for
 
@@ -151,8 +151,8 @@ def write_gallery(store: ObjectStore, assets: str, run_id: str, campaign: str, r
     returns the page's URI. `left_out` is shown as a warning at the top; `title` heads the page;
     `reviews` (asset id -> review state) marks the images once a decision exists."""
     links = {name.removesuffix(".jpg").replace("__", " x "): f"sheets/{name}" for name in sheets}
-    files = gallery_files(run_id, campaign, rows, sheets=links, tables=tables, left_out=left_out, title=title,
-                          reviews=reviews)
+    files = gallery_files(Gallery(run_id, campaign, rows, sheets=links, tables=tables, title=title,
+                                  left_out=left_out or {}, reviews=reviews or {}))
     page = files.pop("index.html")
     parallel_map(lambda path: publish.put_text(store, publish.run_uri(assets, run_id, path), files[path],
                                                "text/javascript; charset=utf-8"), sorted(files))
