@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 from PIL import Image
 
 from tasks.sheets import Font, Tile, contact_sheet
-from tasks.style_scan import MEASURES, TOLERANCES, Threshold
+from tasks.style_scan import MEASURES, Threshold
+
+SCAN_TILE = 96  # pixels per probe tile on the scan's sheet: scales x probes tiles stay a readable page
 
 # Plot colours and labels per measure: copying in reds, adherence and fidelity in blues, style in green.
 _STYLE = {
@@ -64,7 +66,7 @@ def curves_plot(scales: Sequence[float], curves: Mapping[str, Sequence[float | N
 
 
 def scan_sheet(rows: Sequence[Mapping], images: Sequence[Image.Image], verdict: Threshold, *, title: str,
-               references: Sequence[Image.Image], font: Font | None = None, tile_size: int = 96) -> Image.Image:
+               references: Sequence[Image.Image], font: Font | None = None) -> Image.Image:
     """The probe grid as a contact sheet: one row per scale, the probe images across, each with its
     copying (SSIM / patch share) and style scores; the recommended scale framed in green, scales from the
     threshold on labelled in red."""
@@ -82,13 +84,9 @@ def scan_sheet(rows: Sequence[Mapping], images: Sequence[Image.Image], verdict: 
             status="gated" if past else "ok", selected=scale == verdict.recommended))
     subtitle = verdict.reason
     header = [(f"reference {i + 1}", ref) for i, ref in enumerate(references)]
-    return contact_sheet(tiles, title=title, subtitle=subtitle, header=header, tile_size=tile_size, font=font)
+    return contact_sheet(tiles, title=title, subtitle=subtitle, header=header, tile_size=SCAN_TILE, font=font)
 
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{float(value):.2f}"
 
-
-def tolerance_lines() -> list[str]:
-    """The rule's tolerances as lines for a report."""
-    return [f"{name}: {'rise' if MEASURES[name] == 'rise' else 'fall'} > {tol:g}" for name, tol in TOLERANCES.items()]

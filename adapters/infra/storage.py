@@ -165,10 +165,6 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         return rng.uniform(0.0, min(self.cap_seconds, self.base_seconds * 2 ** (attempt - 1)))
 
-    def worst_case_seconds(self) -> float:
-        """The longest a busy call can wait in all before it gives up (the sum of the backoff caps)."""
-        return sum(min(self.cap_seconds, self.base_seconds * 2 ** (n - 1)) for n in range(1, self.attempts))
-
 
 _BUSY_CODES = {"SlowDown", "ServiceUnavailable", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                "TooManyRequests", "InternalError", "RequestTimeout", "BadGateway", "GatewayTimeout",
