@@ -17,7 +17,7 @@ import pandas as pd
 from catalogs.models import Campaign, RunRequest
 from tasks.plan import Batch
 
-SCHEMA_VERSION = 8  # 2: scores, selection and status columns; the cell_metrics table. 3: runs.parameters and runs.generation_wall_seconds. 4: runs.title, left_out, images_taken_over, images_left_to_others, left_to_runs; generations.made_by_run. 5: generations.channel, channel_aspect, anchor, box_left/top/right/bottom, safe_zones and the channel checks safe_zone_share, product_share, product_cut, size_error, aspect_error. 6: generations.ip_scale_scan_id; the style_scans table. 7: the reviews and deliveries tables. 8: consistency: generations.clip_embedding, background_palette, background_lightness, background_cct, consistency_distance, embedding_distance, palette_distance, lighting_distance, consistency_outlier, consistency_within; cell_metrics.mean_consistency_distance, consistency_outliers; runs.consistency_spread, consistency_spreads; the finishes table
+SCHEMA_VERSION = 8  # what each version changed: docs/metadata-tables.md, "Schema versions"
 
 
 @dataclass(frozen=True)
