@@ -49,6 +49,7 @@ from harness import (
 )
 
 from adapters.infra.settings import Settings
+from adapters.model.draws import Draw
 from adapters.model.engine import Engine, EngineOptions, StyleInput, get_engine
 from adapters.model.weights import library_versions
 from tasks.canny import canvas_images
@@ -100,17 +101,17 @@ class Workload:
     def run(self, options: EngineOptions, batch: int, name: str, jobs=None, steps: int | None = None) -> Side:
         self.engine.set_options(options)
         params = self.params if steps is None else {**self.params, "steps": steps}
-        reset_peak(self.engine.device)
+        reset_peak(self.engine.device_name)
         side = run_engine(self.engine, params, self.control, self.style, jobs or self.jobs, batch, name)
-        side.peak_bytes = peak_bytes(self.engine.device)
+        side.peak_bytes = peak_bytes(self.engine.device_name)
         side.extra.update(batch=batch, options=self.engine.options)
         return side
 
     def loop(self) -> Side:
         self.engine.set_options(PLAIN)
-        reset_peak(self.engine.device)
+        reset_peak(self.engine.device_name)
         side = run_loop(self.engine, self.params, self.control, self.refs, self.jobs)
-        side.peak_bytes = peak_bytes(self.engine.device)
+        side.peak_bytes = peak_bytes(self.engine.device_name)
         side.extra.update(batch=1, options=self.engine.options)
         return side
 
@@ -190,8 +191,7 @@ def largest_batch(w: Workload, options: EngineOptions, start: int, limit: int) -
     def fits(batch: int) -> bool:
         jobs = (w.jobs * (batch // len(w.jobs) + 1))[:batch]
         try:
-            w.engine.generate(canvases=w.control, style=w.style, prompts=[p for p, _ in jobs],
-                              negatives=["blurry"] * batch, seeds=[s for _, s in jobs],
+            w.engine.generate(canvases=w.control, style=w.style, draws=[Draw(p, "blurry", s) for p, s in jobs],
                               params={**w.params, "steps": 1}, split_on_oom=False)
             return True
         except torch.cuda.OutOfMemoryError:
@@ -216,8 +216,8 @@ def largest_batch(w: Workload, options: EngineOptions, start: int, limit: int) -
 
 def bench_model(w: Workload, args: argparse.Namespace, peak: float | None) -> str:
     engine = w.engine
-    cuda = str(engine.device).startswith("cuda")
-    best_opts = EngineOptions.defaults(engine.device)
+    cuda = str(engine.device_name).startswith("cuda")
+    best_opts = EngineOptions.defaults(engine.device_name)
     steps = w.params["steps"]
     print(f"[{w.name}] warming up", flush=True)
     w.run(best_opts, max(args.batches), "warm-up", jobs=w.jobs[: max(args.batches)])
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     sections = [f"Command: {command}  "]
     for w in workloads(args):
         sections += ["", bench_model(w, args, peak)]
-        sync(w.engine.device)
+        sync(w.engine.device_name)
     text = "\n".join(sections)
     print(text)
     if not args.no_write:

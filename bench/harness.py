@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from adapters.model.draws import Draw  # noqa: E402
 from adapters.model.engine import Engine, EngineOptions, StyleInput  # noqa: E402
-from adapters.model.weights import library_versions  # noqa: E402
 from tests.helpers import noise_references, plain_pipeline_images  # noqa: E402
 
 PROMPTS = [f"a product photo of a red kettle on {s}, {light}" for s in ("marble", "sand") for light in ("dawn", "dusk")]
@@ -62,22 +62,22 @@ def sync(device: str) -> None:
 def run_engine(engine: Engine, params: dict, control: dict, style: StyleInput, jobs, batch: int,
                name: str | None = None) -> Side:
     images: list[Image.Image] = []
-    sync(engine.device)
+    sync(engine.device_name)
     start = time.perf_counter()
     for i in range(0, len(jobs), batch):
         chunk = jobs[i : i + batch]
-        images += engine.generate(canvases=control, style=style, prompts=[p for p, _ in chunk],
-                                  negatives=[NEGATIVE] * len(chunk), seeds=[s for _, s in chunk], params=params)
-    sync(engine.device)
+        images += engine.generate(canvases=control, style=style, params=params,
+                                  draws=[Draw(p, NEGATIVE, s) for p, s in chunk])
+    sync(engine.device_name)
     return Side(name or f"engine, batch {batch}", time.perf_counter() - start, images)
 
 
 def run_loop(engine: Engine, params: dict, control: dict, refs: list[Image.Image], jobs) -> Side:
     """One `pipe(...)` call per image, text and references passed every time: no engine caches."""
-    sync(engine.device)
+    sync(engine.device_name)
     start = time.perf_counter()
     images = plain_pipeline_images(engine.pipe, control["canny"], refs, jobs, params, NEGATIVE)
-    sync(engine.device)
+    sync(engine.device_name)
     return Side("plain loop, 1 image per call", time.perf_counter() - start, images)
 
 
@@ -183,7 +183,6 @@ def full_size_engine(device: str, dtype: torch.dtype, pipeline: str = "sd15") ->
     _ip_adapter(pipe, embed_dim)
     pipe.to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
-    engine = Engine(pipe, profile=f"{pipeline}-architecture-random", revision="random", device=device, dtype=dtype,
-                    versions=library_versions())
+    engine = Engine(pipe, profile=f"{pipeline}-architecture-random", revision="random", dtype=dtype)
     engine.set_options(EngineOptions.defaults(device))
     return engine

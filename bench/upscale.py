@@ -37,6 +37,7 @@ def run_side(side: str, cache: Path) -> dict:
     import torch
 
     from adapters.infra.settings import Settings
+    from adapters.model.draws import Draw
     from adapters.model.upscale import tile_upscaler
     from catalogs.models import Upscale
     from tests.helpers import photo
@@ -47,7 +48,7 @@ def run_side(side: str, cache: Path) -> dict:
     source = photo("coffee").resize((SOURCE, SOURCE))
     up = Upscale(long_side=LONG_SIDE, method="tile", strength=STRENGTH, steps=STEPS, tile=TILE, overlap=OVERLAP)
     start = time.perf_counter()
-    image = upscaler.refine(source, (LONG_SIDE, LONG_SIDE), prompt="a product photo", negative="", seed=1, up=up,
+    image = upscaler.refine(source, (LONG_SIDE, LONG_SIDE), Draw("a product photo", "", 1), up=up,
                             tiled=side == "tiled")
     seconds = time.perf_counter() - start
     return {"side": side, "seconds": seconds, "size": list(image.size),

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from adapters.infra.settings import Settings
+from adapters.model.draws import Draw
 from adapters.model.engine import Engine, StyleInput, get_engine, ip_block_scales, window_active
 from tasks.canny import canvas_images, canvas_kinds, cover_canvas, pad_to_square
 from tests.helpers import ROOT, max_diff, product, reference
@@ -50,7 +51,7 @@ def generate(engine: Engine, *, prompts=("a red kettle on marble",), seeds=(7,),
     params = {**PARAMS, **params}
     return engine.generate(
         canvases=canvas or canvases(engine, params, shape, item), style=sty or style(1),
-        prompts=list(prompts), negatives=["blurry"] * len(prompts), seeds=list(seeds), params=params,
+        draws=[Draw(p, "blurry", s) for p, s in zip(prompts, seeds, strict=True)], params=params,
     )
 
 
@@ -76,11 +77,11 @@ def test_out_of_memory_halves_the_batch_with_the_same_pixels(engine, monkeypatch
     whole = generate(engine, prompts=["a", "b", "c"], seeds=[1, 2, 3])
     real_call, sizes = engine._call, []
 
-    def small_gpu(canvases, style, prompts, *rest):
-        sizes.append(len(prompts))
-        if len(prompts) > 1:
+    def small_gpu(canvases, style, draws, params):
+        sizes.append(len(draws))
+        if len(draws) > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_call(canvases, style, prompts, *rest)
+        return real_call(canvases, style, draws, params)
 
     monkeypatch.setattr(engine, "_call", small_gpu)
     split = generate(engine, prompts=["a", "b", "c"], seeds=[1, 2, 3])
@@ -252,12 +253,12 @@ def test_second_adapter_is_fed_the_product(settings):
     params = {**PARAMS, "ip_scale": 0.0, "product_ip_scale": 1.0}
     base = canvases(multi, params, "circle")
     blue = {**base, "canvas": canvases(multi, params, item=product(shape="circle", colour=(30, 60, 220)))["canvas"]}
-    (red_out,) = multi.generate(canvases=base, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=params)
-    (blue_out,) = multi.generate(canvases=blue, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=params)
+    (red_out,) = multi.generate(canvases=base, style=style(1), draws=[Draw("p", "", 1)], params=params)
+    (blue_out,) = multi.generate(canvases=blue, style=style(1), draws=[Draw("p", "", 1)], params=params)
     assert max_diff(red_out, blue_out) > 2
     off = {**params, "product_ip_scale": 0.0}
-    (red_off,) = multi.generate(canvases=base, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=off)
-    (blue_off,) = multi.generate(canvases=blue, style=style(1), prompts=["p"], negatives=[""], seeds=[1], params=off)
+    (red_off,) = multi.generate(canvases=base, style=style(1), draws=[Draw("p", "", 1)], params=off)
+    (blue_off,) = multi.generate(canvases=blue, style=style(1), draws=[Draw("p", "", 1)], params=off)
     assert max_diff(red_off, blue_off) == 0
 
 
@@ -345,11 +346,10 @@ def test_embeddings_are_computed_once_per_style_and_prompt(engine, monkeypatch):
 
 def test_bad_batch_is_refused_before_any_work(engine):
     good = canvases(engine, PARAMS)
-    with pytest.raises(ValueError, match="equal and non-empty"):
-        engine.generate(canvases=good, style=style(1), prompts=["a"], negatives=[], seeds=[1], params=PARAMS)
+    with pytest.raises(ValueError, match="needs at least one image to draw"):
+        engine.generate(canvases=good, style=style(1), draws=[], params=PARAMS)
     with pytest.raises(ValueError, match="control image 'canny' is"):
-        engine.generate(canvases=good, style=style(1), prompts=["a"], negatives=[""], seeds=[1],
-                        params={**PARAMS, "width": 128})
+        engine.generate(canvases=good, style=style(1), draws=[Draw("a", "", 1)], params={**PARAMS, "width": 128})
     with pytest.raises(ValueError, match="one sha256 and one weight per image"):
         StyleInput.from_images([reference(1)], ["a"], weights=[1.0, 2.0])
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from adapters.infra.settings import Settings
+from adapters.model.draws import Draw
 from adapters.model.engine import EngineOptions, StyleInput, apply_options, get_engine
 from tasks.canny import canvas_images
 from tests.helpers import ROOT, noise_references, pixel_diffs, plain_pipeline_images, product
@@ -44,8 +45,8 @@ def engine_images(engine, options: EngineOptions, params=PARAMS) -> list[Image.I
     engine.set_options(options)
     style = StyleInput.from_images(refs(), ["r1", "r2"])
     control = canvas_images(product(), None, params, ["canny"])
-    return engine.generate(canvases=control, style=style, prompts=PROMPTS, negatives=["blurry"] * len(PROMPTS),
-                           seeds=SEEDS, params=params)
+    return engine.generate(canvases=control, style=style, params=params,
+                           draws=[Draw(p, "blurry", s) for p, s in zip(PROMPTS, SEEDS, strict=True)])
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_out_of_memory_is_raised_when_splitting_is_off(engine, monkeypatch):
     style = StyleInput.from_images(refs(), ["r1", "r2"])
     control = canvas_images(product(), None, PARAMS, ["canny"])
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        engine.generate(canvases=control, style=style, prompts=PROMPTS[:2], negatives=["", ""], seeds=SEEDS[:2],
+        engine.generate(canvases=control, style=style, draws=[Draw(p, "", s) for p, s in zip(PROMPTS[:2], SEEDS[:2], strict=True)],
                         params=PARAMS, split_on_oom=False)
 
 

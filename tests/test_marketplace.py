@@ -224,35 +224,37 @@ def test_the_tiny_kits_tile_controlnet_refines_an_upscale_in_tiles(model_cache):
     attention sees the whole tile, so its tiled and one-pass results differ everywhere a little, not only at seams
     (with a local refinement they differ only at seams: test_tiled_and_one_pass_refinement_differ_only_near_seams)."""
     from adapters.infra.settings import Settings
+    from adapters.model.draws import Draw
     from adapters.model.upscale import tile_upscaler
 
     upscaler = tile_upscaler("tiny", Settings(model_cache=model_cache, device="cpu", dtype="float32"))
     source = photo("coffee").resize((64, 64))
     up = Upscale(long_side=192, method="tile", strength=0.3, steps=4, tile=128, overlap=32)
-    kwargs = {"prompt": "a cup", "negative": "", "seed": 5, "up": up}
-    tiled = upscaler.refine(source, (192, 192), **kwargs)
+    draw = Draw("a cup", "", 5)
+    tiled = upscaler.refine(source, (192, 192), draw, up=up)
     assert tiled.size == (192, 192)
-    assert np.array_equal(np.asarray(tiled), np.asarray(upscaler.refine(source, (192, 192), **kwargs)))
-    whole = upscaler.refine(source, (192, 192), tiled=False, **kwargs)
+    assert np.array_equal(np.asarray(tiled), np.asarray(upscaler.refine(source, (192, 192), draw, up=up)))
+    whole = upscaler.refine(source, (192, 192), draw, up=up, tiled=False)
     plain = np.asarray(lanczos_to(source, (192, 192)), dtype=int)
     moved = np.abs(np.asarray(whole, dtype=int) - plain).mean()
     apart = np.abs(np.asarray(tiled, dtype=int) - np.asarray(whole, dtype=int)).mean()
     assert moved > 5  # the refinement did something
     assert apart < 0.6 * moved, (apart, moved)  # tiles land near the one pass, far nearer than to plain Lanczos
     with pytest.raises(ValueError, match="multiples of 8"):
-        upscaler.refine(source, (190, 190), **kwargs)
+        upscaler.refine(source, (190, 190), draw, up=up)
 
 
 @pytest.mark.slow
 def test_the_x4_upscaler_of_a_profile_makes_the_asked_size(model_cache):
     """`method: x4` runs the profile's SD x4 upscaler pipeline (the tiny kit has one at toy size)."""
     from adapters.infra.settings import Settings
+    from adapters.model.draws import Draw
     from adapters.model.upscale import x4_upscaler
 
     upscaler = x4_upscaler("tiny", Settings(model_cache=model_cache, device="cpu", dtype="float32"))
     source = photo("coffee").resize((48, 32))
     up = Upscale(long_side=200, method="x4", steps=2)
-    out = upscaler.refine(source, (200, 136), prompt="a cup", negative="", seed=2, up=up)
+    out = upscaler.refine(source, (200, 136), Draw("a cup", "", 2), up=up)
     assert out.size == (200, 136)
     assert upscaler.revision.startswith("builtin:tiny/upscaler@")
 

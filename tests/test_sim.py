@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from adapters.model.draws import Draw
 from adapters.model.sim_engine import SimEngine, sim_image
 from adapters.steps import publish
 from catalogs import load_profiles
@@ -45,7 +46,7 @@ def test_sim_images_are_deterministic_distinct_and_follow_the_control_map():
 def test_sim_engine_takes_its_stated_time_per_image_and_a_run_may_set_its_own():
     engine = SimEngine(profile="sim", seconds_per_image=0.05)
     canvases = {"canny": product(32).convert("RGB")}
-    kw = dict(canvases=canvases, style=None, prompts=["a", "b", "c"], negatives=["", "", ""], seeds=[1, 2, 3])
+    kw = dict(canvases=canvases, style=None, draws=[Draw("a", "", 1), Draw("b", "", 2), Draw("c", "", 3)])
     start = time.perf_counter()
     images = engine.generate(params={"width": 32, "height": 32}, **kw)
     assert time.perf_counter() - start >= 0.15 and len(images) == 3

@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageOps
 
 from adapters.infra.settings import Settings
+from adapters.model.draws import Draw, checked_draws
 from tasks.canny import canvas_kinds, cover_canvas, pad_to_square
 
 log = logging.getLogger(__name__)
@@ -216,16 +217,21 @@ def _set_attention(model, sdpa: bool, fuse: bool) -> None:
 
 
 class Engine:
-    """A loaded pipeline plus the caches that make batching pay."""
+    """A loaded pipeline plus the caches that make batching pay.
 
-    def __init__(self, pipe, *, profile: str, revision: str, device: str, dtype: torch.dtype, versions: dict[str, str],
+    `pipe` is already on its device and in `dtype`; the device is read from it, and `versions`
+    (recorded with every image) are this process's libraries.
+    """
+
+    def __init__(self, pipe, *, profile: str, revision: str, dtype: torch.dtype,
                  control_types: Sequence[str] = ("canny",), adapter_images: Sequence[str] = ("style",)):
+        from adapters.model.weights import library_versions
+
         self.pipe = pipe
         self.profile = profile
         self.revision = revision
-        self.device = device
         self.dtype = dtype
-        self.versions = versions
+        self.versions = library_versions()
         self.control_types = tuple(control_types)
         self.adapter_images = tuple(adapter_images)
         self.xl = hasattr(pipe, "text_encoder_2")
@@ -344,22 +350,18 @@ class Engine:
         *,
         canvases: Mapping[str, Image.Image],
         style: StyleInput,
-        prompts: Sequence[str],
-        negatives: Sequence[str],
-        seeds: Sequence[int],
+        draws: Sequence[Draw],
         params: Mapping[str, Any],
         split_on_oom: bool = True,
     ) -> list[Image.Image]:
-        """One image per (prompt, negative, seed); each image's pixels depend only on its own seed.
+        """One image per draw (prompt, negative, seed); each image's pixels depend only on its own draw.
 
         `canvases` holds the product's canvas images by kind: one control image per ControlNet
         of the profile, and `canvas` / `keep` where the mode or an adapter needs them. A CUDA
         out-of-memory halves the batch and goes on, unless `split_on_oom` is False (it is then
         raised: how a benchmark finds the largest batch that fits).
         """
-        if not (len(prompts) == len(negatives) == len(seeds)) or not prompts:
-            raise ValueError(f"prompts, negatives and seeds must be equal and non-empty lengths, got "
-                             f"{len(prompts)}, {len(negatives)}, {len(seeds)}")
+        draws = checked_draws(draws)
         params = {**PARAM_DEFAULTS, **params}
         size = (params["width"], params["height"])
         for kind in canvas_kinds(params, self.control_types, self.adapter_images):
@@ -370,20 +372,20 @@ class Engine:
                 raise ValueError(f"control image {kind!r} is {canvases[kind].size}, expected {size}")
         with self._lock:
             if not split_on_oom:
-                return self._call(dict(canvases), style, list(prompts), list(negatives), list(seeds), params)
-            return self._generate_split(dict(canvases), style, list(prompts), list(negatives), list(seeds), params)
+                return self._call(dict(canvases), style, draws, params)
+            return self._generate_split(dict(canvases), style, draws, params)
 
-    def _generate_split(self, canvases, style, prompts, negatives, seeds, params) -> list[Image.Image]:
+    def _generate_split(self, canvases, style, draws: list[Draw], params) -> list[Image.Image]:
         try:
-            return self._call(canvases, style, prompts, negatives, seeds, params)
+            return self._call(canvases, style, draws, params)
         except torch.cuda.OutOfMemoryError:
-            if len(prompts) == 1:
+            if len(draws) == 1:
                 raise
             torch.cuda.empty_cache()
-            half = len(prompts) // 2
-            log.warning("CUDA out of memory at batch %d; splitting into %d + %d", len(prompts), half, len(prompts) - half)
-            return self._generate_split(canvases, style, prompts[:half], negatives[:half], seeds[:half], params) + \
-                self._generate_split(canvases, style, prompts[half:], negatives[half:], seeds[half:], params)
+            half = len(draws) // 2
+            log.warning("CUDA out of memory at batch %d; splitting into %d + %d", len(draws), half, len(draws) - half)
+            return self._generate_split(canvases, style, draws[:half], params) + \
+                self._generate_split(canvases, style, draws[half:], params)
 
     def set_options(self, options: EngineOptions) -> EngineOptions:
         """Apply speed switches to the loaded pipeline (`apply_options`); returns those in effect."""
@@ -391,7 +393,7 @@ class Engine:
             self.options = apply_options(self.pipe, options)
         return self.options
 
-    def _call(self, canvases, style, prompts, negatives, seeds, params) -> list[Image.Image]:
+    def _call(self, canvases, style, draws: list[Draw], params) -> list[Image.Image]:
         if self.options is not None and not self.options.cache_embeddings:
             # Every call embeds its prompts and references again, as a plain pipeline call does.
             self._image_embeds.clear()
@@ -399,7 +401,7 @@ class Engine:
         mode = params["mode"]
         cfg = params["guidance"] > 1.0
         pipe = self._pipe_for(mode, params["scheduler"])
-        kwargs = self._prompt_kwargs(prompts, negatives, cfg)
+        kwargs = self._prompt_kwargs(draws, cfg)
         kwargs["ip_adapter_image_embeds"] = self.adapter_embeds(style, canvases.get("canvas"), cfg)
         controls = [canvases[t] for t in self.control_types]
         scales = params.get("control_scales") or {}
@@ -414,7 +416,7 @@ class Engine:
             width=params["width"],
             height=params["height"],
             # CPU generators: the same seed gives the same starting noise on every device.
-            generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
+            generator=[torch.Generator("cpu").manual_seed(int(d.seed)) for d in draws],
             output_type="pil",
         )
         if mode == "ip_adapter":
@@ -427,8 +429,8 @@ class Engine:
             if mode == "preserve":
                 # One copy per image: the inpainting pipeline VAE-encodes a single init image with the
                 # first generator only, which would make an image's pixels depend on its batch.
-                kwargs["image"] = [init] * len(prompts)
-                kwargs["mask_image"] = [ImageOps.invert(canvases["keep"].convert("L"))] * len(prompts)  # white = repaint
+                kwargs["image"] = [init] * len(draws)
+                kwargs["mask_image"] = [ImageOps.invert(canvases["keep"].convert("L"))] * len(draws)  # white = repaint
             denoised_steps = min(int(params["steps"] * params["strength"]), params["steps"])
         kwargs["callback_on_step_end"] = self._set_adapter_scales(params, max(denoised_steps, 1))
         with torch.inference_mode(), control_embedded_once(pipe.controlnet):
@@ -439,8 +441,8 @@ class Engine:
             images = [Image.composite(canvases["canvas"].convert("RGB"), img, keep) for img in images]
         return images
 
-    def _prompt_kwargs(self, prompts, negatives, cfg) -> dict[str, Any]:
-        embeds = [self.prompt_embeds(p, n, cfg) for p, n in zip(prompts, negatives, strict=True)]
+    def _prompt_kwargs(self, draws: Sequence[Draw], cfg: bool) -> dict[str, Any]:
+        embeds = [self.prompt_embeds(d.prompt, d.negative, cfg) for d in draws]
         names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
         kwargs = {}
         for i, name in enumerate(names[: len(embeds[0])]):
@@ -524,7 +526,7 @@ def get_engine(profile_name: str, settings: Settings) -> Engine:
 
     The `sim` pipeline gets the simulated GPU (adapters/model/sim_engine.py) instead: no weights, no torch call.
     """
-    from adapters.model.weights import library_versions, load_pipeline, profile_revision
+    from adapters.model.weights import load_pipeline, profile_revision
     from catalogs import load_profiles
 
     device = resolve_device(settings.device)
@@ -546,9 +548,7 @@ def get_engine(profile_name: str, settings: Settings) -> Engine:
                 pipe,
                 profile=profile_name,
                 revision=profile_revision(profile, settings),
-                device=device,
                 dtype=dtype,
-                versions=library_versions(),
                 control_types=profile.control_types,
                 adapter_images=profile.adapter_images,
             )

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from adapters.model.draws import Draw, checked_draws
+
 SIM_REVISION = "sim-1"  # bump when the pixels a job gets change
 SIM_PARAM = "sim_seconds"
 
@@ -44,13 +46,10 @@ class SimEngine:
         self.device_name = "sim"
         self._lock = threading.Lock()  # one "GPU" per process, as with the real engine
 
-    def generate(self, *, canvases: Mapping[str, Image.Image], style: Any, prompts: Sequence[str],
-                 negatives: Sequence[str], seeds: Sequence[int], params: Mapping[str, Any],
-                 split_on_oom: bool = True) -> list[Image.Image]:
-        """One image per (prompt, seed), after `len(prompts)` x the time per image."""
-        if not (len(prompts) == len(negatives) == len(seeds)) or not prompts:
-            raise ValueError(f"prompts, negatives and seeds must be equal and non-empty lengths, got "
-                             f"{len(prompts)}, {len(negatives)}, {len(seeds)}")
+    def generate(self, *, canvases: Mapping[str, Image.Image], style: Any, draws: Sequence[Draw],
+                 params: Mapping[str, Any], split_on_oom: bool = True) -> list[Image.Image]:
+        """One image per draw (its prompt and seed), after `len(draws)` x the time per image."""
+        draws = checked_draws(draws)
         control = canvases[self.control_types[0]].convert("L")
         if control.size != (params["width"], params["height"]):
             raise ValueError(f"control image is {control.size}, expected {(params['width'], params['height'])}")
@@ -58,8 +57,8 @@ class SimEngine:
         seconds = self.seconds_per_image if seconds is None else float(seconds)
         with self._lock:
             if seconds > 0:
-                time.sleep(seconds * len(prompts))
-            return [sim_image(control, prompt, int(seed)) for prompt, seed in zip(prompts, seeds, strict=True)]
+                time.sleep(seconds * len(draws))
+            return [sim_image(control, d.prompt, int(d.seed)) for d in draws]
 
 
 def sim_image(control: Image.Image, prompt: str, seed: int) -> Image.Image:

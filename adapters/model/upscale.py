@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from adapters.infra.settings import Settings
+from adapters.model.draws import Draw
 from adapters.model.engine import Engine, StyleInput, get_engine
 from adapters.model.weights import load_tile_controlnet, load_x4_upscaler, upscale_revision
 from catalogs import load_profiles
@@ -37,6 +38,17 @@ NATIVE_TILE = {"tiny": 128, "sd15": 512, "sdxl": 1024}  # default tile size by s
 SCHEDULER = "UniPCMultistepScheduler"  # deterministic: a tile's pixels depend on its noise only
 
 
+@dataclass(frozen=True)
+class _Refinement:
+    """What every tile of one refinement shares: the whole image's noise, the embeddings and the settings."""
+
+    noise: torch.Tensor
+    prompt_embeds: tuple
+    adapter_embeds: list[torch.Tensor]
+    up: Upscale
+    cfg: bool
+
+
 @dataclass
 class TileUpscaler:
     """The tile refinement on one loaded engine: its components plus the profile's tile ControlNet."""
@@ -47,9 +59,11 @@ class TileUpscaler:
     native_tile: int
     _neutral: dict | None = None
 
-    def refine(self, image: Image.Image, size: tuple[int, int], *, prompt: str, negative: str, seed: int,
-               up: Upscale, tiled: bool = True) -> Image.Image:
-        """`image` at `size` (multiples of 8): Lanczos, then the tile ControlNet's img2img, in tiles or in one pass."""
+    def refine(self, image: Image.Image, size: tuple[int, int], draw: Draw, *, up: Upscale,
+               tiled: bool = True) -> Image.Image:
+        """`image` at `size` (multiples of 8): Lanczos, then the tile ControlNet's img2img, in tiles or in one pass.
+
+        `draw` is the image's own prompt, negative prompt and seed."""
         if size[0] % LATENT_SCALE or size[1] % LATENT_SCALE:
             raise ValueError(f"tile upscale: size {size[0]}x{size[1]} must be multiples of {LATENT_SCALE}")
         base = lanczos_to(image, size)
@@ -58,14 +72,14 @@ class TileUpscaler:
         boxes = tile_grid(size[0], size[1], tile, overlap, LATENT_SCALE) if tiled else [(0, 0, *size)]
         cfg = up.guidance > 1.0
         with self.engine.lock, torch.inference_mode():
-            embeds = self.engine.prompt_embeds(prompt, negative, cfg)
             adapters = self._adapter_embeds(cfg)
             self.engine.pipe.set_ip_adapter_scale([0.0] * len(adapters))
             # The whole image's noise, once; each tile takes its crop (see the module docstring).
             noise = torch.randn((1, 4, size[1] // LATENT_SCALE, size[0] // LATENT_SCALE),
-                                generator=torch.Generator("cpu").manual_seed(int(seed)))
-            return refine_in_tiles(base, boxes, overlap if tiled else 0,
-                                   lambda crop, box: self._tile(crop, box, noise, embeds, adapters, up, cfg))
+                                generator=torch.Generator("cpu").manual_seed(int(draw.seed)))
+            shared = _Refinement(noise=noise, prompt_embeds=self.engine.prompt_embeds(draw.prompt, draw.negative, cfg),
+                                 adapter_embeds=adapters, up=up, cfg=cfg)
+            return refine_in_tiles(base, boxes, overlap if tiled else 0, lambda crop, box: self._tile(crop, box, shared))
 
     def _adapter_embeds(self, cfg: bool) -> list[torch.Tensor]:
         # A neutral (grey) image for every adapter, embedded once; at scale 0 its value does not matter,
@@ -76,26 +90,26 @@ class TileUpscaler:
             self._neutral = {**(self._neutral or {}), cfg: self.engine.adapter_embeds(style, grey, cfg)}
         return self._neutral[cfg]
 
-    def _tile(self, crop: Image.Image, box: Sequence[int], noise: torch.Tensor, embeds, adapters, up: Upscale,
-              cfg: bool) -> Image.Image:
-        pipe = self.pipe
+    def _tile(self, crop: Image.Image, box: Sequence[int], shared: _Refinement) -> Image.Image:
+        pipe, up, embeds = self.pipe, shared.up, shared.prompt_embeds
         left, top = box[0] // LATENT_SCALE, box[1] // LATENT_SCALE
-        piece = noise[..., top:top + crop.height // LATENT_SCALE, left:left + crop.width // LATENT_SCALE]
+        piece = shared.noise[..., top:top + crop.height // LATENT_SCALE, left:left + crop.width // LATENT_SCALE]
 
-        def prepare_latents(image, timestep, batch_size, num_images_per_prompt, dtype, device, generator=None):
+        # The pipeline's own method, replaced: it keeps diffusers' signature (called positionally), so its length.
+        def prepare_latents(image, timestep, batch_size, num_images_per_prompt, dtype, device, generator=None):  # noqa: PLR0913
             # The pipeline's own, with the latent's mode (no sampling) and this tile's crop of the noise.
             image = image.to(device=device, dtype=dtype)
             init = pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
             return pipe.scheduler.add_noise(init, piece.to(device=device, dtype=dtype), timestep)
 
         kwargs = {"prompt_embeds": embeds[0]}
-        if cfg:
+        if shared.cfg:
             kwargs["negative_prompt_embeds"] = embeds[1]
         pipe.prepare_latents = prepare_latents
         try:
             out = pipe(image=crop, control_image=crop, strength=up.strength, num_inference_steps=up.steps,
                        guidance_scale=up.guidance, controlnet_conditioning_scale=up.controlnet_scale,
-                       width=crop.width, height=crop.height, ip_adapter_image_embeds=adapters, output_type="pil",
+                       width=crop.width, height=crop.height, ip_adapter_image_embeds=shared.adapter_embeds, output_type="pil",
                        **kwargs)
         finally:
             del pipe.prepare_latents
@@ -138,13 +152,13 @@ class X4Upscaler:
     revision: str
     lock: threading.Lock
 
-    def refine(self, image: Image.Image, size: tuple[int, int], *, prompt: str, negative: str, seed: int,
-               up: Upscale) -> Image.Image:
+    def refine(self, image: Image.Image, size: tuple[int, int], draw: Draw, *, up: Upscale) -> Image.Image:
+        """`image` at `size`: a quarter of it upscaled 4x with `draw`'s prompt, negative prompt and seed."""
         quarter = lanczos_to(image, (max(8, size[0] // 4), max(8, size[1] // 4)))
         with self.lock, torch.inference_mode():
-            out = self.pipe(prompt=prompt, negative_prompt=negative or None, image=quarter,
+            out = self.pipe(prompt=draw.prompt, negative_prompt=draw.negative or None, image=quarter,
                             num_inference_steps=up.steps, guidance_scale=up.guidance,
-                            generator=torch.Generator("cpu").manual_seed(int(seed))).images[0]
+                            generator=torch.Generator("cpu").manual_seed(int(draw.seed))).images[0]
         return lanczos_to(out, size)
 
 

@@ -62,12 +62,12 @@ def upscaled(render: Image.Image, size: tuple[int, int], row: dict, plan: Finish
         return (render.convert("RGB"), "none", None) if render.size == size else (lanczos_to(render, size), "lanczos", None)
     if up.method == "lanczos":
         return lanczos_to(render, size), "lanczos", None
+    from adapters.model.draws import Draw
     from adapters.model.upscale import tile_upscaler, x4_upscaler  # torch: only where a model refines
 
     settings = get_settings()
     model = tile_upscaler(row["profile"], settings) if up.method == "tile" else x4_upscaler(row["profile"], settings)
-    picture = model.refine(render, size, prompt=row["prompt"], negative=row["negative_prompt"] or "",
-                           seed=int(row["seed"]), up=up)
+    picture = model.refine(render, size, Draw(row["prompt"], row["negative_prompt"] or "", int(row["seed"])), up=up)
     return picture, up.method, model.revision
 
 

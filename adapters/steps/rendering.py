@@ -13,6 +13,7 @@ from PIL import Image
 from adapters.catalog.images import load_image, load_mask
 from adapters.infra.storage import ObjectStore, parallel_map
 from adapters.model.clip import ClipScorer
+from adapters.model.draws import Draw
 from adapters.model.engine import Engine
 from adapters.model.sim_engine import SIM_PARAM
 from adapters.steps import claims, conditioning, publish
@@ -58,9 +59,7 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
         fresh = engine.generate(
             canvases=canvases,
             style=style_input,
-            prompts=[j.prompt for j in todo],
-            negatives=[j.negative_prompt for j in todo],
-            seeds=[j.seed for j in todo],
+            draws=[Draw(j.prompt, j.negative_prompt, j.seed) for j in todo],
             # A run's own time per image for the simulated GPU (adapters/model/sim_engine.py); a real engine ignores it.
             params=batch.params if ctx.sim_seconds is None else {**batch.params, SIM_PARAM: ctx.sim_seconds},
         ) if todo else []

@@ -24,6 +24,7 @@ from adapters.infra import lake
 from adapters.infra.fonts import sheet_font
 from adapters.infra.storage import ObjectStore, join_uri
 from adapters.model.clip import ClipScorer
+from adapters.model.draws import Draw
 from adapters.model.engine import Engine
 from adapters.steps import conditioning, publish
 from catalogs.models import Campaign, StyleSet
@@ -144,8 +145,8 @@ def run_scan(engine: Engine, clip: ClipScorer | None, store: ObjectStore, style:
         for name, (canvases, fitted, edges, mask) in shapes.items():
             prompts = [probe_prompt(t, name) for t in probe.prompts for _ in probe.seeds]
             seeds = [s for _ in probe.prompts for s in probe.seeds]
-            made = engine.generate(canvases=canvases, style=style_input, prompts=prompts,
-                                   negatives=[PROBE_NEGATIVE] * len(prompts), seeds=seeds, params=params)
+            made = engine.generate(canvases=canvases, style=style_input, params=params,
+                                   draws=[Draw(p, PROBE_NEGATIVE, s) for p, s in zip(prompts, seeds, strict=True)])
             clip_scores = [(None, None)] * len(made)
             if clip is not None:
                 clip_scores = clip.score(made, prompts, style_key=style_input.key, references=style_input.images,
