@@ -102,7 +102,8 @@ class Workload:
         self.engine.set_options(options)
         params = self.params if steps is None else {**self.params, "steps": steps}
         reset_peak(self.engine.device_name)
-        side = run_engine(self.engine, params, self.control, self.style, jobs or self.jobs, batch, name)
+        side = run_engine(self.engine, params, self.control, self.style, jobs or self.jobs, batch)
+        side.name = name
         side.peak_bytes = peak_bytes(self.engine.device_name)
         side.extra.update(batch=batch, options=self.engine.options)
         return side

@@ -59,8 +59,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_engine(engine: Engine, params: dict, control: dict, style: StyleInput, jobs, batch: int,
-               name: str | None = None) -> Side:
+def run_engine(engine: Engine, params: dict, control: dict, style: StyleInput, jobs, batch: int) -> Side:
     images: list[Image.Image] = []
     sync(engine.device_name)
     start = time.perf_counter()
@@ -69,7 +68,7 @@ def run_engine(engine: Engine, params: dict, control: dict, style: StyleInput, j
         images += engine.generate(canvases=control, style=style, params=params,
                                   draws=[Draw(p, NEGATIVE, s) for p, s in chunk])
     sync(engine.device_name)
-    return Side(name or f"engine, batch {batch}", time.perf_counter() - start, images)
+    return Side(f"engine, batch {batch}", time.perf_counter() - start, images)
 
 
 def run_loop(engine: Engine, params: dict, control: dict, refs: list[Image.Image], jobs) -> Side:

@@ -61,8 +61,9 @@ def shard_overhead(store: S3Store, assets: str) -> tuple[float, int]:
     return (fixed + gaps) / max(len(shards), 1), len(shards)
 
 
-def run_once(endpoint: str, catalog: str, models: Path, gpus: int, images_per_shard: int, seeds: int,
+def run_once(endpoint: str, catalog: str, gpus: int, images_per_shard: int, seeds: int,
              tmp: Path) -> tuple[float, int, float | None]:
+    """(seconds, images, shard overhead) of the sample campaign on `gpus` workers; the tiny kit is in `tmp/models`."""
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -71,7 +72,7 @@ def run_once(endpoint: str, catalog: str, models: Path, gpus: int, images_per_sh
     store.ensure_bucket(assets.removeprefix("s3://"))
     env = child_env({
         "AWS_ENDPOINT_URL_S3": endpoint, "STYLEMATRIX_CATALOG": catalog, "STYLEMATRIX_ASSETS": assets,
-        "STYLEMATRIX_MODEL_CACHE": str(models), "STYLEMATRIX_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
+        "STYLEMATRIX_MODEL_CACHE": str(tmp / "models"), "STYLEMATRIX_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
         "STYLEMATRIX_IMAGES_PER_SHARD": str(images_per_shard), "STYLEMATRIX_SHARD_POLL_SECONDS": "1",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
     })
@@ -105,9 +106,8 @@ def main() -> None:
         catalog = "s3://bench-catalog"
         store.ensure_bucket("bench-catalog")
         seed_sample_catalog(store, catalog)
-        models = tmp / "models"
-        ensure_tiny_kit(models)
-        results = {gpus: run_once(server.endpoint, catalog, models, gpus, args.images_per_shard, args.seeds, tmp)
+        ensure_tiny_kit(tmp / "models")
+        results = {gpus: run_once(server.endpoint, catalog, gpus, args.images_per_shard, args.seeds, tmp)
                    for gpus in (0, 1, 2)}
     (t0, n0, _), (t1, n1, fixed), (t2, n2, _) = results[0], results[1], results[2]
     lines = [

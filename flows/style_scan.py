@@ -27,7 +27,7 @@ from tasks.style_scan import pick_styles, probe_for, scan_id
 
 
 @flow(name="scan-style")
-def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalog: str | None = None,
+def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalog: str | None = None,  # noqa: PLR0913 (the UI's form)
                assets: str | None = None, profile: str | None = None, snapshot: str | None = None,
                scales: list[float] | None = None, seeds: list[int] | None = None, size: int | None = None,
                probe_steps: int | None = None, triggered_by: Literal["cli", "event", "api", "test"] = "api") -> list[dict]:

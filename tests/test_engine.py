@@ -47,10 +47,10 @@ def engine(settings) -> Engine:
 
 
 def generate(engine: Engine, *, prompts=("a red kettle on marble",), seeds=(7,), shape="circle", sty=None,
-             item=None, canvas=None, **params):
+             canvas=None, **params):
     params = {**PARAMS, **params}
     return engine.generate(
-        canvases=canvas or canvases(engine, params, shape, item), style=sty or style(1),
+        canvases=canvas or canvases(engine, params, shape), style=sty or style(1),
         draws=[Draw(p, "blurry", s) for p, s in zip(prompts, seeds, strict=True)], params=params,
     )
 
