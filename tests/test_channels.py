@@ -155,7 +155,8 @@ def test_the_canvas_images_put_the_product_in_its_box():
 def test_channels_multiply_the_matrix_and_set_each_canvas():
     spec = spec_with({"square": {}, "story": {}, "banner": {"anchor": "left"}})
     assert spec.matrix.axes["channel"] == ("square", "story", "banner")
-    jobs = plan_jobs(spec, PRODUCTS, STYLES[:1], expand_matrix(spec.matrix), ModelIdentity(revision="r", dtype="float32"))
+    jobs = plan_jobs(spec, PRODUCTS, STYLES[:1], expand_matrix(spec.matrix),
+                     ModelIdentity(revision="r", dtype="float32"))
     assert len(jobs) == 2 * 3
     sizes = {j.params["channel"]: (j.params["width"], j.params["height"]) for j in jobs}
     assert sizes == {"square": (64, 64), "story": (72, 128), "banner": (128, 72)}
@@ -188,7 +189,8 @@ def test_the_channel_layout_is_part_of_the_asset_id():
     one = plan_jobs(spec_with({"square": {}}), PRODUCTS, STYLES[:1], expand_matrix(spec_with({"square": {}}).matrix),
                     ModelIdentity(revision="r", dtype="float32"))
     moved = spec_with({"square": {"anchor": "left"}})
-    two = plan_jobs(moved, PRODUCTS, STYLES[:1], expand_matrix(moved.matrix), ModelIdentity(revision="r", dtype="float32"))
+    two = plan_jobs(moved, PRODUCTS, STYLES[:1], expand_matrix(moved.matrix),
+                    ModelIdentity(revision="r", dtype="float32"))
     assert {j.asset_id for j in one}.isdisjoint(j.asset_id for j in two)
 
 
@@ -354,7 +356,8 @@ def test_the_channels_example_is_in_the_doc_and_plans_every_placement():
     spec = parse_campaign(text, origin="channels.yaml")
     products = [PRODUCTS[0].model_copy(update={"product_id": pid, "sha256": f"{i:064x}"})
                 for i, pid in enumerate(spec.products.ids)]
-    jobs = plan_jobs(spec, products, STYLES[:1], expand_matrix(spec.matrix), ModelIdentity(revision="r", dtype="float32", profile=PROFILES["tiny"]))
+    jobs = plan_jobs(spec, products, STYLES[:1], expand_matrix(spec.matrix),
+                     ModelIdentity(revision="r", dtype="float32", profile=PROFILES["tiny"]))
     assert len(jobs) == 4 * 2 * 4
     assert {(j.params["width"], j.params["height"]) for j in jobs} == set(EXPECTED_SIZES["tiny"].values())
 

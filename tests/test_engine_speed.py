@@ -104,8 +104,8 @@ def test_out_of_memory_is_raised_when_splitting_is_off(engine, monkeypatch):
     style = StyleInput.from_images(refs(), ["r1", "r2"])
     control = canvas_images(product(), None, PARAMS, ["canny"])
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        engine.generate(canvases=control, style=style, draws=[Draw(p, "", s) for p, s in zip(PROMPTS[:2], SEEDS[:2], strict=True)],
-                        params=PARAMS, split_on_oom=False)
+        draws = [Draw(p, "", s) for p, s in zip(PROMPTS[:2], SEEDS[:2], strict=True)]
+        engine.generate(canvases=control, style=style, draws=draws, params=PARAMS, split_on_oom=False)
 
 
 def test_peak_table_knows_the_data_centre_gpus():

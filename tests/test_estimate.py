@@ -55,5 +55,6 @@ def test_a_campaign_s_shape_matches_the_runs_row_its_own_run_writes():
            "parameters": run_parameters(RunRequest(campaign=spec.name), spec, products=["p0"], styles=["one"])}
     assert RunShape.of(spec).matches(row)
     assert estimate_generation([row], RunShape.of(spec), images=8).seconds == pytest.approx(2.0)
-    wider = spec.model_copy(update={"generation": spec.generation.model_copy(update={"width": spec.generation.width * 2})})
+    generation = spec.generation.model_copy(update={"width": spec.generation.width * 2})
+    wider = spec.model_copy(update={"generation": generation})
     assert not RunShape.of(wider).matches(row)

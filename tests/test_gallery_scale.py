@@ -43,7 +43,8 @@ def rows() -> list[dict]:
 @pytest.fixture(scope="module")
 def large_gallery(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     folder = tmp_path_factory.mktemp("large-gallery")
-    files = gallery_files(Gallery("r-100k", "season", rows(), sheets={"product-0 x style-0": "sheets/product-0__style-0__p01.jpg"}))
+    files = gallery_files(Gallery("r-100k", "season", rows(),
+                                  sheets={"product-0 x style-0": "sheets/product-0__style-0__p01.jpg"}))
     for path, text in files.items():
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
         (folder / path).write_text(text)

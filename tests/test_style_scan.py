@@ -191,10 +191,12 @@ def test_campaign_auto_takes_every_style_sets_scan():
     chosen = apply_auto_scales(spec, styles, {"a": ScanChoice("scan-a", 0.4), "b": ScanChoice("scan-b", 0.7)}, "tiny")
     assert [(s.ip_scale, s.ip_scale_scan) for s in chosen] == [(0.4, "scan-a"), (0.7, "scan-b")]
     # Planned with those scales, each job naming its scan; an ip_scale axis would set its own.
-    jobs = plan_jobs(spec, PRODUCTS[:1], chosen, expand_matrix(spec.matrix), ModelIdentity(revision="r", dtype="float32"))
+    jobs = plan_jobs(spec, PRODUCTS[:1], chosen, expand_matrix(spec.matrix),
+                     ModelIdentity(revision="r", dtype="float32"))
     assert [(j.params["ip_scale"], j.ip_scale_scan) for j in jobs] == [(0.4, "scan-a"), (0.7, "scan-b")]
     with pytest.raises(ValueError, match="ip_scale auto was not resolved"):
-        plan_jobs(spec, PRODUCTS[:1], styles[:1], expand_matrix(spec.matrix), ModelIdentity(revision="r", dtype="float32"))
+        plan_jobs(spec, PRODUCTS[:1], styles[:1], expand_matrix(spec.matrix),
+                  ModelIdentity(revision="r", dtype="float32"))
 
 
 def test_style_yaml_auto_applies_only_where_the_campaign_sets_no_scale():
