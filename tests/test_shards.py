@@ -35,7 +35,7 @@ def generated(monkeypatch):
     real = Engine.generate
 
     def counting(self, **kwargs):
-        seen.extend(kwargs["prompts"])
+        seen.extend(d.prompt for d in kwargs["draws"])
         return real(self, **kwargs)
 
     monkeypatch.setattr(Engine, "generate", counting)
