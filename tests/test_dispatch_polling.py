@@ -65,7 +65,7 @@ def wait_on_pool(monkeypatch, shards: int, in_flight: int) -> tuple[FakePool, Co
     monkeypatch.setattr(dispatch, "read_fleet", lambda client: SimpleNamespace(free=frozenset()))
     polls: list[float] = []
     monkeypatch.setattr(dispatch.time, "sleep", polls.append)
-    work = [SimpleNamespace(index=i, batches=[SimpleNamespace(jobs=[None] * 4)]) for i in range(shards)]
+    work = [SimpleNamespace(index=i, image_count=4) for i in range(shards)]
     ctx = ShardContext(run_id="r", campaign="c", assets="s3://a", run_date="2026-01-01", controls={}, batch_total=shards)
     settings = Settings(shards_in_flight=in_flight, shard_attempts=2)
     tracker = dispatch.PoolProgress(ctx, work)
@@ -102,7 +102,7 @@ def test_a_taken_shard_costs_one_beat_read_per_poll(monkeypatch):
     monkeypatch.setattr(dispatch, "_require_workers", lambda client, settings: None)
     monkeypatch.setattr(dispatch, "read_fleet", lambda client: SimpleNamespace(free=frozenset()))
     monkeypatch.setattr(dispatch.time, "sleep", lambda seconds: None)
-    work = [SimpleNamespace(index=i, batches=[SimpleNamespace(jobs=[None] * 4)]) for i in range(30)]
+    work = [SimpleNamespace(index=i, image_count=4) for i in range(30)]
     ctx = ShardContext(run_id="r", campaign="c", assets="s3://a", run_date="2026-01-01", controls={}, batch_total=30)
     dispatch._run_on_workers(work, ctx, store, Settings(shards_in_flight=5), dispatch.PoolProgress(ctx, work))
     assert sorted(pool.completed) == list(range(30))

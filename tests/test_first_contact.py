@@ -137,8 +137,8 @@ def test_pool_progress_tells_listeners_the_images_of_completed_and_running_shard
     from flows.dispatch import PoolProgress
     from tasks.plan import ShardContext
 
-    # PoolProgress reads only each shard's index and its batches' jobs.
-    shards = [SimpleNamespace(index=i, batches=[SimpleNamespace(jobs=[None] * size)])
+    # PoolProgress reads only each shard's index and its image count.
+    shards = [SimpleNamespace(index=i, image_count=size)
               for i, size in enumerate((4, 4, 2))]
     ctx = ShardContext(run_id="pool-run", campaign="pool", assets="s3://a", run_date="2026-01-01", controls={},
                        batch_total=3)
