@@ -95,9 +95,9 @@ class TileUpscaler:
         left, top = box[0] // LATENT_SCALE, box[1] // LATENT_SCALE
         piece = shared.noise[..., top:top + crop.height // LATENT_SCALE, left:left + crop.width // LATENT_SCALE]
 
-        # The pipeline's own method, replaced: it keeps diffusers' signature (called positionally), so its length.
-        def prepare_latents(image, timestep, batch_size, num_images_per_prompt, dtype, device, generator=None):  # noqa: PLR0913
-            # The pipeline's own, with the latent's mode (no sampling) and this tile's crop of the noise.
+        def prepare_latents(image, timestep, batch_size, num_images_per_prompt, dtype, device, generator=None):  # noqa: PLR0913 (diffusers' own)
+            # The pipeline's own, same signature (it is called positionally), with the latent's mode (no
+            # sampling) and this tile's crop of the noise.
             image = image.to(device=device, dtype=dtype)
             init = pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
             return pipe.scheduler.add_noise(init, piece.to(device=device, dtype=dtype), timestep)
@@ -109,8 +109,8 @@ class TileUpscaler:
         try:
             out = pipe(image=crop, control_image=crop, strength=up.strength, num_inference_steps=up.steps,
                        guidance_scale=up.guidance, controlnet_conditioning_scale=up.controlnet_scale,
-                       width=crop.width, height=crop.height, ip_adapter_image_embeds=shared.adapter_embeds, output_type="pil",
-                       **kwargs)
+                       width=crop.width, height=crop.height, ip_adapter_image_embeds=shared.adapter_embeds,
+                       output_type="pil", **kwargs)
         finally:
             del pipe.prepare_latents
         return out.images[0]
