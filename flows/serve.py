@@ -27,6 +27,11 @@ PREFECT = [sys.executable, "-m", "prefect"]
 # its audit trail, and the tables in S3 are the record of what was made.
 DATABASE_VARIABLES = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 SERVER_UPKEEP = {"PREFECT_SERVER_EVENTS_RETENTION_PERIOD": "P7D", "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events"}
+# While PostgreSQL restarts, the API answers 500 (a refused connection is not among the database errors Prefect
+# answers 503 for): every client retries a 500 as it does a 503, five times over about a minute, so a flow run's
+# state changes, a task worker's results and the workers' polls wait a database restart out. flows/fleet.py's
+# `through_outage` waits longer, for the campaign's own calls, while the server's `/ready` says the database is down.
+CLIENT_RETRIES = {"PREFECT_CLIENT_RETRY_EXTRA_CODES": "500"}
 
 
 @dataclass
@@ -62,6 +67,7 @@ class PrefectStack:
             "PREFECT_CLI_PROMPT": "false",
             "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(FLOW_HEARTBEAT_SECONDS),
+            **CLIENT_RETRIES,
             **({"PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK": self.task_storage} if self.task_storage else {}),
             **({"PREFECT_API_AUTH_STRING": self.auth_string} if self.auth_string else {}),
             **(extra or {}),

@@ -1,22 +1,33 @@
-"""Nothing lost when the Prefect server restarts mid-campaign.
+"""Nothing lost when the Prefect server or its PostgreSQL restarts mid-campaign.
 
 A server on PostgreSQL, one GPU task worker, and a campaign of three shards started with `stylematrix run`
-against that server: the worker runs the first shard, the other two wait in the server's memory. The
-server is killed (SIGKILL) while that shard runs and started again on the same port and database. The
-shards it forgot are handed out again, and the campaign completes with every image once, each
-matching its sha256. The API requires basic auth, as a fleet's does; no secret ends up in what was written.
+against that server: the worker runs the first shard, the other two wait in the server's memory.
+
+- The server is killed (SIGKILL) while that shard runs and started again on the same port and database.
+  The shards it forgot are handed out again.
+- PostgreSQL is stopped as a crash stops it (`pg_ctl stop -m immediate`: no checkpoint, recovery on start)
+  while that shard runs, left down for longer than a shard takes, and started again on the same data and
+  port. The server, its services and the workers stay up and wait it out.
+
+Either way the campaign completes with every image once, each matching its sha256. The API requires basic
+auth, as a fleet's does; no secret ends up in what was written.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import pytest
@@ -36,6 +47,7 @@ CAMPAIGN = (
     "generation: {profile: tiny, width: 64, height: 64, steps: 2, batch_size: 4}\n"
 )
 IMAGES = 2 * 3 * 2
+DATABASE_DOWN = 20  # seconds PostgreSQL stays down: longer than a shard takes, so one ends while it is down
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
@@ -54,7 +66,19 @@ def _wait(condition, timeout: float, what: str, *, campaign: subprocess.Popen, l
         time.sleep(0.3)
 
 
-def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_cache, postgres, tmp_path):
+@dataclass
+class Restarted:
+    """What a campaign through a restart left: its log, and the secrets that must appear nowhere."""
+
+    log: str
+    secrets: set[bytes]
+    folder: Path
+
+
+def _campaign_through(restart: Callable[[object], None], *, store, s3_server, model_cache, database_url: str,
+                      db_password: str, folder: Path) -> Restarted:
+    """Run the restart campaign with `stylematrix run` against a fresh server on `database_url`; call
+    `restart(stack)` while its first shard runs; wait for a second shard to start and the campaign to end (0)."""
     from adapters.infra.settings import child_env
     from flows.serve import PrefectStack
 
@@ -71,48 +95,84 @@ def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_ca
            "STYLEMATRIX_SHARD_HEARTBEAT_SECONDS": "1", "STYLEMATRIX_SHARD_LEASE_SECONDS": "15",
            "STYLEMATRIX_SHARD_FORGOTTEN_SECONDS": "5", "OMP_NUM_THREADS": "1"}
     secret = f"fleet:{uuid.uuid4().hex}"  # the API's basic auth, as a fleet's server requires
-    stack = PrefectStack(home=tmp_path / "prefect", port=free_port(), env=env, log_dir=tmp_path / "logs",
-                         database_url=postgres.database(f"restart_{suffix}"), auth_string=secret)
+    stack = PrefectStack(home=folder / "prefect", port=free_port(), env=env, log_dir=folder / "logs",
+                         database_url=database_url, auth_string=secret)
     campaign = None
+    log_file = folder / "campaign.log"
+
+    def log() -> str:
+        return log_file.read_text()[-4000:]
+
+    def beats() -> list:
+        runs = {o.key.split("/")[1] for o in store.list(f"{assets}/runs/") if "/workers/" in o.key}
+        return [b for r in runs for b in read_beats(store, assets, r)]
+
     try:
         stack.start_server()
         _check_auth(stack.api_url, secret)
         stack.register_task_storage(f"{assets}/_prefect/tasks")
         stack.start_gpu_worker("gpu-1")
-        log_file = tmp_path / "campaign.log"
         with open(log_file, "wb") as out:
             campaign = subprocess.Popen(
-                [*CLI, "run", "--campaign", "restart"], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-                env=stack._env({"STYLEMATRIX_SHARD_WORKERS": "true", "STYLEMATRIX_OUT_DIR": str(tmp_path / "out")}))
-
-        def log() -> str:
-            return log_file.read_text()[-4000:]
-
-        def beats() -> list:
-            runs = {o.key.split("/")[1] for o in store.list(f"{assets}/runs/") if "/workers/" in o.key}
-            return [b for r in runs for b in read_beats(store, assets, r)]
-
+                [*CLI, "run", "--campaign", "restart"], cwd=folder, stdout=out, stderr=subprocess.STDOUT,
+                env=stack._env({"STYLEMATRIX_SHARD_WORKERS": "true", "STYLEMATRIX_OUT_DIR": str(folder / "out")}))
         _wait(lambda: beats(), 300, "a shard running on the GPU worker", campaign=campaign, log=log)
         assert len(beats()) == 1  # one worker: the other two shards wait in the server's memory
-        _kill_tree(stack.processes["server"])
-        stack.start_server()
-        _wait(lambda: len(beats()) >= 2, 180, "a forgotten shard handed out again", campaign=campaign, log=log)
+        restart(stack)
+        _wait(lambda: len(beats()) >= 2, 180, "a second shard started", campaign=campaign, log=log)
         assert campaign.wait(timeout=300) == 0, log()
     finally:
         if campaign is not None and campaign.poll() is None:
             campaign.kill()
         stack.stop()
-    assert "no longer queues it" in log()
     (manifest,) = publish.read_manifests(store, assets)
     rows = publish.read_table(store, manifest, "generations")
     assert len(rows) == IMAGES and rows["asset_id"].is_unique
     for row in rows.itertuples():
         assert hashlib.sha256(store.get(row.output_key)).hexdigest() == row.sha256
     # No secret in a log, a table, an artifact's source or anything else the run wrote.
-    secrets = {secret.encode(), secret.split(":")[1].encode(), postgres.password.encode()}
-    written = [p.read_bytes() for p in tmp_path.rglob("*.log")] + [store.get(o.uri) for o in store.list(f"{assets}/")]
+    secrets = {secret.encode(), secret.split(":")[1].encode(), db_password.encode()}
+    written = [p.read_bytes() for p in folder.rglob("*.log")] + [store.get(o.uri) for o in store.list(f"{assets}/")]
     assert len(written) > IMAGES
     assert not [s for s in secrets for blob in written if s in blob]
+    return Restarted(log=log_file.read_text(), secrets=secrets, folder=folder)
+
+
+def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_cache, postgres, tmp_path):
+    def restart_server(stack) -> None:
+        _kill_tree(stack.processes["server"])
+        stack.start_server()
+
+    done = _campaign_through(restart_server, store=store, s3_server=s3_server, model_cache=model_cache,
+                             database_url=postgres.database(f"restart_{uuid.uuid4().hex[:8]}"),
+                             db_password=postgres.password, folder=tmp_path)
+    assert "no longer queues it" in done.log
+
+
+@pytest.fixture
+def own_postgres() -> Iterator:
+    """A PostgreSQL cluster of this test's own: it is stopped mid-test, and the session's serves other servers."""
+    from adapters.infra.postgres import LocalPostgres
+
+    folder = Path(tempfile.mkdtemp(prefix="stylematrix-pg-restart-", dir="/tmp"))
+    folder.chmod(0o711)
+    cluster = LocalPostgres(folder / "cluster", free_port())
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_postgres_restart_mid_campaign_loses_no_shard(s3_server, store, model_cache, own_postgres, tmp_path):
+    def restart_database(stack) -> None:
+        own_postgres.stop("immediate")  # as a crash: no checkpoint, the server recovers from its WAL on start
+        time.sleep(DATABASE_DOWN)
+        own_postgres.start()
+        assert stack.processes["server"].poll() is None  # the Prefect server waited it out
+
+    _campaign_through(restart_database, store=store, s3_server=s3_server, model_cache=model_cache,
+                      database_url=own_postgres.url, db_password=own_postgres.password, folder=tmp_path)
 
 
 def _check_auth(api_url: str, secret: str) -> None:
