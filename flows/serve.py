@@ -32,6 +32,7 @@ SERVER_UPKEEP = {"PREFECT_SERVER_EVENTS_RETENTION_PERIOD": "P7D", "PREFECT_SERVE
 # state changes, a task worker's results and the workers' polls wait a database restart out. flows/fleet.py's
 # `through_outage` waits longer, for the campaign's own calls, while the server's `/ready` says the database is down.
 CLIENT_RETRIES = {"PREFECT_CLIENT_RETRY_EXTRA_CODES": "500"}
+SERVER_PROCESSES = ("server", "services")
 
 
 @dataclass
@@ -51,6 +52,9 @@ class PrefectStack:
     database_url: str | None = None  # PostgreSQL (postgresql+asyncpg://...); None: SQLite under `home`
     auth_string: str | None = None  # basic auth the API requires (`user:password`); None: none, on loopback only
     task_storage: str | None = None  # the block slug shards' parameters and results go through (flows/task_storage.py)
+    # Redis (redis://...) for the API and its background services as separate processes (adapters/infra/local_redis.py);
+    # None: one process, with Prefect's in-memory broker.
+    broker_url: str | None = None
 
     @property
     def api_url(self) -> str:
@@ -91,8 +95,13 @@ class PrefectStack:
         return result.stdout
 
     def _server_env(self) -> dict[str, str]:
-        """What only the server's processes get: the database (its URL holds the password), its upkeep, its auth."""
+        """What only the server's processes get: the database (its URL holds the password), its upkeep, its auth,
+        the broker between its API and its services (that URL holds Redis's password)."""
         auth = {"PREFECT_SERVER_API_AUTH_STRING": self.auth_string} if self.auth_string else {}
+        if self.broker_url:
+            from adapters.infra.local_redis import broker_env
+
+            auth |= broker_env(self.broker_url)
         if not self.database_url:
             return auth
         return {**auth, "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url,
@@ -108,12 +117,20 @@ class PrefectStack:
                 raise RuntimeError(f"prefect server database upgrade failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
 
     def start_server(self, timeout: float = 90) -> None:
-        """`prefect server start` on loopback: on `database_url` (migrated first), else SQLite under `home`."""
+        """`prefect server start` on loopback: on `database_url` (migrated first), else SQLite under `home`.
+
+        With `broker_url`, as production runs it: the API alone (`--no-services`) and, unless they already run,
+        the background services in a process of their own (`prefect server services start`), both on Redis.
+        """
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.migrate()
-        proc = self._spawn("server", [*PREFECT, "server", "start", "--host", self.listen, "--port", str(self.port)],
-                           self._server_env())
+        apart = ["--no-services"] if self.broker_url else []
+        proc = self._spawn("server", [*PREFECT, "server", "start", "--host", self.listen, "--port", str(self.port),
+                                      *apart], self._server_env())
+        services = self.processes.get("services")
+        if apart and (services is None or services.poll() is not None):
+            self._spawn("services", [*PREFECT, "server", "services", "start"], self._server_env())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -152,9 +169,10 @@ class PrefectStack:
 
         ensure_automations(self.api_url, zombie_seconds)
 
-    def deploy(self) -> str:
-        """Every deployment in prefect.yaml."""
-        return self._prefect("--no-prompt", "deploy", "--all", timeout=300)
+    def deploy(self, *names: str) -> str:
+        """The deployments of prefect.yaml named (none named: every one)."""
+        chosen = [a for name in names for a in ("--name", name)] or ["--all"]
+        return self._prefect("--no-prompt", "deploy", *chosen, timeout=300)
 
     def start_worker(self, pool: str, name: str, env: Mapping[str, str] | None = None) -> subprocess.Popen:
         """A process worker that runs one flow run at a time."""
@@ -167,10 +185,11 @@ class PrefectStack:
                            {"STYLEMATRIX_WORKER_NAME": name, **(env or {})})
 
     def stop(self) -> None:
-        """Workers first (SIGINT: a 3.9 process worker ignores SIGTERM), then the server; each with what it started."""
-        workers = [p for n, p in self.processes.items() if n != "server"]
+        """Workers first (SIGINT: a 3.9 process worker ignores SIGTERM), then the server and its services; each with
+        what it started."""
+        workers = [p for n, p in self.processes.items() if n not in SERVER_PROCESSES]
         stop_processes(workers)
-        stop_processes([p for n, p in self.processes.items() if n == "server"])
+        stop_processes([p for n, p in self.processes.items() if n in SERVER_PROCESSES])
         self.processes.clear()
 
 

@@ -202,3 +202,23 @@ def test_calls_to_the_api_wait_out_its_database_only_while_the_server_says_it_is
             assert time.monotonic() - started < 1
     finally:
         server.shutdown()
+
+
+def test_the_server_units_run_the_api_and_its_services_apart_with_the_settings_the_stack_uses():
+    """deploy/: the API without its services, the services in a unit of their own, both on server.env, which
+    holds the same upkeep, migration and broker settings as the stack `serve` and the tests start."""
+    from adapters.infra.local_redis import broker_env
+    from flows.serve import SERVER_UPKEEP
+
+    deploy = ROOT / "deploy"
+    api, services = (deploy / "prefect-server.service").read_text(), (deploy / "prefect-services.service").read_text()
+    assert "prefect server start --host 0.0.0.0 --port 4200 --no-services" in api
+    assert "ExecStartPre=/opt/stylematrix/.venv/bin/prefect server database upgrade -y" in api
+    assert "ExecStart=/opt/stylematrix/.venv/bin/prefect server services start" in services
+    for unit in (api, services):
+        assert "EnvironmentFile=/etc/stylematrix/server.env" in unit and "Requires=postgresql.service redis-server.service" in unit
+    env = dict(line.split("=", 1) for line in (deploy / "server.env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    expected = {**broker_env("redis://:CHANGE-ME@127.0.0.1:6379/0"), **SERVER_UPKEEP,
+                "PREFECT_API_DATABASE_MIGRATE_ON_START": "false"}
+    assert {k: env.get(k) for k in expected} == expected

@@ -26,7 +26,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -66,21 +65,10 @@ def _wait(condition, timeout: float, what: str, *, campaign: subprocess.Popen, l
         time.sleep(0.3)
 
 
-@dataclass
-class Restarted:
-    """What a campaign through a restart left: its log, and the secrets that must appear nowhere."""
-
-    log: str
-    secrets: set[bytes]
-    folder: Path
-
-
-def _campaign_through(restart: Callable[[object], None], *, store, s3_server, model_cache, database_url: str,
-                      db_password: str, folder: Path) -> Restarted:
-    """Run the restart campaign with `stylematrix run` against a fresh server on `database_url`; call
-    `restart(stack)` while its first shard runs; wait for a second shard to start and the campaign to end (0)."""
+def _buckets_and_env(store, s3_server, model_cache) -> tuple[str, str, dict[str, str]]:
+    """A catalog with the restart campaign and a snapshot, an assets bucket, and the environment of the stack's
+    processes: shards of 4 images, 1 s heartbeats, a 15 s lease."""
     from adapters.infra.settings import child_env
-    from flows.serve import PrefectStack
 
     suffix = uuid.uuid4().hex[:8]
     catalog, assets = f"s3://restart-catalog-{suffix}", f"s3://restart-assets-{suffix}"
@@ -93,7 +81,33 @@ def _campaign_through(restart: Callable[[object], None], *, store, s3_server, mo
            "STYLEMATRIX_CATALOG": catalog, "STYLEMATRIX_ASSETS": assets, "STYLEMATRIX_MODEL_CACHE": str(model_cache),
            "STYLEMATRIX_DEVICE": "cpu", "STYLEMATRIX_IMAGES_PER_SHARD": "4", "STYLEMATRIX_SHARD_POLL_SECONDS": "0.5",
            "STYLEMATRIX_SHARD_HEARTBEAT_SECONDS": "1", "STYLEMATRIX_SHARD_LEASE_SECONDS": "15",
-           "STYLEMATRIX_SHARD_FORGOTTEN_SECONDS": "5", "OMP_NUM_THREADS": "1"}
+           "STYLEMATRIX_SHARD_FORGOTTEN_SECONDS": "5", "PREFECT_WORKER_QUERY_SECONDS": "1", "OMP_NUM_THREADS": "1"}
+    return catalog, assets, env
+
+
+def _beats(store, assets: str) -> list:
+    """Every shard heartbeat of every run in `assets`: one per shard task run a GPU worker took."""
+    runs = {o.key.split("/")[1] for o in store.list(f"{assets}/runs/") if "/workers/" in o.key}
+    return [b for r in runs for b in read_beats(store, assets, r)]
+
+
+def _every_image_once(store, assets: str) -> None:
+    """One committed run, with every image of the campaign once, each matching its sha256."""
+    (manifest,) = publish.read_manifests(store, assets)
+    rows = publish.read_table(store, manifest, "generations")
+    assert len(rows) == IMAGES and rows["asset_id"].is_unique
+    for row in rows.itertuples():
+        assert hashlib.sha256(store.get(row.output_key)).hexdigest() == row.sha256
+
+
+def _campaign_through(restart: Callable[[object], None], *, store, s3_server, model_cache, database_url: str,
+                      db_password: str, folder: Path) -> str:
+    """Run the restart campaign with `stylematrix run` against a fresh server on `database_url`; call
+    `restart(stack)` while its first shard runs; wait for a second shard to start and the campaign to end (0).
+    Returns the campaign's log."""
+    from flows.serve import PrefectStack
+
+    catalog, assets, env = _buckets_and_env(store, s3_server, model_cache)
     secret = f"fleet:{uuid.uuid4().hex}"  # the API's basic auth, as a fleet's server requires
     stack = PrefectStack(home=folder / "prefect", port=free_port(), env=env, log_dir=folder / "logs",
                          database_url=database_url, auth_string=secret)
@@ -104,8 +118,7 @@ def _campaign_through(restart: Callable[[object], None], *, store, s3_server, mo
         return log_file.read_text()[-4000:]
 
     def beats() -> list:
-        runs = {o.key.split("/")[1] for o in store.list(f"{assets}/runs/") if "/workers/" in o.key}
-        return [b for r in runs for b in read_beats(store, assets, r)]
+        return _beats(store, assets)
 
     try:
         stack.start_server()
@@ -125,17 +138,13 @@ def _campaign_through(restart: Callable[[object], None], *, store, s3_server, mo
         if campaign is not None and campaign.poll() is None:
             campaign.kill()
         stack.stop()
-    (manifest,) = publish.read_manifests(store, assets)
-    rows = publish.read_table(store, manifest, "generations")
-    assert len(rows) == IMAGES and rows["asset_id"].is_unique
-    for row in rows.itertuples():
-        assert hashlib.sha256(store.get(row.output_key)).hexdigest() == row.sha256
+    _every_image_once(store, assets)
     # No secret in a log, a table, an artifact's source or anything else the run wrote.
     secrets = {secret.encode(), secret.split(":")[1].encode(), db_password.encode()}
     written = [p.read_bytes() for p in folder.rglob("*.log")] + [store.get(o.uri) for o in store.list(f"{assets}/")]
     assert len(written) > IMAGES
     assert not [s for s in secrets for blob in written if s in blob]
-    return Restarted(log=log_file.read_text(), secrets=secrets, folder=folder)
+    return log_file.read_text()
 
 
 def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_cache, postgres, tmp_path):
@@ -143,10 +152,10 @@ def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_ca
         _kill_tree(stack.processes["server"])
         stack.start_server()
 
-    done = _campaign_through(restart_server, store=store, s3_server=s3_server, model_cache=model_cache,
+    log = _campaign_through(restart_server, store=store, s3_server=s3_server, model_cache=model_cache,
                              database_url=postgres.database(f"restart_{uuid.uuid4().hex[:8]}"),
                              db_password=postgres.password, folder=tmp_path)
-    assert "no longer queues it" in done.log
+    assert "no longer queues it" in log
 
 
 @pytest.fixture
@@ -192,3 +201,47 @@ def _check_auth(api_url: str, secret: str) -> None:
     assert status({}) == 401
     assert status(basic("fleet:wrong")) == 401
     assert status(basic(secret)) == 200
+
+
+def test_a_campaign_whose_worker_dies_is_rerun_by_its_deployment_and_makes_every_image_once(
+        s3_server, store, model_cache, postgres, tmp_path):
+    """The machine of the campaign's cpu worker dies mid-campaign: the worker and the campaign's flow-run process
+    are SIGKILLed while a shard runs, and a new cpu worker starts (as systemd's `Restart=always` starts one).
+    The silent run is crashed by `crash-silent-flow-runs`, rescheduled by `redo-crashed-campaigns`, and its
+    rerun, the same run, completes: one commit, every image once, sha256 intact, nothing left to a dead run."""
+    from prefect.deployments import run_deployment
+
+    from flows.serve import PrefectStack
+    from tests.e2e_stack import ZOMBIE, api, wait_final
+
+    _, assets, env = _buckets_and_env(store, s3_server, model_cache)
+    stack = PrefectStack(home=tmp_path / "prefect", port=free_port(), env=env, log_dir=tmp_path / "logs",
+                         database_url=postgres.database(f"worker_{uuid.uuid4().hex[:8]}"))
+    handle = {"stack": stack}
+    try:
+        stack.start_server()
+        stack.register_task_storage(f"{assets}/_prefect/tasks")
+        stack.create_pools()
+        stack.create_automations(ZOMBIE)
+        stack.deploy("campaign")
+        worker = stack.start_worker("cpu", "cpu-1", {"STYLEMATRIX_SHARD_WORKERS": "true"})
+        stack.start_gpu_worker("gpu-1")
+        with api(handle):
+            flow_run = run_deployment("run-campaign/campaign", timeout=0, as_subflow=False,
+                                      parameters={"request": {"campaign": "restart", "triggered_by": "api"}})
+        deadline = time.monotonic() + 300
+        while not _beats(store, assets):
+            assert worker.poll() is None and time.monotonic() < deadline, f"no shard ran; logs in {stack.log_dir}"
+            time.sleep(0.3)
+        assert psutil.Process(worker.pid).children(recursive=True), "the campaign's flow run is not on cpu-1"
+        _kill_tree(worker)
+        stack.start_worker("cpu", "cpu-2", {"STYLEMATRIX_SHARD_WORKERS": "true"})
+        final = wait_final(handle, flow_run.id, timeout=400)
+    finally:
+        stack.stop()
+    assert final.state.is_completed(), f"{final.state.type}: {final.state.message}; logs in {stack.log_dir}"
+    assert final.run_count >= 2  # crashed, rescheduled and run again by its deployment
+    _every_image_once(store, assets)
+    (manifest,) = publish.read_manifests(store, assets)
+    (run,) = publish.read_table(store, manifest, "runs").itertuples()
+    assert run.flow_run_id == str(flow_run.id) and run.images_left_to_others == 0
