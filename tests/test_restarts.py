@@ -208,18 +208,25 @@ def test_a_campaign_whose_worker_dies_is_rerun_by_its_deployment_and_makes_every
     """The machine of the campaign's cpu worker dies mid-campaign: the worker and the campaign's flow-run process
     are SIGKILLed while a shard runs, and a new cpu worker starts (as systemd's `Restart=always` starts one).
     The silent run is crashed by `crash-silent-flow-runs`, rescheduled by `redo-crashed-campaigns`, and its
-    rerun, the same run, completes: one commit, every image once, sha256 intact, nothing left to a dead run."""
+    rerun, the same run, completes: one commit, every image once, sha256 intact, nothing left to a dead run.
+
+    The server runs as production runs it: the API and its background services in two processes, on Redis.
+    The automations live in the services process and see the API's events only through Redis."""
     from prefect.deployments import run_deployment
 
+    from adapters.infra.local_redis import LocalRedis
     from flows.serve import PrefectStack
     from tests.e2e_stack import ZOMBIE, api, wait_final
 
     _, assets, env = _buckets_and_env(store, s3_server, model_cache)
+    redis = LocalRedis(tmp_path / "redis", free_port())
     stack = PrefectStack(home=tmp_path / "prefect", port=free_port(), env=env, log_dir=tmp_path / "logs",
                          database_url=postgres.database(f"worker_{uuid.uuid4().hex[:8]}"))
     handle = {"stack": stack}
     try:
+        stack.broker_url = redis.start().url
         stack.start_server()
+        assert stack.processes["services"].poll() is None
         stack.register_task_storage(f"{assets}/_prefect/tasks")
         stack.create_pools()
         stack.create_automations(ZOMBIE)
@@ -239,6 +246,7 @@ def test_a_campaign_whose_worker_dies_is_rerun_by_its_deployment_and_makes_every
         final = wait_final(handle, flow_run.id, timeout=400)
     finally:
         stack.stop()
+        redis.stop()
     assert final.state.is_completed(), f"{final.state.type}: {final.state.message}; logs in {stack.log_dir}"
     assert final.run_count >= 2  # crashed, rescheduled and run again by its deployment
     _every_image_once(store, assets)
