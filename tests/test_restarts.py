@@ -81,7 +81,10 @@ def _buckets_and_env(store, s3_server, model_cache) -> tuple[str, str, dict[str,
            "STYLEMATRIX_CATALOG": catalog, "STYLEMATRIX_ASSETS": assets, "STYLEMATRIX_MODEL_CACHE": str(model_cache),
            "STYLEMATRIX_DEVICE": "cpu", "STYLEMATRIX_IMAGES_PER_SHARD": "4", "STYLEMATRIX_SHARD_POLL_SECONDS": "0.5",
            "STYLEMATRIX_SHARD_HEARTBEAT_SECONDS": "1", "STYLEMATRIX_SHARD_LEASE_SECONDS": "15",
-           "STYLEMATRIX_SHARD_FORGOTTEN_SECONDS": "5", "PREFECT_WORKER_QUERY_SECONDS": "1", "OMP_NUM_THREADS": "1"}
+           "STYLEMATRIX_SHARD_FORGOTTEN_SECONDS": "5", "PREFECT_WORKER_QUERY_SECONDS": "1", "OMP_NUM_THREADS": "1",
+           # One code version for every process of the test, as a deployment sets it: a file edited in the working
+           # copy while it runs would otherwise give a rerun another version than its GPU worker (`-dirty`).
+           "STYLEMATRIX_CODE_VERSION": f"restart-{suffix}"}
     return catalog, assets, env
 
 
