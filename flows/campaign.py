@@ -64,6 +64,8 @@ def run_began(now: datetime) -> tuple[datetime, str | None]:
     if not flow_run_id:
         return now, None
     expected = flow_run.get_scheduled_start_time()
+    if expected is None:
+        return now, flow_run_id
     return min(now, datetime.fromtimestamp(expected.timestamp(), UTC)), flow_run_id
 
 
