@@ -1,17 +1,16 @@
-"""Nothing lost when the Prefect server or its PostgreSQL restarts mid-campaign.
+"""Nothing lost when a piece of the fleet restarts mid-campaign.
 
-A server on PostgreSQL, one GPU task worker, and a campaign of three shards started with `stylematrix run`
-against that server: the worker runs the first shard, the other two wait in the server's memory.
+- The Prefect server, then its PostgreSQL. A server on PostgreSQL, one GPU task worker, and a campaign of
+  four shards started with `stylematrix run` against that server: the worker runs the first shard, the other
+  three wait in the server's memory. The server is killed (SIGKILL) while that shard runs and started again on
+  the same port and database: the shards it forgot are handed out again. Then, while the second shard runs,
+  PostgreSQL is stopped as a crash stops it (`pg_ctl stop -m immediate`: no checkpoint, recovery on start),
+  left down longer than a shard takes, and started again on the same data and port: the server and the
+  workers stay up and wait it out. The API requires basic auth, as a fleet's does; no secret ends up in
+  what was written.
+- The campaign's own worker: its cpu worker and flow-run process killed; the deployment reruns it.
 
-- The server is killed (SIGKILL) while that shard runs and started again on the same port and database.
-  The shards it forgot are handed out again.
-- PostgreSQL is stopped as a crash stops it (`pg_ctl stop -m immediate`: no checkpoint, recovery on start)
-  while that shard runs, left down for longer than a shard takes, and started again on the same data and
-  port. The server, its services and the workers stay up and wait it out.
-
-Either way the campaign completes with every image once, each matching its sha256. The API requires basic
-auth, as a fleet's does; no secret ends up in what was written.
-"""
+Either way the campaign completes with every image once, each matching its sha256."""
 
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -103,64 +102,6 @@ def _every_image_once(store, assets: str) -> None:
         assert hashlib.sha256(store.get(row.output_key)).hexdigest() == row.sha256
 
 
-def _campaign_through(restart: Callable[[object], None], *, store, s3_server, model_cache, database_url: str,
-                      db_password: str, folder: Path) -> str:
-    """Run the restart campaign with `stylematrix run` against a fresh server on `database_url`; call
-    `restart(stack)` while its first shard runs; wait for a second shard to start and the campaign to end (0).
-    Returns the campaign's log."""
-    from flows.serve import PrefectStack
-
-    catalog, assets, env = _buckets_and_env(store, s3_server, model_cache)
-    secret = f"fleet:{uuid.uuid4().hex}"  # the API's basic auth, as a fleet's server requires
-    stack = PrefectStack(home=folder / "prefect", port=free_port(), env=env, log_dir=folder / "logs",
-                         database_url=database_url, auth_string=secret)
-    campaign = None
-    log_file = folder / "campaign.log"
-
-    def log() -> str:
-        return log_file.read_text()[-4000:]
-
-    def beats() -> list:
-        return _beats(store, assets)
-
-    try:
-        stack.start_server()
-        _check_auth(stack.api_url, secret)
-        stack.register_task_storage(f"{assets}/_prefect/tasks")
-        stack.start_gpu_worker("gpu-1")
-        with open(log_file, "wb") as out:
-            campaign = subprocess.Popen(
-                [*CLI, "run", "--campaign", "restart"], cwd=folder, stdout=out, stderr=subprocess.STDOUT,
-                env=stack._env({"STYLEMATRIX_SHARD_WORKERS": "true", "STYLEMATRIX_OUT_DIR": str(folder / "out")}))
-        _wait(lambda: beats(), 300, "a shard running on the GPU worker", campaign=campaign, log=log)
-        assert len(beats()) == 1  # one worker: the other two shards wait in the server's memory
-        restart(stack)
-        _wait(lambda: len(beats()) >= 2, 180, "a second shard started", campaign=campaign, log=log)
-        assert campaign.wait(timeout=300) == 0, log()
-    finally:
-        if campaign is not None and campaign.poll() is None:
-            campaign.kill()
-        stack.stop()
-    _every_image_once(store, assets)
-    # No secret in a log, a table, an artifact's source or anything else the run wrote.
-    secrets = {secret.encode(), secret.split(":")[1].encode(), db_password.encode()}
-    written = [p.read_bytes() for p in folder.rglob("*.log")] + [store.get(o.uri) for o in store.list(f"{assets}/")]
-    assert len(written) > IMAGES
-    assert not [s for s in secrets for blob in written if s in blob]
-    return log_file.read_text()
-
-
-def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_cache, postgres, tmp_path):
-    def restart_server(stack) -> None:
-        _kill_tree(stack.processes["server"])
-        stack.start_server()
-
-    log = _campaign_through(restart_server, store=store, s3_server=s3_server, model_cache=model_cache,
-                             database_url=postgres.database(f"restart_{uuid.uuid4().hex[:8]}"),
-                             db_password=postgres.password, folder=tmp_path)
-    assert "no longer queues it" in log
-
-
 @pytest.fixture
 def own_postgres() -> Iterator:
     """A PostgreSQL cluster of this test's own: it is stopped mid-test, and the session's serves other servers."""
@@ -176,15 +117,54 @@ def own_postgres() -> Iterator:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_a_postgres_restart_mid_campaign_loses_no_shard(s3_server, store, model_cache, own_postgres, tmp_path):
-    def restart_database(stack) -> None:
-        own_postgres.stop("immediate")  # as a crash: no checkpoint, the server recovers from its WAL on start
+def test_a_server_restart_then_a_database_restart_mid_campaign_lose_no_shard(s3_server, store, model_cache,
+                                                                              own_postgres, tmp_path):
+    from flows.serve import PrefectStack
+
+    _, assets, env = _buckets_and_env(store, s3_server, model_cache)
+    secret = f"fleet:{uuid.uuid4().hex}"  # the API's basic auth, as a fleet's server requires
+    stack = PrefectStack(home=tmp_path / "prefect", port=free_port(), env=env, log_dir=tmp_path / "logs",
+                         database_url=own_postgres.url, auth_string=secret)
+    campaign = None
+    log_file = tmp_path / "campaign.log"
+
+    def log() -> str:
+        return log_file.read_text()[-4000:]
+
+    def shards_started() -> int:
+        return len(_beats(store, assets))
+
+    try:
+        stack.start_server()
+        _check_auth(stack.api_url, secret)
+        stack.register_task_storage(f"{assets}/_prefect/tasks")
+        stack.start_gpu_worker("gpu-1")
+        with open(log_file, "wb") as out:
+            campaign = subprocess.Popen(
+                [*CLI, "run", "--campaign", "restart"], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                env=stack._env({"STYLEMATRIX_SHARD_WORKERS": "true", "STYLEMATRIX_OUT_DIR": str(tmp_path / "out")}))
+        _wait(lambda: shards_started(), 300, "a shard running on the GPU worker", campaign=campaign, log=log)
+        assert shards_started() == 1  # one worker: the other shards wait in the server's memory
+        _kill_tree(stack.processes["server"])  # the server, while the first shard runs
+        stack.start_server()
+        _wait(lambda: shards_started() >= 2, 180, "a forgotten shard handed out again", campaign=campaign, log=log)
+        own_postgres.stop("immediate")  # its database, while the second runs: no checkpoint, recovery on start
         time.sleep(DATABASE_DOWN)
         own_postgres.start()
         assert stack.processes["server"].poll() is None  # the Prefect server waited it out
-
-    _campaign_through(restart_database, store=store, s3_server=s3_server, model_cache=model_cache,
-                      database_url=own_postgres.url, db_password=own_postgres.password, folder=tmp_path)
+        _wait(lambda: shards_started() >= 3, 180, "the last shard started", campaign=campaign, log=log)
+        assert campaign.wait(timeout=300) == 0, log()
+    finally:
+        if campaign is not None and campaign.poll() is None:
+            campaign.kill()
+        stack.stop()
+    assert "no longer queues it" in log()
+    _every_image_once(store, assets)
+    # No secret in a log, a table, an artifact's source or anything else the run wrote.
+    secrets = {secret.encode(), secret.split(":")[1].encode(), own_postgres.password.encode()}
+    written = [p.read_bytes() for p in tmp_path.rglob("*.log")] + [store.get(o.uri) for o in store.list(f"{assets}/")]
+    assert len(written) > IMAGES
+    assert not [s for s in secrets for blob in written if s in blob]
 
 
 def _check_auth(api_url: str, secret: str) -> None:
