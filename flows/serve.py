@@ -164,7 +164,7 @@ class PrefectStack:
 
     def create_automations(self, zombie_seconds: float) -> None:
         """The server automations of flows/zombies.py: crash a flow run whose worker died mid-run (never one
-        that waits on purpose), and hand a crashed review out again."""
+        that waits on purpose), and hand a crashed review or deployed campaign out again."""
         from flows.zombies import ensure_automations
 
         ensure_automations(self.api_url, zombie_seconds)
