@@ -9,12 +9,14 @@ pulls it), and reach the server only through its API and S3. Three campaigns of 
 (`--seeds` seeds each, 64 px, 2 steps) run with `stylematrix run` and shard workers on:
 
 1. one GPU host; 2. two GPU hosts; 3. two GPU hosts, the Prefect server killed (SIGKILL) while the
-first shard runs and started again on the same port and database.
+first shard runs and started again on the same port and database; or, with `--database-restart SECONDS`
+only: 4. two GPU hosts, PostgreSQL stopped as a crash stops it (`pg_ctl stop -m immediate`) while the first
+shard runs, down SECONDS, and started again on the same data and port.
 
 Printed: images/s of the generation phase (first shard start to last shard end, from the server's
 task runs), hand-out latency per shard (how long a shard's worker sat free before starting it: its
 start less the later of the shard's creation and the end of that worker's shard before), and the time
-from the restarted server answering to the next shard starting.
+from the restarted server (or database) answering to the next shard starting.
 """
 
 from __future__ import annotations
@@ -167,11 +169,31 @@ def restart_mid_campaign(fleet: Fleet, seeds: int, assets: str) -> float:
     return (min(starts) - up).total_seconds()
 
 
+def database_restart_mid_campaign(fleet: Fleet, seeds: int, assets: str, down: float) -> dict:
+    """PostgreSQL stopped as a crash stops it while the first shard runs, down `down` seconds, started again on the
+    same data and port: seconds from it accepting connections again to the next shard starting, and the
+    campaign's hand-out latency per shard."""
+    proc = fleet.campaign(seeds, 400, assets)
+    while not any("/workers/" in o.key for o in fleet.store.list(f"{assets}/runs/")):
+        assert proc.poll() is None, "the campaign exited before a shard ran"
+        time.sleep(0.3)
+    fleet.postgres.stop("immediate")
+    time.sleep(down)
+    fleet.postgres.start()
+    up = datetime.now(UTC)
+    assert proc.wait(timeout=900) == 0, "the campaign failed after the database restart"
+    measured = measure(fleet, assets)
+    starts = [r.start_time for r in fleet.shard_runs(measured["run_id"]) if r.start_time > up]
+    return {"database_down_s": down, "database_up_to_next_shard_s": (min(starts) - up).total_seconds(), **measured}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--images-per-shard", type=int, default=4)
     parser.add_argument("--restart-only", action="store_true", help="only the restart scenario, on two GPU hosts")
+    parser.add_argument("--database-restart", type=float, default=0, metavar="SECONDS",
+                        help="only PostgreSQL stopped (immediate) mid-campaign for SECONDS, on two GPU hosts")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="stylematrix-fleet-", dir="/tmp"))
     folder.chmod(0o711)
@@ -180,15 +202,20 @@ def main() -> None:
     results = {}
     try:
         fleet.start_gpu("gpu-host-1")
-        for hosts, first_seed in ((1, 100), (2, 200)) if not args.restart_only else ():
+        for hosts, first_seed in ((1, 100), (2, 200)) if not (args.restart_only or args.database_restart) else ():
             if hosts == 2:
                 fleet.start_gpu("gpu-host-2")
             assets = f"s3://fleet-assets/hosts-{hosts}"
             assert fleet.campaign(args.seeds, first_seed, assets).wait(timeout=900) == 0, f"campaign on {hosts} failed"
             results[f"{hosts}_gpu_hosts"] = measure(fleet, assets)
             print(json.dumps({f"{hosts}_gpu_hosts": results[f"{hosts}_gpu_hosts"]}), flush=True)
-        if args.restart_only:
+        if args.restart_only or args.database_restart:
             fleet.start_gpu("gpu-host-2")
+        if args.database_restart:
+            results["database_restart"] = database_restart_mid_campaign(fleet, args.seeds, "s3://fleet-assets/database",
+                                                                        args.database_restart)
+            print(json.dumps({"database_restart": results["database_restart"]}), flush=True)
+            return
         results["restart_to_next_shard_s"] = restart_mid_campaign(fleet, args.seeds, "s3://fleet-assets/restart")
         print(json.dumps({"restart_to_next_shard_s": results["restart_to_next_shard_s"]}), flush=True)
     finally:

@@ -9,7 +9,7 @@ py=.venv/bin/python
 "$py" -m prefect work-pool create gpu --type process --overwrite
 "$py" -m prefect work-pool set-concurrency-limit gpu 1
 "$py" -m flows.task_storage "${STYLEMATRIX_ASSETS:?}/_prefect/tasks"
-# The zombie watch and the redo of crashed reviews (flows/zombies.py), the same two automations serve creates.
+# The zombie watch and the redo of crashed reviews and campaigns (flows/zombies.py), the automations serve creates.
 "$py" -m flows.zombies
 manifest=$(mktemp --suffix=.yaml)
 trap 'rm -f "$manifest"' EXIT

@@ -49,8 +49,24 @@ class Published:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def new_run_id(campaign: str, now: datetime) -> str:
-    return f"{campaign}-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+def new_run_id(campaign: str, now: datetime, flow_run_id: str | None = None) -> str:
+    """`<campaign>-<UTC time>-<6 hex>`; in a flow run, the hex is its id's last six (random in every UUID version)."""
+    return f"{campaign}-{now:%Y%m%dT%H%M%SZ}-{flow_run_id.replace('-', '')[-6:] if flow_run_id else secrets.token_hex(3)}"
+
+
+def run_began(now: datetime) -> tuple[datetime, str | None]:
+    """When the run began, and its flow run's id: the flow run's expected start, which every attempt of it shares.
+
+    So a campaign whose worker died, crashed and rescheduled by its deployment (flows/zombies.py), runs again as
+    the same run: its claims are its own, the images it wrote are reused, its table commits land once.
+    """
+    flow_run_id = flow_run.get_id()
+    if not flow_run_id:
+        return now, None
+    expected = flow_run.get_scheduled_start_time()
+    if expected is None:
+        return now, flow_run_id
+    return min(now, datetime.fromtimestamp(expected.timestamp(), UTC)), flow_run_id
 
 
 @flow(name="run-campaign")
@@ -83,7 +99,8 @@ def run_campaign(request: RunRequest) -> RunSummary:
                           quarantined=len(state.quarantine), left_out=left_out,
                           estimated_seconds=estimate.seconds, estimate_basis=estimate.basis)
 
-    run_id, run_date = new_run_id(spec.name, started), f"{started:%Y-%m-%d}"
+    began, flow_run_id = run_began(started)
+    run_id, run_date = new_run_id(spec.name, began, flow_run_id), f"{began:%Y-%m-%d}"
     batches = steps.batch(todo, spec.generation.batch_size)
     ctx = ShardContext(
         run_id=run_id, campaign=spec.name, assets=assets, run_date=run_date, batch_total=len(batches),
@@ -101,7 +118,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
         generated = run_shards(shards, ctx, store, settings)
         # Record only what this run holds the claim of as it commits: another run may have taken one over.
         owner = steps.claim_owners(store, assets, [j.asset_id for j in todo], run_id,
-                                   [i["asset_id"] for i in generated.images], since=started,
+                                   [i["asset_id"] for i in generated.images], since=began,
                                    lease=timedelta(seconds=settings.claim_lease_seconds)) if todo else {}
         generated = generated.owned_by(run_id, owner)
         left_to = {a: o for a, o in owner.items() if o not in ("", run_id)}

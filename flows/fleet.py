@@ -28,7 +28,8 @@ from typing import TypeVar
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.settings import PREFECT_API_URL
 
 PRESENCE = "stylematrix-gpu-worker"
 T = TypeVar("T")
@@ -131,16 +132,37 @@ class Forgotten:
 
 
 def through_outage(seconds: float, call: Callable[..., T], *args, **kwargs) -> T:
-    """`call(*args, **kwargs)`, called again while the Prefect API cannot be reached (a server restarting), for up
-    to `seconds`."""
+    """`call(*args, **kwargs)`, called again while the Prefect API cannot be reached (a server restarting) or
+    its database is down (PostgreSQL restarting: the API then answers 500 or 503), for up to `seconds`.
+
+    A 5xx counts as an outage only while the server's readiness check says its database is unavailable: any
+    other server error is raised at once.
+    """
     deadline = time.monotonic() + seconds
     while True:
         try:
             return call(*args, **kwargs)
         except httpx.TransportError as exc:
             if time.monotonic() >= deadline:
-                raise ConnectionError(f"Prefect API unreachable for {seconds:.0f} s: {type(exc).__name__}: {exc}") from exc
-            time.sleep(1.0)
+                raise ConnectionError(f"Prefect API unreachable for {seconds:.0f} s: {type(exc).__name__}: {exc}; "
+                                      "start the Prefect server again (docs/operations.md, 'A fleet')") from exc
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code < 500 or database_ready():
+                raise
+            if time.monotonic() >= deadline:
+                raise ConnectionError(f"the Prefect server's database has been unavailable for {seconds:.0f} s; "
+                                      "start PostgreSQL again (docs/operations.md, 'A fleet')") from exc
+        time.sleep(1.0)
+
+
+def database_ready() -> bool:
+    """The Prefect server's readiness check (`/ready`): False while it cannot reach its database, or cannot be
+    reached itself."""
+    try:
+        # Plain httpx: Prefect's client retries a 503 for a minute. `/ready` needs no auth.
+        return httpx.get(f"{PREFECT_API_URL.value()}/ready", timeout=5).status_code != 503
+    except httpx.TransportError:
+        return False
 
 
 def withdraw(client: SyncPrefectClient, task_run_id: str) -> None:

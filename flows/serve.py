@@ -27,6 +27,12 @@ PREFECT = [sys.executable, "-m", "prefect"]
 # its audit trail, and the tables in S3 are the record of what was made.
 DATABASE_VARIABLES = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 SERVER_UPKEEP = {"PREFECT_SERVER_EVENTS_RETENTION_PERIOD": "P7D", "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events"}
+# While PostgreSQL restarts, the API answers 500 (a refused connection is not among the database errors Prefect
+# answers 503 for): every client retries a 500 as it does a 503, five times over about a minute, so a flow run's
+# state changes, a task worker's results and the workers' polls wait a database restart out. flows/fleet.py's
+# `through_outage` waits longer, for the campaign's own calls, while the server's `/ready` says the database is down.
+CLIENT_RETRIES = {"PREFECT_CLIENT_RETRY_EXTRA_CODES": "500"}
+SERVER_PROCESSES = ("server", "services")
 
 
 @dataclass
@@ -46,6 +52,9 @@ class PrefectStack:
     database_url: str | None = None  # PostgreSQL (postgresql+asyncpg://...); None: SQLite under `home`
     auth_string: str | None = None  # basic auth the API requires (`user:password`); None: none, on loopback only
     task_storage: str | None = None  # the block slug shards' parameters and results go through (flows/task_storage.py)
+    # Redis (redis://...) for the API and its background services as separate processes (adapters/infra/local_redis.py);
+    # None: one process, with Prefect's in-memory broker.
+    broker_url: str | None = None
 
     @property
     def api_url(self) -> str:
@@ -62,6 +71,7 @@ class PrefectStack:
             "PREFECT_CLI_PROMPT": "false",
             "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(FLOW_HEARTBEAT_SECONDS),
+            **CLIENT_RETRIES,
             **({"PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK": self.task_storage} if self.task_storage else {}),
             **({"PREFECT_API_AUTH_STRING": self.auth_string} if self.auth_string else {}),
             **(extra or {}),
@@ -85,8 +95,13 @@ class PrefectStack:
         return result.stdout
 
     def _server_env(self) -> dict[str, str]:
-        """What only the server's processes get: the database (its URL holds the password), its upkeep, its auth."""
+        """What only the server's processes get: the database (its URL holds the password), its upkeep, its auth,
+        the broker between its API and its services (that URL holds Redis's password)."""
         auth = {"PREFECT_SERVER_API_AUTH_STRING": self.auth_string} if self.auth_string else {}
+        if self.broker_url:
+            from adapters.infra.local_redis import broker_env
+
+            auth |= broker_env(self.broker_url)
         if not self.database_url:
             return auth
         return {**auth, "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url,
@@ -102,12 +117,20 @@ class PrefectStack:
                 raise RuntimeError(f"prefect server database upgrade failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
 
     def start_server(self, timeout: float = 90) -> None:
-        """`prefect server start` on loopback: on `database_url` (migrated first), else SQLite under `home`."""
+        """`prefect server start` on loopback: on `database_url` (migrated first), else SQLite under `home`.
+
+        With `broker_url`, as production runs it: the API alone (`--no-services`) and, unless they already run,
+        the background services in a process of their own (`prefect server services start`), both on Redis.
+        """
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.migrate()
-        proc = self._spawn("server", [*PREFECT, "server", "start", "--host", self.listen, "--port", str(self.port)],
-                           self._server_env())
+        apart = ["--no-services"] if self.broker_url else []
+        proc = self._spawn("server", [*PREFECT, "server", "start", "--host", self.listen, "--port", str(self.port),
+                                      *apart], self._server_env())
+        services = self.processes.get("services")
+        if apart and (services is None or services.poll() is not None):
+            self._spawn("services", [*PREFECT, "server", "services", "start"], self._server_env())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -141,14 +164,15 @@ class PrefectStack:
 
     def create_automations(self, zombie_seconds: float) -> None:
         """The server automations of flows/zombies.py: crash a flow run whose worker died mid-run (never one
-        that waits on purpose), and hand a crashed review out again."""
+        that waits on purpose), and hand a crashed review or deployed campaign out again."""
         from flows.zombies import ensure_automations
 
         ensure_automations(self.api_url, zombie_seconds)
 
-    def deploy(self) -> str:
-        """Every deployment in prefect.yaml."""
-        return self._prefect("--no-prompt", "deploy", "--all", timeout=300)
+    def deploy(self, *names: str) -> str:
+        """The deployments of prefect.yaml named (none named: every one)."""
+        chosen = [a for name in names for a in ("--name", name)] or ["--all"]
+        return self._prefect("--no-prompt", "deploy", *chosen, timeout=300)
 
     def start_worker(self, pool: str, name: str, env: Mapping[str, str] | None = None) -> subprocess.Popen:
         """A process worker that runs one flow run at a time."""
@@ -161,10 +185,11 @@ class PrefectStack:
                            {"STYLEMATRIX_WORKER_NAME": name, **(env or {})})
 
     def stop(self) -> None:
-        """Workers first (SIGINT: a 3.9 process worker ignores SIGTERM), then the server; each with what it started."""
-        workers = [p for n, p in self.processes.items() if n != "server"]
+        """Workers first (SIGINT: a 3.9 process worker ignores SIGTERM), then the server and its services; each with
+        what it started."""
+        workers = [p for n, p in self.processes.items() if n not in SERVER_PROCESSES]
         stop_processes(workers)
-        stop_processes([p for n, p in self.processes.items() if n == "server"])
+        stop_processes([p for n, p in self.processes.items() if n in SERVER_PROCESSES])
         self.processes.clear()
 
 

@@ -16,6 +16,11 @@ the rule is written once:
   worker that saw its process die) is scheduled again, up to `REVIEW_RUNS` runs in all. It
   starts from the top, reads the decisions already submitted for it and delivers what is not
   delivered yet (delivery never writes a file twice: adapters/steps/delivery.py).
+- `redo-crashed-campaigns`: a `run-campaign` flow run of a deployment that crashed (its cpu worker or
+  machine died: the automation above, or the worker saw its process die) is scheduled again, up to
+  `CAMPAIGN_RUNS` runs in all, for the next cpu worker. It runs as the same run (its run id comes from
+  the flow run, flows/campaign.run_began): the claims are its own, the images its shards wrote are reused,
+  and its table commits land once. A `stylematrix run` in a terminal has no deployment and is left alone.
 
 Why these event names: Prefect 3.9's server names a flow run's state-change event after the
 state's *name* (`prefect.server.models.events.flow_run_state_change_event`), so a suspension is
@@ -45,6 +50,11 @@ REVIEW_FLOW = "review-run"  # flows/review.py: review_run
 # A review is one run when nothing goes wrong (Prefect does not count the resumption after the form as a new
 # run); each crash adds one. A review that crashed on its REVIEW_RUNS-th run stays Crashed.
 REVIEW_RUNS = 3
+REDO_CRASHED_CAMPAIGNS = "redo-crashed-campaigns"
+CAMPAIGN_FLOW = "run-campaign"  # flows/campaign.py: run_campaign
+# A campaign rescheduled after a crash runs again as the same run (flows/campaign.run_began): what its shards made
+# is kept. A campaign that crashed on its CAMPAIGN_RUNS-th run stays Crashed.
+CAMPAIGN_RUNS = 3
 HEARTBEAT = "prefect.flow-run.heartbeat"
 # The state names (Prefect 3.9's, and this module's Rescheduled) a running flow run leaves running for: waiting
 # (scheduled, paused, suspended, resumed) or ended. Not Running or Retrying (a run's first heartbeat follows them at
@@ -80,29 +90,47 @@ def crash_silent_runs(window_seconds: float) -> Automation:
 
 def redo_crashed_reviews() -> Automation:
     """Schedule a crashed `review-run` flow run again, on its first `REVIEW_RUNS` runs."""
+    return _redo_crashed(REDO_CRASHED_REVIEWS, REVIEW_FLOW, REVIEW_RUNS,
+                         f"A crashed review is handed out again (up to {REVIEW_RUNS} runs): it keeps its submitted "
+                         "decisions and delivers only what is not delivered yet.",
+                         "crashed: handed out again to finish its review")
+
+
+def redo_crashed_campaigns() -> Automation:
+    """Schedule a crashed `run-campaign` flow run of a deployment again, on its first `CAMPAIGN_RUNS` runs."""
+    return _redo_crashed(REDO_CRASHED_CAMPAIGNS, CAMPAIGN_FLOW, CAMPAIGN_RUNS,
+                         f"A campaign whose worker died is handed out again (up to {CAMPAIGN_RUNS} runs): it runs as "
+                         "the same run, keeps the images already made and commits once.",
+                         "crashed: handed out again to finish its campaign", deployments_only=True)
+
+
+def _redo_crashed(name: str, flow_name: str, runs: int, description: str, message: str, *,
+                  deployments_only: bool = False) -> Automation:
+    """Schedule a crashed flow run of `flow_name` again while its run count is under `runs`. `deployments_only`:
+    only a deployment's runs (a worker picks them up again; a `stylematrix run` in a terminal has none)."""
+    related = [ResourceSpecification({"prefect.resource.role": "flow", "prefect.resource.name": flow_name})]
+    if deployments_only:
+        related.append(ResourceSpecification({"prefect.resource.role": "deployment"}))
     return Automation(
-        name=REDO_CRASHED_REVIEWS,
-        description=f"A crashed review is handed out again (up to {REVIEW_RUNS} runs): it keeps its submitted "
-                    "decisions and delivers only what is not delivered yet.",
+        name=name,
+        description=description,
         trigger=EventTrigger(
             expect={"prefect.flow-run.Crashed"},
             match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*",
-                                         "prefect.run-count": [str(n) for n in range(1, REVIEW_RUNS)]}),
-            match_related=ResourceSpecification({"prefect.resource.role": "flow",
-                                                 "prefect.resource.name": REVIEW_FLOW}),
+                                         "prefect.run-count": [str(n) for n in range(1, runs)]}),
+            match_related=related if len(related) > 1 else related[0],
             for_each={"prefect.resource.id"},
             posture=Posture.Reactive,
             threshold=1,
             within=timedelta(0),
         ),
-        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, name="Rescheduled",
-                                    message="crashed: handed out again to finish its review")],
+        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, name="Rescheduled", message=message)],
     )
 
 
 def automations(window_seconds: float) -> list[Automation]:
     """Every automation stylematrix needs on its Prefect server."""
-    return [crash_silent_runs(window_seconds), redo_crashed_reviews()]
+    return [crash_silent_runs(window_seconds), redo_crashed_reviews(), redo_crashed_campaigns()]
 
 
 def ensure_automations(api_url: str, window_seconds: float) -> list[UUID]:
@@ -133,7 +161,8 @@ def main() -> None:
     except ValidationError as exc:
         raise SystemExit(f"flows.zombies: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
     ids = ensure_automations(PREFECT_API_URL.value(), window)
-    print(f"automations {CRASH_SILENT} ({window:g} s), {REDO_CRASHED_REVIEWS}: {', '.join(map(str, ids))}")
+    print(f"automations {CRASH_SILENT} ({window:g} s), {REDO_CRASHED_REVIEWS}, {REDO_CRASHED_CAMPAIGNS}: "
+          f"{', '.join(map(str, ids))}")
 
 
 if __name__ == "__main__":

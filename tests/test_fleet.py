@@ -148,3 +148,77 @@ def test_calls_to_the_api_wait_out_a_server_restart_but_not_for_ever():
     with pytest.raises(ConnectionError, match="unreachable for 1 s"):
         through_outage(1, lambda: (_ for _ in ()).throw(httpx.ConnectError("refused")))
     assert time.monotonic() - started < 5
+
+
+def test_calls_to_the_api_wait_out_its_database_only_while_the_server_says_it_is_down(monkeypatch):
+    """A 500 while the server's `/ready` answers 503 (PostgreSQL restarting) is waited out; a 500 while it answers
+    200 is a server error, raised at once; a database down for longer than the limit fails in one line."""
+    import http.server
+    import threading
+
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.fleet import through_outage
+
+    ready = {"status": 503}
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(ready["status"] if self.path == "/api/ready" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = f"http://127.0.0.1:{server.server_address[1]}/api"
+
+    def server_error() -> PrefectHTTPStatusError:
+        request = httpx.Request("POST", f"{api}/task_runs/filter")
+        response = httpx.Response(500, request=request)
+        return PrefectHTTPStatusError.from_httpx_error(
+            httpx.HTTPStatusError("500 Internal Server Error", request=request, response=response))
+
+    failures = [server_error(), server_error()]
+
+    def call(value):
+        if failures:
+            raise failures.pop()
+        return value
+
+    try:
+        with temporary_settings({PREFECT_API_URL: api}):
+            assert through_outage(10, call, "states") == "states"
+            with pytest.raises(ConnectionError, match="database has been unavailable for 1 s; start PostgreSQL"):
+                through_outage(1, lambda: (_ for _ in ()).throw(server_error()))
+            ready["status"] = 200
+            failures.append(server_error())
+            started = time.monotonic()
+            with pytest.raises(PrefectHTTPStatusError):
+                through_outage(10, call, "states")
+            assert time.monotonic() - started < 1
+    finally:
+        server.shutdown()
+
+
+def test_the_server_units_run_the_api_and_its_services_apart_with_the_settings_the_stack_uses():
+    """deploy/: the API without its services, the services in a unit of their own, both on server.env, which
+    holds the same upkeep, migration and broker settings as the stack `serve` and the tests start."""
+    from adapters.infra.local_redis import broker_env
+    from flows.serve import SERVER_UPKEEP
+
+    deploy = ROOT / "deploy"
+    api, services = (deploy / "prefect-server.service").read_text(), (deploy / "prefect-services.service").read_text()
+    assert "prefect server start --host 0.0.0.0 --port 4200 --no-services" in api
+    assert "ExecStartPre=/opt/stylematrix/.venv/bin/prefect server database upgrade -y" in api
+    assert "ExecStart=/opt/stylematrix/.venv/bin/prefect server services start" in services
+    for unit in (api, services):
+        assert "EnvironmentFile=/etc/stylematrix/server.env" in unit and "Requires=postgresql.service redis-server.service" in unit
+    env = dict(line.split("=", 1) for line in (deploy / "server.env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    expected = {**broker_env("redis://:CHANGE-ME@127.0.0.1:6379/0"), **SERVER_UPKEEP,
+                "PREFECT_API_DATABASE_MIGRATE_ON_START": "false"}
+    assert {k: env.get(k) for k in expected} == expected

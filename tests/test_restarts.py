@@ -1,22 +1,31 @@
-"""Nothing lost when the Prefect server restarts mid-campaign.
+"""Nothing lost when a piece of the fleet restarts mid-campaign.
 
-A server on PostgreSQL, one GPU task worker, and a campaign of three shards started with `stylematrix run`
-against that server: the worker runs the first shard, the other two wait in the server's memory. The
-server is killed (SIGKILL) while that shard runs and started again on the same port and database. The
-shards it forgot are handed out again, and the campaign completes with every image once, each
-matching its sha256. The API requires basic auth, as a fleet's does; no secret ends up in what was written.
-"""
+- The Prefect server, then its PostgreSQL. A server on PostgreSQL, one GPU task worker, and a campaign of
+  four shards started with `stylematrix run` against that server: the worker runs the first shard, the other
+  three wait in the server's memory. The server is killed (SIGKILL) while that shard runs and started again on
+  the same port and database: the shards it forgot are handed out again. Then, while the second shard runs,
+  PostgreSQL is stopped as a crash stops it (`pg_ctl stop -m immediate`: no checkpoint, recovery on start),
+  left down longer than a shard takes, and started again on the same data and port: the server and the
+  workers stay up and wait it out. The API requires basic auth, as a fleet's does; no secret ends up in
+  what was written.
+- The campaign's own worker: its cpu worker and flow-run process killed; the deployment reruns it.
+
+Either way the campaign completes with every image once, each matching its sha256."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -36,6 +45,7 @@ CAMPAIGN = (
     "generation: {profile: tiny, width: 64, height: 64, steps: 2, batch_size: 4}\n"
 )
 IMAGES = 2 * 3 * 2
+DATABASE_DOWN = 20  # seconds PostgreSQL stays down: longer than a shard takes, so one ends while it is down
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
@@ -54,9 +64,10 @@ def _wait(condition, timeout: float, what: str, *, campaign: subprocess.Popen, l
         time.sleep(0.3)
 
 
-def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_cache, postgres, tmp_path):
+def _buckets_and_env(store, s3_server, model_cache) -> tuple[str, str, dict[str, str]]:
+    """A catalog with the restart campaign and a snapshot, an assets bucket, and the environment of the stack's
+    processes: shards of 4 images, 1 s heartbeats, a 15 s lease."""
     from adapters.infra.settings import child_env
-    from flows.serve import PrefectStack
 
     suffix = uuid.uuid4().hex[:8]
     catalog, assets = f"s3://restart-catalog-{suffix}", f"s3://restart-assets-{suffix}"
@@ -69,47 +80,88 @@ def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_ca
            "STYLEMATRIX_CATALOG": catalog, "STYLEMATRIX_ASSETS": assets, "STYLEMATRIX_MODEL_CACHE": str(model_cache),
            "STYLEMATRIX_DEVICE": "cpu", "STYLEMATRIX_IMAGES_PER_SHARD": "4", "STYLEMATRIX_SHARD_POLL_SECONDS": "0.5",
            "STYLEMATRIX_SHARD_HEARTBEAT_SECONDS": "1", "STYLEMATRIX_SHARD_LEASE_SECONDS": "15",
-           "STYLEMATRIX_SHARD_FORGOTTEN_SECONDS": "5", "OMP_NUM_THREADS": "1"}
+           "STYLEMATRIX_SHARD_FORGOTTEN_SECONDS": "5", "PREFECT_WORKER_QUERY_SECONDS": "1", "OMP_NUM_THREADS": "1",
+           # One code version for every process of the test, as a deployment sets it: a file edited in the working
+           # copy while it runs would otherwise give a rerun another version than its GPU worker (`-dirty`).
+           "STYLEMATRIX_CODE_VERSION": f"restart-{suffix}"}
+    return catalog, assets, env
+
+
+def _beats(store, assets: str) -> list:
+    """Every shard heartbeat of every run in `assets`: one per shard task run a GPU worker took."""
+    runs = {o.key.split("/")[1] for o in store.list(f"{assets}/runs/") if "/workers/" in o.key}
+    return [b for r in runs for b in read_beats(store, assets, r)]
+
+
+def _every_image_once(store, assets: str) -> None:
+    """One committed run, with every image of the campaign once, each matching its sha256."""
+    (manifest,) = publish.read_manifests(store, assets)
+    rows = publish.read_table(store, manifest, "generations")
+    assert len(rows) == IMAGES and rows["asset_id"].is_unique
+    for row in rows.itertuples():
+        assert hashlib.sha256(store.get(row.output_key)).hexdigest() == row.sha256
+
+
+@pytest.fixture
+def own_postgres() -> Iterator:
+    """A PostgreSQL cluster of this test's own: it is stopped mid-test, and the session's serves other servers."""
+    from adapters.infra.postgres import LocalPostgres
+
+    folder = Path(tempfile.mkdtemp(prefix="stylematrix-pg-restart-", dir="/tmp"))
+    folder.chmod(0o711)
+    cluster = LocalPostgres(folder / "cluster", free_port())
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_server_restart_then_a_database_restart_mid_campaign_lose_no_shard(s3_server, store, model_cache,
+                                                                              own_postgres, tmp_path):
+    from flows.serve import PrefectStack
+
+    _, assets, env = _buckets_and_env(store, s3_server, model_cache)
     secret = f"fleet:{uuid.uuid4().hex}"  # the API's basic auth, as a fleet's server requires
     stack = PrefectStack(home=tmp_path / "prefect", port=free_port(), env=env, log_dir=tmp_path / "logs",
-                         database_url=postgres.database(f"restart_{suffix}"), auth_string=secret)
+                         database_url=own_postgres.url, auth_string=secret)
     campaign = None
+    log_file = tmp_path / "campaign.log"
+
+    def log() -> str:
+        return log_file.read_text()[-4000:]
+
+    def shards_started() -> int:
+        return len(_beats(store, assets))
+
     try:
         stack.start_server()
         _check_auth(stack.api_url, secret)
         stack.register_task_storage(f"{assets}/_prefect/tasks")
         stack.start_gpu_worker("gpu-1")
-        log_file = tmp_path / "campaign.log"
         with open(log_file, "wb") as out:
             campaign = subprocess.Popen(
                 [*CLI, "run", "--campaign", "restart"], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
                 env=stack._env({"STYLEMATRIX_SHARD_WORKERS": "true", "STYLEMATRIX_OUT_DIR": str(tmp_path / "out")}))
-
-        def log() -> str:
-            return log_file.read_text()[-4000:]
-
-        def beats() -> list:
-            runs = {o.key.split("/")[1] for o in store.list(f"{assets}/runs/") if "/workers/" in o.key}
-            return [b for r in runs for b in read_beats(store, assets, r)]
-
-        _wait(lambda: beats(), 300, "a shard running on the GPU worker", campaign=campaign, log=log)
-        assert len(beats()) == 1  # one worker: the other two shards wait in the server's memory
-        _kill_tree(stack.processes["server"])
+        _wait(lambda: shards_started(), 300, "a shard running on the GPU worker", campaign=campaign, log=log)
+        assert shards_started() == 1  # one worker: the other shards wait in the server's memory
+        _kill_tree(stack.processes["server"])  # the server, while the first shard runs
         stack.start_server()
-        _wait(lambda: len(beats()) >= 2, 180, "a forgotten shard handed out again", campaign=campaign, log=log)
+        _wait(lambda: shards_started() >= 2, 180, "a forgotten shard handed out again", campaign=campaign, log=log)
+        own_postgres.stop("immediate")  # its database, while the second runs: no checkpoint, recovery on start
+        time.sleep(DATABASE_DOWN)
+        own_postgres.start()
+        assert stack.processes["server"].poll() is None  # the Prefect server waited it out
+        _wait(lambda: shards_started() >= 3, 180, "the last shard started", campaign=campaign, log=log)
         assert campaign.wait(timeout=300) == 0, log()
     finally:
         if campaign is not None and campaign.poll() is None:
             campaign.kill()
         stack.stop()
     assert "no longer queues it" in log()
-    (manifest,) = publish.read_manifests(store, assets)
-    rows = publish.read_table(store, manifest, "generations")
-    assert len(rows) == IMAGES and rows["asset_id"].is_unique
-    for row in rows.itertuples():
-        assert hashlib.sha256(store.get(row.output_key)).hexdigest() == row.sha256
+    _every_image_once(store, assets)
     # No secret in a log, a table, an artifact's source or anything else the run wrote.
-    secrets = {secret.encode(), secret.split(":")[1].encode(), postgres.password.encode()}
+    secrets = {secret.encode(), secret.split(":")[1].encode(), own_postgres.password.encode()}
     written = [p.read_bytes() for p in tmp_path.rglob("*.log")] + [store.get(o.uri) for o in store.list(f"{assets}/")]
     assert len(written) > IMAGES
     assert not [s for s in secrets for blob in written if s in blob]
@@ -132,3 +184,55 @@ def _check_auth(api_url: str, secret: str) -> None:
     assert status({}) == 401
     assert status(basic("fleet:wrong")) == 401
     assert status(basic(secret)) == 200
+
+
+def test_a_campaign_whose_worker_dies_is_rerun_by_its_deployment_and_makes_every_image_once(
+        s3_server, store, model_cache, postgres, tmp_path):
+    """The machine of the campaign's cpu worker dies mid-campaign: the worker and the campaign's flow-run process
+    are SIGKILLed while a shard runs, and a new cpu worker starts (as systemd's `Restart=always` starts one).
+    The silent run is crashed by `crash-silent-flow-runs`, rescheduled by `redo-crashed-campaigns`, and its
+    rerun, the same run, completes: one commit, every image once, sha256 intact, nothing left to a dead run.
+
+    The server runs as production runs it: the API and its background services in two processes, on Redis.
+    The automations live in the services process and see the API's events only through Redis."""
+    from prefect.deployments import run_deployment
+
+    from adapters.infra.local_redis import LocalRedis
+    from flows.serve import PrefectStack
+    from tests.e2e_stack import ZOMBIE, api, wait_final
+
+    _, assets, env = _buckets_and_env(store, s3_server, model_cache)
+    redis = LocalRedis(tmp_path / "redis", free_port())
+    stack = PrefectStack(home=tmp_path / "prefect", port=free_port(), env=env, log_dir=tmp_path / "logs",
+                         database_url=postgres.database(f"worker_{uuid.uuid4().hex[:8]}"))
+    handle = {"stack": stack}
+    try:
+        stack.broker_url = redis.start().url
+        stack.start_server()
+        assert stack.processes["services"].poll() is None
+        stack.register_task_storage(f"{assets}/_prefect/tasks")
+        stack.create_pools()
+        stack.create_automations(ZOMBIE)
+        stack.deploy("campaign")
+        worker = stack.start_worker("cpu", "cpu-1", {"STYLEMATRIX_SHARD_WORKERS": "true"})
+        stack.start_gpu_worker("gpu-1")
+        with api(handle):
+            flow_run = run_deployment("run-campaign/campaign", timeout=0, as_subflow=False,
+                                      parameters={"request": {"campaign": "restart", "triggered_by": "api"}})
+        deadline = time.monotonic() + 300
+        while not _beats(store, assets):
+            assert worker.poll() is None and time.monotonic() < deadline, f"no shard ran; logs in {stack.log_dir}"
+            time.sleep(0.3)
+        assert psutil.Process(worker.pid).children(recursive=True), "the campaign's flow run is not on cpu-1"
+        _kill_tree(worker)
+        stack.start_worker("cpu", "cpu-2", {"STYLEMATRIX_SHARD_WORKERS": "true"})
+        final = wait_final(handle, flow_run.id, timeout=400)
+    finally:
+        stack.stop()
+        redis.stop()
+    assert final.state.is_completed(), f"{final.state.type}: {final.state.message}; logs in {stack.log_dir}"
+    assert final.run_count >= 2  # crashed, rescheduled and run again by its deployment
+    _every_image_once(store, assets)
+    (manifest,) = publish.read_manifests(store, assets)
+    (run,) = publish.read_table(store, manifest, "runs").itertuples()
+    assert run.flow_run_id == str(flow_run.id) and run.images_left_to_others == 0

@@ -9,7 +9,13 @@ import pytest
 from pydantic import ValidationError
 
 from adapters.infra.settings import Settings
-from flows.zombies import CRASH_SILENT, REDO_CRASHED_REVIEWS, crash_silent_runs, ensure_automations
+from flows.zombies import (
+    CRASH_SILENT,
+    REDO_CRASHED_CAMPAIGNS,
+    REDO_CRASHED_REVIEWS,
+    crash_silent_runs,
+    ensure_automations,
+)
 
 
 def test_a_zombie_window_no_longer_than_a_heartbeat_is_refused():
@@ -28,7 +34,8 @@ def test_creating_the_automations_again_replaces_them(prefect_harness):
     ensure_automations(api_url, 75)
     ids = ensure_automations(api_url, 45)  # a second `serve` against the same database
     with get_client(sync_client=True) as client:
-        found = {name: client.read_automations_by_name(name) for name in (CRASH_SILENT, REDO_CRASHED_REVIEWS)}
+        found = {name: client.read_automations_by_name(name) for name in (CRASH_SILENT, REDO_CRASHED_REVIEWS,
+                                                                          REDO_CRASHED_CAMPAIGNS)}
     assert sorted(a.id for automations in found.values() for a in automations) == sorted(ids)
     (crash,) = found[CRASH_SILENT]
     assert crash.trigger.within.total_seconds() == 45 and crash.trigger.after == {"prefect.flow-run.heartbeat"}
