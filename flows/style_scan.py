@@ -43,7 +43,7 @@ def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalo
     logger = get_run_logger()
     settings = get_settings()
     store = S3Store.from_settings(settings)
-    catalog = (catalog or settings.catalog).rstrip("/")
+    catalog = settings.catalog_uri(catalog)
     assets = assets or settings.assets
     profile_name = profile or settings.profile
     profiles = load_profiles()
