@@ -6,10 +6,10 @@ or whose worker stops beating for the lease (the worker or its machine died: Pre
 never hands such a run out again) is marked Crashed and handed out again as a new task run; it
 skips the images it already wrote, so nothing is lost or duplicated.
 
-Progress has one writer, so the run's progress bar only moves forward: in this process each
-shard moves it after each batch (shards run one after another); on the pool, where shards run
-in parallel and finish in any order, the campaign flow counts the images of the completed shards
-and those the running shards' workers report in their heartbeats.
+Progress goes to the run's one reporter (flows/progress.py), which only moves forward: in this
+process each shard reports after each batch (shards run one after another); on the pool, where
+shards run in parallel and finish in any order, the campaign flow counts the images of the
+completed shards and those the running shards' workers report in their heartbeats.
 
 On the pool, at most `shards_in_flight` shards are handed out at once; a poll reads their states in
 one query per 200 and the beats of those a worker has taken, so the campaign's requests per poll
