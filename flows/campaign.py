@@ -79,6 +79,10 @@ class RunPlan:
     def skipped(self) -> int:
         return len(self.jobs) - len(self.todo)
 
+    @property
+    def run_date(self) -> str:
+        return f"{self.started:%Y-%m-%d}"
+
 
 def new_run_id(campaign: str, now: datetime) -> str:
     return f"{campaign}-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
@@ -92,8 +96,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
     plan = plan_run(store, request, settings)
     if request.dry_run:
         return estimate_run(store, plan)
-    summary, gallery = generate_and_commit(store, plan, settings)
-    summary = after_commit(store, plan, summary, gallery, settings)
+    summary = after_commit(store, plan, generate_and_commit(store, plan, settings), settings)
     get_run_logger().info(summary.lines()[0])
     return summary
 
@@ -135,13 +138,13 @@ def estimate_run(store: S3Store, plan: RunPlan) -> RunSummary:
                       estimated_seconds=estimate.seconds, estimate_basis=estimate.basis)
 
 
-def generate_and_commit(store: S3Store, plan: RunPlan, settings: Settings) -> tuple[RunSummary, str | None]:
-    """Generate the images still to make, gather and publish them, commit the run; its summary and gallery."""
+def generate_and_commit(store: S3Store, plan: RunPlan, settings: Settings) -> RunSummary:
+    """Generate the images still to make, gather and publish them, commit the run; its summary."""
     spec, todo = plan.spec, [j.asset_id for j in plan.todo]
     run_id = new_run_id(spec.name, plan.started)
     batches = steps.batch(plan.todo, spec.generation.batch_size)
     ctx = ShardContext(
-        run_id=run_id, campaign=spec.name, assets=plan.assets, run_date=f"{plan.started:%Y-%m-%d}",
+        run_id=run_id, campaign=spec.name, assets=plan.assets, run_date=plan.run_date,
         batch_total=len(batches), clip_model=spec.selection.clip_model,
         controls=steps.controls(store, plan.assets, run_id, plan.products, batches, plan.profile.control_types,
                                 plan.profile.adapter_images) if batches else {},
@@ -165,7 +168,7 @@ def generate_and_commit(store: S3Store, plan: RunPlan, settings: Settings) -> tu
         summary = summary.model_copy(update={"reports_failed": out.failed})
         tables = {"generations": out.rows, "cell_metrics": out.metrics, "finishes": out.finishes, "runs": [row.row()]}
         commit_run(store, summary, tables, generated, ctx, finished=row.finished_at)
-    return summary, out.gallery
+    return summary
 
 
 def runs_row(plan: RunPlan, ctx: ShardContext, generated: Generated, rows: list[dict],
@@ -207,8 +210,7 @@ def run_summary(store: S3Store, plan: RunPlan, row: RunRow, out: Published) -> R
     )
 
 
-def after_commit(store: S3Store, plan: RunPlan, summary: RunSummary, gallery: str | None,
-                 settings: Settings) -> RunSummary:
+def after_commit(store: S3Store, plan: RunPlan, summary: RunSummary, settings: Settings) -> RunSummary:
     """After the commit: the run's local copy (`RunRequest.local_copy`), and its review, which reads the committed
     run in a flow run of its own."""
     spec, request = plan.spec, plan.request
@@ -218,7 +220,7 @@ def after_commit(store: S3Store, plan: RunPlan, summary: RunSummary, gallery: st
     if spec.review.required and summary.images_generated + summary.images_taken_over:
         review = ReviewRequest(
             run_id=summary.run_id, campaign=spec.name, title=spec.title, assets=plan.assets,
-            run_date=f"{plan.started:%Y-%m-%d}", gallery=gallery, review=spec.review, delivery=spec.delivery,
+            run_date=plan.run_date, gallery=summary.gallery, review=spec.review, delivery=spec.delivery,
             channel_delivery=channel_formats(spec), channel_marketplace=channel_marketplaces(spec))
         summary = summary.model_copy(update={"review": start_review(review, settings.review_deployment)})
     return summary
