@@ -41,7 +41,7 @@ from adapters.infra.storage import S3Store  # noqa: E402
 from adapters.model.kit import ensure_tiny_kit  # noqa: E402
 
 # A shard's batches are plain calls inside its task run: their time ends at its table part's task.
-SHARD = "generate-shard (its batches and table part)"
+SHARD = "generate-shard-in-process (its batches and table part)"
 LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) \| \w+ +\| (?:Task run '([a-z-]+)-[0-9a-f]+' - Finished|Flow run .* - (Beginning|Finished))")
 
 
@@ -87,7 +87,7 @@ def run_once(seeds: int, size: int, steps: int) -> dict:
             first = at
             phases["imports and Prefect's temporary server"] += (at - started).total_seconds()
         elif match.group(2):
-            phases[SHARD if match.group(2) in ("generate-shard", "write-table-part") else match.group(2)] += \
+            phases[SHARD if match.group(2) in ("generate-shard-in-process", "stage-table-part") else match.group(2)] += \
                 (at - previous).total_seconds()
         previous = last = at
     phases["flow run's end and the command's exit"] += wall - (last - started).total_seconds()

@@ -101,7 +101,7 @@ def peak_mb() -> float:
 
 
 def task_runs_of(flow_run_id: str) -> collections.Counter[str]:
-    """The run's Prefect task runs by task name (the shard attempts count as `generate-shard`)."""
+    """The run's Prefect task runs by task name (in-process shards count as `generate-shard-in-process`)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -111,7 +111,7 @@ def task_runs_of(flow_run_id: str) -> collections.Counter[str]:
         while True:
             page = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
                                          limit=200, offset=offset)
-            names.update(r.name.rsplit("-", 1)[0] for r in page)  # `generate-shard-3f2` -> generate-shard
+            names.update(r.name.rsplit("-", 1)[0] for r in page)  # `generate-shard-in-process-3f2` -> generate-shard-in-process
             if len(page) < 200:
                 return names
             offset += 200

@@ -35,7 +35,7 @@ from flows.serve import start_stack  # noqa: E402
 def shard_overhead(store: S3Store, assets: str) -> tuple[float, int]:
     """Seconds each shard costs on the worker beyond making its images, and the shard count.
 
-    From the server's `generate-shard` task runs (start, end) and the run's `generations` rows, whose
+    From the server's `generate-shard-on-worker` task runs (start, end) and the run's `generations` rows, whose
     batches each share the `created_at` of the moment their images were written. The pace of a batch
     is the median gap between consecutive batches of one shard; a shard's fixed cost is its task run's
     time less its batches at that pace, plus the hand-over from the shard before it. Meaningful with one

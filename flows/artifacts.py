@@ -17,6 +17,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from catalogs.models import RunSummary
 from tasks.values import is_missing
 
 ARTIFACT_ROWS_PER_PRODUCT = 10  # the top-images table stays small whatever top_k is
@@ -28,23 +29,27 @@ def artifact_key(campaign: str, what: str) -> str:
 
 
 def start_progress(campaign: str, run_id: str) -> str:
-    """A progress artifact for the run's batches; its id goes to the shards."""
+    """A progress artifact for the run's images; returns its id (`ProgressArtifact` moves it)."""
     return str(create_progress_artifact(0.0, key=artifact_key(campaign, "progress"),
-                                        description=f"run {run_id}: share of batches generated"))
+                                        description=f"run {run_id}: share of images generated"))
 
 
-_REACHED: dict[str, float] = {}  # progress artifact id -> the highest value this process reported
-
-
-def advance_progress(progress: str | None, share: float) -> None:
-    """Move the run's progress artifact forward to `share` (0..1) of its batches; a no-op without one.
+class ProgressArtifact:
+    """A listener of the run's `Progress` (flows/progress.py): the run's progress artifact in the Prefect UI,
+    the share of its images made, in percent.
 
     Never back: a shard that failed and runs again reports its first batches again.
     """
-    value = round(100.0 * min(max(share, 0.0), 1.0), 1)
-    if progress and value > _REACHED.get(progress, -1.0):
-        _REACHED[progress] = value
-        update_progress_artifact(UUID(progress), value)
+
+    def __init__(self, artifact_id: str) -> None:
+        self.artifact_id = artifact_id
+        self.value = 0.0  # the artifact starts at 0
+
+    def update(self, done: int, total: int) -> None:
+        value = round(100.0 * min(max(done / total, 0.0), 1.0), 1) if total else 0.0
+        if value > self.value:
+            self.value = value
+            update_progress_artifact(UUID(self.artifact_id), value)
 
 
 def top_images(rows: Sequence[dict], per_product: int = ARTIFACT_ROWS_PER_PRODUCT) -> list[dict]:
@@ -63,11 +68,12 @@ def _round(value: object) -> float | None:
     return None if is_missing(value) else round(float(value), 3)
 
 
-def report_run(campaign: str, run_id: str, rows: Sequence[dict], *, gallery: str | None, sheets: dict[str, str],
-               tables: Sequence[str], manifest: str, left_out: dict[str, str] | None = None,
-               title: str | None = None) -> None:
-    """Prefect artifacts for the run: the top images per product, a summary (what was left out, first),
-    a link to the gallery. The campaign's `title` (any language) heads them where it has one."""
+def report_run(summary: RunSummary, rows: Sequence[dict]) -> None:
+    """Prefect artifacts for the run its `summary` tells of (with its `generations` rows): the top images per
+    product, a summary (what was left out, first), a link to the gallery. The campaign's title (any language)
+    heads them where it has one."""
+    campaign, run_id, title, gallery = summary.campaign, summary.run_id, summary.title, summary.gallery
+    sheets, tables, manifest, left_out = summary.sheets, summary.tables, summary.manifest, summary.left_out
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "gated", "duplicate", "failed")}
     selected = sum(bool(r.get("selected")) for r in rows)
     named = f"{title} ({campaign})" if title else campaign

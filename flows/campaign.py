@@ -16,24 +16,29 @@ from prefect.runtime import flow_run
 
 from adapters.catalog import campaigns
 from adapters.infra import lake
-from adapters.infra.settings import get_settings
+from adapters.infra.settings import Settings, get_settings
 from adapters.infra.storage import S3Store
 from adapters.model.engine import load_in_background
 from adapters.steps import claims, conditioning, publish
-from catalogs.models import CHANNEL_AXIS, Campaign, Product, RunRequest, RunSummary, StyleSet
+from catalogs.models import CHANNEL_AXIS, Campaign, ModelProfile, Product, RunRequest, RunSummary, StyleSet
 from flows import reports, steps
+from flows.artifacts import ProgressArtifact
 from flows.catalog import catalog_for_run
 from flows.dispatch import Generated, run_shards
+from flows.progress import Progress
 from flows.review import start_review
+from flows.shard import ShardRuntime
 from tasks.catalog_build import CatalogState
 from tasks.consistency import spread_columns
 from tasks.estimate import RunShape, estimate_generation
 from tasks.finish import with_finishes
-from tasks.plan import ModelIdentity, ShardContext, maskless_products
+from tasks.matrix import Cell
+from tasks.plan import Job, ModelIdentity, ShardContext, maskless_products
 from tasks.request import narrow
 from tasks.review import ReviewRequest, channel_formats, channel_marketplaces
+from tasks.runs import RunRow
 from tasks.select import cell_metrics
-from tasks.tables import run_parameters, run_row
+from tasks.tables import run_parameters
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,38 @@ class Published:
     sheets: dict[str, str] = field(default_factory=dict)
     gallery: str | None = None
     failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What planning settles before anything is generated: the campaign as run, what it reads, every image it
+    asks for and those still to make."""
+
+    request: RunRequest
+    spec: Campaign
+    profile: ModelProfile
+    catalog: str
+    assets: str
+    state: CatalogState
+    products: list[Product]
+    styles: list[StyleSet]
+    left_out: dict[str, str]
+    cells: list[Cell]
+    identity: tuple[str, str, str]  # profile revision, dtype, device
+    jobs: list[Job]
+    todo: list[Job]
+    started: datetime
+    began: datetime  # the flow run's expected start, which every attempt of it shares (`run_began`)
+    flow_run_id: str | None
+    clock: float  # perf_counter at the start
+
+    @property
+    def skipped(self) -> int:
+        return len(self.jobs) - len(self.todo)
+
+    @property
+    def run_date(self) -> str:
+        return f"{self.began:%Y-%m-%d}"
 
 
 def new_run_id(campaign: str, now: datetime, flow_run_id: str | None = None) -> str:
@@ -72,14 +109,23 @@ def run_began(now: datetime) -> tuple[datetime, str | None]:
 @flow(name="run-campaign")
 def run_campaign(request: RunRequest) -> RunSummary:
     """Run a campaign: plan every image, generate what is not yet published, publish, commit."""
-    logger = get_run_logger()
     settings = get_settings()
     store = S3Store.from_settings(settings)
-    started, clock = datetime.now(UTC), time.perf_counter()
-    catalog, assets = request.catalog or settings.catalog, request.assets or settings.assets
+    plan = plan_run(store, request, settings)
+    if request.dry_run:
+        return estimate_run(store, plan)
+    summary = after_commit(store, plan, generate_and_commit(store, plan, settings), settings)
+    get_run_logger().info(summary.lines()[0])
+    return summary
 
-    spec, profile = campaigns.resolve_campaign(store, request, catalog, settings.profile)  # before the catalog or any weight
-    if not request.dry_run and not settings.shard_workers:  # the shards run here: load their engine meanwhile
+
+def plan_run(store: S3Store, request: RunRequest, settings: Settings) -> RunPlan:
+    """Resolve the campaign (before the catalog or any weight), read its inputs, plan every image and find those
+    not yet published; the shards' engine starts loading meanwhile when they run in this process."""
+    started, clock = datetime.now(UTC), time.perf_counter()
+    catalog, assets = settings.catalog_uri(request.catalog), request.assets or settings.assets
+    spec, profile = campaigns.resolve_campaign(store, request, catalog, settings.profile)
+    if not request.dry_run and not settings.shard_workers:
         load_in_background(spec.generation.profile, settings)
     state = catalog_for_run(store, catalog, request.snapshot)
     products, styles, left_out = campaign_inputs(store, spec, request, state, catalog)
@@ -88,87 +134,111 @@ def run_campaign(request: RunRequest) -> RunSummary:
     revision, dtype, device = steps.identity(spec.generation.profile, settings)
     jobs = steps.plan(spec, products, styles, cells, ModelIdentity(revision=revision, dtype=dtype, profile=profile))
     done = steps.published(store, assets)
-    todo = [j for j in jobs if j.asset_id not in done]
-    logger.info("%s: %d products x %d style sets x %d cells x %d seeds = %d images; %d already published, %d to make",
-                spec.name, len(products), len(styles), len(cells), len(spec.matrix.seed_list), len(jobs),
-                len(jobs) - len(todo), len(todo))
-    if request.dry_run:
-        estimate = estimate_generation(steps.run_history(store, assets), RunShape.of(spec), images=len(todo))
-        return RunSummary(run_id=None, campaign=spec.name, title=spec.title, dry_run=True, images_planned=len(jobs),
-                          images_skipped=len(jobs) - len(todo), images_to_generate=len(todo),
-                          quarantined=len(state.quarantine), left_out=left_out,
-                          estimated_seconds=estimate.seconds, estimate_basis=estimate.basis)
-
     began, flow_run_id = run_began(started)
-    run_id, run_date = new_run_id(spec.name, began, flow_run_id), f"{began:%Y-%m-%d}"
-    batches = steps.batch(todo, spec.generation.batch_size)
+    plan = RunPlan(request=request, spec=spec, profile=profile, catalog=catalog, assets=assets, state=state,
+                   products=products, styles=styles, left_out=left_out, cells=cells, identity=(revision, dtype, device),
+                   jobs=jobs, todo=[j for j in jobs if j.asset_id not in done], started=started, began=began, flow_run_id=flow_run_id, clock=clock)
+    get_run_logger().info(
+        "%s: %d products x %d style sets x %d cells x %d seeds = %d images; %d already published, %d to make",
+        spec.name, len(products), len(styles), len(cells), len(spec.matrix.seed_list), len(jobs), plan.skipped,
+        len(plan.todo))
+    return plan
+
+
+def estimate_run(store: S3Store, plan: RunPlan) -> RunSummary:
+    """A dry run's summary: what a run would make, and its generation time estimated from earlier runs."""
+    estimate = estimate_generation(steps.run_history(store, plan.assets), RunShape.of(plan.spec), images=len(plan.todo))
+    return RunSummary(run_id=None, campaign=plan.spec.name, title=plan.spec.title, dry_run=True,
+                      images_planned=len(plan.jobs), images_skipped=plan.skipped, images_to_generate=len(plan.todo),
+                      quarantined=len(plan.state.quarantine), left_out=plan.left_out,
+                      estimated_seconds=estimate.seconds, estimate_basis=estimate.basis)
+
+
+def generate_and_commit(store: S3Store, plan: RunPlan, settings: Settings) -> RunSummary:
+    """Generate the images still to make, gather and publish them, commit the run; its summary."""
+    spec, todo = plan.spec, [j.asset_id for j in plan.todo]
+    run_id = new_run_id(spec.name, plan.began, plan.flow_run_id)
+    batches = steps.batch(plan.todo, spec.generation.batch_size)
     ctx = ShardContext(
-        run_id=run_id, campaign=spec.name, assets=assets, run_date=run_date, batch_total=len(batches),
-        controls=steps.controls(store, assets, run_id, products, batches, profile.control_types,
-                                profile.adapter_images) if batches else {},
-        clip_model=spec.selection.clip_model,
-        progress=steps.start_progress(spec.name, run_id) if batches else None,
-        claim_lease_seconds=settings.claim_lease_seconds,
-        local_copy=request.local_copy,
-        sim_seconds=request.sim_seconds,
+        run_id=run_id, campaign=spec.name, assets=plan.assets, run_date=plan.run_date,
+        batch_total=len(batches), clip_model=spec.selection.clip_model,
+        controls=steps.controls(store, plan.assets, run_id, plan.products, batches, plan.profile.control_types,
+                                plan.profile.adapter_images) if batches else {},
+        claim_lease_seconds=settings.claim_lease_seconds, sim_seconds=plan.request.sim_seconds,
     )
-    shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
+    # The run's one progress reporter: its Prefect artifact and whoever listens where it started (the CLI's bar).
+    progress = Progress.for_run(*([ProgressArtifact(steps.start_progress(spec.name, run_id))] if batches else []))
+    shards = steps.shard(batches, plan.products, plan.styles, images_per_shard=settings.images_per_shard)
     # Stopped before its commit (SIGTERM, Ctrl-C, an error), the run hands its claims back on the way out.
-    with claims_handed_back(store, assets, [j.asset_id for j in todo], run_id):
-        generated = run_shards(shards, ctx, store, settings)
+    with claims_handed_back(store, plan.assets, todo, run_id):
+        generated = run_shards(shards, ctx, store, settings, ShardRuntime(progress, local_copy=plan.request.local_copy))
         # Record only what this run holds the claim of as it commits: another run may have taken one over.
-        owner = steps.claim_owners(store, assets, [j.asset_id for j in todo], run_id,
-                                   [i["asset_id"] for i in generated.images], since=began,
+        owner = steps.claim_owners(store, plan.assets, todo, run_id, [i["asset_id"] for i in generated.images],
+                                   since=plan.began,
                                    lease=timedelta(seconds=settings.claim_lease_seconds)) if todo else {}
         generated = generated.owned_by(run_id, owner)
-        left_to = {a: o for a, o in owner.items() if o not in ("", run_id)}
-        out = publish_outputs(store, ctx, spec, products, styles, generated, left_out)
-        rows = out.rows
-        made = sum(r["made_by_run"] == run_id for r in rows)
+        out = publish_outputs(store, plan, ctx, generated)
+        row = runs_row(plan, ctx, generated, out.rows, left_to={a: o for a, o in owner.items() if o not in ("", run_id)})
+        summary = run_summary(store, plan, row, out)
+        reports.attempt("artifacts", out.failed, steps.report_run, summary, out.rows, default=None)
+        summary = summary.model_copy(update={"reports_failed": out.failed})
+        tables = {"generations": out.rows, "cell_metrics": out.metrics, "finishes": out.finishes, "runs": [row.row()]}
+        commit_run(store, summary, tables, generated, ctx, finished=row.finished_at)
+    return summary
 
-        row = run_row(
-            run_id=run_id, campaign=spec.name, title=spec.title, campaign_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
-            parameters=run_parameters(request, spec, products=[p.product_id for p in products],
-                                      styles=[s.style_id for s in styles]),
-            triggered_by=request.triggered_by, flow_run_id=str(flow_run.get_id() or ""), catalog=catalog,
-            snapshot_id=state.snapshot_id, assets=assets, profile=spec.generation.profile, profile_revision=revision,
-            device=device, dtype=dtype, started_at=started, finished_at=datetime.now(UTC),
-            duration_seconds=time.perf_counter() - clock, products=len(products), styles=len(styles), cells=len(cells),
-            images_planned=len(jobs), images_generated=made, images_skipped=len(jobs) - len(todo),
-            images_taken_over=len(rows) - made, images_left_to_others=len(left_to), left_to_runs=sorted(set(left_to.values())),
-            images_selected=sum(bool(r["selected"]) for r in rows), images_failed=sum(r["status"] == "failed" for r in rows),
-            batches=len(batches), generation_wall_seconds=generated.wall_seconds if batches else 0.0,
-            images_per_second=made / generated.wall_seconds if batches and generated.wall_seconds else 0.0,
-            quarantined=len(state.quarantine), left_out=list(left_out.items()), status="completed" if rows else "nothing-new",
-            **spread_columns(rows),
-        )
-        tables = {"generations": rows, "cell_metrics": out.metrics, "finishes": out.finishes, "runs": [row]}
-        summary = RunSummary(
-            run_id=run_id, campaign=spec.name, title=spec.title, images_to_generate=len(todo), sheets=out.sheets, gallery=out.gallery,
-            channels=tuple(spec.matrix.axes.get(CHANNEL_AXIS, ())),
-            tables=tuple(lake.Lake.of(store, assets).uri(t) for t in lake.RUN_TABLES),
-            manifest=publish.run_uri(assets, run_id, publish.MANIFEST),
-            **{k: row[k] for k in ("images_planned", "images_generated", "images_skipped", "images_selected",
-                                   "images_failed", "batches", "quarantined", "duration_seconds", "images_per_second",
-                                   "images_taken_over", "images_left_to_others", "left_to_runs")},
-            left_out=left_out,
-        )
-        failed = out.failed
-        reports.attempt("artifacts", failed, steps.report_run, spec.name, run_id, rows, gallery=out.gallery,
-                        sheets=out.sheets, tables=summary.tables, manifest=summary.manifest, left_out=left_out,
-                        title=spec.title, default=None)
-        summary = summary.model_copy(update={"reports_failed": failed})
-        commit_run(store, summary, tables, generated, ctx, finished=row["finished_at"])
+
+def runs_row(plan: RunPlan, ctx: ShardContext, generated: Generated, rows: list[dict],
+             left_to: dict[str, str]) -> RunRow:
+    """The run's `runs` row: what it was asked, read and ran on, and what it made (`left_to`: asset id -> the
+    live run it was left to)."""
+    spec, request = plan.spec, plan.request
+    revision, dtype, device = plan.identity
+    made = sum(r["made_by_run"] == ctx.run_id for r in rows)
+    wall = generated.wall_seconds if ctx.batch_total else 0.0
+    return RunRow(
+        run_id=ctx.run_id, campaign=spec.name, title=spec.title,
+        campaign_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
+        parameters=run_parameters(request, spec, products=[p.product_id for p in plan.products],
+                                  styles=[s.style_id for s in plan.styles]),
+        triggered_by=request.triggered_by, flow_run_id=str(flow_run.get_id() or ""), catalog=plan.catalog,
+        snapshot_id=plan.state.snapshot_id, assets=plan.assets, profile=spec.generation.profile,
+        profile_revision=revision, device=device, dtype=dtype, started_at=plan.started, finished_at=datetime.now(UTC),
+        duration_seconds=time.perf_counter() - plan.clock, products=len(plan.products), styles=len(plan.styles),
+        cells=len(plan.cells), images_planned=len(plan.jobs), images_generated=made, images_skipped=plan.skipped,
+        images_taken_over=len(rows) - made, images_left_to_others=len(left_to),
+        left_to_runs=tuple(sorted(set(left_to.values()))), images_selected=sum(bool(r["selected"]) for r in rows),
+        images_failed=sum(r["status"] == "failed" for r in rows), batches=ctx.batch_total,
+        generation_wall_seconds=wall, images_per_second=made / wall if wall else 0.0,
+        quarantined=len(plan.state.quarantine), left_out=tuple(plan.left_out.items()),
+        status="completed" if rows else "nothing-new", **spread_columns(rows),
+    )
+
+
+def run_summary(store: S3Store, plan: RunPlan, row: RunRow, out: Published) -> RunSummary:
+    """What the run returns and the CLI prints: its counts as its `runs` row records them, and where it all is."""
+    spec = plan.spec
+    return RunSummary(
+        run_id=row.run_id, campaign=spec.name, title=spec.title, images_to_generate=len(plan.todo), sheets=out.sheets,
+        gallery=out.gallery, channels=tuple(spec.matrix.axes.get(CHANNEL_AXIS, ())),
+        tables=tuple(lake.Lake.of(store, plan.assets).uri(t) for t in lake.RUN_TABLES),
+        manifest=publish.run_uri(plan.assets, row.run_id, publish.MANIFEST), left_out=plan.left_out,
+        **row.summary_counts(),
+    )
+
+
+def after_commit(store: S3Store, plan: RunPlan, summary: RunSummary, settings: Settings) -> RunSummary:
+    """After the commit: the run's local copy (`RunRequest.local_copy`), and its review, which reads the committed
+    run in a flow run of its own."""
+    spec, request = plan.spec, plan.request
     if request.local_copy:
-        copied = steps.copy_run(store, assets, run_id, Path(request.local_copy))
+        copied = steps.copy_run(store, plan.assets, summary.run_id, Path(request.local_copy))
         summary = summary.model_copy(update={"local_copy": str(copied)})
-    if spec.review.required and rows:  # after the commit: a review reads the committed run, in its own flow run
-        summary = summary.model_copy(update={"review": start_review(ReviewRequest(
-            run_id=run_id, campaign=spec.name, title=spec.title, assets=assets, run_date=run_date, gallery=out.gallery,
-            review=spec.review, delivery=spec.delivery, channel_delivery=channel_formats(spec),
-            channel_marketplace=channel_marketplaces(spec)),
-            settings.review_deployment)})
-    logger.info(summary.lines()[0])
+    if spec.review.required and summary.images_generated + summary.images_taken_over:
+        review = ReviewRequest(
+            run_id=summary.run_id, campaign=spec.name, title=spec.title, assets=plan.assets,
+            run_date=plan.run_date, gallery=summary.gallery, review=spec.review, delivery=spec.delivery,
+            channel_delivery=channel_formats(spec), channel_marketplace=channel_marketplaces(spec))
+        summary = summary.model_copy(update={"review": start_review(review, settings.review_deployment)})
     return summary
 
 
@@ -210,13 +280,11 @@ def campaign_inputs(store: S3Store, spec: Campaign, request: RunRequest, state: 
     return products, styles, left_out
 
 
-def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products: Sequence[Product],
-                    styles: Sequence[StyleSet], generated: Generated,
-                    left_out: dict[str, str]) -> Published:
+def publish_outputs(store: S3Store, plan: RunPlan, ctx: ShardContext, generated: Generated) -> Published:
     """Gates, duplicates and ranks across the run; then the finished images, cell metrics, sheets and gallery
     built on them. A sheet or gallery that fails never stops the commit (flows/reports.py): it is named in
-    `Published.failed`."""
-    failed: dict[str, str] = {}
+    `Published.failed`. What the run writes is also written into its local copy, where it has one."""
+    spec, local_copy, failed = plan.spec, plan.request.local_copy, {}
     if not generated.parts:
         return Published()
     rows = steps.select_run(store, generated.parts, spec.selection, [i["asset_id"] for i in generated.images])
@@ -224,15 +292,16 @@ def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products:
         return Published()
     metrics = cell_metrics(rows, run_id=ctx.run_id, campaign=spec.name)
     # After selection: the chosen images to their delivery size, products pasted back, marketplace checks.
-    finishes = steps.finish_images(store, ctx, spec, products, rows)
+    finishes = steps.finish_images(store, ctx, spec, plan.products, rows, copy_to=local_copy)
     shown = with_finishes(rows, finishes)
     tables = [lake.Lake.of(store, ctx.assets).uri(t) for t in lake.RUN_TABLES]
     sheets = reports.attempt("contact-sheets", failed, steps.write_sheets, store, ctx.assets, ctx.run_id, shown,
-                             products, styles, ctx.controls, title=spec.title, local_copy=ctx.local_copy, default={})
+                             plan.products, plan.styles, ctx.controls, title=spec.title, local_copy=local_copy,
+                             default={})
     sheets |= reports.attempt("overview", failed, steps.write_overview, store, ctx.assets, ctx.run_id, rows,
-                              title=spec.title, local_copy=ctx.local_copy, default={})
+                              title=spec.title, local_copy=local_copy, default={})
     gallery = reports.attempt("gallery", failed, steps.write_gallery, store, ctx.assets, ctx.run_id, spec.name, shown,
-                              sheets, tables, left_out=left_out, title=spec.title, default=None)
+                              sheets, tables, left_out=plan.left_out, title=spec.title, default=None)
     return Published(rows, metrics, finishes, sheets, gallery, failed)
 
 

@@ -23,8 +23,8 @@ CATALOG_IMPORTED = "stylematrix.catalog.imported"
 
 
 def catalog_resource(catalog: str) -> dict[str, str]:
-    """The Prefect resource of a catalog: one id per catalog URI, whatever event is about it."""
-    catalog = catalog.rstrip("/")
+    """The Prefect resource of a catalog (as `Settings.catalog_uri` writes it): one id per catalog, whatever event
+    is about it."""
     return {"prefect.resource.id": f"stylematrix.catalog.{catalog}", "prefect.resource.name": catalog}
 
 
@@ -50,7 +50,7 @@ def refresh_catalog(catalog: str | None = None, full: bool = False) -> dict:
     """
     logger = get_run_logger()
     settings = get_settings()
-    catalog = (catalog or settings.catalog).rstrip("/")  # one catalog, one event resource id
+    catalog = settings.catalog_uri(catalog)  # one catalog, one event resource id
     store = S3Store.from_settings(settings)
 
     previous = steps.previous_snapshot(store, catalog, full=full)

@@ -80,7 +80,7 @@ def run(
 
     start = time.perf_counter()
     settings = get_settings()
-    catalog, assets = catalog or settings.catalog, assets or settings.assets
+    catalog, assets = settings.catalog_uri(catalog), assets or settings.assets
     try:
         store = S3Store.from_settings(settings)
         store.check_reachable(catalog)  # an endpoint that is down fails here, before Prefect starts
@@ -142,7 +142,7 @@ def seed(catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] 
     from adapters.infra.storage import S3Store
 
     settings = get_settings()
-    catalog = catalog or settings.catalog
+    catalog = settings.catalog_uri(catalog)
     try:
         store = S3Store.from_settings(settings)
         store.check_reachable(catalog)

@@ -30,7 +30,7 @@ def _store_for(catalog: str | None):
     from adapters.infra.storage import S3Store
 
     settings = get_settings()
-    catalog = (catalog or settings.catalog).rstrip("/")
+    catalog = settings.catalog_uri(catalog)
     store = S3Store.from_settings(settings)
     store.check_reachable(catalog)
     return store, catalog

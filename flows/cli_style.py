@@ -45,7 +45,7 @@ def scan(
 
     start = time.perf_counter()
     settings = get_settings()
-    catalog, assets = (catalog or settings.catalog).rstrip("/"), assets or settings.assets
+    catalog, assets = settings.catalog_uri(catalog), assets or settings.assets
     try:
         if not style_ids and not all_styles:
             raise ValueError("style scan: name one or more style set ids, or pass --all")

@@ -1,15 +1,15 @@
 """Running shards: in this process (embedded default), or on the GPU workers (flows/gpu_worker.py).
 
-With shard workers on, every shard becomes a `generate-shard` task run that the next free GPU
+With shard workers on, every shard becomes a `generate-shard-on-worker` task run that the next free GPU
 worker takes and runs with the engine it keeps loaded. A shard whose run fails (a GPU fell over)
 or whose worker stops beating for the lease (the worker or its machine died: Prefect itself
 never hands such a run out again) is marked Crashed and handed out again as a new task run; it
 skips the images it already wrote, so nothing is lost or duplicated.
 
-Progress has one writer, so the run's progress bar only moves forward: in this process each
-shard moves it after each batch (shards run one after another); on the pool, where shards run
-in parallel and finish in any order, the campaign flow counts the images of the completed shards
-and those the running shards' workers report in their heartbeats.
+Progress goes to the run's one reporter (flows/progress.py), which only moves forward: in this
+process each shard reports after each batch (shards run one after another); on the pool, where
+shards run in parallel and finish in any order, the campaign flow counts the images of the
+completed shards and those the running shards' workers report in their heartbeats.
 
 On the pool, at most `shards_in_flight` shards are handed out at once; a poll reads their states in
 one query per 200 and the beats of those a worker has taken, so the campaign's requests per poll
@@ -34,13 +34,12 @@ from prefect.states import Crashed
 from adapters.infra.code_version import code_version
 from adapters.infra.settings import Settings
 from adapters.infra.storage import ObjectStore
-from adapters.steps import publish
+from adapters.steps import shards as shard_specs
 from adapters.steps.heartbeats import Beat, Silence, beat_uri
-from flows import progress
-from flows.artifacts import advance_progress
 from flows.fleet import Forgotten, read_fleet, require_worker, through_outage, withdraw
 from flows.gpu_worker import generate_shard_task
-from flows.shard import generate_shard, shard_part_name
+from flows.progress import Progress
+from flows.shard import ShardRuntime, generate_shard
 from tasks.plan import Shard, ShardContext
 
 RETRYABLE = {StateType.CRASHED, StateType.FAILED}
@@ -62,36 +61,32 @@ class Generated:
         return replace(self, images=tuple(i for i in self.images if owner.get(i["asset_id"]) == run_id))
 
 
-def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, settings: Settings) -> Generated:
+def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, settings: Settings,
+               runtime: ShardRuntime) -> Generated:
     """Run every shard to completion and return what each published, read back from its table part.
 
     Each shard's spec is stored with the run first: what a worker ran can always be looked up or
-    re-run. `settings.shard_workers` decides where shards run: off, in this process.
+    re-run. `settings.shard_workers` decides where shards run: off, in this process, each with
+    `runtime` (the run's progress and local copy); on, on the GPU workers, while the campaign reports
+    the progress it reads from the pool to `runtime.progress`.
     """
     clock = time.perf_counter()
     images = sum(s.image_count for s in shards)
-    progress.begin(images)  # the terminal's bar counts images; the artifact, batches
-    for shard in shards:
-        store.put(publish.run_uri(ctx.assets, ctx.run_id, "shards", f"{shard.index:05d}.json"),
-                  shard.model_dump_json().encode(), content_type="application/json")
+    runtime.progress.begin(images)
+    shard_specs.store_specs(store, ctx, shards)
     if not settings.shard_workers:  # one task run per shard in the campaign's flow run
         batches_before = images_before = 0
         for shard in shards:
-            generate_shard(shard, ctx, batches_before=batches_before, images_before=images_before)
+            generate_shard(shard, ctx, replace(runtime, batches_before=batches_before, images_before=images_before))
             batches_before += len(shard.batches)
             images_before += shard.image_count
     else:
-        tracker = PoolProgress(ctx, shards)
-        _run_on_workers(shards, ctx.model_copy(update={"progress": None, "local_copy": None}), store, settings, tracker)
-    if ctx.progress:
-        advance_progress(ctx.progress, 1.0)  # every shard has finished, whatever order their batches ran in
-    progress.reach(images)
+        _run_on_workers(shards, ctx, store, settings, PoolProgress(runtime.progress, shards))
+    runtime.progress.reach(images)  # every shard has finished, whatever order their batches ran in
     # Wall time of the whole generation phase, not the sum of the shards' times: parallel workers count once.
     wall = time.perf_counter() - clock
-    parts = [publish.part_entry(store, "generations", publish.staged_part_uri(
-        ctx.assets, ctx.run_id, "generations", shard_part_name(ctx.run_id, s.index))) for s in shards]
-    images = tuple(img for part in parts for img in _part_images(store, part))
-    return Generated(parts=tuple(parts), images=images, wall_seconds=wall)
+    parts, images_made = shard_specs.read_published(store, ctx, shards)
+    return Generated(parts=parts, images=images_made, wall_seconds=wall)
 
 
 class PoolProgress:
@@ -103,8 +98,8 @@ class PoolProgress:
     costs the same at 100 images or 100,000. The artifact and the terminal's bar move forward only.
     """
 
-    def __init__(self, ctx: ShardContext, shards: Sequence[Shard]) -> None:
-        self._progress = ctx.progress
+    def __init__(self, progress: Progress, shards: Sequence[Shard]) -> None:
+        self._progress = progress
         self._images = {s.index: s.image_count for s in shards}
         self._total = sum(self._images.values())
         self._completed = 0
@@ -119,11 +114,8 @@ class PoolProgress:
         if not self._total:
             return self.share
         done = self._completed + sum(b.images_done for b in running if b is not None and b.state == "running")
-        progress.reach(done)
-        share = min(done / self._total, 1.0)
-        if share > self.share:
-            self.share = share
-            advance_progress(self._progress, share)
+        self._progress.reach(done)
+        self.share = max(self.share, min(done / self._total, 1.0))
         return self.share
 
 
@@ -183,7 +175,7 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
 
 
 def _submit(shard: Shard, ctx: ShardContext, attempt: int, outage: float) -> str:
-    """Hand one shard to the GPU workers as a `generate-shard` task run (waiting out an API outage of up to
+    """Hand one shard to the GPU workers as a `generate-shard-on-worker` task run (waiting out an API outage of up to
     `outage` seconds); returns the task run's id."""
     # Named `<run_id>-shard-<index>-try-<n>`: a deferred task run takes its task's name.
     named = generate_shard_task.with_options(name=f"{ctx.run_id}-shard-{shard.index:05d}-try-{attempt}")
@@ -252,9 +244,3 @@ def _require_workers(client, settings: Settings) -> None:
     fleet = require_worker(client, code_version(), generate_shard_task.task_key, settings.worker_wait_seconds)
     names = sorted({w.worker for w in fleet.seen if w.version == code_version()})
     get_run_logger().info("GPU workers on code version %s: %s", code_version(), ", ".join(names))
-
-
-def _part_images(store: ObjectStore, part: dict) -> list[dict]:
-    """The images a finished shard published, from its table part in S3."""
-    rows = publish.read_staged(store, [part], "generations")
-    return [{"asset_id": r.asset_id, "uri": r.output_key, "sha256": r.sha256} for r in rows.itertuples()]

@@ -2,7 +2,7 @@
 
     python -m flows.gpu_worker        # STYLEMATRIX_WORKER_NAME names it in the `worker` column
 
-It is a Prefect task worker serving the `generate-shard` task: a campaign hands each shard over
+It is a Prefect task worker serving the `generate-shard-on-worker` task: a campaign hands each shard over
 with `.delay()`, and the worker runs it in this process, where the engine loaded for the first
 shard stays loaded for the next. Two choices differ from Prefect's stock task worker
 (docs/operations.md says why):
@@ -39,16 +39,16 @@ from adapters.infra.settings import get_settings
 from adapters.infra.storage import S3Store
 from adapters.model.engine import engine_loads
 from adapters.steps.heartbeats import Beat, Heartbeat, beat_uri
-from flows import progress
 from flows.fleet import presence_key
-from flows.shard import run_shard
+from flows.progress import Progress
+from flows.shard import ShardRuntime, run_shard
 from flows.task_storage import S3TaskStorage  # noqa: F401 - the block class shards' parameters are read with
 from tasks.plan import Shard, ShardContext
 
 _served = 0  # shards this process has started
 
 
-@task(name="generate-shard", cache_policy=NO_CACHE, tags=["gpu"])
+@task(name="generate-shard-on-worker", cache_policy=NO_CACHE, tags=["gpu"])
 def generate_shard_task(shard: Shard, ctx: ShardContext) -> dict:
     """One shard on this worker, with the engine the process keeps; beats while it runs. Returns its part entry."""
     global _served
@@ -58,10 +58,11 @@ def generate_shard_task(shard: Shard, ctx: ShardContext) -> dict:
     task_run_id = str(TaskRunContext.get().task_run.id)
     beat = Beat(worker=settings.worker_name, pid=os.getpid(), task_run_id=task_run_id, shard=shard.index,
                 shards_served=_served)
-    progress.begin(sum(len(b.jobs) for b in shard.batches))  # the beats report this shard's images done
+    progress = Progress()  # nobody listens here: the beats report this shard's images done
+    progress.begin(shard.image_count)
     with Heartbeat(store, beat_uri(ctx.assets, ctx.run_id, task_run_id), beat, settings.shard_heartbeat_seconds,
-                   engine_loads=engine_loads, images_done=progress.done):
-        part = run_shard(shard, ctx)
+                   engine_loads=engine_loads, images_done=lambda: progress.done):
+        part = run_shard(shard, ctx, ShardRuntime(progress))
     get_run_logger().info("shard %d done on %s (process %d: %d shards served, engine loaded %d time(s))",
                           shard.index, settings.worker_name, os.getpid(), _served, engine_loads())
     return part

@@ -1,15 +1,17 @@
-"""A run's images done / total in this process, for whoever listens: the CLI's live bar in a terminal.
+"""A run's images done / total, reported in one place (`Progress`) that its listeners hear.
 
-Prefect's progress artifact (flows/artifacts.py) shows the share of batches in the UI; this shows
-images done / total, images/s and time left in the terminal that started the run. Both are fed
-from the same two places: `generate_shard` after each batch when shards run in this process, and
-the campaign flow's `PoolProgress` while it waits on the GPU pool. A process nobody listens in (a
-worker, CI, output piped to a file) keeps Prefect's log lines only, and the calls cost nothing.
+Two listen to a campaign's run: Prefect's progress artifact (flows/artifacts.py), the share of the
+images made in the UI; and, where a person watches, the CLI's live bar: images done / total,
+images/s and time left in the terminal that started the run. Both hear the same points from the
+same reports: each shard after every batch when shards run in this process, and the campaign
+flow's `PoolProgress` while it waits on the GPU pool. A process nobody listens in (a worker, CI,
+output piped to a file) keeps Prefect's log lines only, and the reports cost nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 from collections.abc import Iterator
@@ -17,7 +19,8 @@ from typing import Protocol
 
 from rich.console import Console
 from rich.default_styles import DEFAULT_STYLES
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 from rich.text import Text
 from rich.theme import Theme
 
@@ -32,52 +35,66 @@ class Listener(Protocol):
         """The run has made `done` of its `total` images (done only grows within a run)."""
 
 
-_lock = threading.Lock()
-_listeners: list[Listener] = []
-_count = {"done": 0, "total": 0}
+class Progress:
+    """The one place a run reports its progress: images done of the total, told to every listener.
+
+    A campaign makes one per run, with the Prefect artifact and the listeners of the block it runs
+    in (`listening`: the CLI's bar) as listeners, and hands it to what reports: each shard in its
+    process after every batch, or the pool's count while it waits on the GPU workers. A GPU worker
+    makes its own, listened to by nobody, for its heartbeat's count of the shard's images.
+    """
+
+    def __init__(self, *listeners: Listener) -> None:
+        self._listeners = list(listeners)
+        self._lock = threading.Lock()
+        self._done = self._total = 0
+
+    @classmethod
+    def for_run(cls, *listeners: Listener) -> Progress:
+        """A run's reporter: `listeners` and those of the `listening` blocks the run started in."""
+        return cls(*listeners, *_watching.get())
+
+    @property
+    def done(self) -> int:
+        """Images made so far (what a GPU worker's heartbeat reports for its shard)."""
+        return self._done
+
+    def begin(self, total: int) -> None:
+        """The generation phase starts: `total` images to make, none made yet."""
+        with self._lock:
+            self._done, self._total = 0, total
+            self._tell()
+
+    def reach(self, done: int) -> None:
+        """At least `done` are made (after a batch of a shard in this process, or counted from what the pool has
+        written); never moves back, nor past the total."""
+        with self._lock:
+            self._done = min(max(self._done, done), self._total)
+            self._tell()
+
+    def _tell(self) -> None:
+        if self._total > 0:
+            for listener in list(self._listeners):
+                try:
+                    listener.update(self._done, self._total)
+                except Exception as exc:  # a progress bar is a report: it never stops the run
+                    self._listeners.remove(listener)
+                    log.warning("progress listener stopped: %s: %s", type(exc).__name__, exc)
 
 
-def begin(total: int) -> None:
-    """The generation phase starts: `total` images to make, none made yet."""
-    with _lock:
-        _count.update(done=0, total=total)
-        _tell()
-
-
-def reach(done: int) -> None:
-    """At least `done` are made (after a batch of a shard in this process, or counted from what the pool has
-    written); never moves back, nor past the total."""
-    with _lock:
-        _count["done"] = min(max(_count["done"], done), _count["total"])
-        _tell()
-
-
-def done() -> int:
-    """Images made so far in this process's run (what a GPU worker's heartbeat reports for its shard)."""
-    return _count["done"]
-
-
-def _tell() -> None:
-    if _count["total"] > 0:
-        for listener in list(_listeners):
-            try:
-                listener.update(_count["done"], _count["total"])
-            except Exception as exc:  # a progress bar is a report: it never stops the run
-                _listeners.remove(listener)
-                log.warning("progress bar stopped: %s: %s", type(exc).__name__, exc)
+# The listeners of the `listening` blocks the current code runs in: a value per context (thread, task),
+# never shared by two runs, so the CLI's bar hears only the run it started.
+_watching: contextvars.ContextVar[tuple[Listener, ...]] = contextvars.ContextVar("progress_listeners", default=())
 
 
 @contextlib.contextmanager
 def listening(listener: Listener) -> Iterator[Listener]:
-    """`listener` hears every update of this process while the block runs."""
-    with _lock:
-        _listeners.append(listener)
+    """`listener` hears the progress of every run started inside the block (`Progress.for_run`)."""
+    token = _watching.set((*_watching.get(), listener))
     try:
         yield listener
     finally:
-        with _lock:
-            if listener in _listeners:  # unless it failed and was dropped
-                _listeners.remove(listener)
+        _watching.reset(token)
 
 
 def wants_bar(console: Console) -> bool:
@@ -97,7 +114,7 @@ class TerminalBar:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+        self.progress = RichProgress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), _Rate(), TimeRemainingColumn(), console=console,
                                  speed_estimate_period=120.0)
         self.task = None

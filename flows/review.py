@@ -133,8 +133,7 @@ def wait_for_answer(store: S3Store, request: ReviewRequest, run: delivery.Review
         emit_event(event=REVIEW_REQUESTED, resource=run_resource(request), payload=payload)
         logger.info("run %s: %d selected images wait for review (for %s, %g h)", request.run_id, len(selected),
                     ", ".join(request.review.reviewers) or "anyone", request.review.wait_hours)
-    links = {r["asset_id"]: store.presigned_url(r["output_key"], wait_seconds) for r in selected}
-    gallery = store.presigned_url(request.gallery, wait_seconds) if request.gallery else None
+    links, gallery = delivery.review_links(store, request, run)
     filled = form.with_initial_data(
         description=form_description(request, selected, gallery, links),
         decisions=[ImageReview(asset_id=r["asset_id"], product_id=r["product_id"]) for r in selected],

@@ -9,6 +9,8 @@ that fails runs again and skips the images it already wrote.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prefect import get_run_logger
 
 from adapters.infra.settings import get_settings
@@ -16,51 +18,61 @@ from adapters.infra.storage import S3Store
 from adapters.model.clip import get_clip_scorer
 from adapters.model.engine import get_engine
 from adapters.steps import rendering
+from adapters.steps.shards import shard_part_name
 from catalogs import load_profiles
-from flows import progress, steps
-from flows.artifacts import advance_progress
+from flows import steps
+from flows.progress import Progress
 from tasks.plan import Shard, ShardContext
 from tasks.tables import RunContext
 
 
-def shard_part_name(run_id: str, index: int) -> str:
-    """The shard's `generations` part: fixed, so a retried shard overwrites its own part."""
-    return f"{run_id}-{index:05d}"
+@dataclass(frozen=True)
+class ShardRuntime:
+    """What a shard is run with besides its stored spec and the run's `ShardContext`, never sent to a worker.
+
+    In the campaign's own process, where shards run one after another, `progress` is the run's reporter
+    (its artifact, the terminal's bar), the counts are those of the shards before this one and `local_copy`
+    is the run's local copy folder; on a GPU worker, `progress` counts the shard's images for its heartbeat
+    and the shard knows only itself.
+    """
+
+    progress: Progress
+    images_before: int = 0
+    batches_before: int | None = None  # None: on a GPU worker, which does not know the run's batches
+    local_copy: str | None = None
 
 
-def run_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0, images_before: int = 0) -> dict:
+def run_shard(shard: Shard, ctx: ShardContext, runtime: ShardRuntime) -> dict:
     """Run every batch of a shard with the process's engine (loaded on first use); write the shard's table part.
 
-    Returns the part's manifest entry. With `ctx.progress` (shards run one after another in the
-    campaign's process) the shard moves the run's progress after each batch, to
-    (`batches_before` + its batches done) / `ctx.batch_total`, and the terminal's count to
-    `images_before` + its images done; neither moves back when a failed shard runs again.
+    Returns the part's manifest entry. After each batch the shard reports `runtime.images_before` + its
+    images done to `runtime.progress`, which never moves back when a failed shard runs again.
     """
     logger = get_run_logger()
     settings = get_settings()
     store = S3Store.shared(settings)
     profile = shard.batches[0].jobs[0].profile
     engine = get_engine(profile, settings)
-    clip = get_clip_scorer(ctx.clip_model, load_profiles()[profile], settings)
+    machinery = rendering.Machinery(engine, get_clip_scorer(ctx.clip_model, load_profiles()[profile], settings),
+                                    copy_to=runtime.local_copy)
     run = RunContext(run_id=ctx.run_id, campaign=ctx.campaign, device=engine.device_name, versions=engine.versions,
                      worker=settings.worker_name)
     rows: list[dict] = []
     images = 0
     for done, batch in enumerate(shard.batches, start=1):
-        batch_rows, seconds = rendering.render_batch(engine, store, batch, shard, ctx, run, clip)
+        batch_rows, seconds = rendering.render_batch(machinery, store, batch, shard, ctx, run)
         rows += batch_rows
         # One after another, a shard knows the run's count; on the pool it knows only its own.
-        where = (f"batch {batches_before + done}/{ctx.batch_total}" if ctx.progress is not None
+        where = (f"batch {runtime.batches_before + done}/{ctx.batch_total}" if runtime.batches_before is not None
                  else f"shard {shard.index}: batch {done}/{len(shard.batches)}")
         n = len(batch.jobs)
         logger.info("%s done: %d images of %s x %s in %.2f s (%.1f images/s)", where, n, batch.product_id,
                     batch.style_id, seconds, n / max(seconds, 1e-9))
         images += n
-        advance_progress(ctx.progress, (batches_before + done) / ctx.batch_total)
-        progress.reach(images_before + images)  # the terminal's bar, where this process has one
+        runtime.progress.reach(runtime.images_before + images)
     return steps.write_part(store, ctx.assets, ctx.run_id, "generations", shard_part_name(ctx.run_id, shard.index),
                             rows)
 
 
 # A shard in the campaign's own process (on a GPU worker: flows/gpu_worker.generate_shard_task).
-generate_shard = steps.step(run_shard, name="generate-shard", retries=1, tags=["gpu"])
+generate_shard = steps.step(run_shard, name="generate-shard-in-process", retries=1, tags=["gpu"])

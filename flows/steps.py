@@ -1,8 +1,9 @@
 """Task policy in one place: which steps retry, which cache, which must never hash their inputs.
 
 Every Prefect task of the project is defined here, as a one-line wrapper around a function of
-`tasks/` (pure) or `adapters/` (I/O); the exceptions are the `generate-shard` tasks, defined beside
-`run_shard` (flows/shard.py) and the GPU workers that serve them (flows/gpu_worker.py). Steps that receive a store, an engine or images use
+`tasks/` (pure) or `adapters/` (I/O); the exceptions are the shard tasks, defined beside
+`run_shard`: `generate-shard-in-process` (flows/shard.py) and `generate-shard-on-worker`, beside the GPU
+workers that serve it (flows/gpu_worker.py). Steps that receive a store, an engine or images use
 NO_CACHE: hashing them is meaningless or fails. Idempotency comes from deterministic asset ids
 and the manifest, not from Prefect's result cache.
 

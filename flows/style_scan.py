@@ -18,7 +18,8 @@ from adapters.infra.settings import get_settings
 from adapters.infra.storage import S3Store
 from adapters.model.clip import get_clip_scorer
 from adapters.model.engine import get_engine
-from adapters.steps.style_scans import ScanResult, sheet_preview
+from adapters.steps import style_scans
+from adapters.steps.style_scans import ScanResult
 from catalogs import load_profiles
 from flows import steps
 from flows.artifacts import artifact_key
@@ -43,7 +44,7 @@ def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalo
     logger = get_run_logger()
     settings = get_settings()
     store = S3Store.from_settings(settings)
-    catalog = (catalog or settings.catalog).rstrip("/")
+    catalog = settings.catalog_uri(catalog)
     assets = assets or settings.assets
     profile_name = profile or settings.profile
     profiles = load_profiles()
@@ -81,8 +82,7 @@ def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalo
 
 def report_scan(store: S3Store, result: ScanResult) -> None:
     """A Prefect artifact with the scan's curves and probe sheet (embedded, small) and where they are stored."""
-    plot = base64.b64encode(store.get(result.plot)).decode()
-    sheet = base64.b64encode(sheet_preview(store, result.sheet)).decode()
+    plot, sheet = (base64.b64encode(b).decode() for b in style_scans.report_pictures(store, result))
     found = f"threshold **{result.threshold:g}**" if result.threshold is not None else "**no threshold in the range**"
     markdown = "\n".join([
         f"# Style scan of `{result.style_id}`", "",

@@ -92,9 +92,9 @@ class ModelIdentity(_Frozen):
 class ShardContext(_Frozen):
     """What every shard of a run shares: where to write, the stored control images, how to score.
 
-    `progress` is the run's progress artifact id when shards run one after another in the
-    campaign's process (each moves it after every batch); None on the pool, where shards finish
-    in any order and the campaign flow reports progress itself.
+    It is stored with each shard and sent to the GPU workers as it is; what only the campaign's own
+    process has (the run's progress, its local copy) is handed to the shards run there beside it
+    (flows/shard.py `ShardRuntime`).
     """
 
     run_id: str
@@ -104,12 +104,8 @@ class ShardContext(_Frozen):
     controls: dict[str, str]
     batch_total: int
     clip_model: str = "none"
-    progress: str | None = None
     # An asset claimed by another run longer ago than this, never committed, is presumed abandoned.
     claim_lease_seconds: float = 900.0
-    # Shards in the campaign's process write each image into the run's local copy as they publish it
-    # (adapters/steps/publish.local_image_path), so the copy never reads it back; None on the pool.
-    local_copy: str | None = None
     # The `sim` profile's seconds per image for this run (`RunRequest.sim_seconds`); None: the worker's setting.
     sim_seconds: float | None = None
 

@@ -468,10 +468,3 @@ def run_parameters(request: RunRequest, campaign: Campaign, *, products: Sequenc
 def channels_as_written(campaign: Campaign) -> dict[str, dict]:
     """The campaign's `channels:` as `runs.parameters` records it: name -> preset and overrides."""
     return {name: spec.model_dump(mode="json", exclude_none=True) for name, spec in campaign.channels.items()}
-
-
-def run_row(**fields) -> dict:
-    """The one `runs` row of a run; raises ValueError on a missing or unknown field."""
-    row = {"schema_version": SCHEMA_VERSION, **fields}
-    to_frame("runs", [row])  # validates the field names now, not at write time
-    return row

@@ -68,13 +68,13 @@ def wait_final(stack, flow_run_id, timeout: float, stop: threading.Event | None 
 
 
 def shard_attempt(run) -> tuple[str, int]:
-    """(shard index, attempt) of a `generate-shard` task run, from its name `<run_id>-shard-<index>-try-<n>-<key>`."""
+    """(shard index, attempt) of a `generate-shard-on-worker` task run, from its name `<run_id>-shard-<index>-try-<n>-<key>`."""
     shard, attempt = run.name.split("-shard-")[1].split("-try-")
     return shard, int(attempt.split("-")[0])
 
 
 def shard_runs(stack, run_id: str = ""):
-    """The `generate-shard` task runs a campaign run (all runs: "") handed to the GPU workers."""
+    """The `generate-shard-on-worker` task runs a campaign run (all runs: "") handed to the GPU workers."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 

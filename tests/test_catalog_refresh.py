@@ -463,6 +463,34 @@ def test_a_trailing_slash_names_the_same_catalog(campaign_env):
     assert not again["written"] and again["snapshot_id"] == report["snapshot_id"]
 
 
+def test_a_run_given_the_catalog_with_a_trailing_slash_reads_the_same_snapshot(campaign_env, store, tmp_path,
+                                                                               monkeypatch):
+    from adapters.infra.settings import get_settings
+    from catalogs.models import RunRequest
+    from flows import steps
+    from flows.campaign import run_campaign
+    from flows.catalog import catalog_resource, refresh_catalog
+
+    catalog = campaign_env["catalog"]
+    snapshot = refresh_catalog(catalog=catalog)["snapshot_id"]
+    read: list[tuple[str, str]] = []
+    real = steps.load_snapshot
+
+    def load_snapshot(store, catalog, snapshot, **kwargs):
+        state = real(store, catalog, snapshot, **kwargs)
+        read.append((catalog, state.snapshot_id))
+        return state
+
+    monkeypatch.setattr(steps, "load_snapshot", load_snapshot)
+    spec = str(small_campaign(tmp_path, "slash", 1))
+    plans = [run_campaign(RunRequest(campaign=spec, catalog=given, dry_run=True, triggered_by="test"))
+             for given in (catalog, catalog + "/")]
+    assert read == [(catalog, snapshot)] * 2  # one catalog URI, one snapshot lookup
+    assert plans[0] == plans[1] and plans[0].images_planned == 4
+    assert snapshots.latest_snapshot_id(store, catalog) == snapshot  # no second refresh under another spelling
+    assert catalog_resource(get_settings().catalog_uri(catalog + "/")) == catalog_resource(catalog)
+
+
 def test_campaign_runs_read_a_snapshot_and_record_it(campaign_env, store, tmp_path):
     from catalogs.models import RunRequest
     from flows.campaign import run_campaign

@@ -71,60 +71,102 @@ def test_bar_only_in_a_terminal_plain_lines_elsewhere(term):
     assert progress.wants_bar(term) and not progress.wants_bar(piped)
     with progress.terminal_progress(piped) as bar:
         assert bar is None
-        progress.begin(4)
-        progress.reach(4)
+        run = progress.Progress.for_run()
+        run.begin(4)
+        run.reach(4)
     assert piped.file.getvalue() == ""
     with progress.terminal_progress(term) as bar:
         assert isinstance(bar, progress.TerminalBar)
+        assert bar in progress.Progress.for_run()._listeners  # a run started in the block reports to the bar
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.heard: list[tuple[int, int]] = []
+
+    def update(self, done: int, total: int) -> None:
+        self.heard.append((done, total))
 
 
 def test_listeners_hear_images_done_of_total_forward_only():
-    from flows import progress
+    from flows.progress import Progress
 
-    heard: list[tuple[int, int]] = []
-
-    class Recorder:
-        def update(self, done: int, total: int) -> None:
-            heard.append((done, total))
-
-    progress.reach(3)  # nobody listens: nothing happens, nothing fails
-    with progress.listening(Recorder()):
-        progress.begin(0)  # a run with nothing to make: no bar
-        progress.begin(8)  # shards in this process: a batch at a time
-        progress.reach(3)
-        progress.reach(7)
-        progress.reach(5)  # a shard run again, or the pool's count: never moves the bar back
-        progress.reach(8)
-        progress.reach(10)  # never past the total
-    progress.begin(2)
-    assert heard == [(0, 8), (3, 8), (7, 8), (7, 8), (8, 8), (8, 8)]
+    Progress().reach(3)  # nobody listens: nothing happens, nothing fails
+    recorder = Recorder()
+    run = Progress(recorder)
+    run.begin(0)  # a run with nothing to make: no bar
+    run.begin(8)  # shards in this process: a batch at a time
+    run.reach(3)
+    run.reach(7)
+    run.reach(5)  # a shard run again, or the pool's count: never moves the bar back
+    run.reach(8)
+    run.reach(10)  # never past the total
+    assert recorder.heard == [(0, 8), (3, 8), (7, 8), (7, 8), (8, 8), (8, 8)]
+    assert run.done == 8
 
     class Broken:
         def update(self, done: int, total: int) -> None:
             raise RuntimeError("terminal gone")
 
-    with progress.listening(Broken()) as broken, progress.listening(Recorder()):
-        progress.begin(3)  # a bar that fails is dropped; the run and the other listeners go on
-        progress.reach(1)
-        assert broken not in progress._listeners
-    assert heard[-2:] == [(0, 3), (1, 3)]
+    broken, other = Broken(), Recorder()
+    run = Progress(broken, other)
+    run.begin(3)  # a bar that fails is dropped; the run and the other listeners go on
+    run.reach(1)
+    assert broken not in run._listeners and other.heard == [(0, 3), (1, 3)]
+
+
+def test_only_the_runs_started_in_a_listening_block_report_to_its_listener():
+    from flows.progress import Progress, listening
+
+    outer, inner = Recorder(), Recorder()
+    with listening(outer):
+        first = Progress.for_run()
+        with listening(inner):
+            second = Progress.for_run()
+        third = Progress.for_run()
+    after = Progress.for_run()
+    for run, total in ((first, 1), (second, 2), (third, 3), (after, 4)):
+        run.begin(total)
+    assert outer.heard == [(0, 1), (0, 2), (0, 3)] and inner.heard == [(0, 2)]
+
+
+def test_the_bar_and_the_artifact_hear_the_same_points_from_one_report(term, monkeypatch):
+    from uuid import uuid4
+
+    from flows import artifacts, progress
+
+    moved: list[float] = []
+    monkeypatch.setattr(artifacts, "update_progress_artifact", lambda artifact_id, value: moved.append(value))
+    bar, recorder = progress.TerminalBar(term), Recorder()
+    artifact = artifacts.ProgressArtifact(str(uuid4()))
+    with progress.listening(bar), progress.listening(recorder):
+        run = progress.Progress.for_run(artifact)
+    run.begin(8)
+    for done, shown in ((2, 2), (6, 6), (4, 6), (8, 8)):  # 4: a shard run again reports its first batch again
+        run.reach(done)
+        task = bar.progress.tasks[-1]
+        assert (task.completed, task.total) == (shown, 8)
+        assert artifact.value == 100.0 * shown / 8  # the same point, as a share of the images in the UI
+    assert recorder.heard == [(0, 8), (2, 8), (6, 8), (6, 8), (8, 8)]
+    assert moved == [25.0, 75.0, 100.0]  # the artifact moves forward only, once per new point
+    assert not bar.progress.live.is_started  # all made: the bar stopped, its last state stays on screen
 
 
 def test_terminal_bar_shows_done_total_rate_and_time_left(term):
     from flows import progress
 
     bar = progress.TerminalBar(term)
-    with progress.listening(bar):
-        progress.begin(8)
-        for done in (2, 4, 6):
-            time.sleep(0.05)
-            progress.reach(done)
-        task = bar.progress.tasks[-1]
-        assert (task.completed, task.total) == (6, 8) and task.speed and task.time_remaining is not None
-        bar.progress.refresh()
-        live = term.file.getvalue()
+    run = progress.Progress(bar)
+    run.begin(8)
+    for done in (2, 4, 6):
         time.sleep(0.05)
-        progress.reach(8)  # all made: the bar stops, its last state stays on screen
+        run.reach(done)
+    task = bar.progress.tasks[-1]
+    assert (task.completed, task.total) == (6, 8) and task.speed and task.time_remaining is not None
+    bar.progress.refresh()
+    live = term.file.getvalue()
+    time.sleep(0.05)
+    run.reach(8)  # all made: the bar stops, its last state stays on screen
     assert not bar.progress.live.is_started
     shown = term.file.getvalue()
     assert "6/8" in live and re.search(r"\d+\.\d\d images/s", live) and re.search(r"\d:\d\d:\d\d", live)
@@ -133,33 +175,26 @@ def test_terminal_bar_shows_done_total_rate_and_time_left(term):
 
 def test_pool_progress_tells_listeners_the_images_of_completed_and_running_shards():
     from adapters.steps.heartbeats import Beat
-    from flows import progress
     from flows.dispatch import PoolProgress
-    from tasks.plan import ShardContext
+    from flows.progress import Progress
 
     # PoolProgress reads only each shard's index and its image count.
     shards = [SimpleNamespace(index=i, image_count=size)
               for i, size in enumerate((4, 4, 2))]
-    ctx = ShardContext(run_id="pool-run", campaign="pool", assets="s3://a", run_date="2026-01-01", controls={},
-                       batch_total=3)
-    heard: list[tuple[int, int]] = []
-
-    class Recorder:
-        def update(self, done: int, total: int) -> None:
-            heard.append((done, total))
+    recorder = Recorder()
 
     def beat(images: int, state: str = "running") -> Beat:
         return Beat(worker="gpu-1", pid=1, task_run_id="t", shard=0, images_done=images, state=state)
 
-    with progress.listening(Recorder()):
-        progress.begin(10)
-        tracker = PoolProgress(ctx, shards)
-        tracker.completed(2)
-        assert tracker.update([beat(3), None]) == pytest.approx(5 / 10)  # a running shard's worker has made 3
-        tracker.completed(0)
-        assert tracker.update([beat(1), beat(4, state="done")]) == pytest.approx(7 / 10)  # a done beat is not counted twice
-        assert tracker.update([]) == pytest.approx(7 / 10)  # never moves back
-    assert heard == [(0, 10), (5, 10), (7, 10), (7, 10)]
+    progress = Progress(recorder)
+    progress.begin(10)
+    tracker = PoolProgress(progress, shards)
+    tracker.completed(2)
+    assert tracker.update([beat(3), None]) == pytest.approx(5 / 10)  # a running shard's worker has made 3
+    tracker.completed(0)
+    assert tracker.update([beat(1), beat(4, state="done")]) == pytest.approx(7 / 10)  # a done beat is not counted twice
+    assert tracker.update([]) == pytest.approx(7 / 10)  # never moves back
+    assert recorder.heard == [(0, 10), (5, 10), (7, 10), (7, 10)]
 
 
 # --------------------------------------------------------------------------- campaign titles
@@ -191,8 +226,8 @@ def test_title_in_the_summary_the_artifacts_and_the_runs_schema(monkeypatch):
     made: dict[str, tuple] = {}
     monkeypatch.setattr(artifacts, "create_markdown_artifact", lambda text, **kw: made.setdefault("markdown", (text, kw)))
     monkeypatch.setattr(artifacts, "create_link_artifact", lambda link, **kw: made.setdefault("link", (link, kw)))
-    artifacts.report_run("autumn", "autumn-1", [], gallery="s3://a/runs/autumn-1/index.html", sheets={}, tables=(),
-                         manifest="s3://a/runs/autumn-1/_MANIFEST.json", title=TITLE)
+    artifacts.report_run(summary.model_copy(update={"gallery": "s3://a/runs/autumn-1/index.html",
+                                                    "manifest": "s3://a/runs/autumn-1/_MANIFEST.json"}), [])
     assert made["markdown"][0].startswith(f"# {TITLE} (autumn) · run autumn-1")
     assert TITLE in made["link"][1]["link_text"]
     assert made["markdown"][1]["key"] == "autumn-summary"  # keys stay slugs
@@ -310,15 +345,9 @@ def test_a_titled_cjk_campaign_through_the_flow(campaign_env, store):
     from flows.campaign import run_campaign
 
     store.put(f"{campaign_env['catalog']}/campaigns/autumn.yaml", CJK_CAMPAIGN.encode())
-    heard: list[tuple[int, int]] = []
-
-    class Recorder:
-        def update(self, done: int, total: int) -> None:
-            heard.append((done, total))
-
-    with progress.listening(Recorder()):
+    with progress.listening(Recorder()) as recorder:
         summary = run_campaign(RunRequest(campaign="autumn", triggered_by="test"))
-    assert heard == [(0, 4), (2, 4), (4, 4), (4, 4)]  # two batches of two, in this process
+    assert recorder.heard == [(0, 4), (2, 4), (4, 4), (4, 4)]  # two batches of two, in this process
     assert summary.title == TITLE and TITLE in summary.lines()[0]
     manifest = json.loads(store.get(summary.manifest))
     (run,) = publish.read_table(store, manifest, "runs").to_dict("records")

@@ -75,7 +75,8 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     from prefect import flow
 
     from flows.campaign import run_campaign
-    from flows.shard import run_shard, shard_part_name
+    from flows.progress import Progress
+    from flows.shard import ShardRuntime, run_shard, shard_part_name
 
     first = run_campaign(RunRequest(campaign="small", triggered_by="test"))
     manifest = json.loads(store.get(first.manifest))
@@ -98,7 +99,7 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     shard = Shard.model_validate_json(store.get(publish.run_uri(campaign_env["assets"], first.run_id, "shards", "00000.json")))
     ctx = ShardContext(run_id=first.run_id, campaign="small", assets=campaign_env["assets"], controls=manifest["controls"],
                        run_date=manifest["run_date"], batch_total=2)
-    flow(name="retried-shard")(run_shard)(shard, ctx)
+    flow(name="retried-shard")(run_shard)(shard, ctx, ShardRuntime(Progress()))
     assert generated == [lost["prompt"]]  # only the missing image was rendered again
     again = publish.read_staged(store, [publish.part_entry(store, "generations", part["uri"])], "generations")
     assert sorted(again["asset_id"]) == sorted(gens["asset_id"])
@@ -130,23 +131,19 @@ def test_progress_moves_forward_across_shards_in_process_and_ends_at_100_and_thr
 
     monkeypatch.setenv("STYLEMATRIX_IMAGES_PER_SHARD", "4")  # 2 batches of 4 images: one shard each
     get_settings.cache_clear()
-    shares: list[float] = []
-    created: list[str] = []
-    real_start, real_advance = artifacts.start_progress, artifacts.advance_progress
+    heard: list[tuple[int, int]] = []
+    artifact_ids: list[str] = []
 
-    def start(campaign: str, run_id: str) -> str:
-        created.append(real_start(campaign, run_id))
-        return created[-1]
+    class Artifact(artifacts.ProgressArtifact):
+        def update(self, done: int, total: int) -> None:
+            heard.append((done, total))
+            artifact_ids.append(self.artifact_id)
+            super().update(done, total)
 
-    def advance(progress, share):
-        shares.append(share)
-        real_advance(progress, share)
-
-    monkeypatch.setattr("flows.shard.advance_progress", advance)
-    monkeypatch.setattr("flows.steps.start_progress", start)
+    monkeypatch.setattr("flows.campaign.ProgressArtifact", Artifact)
     summary = run_campaign(RunRequest(campaign="small", triggered_by="test"))
-    assert shares == [0.5, 1.0]  # batch 1 of 2 (shard 0), batch 2 of 2 (shard 1)
-    assert _progress_of(created[0]) == 100.0
+    assert heard == [(0, 8), (4, 8), (8, 8), (8, 8)]  # begun; batch 1 of 2 (shard 0), batch 2 (shard 1); all done
+    assert len(set(artifact_ids)) == 1 and _progress_of(artifact_ids[0]) == 100.0
 
     # Throughput is images per second of the generation phase's wall time, not of the summed shard times.
     manifest = json.loads(store.get(summary.manifest))
@@ -160,23 +157,23 @@ def test_progress_moves_forward_across_shards_in_process_and_ends_at_100_and_thr
 def test_pool_progress_counts_completed_shards_in_any_order_and_moves_the_artifact_forward(campaign_env, store):
     from flows import artifacts
     from flows.dispatch import PoolProgress
-    from tasks.plan import ShardContext, group_batches, plan_shards
+    from flows.progress import Progress
+    from tasks.plan import group_batches, plan_shards
     from tests.helpers import PRODUCTS, STYLES, campaign, plan
 
     shards = plan_shards(group_batches(plan(campaign()), batch_size=4)[:4], PRODUCTS, STYLES, images_per_shard=4)
-    assets, run_id = campaign_env["assets"], "pool-run"
-    progress = artifacts.start_progress("pool", run_id)
-    ctx = ShardContext(run_id=run_id, campaign="pool", assets=assets, run_date="2026-01-01", controls={},
-                       batch_total=4, progress=progress)
-    tracker = PoolProgress(ctx, shards)
+    artifact = artifacts.ProgressArtifact(artifacts.start_progress("pool", "pool-run"))
+    progress = Progress(artifact)
+    progress.begin(sum(len(b.jobs) for s in shards for b in s.batches))
+    tracker = PoolProgress(progress, shards)
     assert tracker.update() == 0.0
     tracker.completed(shards[3].index)  # a parallel shard finishes the run's last batch first: a quarter done, not all
-    assert tracker.update() == 0.25 and _progress_of(progress) == 25.0
+    assert tracker.update() == 0.25 and _progress_of(artifact.artifact_id) == 25.0
     tracker.completed(shards[0].index)
     tracker.completed(shards[1].index)
-    assert tracker.update() == 0.75 and _progress_of(progress) == 75.0
+    assert tracker.update() == 0.75 and _progress_of(artifact.artifact_id) == 75.0
     tracker.completed(shards[2].index)
-    assert tracker.update() == 1.0 and _progress_of(progress) == 100.0
+    assert tracker.update() == 1.0 and _progress_of(artifact.artifact_id) == 100.0
 
 
 def test_ignored_controlnet_scale_axis_is_refused_before_the_catalog_is_read(campaign_env, store, generated):

@@ -86,6 +86,14 @@ class Settings(BaseSettings):
             raise ValueError(f"expected an s3://bucket[/prefix] URI, got {value!r}")
         return value.rstrip("/")
 
+    def catalog_uri(self, given: str | None = None) -> str:
+        """The catalog a request or command names, else this setting's, without a trailing `/`.
+
+        The one place a catalog URI is normalised: one catalog has one URI however it was written, so
+        its events' resource id (flows/catalog.catalog_resource) and its snapshots are the same.
+        """
+        return (given or self.catalog).rstrip("/")
+
     @model_validator(mode="after")
     def _lease_outlasts_beats(self) -> Settings:
         if self.shard_lease_seconds < 2 * self.shard_heartbeat_seconds:

@@ -223,6 +223,14 @@ def reviewed_run(store: ObjectStore, request: ReviewRequest) -> ReviewedRun:
     return ReviewedRun(manifest=manifest, images=tuple(rows), finishes=tuple(finishes))
 
 
+def review_links(store: ObjectStore, request: ReviewRequest, run: ReviewedRun) -> tuple[dict[str, str], str | None]:
+    """Links a reviewer can open for as long as the review waits: each selected image's (asset id -> URL) and the
+    gallery's (None without one)."""
+    seconds = int(request.review.wait_hours * 3600)
+    links = {r["asset_id"]: store.presigned_url(r["output_key"], seconds) for r in run.selected}
+    return links, store.presigned_url(request.gallery, seconds) if request.gallery else None
+
+
 def mark_gallery(store: ObjectStore, request: ReviewRequest, run: ReviewedRun, states: dict[str, str]) -> str | None:
     """Write the run's gallery again with each image's review state; its URI (None for a run without a gallery)."""
     if not run.manifest.get("gallery") or not states:

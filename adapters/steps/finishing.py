@@ -87,9 +87,9 @@ def finish_image(render: Image.Image, photo: Image.Image, mask: Image.Image | No
 
 
 def finish_run(store: ObjectStore, ctx: ShardContext, spec: Campaign, products: Sequence[Product],
-               rows: Sequence[dict]) -> list[dict]:
+               rows: Sequence[dict], *, copy_to: str | None = None) -> list[dict]:
     """Finish the run's images that their channel's plan asks for; their `finishes` rows, which the run
-    commits with its other tables."""
+    commits with its other tables. Each finished image is also written into the run's local copy `copy_to`."""
     plans = finish_plans(spec, [channel_of(r) for r in rows])
     todo = to_finish(rows, plans)
     by_id = {p.product_id: p for p in products}
@@ -110,7 +110,7 @@ def finish_run(store: ObjectStore, ctx: ShardContext, spec: Campaign, products: 
             marketplace_checks(done.image, done.product, plan.marketplace, shadow=done.shadow)
         for reason in reasons:
             log.warning("finished image %s of %s fails %s: %s", aid, row["product_id"], plan.marketplace.name, reason)
-        stored = publish.put_image(store, ctx.assets, ctx.run_id, aid, done.image, copy_to=ctx.local_copy)
+        stored = publish.put_image(store, ctx.assets, ctx.run_id, aid, done.image, copy_to=copy_to)
         made = Made(method=method, revision=revision, stored=stored, checks=checks, reasons=reasons,
                     seconds=time.perf_counter() - clock)
         out.append(finish_row(ctx, row, plan, done, made))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from PIL import Image
@@ -28,14 +29,26 @@ from tasks.tables import BatchInputs, RunContext, generation_rows
 log = logging.getLogger(__name__)
 
 
-def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard, ctx: ShardContext,
-                 run: RunContext, clip: ClipScorer | None = None) -> tuple[list[dict], float]:
+@dataclass(frozen=True)
+class Machinery:
+    """What a process renders batches with: its engine and CLIP scorer (loaded once per process) and, for shards
+    in the campaign's own process, the run's local copy folder, which each image is also written into as it is
+    published (publish.local_image_path) so the copy never reads it back."""
+
+    engine: Engine
+    clip: ClipScorer | None = None
+    copy_to: str | None = None
+
+
+def render_batch(machinery: Machinery, store: ObjectStore, batch: Batch, shard: Shard, ctx: ShardContext,
+                 run: RunContext) -> tuple[list[dict], float]:
     """Generate one batch, publish and score its images; returns its `generations` rows and generation seconds.
 
     Each asset is claimed first (adapters/steps/claims.py): one another live run holds is left to it (no
     row here); one this run already wrote (a retried shard) is reused; one a presumed-dead run wrote
     and that verifies is taken over; only the rest is generated.
     """
+    engine, copy_to = machinery.engine, machinery.copy_to
     product, style = shard.products[batch.product_id], shard.styles[batch.style_id]
     kinds = canvas_kinds(batch.params, engine.control_types, engine.adapter_images)
     held = claims.claim_all(store, ctx.assets, [j.asset_id for j in batch.jobs], ctx.run_id,
@@ -46,7 +59,7 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
             log.info("image %s is being made by run %s: left to it", job.asset_id, held[job.asset_id].run_id)
     earlier = {j.asset_id: None if held[j.asset_id].new else publish.existing_image(
         store, ctx.assets, held[j.asset_id].replaced or ctx.run_id, j.asset_id, recorder=ctx.run_id,
-        copy_to=ctx.local_copy) for j in jobs}
+        copy_to=copy_to) for j in jobs}
     todo = [j for j in jobs if earlier[j.asset_id] is None]
     if not jobs:
         return [], 0.0
@@ -67,7 +80,7 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
     made = dict(zip([j.asset_id for j in todo], fresh, strict=True))
     # All of the batch's uploads at once (PNG encoding drops the GIL; S3 waits on latency).
     put = dict(zip(made, parallel_map(lambda a: publish.put_image(store, ctx.assets, ctx.run_id, a, made[a],
-                                                                  copy_to=ctx.local_copy), list(made)), strict=True))
+                                                                  copy_to=copy_to), list(made)), strict=True))
     outputs = [put[j.asset_id] if j.asset_id in made else earlier[j.asset_id][0] for j in jobs]
     pictures = [made[j.asset_id] if j.asset_id in made else earlier[j.asset_id][1] for j in jobs]
     batch = batch.model_copy(update={"jobs": tuple(jobs)})
@@ -80,7 +93,7 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
     )
     rows = generation_rows(run, batch, outputs, inputs, seconds=seconds, created_at=datetime.now(UTC))
     return score_batch(store, rows, pictures, product=product, control=canvases.get("canny"),
-                       style_input=style_input, clip=clip, white=batch.params.get("background") == "white"), seconds
+                       style_input=style_input, clip=machinery.clip, white=batch.params.get("background") == "white"), seconds
 
 
 def white_preview(store: ObjectStore, product: Product, params: dict) -> Image.Image:

@@ -202,6 +202,11 @@ def run_scan(engine: Engine, clip: ClipScorer | None, store: ObjectStore, style:
     return _result(record, "scanned")
 
 
+def report_pictures(store: ObjectStore, result: ScanResult) -> tuple[bytes, bytes]:
+    """A scan's pictures for its report: its curves (PNG, as stored) and a small preview of its probe sheet (JPEG)."""
+    return store.get(result.plot), sheet_preview(store, result.sheet)
+
+
 def sheet_preview(store: ObjectStore, uri: str, width: int = 900) -> bytes:
     """The stored sheet shrunk to `width` pixels, as JPEG bytes small enough to embed in a report."""
     from adapters.catalog.images import load_image
