@@ -19,7 +19,8 @@ from adapters.infra import lake
 from adapters.infra.settings import get_settings
 from adapters.infra.storage import S3Store
 from adapters.model.engine import load_in_background
-from adapters.steps import claims, conditioning, publish
+from adapters.steps import claims, conditioning
+from adapters.steps.run_outputs import Reports
 from catalogs.models import CHANNEL_AXIS, Campaign, Product, RunRequest, RunSummary, StyleSet
 from flows import reports, steps
 from flows.catalog import catalog_for_run
@@ -29,6 +30,7 @@ from tasks.catalog_build import CatalogState
 from tasks.consistency import spread_columns
 from tasks.estimate import estimate_generation
 from tasks.finish import with_finishes
+from tasks.layout import AssetsLayout, CatalogLayout, RunLayout
 from tasks.plan import ShardContext, maskless_products
 from tasks.request import narrow
 from tasks.review import ReviewRequest, channel_formats, channel_marketplaces
@@ -60,7 +62,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
     settings = get_settings()
     store = S3Store.from_settings(settings)
     started, clock = datetime.now(UTC), time.perf_counter()
-    catalog, assets = request.catalog or settings.catalog, request.assets or settings.assets
+    catalog, assets = request.catalog or settings.catalog, AssetsLayout.at(request.assets or settings.assets)
 
     spec, profile = campaigns.resolve_campaign(store, request, catalog, settings.profile)  # before the catalog or any weight
     if not request.dry_run and not settings.shard_workers:  # the shards run here: load their engine meanwhile
@@ -86,11 +88,12 @@ def run_campaign(request: RunRequest) -> RunSummary:
                           quarantined=len(state.quarantine), left_out=left_out,
                           estimated_seconds=estimate.seconds, estimate_basis=estimate.basis)
 
-    run_id, run_date = new_run_id(spec.name, started), f"{started:%Y-%m-%d}"
+    run = assets.run(new_run_id(spec.name, started), f"{started:%Y-%m-%d}")
+    run_id = run.run_id
     batches = steps.batch(todo, spec.generation.batch_size)
     ctx = ShardContext(
-        run_id=run_id, campaign=spec.name, assets=assets, run_date=run_date, batch_total=len(batches),
-        controls=steps.controls(store, assets, run_id, products, batches, profile.control_types,
+        run=run, campaign=spec.name, batch_total=len(batches),
+        controls=steps.controls(store, run, products, batches, profile.control_types,
                                 profile.adapter_images) if batches else {},
         clip_model=spec.selection.clip_model,
         progress=steps.start_progress(spec.name, run_id) if batches else None,
@@ -100,10 +103,10 @@ def run_campaign(request: RunRequest) -> RunSummary:
     )
     shards = steps.shard(batches, products, styles, images_per_shard=settings.images_per_shard)
     # Stopped before its commit (SIGTERM, Ctrl-C, an error), the run hands its claims back on the way out.
-    with claims_handed_back(store, assets, [j.asset_id for j in todo], run_id):
+    with claims_handed_back(store, run, [j.asset_id for j in todo]):
         generated = run_shards(shards, ctx, store, settings)
         # Record only what this run holds the claim of as it commits: another run may have taken one over.
-        owner = steps.claim_owners(store, assets, [j.asset_id for j in todo], run_id,
+        owner = steps.claim_owners(store, run, [j.asset_id for j in todo],
                                    [i["asset_id"] for i in generated.images], since=started,
                                    lease=timedelta(seconds=settings.claim_lease_seconds)) if todo else {}
         generated = generated.owned_by(run_id, owner)
@@ -117,7 +120,7 @@ def run_campaign(request: RunRequest) -> RunSummary:
             parameters=run_parameters(request, spec, products=[p.product_id for p in products],
                                       styles=[s.style_id for s in styles]),
             triggered_by=request.triggered_by, flow_run_id=str(flow_run.get_id() or ""), catalog=catalog,
-            snapshot_id=state.snapshot_id, assets=assets, profile=spec.generation.profile, profile_revision=revision,
+            snapshot_id=state.snapshot_id, assets=assets.root, profile=spec.generation.profile, profile_revision=revision,
             device=device, dtype=dtype, started_at=started, finished_at=datetime.now(UTC),
             duration_seconds=time.perf_counter() - clock, products=len(products), styles=len(styles), cells=len(cells),
             images_planned=len(jobs), images_generated=made, images_skipped=len(jobs) - len(todo),
@@ -132,8 +135,8 @@ def run_campaign(request: RunRequest) -> RunSummary:
         summary = RunSummary(
             run_id=run_id, campaign=spec.name, title=spec.title, images_to_generate=len(todo), sheets=out.sheets, gallery=out.gallery,
             channels=tuple(spec.matrix.axes.get(CHANNEL_AXIS, ())),
-            tables=tuple(lake.Lake.of(store, assets).uri(t) for t in lake.RUN_TABLES),
-            manifest=publish.run_uri(assets, run_id, publish.MANIFEST),
+            tables=tuple(assets.table(t) for t in lake.RUN_TABLES),
+            manifest=run.manifest,
             **{k: row[k] for k in ("images_planned", "images_generated", "images_skipped", "images_selected",
                                    "images_failed", "batches", "quarantined", "duration_seconds", "images_per_second",
                                    "images_taken_over", "images_left_to_others", "left_to_runs")},
@@ -146,11 +149,12 @@ def run_campaign(request: RunRequest) -> RunSummary:
         summary = summary.model_copy(update={"reports_failed": failed})
         commit_run(store, summary, tables, generated, ctx, finished=row["finished_at"])
     if request.local_copy:
-        copied = steps.copy_run(store, assets, run_id, Path(request.local_copy))
+        copied = steps.copy_run(store, run, Path(request.local_copy))
         summary = summary.model_copy(update={"local_copy": str(copied)})
     if spec.review.required and rows:  # after the commit: a review reads the committed run, in its own flow run
         summary = summary.model_copy(update={"review": start_review(ReviewRequest(
-            run_id=run_id, campaign=spec.name, title=spec.title, assets=assets, run_date=run_date, gallery=out.gallery,
+            run_id=run_id, campaign=spec.name, title=spec.title, assets=assets.root, run_date=run.run_date,
+            gallery=out.gallery,
             review=spec.review, delivery=spec.delivery, channel_delivery=channel_formats(spec),
             channel_marketplace=channel_marketplaces(spec)),
             settings.review_deployment)})
@@ -159,17 +163,18 @@ def run_campaign(request: RunRequest) -> RunSummary:
 
 
 @contextlib.contextmanager
-def claims_handed_back(store: S3Store, assets: str, asset_ids: Sequence[str], run_id: str) -> Iterator[None]:
+def claims_handed_back(store: S3Store, run: RunLayout, asset_ids: Sequence[str]) -> Iterator[None]:
     """Hand the run's claims back when it stops before committing (SIGTERM, Ctrl-C, an error), so the next
     run takes those images over at once instead of waiting out the lease."""
     try:
         yield
     except BaseException:
         try:
-            released = claims.release_all(store, assets, asset_ids, run_id)
-            get_run_logger().warning("run %s stopped before its commit: handed back %d claims", run_id, released)
+            released = claims.release_all(store, run, asset_ids)
+            get_run_logger().warning("run %s stopped before its commit: handed back %d claims", run.run_id, released)
         except Exception as exc:  # the run is stopping anyway: say so, and let the lease expire
-            get_run_logger().warning("run %s: claims not handed back (%s); they expire with their lease", run_id, exc)
+            get_run_logger().warning("run %s: claims not handed back (%s); they expire with their lease", run.run_id,
+                                     exc)
         raise
 
 
@@ -191,7 +196,7 @@ def campaign_inputs(store: S3Store, spec: Campaign, request: RunRequest, state: 
     for reason in maskless_products(spec, products).values():
         logger.warning(reason)
     if spec.generation.negative_reference:
-        negative = steps.read_reference(store, spec.generation.negative_reference, catalog)
+        negative = steps.read_reference(store, spec.generation.negative_reference, CatalogLayout.at(catalog))
         styles = conditioning.with_negative_reference(styles, negative)
     return products, styles, left_out
 
@@ -212,13 +217,12 @@ def publish_outputs(store: S3Store, ctx: ShardContext, spec: Campaign, products:
     # After selection: the chosen images to their delivery size, products pasted back, marketplace checks.
     finishes = steps.finish_images(store, ctx, spec, products, rows)
     shown = with_finishes(rows, finishes)
-    tables = [lake.Lake.of(store, ctx.assets).uri(t) for t in lake.RUN_TABLES]
-    sheets = reports.attempt("contact-sheets", failed, steps.write_sheets, store, ctx.assets, ctx.run_id, shown,
-                             products, styles, ctx.controls, title=spec.title, local_copy=ctx.local_copy, default={})
-    sheets |= reports.attempt("overview", failed, steps.write_overview, store, ctx.assets, ctx.run_id, rows,
-                              title=spec.title, local_copy=ctx.local_copy, default={})
-    gallery = reports.attempt("gallery", failed, steps.write_gallery, store, ctx.assets, ctx.run_id, spec.name, shown,
-                              sheets, tables, left_out=left_out, title=spec.title, default=None)
+    made = Reports(run=ctx.run, campaign=spec.name, title=spec.title, local_copy=ctx.local_copy)
+    sheets = reports.attempt("contact-sheets", failed, steps.write_sheets, store, made, shown, products, styles,
+                             ctx.controls, default={})
+    sheets |= reports.attempt("overview", failed, steps.write_overview, store, made, rows, default={})
+    gallery = reports.attempt("gallery", failed, steps.write_gallery, store, made, shown, sheets, left_out=left_out,
+                              default=None)
     return Published(rows, metrics, finishes, sheets, gallery, failed)
 
 
@@ -227,12 +231,12 @@ def commit_run(store: S3Store, summary: RunSummary, tables: dict[str, list[dict]
     """The commit: the run's rows into the Delta tables, one commit per table (`runs` last), each named for
     the run so a retry never lands twice; then the manifest, which records the run's files (its finished
     images included) and the table versions its commits made."""
-    committed = steps.commit_tables(lake.Lake.of(store, ctx.assets), summary.run_id, ctx.run_date, tables)
+    committed = steps.commit_tables(lake.Lake.of(store, ctx.run.assets), summary.run_id, ctx.run.run_date, tables)
     finished_images = [{"asset_id": f["asset_id"], "uri": f["output_key"], "sha256": f["sha256"]}
                        for f in tables.get("finishes", ())]
-    steps.write_manifest(store, ctx.assets, summary.run_id, {
+    steps.write_manifest(store, ctx.run, {
         "schema_version": 3, "run_id": summary.run_id, "campaign": summary.campaign, "created_at": finished.isoformat(),
-        "assets": ctx.assets, "run_date": ctx.run_date,
+        "assets": ctx.run.assets.root, "run_date": ctx.run.run_date, "left_out": summary.left_out,
         "tables": [c.entry() for c in committed.values()], "images": [*generated.images, *finished_images],
         "gallery": summary.gallery, "sheets": summary.sheets, "controls": ctx.controls,
         "reports_failed": summary.reports_failed,

@@ -35,7 +35,7 @@ from adapters.infra.code_version import code_version
 from adapters.infra.settings import Settings
 from adapters.infra.storage import ObjectStore
 from adapters.steps import publish
-from adapters.steps.heartbeats import Beat, Silence, beat_uri
+from adapters.steps.heartbeats import Beat, Silence
 from flows import progress
 from flows.artifacts import advance_progress
 from flows.fleet import Forgotten, read_fleet, require_worker, through_outage, withdraw
@@ -72,8 +72,7 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
     images = sum(len(b.jobs) for s in shards for b in s.batches)
     progress.begin(images)  # the terminal's bar counts images; the artifact, batches
     for shard in shards:
-        store.put(publish.run_uri(ctx.assets, ctx.run_id, "shards", f"{shard.index:05d}.json"),
-                  shard.model_dump_json().encode(), content_type="application/json")
+        store.put(ctx.run.shard_spec(shard.index), shard.model_dump_json().encode(), content_type="application/json")
     if not settings.shard_workers:  # one task run per shard in the campaign's flow run
         batches_before = images_before = 0
         for shard in shards:
@@ -88,8 +87,8 @@ def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, s
     progress.reach(images)
     # Wall time of the whole generation phase, not the sum of the shards' times: parallel workers count once.
     wall = time.perf_counter() - clock
-    parts = [publish.part_entry(store, "generations", publish.staged_part_uri(
-        ctx.assets, ctx.run_id, "generations", shard_part_name(ctx.run_id, s.index))) for s in shards]
+    parts = [publish.part_entry(store, "generations", ctx.run.staged_part(
+        "generations", shard_part_name(ctx.run_id, s.index))) for s in shards]
     images = tuple(img for part in parts for img in _part_images(store, part))
     return Generated(parts=tuple(parts), images=images, wall_seconds=wall)
 
@@ -213,7 +212,7 @@ def _hand_out_forgotten(client, pool: _Pool, states: dict[str, State], ctx: Shar
 
 
 def _beat_uri(ctx: ShardContext, task_run_id: str) -> str:
-    return beat_uri(ctx.assets, ctx.run_id, task_run_id)
+    return ctx.run.beat(task_run_id)
 
 
 def _states(client, task_run_ids: Sequence[str]) -> dict[str, State]:

@@ -38,7 +38,7 @@ from adapters.infra.code_version import code_version
 from adapters.infra.settings import get_settings
 from adapters.infra.storage import S3Store
 from adapters.model.engine import engine_loads
-from adapters.steps.heartbeats import Beat, Heartbeat, beat_uri
+from adapters.steps.heartbeats import Beat, Heartbeat
 from flows import progress
 from flows.fleet import presence_key
 from flows.shard import run_shard
@@ -59,7 +59,7 @@ def generate_shard_task(shard: Shard, ctx: ShardContext) -> dict:
     beat = Beat(worker=settings.worker_name, pid=os.getpid(), task_run_id=task_run_id, shard=shard.index,
                 shards_served=_served)
     progress.begin(sum(len(b.jobs) for b in shard.batches))  # the beats report this shard's images done
-    with Heartbeat(store, beat_uri(ctx.assets, ctx.run_id, task_run_id), beat, settings.shard_heartbeat_seconds,
+    with Heartbeat(store, ctx.run.beat(task_run_id), beat, settings.shard_heartbeat_seconds,
                    engine_loads=engine_loads, images_done=progress.done):
         part = run_shard(shard, ctx)
     get_run_logger().info("shard %d done on %s (process %d: %d shards served, engine loaded %d time(s))",

@@ -16,6 +16,7 @@ from adapters.infra.storage import S3Store
 from adapters.model.clip import get_clip_scorer
 from adapters.model.engine import get_engine
 from adapters.steps import rendering
+from adapters.steps.rendering import Renderer
 from catalogs import load_profiles
 from flows import progress, steps
 from flows.artifacts import advance_progress
@@ -42,12 +43,13 @@ def run_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0, images_b
     profile = shard.batches[0].jobs[0].profile
     engine = get_engine(profile, settings)
     clip = get_clip_scorer(ctx.clip_model, load_profiles()[profile], settings)
-    run = RunContext(run_id=ctx.run_id, campaign=ctx.campaign, device=engine.device_name, versions=engine.versions,
-                     worker=settings.worker_name)
+    renderer = Renderer(engine=engine, clip=clip, run=RunContext(
+        run_id=ctx.run_id, campaign=ctx.campaign, device=engine.device_name, versions=engine.versions,
+        worker=settings.worker_name))
     rows: list[dict] = []
     images = 0
     for done, batch in enumerate(shard.batches, start=1):
-        batch_rows, seconds = rendering.render_batch(engine, store, batch, shard, ctx, run, clip)
+        batch_rows, seconds = rendering.render_batch(renderer, store, batch, shard, ctx)
         rows += batch_rows
         # One after another, a shard knows the run's count; on the pool it knows only its own.
         where = (f"batch {batches_before + done}/{ctx.batch_total}" if ctx.progress is not None
@@ -58,8 +60,7 @@ def run_shard(shard: Shard, ctx: ShardContext, batches_before: int = 0, images_b
         images += n
         advance_progress(ctx.progress, (batches_before + done) / ctx.batch_total)
         progress.reach(images_before + images)  # the terminal's bar, where this process has one
-    return steps.write_part(store, ctx.assets, ctx.run_id, "generations", shard_part_name(ctx.run_id, shard.index),
-                            rows)
+    return steps.write_part(store, ctx.run, "generations", shard_part_name(ctx.run_id, shard.index), rows)
 
 
 # A shard in the campaign's own process (on a GPU worker: flows/gpu_worker.generate_shard_task).

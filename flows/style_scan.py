@@ -18,11 +18,12 @@ from adapters.infra.settings import get_settings
 from adapters.infra.storage import S3Store
 from adapters.model.clip import get_clip_scorer
 from adapters.model.engine import get_engine
-from adapters.steps.style_scans import ScanResult, sheet_preview
+from adapters.steps.style_scans import ScanOrder, ScanResult, sheet_preview
 from catalogs import load_profiles
 from flows import steps
 from flows.artifacts import artifact_key
 from flows.catalog import catalog_for_run
+from tasks.layout import AssetsLayout
 from tasks.style_scan import pick_styles, probe_for, scan_id
 
 
@@ -44,7 +45,7 @@ def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalo
     settings = get_settings()
     store = S3Store.from_settings(settings)
     catalog = (catalog or settings.catalog).rstrip("/")
-    assets = assets or settings.assets
+    layout = AssetsLayout.at(assets or settings.assets)
     profile_name = profile or settings.profile
     profiles = load_profiles()
     if profile_name not in profiles:
@@ -60,7 +61,7 @@ def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalo
     todo = []
     for style in chosen:
         sid = scan_id(style, profile_name, revision, probe)
-        done = steps.committed_scan(store, assets, style.style_id, sid)
+        done = steps.committed_scan(store, layout, style.style_id, sid)
         if done is not None:
             logger.info("%s", done.line())
             results.append(done)
@@ -70,9 +71,9 @@ def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalo
         engine = get_engine(profile_name, settings)
         clip = get_clip_scorer("auto", profiles[profile_name], settings)
         for style, sid in todo:
-            result = steps.run_scan(engine, clip, store, style, probe, scan_id=sid, assets=assets, catalog=catalog,
-                                    snapshot_id=state.snapshot_id, triggered_by=triggered_by,
-                                    flow_run_id=str(flow_run.get_id() or ""))
+            order = ScanOrder(scan_id=sid, assets=layout, catalog=catalog, snapshot_id=state.snapshot_id,
+                              triggered_by=triggered_by, flow_run_id=str(flow_run.get_id() or ""))
+            result = steps.run_scan(engine, clip, store, style, probe, order)
             logger.info("%s", result.line())
             report_scan(store, result)
             results.append(result)

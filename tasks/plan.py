@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from catalogs.models import CHANNEL_AXIS, Campaign, Generation, ModelProfile, Product, StyleSet
 from tasks.catalog_build import QuarantineEntry
 from tasks.channels import Layout, layout_params, product_box, resolve_channels
+from tasks.layout import RunLayout
 from tasks.matrix import Cell, cell_record, render_prompt
 
 ASSET_ID_VERSION = 2
@@ -76,17 +77,15 @@ class Shard(_Frozen):
 
 
 class ShardContext(_Frozen):
-    """What every shard of a run shares: where to write, the stored control images, how to score.
+    """What every shard of a run shares: where to write (the run's layout), the stored control images, how to score.
 
     `progress` is the run's progress artifact id when shards run one after another in the
     campaign's process (each moves it after every batch); None on the pool, where shards finish
     in any order and the campaign flow reports progress itself.
     """
 
-    run_id: str
+    run: RunLayout  # where the run's objects live (tasks/layout.py), its id and table partition
     campaign: str
-    assets: str
-    run_date: str
     controls: dict[str, str]
     batch_total: int
     clip_model: str = "none"
@@ -98,6 +97,10 @@ class ShardContext(_Frozen):
     local_copy: str | None = None
     # The `sim` profile's seconds per image for this run (`RunRequest.sim_seconds`); None: the worker's setting.
     sim_seconds: float | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
 
 
 def asset_id(

@@ -13,6 +13,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from tasks.layout import AssetsLayout
+
 
 def _commands(command, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], object]]:
     """Every command and group of the tree, with the arguments that reach it, found through click's group API.
@@ -140,7 +142,7 @@ def test_pool_progress_tells_listeners_the_images_of_completed_and_running_shard
     # PoolProgress reads only each shard's index and its batches' jobs.
     shards = [SimpleNamespace(index=i, batches=[SimpleNamespace(jobs=[None] * size)])
               for i, size in enumerate((4, 4, 2))]
-    ctx = ShardContext(run_id="pool-run", campaign="pool", assets="s3://a", run_date="2026-01-01", controls={},
+    ctx = ShardContext(run=AssetsLayout.at("s3://a").run("pool-run", "2026-01-01"), campaign="pool", controls={},
                        batch_total=3)
     heard: list[tuple[int, int]] = []
 

@@ -26,6 +26,7 @@ from adapters.catalog.snapshots import refresh
 from adapters.infra.local_s3 import free_port
 from adapters.steps import publish
 from adapters.steps.heartbeats import read_beats
+from tasks.layout import AssetsLayout
 from tests.helpers import CLI, ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -90,7 +91,7 @@ def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_ca
 
         def beats() -> list:
             runs = {o.key.split("/")[1] for o in store.list(f"{assets}/runs/") if "/workers/" in o.key}
-            return [b for r in runs for b in read_beats(store, assets, r)]
+            return [b for r in runs for b in read_beats(store, AssetsLayout.at(assets).run(r))]
 
         _wait(lambda: beats(), 300, "a shard running on the GPU worker", campaign=campaign, log=log)
         assert len(beats()) == 1  # one worker: the other two shards wait in the server's memory
@@ -103,7 +104,7 @@ def test_a_server_restart_mid_campaign_loses_no_shard(s3_server, store, model_ca
             campaign.kill()
         stack.stop()
     assert "no longer queues it" in log()
-    (manifest,) = publish.read_manifests(store, assets)
+    (manifest,) = publish.read_manifests(store, AssetsLayout.at(assets))
     rows = publish.read_table(store, manifest, "generations")
     assert len(rows) == IMAGES and rows["asset_id"].is_unique
     for row in rows.itertuples():

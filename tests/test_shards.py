@@ -12,6 +12,7 @@ from PIL import Image
 from adapters.model.engine import Engine
 from adapters.steps import publish
 from catalogs.models import RunRequest
+from tasks.layout import AssetsLayout
 from tests.helpers import ReadLog
 
 SMALL = (
@@ -83,7 +84,7 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     gens = publish.read_table(store, manifest, "generations")
 
     # Simulate a shard that died after writing some images: drop one image and the shard's staged part.
-    part = {"table": "generations", "uri": publish.staged_part_uri(campaign_env["assets"], first.run_id, "generations",
+    part = {"table": "generations", "uri": AssetsLayout.at(campaign_env["assets"]).run(first.run_id).staged_part("generations",
                                                                    shard_part_name(first.run_id, 0))}
     lost = gens.iloc[3]
     lost_image = Image.open(io.BytesIO(store.get(lost["output_key"])))
@@ -95,9 +96,9 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     from tasks.plan import Shard, ShardContext
 
     # Re-run the very shard the campaign ran (its spec is stored with the run), as a retry would.
-    shard = Shard.model_validate_json(store.get(publish.run_uri(campaign_env["assets"], first.run_id, "shards", "00000.json")))
-    ctx = ShardContext(run_id=first.run_id, campaign="small", assets=campaign_env["assets"], controls=manifest["controls"],
-                       run_date=manifest["run_date"], batch_total=2)
+    shard = Shard.model_validate_json(store.get(AssetsLayout.at(campaign_env["assets"]).run(first.run_id).uri("shards", "00000.json")))
+    ctx = ShardContext(run=AssetsLayout.at(campaign_env["assets"]).run(first.run_id, manifest["run_date"]),
+                       campaign="small", controls=manifest["controls"], batch_total=2)
     flow(name="retried-shard")(run_shard)(shard, ctx)
     assert generated == [lost["prompt"]]  # only the missing image was rendered again
     again = publish.read_staged(store, [publish.part_entry(store, "generations", part["uri"])], "generations")
@@ -166,7 +167,7 @@ def test_pool_progress_counts_completed_shards_in_any_order_and_moves_the_artifa
     shards = plan_shards(group_batches(plan(campaign()), batch_size=4)[:4], PRODUCTS, STYLES, images_per_shard=4)
     assets, run_id = campaign_env["assets"], "pool-run"
     progress = artifacts.start_progress("pool", run_id)
-    ctx = ShardContext(run_id=run_id, campaign="pool", assets=assets, run_date="2026-01-01", controls={},
+    ctx = ShardContext(run=AssetsLayout.at(assets).run(run_id, "2026-01-01"), campaign="pool", controls={},
                        batch_total=4, progress=progress)
     tracker = PoolProgress(ctx, shards)
     assert tracker.update() == 0.0
@@ -202,7 +203,7 @@ def test_a_run_copies_itself_locally_as_it_makes_its_images(campaign_env, store,
 
     def watching(store, assets, run_id, out_dir):
         copied.append({p.name for p in (out_dir / run_id / "images").glob("*.png")})
-        return publish.copy_run(store, assets, run_id, out_dir)
+        return publish.copy_run(store, AssetsLayout.at(assets).run(run_id), out_dir)
 
     monkeypatch.setattr(steps, "copy_run", steps.step(watching, name="local-copy"))
     out = tmp_path / "out"
@@ -220,7 +221,7 @@ def test_a_run_copies_itself_locally_as_it_makes_its_images(campaign_env, store,
     (local / "images" / damaged).write_bytes(b"not a png")
     (local / "images" / "stray.png").write_bytes(b"left by a run that lost its claim")
     log = ReadLog(store)
-    publish.copy_run(log, campaign_env["assets"], summary.run_id, out)
+    publish.copy_run(log, AssetsLayout.at(campaign_env["assets"]).run(summary.run_id), out)
     assert [u for u in log.reads if "/images/" in u] == [next(i["uri"] for i in manifest["images"]
                                                               if f"{i['asset_id']}.png" == damaged)]
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (local / "images").glob("*.png")} == expected

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from PIL import Image
@@ -27,24 +28,35 @@ from tasks.tables import BatchInputs, RunContext, generation_rows
 log = logging.getLogger(__name__)
 
 
-def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard, ctx: ShardContext,
-                 run: RunContext, clip: ClipScorer | None = None) -> tuple[list[dict], float]:
+@dataclass(frozen=True)
+class Renderer:
+    """What a process renders with: its engine, its CLIP scorer (None: no CLIP scores), and the run context
+    its rows record (run, device, versions, worker)."""
+
+    engine: Engine
+    run: RunContext
+    clip: ClipScorer | None = None
+
+
+def render_batch(renderer: Renderer, store: ObjectStore, batch: Batch, shard: Shard,
+                 ctx: ShardContext) -> tuple[list[dict], float]:
     """Generate one batch, publish and score its images; returns its `generations` rows and generation seconds.
 
     Each asset is claimed first (adapters/steps/claims.py): one another live run holds is left to it (no
     row here); one this run already wrote (a retried shard) is reused; one a presumed-dead run wrote
     and that verifies is taken over; only the rest is generated.
     """
+    engine, run, clip = renderer.engine, renderer.run, renderer.clip
     product, style = shard.products[batch.product_id], shard.styles[batch.style_id]
     kinds = canvas_kinds(batch.params, engine.control_types, engine.adapter_images)
-    held = claims.claim_all(store, ctx.assets, [j.asset_id for j in batch.jobs], ctx.run_id,
+    held = claims.claim_all(store, ctx.run, [j.asset_id for j in batch.jobs],
                             lease=timedelta(seconds=ctx.claim_lease_seconds))
     jobs = [j for j in batch.jobs if held[j.asset_id].run_id == ctx.run_id]
     for job in batch.jobs:
         if held[job.asset_id].run_id != ctx.run_id:
             log.info("image %s is being made by run %s: left to it", job.asset_id, held[job.asset_id].run_id)
     earlier = {j.asset_id: None if held[j.asset_id].new else publish.existing_image(
-        store, ctx.assets, held[j.asset_id].replaced or ctx.run_id, j.asset_id, recorder=ctx.run_id,
+        store, ctx.run.assets.run(held[j.asset_id].replaced or ctx.run_id), j.asset_id, recorder=ctx.run_id,
         copy_to=ctx.local_copy) for j in jobs}
     todo = [j for j in jobs if earlier[j.asset_id] is None]
     if not jobs:
@@ -67,8 +79,8 @@ def render_batch(engine: Engine, store: ObjectStore, batch: Batch, shard: Shard,
     seconds = time.perf_counter() - start
     made = dict(zip([j.asset_id for j in todo], fresh, strict=True))
     # All of the batch's uploads at once (PNG encoding drops the GIL; S3 waits on latency).
-    put = dict(zip(made, parallel_map(lambda a: publish.put_image(store, ctx.assets, ctx.run_id, a, made[a],
-                                                                  copy_to=ctx.local_copy), list(made)), strict=True))
+    put = dict(zip(made, parallel_map(lambda a: publish.put_image(store, ctx.run, a, made[a], copy_to=ctx.local_copy),
+                                      list(made)), strict=True))
     outputs = [put[j.asset_id] if j.asset_id in made else earlier[j.asset_id][0] for j in jobs]
     pictures = [made[j.asset_id] if j.asset_id in made else earlier[j.asset_id][1] for j in jobs]
     batch = batch.model_copy(update={"jobs": tuple(jobs)})
