@@ -19,7 +19,7 @@ from flows.cli_errors import ASSETS_URI, CATALOG_URI, USER_ERRORS, fail
 from flows.cli_style import style_app
 from flows.cli_tables import tables_app
 from flows.progress import terminal_progress
-from tasks.layout import AssetsLayout
+from tasks.layout import GALLERY, AssetsLayout
 
 prepare_runtime_env()  # before Prefect is imported anywhere below
 
@@ -61,7 +61,7 @@ def _finish(summary: RunSummary, out_dir: Path, elapsed: float) -> None:
     if summary.local_copy:
         typer.echo(f"  local copy: {summary.local_copy}/ (also {out_dir / 'latest'})")
         if summary.gallery:
-            typer.echo(f"  open:     {Path(summary.local_copy) / 'index.html'}")
+            typer.echo(f"  open:     {Path(summary.local_copy) / GALLERY}")
     if not summary.dry_run:
         typer.echo(f"  wall time: {elapsed:.1f} s")
 

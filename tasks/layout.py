@@ -50,6 +50,12 @@ CAMPAIGNS = "campaigns"
 SNAPSHOTS = "_snapshots"
 LATEST = "LATEST"
 SNAPSHOT_COMMIT = "_SNAPSHOT.json"
+SECTIONS = (PRODUCTS, STYLES)  # the catalog's entries: one folder per product or style set
+
+# Every segment above: what tests/test_layout.py looks for in the other modules.
+SEGMENTS = (TABLES, RUNS, CLAIMS, DELIVERY, SCANS, TASK_STORAGE, IMAGES, CONTROLS, SHARDS, STAGING, SHEETS, GALLERY,
+            GALLERY_PAGES, WORKERS, MANIFEST, REPORTS, SCAN_COMMIT, SCAN_CURVES, SCAN_SHEET, PRODUCTS, STYLES,
+            CAMPAIGNS, SNAPSHOTS, LATEST, SNAPSHOT_COMMIT)
 
 _SLUG = re.compile(ID_PATTERN)
 _ASSET_ID = re.compile(r"^[0-9a-f]{8,64}$")
@@ -274,9 +280,14 @@ class CatalogLayout(_Layout):
 
     def section(self, name: str) -> str:
         """The listing prefix of a section of entries (`products/`, `styles/`)."""
-        if name not in (PRODUCTS, STYLES):
-            raise ValueError(f"catalog section {name!r}: not one of {PRODUCTS}, {STYLES}")
+        if name not in SECTIONS:
+            raise ValueError(f"catalog section {name!r}: not one of {', '.join(SECTIONS)}")
         return self.uri(name + "/")
+
+    @staticmethod
+    def entry(section: str, entry_id: str, name: str = "") -> str:
+        """An entry's folder key (`products/<id>/`), or one of its files' keys (`products/<id>/image.png`)."""
+        return f"{section}/{entry_id}/{name}"
 
     def key(self, uri: str) -> str:
         """A catalog object's key below the root (what snapshots record)."""
