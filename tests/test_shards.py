@@ -201,9 +201,9 @@ def test_a_run_copies_itself_locally_as_it_makes_its_images(campaign_env, store,
 
     copied: list[set[str]] = []  # the images in the local copy when the run starts copying what it lacks
 
-    def watching(store, assets, run_id, out_dir):
-        copied.append({p.name for p in (out_dir / run_id / "images").glob("*.png")})
-        return publish.copy_run(store, AssetsLayout.at(assets).run(run_id), out_dir)
+    def watching(store, run, out_dir):
+        copied.append({p.name for p in (out_dir / run.run_id / "images").glob("*.png")})
+        return publish.copy_run(store, run, out_dir)
 
     monkeypatch.setattr(steps, "copy_run", steps.step(watching, name="local-copy"))
     out = tmp_path / "out"

@@ -17,7 +17,7 @@ from adapters.model.clip import ClipScorer
 from adapters.model.engine import Engine
 from adapters.model.sim_engine import SIM_PARAM
 from adapters.steps import claims, conditioning, publish
-from adapters.steps.scoring import score_batch
+from adapters.steps.scoring import Sources, score_batch
 from catalogs.models import Product
 from tasks.canny import canvas_kinds, canvas_name
 from tasks.channels import params_box
@@ -92,8 +92,9 @@ def render_batch(renderer: Renderer, store: ObjectStore, batch: Batch, shard: Sh
         negative_reference_key=style.negative.key if style.negative else None,
     )
     rows = generation_rows(run, batch, outputs, inputs, seconds=seconds, created_at=datetime.now(UTC))
-    return score_batch(store, rows, pictures, product=product, control=canvases.get("canny"),
-                       style_input=style_input, clip=clip, white=batch.params.get("background") == "white"), seconds
+    sources = Sources(product=product, style_input=style_input, control=canvases.get("canny"),
+                      white=batch.params.get("background") == "white")
+    return score_batch(store, rows, pictures, sources, clip), seconds
 
 
 def white_preview(store: ObjectStore, product: Product, params: dict) -> Image.Image:
