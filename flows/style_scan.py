@@ -20,6 +20,7 @@ from adapters.model.clip import get_clip_scorer
 from adapters.model.engine import get_engine
 from adapters.steps.style_scans import ScanOrder, ScanResult, sheet_preview
 from catalogs import load_profiles
+from catalogs.uris import AssetsUri, CatalogUri
 from flows import steps
 from flows.artifacts import artifact_key
 from flows.catalog import catalog_for_run
@@ -28,8 +29,8 @@ from tasks.style_scan import pick_styles, probe_for, scan_id
 
 
 @flow(name="scan-style")
-def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalog: str | None = None,
-               assets: str | None = None, profile: str | None = None, snapshot: str | None = None,
+def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalog: CatalogUri | None = None,
+               assets: AssetsUri | None = None, profile: str | None = None, snapshot: str | None = None,
                scales: list[float] | None = None, seeds: list[int] | None = None, size: int | None = None,
                probe_steps: int | None = None, triggered_by: Literal["cli", "event", "api", "test"] = "api") -> list[dict]:
     """Scan the named style sets (or every one with `all_styles`) over an IP-Adapter scale sweep.
