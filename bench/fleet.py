@@ -47,6 +47,7 @@ from adapters.infra.storage import S3Store  # noqa: E402
 from adapters.steps import publish  # noqa: E402
 from adapters.steps.heartbeats import read_beats  # noqa: E402
 from flows.serve import PrefectStack  # noqa: E402
+from tasks.layout import AssetsLayout  # noqa: E402
 
 
 class Fleet:
@@ -134,10 +135,10 @@ class Fleet:
 
 
 def measure(fleet: Fleet, assets: str) -> dict:
-    (manifest,) = publish.read_manifests(fleet.store, assets)
+    (manifest,) = publish.read_manifests(fleet.store, AssetsLayout.at(assets))
     run_id = manifest["run_id"]
     runs = sorted(fleet.shard_runs(run_id), key=lambda r: r.start_time)
-    worker = {b.task_run_id: b.worker for b in read_beats(fleet.store, assets, run_id)}
+    worker = {b.task_run_id: b.worker for b in read_beats(fleet.store, AssetsLayout.at(assets).run(run_id))}
     images = len(publish.read_table(fleet.store, manifest, "generations"))
     span = (max(r.end_time for r in runs) - min(r.start_time for r in runs)).total_seconds()
     latency, last_end = [], {}
@@ -164,7 +165,7 @@ def restart_mid_campaign(fleet: Fleet, seeds: int, assets: str) -> float:
     fleet.stack.start_server()
     up = datetime.now(UTC)
     assert proc.wait(timeout=900) == 0, "the campaign failed after the restart"
-    (manifest,) = publish.read_manifests(fleet.store, assets)
+    (manifest,) = publish.read_manifests(fleet.store, AssetsLayout.at(assets))
     starts = [r.start_time for r in fleet.shard_runs(manifest["run_id"]) if r.start_time > up]
     return (min(starts) - up).total_seconds()
 

@@ -40,6 +40,7 @@ from adapters.catalog.sample import seed_sample_catalog  # noqa: E402
 from adapters.infra.local_s3 import LocalS3Server  # noqa: E402
 from adapters.infra.settings import Settings, export_s3_endpoint, get_settings  # noqa: E402
 from adapters.infra.storage import S3Store, parallel_map  # noqa: E402
+from tasks.layout import AssetsLayout  # noqa: E402
 
 CELLS = 4 * 2 * 4  # products x style sets x cells of the campaign below
 
@@ -161,7 +162,7 @@ def run(store: S3Store, assets: str, sim_seconds: float) -> dict:
     return {"summary": summary, "wall_s": wall, "calls": calls, "peak_mb": peak_mb(), "samples": memory.samples,
             "images": len(images), "unique": len(set(ids)), "intact": intact, "task_runs": task_runs_of(row["flow_run_id"]),
             "manifest_bytes": len(store.get(summary.manifest)),
-            "gallery_bytes": sum(o.size for o in store.list(publish.run_uri(assets, summary.run_id, "")) if
+            "gallery_bytes": sum(o.size for o in store.list(AssetsLayout.at(assets).run(summary.run_id).root + "/") if
                                  o.key.endswith("/index.html") or "/gallery/" in o.key),
             "sheets": len(summary.sheets),
             # The Delta tables' data files (the bench's bucket holds this one run): (table, rows, bytes).

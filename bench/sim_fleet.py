@@ -45,6 +45,7 @@ from adapters.infra.settings import Settings, child_env, export_s3_endpoint, get
 from adapters.infra.storage import S3Store  # noqa: E402
 from adapters.steps import publish  # noqa: E402
 from flows.serve import PrefectStack  # noqa: E402
+from tasks.layout import AssetsLayout  # noqa: E402
 
 IMAGES_PER_SHARD = 64
 
@@ -86,7 +87,7 @@ def one_fleet(stack: PrefectStack, store: S3Store, workers: int, args) -> dict:
         summary = run_campaign(RunRequest(campaign=name, assets=f"s3://{bucket}", triggered_by="test",
                                           sim_seconds=args.sim_seconds))
         wall = time.perf_counter() - start
-        (manifest,) = publish.read_manifests(store, f"s3://{bucket}")
+        (manifest,) = publish.read_manifests(store, AssetsLayout.at(f"s3://{bucket}"))
         gens = publish.read_table(store, manifest, "generations")
         written = pd.to_datetime(gens["created_at"], utc=True)
         span = (written.max() - written.min()).total_seconds()

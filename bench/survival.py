@@ -33,6 +33,7 @@ from adapters.infra.settings import Settings  # noqa: E402
 from adapters.infra.storage import S3Store  # noqa: E402
 from adapters.model.kit import ensure_tiny_kit  # noqa: E402
 from adapters.steps import publish  # noqa: E402
+from tasks.layout import AssetsLayout  # noqa: E402
 from tests.s3_faults import FaultyS3Proxy  # noqa: E402
 
 CLI = [sys.executable, "-m", "flows.cli", "run", "--campaign"]
@@ -57,7 +58,7 @@ def images(store: S3Store, assets: str) -> list[str]:
 
 def checked(store: S3Store, assets: str) -> tuple[int, int]:
     """(rows recorded, rows whose object is missing or has other bytes)."""
-    rows = [r for m in publish.read_manifests(store, assets) for r in publish.read_table(store, m, "generations").itertuples()]
+    rows = [r for m in publish.read_manifests(store, AssetsLayout.at(assets)) for r in publish.read_table(store, m, "generations").itertuples()]
     bad = sum(1 for r in rows if not store.exists(r.output_key) or hashlib.sha256(store.get(r.output_key)).hexdigest() != r.sha256)
     return len(rows), bad
 
@@ -121,7 +122,7 @@ def main() -> None:
         again = subprocess.run(CLI + [str(spec)], env=env, cwd=tmp, capture_output=True, text=True, timeout=1800)
         if again.returncode:
             raise SystemExit(f"rerun failed: {again.stderr[-2000:]}")
-        (manifest,) = publish.read_manifests(store, assets)
+        (manifest,) = publish.read_manifests(store, AssetsLayout.at(assets))
         run = publish.read_table(store, manifest, "runs").iloc[0]
         rows, lost = checked(store, assets)
         print("| planned | made before SIGTERM | rerun generated | rerun took over | rows | objects lost | image objects |\n"

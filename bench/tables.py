@@ -39,6 +39,7 @@ from adapters.infra.local_s3 import LocalS3Server  # noqa: E402
 from adapters.infra.settings import export_s3_endpoint  # noqa: E402
 from adapters.infra.storage import S3Store  # noqa: E402
 from adapters.steps import lake_ops, publish  # noqa: E402
+from tasks.layout import AssetsLayout  # noqa: E402
 from tasks.tables import SCHEMA_VERSION, TABLES  # noqa: E402
 from tests.test_tables_duckdb import doc_queries  # noqa: E402
 
@@ -92,7 +93,7 @@ def run_tables(run_id: str, images: int, rng: random.Random, day: date) -> dict[
 def stage_shards(store: S3Store, assets: str, run_id: str, gens: list[dict]) -> list[dict]:
     """The run's generations rows staged as SHARDS shards would stage them (untimed: both commits start here)."""
     per = -(-len(gens) // SHARDS)
-    return [publish.stage_part(store, assets, run_id, "generations", f"{run_id}-{s:05d}", gens[s * per:(s + 1) * per])
+    return [publish.stage_part(store, AssetsLayout.at(assets).run(run_id), "generations", f"{run_id}-{s:05d}", gens[s * per:(s + 1) * per])
             for s in range(SHARDS)]
 
 
@@ -111,7 +112,7 @@ def commit_v7(store: S3Store, assets: str, run_id: str, day: str, tables: dict[s
         uri = part % (name, run_id)
         store.put(uri, publish.table_bytes(name, tables[name]))
         parts.append({"table": name, "uri": uri})
-    publish.write_manifest(store, assets, run_id, {"run_id": run_id, "parts": parts})
+    publish.write_manifest(store, AssetsLayout.at(assets).run(run_id), {"run_id": run_id, "parts": parts})
     return time.perf_counter() - start
 
 
@@ -120,8 +121,8 @@ def commit_delta(store: S3Store, assets: str, run_id: str, day: str, tables: dic
     staged = stage_shards(store, assets, run_id, tables["generations"])
     start = time.perf_counter()
     rows = publish.read_staged(store, staged, "generations").to_dict("records")
-    done = lake.commit_run(lake.Lake.of(store, assets), run_id, day, {**tables, "generations": rows})
-    publish.write_manifest(store, assets, run_id, {"run_id": run_id, "tables": [c.entry() for c in done.values()]})
+    done = lake.commit_run(lake.Lake.of(store, AssetsLayout.at(assets)), run_id, day, {**tables, "generations": rows})
+    publish.write_manifest(store, AssetsLayout.at(assets).run(run_id), {"run_id": run_id, "tables": [c.entry() for c in done.values()]})
     return time.perf_counter() - start
 
 
@@ -194,7 +195,7 @@ def pick(values: list[str], rng: np.random.Generator, n: int) -> pa.Array:
 def bench_queries(store: S3Store, rows: int, runs: int, days: int) -> list[str]:
     rng = np.random.default_rng(2)
     assets = fresh(store)
-    tables = lake.Lake.of(store, assets)
+    tables = lake.Lake.of(store, AssetsLayout.at(assets))
     per_run = rows // runs
     start = time.perf_counter()
     for r in range(runs):

@@ -30,6 +30,7 @@ from adapters.infra.storage import S3Store  # noqa: E402
 from adapters.model.kit import ensure_tiny_kit  # noqa: E402
 from adapters.steps import publish  # noqa: E402
 from flows.serve import start_stack  # noqa: E402
+from tasks.layout import AssetsLayout  # noqa: E402
 
 
 def shard_overhead(store: S3Store, assets: str) -> tuple[float, int]:
@@ -48,7 +49,7 @@ def shard_overhead(store: S3Store, assets: str) -> tuple[float, int]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-shard-")), limit=200)
     shards = sorted((r for r in runs if r.start_time and r.end_time), key=lambda r: r.start_time)
-    (manifest,) = publish.read_manifests(store, assets)
+    (manifest,) = publish.read_manifests(store, AssetsLayout.at(assets))
     written = pd.to_datetime(publish.read_table(store, manifest, "generations")["created_at"], utc=True)
     batches = sorted(set(written.dt.to_pydatetime()))
     inside = [[t for t in batches if s.start_time <= t <= s.end_time] for s in shards]

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from catalogs.uris import AssetsUri, CatalogUri
+
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 BUILTIN_PLACEHOLDERS = frozenset({"product", "category"})
 
@@ -748,8 +750,8 @@ class RunRequest(_Strict):
         description="Campaign: a name under the catalog's campaigns/ folder, an s3:// URI, or a path on the worker",
         examples=["sample"],
     )
-    catalog: str | None = Field(default=None, description="s3:// URI of the catalog (default: the worker's setting)")
-    assets: str | None = Field(default=None, description="s3:// URI for outputs (default: the worker's setting)")
+    catalog: CatalogUri | None = Field(default=None, description="s3:// URI of the catalog (default: the worker's setting)")
+    assets: AssetsUri | None = Field(default=None, description="s3:// URI for outputs (default: the worker's setting)")
     snapshot: str | None = Field(
         default=None,
         description="Catalog snapshot id to read (default: the latest; a catalog never refreshed is refreshed first)",

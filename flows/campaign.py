@@ -19,7 +19,8 @@ from adapters.infra import lake
 from adapters.infra.settings import Settings, get_settings
 from adapters.infra.storage import S3Store
 from adapters.model.engine import load_in_background
-from adapters.steps import claims, conditioning, publish
+from adapters.steps import claims, conditioning
+from adapters.steps.run_outputs import Reports
 from catalogs.models import CHANNEL_AXIS, Campaign, ModelProfile, Product, RunRequest, RunSummary, StyleSet
 from flows import reports, steps
 from flows.artifacts import ProgressArtifact
@@ -32,6 +33,7 @@ from tasks.catalog_build import CatalogState
 from tasks.consistency import spread_columns
 from tasks.estimate import RunShape, estimate_generation
 from tasks.finish import with_finishes
+from tasks.layout import AssetsLayout, CatalogLayout, RunLayout
 from tasks.matrix import Cell
 from tasks.plan import Job, ModelIdentity, ShardContext, maskless_products
 from tasks.request import narrow
@@ -63,7 +65,7 @@ class RunPlan:
     spec: Campaign
     profile: ModelProfile
     catalog: str
-    assets: str
+    assets: AssetsLayout
     state: CatalogState
     products: list[Product]
     styles: list[StyleSet]
@@ -123,7 +125,7 @@ def plan_run(store: S3Store, request: RunRequest, settings: Settings) -> RunPlan
     """Resolve the campaign (before the catalog or any weight), read its inputs, plan every image and find those
     not yet published; the shards' engine starts loading meanwhile when they run in this process."""
     started, clock = datetime.now(UTC), time.perf_counter()
-    catalog, assets = settings.catalog_uri(request.catalog), request.assets or settings.assets
+    catalog, assets = settings.catalog_uri(request.catalog), AssetsLayout.at(request.assets or settings.assets)
     spec, profile = campaigns.resolve_campaign(store, request, catalog, settings.profile)
     if not request.dry_run and not settings.shard_workers:
         load_in_background(spec.generation.profile, settings)
@@ -157,12 +159,12 @@ def estimate_run(store: S3Store, plan: RunPlan) -> RunSummary:
 def generate_and_commit(store: S3Store, plan: RunPlan, settings: Settings) -> RunSummary:
     """Generate the images still to make, gather and publish them, commit the run; its summary."""
     spec, todo = plan.spec, [j.asset_id for j in plan.todo]
-    run_id = new_run_id(spec.name, plan.began, plan.flow_run_id)
+    run = plan.assets.run(new_run_id(spec.name, plan.began, plan.flow_run_id), plan.run_date)
+    run_id = run.run_id
     batches = steps.batch(plan.todo, spec.generation.batch_size)
     ctx = ShardContext(
-        run_id=run_id, campaign=spec.name, assets=plan.assets, run_date=plan.run_date,
-        batch_total=len(batches), clip_model=spec.selection.clip_model,
-        controls=steps.controls(store, plan.assets, run_id, plan.products, batches, plan.profile.control_types,
+        run=run, campaign=spec.name, batch_total=len(batches), clip_model=spec.selection.clip_model,
+        controls=steps.controls(store, run, plan.products, batches, plan.profile.control_types,
                                 plan.profile.adapter_images) if batches else {},
         claim_lease_seconds=settings.claim_lease_seconds, sim_seconds=plan.request.sim_seconds,
     )
@@ -170,10 +172,10 @@ def generate_and_commit(store: S3Store, plan: RunPlan, settings: Settings) -> Ru
     progress = Progress.for_run(*([ProgressArtifact(steps.start_progress(spec.name, run_id))] if batches else []))
     shards = steps.shard(batches, plan.products, plan.styles, images_per_shard=settings.images_per_shard)
     # Stopped before its commit (SIGTERM, Ctrl-C, an error), the run hands its claims back on the way out.
-    with claims_handed_back(store, plan.assets, todo, run_id):
+    with claims_handed_back(store, run, todo):
         generated = run_shards(shards, ctx, store, settings, ShardRuntime(progress, local_copy=plan.request.local_copy))
         # Record only what this run holds the claim of as it commits: another run may have taken one over.
-        owner = steps.claim_owners(store, plan.assets, todo, run_id, [i["asset_id"] for i in generated.images],
+        owner = steps.claim_owners(store, run, todo, [i["asset_id"] for i in generated.images],
                                    since=plan.began,
                                    lease=timedelta(seconds=settings.claim_lease_seconds)) if todo else {}
         generated = generated.owned_by(run_id, owner)
@@ -201,7 +203,7 @@ def runs_row(plan: RunPlan, ctx: ShardContext, generated: Generated, rows: list[
         parameters=run_parameters(request, spec, products=[p.product_id for p in plan.products],
                                   styles=[s.style_id for s in plan.styles]),
         triggered_by=request.triggered_by, flow_run_id=str(flow_run.get_id() or ""), catalog=plan.catalog,
-        snapshot_id=plan.state.snapshot_id, assets=plan.assets, profile=spec.generation.profile,
+        snapshot_id=plan.state.snapshot_id, assets=plan.assets.root, profile=spec.generation.profile,
         profile_revision=revision, device=device, dtype=dtype, started_at=plan.started, finished_at=datetime.now(UTC),
         duration_seconds=time.perf_counter() - plan.clock, products=len(plan.products), styles=len(plan.styles),
         cells=len(plan.cells), images_planned=len(plan.jobs), images_generated=made, images_skipped=plan.skipped,
@@ -220,8 +222,8 @@ def run_summary(store: S3Store, plan: RunPlan, row: RunRow, out: Published) -> R
     return RunSummary(
         run_id=row.run_id, campaign=spec.name, title=spec.title, images_to_generate=len(plan.todo), sheets=out.sheets,
         gallery=out.gallery, channels=tuple(spec.matrix.axes.get(CHANNEL_AXIS, ())),
-        tables=tuple(lake.Lake.of(store, plan.assets).uri(t) for t in lake.RUN_TABLES),
-        manifest=publish.run_uri(plan.assets, row.run_id, publish.MANIFEST), left_out=plan.left_out,
+        tables=tuple(plan.assets.table(t) for t in lake.RUN_TABLES),
+        manifest=plan.assets.run(row.run_id, plan.run_date).manifest, left_out=plan.left_out,
         **row.summary_counts(),
     )
 
@@ -231,11 +233,11 @@ def after_commit(store: S3Store, plan: RunPlan, summary: RunSummary, settings: S
     run in a flow run of its own."""
     spec, request = plan.spec, plan.request
     if request.local_copy:
-        copied = steps.copy_run(store, plan.assets, summary.run_id, Path(request.local_copy))
+        copied = steps.copy_run(store, plan.assets.run(summary.run_id, plan.run_date), Path(request.local_copy))
         summary = summary.model_copy(update={"local_copy": str(copied)})
     if spec.review.required and summary.images_generated + summary.images_taken_over:
         review = ReviewRequest(
-            run_id=summary.run_id, campaign=spec.name, title=spec.title, assets=plan.assets,
+            run_id=summary.run_id, campaign=spec.name, title=spec.title, assets=plan.assets.root,
             run_date=plan.run_date, gallery=summary.gallery, review=spec.review, delivery=spec.delivery,
             channel_delivery=channel_formats(spec), channel_marketplace=channel_marketplaces(spec))
         summary = summary.model_copy(update={"review": start_review(review, settings.review_deployment)})
@@ -243,17 +245,18 @@ def after_commit(store: S3Store, plan: RunPlan, summary: RunSummary, settings: S
 
 
 @contextlib.contextmanager
-def claims_handed_back(store: S3Store, assets: str, asset_ids: Sequence[str], run_id: str) -> Iterator[None]:
+def claims_handed_back(store: S3Store, run: RunLayout, asset_ids: Sequence[str]) -> Iterator[None]:
     """Hand the run's claims back when it stops before committing (SIGTERM, Ctrl-C, an error), so the next
     run takes those images over at once instead of waiting out the lease."""
     try:
         yield
     except BaseException:
         try:
-            released = claims.release_all(store, assets, asset_ids, run_id)
-            get_run_logger().warning("run %s stopped before its commit: handed back %d claims", run_id, released)
+            released = claims.release_all(store, run, asset_ids)
+            get_run_logger().warning("run %s stopped before its commit: handed back %d claims", run.run_id, released)
         except Exception as exc:  # the run is stopping anyway: say so, and let the lease expire
-            get_run_logger().warning("run %s: claims not handed back (%s); they expire with their lease", run_id, exc)
+            get_run_logger().warning("run %s: claims not handed back (%s); they expire with their lease", run.run_id,
+                                     exc)
         raise
 
 
@@ -275,7 +278,7 @@ def campaign_inputs(store: S3Store, spec: Campaign, request: RunRequest, state: 
     for reason in maskless_products(spec, products).values():
         logger.warning(reason)
     if spec.generation.negative_reference:
-        negative = steps.read_reference(store, spec.generation.negative_reference, catalog)
+        negative = steps.read_reference(store, spec.generation.negative_reference, CatalogLayout.at(catalog))
         styles = conditioning.with_negative_reference(styles, negative)
     return products, styles, left_out
 
@@ -294,14 +297,12 @@ def publish_outputs(store: S3Store, plan: RunPlan, ctx: ShardContext, generated:
     # After selection: the chosen images to their delivery size, products pasted back, marketplace checks.
     finishes = steps.finish_images(store, ctx, spec, plan.products, rows, copy_to=local_copy)
     shown = with_finishes(rows, finishes)
-    tables = [lake.Lake.of(store, ctx.assets).uri(t) for t in lake.RUN_TABLES]
-    sheets = reports.attempt("contact-sheets", failed, steps.write_sheets, store, ctx.assets, ctx.run_id, shown,
-                             plan.products, plan.styles, ctx.controls, title=spec.title, local_copy=local_copy,
-                             default={})
-    sheets |= reports.attempt("overview", failed, steps.write_overview, store, ctx.assets, ctx.run_id, rows,
-                              title=spec.title, local_copy=local_copy, default={})
-    gallery = reports.attempt("gallery", failed, steps.write_gallery, store, ctx.assets, ctx.run_id, spec.name, shown,
-                              sheets, tables, left_out=plan.left_out, title=spec.title, default=None)
+    made = Reports(run=ctx.run, campaign=spec.name, title=spec.title, local_copy=local_copy)
+    sheets = reports.attempt("contact-sheets", failed, steps.write_sheets, store, made, shown, plan.products, plan.styles,
+                             ctx.controls, default={})
+    sheets |= reports.attempt("overview", failed, steps.write_overview, store, made, rows, default={})
+    gallery = reports.attempt("gallery", failed, steps.write_gallery, store, made, shown, sheets, left_out=plan.left_out,
+                              default=None)
     return Published(rows, metrics, finishes, sheets, gallery, failed)
 
 
@@ -310,12 +311,12 @@ def commit_run(store: S3Store, summary: RunSummary, tables: dict[str, list[dict]
     """The commit: the run's rows into the Delta tables, one commit per table (`runs` last), each named for
     the run so a retry never lands twice; then the manifest, which records the run's files (its finished
     images included) and the table versions its commits made."""
-    committed = steps.commit_tables(lake.Lake.of(store, ctx.assets), summary.run_id, ctx.run_date, tables)
+    committed = steps.commit_tables(lake.Lake.of(store, ctx.run.assets), summary.run_id, ctx.run.run_date, tables)
     finished_images = [{"asset_id": f["asset_id"], "uri": f["output_key"], "sha256": f["sha256"]}
                        for f in tables.get("finishes", ())]
-    steps.write_manifest(store, ctx.assets, summary.run_id, {
+    steps.write_manifest(store, ctx.run, {
         "schema_version": 3, "run_id": summary.run_id, "campaign": summary.campaign, "created_at": finished.isoformat(),
-        "assets": ctx.assets, "run_date": ctx.run_date,
+        "assets": ctx.run.assets.root, "run_date": ctx.run.run_date, "left_out": summary.left_out,
         "tables": [c.entry() for c in committed.values()], "images": [*generated.images, *finished_images],
         "gallery": summary.gallery, "sheets": summary.sheets, "controls": ctx.controls,
         "reports_failed": summary.reports_failed,

@@ -15,6 +15,7 @@ from prefect.events import emit_event
 
 from adapters.infra.settings import get_settings
 from adapters.infra.storage import S3Store
+from catalogs.uris import CatalogUri
 from flows import steps
 from tasks.catalog_build import CatalogState
 
@@ -43,7 +44,7 @@ def announce_import(catalog: str, payload: dict) -> bool:
 
 
 @flow(name="refresh-catalog")
-def refresh_catalog(catalog: str | None = None, full: bool = False) -> dict:
+def refresh_catalog(catalog: CatalogUri | None = None, full: bool = False) -> dict:
     """Refresh the catalog's snapshot (default: the STYLEMATRIX_CATALOG setting).
 
     `full` reads every object again instead of trusting the latest snapshot's records.

@@ -15,10 +15,11 @@ import typer
 from adapters.infra.settings import export_s3_endpoint, get_settings, prepare_runtime_env
 from catalogs.models import RunRequest, RunSummary
 from flows.cli_catalog import catalog_app
-from flows.cli_errors import USER_ERRORS, fail
+from flows.cli_errors import ASSETS_URI, CATALOG_URI, USER_ERRORS, fail
 from flows.cli_style import style_app
 from flows.cli_tables import tables_app
 from flows.progress import terminal_progress
+from tasks.layout import GALLERY, AssetsLayout
 
 prepare_runtime_env()  # before Prefect is imported anywhere below
 
@@ -60,7 +61,7 @@ def _finish(summary: RunSummary, out_dir: Path, elapsed: float) -> None:
     if summary.local_copy:
         typer.echo(f"  local copy: {summary.local_copy}/ (also {out_dir / 'latest'})")
         if summary.gallery:
-            typer.echo(f"  open:     {Path(summary.local_copy) / 'index.html'}")
+            typer.echo(f"  open:     {Path(summary.local_copy) / GALLERY}")
     if not summary.dry_run:
         typer.echo(f"  wall time: {elapsed:.1f} s")
 
@@ -68,8 +69,8 @@ def _finish(summary: RunSummary, out_dir: Path, elapsed: float) -> None:
 @app.command()
 def run(
     campaign: Annotated[str, typer.Option(help="campaign YAML: a local path, an s3:// URI, or a name under <catalog>/campaigns/")],
-    catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] of the catalog (default STYLEMATRIX_CATALOG)")] = None,
-    assets: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] for outputs (default STYLEMATRIX_ASSETS)")] = None,
+    catalog: Annotated[str | None, typer.Option(callback=CATALOG_URI, help="s3://bucket[/prefix] of the catalog (default STYLEMATRIX_CATALOG)")] = None,
+    assets: Annotated[str | None, typer.Option(callback=ASSETS_URI, help="s3://bucket[/prefix] for outputs (default STYLEMATRIX_ASSETS)")] = None,
     profile: Annotated[str | None, typer.Option(help="model profile, overriding the campaign's (tiny, sd15, ...)")] = None,
     snapshot: Annotated[str | None, typer.Option(help="catalog snapshot id to read (default: the latest)")] = None,
     dry_run: Annotated[bool, typer.Option(help="plan only: images to make and an estimate of their generation time")] = False,
@@ -136,7 +137,7 @@ def demo() -> None:
 
 
 @app.command()
-def seed(catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] to seed (default STYLEMATRIX_CATALOG)")] = None) -> None:
+def seed(catalog: Annotated[str | None, typer.Option(callback=CATALOG_URI, help="s3://bucket[/prefix] to seed (default STYLEMATRIX_CATALOG)")] = None) -> None:
     """Write the sample catalog (products, style sets, the sample campaign) to an S3 catalog."""
     from adapters.catalog.sample import seed_sample_catalog
     from adapters.infra.storage import S3Store
@@ -153,7 +154,7 @@ def seed(catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] 
 
 @app.command()
 def gc(
-    assets: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] of the outputs (default STYLEMATRIX_ASSETS)")] = None,
+    assets: Annotated[str | None, typer.Option(callback=ASSETS_URI, help="s3://bucket[/prefix] of the outputs (default STYLEMATRIX_ASSETS)")] = None,
     older_than_hours: Annotated[float, typer.Option(min=0, help="only runs that have written nothing for this long")] = 24.0,
     dry_run: Annotated[bool, typer.Option(help="list what would be removed; remove nothing")] = False,
 ) -> None:
@@ -172,7 +173,7 @@ def gc(
     try:
         store = S3Store.from_settings(settings)
         store.check_reachable(assets)
-        report = collect_garbage(store, assets, older_than=timedelta(hours=older_than_hours), dry_run=dry_run)
+        report = collect_garbage(store, AssetsLayout.at(assets), older_than=timedelta(hours=older_than_hours), dry_run=dry_run)
     except USER_ERRORS as exc:
         fail(exc)
     verb = "would remove" if dry_run else "removed"
@@ -188,7 +189,7 @@ def gc(
 @app.command()
 def report(
     run_id: Annotated[str, typer.Argument(help="a committed run's id")],
-    assets: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] of the outputs (default STYLEMATRIX_ASSETS)")] = None,
+    assets: Annotated[str | None, typer.Option(callback=ASSETS_URI, help="s3://bucket[/prefix] of the outputs (default STYLEMATRIX_ASSETS)")] = None,
 ) -> None:
     """Make a committed run's contact sheets and gallery again from its tables (after a report failed)."""
     from adapters.infra.storage import S3Store
@@ -199,7 +200,7 @@ def report(
     try:
         store = S3Store.from_settings(settings)
         store.check_reachable(assets)
-        made = remake_reports(store, assets, run_id)
+        made = remake_reports(store, AssetsLayout.at(assets).run(run_id))
     except USER_ERRORS as exc:
         fail(exc)
     typer.echo(f"run {run_id}: {len(made['sheets'])} contact sheets and the gallery made again")
@@ -244,7 +245,7 @@ def serve(
         try:
             database = settings.prefect_database_url or _start_postgres(stack, home.resolve() / "postgres")
             prefect = start_stack(home.resolve(), port, gpus=gpus, env=child_env(), log_dir=home.resolve() / "logs",
-                                  task_storage=f"{settings.assets}/_prefect/tasks", database_url=database)
+                                  task_storage=AssetsLayout.at(settings.assets).task_storage, database_url=database)
         except (RuntimeError, TimeoutError, OSError) as exc:
             fail(exc)
         stack.callback(prefect.stop)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from adapters.infra.settings import get_settings
-from flows.cli_errors import USER_ERRORS, fail
+from flows.cli_errors import CATALOG_URI, USER_ERRORS, fail
 
 catalog_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,  # plain help: see cli.py
                           help="The catalog: import materials, refresh its snapshot, list products, styles and quarantine.")
@@ -22,7 +22,7 @@ class EntryKind(StrEnum):
     styles = "styles"
 
 
-CatalogOption = Annotated[str | None, typer.Option(help="s3://bucket[/prefix] of the catalog (default STYLEMATRIX_CATALOG)")]
+CatalogOption = Annotated[str | None, typer.Option(callback=CATALOG_URI, help="s3://bucket[/prefix] of the catalog (default STYLEMATRIX_CATALOG)")]
 
 
 def _store_for(catalog: str | None):

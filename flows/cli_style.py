@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from adapters.infra.settings import get_settings
-from flows.cli_errors import USER_ERRORS, fail
+from flows.cli_errors import ASSETS_URI, CATALOG_URI, USER_ERRORS, fail
 
 style_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,  # plain help: see cli.py
                         help="Style sets: scan each one's IP-Adapter scale sweep for the scale where it starts copying.")
@@ -36,8 +36,8 @@ def scan(
     seeds: Annotated[str | None, typer.Option(help="probe seeds, a comma list (default 0,1)")] = None,
     size: Annotated[int | None, typer.Option(help="probe image side in pixels (default: the profile's)")] = None,
     steps: Annotated[int | None, typer.Option(help="denoising steps per probe image (default: the profile's)")] = None,
-    catalog: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] of the catalog (default STYLEMATRIX_CATALOG)")] = None,
-    assets: Annotated[str | None, typer.Option(help="s3://bucket[/prefix] for outputs (default STYLEMATRIX_ASSETS)")] = None,
+    catalog: Annotated[str | None, typer.Option(callback=CATALOG_URI, help="s3://bucket[/prefix] of the catalog (default STYLEMATRIX_CATALOG)")] = None,
+    assets: Annotated[str | None, typer.Option(callback=ASSETS_URI, help="s3://bucket[/prefix] for outputs (default STYLEMATRIX_ASSETS)")] = None,
     snapshot: Annotated[str | None, typer.Option(help="catalog snapshot id to read (default: the latest)")] = None,
 ) -> None:
     """Find each style set's copy threshold and recommended ip_scale; an unchanged style set is not scanned again."""

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from adapters.infra.settings import get_settings
-from flows.cli_errors import USER_ERRORS, fail
+from flows.cli_errors import ASSETS_URI, USER_ERRORS, fail
 
 tables_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,  # plain help: see cli.py
                          help="The metadata tables (Delta Lake under <assets>/tables/): query, history, compact, "
@@ -20,12 +20,13 @@ ASSETS_HELP = "s3://bucket[/prefix] of the outputs (default STYLEMATRIX_ASSETS)"
 def _lake(assets: str | None):
     from adapters.infra import lake
     from adapters.infra.storage import S3Store
+    from tasks.layout import AssetsLayout
 
     settings = get_settings()
-    assets = assets or settings.assets
+    layout = AssetsLayout.at(assets or settings.assets)
     store = S3Store.from_settings(settings)
-    store.check_reachable(assets)
-    return store, assets, lake.Lake.of(store, assets)
+    store.check_reachable(layout.root)
+    return store, layout, lake.Lake.of(store, layout)
 
 
 def _tables(table: str | None) -> list[str]:
@@ -42,7 +43,7 @@ def query(
                                             "runs, reviews, deliveries, style_scans")],
     as_of_run: Annotated[str | None, typer.Option(help="read the tables as that run's commit left them")] = None,
     as_of: Annotated[str | None, typer.Option(help="read the tables as they were at this UTC time (ISO 8601)")] = None,
-    assets: Annotated[str | None, typer.Option(help=ASSETS_HELP)] = None,
+    assets: Annotated[str | None, typer.Option(callback=ASSETS_URI, help=ASSETS_HELP)] = None,
 ) -> None:
     """Run SQL over the committed rows and print them tab-separated, with a header line."""
     from adapters.steps import lake_ops
@@ -51,7 +52,7 @@ def query(
         if as_of_run and as_of:
             raise ValueError("--as-of-run and --as-of: give one of them")
         store, assets, tables = _lake(assets)
-        versions, when = lake_ops.versions_of_run(store, assets, as_of_run) if as_of_run else ({}, None)
+        versions, when = lake_ops.versions_of_run(store, assets.run(as_of_run)) if as_of_run else ({}, None)
         moment = datetime.fromisoformat(as_of) if as_of else when
         result = lake_ops.query(tables, sql, versions=versions, as_of=moment)
     except USER_ERRORS as exc:
@@ -66,7 +67,7 @@ def query(
 def history(
     table: Annotated[str, typer.Argument(help="table name")],
     limit: Annotated[int, typer.Option(min=1, help="newest commits to show")] = 20,
-    assets: Annotated[str | None, typer.Option(help=ASSETS_HELP)] = None,
+    assets: Annotated[str | None, typer.Option(callback=ASSETS_URI, help=ASSETS_HELP)] = None,
 ) -> None:
     """The table's newest commits: version, time, operation, the commit's name (run:<run_id>, ...) and rows added."""
     from adapters.steps import lake_ops
@@ -86,7 +87,7 @@ def history(
 def compact(
     table: Annotated[str | None, typer.Option(help="one table (default: every table)")] = None,
     target_mb: Annotated[float, typer.Option(min=1, help="target file size in MB")] = 128.0,
-    assets: Annotated[str | None, typer.Option(help=ASSETS_HELP)] = None,
+    assets: Annotated[str | None, typer.Option(callback=ASSETS_URI, help=ASSETS_HELP)] = None,
 ) -> None:
     """Rewrite small files into files of about --target-mb, per run_date partition, in one commit per table."""
     from adapters.steps import lake_ops
@@ -108,7 +109,7 @@ def vacuum(
                                                             "travel reaches back this far (default a week)")] = 168,
     table: Annotated[str | None, typer.Option(help="one table (default: every table)")] = None,
     dry_run: Annotated[bool, typer.Option(help="list what would be deleted; delete nothing")] = False,
-    assets: Annotated[str | None, typer.Option(help=ASSETS_HELP)] = None,
+    assets: Annotated[str | None, typer.Option(callback=ASSETS_URI, help=ASSETS_HELP)] = None,
 ) -> None:
     """Delete files no recent version needs: those compaction replaced and those of commits that never landed."""
     from adapters.steps import lake_ops
@@ -125,7 +126,7 @@ def vacuum(
 
 
 @tables_app.command()
-def migrate(assets: Annotated[str | None, typer.Option(help=ASSETS_HELP)] = None) -> None:
+def migrate(assets: Annotated[str | None, typer.Option(callback=ASSETS_URI, help=ASSETS_HELP)] = None) -> None:
     """Convert a schema-7 bucket (parquet parts and manifests) to Delta tables in place; safe to run again."""
     from adapters.steps import lake_ops
 
@@ -136,5 +137,5 @@ def migrate(assets: Annotated[str | None, typer.Option(help=ASSETS_HELP)] = None
         fail(exc)
     for name in done.commits:
         typer.echo(f"{name}: {done.commits[name]} commits, {done.rows[name]} rows")
-    typer.echo(f"{assets}: migrated; removed {len(done.removed)} parts now in the tables; left {len(done.left)} parts "
+    typer.echo(f"{assets.root}: migrated; removed {len(done.removed)} parts now in the tables; left {len(done.left)} parts "
                "of runs that never committed (`stylematrix gc` removes them)")

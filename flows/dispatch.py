@@ -35,7 +35,7 @@ from adapters.infra.code_version import code_version
 from adapters.infra.settings import Settings
 from adapters.infra.storage import ObjectStore
 from adapters.steps import shards as shard_specs
-from adapters.steps.heartbeats import Beat, Silence, beat_uri
+from adapters.steps.heartbeats import Beat, Silence
 from flows.fleet import Forgotten, read_fleet, require_worker, through_outage, withdraw
 from flows.gpu_worker import generate_shard_task
 from flows.progress import Progress
@@ -153,7 +153,7 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
             states = through_outage(outage, _states, client, list(pool.running.values()))
             _hand_out_forgotten(client, pool, states, ctx, settings)
             for index, task_run_id in list(pool.running.items()):
-                kind, message = _verdict(client, silence, _beat_uri(ctx, task_run_id), task_run_id,
+                kind, message = _verdict(client, silence, ctx.run.beat(task_run_id), task_run_id,
                                          states.get(task_run_id), settings.shard_lease_seconds)
                 if kind is None:
                     continue
@@ -169,7 +169,7 @@ def _run_on_workers(shards: Sequence[Shard], ctx: ShardContext, store: ObjectSto
                 else:
                     raise RuntimeError(f"shard {index} ended {kind.value} after {pool.tries[index]} attempts: {message}")
             try:
-                tracker.update(silence.last(_beat_uri(ctx, t)) for t in pool.running.values())
+                tracker.update(silence.last(ctx.run.beat(t)) for t in pool.running.values())
             except Exception as exc:  # a progress bar is a report: it never stops the run
                 logger.warning("progress not updated: %s: %s", type(exc).__name__, exc)
 
@@ -202,10 +202,6 @@ def _hand_out_forgotten(client, pool: _Pool, states: dict[str, State], ctx: Shar
             through_outage(settings.api_outage_seconds, withdraw, client, task_run_id)
             pool.forgotten.forget(task_run_id)
             pool.running[index] = _submit(pool.shards[index], ctx, pool.tries[index], settings.api_outage_seconds)
-
-
-def _beat_uri(ctx: ShardContext, task_run_id: str) -> str:
-    return beat_uri(ctx.assets, ctx.run_id, task_run_id)
 
 
 def _states(client, task_run_ids: Sequence[str]) -> dict[str, State]:

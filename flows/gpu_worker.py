@@ -38,7 +38,7 @@ from adapters.infra.code_version import code_version
 from adapters.infra.settings import get_settings
 from adapters.infra.storage import S3Store
 from adapters.model.engine import engine_loads
-from adapters.steps.heartbeats import Beat, Heartbeat, beat_uri
+from adapters.steps.heartbeats import Beat, Heartbeat
 from flows.fleet import presence_key
 from flows.progress import Progress
 from flows.shard import ShardRuntime, run_shard
@@ -60,7 +60,7 @@ def generate_shard_task(shard: Shard, ctx: ShardContext) -> dict:
                 shards_served=_served)
     progress = Progress()  # nobody listens here: the beats report this shard's images done
     progress.begin(shard.image_count)
-    with Heartbeat(store, beat_uri(ctx.assets, ctx.run_id, task_run_id), beat, settings.shard_heartbeat_seconds,
+    with Heartbeat(store, ctx.run.beat(task_run_id), beat, settings.shard_heartbeat_seconds,
                    engine_loads=engine_loads, images_done=lambda: progress.done):
         part = run_shard(shard, ctx, ShardRuntime(progress))
     get_run_logger().info("shard %d done on %s (process %d: %d shards served, engine loaded %d time(s))",

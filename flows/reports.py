@@ -22,11 +22,11 @@ from adapters.catalog import snapshots
 from adapters.infra.storage import ObjectStore
 from adapters.steps import publish, run_outputs
 from tasks.finish import with_finishes
+from tasks.layout import RunLayout
 from tasks.values import first_line, is_missing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-REPORTS = "_REPORTS.json"  # beside the manifest: the reports made again after the commit
 
 
 def attempt(report: str, failed: dict[str, str], make: Callable[..., T], *args: Any, default: T,
@@ -48,16 +48,18 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
         return log
 
 
-def remake_reports(store: ObjectStore, assets: str, run_id: str) -> dict[str, Any]:
+def remake_reports(store: ObjectStore, where: RunLayout) -> dict[str, Any]:
     """The contact sheets and gallery of a committed run, made again from its tables and its catalog snapshot.
 
-    Returns what was written (also stored as the run's `_REPORTS.json`). Raises FileNotFoundError
+    Returns what was written (also stored as the run's `RunLayout.reports`). Raises FileNotFoundError
     when the run has no manifest (never committed, or another assets prefix).
     """
+    run_id = where.run_id
     try:
-        manifest = json.loads(store.get(publish.run_uri(assets, run_id, publish.MANIFEST)))
+        manifest = publish.read_manifest(store, where)
     except FileNotFoundError:
-        raise FileNotFoundError(f"run {run_id}: no manifest under {assets}: it never committed, or lives elsewhere") from None
+        raise FileNotFoundError(f"run {run_id}: no manifest under {where.assets.root}: it never committed, or lives "
+                                "elsewhere") from None
     (run,) = publish.read_table(store, manifest, "runs").to_dict("records")
     rows = publish.read_table(store, manifest, "generations").to_dict("records")
     state = snapshots.load_snapshot(store, run["catalog"], run["snapshot_id"])
@@ -66,13 +68,12 @@ def remake_reports(store: ObjectStore, assets: str, run_id: str) -> dict[str, An
     styles = [s for s in state.styles if s.style_id in used_styles]
     title = None if is_missing(run.get("title")) else run["title"]
     shown = with_finishes(rows, publish.read_table(store, manifest, "finishes").to_dict("records"))
-    sheets = run_outputs.write_sheets(store, assets, run_id, shown, products, styles, manifest.get("controls", {}),
-                                      title=title)
-    sheets |= run_outputs.write_overview(store, assets, run_id, rows, title=title)
+    made = run_outputs.Reports(run=where, campaign=run["campaign"], title=title)
+    sheets = run_outputs.write_sheets(store, made, shown, products, styles, manifest.get("controls", {}))
+    sheets |= run_outputs.write_overview(store, made, rows)
     left_out = {} if is_missing(run.get("left_out")) else dict(run["left_out"])
-    gallery = run_outputs.write_gallery(store, assets, run_id, run["campaign"], shown, sheets,
-                                        [t["uri"] for t in manifest.get("tables", [])], left_out=left_out, title=title)
+    gallery = run_outputs.write_gallery(store, made, shown, sheets, left_out=left_out)
     record = {"run_id": run_id, "made_at": datetime.now(UTC).isoformat(), "sheets": sheets, "gallery": gallery}
-    publish.put_text(store, publish.run_uri(assets, run_id, REPORTS), json.dumps(record, indent=2, sort_keys=True),
+    publish.put_text(store, where.reports, json.dumps(record, indent=2, sort_keys=True),
                      "application/json")
     return record

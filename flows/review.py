@@ -162,18 +162,17 @@ def record_review(store: S3Store, request: ReviewRequest, run: delivery.Reviewed
         logger.warning("review %s: %r is not a deliverable image of run %s; ignored", review_id, asset_id, request.run_id)
     rows = review_rows(request, review_id, decisions, known=run.known, reviewer=answer.reviewer,
                        reviewed_at=datetime.now(UTC))
-    steps.write_review_part(store, request.assets, "reviews", request, review_id, rows)
-    latest = latest_decisions(steps.read_review_parts(store, request.assets, "reviews", request.run_date, request.run_id))
-    recorded = {r["delivered_key"] for r in steps.read_review_parts(store, request.assets, "deliveries",
-                                                                     request.run_date, request.run_id)}
+    steps.write_review_part(store, request, "reviews", review_id, rows)
+    latest = latest_decisions(steps.read_review_parts(store, request.layout, "reviews"))
+    recorded = {r["delivered_key"] for r in steps.read_review_parts(store, request.layout, "deliveries")}
     # A finished image goes out in place of its source; a marketplace image only when its checks pass.
     sources, refused = finished_sources([run.known[a] for a in approved(latest) if a in run.known], run.finishes)
     for why in refused.values():
         logger.warning("not delivered: %s", why)
     done = delivery.Delivered(checks_failed=refused)
-    for channel, fmt, group in delivery_groups(request, sources):  # each channel in its own format and folder
-        done = done.extend(steps.deliver(store, request, review_id, group, recorded, fmt=fmt, channel=channel))
-    part = steps.write_review_part(store, request.assets, "deliveries", request, review_id, done.rows)
+    for group in delivery_groups(request, sources):  # each channel in its own format and folder
+        done = done.extend(steps.deliver(store, request, review_id, group, recorded))
+    part = steps.write_review_part(store, request, "deliveries", review_id, done.rows)
     gallery = steps.mark_gallery(store, request, run, review_states(latest, [r["asset_id"] for r in run.selected]))
     counts = {d: sum(r["decision"] == d for r in latest.values()) for d in ("approve", "reject", "hold")}
     payload = {"run_id": request.run_id, "campaign": request.campaign, "review_id": review_id,
@@ -210,8 +209,8 @@ def record_review_timeout(flow_run: str) -> dict:
     store = S3Store.from_settings(get_settings())
     reviewed = steps.reviewed_run(store, request)
     rows = timeout_rows(request, str(review_id), reviewed.selected, at=run.state.timestamp)
-    steps.write_review_part(store, request.assets, "reviews", request, str(review_id), rows)
-    latest = latest_decisions(steps.read_review_parts(store, request.assets, "reviews", request.run_date, request.run_id))
+    steps.write_review_part(store, request, "reviews", str(review_id), rows)
+    latest = latest_decisions(steps.read_review_parts(store, request.layout, "reviews"))
     steps.mark_gallery(store, request, reviewed, review_states(latest, [r["asset_id"] for r in reviewed.selected]))
     logger.warning("review of run %s timed out after %g h: %d images recorded as timed-out, nothing delivered",
                    request.run_id, request.review.wait_hours, len(rows))

@@ -18,6 +18,7 @@ from adapters.infra.storage import S3Store
 from adapters.model.clip import get_clip_scorer
 from adapters.model.engine import get_engine
 from adapters.steps import rendering
+from adapters.steps.rendering import Renderer
 from adapters.steps.shards import shard_part_name
 from catalogs import load_profiles
 from flows import steps
@@ -53,14 +54,14 @@ def run_shard(shard: Shard, ctx: ShardContext, runtime: ShardRuntime) -> dict:
     store = S3Store.shared(settings)
     profile = shard.batches[0].jobs[0].profile
     engine = get_engine(profile, settings)
-    machinery = rendering.Machinery(engine, get_clip_scorer(ctx.clip_model, load_profiles()[profile], settings),
-                                    copy_to=runtime.local_copy)
-    run = RunContext(run_id=ctx.run_id, campaign=ctx.campaign, device=engine.device_name, versions=engine.versions,
-                     worker=settings.worker_name)
+    clip = get_clip_scorer(ctx.clip_model, load_profiles()[profile], settings)
+    renderer = Renderer(engine=engine, clip=clip, copy_to=runtime.local_copy, run=RunContext(
+        run_id=ctx.run_id, campaign=ctx.campaign, device=engine.device_name, versions=engine.versions,
+        worker=settings.worker_name))
     rows: list[dict] = []
     images = 0
     for done, batch in enumerate(shard.batches, start=1):
-        batch_rows, seconds = rendering.render_batch(machinery, store, batch, shard, ctx, run)
+        batch_rows, seconds = rendering.render_batch(renderer, store, batch, shard, ctx)
         rows += batch_rows
         # One after another, a shard knows the run's count; on the pool it knows only its own.
         where = (f"batch {runtime.batches_before + done}/{ctx.batch_total}" if runtime.batches_before is not None
@@ -70,8 +71,7 @@ def run_shard(shard: Shard, ctx: ShardContext, runtime: ShardRuntime) -> dict:
                     batch.style_id, seconds, n / max(seconds, 1e-9))
         images += n
         runtime.progress.reach(runtime.images_before + images)
-    return steps.write_part(store, ctx.assets, ctx.run_id, "generations", shard_part_name(ctx.run_id, shard.index),
-                            rows)
+    return steps.write_part(store, ctx.run, "generations", shard_part_name(ctx.run_id, shard.index), rows)
 
 
 # A shard in the campaign's own process (on a GPU worker: flows/gpu_worker.generate_shard_task).

@@ -19,17 +19,19 @@ from adapters.infra.storage import S3Store
 from adapters.model.clip import get_clip_scorer
 from adapters.model.engine import get_engine
 from adapters.steps import style_scans
-from adapters.steps.style_scans import ScanResult
+from adapters.steps.style_scans import ScanOrder, ScanResult
 from catalogs import load_profiles
+from catalogs.uris import AssetsUri, CatalogUri
 from flows import steps
 from flows.artifacts import artifact_key
 from flows.catalog import catalog_for_run
+from tasks.layout import AssetsLayout
 from tasks.style_scan import pick_styles, probe_for, scan_id
 
 
 @flow(name="scan-style")
-def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalog: str | None = None,  # noqa: PLR0913 (the UI's form)
-               assets: str | None = None, profile: str | None = None, snapshot: str | None = None,
+def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalog: CatalogUri | None = None,  # noqa: PLR0913 (the UI's form)
+               assets: AssetsUri | None = None, profile: str | None = None, snapshot: str | None = None,
                scales: list[float] | None = None, seeds: list[int] | None = None, size: int | None = None,
                probe_steps: int | None = None, triggered_by: Literal["cli", "event", "api", "test"] = "api") -> list[dict]:
     """Scan the named style sets (or every one with `all_styles`) over an IP-Adapter scale sweep.
@@ -45,7 +47,7 @@ def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalo
     settings = get_settings()
     store = S3Store.from_settings(settings)
     catalog = settings.catalog_uri(catalog)
-    assets = assets or settings.assets
+    layout = AssetsLayout.at(assets or settings.assets)
     profile_name = profile or settings.profile
     profiles = load_profiles()
     if profile_name not in profiles:
@@ -61,7 +63,7 @@ def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalo
     todo = []
     for style in chosen:
         sid = scan_id(style, profile_name, revision, probe)
-        done = steps.committed_scan(store, assets, style.style_id, sid)
+        done = steps.committed_scan(store, layout, style.style_id, sid)
         if done is not None:
             logger.info("%s", done.line())
             results.append(done)
@@ -71,9 +73,9 @@ def scan_style(styles: list[str] | None = None, all_styles: bool = False, catalo
         engine = get_engine(profile_name, settings)
         clip = get_clip_scorer("auto", profiles[profile_name], settings)
         for style, sid in todo:
-            result = steps.run_scan(engine, clip, store, style, probe, scan_id=sid, assets=assets, catalog=catalog,
-                                    snapshot_id=state.snapshot_id, triggered_by=triggered_by,
-                                    flow_run_id=str(flow_run.get_id() or ""))
+            order = ScanOrder(scan_id=sid, assets=layout, catalog=catalog, snapshot_id=state.snapshot_id,
+                              triggered_by=triggered_by, flow_run_id=str(flow_run.get_id() or ""))
+            result = steps.run_scan(engine, clip, store, style, probe, order)
             logger.info("%s", result.line())
             report_scan(store, result)
             results.append(result)

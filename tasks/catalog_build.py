@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from catalogs.models import ID_PATTERN, Product, ProductMeta, Reference, StyleMeta, StyleSet
 from tasks.catalog_rules import IMAGE_SUFFIXES, Duplicate, Rejected, find_duplicates, key_problem
+from tasks.layout import PRODUCTS, SECTIONS, STYLES, CatalogLayout
 from tasks.masks import choose_mask_source
 
 __all__ = ["CatalogState", "ObjectRecord", "QuarantineEntry", "build_catalog", "first_error", "without_changed"]
@@ -81,7 +82,7 @@ def build_catalog(records: Sequence[ObjectRecord], catalog_uri: str) -> CatalogS
     Results are sorted by id; duplicates are flagged across products and references.
     """
     quarantine: list[QuarantineEntry] = []
-    folders: dict[str, dict[str, dict[str, ObjectRecord]]] = {"products": {}, "styles": {}}
+    folders: dict[str, dict[str, dict[str, ObjectRecord]]] = {PRODUCTS: {}, STYLES: {}}
     for record in sorted(records, key=lambda r: r.key):
         problem = key_problem(record.key)
         parts = record.key.split("/")
@@ -89,28 +90,29 @@ def build_catalog(records: Sequence[ObjectRecord], catalog_uri: str) -> CatalogS
             reason = f"{record.key}: unsafe key ({problem}); not read"
             quarantine.append(QuarantineEntry(_uri(catalog_uri, record.key), reason))
         elif len(parts) != 3 or parts[0] not in folders:
-            section = parts[0] if parts[0] in folders else "products|styles"
+            section = parts[0] if parts[0] in folders else "|".join(SECTIONS)
             reason = f"{record.key}: not read (expected {section}/<id>/<file>, one folder per entry)"
             quarantine.append(QuarantineEntry(_uri(catalog_uri, record.key), reason))
         elif not parts[2].startswith("."):  # .DS_Store and friends are noise, not content
             folders[parts[0]].setdefault(parts[1], {})[parts[2]] = record
 
     products: list[Product] = []
-    for product_id, files in sorted(folders["products"].items()):
+    for product_id, files in sorted(folders[PRODUCTS].items()):
         quarantine += _ignored(catalog_uri, files, "a product folder holds image.<ext>, mask.png and product.yaml")
         try:
             products.append(_product(catalog_uri, product_id, files))
         except Rejected as exc:
-            key = _uri(catalog_uri, f"products/{product_id}/")
+            key = _uri(catalog_uri, CatalogLayout.entry(PRODUCTS, product_id))
             quarantine.append(QuarantineEntry(key, str(exc), "product", product_id))
 
     styles: list[StyleSet] = []
-    for style_id, files in sorted(folders["styles"].items()):
+    for style_id, files in sorted(folders[STYLES].items()):
         quarantine += _ignored(catalog_uri, files, "a style folder holds reference images and style.yaml")
         try:
             styles.append(_style(catalog_uri, style_id, files))
         except Rejected as exc:
-            quarantine.append(QuarantineEntry(_uri(catalog_uri, f"styles/{style_id}/"), str(exc), "style", style_id))
+            quarantine.append(QuarantineEntry(_uri(catalog_uri, CatalogLayout.entry(STYLES, style_id)), str(exc), "style",
+                                              style_id))
 
     by_uri = {_uri(catalog_uri, r.key): r for r in records}
     images = [p.image_key for p in products] + [r.key for s in styles for r in s.references]
@@ -133,20 +135,21 @@ def without_changed(state: CatalogState, changed: Mapping[str, str]) -> CatalogS
         if hit is None:
             products.append(p)
         else:
-            quarantine.append(QuarantineEntry(f"{root}products/{p.product_id}/", hit, "product", p.product_id))
+            quarantine.append(QuarantineEntry(root + CatalogLayout.entry(PRODUCTS, p.product_id), hit, "product",
+                                              p.product_id))
     for s in state.styles:
         hit = next((changed[r.key] for r in s.references if r.key in changed), None)
         if hit is None:
             styles.append(s)
         else:
-            quarantine.append(QuarantineEntry(f"{root}styles/{s.style_id}/", hit, "style", s.style_id))
+            quarantine.append(QuarantineEntry(root + CatalogLayout.entry(STYLES, s.style_id), hit, "style", s.style_id))
     kept = {p.image_key for p in products} | {r.key for s in styles for r in s.references}
     duplicates = {k: d for k, d in state.duplicates.items() if k in kept}
     return CatalogState(products, styles, quarantine, state.catalog_uri, state.snapshot_id, duplicates)
 
 
 def _product(catalog_uri: str, product_id: str, files: dict[str, ObjectRecord]) -> Product:
-    folder = f"products/{product_id}/"
+    folder = CatalogLayout.entry(PRODUCTS, product_id)
     _check_id(product_id, folder, "product")
     meta = _meta(files.get("product.yaml"), ProductMeta)
     images = sorted(name for name, r in files.items() if r.role == "image")
@@ -186,7 +189,7 @@ def _product(catalog_uri: str, product_id: str, files: dict[str, ObjectRecord]) 
 
 
 def _style(catalog_uri: str, style_id: str, files: dict[str, ObjectRecord]) -> StyleSet:
-    folder = f"styles/{style_id}/"
+    folder = CatalogLayout.entry(STYLES, style_id)
     _check_id(style_id, folder, "style")
     meta = _meta(files.get("style.yaml"), StyleMeta)
     names = sorted(name for name, r in files.items() if r.role == "image")

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from tasks.layout import PRODUCTS, STYLES
 from tasks.masks import alpha_mask, auto_mask, mask_coverage
 from tasks.phash import HASH_SIZE, dct_hash
 
@@ -104,14 +105,14 @@ def object_role(key: str) -> Role | None:
         return None
     section, name = parts[0], parts[2]
     suffix = PurePosixPath(name).suffix.lower()
-    if section == "products":
+    if section == PRODUCTS:
         if name == "product.yaml":
             return "meta"
         if name == "mask.png":
             return "mask"
         if PurePosixPath(name).stem == "image" and suffix in IMAGE_SUFFIXES:
             return "image"
-    elif section == "styles":
+    elif section == STYLES:
         if name == "style.yaml":
             return "meta"
         if suffix in IMAGE_SUFFIXES:

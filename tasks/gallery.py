@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tasks.channels import channel_of, params_box, row_layout
+from tasks.layout import GALLERY, GALLERY_PAGES, RunLayout
 from tasks.marketplace import check_words
 from tasks.values import is_missing
 
@@ -242,7 +243,7 @@ def _card(r: Mapping, varying: Sequence[str] = (), review: str | None = None, or
         ("<tr>" if i % 2 == 0 else "") + f"<td>{label}</td><td>{_num(r.get(key), digits)}</td>" + ("</tr>" if i % 2 else "")
         for i, (label, key, digits) in enumerate(cells)
     )
-    image = (f'<div class="frame"><img loading="lazy" src="images/{_e(r["asset_id"])}.png" alt="{_e(r["prompt"])}">'
+    image = (f'<div class="frame"><img loading="lazy" src="{_e(RunLayout.image_link(r["asset_id"]))}" alt="{_e(r["prompt"])}">'
              f"{_zones_svg(r)}</div>" if r.get("output_key") else '<div class="missing">no image</div>')
     channel = channel_of(r) or ""
     reason = f'<div class="reason">{_e(r["status_reason"])}</div>' if r.get("status_reason") else ""
@@ -269,7 +270,7 @@ def _finish_html(f: Mapping) -> str:
     """A card's finished image: a link to it, its size and method, its marketplace checks and any note."""
     checks = check_words(f)
     failed = bool(f.get("marketplace")) and not f.get("checks_passed")
-    return (f'<div class="finish{" reason" if failed else ""}"><a href="images/{_e(f["asset_id"])}.png">finished '
+    return (f'<div class="finish{" reason" if failed else ""}"><a href="{_e(RunLayout.image_link(f["asset_id"]))}">finished '
             f'{f["width"]}x{f["height"]}</a> ({_e(f["method"])}){" · " + _e(checks) if checks else ""}'
             + (f" · {_e(f['note'])}" if f.get("note") else "") + "</div>")
 
@@ -348,7 +349,7 @@ def _head(gallery: Gallery) -> str:
 # paged one of 100,000 (docs/benchmarks.md).
 PAGE_CARDS = 500
 INLINE_LIMIT = PAGE_CARDS
-PAGES = "gallery"  # the folder beside index.html that holds a paged gallery's index and card pages
+PAGES = GALLERY_PAGES  # the folder beside index.html that holds a paged gallery's index and card pages
 
 _PAGED_SCRIPT = """
 const idx = window.galleryIndex, main = document.querySelector('main'), more = document.getElementById('more');
@@ -421,7 +422,7 @@ def gallery_files(gallery: Gallery, *, inline_limit: int = INLINE_LIMIT, page_ca
     """
     rows = gallery.rows
     if len(rows) <= inline_limit:
-        return {"index.html": render_gallery(gallery)}
+        return {GALLERY: render_gallery(gallery)}
     varying, _ = varying_params(rows)
     groups: dict[tuple[str, str, str], list[Mapping]] = {}
     for r in sorted(rows, key=_order):
@@ -438,7 +439,7 @@ def gallery_files(gallery: Gallery, *, inline_limit: int = INLINE_LIMIT, page_ca
                           "counts": counts})
             files[f"{PAGES}/{name}"] = f"galleryPage({len(index) - 1},{_json(cards)});\n"
     files[f"{PAGES}/index.js"] = f"window.galleryIndex={_json({'pages': index, 'rows': len(rows)})};\n"
-    files["index.html"] = (_head(gallery) + '<main class="grid"></main><p id="more">loading…</p>'
+    files[GALLERY] = (_head(gallery) + '<main class="grid"></main><p id="more">loading…</p>'
                            f'<script src="{PAGES}/index.js"></script><script>{_PAGED_SCRIPT}</script></body></html>')
     return files
 

@@ -15,10 +15,12 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from tasks.layout import RUNS, TABLES
+
 # Run ids are `<campaign>-<UTC timestamp>-<6 hex>` (flows/campaign.new_run_id).
 _RUN_ID = r"[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z-[0-9a-f]{6}"
-_RUN_FOLDER = re.compile(rf"(?:^|/)runs/({_RUN_ID})/")
-_TABLE_PART = re.compile(rf"(?:^|/)tables/[a-z_]+/run_date=[^/]+/({_RUN_ID})(?:-\d{{5}})?\.parquet$")
+_RUN_FOLDER = re.compile(rf"(?:^|/){RUNS}/({_RUN_ID})/")
+_TABLE_PART = re.compile(rf"(?:^|/){TABLES}/[a-z_]+/run_date=[^/]+/({_RUN_ID})(?:-\d{{5}})?\.parquet$")
 
 
 @dataclass(frozen=True)

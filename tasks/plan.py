@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from catalogs.models import CHANNEL_AXIS, Campaign, Generation, ModelProfile, Product, StyleSet
 from tasks.catalog_build import QuarantineEntry
 from tasks.channels import Layout, layout_params, product_box, resolve_channels
+from tasks.layout import RunLayout
 from tasks.matrix import Cell, cell_record, render_prompt
 
 ASSET_ID_VERSION = 2
@@ -90,17 +91,15 @@ class ModelIdentity(_Frozen):
 
 
 class ShardContext(_Frozen):
-    """What every shard of a run shares: where to write, the stored control images, how to score.
+    """What every shard of a run shares: where to write (the run's layout), the stored control images, how to score.
 
     It is stored with each shard and sent to the GPU workers as it is; what only the campaign's own
     process has (the run's progress, its local copy) is handed to the shards run there beside it
     (flows/shard.py `ShardRuntime`).
     """
 
-    run_id: str
+    run: RunLayout  # where the run's objects live (tasks/layout.py), its id and table partition
     campaign: str
-    assets: str
-    run_date: str
     controls: dict[str, str]
     batch_total: int
     clip_model: str = "none"
@@ -108,6 +107,10 @@ class ShardContext(_Frozen):
     claim_lease_seconds: float = 900.0
     # The `sim` profile's seconds per image for this run (`RunRequest.sim_seconds`); None: the worker's setting.
     sim_seconds: float | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
 
 
 @dataclass(frozen=True)

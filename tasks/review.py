@@ -7,7 +7,6 @@ never overrides one an image already has. Delivery is derived from the winning d
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,8 +15,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from catalogs.models import ID_PATTERN, Campaign, DeliveryFormat, Review
+from catalogs.uris import AssetsUri
 from tasks.channels import channel_of
 from tasks.finish import channel_plan
+from tasks.layout import AssetsLayout, RunLayout
 from tasks.tables import SCHEMA_VERSION
 
 Decision = Literal["approve", "reject", "hold"]
@@ -26,7 +27,6 @@ DEFAULT_CHANNEL = "default"  # the channel path segment of a campaign's own `del
 # What the gallery shows for each decision; an image with none is `pending` once any exists.
 REVIEW_STATES = {"approve": "approved", "reject": "rejected", "hold": "on hold", TIMED_OUT: "timed out"}
 PENDING = "pending"
-_ASSET_ID = re.compile(r"^[0-9a-f]{8,64}$")
 
 
 class ReviewRequest(BaseModel):
@@ -37,7 +37,7 @@ class ReviewRequest(BaseModel):
     run_id: str
     campaign: str = Field(pattern=ID_PATTERN)
     title: str | None = None
-    assets: str
+    assets: AssetsUri
     run_date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
     gallery: str | None = None
     review: Review = Review(required=True)
@@ -46,6 +46,11 @@ class ReviewRequest(BaseModel):
     channel_delivery: dict[str, DeliveryFormat] = {}
     # The marketplace each marketplace channel's images are for ("amazon-main": "Amazon"), for the form.
     channel_marketplace: dict[str, str] = {}
+
+    @property
+    def layout(self) -> RunLayout:
+        """Where the reviewed run lives (tasks/layout.py), with its table partition."""
+        return AssetsLayout.at(self.assets).run(self.run_id, self.run_date)
 
 
 class ImageReview(BaseModel):
@@ -169,19 +174,6 @@ def delivery_groups(request: ReviewRequest, sources: Sequence[Mapping]) -> list[
 def format_words(fmt: DeliveryFormat) -> str:
     """`JPEG of at most 200,000 bytes`: a format as the review form says it."""
     return fmt.format.upper() + (f" of at most {fmt.max_bytes:,} bytes" if fmt.max_bytes else "")
-
-
-def delivery_path(campaign: str, channel: str, product_id: str, asset_id: str, fmt: DeliveryFormat) -> str:
-    """`delivery/<campaign>/<channel>/<product_id>/<asset_id>.<ext>`, under the assets prefix.
-
-    Raises ValueError naming a segment that is not a slug (or an asset id): keys never climb out of the layout.
-    """
-    for what, value in (("campaign", campaign), ("channel", channel), ("product", product_id)):
-        if not re.fullmatch(ID_PATTERN, value):
-            raise ValueError(f"delivery of {asset_id}: {what} {value!r} is not a slug")
-    if not _ASSET_ID.fullmatch(asset_id):
-        raise ValueError(f"delivery: {asset_id!r} is not an asset id")
-    return f"delivery/{campaign}/{channel}/{product_id}/{asset_id}.{fmt.extension}"
 
 
 @dataclass(frozen=True)

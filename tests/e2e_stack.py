@@ -24,6 +24,7 @@ import pytest
 
 from adapters.infra.storage import S3Store
 from adapters.steps import publish
+from tasks.layout import AssetsLayout
 
 CAMPAIGN = (
     "name: e2e\nproducts: {ids: [rocket, coffee-cup]}\nstyles: {ids: [space-age, earthy-textures]}\n"
@@ -85,12 +86,12 @@ def shard_runs(stack, run_id: str = ""):
 
 def published(stack, run_id):
     store, assets = stack["store"], stack["assets"]
-    manifest = json.loads(store.get(publish.run_uri(assets, run_id, publish.MANIFEST)))
+    manifest = json.loads(store.get(AssetsLayout.at(assets).run(run_id).manifest))
     return manifest, publish.read_table(store, manifest, "generations")
 
 
 def run_id_of(stack, flow_run_id) -> str:
-    for m in publish.read_manifests(stack["store"], stack["assets"]):
+    for m in publish.read_manifests(stack["store"], AssetsLayout.at(stack["assets"])):
         runs = publish.read_table(stack["store"], m, "runs")
         if str(flow_run_id) in set(runs["flow_run_id"]):
             return m["run_id"]
@@ -190,7 +191,7 @@ class WorkerCampaigns:
         return parent, time.monotonic() - started
 
     def _campaign_with_a_killed_worker(self, stack: dict):
-        from adapters.steps.heartbeats import beat_uri, read_beat
+        from adapters.steps.heartbeats import read_beat
 
         parent_id = start_campaign(stack, seeds=[3, 4], triggered_by="api").id
         victim = None
@@ -199,7 +200,7 @@ class WorkerCampaigns:
             for run in shard_runs(stack):  # the first campaign is over: a running shard is this one's
                 if run.state and run.state.is_running():
                     run_id = run.name.split("-shard-")[0]
-                    beat = read_beat(stack["store"], beat_uri(stack["assets"], run_id, str(run.id)))
+                    beat = read_beat(stack["store"], AssetsLayout.at(stack["assets"]).run(run_id).beat(str(run.id)))
                     if beat is not None and _kill_mid_shard(stack, run.id, beat.pid):
                         victim = run
                         break

@@ -67,3 +67,20 @@ def test_demo_runs_the_sample_campaign_and_mirrors_it(demo_run):
     assert len(list((latest / "images").glob("*.png"))) == 64
     assert pq.read_table(latest / "generations.parquet").num_rows == 64
     assert (latest / "_MANIFEST.json").is_file() and (latest / "index.html").is_file()
+
+
+@pytest.mark.parametrize(("args", "uri", "bad"), [
+    (["run", "--campaign", "sample", "--assets", "s3://{bucket}/../x"], "assets URI 's3://{bucket}/../x'", "'..'"),
+    (["run", "--campaign", "sample", "--catalog", "s3://{bucket}/./c"], "catalog URI 's3://{bucket}/./c'", "'.'"),
+    (["gc", "--assets", "s3://{bucket}/a//b"], "assets URI 's3://{bucket}/a//b'", "empty segment"),
+    (["tables", "query", "SELECT 1", "--assets", "s3://{bucket}/.."], "assets URI 's3://{bucket}/..'", "'..'"),
+])
+def test_a_root_that_climbs_out_of_its_prefix_is_refused_before_anything_runs(args, uri, bad, s3_server, store,
+                                                                             fresh_bucket, tmp_path):
+    env = {"AWS_ENDPOINT_URL_S3": s3_server.endpoint, "STYLEMATRIX_CATALOG": f"s3://{fresh_bucket}/catalog",
+           "STYLEMATRIX_ASSETS": f"s3://{fresh_bucket}/assets"}
+    result = run_cli([a.format(bucket=fresh_bucket) for a in args], env, tmp_path, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"stylematrix: error: {uri.format(bucket=fresh_bucket)}: ") and bad in line, line
+    assert store.list(f"s3://{fresh_bucket}/") == []  # nothing written, under any key

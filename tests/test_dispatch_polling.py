@@ -13,6 +13,7 @@ from prefect.client.schemas.objects import StateType
 from adapters.infra.settings import Settings
 from flows import dispatch
 from flows.progress import Progress
+from tasks.layout import AssetsLayout
 from tasks.plan import ShardContext
 
 
@@ -67,7 +68,7 @@ def wait_on_pool(monkeypatch, shards: int, in_flight: int) -> tuple[FakePool, Co
     polls: list[float] = []
     monkeypatch.setattr(dispatch.time, "sleep", polls.append)
     work = [SimpleNamespace(index=i, image_count=4) for i in range(shards)]
-    ctx = ShardContext(run_id="r", campaign="c", assets="s3://a", run_date="2026-01-01", controls={}, batch_total=shards)
+    ctx = ShardContext(run=AssetsLayout.at("s3://a").run("r", "2026-01-01"), campaign="c", controls={}, batch_total=shards)
     settings = Settings(shards_in_flight=in_flight, shard_attempts=2)
     tracker = dispatch.PoolProgress(Progress(), work)
     dispatch._run_on_workers(work, ctx, store, settings, tracker)
@@ -104,7 +105,7 @@ def test_a_taken_shard_costs_one_beat_read_per_poll(monkeypatch):
     monkeypatch.setattr(dispatch, "read_fleet", lambda client: SimpleNamespace(free=frozenset()))
     monkeypatch.setattr(dispatch.time, "sleep", lambda seconds: None)
     work = [SimpleNamespace(index=i, image_count=4) for i in range(30)]
-    ctx = ShardContext(run_id="r", campaign="c", assets="s3://a", run_date="2026-01-01", controls={}, batch_total=30)
+    ctx = ShardContext(run=AssetsLayout.at("s3://a").run("r", "2026-01-01"), campaign="c", controls={}, batch_total=30)
     dispatch._run_on_workers(work, ctx, store, Settings(shards_in_flight=5), dispatch.PoolProgress(Progress(), work))
     assert sorted(pool.completed) == list(range(30))
     in_flight_per_poll = sum(len(q) for q in pool.queries)

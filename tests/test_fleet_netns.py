@@ -33,6 +33,7 @@ from adapters.infra.settings import Settings, child_env
 from adapters.infra.storage import S3Store
 from adapters.steps import publish
 from adapters.steps.heartbeats import read_beats
+from tasks.layout import AssetsLayout
 from tests.helpers import ROOT
 
 pytestmark = [
@@ -250,7 +251,7 @@ def test_a_fleet_of_hosts_that_share_nothing_but_the_network(model_cache, monkey
 
         def running_on_g1():
             runs = {o.key.split("/")[1] for o in store.list(f"{assets}/runs/") if "/workers/" in o.key}
-            return [b for r in runs for b in read_beats(store, assets, r)
+            return [b for r in runs for b in read_beats(store, AssetsLayout.at(assets).run(r))
                     if b.worker == "gpu-host-1" and b.state == "running"]
 
         _wait(running_on_g1, 300, "a shard running on gpu-host-1", run)
@@ -259,12 +260,12 @@ def test_a_fleet_of_hosts_that_share_nothing_but_the_network(model_cache, monkey
         net.cut("g1", down=False)
         assert run.wait(timeout=600) == 0, fleet.log("campaign")[-4000:]
         assert "no heartbeat from its worker" in fleet.log("campaign")
-        (manifest,) = publish.read_manifests(store, assets)
+        (manifest,) = publish.read_manifests(store, AssetsLayout.at(assets))
         rows = publish.read_table(store, manifest, "generations")
         assert len(rows) == IMAGES and rows["asset_id"].is_unique
         for row in rows.itertuples():
             assert hashlib.sha256(store.get(row.output_key)).hexdigest() == row.sha256
-        assert {b.worker for b in read_beats(store, assets, manifest["run_id"])} == {"gpu-host-1", "gpu-host-2"}
+        assert {b.worker for b in read_beats(store, AssetsLayout.at(assets).run(manifest["run_id"]))} == {"gpu-host-1", "gpu-host-2"}
     finally:
         fleet.stop()
         net.down()

@@ -21,6 +21,7 @@ from adapters.infra.settings import Settings, get_settings
 from adapters.infra.storage import S3Store
 from adapters.steps import publish
 from catalogs.models import RunRequest
+from tasks.layout import AssetsLayout
 from tasks.tables import GENERATIONS, RUNS
 from tests.helpers import ARTIFACTS, campaign_settings_env, seed_campaign_buckets, small_campaign
 
@@ -146,12 +147,12 @@ def test_campaign_publishes_traceable_images_and_a_rerun_publishes_nothing_new(s
     assert again.images_generated == 0 and again.images_skipped == expected
     assert again.gallery is None
     assert after - before == {again.manifest}
-    assert publish.published_asset_ids(store, assets) == set(gens["asset_id"])
+    assert publish.published_asset_ids(store, AssetsLayout.at(assets)) == set(gens["asset_id"])
 
 
 def test_mirror_writes_out_dir_with_latest_link(sample_run, store, tmp_path):
     summary = sample_run.summary
-    local = publish.copy_run(store, sample_run.assets, summary.run_id, tmp_path / "out")
+    local = publish.copy_run(store, AssetsLayout.at(sample_run.assets).run(summary.run_id), tmp_path / "out")
     assert (tmp_path / "out" / "latest").resolve() == local.resolve()
     assert summary.images_generated == 64
     assert len(list((local / "images").glob("*.png"))) == 64

@@ -7,12 +7,13 @@ import time
 
 import pytest
 
-from adapters.steps.heartbeats import Beat, Heartbeat, Silence, beat_uri, read_beat, read_beats
+from adapters.steps.heartbeats import Beat, Heartbeat, Silence, read_beat, read_beats
+from tasks.layout import AssetsLayout
 
 
 def test_heartbeat_beats_while_the_shard_runs_and_records_how_it_ended(store, fresh_bucket):
     assets = f"s3://{fresh_bucket}"
-    uri = beat_uri(assets, "run-1", "task-a")
+    uri = AssetsLayout.at(assets).run("run-1").beat("task-a")
     beat = Beat(worker="gpu-1", pid=42, task_run_id="task-a", shard=3, shards_served=2)
     loads = [0]
     with Heartbeat(store, uri, beat, interval=0.05, engine_loads=lambda: loads[0]):
@@ -25,16 +26,16 @@ def test_heartbeat_beats_while_the_shard_runs_and_records_how_it_ended(store, fr
     done = read_beat(store, uri)
     assert done.state == "done" and (done.worker, done.pid, done.shard, done.engine_loads) == ("gpu-1", 42, 3, 1)
 
-    failed_uri = beat_uri(assets, "run-1", "task-b")
+    failed_uri = AssetsLayout.at(assets).run("run-1").beat("task-b")
     with pytest.raises(RuntimeError), Heartbeat(store, failed_uri, Beat("gpu-2", 7, "task-b", 4), interval=10):
         raise RuntimeError("GPU fell over")
     assert read_beat(store, failed_uri).state == "failed"
-    assert sorted(b.task_run_id for b in read_beats(store, assets, "run-1")) == ["task-a", "task-b"]
+    assert sorted(b.task_run_id for b in read_beats(store, AssetsLayout.at(assets).run("run-1"))) == ["task-a", "task-b"]
 
 
 def test_silence_counts_from_the_last_change_on_the_readers_clock(store, fresh_bucket):
     assets = f"s3://{fresh_bucket}"
-    uri = beat_uri(assets, "run-1", "task-a")
+    uri = AssetsLayout.at(assets).run("run-1").beat("task-a")
     now = [100.0]
     silence = Silence(store, clock=lambda: now[0])
     assert silence.seconds(uri) == 0.0  # no beat yet: the clock starts when the run is first watched
@@ -50,7 +51,7 @@ def test_silence_counts_from_the_last_change_on_the_readers_clock(store, fresh_b
 
 def test_heartbeat_refuses_a_zero_interval(store, fresh_bucket):
     with pytest.raises(ValueError, match="heartbeat interval must be positive"):
-        Heartbeat(store, beat_uri(f"s3://{fresh_bucket}", "r", "t"), Beat("gpu-1", 1, "t", 0), interval=0)
+        Heartbeat(store, AssetsLayout.at(f"s3://{fresh_bucket}").run("r").beat("t"), Beat("gpu-1", 1, "t", 0), interval=0)
 
 
 def test_a_lease_shorter_than_two_heartbeats_is_refused():

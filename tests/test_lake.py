@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from adapters.infra import lake
 from adapters.steps import lake_ops, publish
 from adapters.steps.gc import collect_garbage
+from tasks.layout import AssetsLayout
 from tasks.tables import TABLES, Column
 
 DAY = "2026-12-07"
@@ -33,7 +34,7 @@ def rows(table: str, run: str, count: int, **values) -> list[dict]:
 
 @pytest.fixture
 def tables(store, fresh_bucket) -> lake.Lake:
-    return lake.Lake.of(store, f"s3://{fresh_bucket}/team")
+    return lake.Lake.of(store, AssetsLayout.at(f"s3://{fresh_bucket}/team"))
 
 
 @pytest.fixture
@@ -127,8 +128,8 @@ def test_time_travel_by_version_by_time_and_by_run(store, tables, cli_env):
     before = datetime.now(UTC)
     for run in (first, second):
         done = lake.commit_run(tables, run, DAY, {"generations": rows("generations", run, 2), "runs": rows("runs", run, 1)})
-        publish.write_manifest(store, tables.assets, run, {
-            "run_id": run, "created_at": datetime.now(UTC).isoformat(), "assets": tables.assets, "run_date": DAY,
+        publish.write_manifest(store, tables.assets.run(run), {
+            "run_id": run, "created_at": datetime.now(UTC).isoformat(), "assets": tables.assets.root, "run_date": DAY,
             "tables": [c.entry() for c in done.values()], "images": []})
         if run == first:  # S3 keeps a commit's time to the second, and Delta takes a commit's time from there
             time.sleep(1.1)
@@ -136,7 +137,7 @@ def test_time_travel_by_version_by_time_and_by_run(store, tables, cli_env):
             time.sleep(1.1)
     assert count(tables) == 4 and count(tables, version=0) == 2 and count(tables, as_of=between) == 2
     assert count(tables, as_of=before) == 0  # nothing was committed yet then
-    versions, when = lake_ops.versions_of_run(store, tables.assets, first)
+    versions, when = lake_ops.versions_of_run(store, tables.assets.run(first))
     assert versions == {"generations": 0, "runs": 0}
     assert lake_ops.query(tables, "SELECT DISTINCT run_id FROM generations", versions=versions).rows == [(first,)]
     # The manifest of the first run still reads its own rows, whatever came after.
@@ -147,11 +148,11 @@ def test_time_travel_by_version_by_time_and_by_run(store, tables, cli_env):
 
     cli = CliRunner()
     out = cli.invoke(app, ["tables", "query", "SELECT count(*) FROM generations", "--as-of-run", first,
-                           "--assets", tables.assets])
+                           "--assets", tables.assets.root])
     assert out.exit_code == 0 and out.output.splitlines()[-1] == "2", out.output
-    out = cli.invoke(app, ["tables", "query", "SELECT count(*) FROM generations", "--assets", tables.assets])
+    out = cli.invoke(app, ["tables", "query", "SELECT count(*) FROM generations", "--assets", tables.assets.root])
     assert out.output.splitlines()[-1] == "4"
-    out = cli.invoke(app, ["tables", "query", "SELECT 1", "--as-of-run", "nobody", "--assets", tables.assets])
+    out = cli.invoke(app, ["tables", "query", "SELECT 1", "--as-of-run", "nobody", "--assets", tables.assets.root])
     assert out.exit_code == 2 and "run 'nobody': not committed" in out.output
 
 
@@ -182,7 +183,7 @@ def test_compaction_then_vacuum_leaves_one_file_per_partition_and_the_same_rows(
     # The same through the command line, on the runs table.
     from flows.cli import app
 
-    cli, where = CliRunner(), ["--assets", tables.assets]
+    cli, where = CliRunner(), ["--assets", tables.assets.root]
     for i in range(3):
         lake.commit(tables, "runs", rows("runs", run_id(66 + i), 1), run_date=DAY, txn=lake.run_txn(run_id(66 + i)))
     out = cli.invoke(app, ["tables", "compact", "--table", "runs", *where])
@@ -200,7 +201,7 @@ DEFAULT_KEEP = lake_ops.DEFAULT_RETENTION_HOURS
 
 
 def test_migration_converts_a_schema_7_bucket_in_place_and_is_idempotent(store, tables, cli_env):
-    assets, committed, dead = tables.assets, run_id(70), run_id(71)
+    assets, committed, dead = tables.assets.root, run_id(70), run_id(71)
     legacy = f"{assets}/tables/%s/run_date={DAY}/%s.parquet"
     parts = []
     for table, name, run, n in [("generations", f"{committed}-00000", committed, 3),
@@ -212,39 +213,39 @@ def test_migration_converts_a_schema_7_bucket_in_place_and_is_idempotent(store, 
         parts.append({"table": table, "uri": uri})
     review = legacy % ("reviews", f"{committed}--r1")
     store.put(review, publish.table_bytes("reviews", rows("reviews", committed, 2)))
-    store.put(publish.run_uri(assets, committed, publish.MANIFEST), json.dumps({
+    store.put(AssetsLayout.at(assets).run(committed).manifest, json.dumps({
         "schema_version": 2, "run_id": committed, "created_at": datetime.now(UTC).isoformat(),
         "parts": parts[:3], "images": [], "gallery": f"{assets}/runs/{committed}/index.html"}).encode())
 
-    done = lake_ops.migrate(store, assets)
+    done = lake_ops.migrate(store, AssetsLayout.at(assets))
     assert done.commits == {"generations": 1, "runs": 1, "reviews": 1} and done.rows["generations"] == 5
     assert done.left == (parts[3]["uri"],) and not store.exists(parts[0]["uri"]) and store.exists(parts[3]["uri"])
     assert count(tables) == 5 and count(tables, "reviews") == 2
     # A schema-7 manifest still reads its run's rows, now from the table.
-    manifest = publish.read_manifests(store, assets)[0]
+    manifest = publish.read_manifests(store, AssetsLayout.at(assets))[0]
     assert len(publish.read_table(store, manifest, "generations")) == 5
-    again = lake_ops.migrate(store, assets)
+    again = lake_ops.migrate(store, AssetsLayout.at(assets))
     assert again.commits == {} and again.left == done.left and count(tables) == 5
     from flows.cli import app
 
     out = CliRunner().invoke(app, ["tables", "migrate", "--assets", assets])
     assert out.exit_code == 0 and "removed 0 parts now in the tables; left 1 parts" in out.output, out.output
     # The dead run's part is what gc removes, as it always did.
-    report = collect_garbage(store, assets, older_than=timedelta(0), dry_run=False)
+    report = collect_garbage(store, AssetsLayout.at(assets), older_than=timedelta(0), dry_run=False)
     assert report.runs == (dead,) and parts[3]["uri"] in report.objects and count(tables) == 5
 
 
 def test_gc_keeps_an_image_a_committed_row_records_and_says_so(store, tables):
-    assets, dead, taker = tables.assets, run_id(80), run_id(81)
-    image = publish.run_uri(assets, dead, "images", "a.png")
+    assets, dead, taker = tables.assets.root, run_id(80), run_id(81)
+    image = AssetsLayout.at(assets).run(dead).uri("images", "a.png")
     store.put(image, b"png")
-    store.put(publish.run_uri(assets, dead, "images", "b.png"), b"png")
-    store.put(publish.staged_part_uri(assets, dead, "generations", f"{dead}-00000"),
+    store.put(AssetsLayout.at(assets).run(dead).uri("images", "b.png"), b"png")
+    store.put(AssetsLayout.at(assets).run(dead).staged_part("generations", f"{dead}-00000"),
               publish.table_bytes("generations", rows("generations", dead, 2)))
     # The taker committed a's row (made by the dead run), but died before its manifest.
     lake.commit_run(tables, taker, DAY, {"generations": rows("generations", taker, 1, output_key=image, made_by_run=dead),
                                          "runs": rows("runs", taker, 1)})
-    report = collect_garbage(store, assets, older_than=timedelta(0), dry_run=False)
+    report = collect_garbage(store, AssetsLayout.at(assets), older_than=timedelta(0), dry_run=False)
     assert report.runs == (dead,) and report.kept == (image,) and store.exists(image)
     assert len(report.objects) == 2 and all(not store.exists(u) for u in report.objects)
     assert lake.read(tables, "generations").column("output_key").to_pylist() == [image]

@@ -8,9 +8,9 @@ import json
 
 from PIL import Image
 
-from adapters.steps import publish
 from catalogs.models import RunRequest
-from flows.reports import REPORTS, remake_reports
+from flows.reports import remake_reports
+from tasks.layout import AssetsLayout
 from tasks.sheets import PAGE_COLUMNS, PAGE_ROWS, Tile, contact_sheet, sheet_layout, sheet_pages
 from tests.test_sim import SIM
 
@@ -52,19 +52,19 @@ def test_a_failing_sheet_and_gallery_leave_the_run_committed_and_can_be_made_aga
     assert "broken data stream" in summary.reports_failed["contact-sheets"]
     assert manifest["reports_failed"] == summary.reports_failed and not summary.sheets and summary.gallery is None
     assert any("report contact-sheets failed" in line for line in summary.lines())
-    assert not store.exists(publish.run_uri(campaign_env["assets"], summary.run_id, "index.html"))
+    assert not store.exists(AssetsLayout.at(campaign_env["assets"]).run(summary.run_id).uri("index.html"))
 
-    made = remake_reports(store, campaign_env["assets"], summary.run_id)
+    made = remake_reports(store, AssetsLayout.at(campaign_env["assets"]).run(summary.run_id))
     assert sorted(made["sheets"]) == ["coffee-cup__space-age.jpg", "overview.jpg", "rocket__space-age.jpg"]
     for uri in made["sheets"].values():
         assert Image.open(io.BytesIO(store.get(uri))).format == "JPEG"
     page = store.get(made["gallery"]).decode()
     assert summary.run_id in page and "sheets/rocket__space-age.jpg" in page
-    assert json.loads(store.get(publish.run_uri(campaign_env["assets"], summary.run_id, REPORTS)))["gallery"] == made["gallery"]
+    assert json.loads(store.get(AssetsLayout.at(campaign_env["assets"]).run(summary.run_id).reports))["gallery"] == made["gallery"]
 
 
 def test_report_command_refuses_a_run_that_never_committed(campaign_env, store):
     import pytest
 
     with pytest.raises(FileNotFoundError, match="run nope: no manifest"):
-        remake_reports(store, campaign_env["assets"], "nope")
+        remake_reports(store, AssetsLayout.at(campaign_env["assets"]).run("nope"))

@@ -35,6 +35,7 @@ from adapters.catalog.snapshots import refresh
 from adapters.infra.local_s3 import free_port
 from adapters.steps import publish
 from adapters.steps.heartbeats import read_beats
+from tasks.layout import AssetsLayout
 from tests.helpers import CLI, ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -90,12 +91,12 @@ def _buckets_and_env(store, s3_server, model_cache) -> tuple[str, str, dict[str,
 def _beats(store, assets: str) -> list:
     """Every shard heartbeat of every run in `assets`: one per shard task run a GPU worker took."""
     runs = {o.key.split("/")[1] for o in store.list(f"{assets}/runs/") if "/workers/" in o.key}
-    return [b for r in runs for b in read_beats(store, assets, r)]
+    return [b for r in runs for b in read_beats(store, AssetsLayout.at(assets).run(r))]
 
 
 def _every_image_once(store, assets: str) -> None:
     """One committed run, with every image of the campaign once, each matching its sha256."""
-    (manifest,) = publish.read_manifests(store, assets)
+    (manifest,) = publish.read_manifests(store, AssetsLayout.at(assets))
     rows = publish.read_table(store, manifest, "generations")
     assert len(rows) == IMAGES and rows["asset_id"].is_unique
     for row in rows.itertuples():
@@ -233,6 +234,6 @@ def test_a_campaign_whose_worker_dies_is_rerun_by_its_deployment_and_makes_every
     assert final.state.is_completed(), f"{final.state.type}: {final.state.message}; logs in {stack.log_dir}"
     assert final.run_count >= 2  # crashed, rescheduled and run again by its deployment
     _every_image_once(store, assets)
-    (manifest,) = publish.read_manifests(store, assets)
+    (manifest,) = publish.read_manifests(store, AssetsLayout.at(assets))
     (run,) = publish.read_table(store, manifest, "runs").itertuples()
     assert run.flow_run_id == str(flow_run.id) and run.images_left_to_others == 0

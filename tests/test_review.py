@@ -26,6 +26,7 @@ from catalogs import parse_campaign
 from catalogs.models import Campaign, DeliveryFormat, RunRequest
 from tasks.channels import resolve_channels
 from tasks.gallery import Gallery, render_gallery
+from tasks.layout import AssetsLayout
 from tasks.request import apply_request
 from tasks.review import (
     ImageReview,
@@ -34,7 +35,6 @@ from tasks.review import (
     channel_formats,
     decided_images,
     delivery_groups,
-    delivery_path,
     form_description,
     latest_decisions,
     review_rows,
@@ -122,12 +122,14 @@ def test_form_decisions_merge_approve_also_and_drop_unknown_ids():
 
 def test_delivery_path_layout_and_refusals():
     jpeg, webp = DeliveryFormat(), DeliveryFormat(format="webp")
-    assert delivery_path("spring", "default", "kettle", A, jpeg) == f"delivery/spring/default/kettle/{A}.jpg"
-    assert delivery_path("spring", "instagram", "kettle", A, webp).endswith(f"/instagram/kettle/{A}.webp")
+    assets = AssetsLayout.at("s3://a/team")
+    assert assets.delivery("spring", "default", "kettle", A, jpeg.extension) == \
+        f"s3://a/team/delivery/spring/default/kettle/{A}.jpg"
+    assert assets.delivery("spring", "instagram", "kettle", A, webp.extension).endswith(f"/instagram/kettle/{A}.webp")
     with pytest.raises(ValueError, match="channel '../x' is not a slug"):
-        delivery_path("spring", "../x", "kettle", A, jpeg)
+        assets.delivery("spring", "../x", "kettle", A, jpeg.extension)
     with pytest.raises(ValueError, match="is not an asset id"):
-        delivery_path("spring", "default", "kettle", "../../etc", jpeg)
+        assets.delivery("spring", "default", "kettle", "../../etc", jpeg.extension)
 
 
 def test_gallery_shows_review_state_once_a_decision_exists():
@@ -182,7 +184,7 @@ def test_to_srgb_keeps_srgb_pixels_and_flattens_transparency():
 
 def _published(store, assets, run_id, product_id, image):
     asset_id = hashlib.sha256(image.tobytes()).hexdigest()[:32]
-    pub = publish.put_image(store, assets, run_id, asset_id, image)
+    pub = publish.put_image(store, AssetsLayout.at(assets).run(run_id), asset_id, image)
     return {"asset_id": asset_id, "product_id": product_id, "output_key": pub.uri, "sha256": pub.sha256}
 
 
@@ -194,7 +196,7 @@ def test_delivery_writes_once_and_records_what_it_wrote(store, fresh_bucket):
     sources = [_published(store, assets, "spring-1", "kettle", photo("astronaut", 128)),
                _published(store, assets, "spring-1", "mug",
                           Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)))]
-    first = deliver(store, request, "rev-1", sources, set(), fmt=request.delivery)
+    first = deliver(store, request, "rev-1", ("default", request.delivery, sources), set())
     assert [r["asset_id"] for r in first.rows] == [sources[0]["asset_id"]]
     assert list(first.too_large) == [sources[1]["asset_id"]]  # noise does not compress under 20 kB
     row = first.rows[0]
@@ -202,13 +204,13 @@ def test_delivery_writes_once_and_records_what_it_wrote(store, fresh_bucket):
     assert row["delivered_key"] == f"{assets}/delivery/spring/default/kettle/{sources[0]['asset_id']}.webp"
     assert row["sha256"] == hashlib.sha256(data).hexdigest() and row["bytes"] == len(data) <= 20_000
     assert Image.open(io.BytesIO(data)).format == "WEBP"
-    write_part_once(store, assets, "deliveries", request, "rev-1", first.rows)
+    write_part_once(store, request, "deliveries", "rev-1", first.rows)
 
-    recorded = {r["delivered_key"] for r in read_parts(store, assets, "deliveries", "2026-12-01", "spring-1")}
-    second = deliver(store, request, "rev-2", sources[:1], recorded, fmt=request.delivery)
+    recorded = {r["delivered_key"] for r in read_parts(store, AssetsLayout.at(assets).run("spring-1", "2026-12-01"), "deliveries")}
+    second = deliver(store, request, "rev-2", ("default", request.delivery, sources[:1]), recorded)
     assert second.rows == [] and second.already == [row["delivered_key"]]
     # A delivery that wrote its file but died before its table part: the next one records it, writes nothing.
-    recovered = deliver(store, request, "rev-3", sources[:1], set(), fmt=request.delivery)
+    recovered = deliver(store, request, "rev-3", ("default", request.delivery, sources[:1]), set())
     assert [(r["sha256"], r["quality"]) for r in recovered.rows] == [(row["sha256"], row["quality"])]
     assert len(store.list(f"{assets}/delivery/")) == 1
 
@@ -230,8 +232,8 @@ def test_each_channel_is_delivered_in_its_own_format_and_folder(store, fresh_buc
     assert [(segment, fmt.format, [r["asset_id"] for r in rows]) for segment, fmt, rows in groups] == [
         ("square", "jpeg", [square["asset_id"]]), ("story", "webp", [story["asset_id"]])]
     keys = {}
-    for segment, fmt, rows in groups:
-        keys |= {r["delivered_key"]: r for r in deliver(store, request, "rev-1", rows, set(), fmt=fmt, channel=segment).rows}
+    for group in groups:
+        keys |= {r["delivered_key"]: r for r in deliver(store, request, "rev-1", group, set()).rows}
     assert sorted(keys) == [f"{assets}/delivery/spring/square/kettle/{square['asset_id']}.jpg",
                             f"{assets}/delivery/spring/story/kettle/{story['asset_id']}.webp"]
     assert {r["channel"]: Image.open(io.BytesIO(store.get(k))).format for k, r in keys.items()} == {
@@ -250,15 +252,15 @@ def test_review_parts_are_written_once_per_review(store, fresh_bucket):
     known = {A: {"product_id": "kettle", "selected": True}}
     rows = review_rows(request, "rev-1", [ImageReview(asset_id=A, product_id="kettle")], known=known, reviewer="Ana",
                        reviewed_at=T0)
-    uri = write_part_once(store, assets, "reviews", request, "rev-1", rows)
+    uri = write_part_once(store, request, "reviews", "rev-1", rows)
     later = [dict(r, reviewed_at=T0 + timedelta(hours=1)) for r in rows]
-    assert write_part_once(store, assets, "reviews", request, "rev-1", later) == uri  # a rerun keeps the first
-    write_part_once(store, assets, "reviews", request, "rev-2", [dict(r, review_id="rev-2", decision="reject",
+    assert write_part_once(store, request, "reviews", "rev-1", later) == uri  # a rerun keeps the first
+    write_part_once(store, request, "reviews", "rev-2", [dict(r, review_id="rev-2", decision="reject",
                                                                         reviewed_at=T0 + timedelta(hours=2))
                                                                  for r in rows])
-    stored = read_parts(store, assets, "reviews", "2026-12-01", "spring-1")
+    stored = read_parts(store, AssetsLayout.at(assets).run("spring-1", "2026-12-01"), "reviews")
     assert len(stored) == 2 and latest_decisions(stored)[A]["decision"] == "reject"
-    assert read_parts(store, assets, "reviews", "2026-12-01", "spring-10") == []
+    assert read_parts(store, AssetsLayout.at(assets).run("spring-10", "2026-12-01"), "reviews") == []
 
 
 def test_review_form_offers_the_runs_other_images_and_describes_the_selected():
@@ -293,7 +295,7 @@ def test_documented_duckdb_query_gives_the_latest_decision_and_the_delivered_fil
     from adapters.steps import lake_ops
     from tests.helpers import ROOT
 
-    tables = lake.Lake.of(store, f"s3://{fresh_bucket}")
+    tables = lake.Lake.of(store, AssetsLayout.at(f"s3://{fresh_bucket}"))
     request = ReviewRequest(run_id="spring-1", campaign="spring", assets="s3://a", run_date="2026-12-01")
     known = {a: {"product_id": "kettle", "selected": True} for a in (A, B, C)}
     first = review_rows(request, "rev-1", [ImageReview(asset_id=a, product_id="kettle") for a in (A, B)],

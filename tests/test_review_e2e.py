@@ -28,6 +28,7 @@ from PIL import Image
 
 from adapters.infra.settings import FLOW_HEARTBEAT_SECONDS
 from adapters.steps.delivery import read_parts
+from tasks.layout import AssetsLayout
 from tasks.review import approved, latest_decisions
 from tests.e2e_stack import CPU_WORKER_ENV, WAIT, ZOMBIE, api, run_id_of, start_campaign, wait_final
 from tests.helpers import ARTIFACTS, CHROMIUM, chromium_page
@@ -141,7 +142,7 @@ def test_review_in_the_prefect_ui_delivers_what_is_approved_once(stack, committe
 
     from adapters.steps import publish
 
-    manifest = publish.read_manifests(store, assets)
+    manifest = publish.read_manifests(store, AssetsLayout.at(assets))
     gens = next(publish.read_table(store, m, "generations") for m in manifest if m["run_id"] == run_id)
     chosen = gens[gens["selected"]].sort_values("rank_in_product")
     (keep, drop), other = chosen["asset_id"].tolist(), gens[~gens["selected"]]["asset_id"].iloc[0]
@@ -154,11 +155,11 @@ def test_review_in_the_prefect_ui_delivers_what_is_approved_once(stack, committe
     assert done.state.is_completed()
 
     run_date = _run_date(run_id)
-    reviews = read_parts(store, assets, "reviews", run_date, run_id)
+    reviews = read_parts(store, AssetsLayout.at(assets).run(run_id, run_date), "reviews")
     assert sorted((r["asset_id"], r["decision"], r["reviewer"], r["note"]) for r in reviews) == sorted([
         (keep, "approve", "Ana (brand)", None), (drop, "reject", "Ana (brand)", "too dark"),
         (other, "approve", "Ana (brand)", None)])
-    deliveries = read_parts(store, assets, "deliveries", run_date, run_id)
+    deliveries = read_parts(store, AssetsLayout.at(assets).run(run_id, run_date), "deliveries")
     assert sorted(d["asset_id"] for d in deliveries) == sorted([keep, other])
     for d in deliveries:
         data = store.get(d["delivered_key"])
@@ -178,8 +179,8 @@ def test_review_in_the_prefect_ui_delivers_what_is_approved_once(stack, committe
     with api(stack):
         resume_flow_run(again.id, run_input=decision)
     _wait_state(stack, again.id, lambda s: s.is_completed())
-    assert len(read_parts(store, assets, "reviews", run_date, run_id)) == 6
-    assert read_parts(store, assets, "deliveries", run_date, run_id) == deliveries
+    assert len(read_parts(store, AssetsLayout.at(assets).run(run_id, run_date), "reviews")) == 6
+    assert read_parts(store, AssetsLayout.at(assets).run(run_id, run_date), "deliveries") == deliveries
     assert len(store.list(f"{assets}/delivery/")) == 2
     events = _events(stack, "stylematrix.delivery.completed", run_id, 2)
     assert sorted((e["payload"]["delivered"], e["payload"]["already_delivered"]) for e in events) == [(0, 2), (2, 0)]
@@ -232,8 +233,8 @@ def test_reviews_wait_for_people_and_one_whose_worker_died_is_redone(stack, comm
                                  (c, lambda s: s.is_completed()))}
 
     run_date = _run_date(run_id)
-    reviews = read_parts(store, assets, "reviews", run_date, run_id)
-    deliveries = read_parts(store, assets, "deliveries", run_date, run_id)
+    reviews = read_parts(store, AssetsLayout.at(assets).run(run_id, run_date), "reviews")
+    deliveries = read_parts(store, AssetsLayout.at(assets).run(run_id, run_date), "deliveries")
     history = {r.id: _states(stack, r.id) for r in (a, b, c)}
     # A: suspended for more than two windows, then scheduled without a worker for more than one, never crashed.
     assert done[a.id].state.is_completed()
@@ -245,7 +246,7 @@ def test_reviews_wait_for_people_and_one_whose_worker_died_is_redone(stack, comm
     assert done[b.id].state.is_failed() and "never resumed" in done[b.id].state.message
     assert not any(s.is_crashed() for s in history[b.id]) and _gap(history[b.id], "Suspended") >= ZOMBIE + 15
     timed_out = _until(stack, "review B recorded as timed out", lambda: [
-        (r["asset_id"], r["decision"]) for r in read_parts(store, assets, "reviews", run_date, run_id)
+        (r["asset_id"], r["decision"]) for r in read_parts(store, AssetsLayout.at(assets).run(run_id, run_date), "reviews")
         if r["review_id"] == str(b.id)], 300)
     assert sorted(timed_out) == sorted([(keep, "timed-out"), (drop, "timed-out")])
     # C: crashed once, handed out again, finished with the decisions submitted before the crash.
@@ -254,7 +255,7 @@ def test_reviews_wait_for_people_and_one_whose_worker_died_is_redone(stack, comm
     assert names[names.index("Crashed") + 1] == "Rescheduled" and done[c.id].run_count == 2, names  # one run more
     assert sorted(r["asset_id"] for r in reviews if r["review_id"] == str(c.id)) == sorted([drop, fourth])
     # Every approved image is delivered, each once: one row and one file.
-    latest = latest_decisions(read_parts(store, assets, "reviews", run_date, run_id))
+    latest = latest_decisions(read_parts(store, AssetsLayout.at(assets).run(run_id, run_date), "reviews"))
     keys = Counter(d["delivered_key"] for d in deliveries)
     assert sorted(d["asset_id"] for d in deliveries) == sorted(approved(latest)) and set(keys.values()) == {1}
     assert {drop, fourth, keep} <= set(approved(latest))
@@ -267,7 +268,7 @@ def _images(stack, run_id) -> tuple[list[str], list[str]]:
     """The run's selected images, best first, and the others, in the `generations` table's order."""
     from adapters.steps import publish
 
-    manifest = next(m for m in publish.read_manifests(stack["store"], stack["assets"]) if m["run_id"] == run_id)
+    manifest = next(m for m in publish.read_manifests(stack["store"], AssetsLayout.at(stack["assets"])) if m["run_id"] == run_id)
     gens = publish.read_table(stack["store"], manifest, "generations")
     return (gens[gens["selected"]].sort_values("rank_in_product")["asset_id"].tolist(),
             gens[~gens["selected"]]["asset_id"].tolist())

@@ -15,6 +15,7 @@ from adapters.steps import claims, publish
 from adapters.steps.gc import collect_garbage
 from catalogs.models import RunRequest
 from tasks.gc import Stored, garbage, run_of
+from tasks.layout import AssetsLayout
 from tests.helpers import ReadLog, start_cli
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -45,31 +46,34 @@ def test_gc_rule_takes_only_abandoned_runs_and_keeps_what_a_manifest_names():
 def test_claims_keep_an_asset_with_the_live_run_and_pass_an_abandoned_one_on(store, fresh_bucket):
     assets = f"s3://{fresh_bucket}"
     lease = timedelta(minutes=15)
-    first = claims.claim_one(store, assets, "a1", RUN_A, lease=lease, now=NOW)
+    first = claims.claim_one(store, AssetsLayout.at(assets).run(RUN_A), "a1", lease=lease, now=NOW)
     assert first.new and first.run_id == RUN_A
-    assert claims.claim_one(store, assets, "a1", RUN_A, lease=lease, now=NOW).run_id == RUN_A  # a retried shard
-    held = claims.claim_one(store, assets, "a1", RUN_B, lease=lease, now=NOW + timedelta(minutes=1))
+    assert claims.claim_one(store, AssetsLayout.at(assets).run(RUN_A), "a1", lease=lease, now=NOW).run_id == RUN_A  # a retried shard
+    held = claims.claim_one(store, AssetsLayout.at(assets).run(RUN_B), "a1", lease=lease, now=NOW + timedelta(minutes=1))
     assert held.run_id == RUN_A and not held.new  # alive: left to it
-    taken = claims.claim_one(store, assets, "a1", RUN_B, lease=lease, now=NOW + timedelta(hours=1))
+    taken = claims.claim_one(store, AssetsLayout.at(assets).run(RUN_B), "a1", lease=lease, now=NOW + timedelta(hours=1))
     assert (taken.run_id, taken.replaced) == (RUN_B, RUN_A)  # abandoned: passed on
-    assert claims.owners(store, assets, ["a1", "a2"]) == {"a1": RUN_B, "a2": ""}
+    assert claims.owners(store, AssetsLayout.at(assets), ["a1", "a2"]) == {"a1": RUN_B, "a2": ""}
 
 
 
 def test_a_committing_run_reads_only_the_claims_that_can_have_changed_hands(store, fresh_bucket):
     assets, lease = f"s3://{fresh_bucket}", timedelta(minutes=15)
     for asset in ("a1", "a2"):
-        claims.claim_one(store, assets, asset, RUN_A, lease=lease, now=NOW)
-    claims.claim_one(store, assets, "a3", RUN_B, lease=lease, now=NOW)  # left to RUN_B
+        claims.claim_one(store, AssetsLayout.at(assets).run(RUN_A), asset, lease=lease, now=NOW)
+    claims.claim_one(store, AssetsLayout.at(assets).run(RUN_B), "a3", lease=lease, now=NOW)  # left to RUN_B
     counting = ReadLog(store)
     # Within the lease of its start, RUN_A's own claims cannot have been taken over: only a3's is read.
-    assert claims.owners_at_commit(counting, assets, ["a1", "a2", "a3"], RUN_A, {"a1", "a2"}, since=NOW, lease=lease,
-                                   now=NOW + timedelta(minutes=10)) == {"a1": RUN_A, "a2": RUN_A, "a3": RUN_B}
+    run_a = AssetsLayout.at(assets).run(RUN_A)
+    started = datetime.now(UTC) - timedelta(minutes=10)  # the run started 10 minutes ago
+    assert claims.owners_at_commit(counting, run_a, ["a1", "a2", "a3"], {"a1", "a2"}, since=started,
+                                   lease=lease) == {"a1": RUN_A, "a2": RUN_A, "a3": RUN_B}
     assert len(counting.reads) == 1
     # Past the lease less the clock skew, a claim may have changed hands: every claim is read.
-    claims.claim_one(store, assets, "a2", RUN_B, lease=lease, now=NOW + timedelta(minutes=16))
-    assert claims.owners_at_commit(counting, assets, ["a1", "a2", "a3"], RUN_A, {"a1", "a2"}, since=NOW, lease=lease,
-                                   now=NOW + timedelta(minutes=14, seconds=1)) == {"a1": RUN_A, "a2": RUN_B, "a3": RUN_B}
+    claims.claim_one(store, AssetsLayout.at(assets).run(RUN_B), "a2", lease=lease, now=NOW + timedelta(minutes=16))
+    started = datetime.now(UTC) - timedelta(minutes=14, seconds=1)
+    assert claims.owners_at_commit(counting, run_a, ["a1", "a2", "a3"], {"a1", "a2"}, since=started,
+                                   lease=lease) == {"a1": RUN_A, "a2": RUN_B, "a3": RUN_B}
     assert len(counting.reads) == 4
 
 
@@ -88,7 +92,7 @@ def _images(store, assets) -> list[str]:
 def _recorded(store, assets):
     import pandas as pd
 
-    manifests = publish.read_manifests(store, assets)
+    manifests = publish.read_manifests(store, AssetsLayout.at(assets))
     return pd.concat([publish.read_table(store, m, "generations") for m in manifests]), manifests
 
 
@@ -114,7 +118,7 @@ def test_a_killed_run_is_taken_over_by_the_rerun_and_gc_leaves_nothing_unrecorde
     finally:
         first.stop()
     made_before = set(_images(store, assets))
-    assert 4 <= len(made_before) < IMAGES and publish.read_manifests(store, assets) == []
+    assert 4 <= len(made_before) < IMAGES and publish.read_manifests(store, AssetsLayout.at(assets)) == []
     dead_run = made_before.pop().split("/runs/")[1].split("/")[0]
     time.sleep(1.5)  # its claims are now older than the lease
 
@@ -130,18 +134,18 @@ def test_a_killed_run_is_taken_over_by_the_rerun_and_gc_leaves_nothing_unrecorde
         assert hashlib.sha256(store.get(row.output_key)).hexdigest() == row.sha256
 
     # Nothing is left unrecorded: gc removes the dead run's other objects, never a recorded one.
-    dry = collect_garbage(store, assets, older_than=timedelta(0), dry_run=True)
+    dry = collect_garbage(store, AssetsLayout.at(assets), older_than=timedelta(0), dry_run=True)
     assert dry.runs == (dead_run,) and dry.objects and all(store.exists(u) for u in dry.objects if "/claims/" not in u)
-    report = collect_garbage(store, assets, older_than=timedelta(0), dry_run=False)
+    report = collect_garbage(store, AssetsLayout.at(assets), older_than=timedelta(0), dry_run=False)
     assert report.objects == dry.objects
     committed = {summary.run_id}
-    named = {i["uri"] for m in publish.read_manifests(store, assets) for i in m["images"]}
+    named = {i["uri"] for m in publish.read_manifests(store, AssetsLayout.at(assets)) for i in m["images"]}
     for obj in store.list(f"{assets}/runs/"):
         run = obj.uri.split("/runs/")[1].split("/")[0]
         assert run in committed or obj.uri in named, obj.uri
     for row in gens.itertuples():
         assert store.exists(row.output_key)
-    assert collect_garbage(store, assets, older_than=timedelta(0), dry_run=False).objects == ()
+    assert collect_garbage(store, AssetsLayout.at(assets), older_than=timedelta(0), dry_run=False).objects == ()
 
 
 @pytest.mark.slow
@@ -172,5 +176,5 @@ def test_two_runs_started_together_make_every_asset_once(campaign_env, store, pr
             # each run's own summary starts with its id (both may name the other, where each left images)
             out = next(r.stdout for r in results if f"run {run}:" in r.stdout)
             assert f"left to:  {count} images that run {other} was making at the same time" in out
-    assert all(json.loads(store.get(publish.run_uri(assets, m["run_id"], publish.MANIFEST)))["run_id"] == m["run_id"]
+    assert all(json.loads(store.get(AssetsLayout.at(assets).run(m["run_id"]).manifest))["run_id"] == m["run_id"]
                for m in manifests)

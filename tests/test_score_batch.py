@@ -12,7 +12,7 @@ from skimage import data
 
 from adapters.model.engine import StyleInput
 from adapters.steps.publish import encode_png
-from adapters.steps.scoring import product_view, score_batch
+from adapters.steps.scoring import Sources, product_view, score_batch
 from catalogs.models import Product
 from tasks.canny import control_image, fit_to_canvas
 from tests.helpers import ReadLog
@@ -50,8 +50,8 @@ def batch(store, fresh_bucket):
     def score():
         rows = [{"asset_id": f"a{i}", "style_id": "brick", "prompt": "a rocket on brick", "width": SIZE, "height": SIZE,
                  "canny_low": LOW, "canny_high": HIGH} for i in range(len(images))]
-        return score_batch(store, rows, images, product=product, control=control_image(photo, SIZE, SIZE, LOW, HIGH),
-                           style_input=style_input, clip=None)
+        return score_batch(store, rows, images, Sources(product=product, style_input=style_input,
+                                                        control=control_image(photo, SIZE, SIZE, LOW, HIGH)))
 
     return store, product.image_key, score
 
@@ -106,13 +106,12 @@ def test_fidelity_and_channel_checks_look_where_the_channel_put_the_product(stor
     row = {"asset_id": "a0", "style_id": "brick", "prompt": "a rocket", "width": layout.width, "height": layout.height,
            "canny_low": LOW, "canny_high": HIGH, **layout_columns(params)}
     style_input = StyleInput.from_images([Image.fromarray(data.brick()).convert("RGB").resize((64, 64))], ["0" * 64])
-    [scored] = score_batch(store, [row], [placed], product=product, control=None, style_input=style_input, clip=None)
+    [scored] = score_batch(store, [row], [placed], Sources(product=product, style_input=style_input))
     assert scored["product_ssim"] > 0.99 and scored["product_delta_e"] < 1.0  # measured in the box, not centred
     assert scored["safe_zone_share"] == 0.0 and scored["product_cut"] == 0.0 and scored["size_error"] == 0.0
     assert scored["aspect_error"] < 0.01
     expected = (box[2] - box[0]) * (box[3] - box[1]) / (layout.width * layout.height)
     assert scored["product_share"] == pytest.approx(expected, rel=0.05)
     # An output of the wrong size fails the size check.
-    [small] = score_batch(store, [dict(row)], [placed.resize((120, 72))], product=product, control=None,
-                          style_input=style_input, clip=None)
+    [small] = score_batch(store, [dict(row)], [placed.resize((120, 72))], Sources(product=product, style_input=style_input))
     assert small["size_error"] == 8.0

@@ -12,6 +12,7 @@ from PIL import Image
 from adapters.model.engine import Engine
 from adapters.steps import publish
 from catalogs.models import RunRequest
+from tasks.layout import AssetsLayout
 from tests.helpers import ReadLog
 
 SMALL = (
@@ -84,7 +85,7 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     gens = publish.read_table(store, manifest, "generations")
 
     # Simulate a shard that died after writing some images: drop one image and the shard's staged part.
-    part = {"table": "generations", "uri": publish.staged_part_uri(campaign_env["assets"], first.run_id, "generations",
+    part = {"table": "generations", "uri": AssetsLayout.at(campaign_env["assets"]).run(first.run_id).staged_part("generations",
                                                                    shard_part_name(first.run_id, 0))}
     lost = gens.iloc[3]
     lost_image = Image.open(io.BytesIO(store.get(lost["output_key"])))
@@ -96,9 +97,9 @@ def test_retried_shard_skips_images_it_already_wrote(campaign_env, store, small_
     from tasks.plan import Shard, ShardContext
 
     # Re-run the very shard the campaign ran (its spec is stored with the run), as a retry would.
-    shard = Shard.model_validate_json(store.get(publish.run_uri(campaign_env["assets"], first.run_id, "shards", "00000.json")))
-    ctx = ShardContext(run_id=first.run_id, campaign="small", assets=campaign_env["assets"], controls=manifest["controls"],
-                       run_date=manifest["run_date"], batch_total=2)
+    shard = Shard.model_validate_json(store.get(AssetsLayout.at(campaign_env["assets"]).run(first.run_id).uri("shards", "00000.json")))
+    ctx = ShardContext(run=AssetsLayout.at(campaign_env["assets"]).run(first.run_id, manifest["run_date"]),
+                       campaign="small", controls=manifest["controls"], batch_total=2)
     flow(name="retried-shard")(run_shard)(shard, ctx, ShardRuntime(Progress()))
     assert generated == [lost["prompt"]]  # only the missing image was rendered again
     again = publish.read_staged(store, [publish.part_entry(store, "generations", part["uri"])], "generations")
@@ -197,9 +198,9 @@ def test_a_run_copies_itself_locally_as_it_makes_its_images(campaign_env, store,
 
     copied: list[set[str]] = []  # the images in the local copy when the run starts copying what it lacks
 
-    def watching(store, assets, run_id, out_dir):
-        copied.append({p.name for p in (out_dir / run_id / "images").glob("*.png")})
-        return publish.copy_run(store, assets, run_id, out_dir)
+    def watching(store, run, out_dir):
+        copied.append({p.name for p in (out_dir / run.run_id / "images").glob("*.png")})
+        return publish.copy_run(store, run, out_dir)
 
     monkeypatch.setattr(steps, "copy_run", steps.step(watching, name="local-copy"))
     out = tmp_path / "out"
@@ -217,7 +218,7 @@ def test_a_run_copies_itself_locally_as_it_makes_its_images(campaign_env, store,
     (local / "images" / damaged).write_bytes(b"not a png")
     (local / "images" / "stray.png").write_bytes(b"left by a run that lost its claim")
     log = ReadLog(store)
-    publish.copy_run(log, campaign_env["assets"], summary.run_id, out)
+    publish.copy_run(log, AssetsLayout.at(campaign_env["assets"]).run(summary.run_id), out)
     assert [u for u in log.reads if "/images/" in u] == [next(i["uri"] for i in manifest["images"]
                                                               if f"{i['asset_id']}.png" == damaged)]
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (local / "images").glob("*.png")} == expected

@@ -15,6 +15,7 @@ from adapters.model.sim_engine import SimEngine, sim_image
 from adapters.steps import publish
 from catalogs import load_profiles
 from catalogs.models import RunRequest
+from tasks.layout import AssetsLayout
 from tests.helpers import product
 
 SIM = (
@@ -70,8 +71,8 @@ def test_a_sim_campaign_of_a_few_hundred_images_goes_through_every_step_of_a_run
     assert (gens["status"] == "duplicate").sum() < 60  # distinct pictures, as a model's would be
     for img in manifest["images"]:
         assert hashlib.sha256(store.get(img["uri"])).hexdigest() == img["sha256"]
-    staged = publish.run_uri(campaign_env["assets"], summary.run_id, "staging", "generations")
+    staged = AssetsLayout.at(campaign_env["assets"]).run(summary.run_id).uri("staging", "generations")
     assert len(list(store.list(staged + "/"))) == 10  # the rows staged one part per shard of 64
     # A gallery of more than 500 images is paged: its page, its index, its card pages beside it.
     assert summary.sheets and summary.gallery and store.exists(summary.gallery)
-    assert store.exists(publish.run_uri(campaign_env["assets"], summary.run_id, "gallery", "index.js"))
+    assert store.exists(AssetsLayout.at(campaign_env["assets"]).run(summary.run_id).uri("gallery", "index.js"))

@@ -14,6 +14,7 @@ from adapters.infra.parquet_io import read_parquet_bytes
 from adapters.steps import claims, lake_ops, publish
 from adapters.steps.gc import collect_garbage
 from catalogs.models import RunRequest
+from tasks.layout import AssetsLayout
 from tests.helpers import start_cli
 
 CAMPAIGN = (
@@ -60,11 +61,11 @@ def test_a_run_stopped_with_sigterm_is_taken_over_at_once_and_every_reader_sees_
         first.stop()
     shards_done = len(staged(store, assets))
     assert code != 0 and 2 <= shards_done < IMAGES // PER_SHARD
-    tables = lake.Lake.of(store, assets)
-    assert lake.read(tables, "generations").num_rows == 0 and publish.read_manifests(store, assets) == []
+    tables = lake.Lake.of(store, AssetsLayout.at(assets))
+    assert lake.read(tables, "generations").num_rows == 0 and publish.read_manifests(store, AssetsLayout.at(assets)) == []
     dead = staged(store, assets)[0].split("/runs/")[1].split("/")[0]
-    held = [claims.read_claim(store, assets, o.key.rsplit("/", 1)[-1].removesuffix(".json"))
-            for o in store.list(f"{assets}/{claims.CLAIMS}/")]
+    held = [claims.read_claim(store, AssetsLayout.at(assets), o.key.rsplit("/", 1)[-1].removesuffix(".json"))
+            for o in store.list(f"{assets}/claims/")]
     assert held and all(c.run_id == dead and c.released for c in held)  # handed back on the way out
 
     summary = run_campaign(RunRequest(campaign=str(spec), triggered_by="test"))  # at once: no lease to wait out
@@ -75,7 +76,7 @@ def test_a_run_stopped_with_sigterm_is_taken_over_at_once_and_every_reader_sees_
     def readers() -> dict[str, tuple[int, int]]:
         sql = lake_ops.query(tables, "SELECT count(*), count(DISTINCT asset_id) FROM generations").rows[0]
         frame = DeltaTable(tables.uri("generations"), storage_options=tables.options).to_pandas()
-        manifests = [publish.read_table(store, m, "generations") for m in publish.read_manifests(store, assets)]
+        manifests = [publish.read_table(store, m, "generations") for m in publish.read_manifests(store, AssetsLayout.at(assets))]
         every = every_file_reader(store, assets)
         return {"duckdb": sql, "pandas": (len(frame), frame["asset_id"].nunique()),
                 "manifests": (sum(len(m) for m in manifests), len({a for m in manifests for a in m["asset_id"]})),
@@ -86,7 +87,7 @@ def test_a_run_stopped_with_sigterm_is_taken_over_at_once_and_every_reader_sees_
     assert (gens["made_by_run"] == dead).sum() == summary.images_taken_over
 
     # gc after the takeover: the dead run's staged rows and claims go, no image a committed row records.
-    report = collect_garbage(store, assets, older_than=timedelta(0), dry_run=False)
+    report = collect_garbage(store, AssetsLayout.at(assets), older_than=timedelta(0), dry_run=False)
     assert report.runs == (dead,) and len(report.kept) == summary.images_taken_over
     assert not any("/images/" in uri for uri in report.objects)
     assert all(store.exists(uri) for uri in gens["output_key"])
@@ -95,11 +96,11 @@ def test_a_run_stopped_with_sigterm_is_taken_over_at_once_and_every_reader_sees_
 
 def test_a_claim_handed_back_is_taken_over_at_once_and_only_its_holder_hands_it_back(store, fresh_bucket):
     assets, lease = f"s3://{fresh_bucket}", timedelta(minutes=15)
-    claims.claim_one(store, assets, "a1", "run-a", lease=lease)
-    claims.claim_one(store, assets, "a2", "run-b", lease=lease)
-    assert claims.release_all(store, assets, ["a1", "a2", "a3"], "run-a") == 1  # only its own; a3 is nobody's
-    assert claims.release_all(store, assets, ["a1"], "run-a") == 0
-    assert claims.claim_one(store, assets, "a1", "run-a", lease=lease).released  # its own late worker: still handed back
-    taken = claims.claim_one(store, assets, "a1", "run-c", lease=lease)
+    claims.claim_one(store, AssetsLayout.at(assets).run("run-a"), "a1", lease=lease)
+    claims.claim_one(store, AssetsLayout.at(assets).run("run-b"), "a2", lease=lease)
+    assert claims.release_all(store, AssetsLayout.at(assets).run("run-a"), ["a1", "a2", "a3"]) == 1  # only its own; a3 is nobody's
+    assert claims.release_all(store, AssetsLayout.at(assets).run("run-a"), ["a1"]) == 0
+    assert claims.claim_one(store, AssetsLayout.at(assets).run("run-a"), "a1", lease=lease).released  # its own late worker: still handed back
+    taken = claims.claim_one(store, AssetsLayout.at(assets).run("run-c"), "a1", lease=lease)
     assert (taken.run_id, taken.replaced, taken.released) == ("run-c", "run-a", False)
-    assert claims.claim_one(store, assets, "a2", "run-c", lease=lease).run_id == "run-b"  # alive: left to it
+    assert claims.claim_one(store, AssetsLayout.at(assets).run("run-c"), "a2", lease=lease).run_id == "run-b"  # alive: left to it

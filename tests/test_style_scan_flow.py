@@ -13,6 +13,7 @@ from PIL import Image
 from adapters.infra import lake
 from adapters.steps import publish
 from catalogs.models import RunRequest
+from tasks.layout import AssetsLayout
 from tasks.tables import STYLE_SCANS
 from tests.helpers import ARTIFACTS, encode, photo
 
@@ -45,7 +46,7 @@ def test_scan_writes_table_plot_and_sheet_once_and_again_when_a_reference_change
     assert plot.format == "PNG" and plot.size[0] >= 600
     sheet = Image.open(io.BytesIO(store.get(first["sheet"])))
     assert sheet.format == "JPEG" and sheet.size[1] > 3 * 96  # one row of probe images per scale
-    rows = lake.read(lake.Lake.of(store, assets), "style_scans", where=("scan_id", first["scan_id"]))
+    rows = lake.read(lake.Lake.of(store, AssetsLayout.at(assets)), "style_scans", where=("scan_id", first["scan_id"]))
     rows = sorted(rows.drop_columns([lake.PARTITION]).to_pylist(), key=lambda r: r["ip_scale"])
     assert [r["ip_scale"] for r in rows] == SCALES
     assert list(rows[0]) == [c.name for c in STYLE_SCANS]

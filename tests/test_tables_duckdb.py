@@ -9,6 +9,7 @@ import pytest
 
 from adapters.steps import publish
 from catalogs.models import RunRequest
+from tasks.layout import AssetsLayout
 from tasks.tables import SCHEMA_VERSION
 from tests.helpers import ROOT
 
@@ -87,7 +88,7 @@ def test_duckdb_reads_the_published_tables_of_a_run(campaign_env, store, tmp_pat
     manifest = json.loads(store.get(summary.manifest))
     assert {t["table"]: t["rows"] for t in manifest["tables"]} == {"generations": 12, "cell_metrics": 4, "finishes": 0,
                                                                    "runs": 1}
-    tables = lake.Lake.of(store, campaign_env["assets"])
+    tables = lake.Lake.of(store, AssetsLayout.at(campaign_env["assets"]))
 
     def sql(text: str) -> list[tuple]:
         return lake_ops.query(tables, text).rows
@@ -148,7 +149,7 @@ def test_duckdb_reads_the_published_tables_of_a_run(campaign_env, store, tmp_pat
     # pandas through deltalake, and the run's local copy through DuckDB's parquet reader.
     frame = DeltaTable(tables.uri("generations"), storage_options=tables.options).to_pandas()
     assert len(frame) == 12 and set(frame["run_id"]) == {summary.run_id}
-    local = publish.copy_run(store, campaign_env["assets"], summary.run_id, tmp_path / "out")
+    local = publish.copy_run(store, AssetsLayout.at(campaign_env["assets"]).run(summary.run_id), tmp_path / "out")
     mirrored = duckdb.connect().execute(
         f"SELECT count(*), min(run_date) FROM read_parquet('{local}/tables/generations/*/*.parquet', "
         "hive_partitioning = true)").fetchone()

@@ -14,6 +14,7 @@ import pytest
 from adapters.infra import lake
 from adapters.infra.parquet_io import read_parquet_bytes
 from adapters.steps.heartbeats import read_beats
+from tasks.layout import AssetsLayout
 from tests.e2e_stack import IMAGES, LEASE, WAIT, api, published, run_id_of, shard_attempt, shard_runs, start_campaign
 from tests.helpers import ARTIFACTS, CHROMIUM, chromium_page
 
@@ -45,7 +46,7 @@ def test_campaign_from_the_api_runs_shards_on_both_gpu_workers(worker_campaigns,
 def test_each_gpu_worker_loads_its_engine_once_for_all_its_shards(worker_campaigns, stack):
     """Warm workers: every shard a worker ran came from one process, which had loaded the engine once."""
     parent, _ = worker_campaigns.on_both_workers.result(timeout=WAIT)
-    beats = read_beats(stack["store"], stack["assets"], run_id_of(stack, parent.id))
+    beats = read_beats(stack["store"], AssetsLayout.at(stack["assets"]).run(run_id_of(stack, parent.id)))
     assert len(beats) >= 4 and all(b.state == "done" for b in beats)
     by_worker: dict[str, list] = {}
     for b in beats:
@@ -72,7 +73,7 @@ def test_killed_worker_shard_is_retried_with_nothing_lost_or_duplicated(worker_c
     assert states[(shard, 1)] == "CRASHED", states
     assert states.get((shard, 2)) == "COMPLETED", states
     # The other worker took the dead worker's shard over; the dead one's last beat says it never finished.
-    beats = {b.task_run_id: b for b in read_beats(stack["store"], stack["assets"], run_id_of(stack, parent.id))}
+    beats = {b.task_run_id: b for b in read_beats(stack["store"], AssetsLayout.at(stack["assets"]).run(run_id_of(stack, parent.id)))}
     retried = next(c for c in runs if shard_attempt(c) == (shard, 2))
     dead, redo = beats[str(victim.id)], beats[str(retried.id)]
     assert dead.state == "running" and redo.state == "done"
@@ -198,5 +199,5 @@ def test_catalog_refresh_starts_a_style_scan_of_new_style_sets(worker_campaigns,
     (commit,) = committed()
     record = json.loads(store.get(commit))
     assert record["profile"] == "tiny" and len(record["curves"]["scales"]) == 13  # the default sweep, 0 .. 1.2
-    rows = lake.read(lake.Lake.of(store, assets), "style_scans", where=("scan_id", record["scan_id"])).to_pylist()
+    rows = lake.read(lake.Lake.of(store, AssetsLayout.at(assets)), "style_scans", where=("scan_id", record["scan_id"])).to_pylist()
     assert {r["style_id"] for r in rows} == {"e2e-tiles"} and {r["triggered_by"] for r in rows} == {"event"}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from adapters.infra.storage import ObjectStore, join_uri
+from adapters.infra.storage import ObjectStore
 from catalogs import load_profiles, parse_campaign
 from catalogs.models import ID_PATTERN, Campaign, ModelProfile, RunRequest
 from tasks.channels import resolve_channels
+from tasks.layout import CatalogLayout
 from tasks.plan import check_control_scales
 from tasks.request import apply_request
 
@@ -21,7 +22,7 @@ def campaign_uri(campaign: str, catalog_uri: str) -> str:
     if campaign.startswith("s3://") or Path(campaign).expanduser().is_file():
         return campaign
     if re.fullmatch(ID_PATTERN, campaign):
-        return join_uri(catalog_uri, "campaigns", f"{campaign}.yaml")
+        return CatalogLayout.at(catalog_uri).campaign(campaign)
     return campaign  # a path that does not exist: read_campaign says so
 
 

@@ -26,13 +26,15 @@ from typing import Literal
 
 from adapters.catalog.scan import inspect_object, list_catalog, read_record
 from adapters.infra.storage import ObjectInfo, ObjectStore, join_uri
+from tasks import layout
 from tasks.catalog_build import QuarantineEntry, build_catalog
 from tasks.catalog_rules import IMAGE_SUFFIXES
+from tasks.layout import CatalogLayout
 
 __all__ = ["ImportReport", "entry_id_from_name", "import_folder", "local_layout"]
 
 EntryKind = Literal["products", "styles"]
-SECTIONS: tuple[EntryKind, ...] = ("products", "styles")
+SECTIONS: tuple[EntryKind, ...] = layout.SECTIONS
 _CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                   ".gif": "image/gif", ".yaml": "application/yaml"}
 
@@ -81,7 +83,7 @@ def local_layout(source: Path, as_kind: EntryKind | None = None) -> tuple[dict[s
                 for p in sorted(source.iterdir()) if p not in images and not p.name.startswith(".")]
     for path in images:
         entry, suffix = entry_id_from_name(path.name), path.suffix.lower()
-        key = f"products/{entry}/image{suffix}" if as_kind == "products" else f"styles/{entry}/{entry}{suffix}"
+        key = CatalogLayout.entry(as_kind, entry, f"image{suffix}" if as_kind == layout.PRODUCTS else f"{entry}{suffix}")
         clash = next((other for k, other in files.items() if k.split("/")[1] == entry), None)
         if clash is not None:
             raise ValueError(f"{clash.name} and {path.name} would both become {as_kind} id {entry!r}; rename one")
@@ -112,7 +114,8 @@ def import_folder(store: ObjectStore, source: Path, catalog: str, *, as_kind: En
     refused = [_refusal(q, catalog, files, kept) for q in state.quarantine if q.kind != "object" or q.key in local]
     report = ImportReport(catalog=catalog, refused=[*left_out, *refused],
                           products=len(state.products), styles=len(state.styles))
-    accepted = {f"products/{p.product_id}/" for p in state.products} | {f"styles/{s.style_id}/" for s in state.styles}
+    accepted = {CatalogLayout.entry(layout.PRODUCTS, p.product_id) for p in state.products} | \
+        {CatalogLayout.entry(layout.STYLES, s.style_id) for s in state.styles}
     ignored = {q.key for q in state.quarantine if q.kind == "object"}  # extra files beside an entry
     wanted = [key for key in sorted(files) if _folder(key) in accepted and join_uri(catalog, key) not in ignored]
     for key in wanted:

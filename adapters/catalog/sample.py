@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.infra.storage import ObjectStore, join_uri, split_uri
 from catalogs import sample_campaign_text
+from tasks import layout
+from tasks.layout import CatalogLayout
 from tasks.masks import border_connected
 
 __all__ = ["sample_png", "seed_sample_catalog"]
@@ -71,14 +73,14 @@ def seed_sample_catalog(store: ObjectStore, catalog_uri: str, *, campaign_text: 
         counts["objects"] += 1
 
     for product_id, product in spec.products.items():
-        folder = f"products/{product_id}/"
+        folder = CatalogLayout.entry(layout.PRODUCTS, product_id)
         put(folder + "image.png", sample_png(product.source, spec.max_side, product.background), "image/png")
         meta = {"title": product.title, "category": product.category, "tags": list(product.tags)}
         put(folder + "product.yaml", _yaml_bytes(meta), "application/yaml")
         counts["products"] += 1
 
     for style_id, style in spec.styles.items():
-        folder = f"styles/{style_id}/"
+        folder = CatalogLayout.entry(layout.STYLES, style_id)
         weights = {}
         for name, reference in style.references.items():
             put(f"{folder}{name}.png", sample_png(reference.source, spec.max_side, "keep"), "image/png")
@@ -92,7 +94,8 @@ def seed_sample_catalog(store: ObjectStore, catalog_uri: str, *, campaign_text: 
         put(folder + "style.yaml", _yaml_bytes(meta), "application/yaml")
         counts["styles"] += 1
 
-    put("campaigns/sample.yaml", campaign.encode("utf-8"), "application/yaml")
+    where = CatalogLayout.at(catalog_uri)
+    put(where.key(where.campaign("sample")), campaign.encode("utf-8"), "application/yaml")
     counts["campaigns"] += 1
     return counts
 

@@ -29,6 +29,7 @@ import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 
 from adapters.infra.storage import ObjectInfo, ObjectStore, join_uri, split_uri
+from tasks import layout
 from tasks.catalog_build import CatalogState, ObjectRecord, build_catalog
 from tasks.catalog_rules import Rejected, inspect_image, key_problem, object_role, size_problem
 from tasks.snapshot_tables import inventory_digest
@@ -36,7 +37,7 @@ from tasks.values import first_line
 
 __all__ = ["Scan", "inspect_object", "list_catalog", "read_catalog", "read_record", "scan_catalog"]
 
-SECTIONS = ("products", "styles")
+SECTIONS = layout.SECTIONS
 
 
 @dataclass
@@ -143,7 +144,7 @@ def inspect_object(key: str, data: bytes, etag: str = "") -> ObjectRecord:
         meta, problem = _parse_meta(key, data)
         return ObjectRecord(**base, meta=meta, problem=problem)
     try:
-        facts = inspect_image(data, key, role=role, product=key.startswith("products/"))
+        facts = inspect_image(data, key, role=role, product=key.startswith(layout.PRODUCTS + "/"))
     except Rejected as exc:
         return ObjectRecord(**base, problem=str(exc))
     return ObjectRecord(**base, **asdict(facts))

@@ -1,11 +1,9 @@
 """Catalog snapshots: the catalog's state as parquet, written by a refresh, read by campaign runs.
 
-    <catalog>/_snapshots/<snapshot_id>/products.parquet     one row per catalogued product
-    <catalog>/_snapshots/<snapshot_id>/styles.parquet       one row per reference image of a style set
-    <catalog>/_snapshots/<snapshot_id>/quarantine.parquet   what was left out, and why
-    <catalog>/_snapshots/<snapshot_id>/objects.parquet      every listed object and what inspecting it found
-    <catalog>/_snapshots/<snapshot_id>/_SNAPSHOT.json       written after the tables: the commit
-    <catalog>/_snapshots/LATEST                             the id of the newest committed snapshot
+Where they live is `tasks.layout.CatalogLayout`'s: one parquet file per snapshot table (products: one row
+per catalogued product; styles: one row per reference image of a style set; quarantine: what was left
+out, and why; objects: every listed object and what inspecting it found), then the snapshot's record
+(the commit), then `LATEST`, the id of the newest committed snapshot.
 
 A snapshot is immutable once committed, so a run that names one reads the catalog exactly as
 it was. `objects.parquet` is what makes a refresh incremental: an object whose ETag and size
@@ -23,9 +21,11 @@ import pyarrow as pa
 
 from adapters.catalog.scan import Scan, list_catalog, scan_catalog
 from adapters.infra.parquet_io import arrow_schema, parquet_bytes, read_parquet_bytes
-from adapters.infra.storage import ObjectStore, join_uri
+from adapters.infra.storage import ObjectStore
+from tasks import layout
 from tasks.catalog_build import CatalogState, ObjectRecord, without_changed
 from tasks.catalog_rules import RULES_VERSION
+from tasks.layout import CatalogLayout
 from tasks.snapshot_tables import (
     SNAPSHOT_TABLES,
     counts,
@@ -49,9 +49,6 @@ __all__ = [
     "write_snapshot",
 ]
 
-SNAPSHOTS = "_snapshots"
-LATEST = "LATEST"
-COMMIT = "_SNAPSHOT.json"
 SNAPSHOT_SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
@@ -94,14 +91,10 @@ class RefreshReport:
 # --------------------------------------------------------------------------- reading
 
 
-def snapshot_uri(catalog: str, snapshot_id: str, name: str) -> str:
-    return join_uri(catalog, SNAPSHOTS, snapshot_id, name)
-
-
 def latest_snapshot_id(store: ObjectStore, catalog: str) -> str | None:
     """The id in `_snapshots/LATEST`, or None when the catalog has never been refreshed."""
     try:
-        text = store.get(join_uri(catalog, SNAPSHOTS, LATEST)).decode("utf-8").strip()
+        text = store.get(CatalogLayout.at(catalog).latest).decode("utf-8").strip()
     except FileNotFoundError:
         return None
     return text or None
@@ -112,7 +105,7 @@ def read_snapshot_info(store: ObjectStore, catalog: str, snapshot_id: str) -> di
     if "/" in snapshot_id or snapshot_id in ("", ".", ".."):
         raise ValueError(f"{snapshot_id!r} is not a snapshot id (e.g. 20261125T110356Z-1a2b3c4d)")
     try:
-        return json.loads(store.get(snapshot_uri(catalog, snapshot_id, COMMIT)))
+        return json.loads(store.get(CatalogLayout.at(catalog).snapshot_commit(snapshot_id)))
     except FileNotFoundError:
         known = snapshot_ids(store, catalog)
         hint = f"; known: {', '.join(known[-5:])}" if known else "; it has none yet (run `stylematrix catalog refresh`)"
@@ -121,7 +114,7 @@ def read_snapshot_info(store: ObjectStore, catalog: str, snapshot_id: str) -> di
 
 def read_snapshot_rows(store: ObjectStore, catalog: str, snapshot_id: str, table: str) -> list[dict]:
     """The rows of one snapshot table as plain dicts."""
-    data = store.get(snapshot_uri(catalog, snapshot_id, f"{table}.parquet"))
+    data = store.get(CatalogLayout.at(catalog).snapshot(snapshot_id, table))
     return read_parquet_bytes(data).to_pylist()
 
 
@@ -213,7 +206,7 @@ def write_snapshot(store: ObjectStore, catalog: str, scan: Scan, previous: Previ
         return report
     files = {}
     for table, rows in snapshot_rows(scan.state, scan.records).items():
-        uri = snapshot_uri(catalog, snapshot_id, f"{table}.parquet")
+        uri = CatalogLayout.at(catalog).snapshot(snapshot_id, table)
         store.put(uri, _parquet(table, rows), content_type="application/vnd.apache.parquet")
         files[table] = uri
     commit = {
@@ -222,11 +215,11 @@ def write_snapshot(store: ObjectStore, catalog: str, scan: Scan, previous: Previ
         "inventory_sha256": scan.digest, "files": files, **report.payload(),
     }
     try:
-        store.put(snapshot_uri(catalog, snapshot_id, COMMIT), json.dumps(commit, indent=2, sort_keys=True).encode(),
+        store.put(CatalogLayout.at(catalog).snapshot_commit(snapshot_id), json.dumps(commit, indent=2, sort_keys=True).encode(),
                   content_type="application/json", if_absent=True)
     except FileExistsError:
         pass  # the same inventory committed within the same second: identical tables, same snapshot
-    store.put(join_uri(catalog, SNAPSHOTS, LATEST), f"{snapshot_id}\n".encode(), content_type="text/plain")
+    store.put(CatalogLayout.at(catalog).latest, f"{snapshot_id}\n".encode(), content_type="text/plain")
     return report
 
 
@@ -243,5 +236,6 @@ def _parquet(table: str, rows: list[dict]) -> bytes:
 
 def snapshot_ids(store: ObjectStore, catalog: str) -> list[str]:
     """Every committed snapshot id of the catalog, oldest first."""
-    prefix = join_uri(catalog, SNAPSHOTS) + "/"
-    return sorted(o.uri[len(prefix):].split("/")[0] for o in store.list(prefix) if o.uri.endswith("/" + COMMIT))
+    prefix = CatalogLayout.at(catalog).snapshots
+    return sorted(o.uri[len(prefix):].split("/")[0] for o in store.list(prefix)
+                  if o.uri.endswith("/" + layout.SNAPSHOT_COMMIT))

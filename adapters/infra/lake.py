@@ -1,6 +1,6 @@
 """The metadata tables as Delta Lake tables: one commit per table per run, readers that see only commits.
 
-Every table of `tasks.tables.TABLES` lives at `<assets>/tables/<name>/`, a Delta table written with
+Every table of `tasks.tables.TABLES` lives at `<assets>/tables/<name>/` (tasks/layout.py), a Delta table written with
 delta-rs (`deltalake`: no JVM, no lock service; S3 conditional writes decide between writers that
 commit at once) and partitioned by `run_date`. Why Delta and not our own parts + manifest: every
 reader that speaks Delta (DuckDB, Spark, Athena, Trino, pandas through `deltalake`) sees exactly the
@@ -34,7 +34,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.transaction import CommitProperties, Transaction
 
 from adapters.infra.parquet_io import arrow_schema
-from adapters.infra.storage import join_uri
+from tasks.layout import AssetsLayout
 from tasks.tables import TABLES, to_frame
 
 if TYPE_CHECKING:
@@ -49,20 +49,20 @@ HISTORY_WINDOW = 200
 
 @dataclass(frozen=True)
 class Lake:
-    """Where the tables live (`<assets>/tables/`) and how delta-rs reaches them."""
+    """Where the tables live (`AssetsLayout.table`) and how delta-rs reaches them."""
 
-    assets: str
+    assets: AssetsLayout
     options: dict[str, str]
 
     @classmethod
-    def of(cls, store: S3Store, assets: str) -> Lake:
+    def of(cls, store: S3Store, assets: AssetsLayout) -> Lake:
         """The lake under `assets`, reached through the same endpoint and region as `store`."""
         return cls(assets=assets, options=store.storage_options())
 
     def uri(self, table: str) -> str:
         if table not in TABLES:
             raise ValueError(f"table {table!r}: not one of {', '.join(TABLES)}")
-        return join_uri(self.assets, "tables", table)
+        return self.assets.table(table)
 
 
 @dataclass(frozen=True)

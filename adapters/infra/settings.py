@@ -13,8 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from catalogs.uris import check_prefix
 
 # A flow run's process sends a Prefect heartbeat this often while it runs (PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 # set on workers; Prefect 3.9 never sends them more often: flow_engine.MINIMUM_HEARTBEAT_INTERVAL).
@@ -81,10 +83,9 @@ class Settings(BaseSettings):
 
     @field_validator("catalog", "assets")
     @classmethod
-    def _s3_uri(cls, value: str) -> str:
-        if not value.startswith("s3://") or len(value) <= len("s3://"):
-            raise ValueError(f"expected an s3://bucket[/prefix] URI, got {value!r}")
-        return value.rstrip("/")
+    def _s3_uri(cls, value: str, info: ValidationInfo) -> str:
+        # The one check every root URI passes (catalogs/uris.py): no `.`, `..` or empty segment in the prefix.
+        return check_prefix(value, f"STYLEMATRIX_{info.field_name.upper()}")
 
     def catalog_uri(self, given: str | None = None) -> str:
         """The catalog a request or command names, else this setting's, without a trailing `/`.

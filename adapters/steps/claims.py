@@ -27,9 +27,9 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from adapters.infra.storage import ObjectStore, join_uri, parallel_map
+from adapters.infra.storage import ObjectStore, parallel_map
+from tasks.layout import AssetsLayout, RunLayout
 
-CLAIMS = "claims"
 # How far the clocks of two machines of one deployment may disagree: a claim's age is read on
 # another machine's clock than the one that wrote it.
 CLOCK_SKEW = timedelta(seconds=60)
@@ -47,13 +47,9 @@ class Claim:
     released: bool = False  # handed back by its run as it stopped: free to take over at once
 
 
-def claim_uri(assets: str, asset_id: str) -> str:
-    return join_uri(assets, CLAIMS, f"{asset_id}.json")
-
-
-def read_claim(store: ObjectStore, assets: str, asset_id: str) -> Claim | None:
+def read_claim(store: ObjectStore, assets: AssetsLayout, asset_id: str) -> Claim | None:
     try:
-        raw = json.loads(store.get(claim_uri(assets, asset_id)))
+        raw = json.loads(store.get(assets.claim(asset_id)))
     except FileNotFoundError:
         return None
     return Claim(asset_id=asset_id, run_id=raw["run_id"], claimed_at=datetime.fromisoformat(raw["claimed_at"]),
@@ -67,11 +63,12 @@ def _body(run_id: str, now: datetime, released_at: datetime | None = None) -> by
     return json.dumps(body, sort_keys=True).encode()
 
 
-def claim_one(store: ObjectStore, assets: str, asset_id: str, run_id: str, *, lease: timedelta,
+def claim_one(store: ObjectStore, run: RunLayout, asset_id: str, *, lease: timedelta,
               now: datetime | None = None) -> Claim:
-    """Claim `asset_id` for `run_id`; returns the claim that holds it afterwards (see the module docstring)."""
+    """Claim `asset_id` for `run`; returns the claim that holds it afterwards (see the module docstring)."""
     now = now or datetime.now(UTC)
-    uri = claim_uri(assets, asset_id)
+    assets, run_id = run.assets, run.run_id
+    uri = assets.claim(asset_id)
     try:
         store.put(uri, _body(run_id, now), content_type="application/json", if_absent=True)
         return Claim(asset_id, run_id, now, new=True)
@@ -79,7 +76,7 @@ def claim_one(store: ObjectStore, assets: str, asset_id: str, run_id: str, *, le
         pass
     held = read_claim(store, assets, asset_id)
     if held is None:  # released between the put and the read: try once more
-        return claim_one(store, assets, asset_id, run_id, lease=lease, now=now)
+        return claim_one(store, run, asset_id, lease=lease, now=now)
     # A claim handed back stays handed back, even to a worker of its own run still busy after the
     # run stopped: any other run takes it over at once.
     if held.run_id == run_id or (now - held.claimed_at <= lease and not held.released):
@@ -88,23 +85,22 @@ def claim_one(store: ObjectStore, assets: str, asset_id: str, run_id: str, *, le
     return Claim(asset_id, run_id, now, replaced=held.run_id)
 
 
-def claim_all(store: ObjectStore, assets: str, asset_ids: Sequence[str], run_id: str, *,
-              lease: timedelta) -> dict[str, Claim]:
+def claim_all(store: ObjectStore, run: RunLayout, asset_ids: Sequence[str], *, lease: timedelta) -> dict[str, Claim]:
     """`claim_one` for every asset, in parallel; asset id -> the claim that holds it."""
     now = datetime.now(UTC)
-    held = parallel_map(lambda a: claim_one(store, assets, a, run_id, lease=lease, now=now), list(asset_ids))
+    held = parallel_map(lambda a: claim_one(store, run, a, lease=lease, now=now), list(asset_ids))
     return {c.asset_id: c for c in held}
 
 
-def owners(store: ObjectStore, assets: str, asset_ids: Iterable[str]) -> dict[str, str]:
+def owners(store: ObjectStore, assets: AssetsLayout, asset_ids: Iterable[str]) -> dict[str, str]:
     """Asset id -> the run holding its claim now ("" for none): what a committing run may record."""
     ids = list(asset_ids)
     held = parallel_map(lambda a: read_claim(store, assets, a), ids)
     return {a: (c.run_id if c else "") for a, c in zip(ids, held, strict=True)}
 
 
-def owners_at_commit(store: ObjectStore, assets: str, asset_ids: Iterable[str], run_id: str, made: Collection[str], *,
-                     since: datetime, lease: timedelta, now: datetime | None = None) -> dict[str, str]:
+def owners_at_commit(store: ObjectStore, run: RunLayout, asset_ids: Iterable[str], made: Collection[str], *,
+                     since: datetime, lease: timedelta) -> dict[str, str]:
     """`owners` for a run that is committing: asset id -> the run holding its claim now.
 
     `made` are the assets the run claimed and made (or took over), all claimed at or after `since`
@@ -112,15 +108,15 @@ def owners_at_commit(store: ObjectStore, assets: str, asset_ids: Iterable[str], 
     can have been taken over by another run: they are the run's own without a read, and only the
     claims of the other assets (left to other runs) are read. Later, every claim is read.
     """
-    ids, now = list(asset_ids), now or datetime.now(UTC)
-    if now - since >= lease - CLOCK_SKEW:
-        return owners(store, assets, ids)
+    ids = list(asset_ids)
+    if datetime.now(UTC) - since >= lease - CLOCK_SKEW:
+        return owners(store, run.assets, ids)
     mine = set(made)
-    return {a: run_id for a in ids if a in mine} | owners(store, assets, [a for a in ids if a not in mine])
+    return {a: run.run_id for a in ids if a in mine} | owners(store, run.assets, [a for a in ids if a not in mine])
 
 
-def release_all(store: ObjectStore, assets: str, asset_ids: Iterable[str], run_id: str) -> int:
-    """Hand back every claim `run_id` holds among `asset_ids` (a run stopping before it commits); returns how many.
+def release_all(store: ObjectStore, run: RunLayout, asset_ids: Iterable[str]) -> int:
+    """Hand back every claim `run` holds among `asset_ids` (a run stopping before it commits); returns how many.
 
     The claim stays, marked released, so the next run takes the asset over at once (recording the
     image this run made, when it verifies) instead of waiting out the lease. A claim another run
@@ -129,10 +125,10 @@ def release_all(store: ObjectStore, assets: str, asset_ids: Iterable[str], run_i
     now = datetime.now(UTC)
 
     def one(asset_id: str) -> bool:
-        held = read_claim(store, assets, asset_id)
-        if held is None or held.run_id != run_id or held.released:
+        held = read_claim(store, run.assets, asset_id)
+        if held is None or held.run_id != run.run_id or held.released:
             return False
-        store.put(claim_uri(assets, asset_id), _body(run_id, held.claimed_at, released_at=now),
+        store.put(run.assets.claim(asset_id), _body(run.run_id, held.claimed_at, released_at=now),
                   content_type="application/json")
         return True
 

@@ -9,12 +9,13 @@ from collections.abc import Mapping, Sequence
 from PIL import Image
 
 from adapters.catalog.images import load_image, load_mask
-from adapters.infra.storage import ObjectStore, join_uri
+from adapters.infra.storage import ObjectStore
 from adapters.model.engine import StyleInput
 from adapters.steps import publish
 from catalogs.models import Product, Reference, StyleSet
 from tasks.canny import canvas_images, canvas_kinds, canvas_name
 from tasks.catalog_rules import decode_image
+from tasks.layout import CatalogLayout, RunLayout
 from tasks.plan import Batch
 
 # Canvas images drawn from the product's mask rather than its pixels.
@@ -69,12 +70,12 @@ def style_input(store: ObjectStore, style: StyleSet) -> StyleInput:
     )
 
 
-def read_reference(store: ObjectStore, key: str, catalog: str) -> Reference:
+def read_reference(store: ObjectStore, key: str, catalog: CatalogLayout) -> Reference:
     """A reference image named by a catalog key or an s3:// URI, checked to decode, with its sha256.
 
     Raises FileNotFoundError if it is missing, ValueError if it is not a usable image.
     """
-    uri = key if key.startswith("s3://") else join_uri(catalog, key)
+    uri = key if key.startswith("s3://") else catalog.object(key)
     data = store.get(uri)
     decode_image(data, uri)  # Rejected (a ValueError) names the object and the problem
     return Reference(key=uri, sha256=hashlib.sha256(data).hexdigest())
@@ -87,7 +88,7 @@ def with_negative_reference(styles: Sequence[StyleSet], negative: Reference | No
     return [s if s.negative else s.model_copy(update={"negative": negative}) for s in styles]
 
 
-def write_controls(store: ObjectStore, assets: str, run_id: str, products: Sequence[Product], batches: Sequence[Batch],
+def write_controls(store: ObjectStore, run: RunLayout, products: Sequence[Product], batches: Sequence[Batch],
                    control_types: Sequence[str], adapter_images: Sequence[str]) -> dict[str, str]:
     """Compute and store the canvas images of every batch, once per product and canvas: control images
     (one per ControlNet) and preserve mode's canvas and keep-mask. Returns canvas file name -> URI,
@@ -101,6 +102,6 @@ def write_controls(store: ObjectStore, assets: str, run_id: str, products: Seque
             continue
         for kind, image in product_canvases(store, by_id[b.product_id], b.params, kinds).items():
             name = canvas_name(b.product_id, b.params, kind)
-            controls[name] = publish.run_uri(assets, run_id, "controls", name)
+            controls[name] = run.control(name)
             store.put(controls[name], publish.encode_png(image), content_type="image/png")
     return controls

@@ -1,4 +1,4 @@
-"""Delivery: approved images written in a channel's format to `<assets>/delivery/...`, and the review tables.
+"""Delivery: approved images written in a channel's format (`AssetsLayout.delivery`), and the review tables.
 
 Idempotent: a file that is already delivered is never written again (a conditional put, after a
 check), and a file whose row was lost (the step died between the object and its table part) is
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,11 +19,12 @@ from functools import lru_cache
 from PIL import Image, ImageCms
 
 from adapters.infra import lake
-from adapters.infra.storage import ObjectStore, join_uri
+from adapters.infra.storage import ObjectStore
 from adapters.steps import publish, run_outputs
 from catalogs.models import DeliveryFormat
 from tasks.finish import with_finishes
-from tasks.review import DEFAULT_CHANNEL, DeliveredFile, ReviewRequest, delivery_path, delivery_row
+from tasks.layout import RunLayout
+from tasks.review import DeliveredFile, ReviewRequest, delivery_row
 
 logger = logging.getLogger(__name__)
 
@@ -112,19 +112,19 @@ def part_name(run_id: str, review_id: str) -> str:
     return f"{run_id}--{review_id}"
 
 
-def read_parts(store: ObjectStore, assets: str, table: str, run_date: str, run_id: str) -> list[dict]:
-    """Every committed row of `table` (reviews or deliveries) about run `run_id` (in partition `run_date`)."""
-    rows = lake.read(lake.Lake.of(store, assets), table, where=("run_id", run_id))
-    return [r for r in rows.to_pylist() if str(r.pop(lake.PARTITION)) == run_date]
+def read_parts(store: ObjectStore, run: RunLayout, table: str) -> list[dict]:
+    """Every committed row of `table` (reviews or deliveries) about the run (in its partition `run_date`)."""
+    rows = lake.read(lake.Lake.of(store, run.assets), table, where=("run_id", run.run_id))
+    return [r for r in rows.to_pylist() if str(r.pop(lake.PARTITION)) == run.run_date]
 
 
-def write_part_once(store: ObjectStore, assets: str, table: str, request: ReviewRequest, review_id: str,
+def write_part_once(store: ObjectStore, request: ReviewRequest, table: str, review_id: str,
                     rows: Sequence[dict]) -> str | None:
     """Commit one review's rows of `table`, unless that review's commit already landed; the table's URI, None
     without rows. The commit is named `review:<run_id>--<review_id>`: a retry finds it and writes nothing."""
     if not rows:
         return None
-    done = lake.commit(lake.Lake.of(store, assets), table, rows, run_date=request.run_date,
+    done = lake.commit(lake.Lake.of(store, request.layout.assets), table, rows, run_date=request.run_date,
                        txn=f"review:{part_name(request.run_id, review_id)}")
     return done.uri
 
@@ -144,18 +144,20 @@ class Delivered:
                          {**self.checks_failed, **other.checks_failed})
 
 
-def deliver(store: ObjectStore, request: ReviewRequest, review_id: str, sources: Sequence[Mapping],
-            recorded: set[str], *, fmt: DeliveryFormat, channel: str = DEFAULT_CHANNEL) -> Delivered:
-    """Write each approved image (`sources`: its generations rows) in `fmt` under the delivery layout.
+def deliver(store: ObjectStore, request: ReviewRequest, review_id: str,
+            group: tuple[str, DeliveryFormat, Sequence[Mapping]], recorded: set[str]) -> Delivered:
+    """Write each approved image of a group (`tasks.review.delivery_groups`: the channel, its format, and the
+    images' generations rows) in the channel's format under `AssetsLayout.delivery`.
 
     `recorded` holds the delivered keys some `deliveries` row already names: those are skipped
     without a read. A key that exists but is not recorded (a delivery cut short before its part)
     gets its row from the stored object.
     """
+    channel, fmt, sources = group
+    assets = request.layout.assets
     out = Delivered()
     for source in sources:
-        key = join_uri(request.assets, delivery_path(request.campaign, channel, source["product_id"],
-                                                     source["asset_id"], fmt))
+        key = assets.delivery(request.campaign, channel, source["product_id"], source["asset_id"], fmt.extension)
         if key in recorded:
             out.already.append(key)
             continue
@@ -213,9 +215,9 @@ class ReviewedRun:
 
 def reviewed_run(store: ObjectStore, request: ReviewRequest) -> ReviewedRun:
     """The committed run a review is about; FileNotFoundError (one line) when it has no manifest."""
-    uri = publish.run_uri(request.assets, request.run_id, publish.MANIFEST)
+    uri = request.layout.manifest
     try:
-        manifest = json.loads(store.get(uri))
+        manifest = publish.read_manifest(store, request.layout)
     except FileNotFoundError:
         raise FileNotFoundError(f"review of run {request.run_id}: the run is not committed ({uri} is missing)") from None
     rows = publish.read_table(store, manifest, "generations").to_dict("records")
@@ -232,13 +234,13 @@ def review_links(store: ObjectStore, request: ReviewRequest, run: ReviewedRun) -
 
 
 def mark_gallery(store: ObjectStore, request: ReviewRequest, run: ReviewedRun, states: dict[str, str]) -> str | None:
-    """Write the run's gallery again with each image's review state; its URI (None for a run without a gallery)."""
+    """Write the run's gallery again with each image's review state; its URI (None for a run without a gallery).
+
+    What the gallery shows besides the images comes with the review (its title) and the manifest (what the
+    run left out), so no table is read again for it."""
     if not run.manifest.get("gallery") or not states:
         return None
-    runs = publish.read_table(store, run.manifest, "runs").to_dict("records")
-    left_out = dict(runs[0]["left_out"]) if runs and runs[0].get("left_out") is not None else {}
-    title = runs[0].get("title") if runs else None
-    shown = with_finishes(run.images, run.finishes)
-    return run_outputs.write_gallery(store, request.assets, request.run_id, request.campaign, shown,
-                                     run.manifest.get("sheets", {}), [t["uri"] for t in run.manifest.get("tables", [])],
-                                     left_out, title=title if isinstance(title, str) else None, reviews=states)
+    reports = run_outputs.Reports(run=request.layout, campaign=request.campaign, title=request.title)
+    return run_outputs.write_gallery(store, reports, with_finishes(run.images, run.finishes),
+                                     run.manifest.get("sheets", {}), left_out=dict(run.manifest.get("left_out") or {}),
+                                     reviews=states)

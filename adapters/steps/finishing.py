@@ -110,7 +110,7 @@ def finish_run(store: ObjectStore, ctx: ShardContext, spec: Campaign, products: 
             marketplace_checks(done.image, done.product, plan.marketplace, shadow=done.shadow)
         for reason in reasons:
             log.warning("finished image %s of %s fails %s: %s", aid, row["product_id"], plan.marketplace.name, reason)
-        stored = publish.put_image(store, ctx.assets, ctx.run_id, aid, done.image, copy_to=copy_to)
+        stored = publish.put_image(store, ctx.run, aid, done.image, copy_to=copy_to)
         made = Made(method=method, revision=revision, stored=stored, checks=checks, reasons=reasons,
                     seconds=time.perf_counter() - clock)
         out.append(finish_row(ctx, row, plan, done, made))

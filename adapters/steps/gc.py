@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from adapters.infra import lake
-from adapters.infra.storage import ObjectStore, join_uri
-from adapters.steps import claims, publish
+from adapters.infra.storage import ObjectStore
+from adapters.steps import publish
 from tasks.gc import Stored, garbage, run_of
+from tasks.layout import AssetsLayout
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,11 @@ class GcReport:
     kept: tuple[str, ...] = ()  # objects of abandoned runs kept: committed rows or manifests name them (taken over)
 
 
-def collect_garbage(store: ObjectStore, assets: str, *, older_than: timedelta, dry_run: bool,
+def collect_garbage(store: ObjectStore, assets: AssetsLayout, *, older_than: timedelta, dry_run: bool,
                     now: datetime | None = None) -> GcReport:
     """Find the objects of abandoned runs and stale claims, and delete them unless `dry_run`."""
     now = now or datetime.now(UTC)
-    listed = [o for prefix in ("runs/", "tables/") for o in store.list(join_uri(assets, prefix))]
+    listed = [o for prefix in (assets.runs, assets.tables + "/") for o in store.list(prefix)]
     manifests = publish.read_manifests(store, assets)
     tables = lake.Lake.of(store, assets)
     # Committed is what the tables hold: a run whose `runs` row landed, an image whose `generations` row did
@@ -34,7 +35,7 @@ def collect_garbage(store: ObjectStore, assets: str, *, older_than: timedelta, d
     referenced = {uri for m in manifests for uri in _named_uris(m)}
     referenced |= {uri for uri in lake.column(tables, "generations", "output_key") if uri}
     held = {}
-    for info in store.list(join_uri(assets, claims.CLAIMS + "/")):
+    for info in store.list(assets.claims):
         raw = json.loads(store.get(info.uri))
         held[info.uri] = (raw["run_id"], datetime.fromisoformat(raw["claimed_at"]))
     dead, doomed = garbage([Stored(o.uri, o.modified or now) for o in listed], committed, referenced, held,

@@ -1,6 +1,6 @@
 """Heartbeats of GPU workers: how the campaign tells a busy worker from a dead one.
 
-A task worker that runs a shard puts `<assets>/runs/<run_id>/workers/<task_run_id>.json` every
+A task worker that runs a shard puts its beat (`RunLayout.beat`: `runs/<run_id>/workers/`) every
 few seconds while the shard runs, and once more when it ends. Prefect forgets a task run once a
 worker has taken it: a worker that dies mid-shard leaves it Running for ever. So the campaign
 reads these beats and calls a shard's worker dead when its beat count has not moved for the
@@ -20,9 +20,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
-from adapters.infra.storage import ObjectStore, join_uri
-
-WORKERS = "workers"
+from adapters.infra.storage import ObjectStore
+from tasks.layout import RunLayout
 
 
 @dataclass(frozen=True)
@@ -41,10 +40,6 @@ class Beat:
     at: str = ""  # the worker's clock, for people reading it; liveness never uses it
 
 
-def beat_uri(assets: str, run_id: str, task_run_id: str) -> str:
-    return join_uri(assets, "runs", run_id, WORKERS, f"{task_run_id}.json")
-
-
 def read_beat(store: ObjectStore, uri: str) -> Beat | None:
     """The last beat put at `uri`, or None if none was put yet."""
     try:
@@ -53,9 +48,9 @@ def read_beat(store: ObjectStore, uri: str) -> Beat | None:
         return None
 
 
-def read_beats(store: ObjectStore, assets: str, run_id: str) -> list[Beat]:
-    """Every worker beat of a run: one per shard attempt a worker took."""
-    listing = store.list(join_uri(assets, "runs", run_id, WORKERS) + "/")
+def read_beats(store: ObjectStore, run: RunLayout) -> list[Beat]:
+    """Every worker beat of a run (`RunLayout.beat`): one per shard attempt a worker took."""
+    listing = store.list(run.workers)
     return [Beat(**json.loads(store.get(o.uri))) for o in listing if o.key.endswith(".json")]
 
 

@@ -8,7 +8,6 @@ extension is needed (the `delta` extension is the alternative where it can be in
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,8 +18,10 @@ import pyarrow as pa
 
 from adapters.infra import lake
 from adapters.infra.parquet_io import read_parquet_bytes
-from adapters.infra.storage import ObjectStore, join_uri
+from adapters.infra.storage import ObjectStore
 from adapters.steps import publish
+from tasks import layout
+from tasks.layout import AssetsLayout, RunLayout
 from tasks.tables import TABLES
 
 DEFAULT_RETENTION_HOURS = 168  # a week, Delta's own default: time travel reaches back at least this far
@@ -35,16 +36,15 @@ class Result:
     rows: list[tuple]
 
 
-def versions_of_run(store: ObjectStore, assets: str, run_id: str) -> tuple[dict[str, int], datetime]:
+def versions_of_run(store: ObjectStore, run: RunLayout) -> tuple[dict[str, int], datetime]:
     """The table versions a run's commit made (from its manifest) and when it committed.
 
     Raises FileNotFoundError (one line) for a run that never committed.
     """
-    uri = publish.run_uri(assets, run_id, publish.MANIFEST)
     try:
-        manifest = json.loads(store.get(uri))
+        manifest = publish.read_manifest(store, run)
     except FileNotFoundError:
-        raise FileNotFoundError(f"run {run_id!r}: not committed ({uri} is missing)") from None
+        raise FileNotFoundError(f"run {run.run_id!r}: not committed ({run.manifest} is missing)") from None
     versions = {t["table"]: t["version"] for t in manifest.get("tables", []) if t.get("version") is not None}
     return versions, datetime.fromisoformat(manifest["created_at"])
 
@@ -117,7 +117,7 @@ def vacuum(tables: lake.Lake, table: str, retention_hours: int = DEFAULT_RETENTI
 
 # --------------------------------------------------------------------------- migration from schema 7
 
-_PART = re.compile(r"/tables/(?P<table>[a-z_]+)/run_date=(?P<day>\d{4}-\d{2}-\d{2})/(?P<name>[^/]+)\.parquet$")
+_PART = re.compile(rf"/{layout.TABLES}/(?P<table>[a-z_]+)/run_date=(?P<day>\d{{4}}-\d{{2}}-\d{{2}})/(?P<name>[^/]+)\.parquet$")
 _DELTA_FILE = re.compile(r"^part-\d{5}-")
 
 
@@ -131,17 +131,17 @@ class Migrated:
     left: tuple[str, ...]  # parts of runs that never committed: not table rows; `stylematrix gc` removes them
 
 
-def legacy_parts(store: ObjectStore, assets: str) -> list[tuple[str, str, str, str]]:
-    """The schema-7 parquet parts under `tables/`: (table, run_date, part name, URI)."""
+def legacy_parts(store: ObjectStore, assets: AssetsLayout) -> list[tuple[str, str, str, str]]:
+    """The schema-7 parquet parts under the tables' root: (table, run_date, part name, URI)."""
     found = []
-    for info in store.list(join_uri(assets, "tables") + "/"):
+    for info in store.list(assets.tables + "/"):
         match = _PART.search(info.uri)
         if match and match["table"] in TABLES and not _DELTA_FILE.match(match["name"]):
             found.append((match["table"], match["day"], match["name"], info.uri))
     return found
 
 
-def migrate(store: ObjectStore, assets: str) -> Migrated:
+def migrate(store: ObjectStore, assets: AssetsLayout) -> Migrated:
     """Commit every committed schema-7 part's rows to its Delta table, then remove the part.
 
     A run's parts are one commit per table named `run:<run_id>` (as a run commits today), a review's
@@ -172,7 +172,7 @@ def migrate(store: ObjectStore, assets: str) -> Migrated:
     return Migrated(dict(commits), dict(rows), tuple(removed), tuple(sorted(left)))
 
 
-def _legacy_txn(store: ObjectStore, assets: str, table: str, name: str, uri: str,
+def _legacy_txn(store: ObjectStore, assets: AssetsLayout, table: str, name: str, uri: str,
                 manifested: dict[str, str]) -> str | None:
     """The commit name a legacy part's rows take, or None for a part nobody committed."""
     if table in lake.RUN_TABLES:
@@ -180,7 +180,7 @@ def _legacy_txn(store: ObjectStore, assets: str, table: str, name: str, uri: str
     if table in ("reviews", "deliveries"):  # written once, complete, after the run committed
         return f"review:{name}"
     scan = read_parquet_bytes(store.get(uri)).to_pylist()[:1]
-    if scan and store.exists(join_uri(assets, "scans", scan[0]["style_id"], name, "_SCAN.json")):
+    if scan and store.exists(assets.scan(scan[0]["style_id"], name).commit):
         return f"scan:{name}"
     return None
 

@@ -16,14 +16,10 @@ from PIL import Image
 
 from adapters.infra import lake
 from adapters.infra.parquet_io import arrow_schema, parquet_bytes, parquet_row_count, read_parquet_bytes
-from adapters.infra.storage import ObjectStore, join_uri, parallel_map
+from adapters.infra.storage import ObjectStore, parallel_map
+from tasks import layout
+from tasks.layout import AssetsLayout, RunLayout
 from tasks.tables import TABLES, Published, to_frame
-
-MANIFEST = "_MANIFEST.json"
-STAGING = "staging"  # <assets>/runs/<run_id>/staging/<table>/: rows a run has not committed
-
-def run_uri(assets: str, run_id: str, *parts: str) -> str:
-    return join_uri(assets, "runs", run_id, *parts)
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -40,13 +36,9 @@ def encode_jpeg(image: Image.Image, quality: int = 88) -> bytes:
     return buf.getvalue()
 
 
-def image_uri(assets: str, run_id: str, asset_id: str) -> str:
-    return run_uri(assets, run_id, "images", f"{asset_id}.png")
-
-
 def local_image_path(local_copy: str | Path, run_id: str, asset_id: str) -> Path:
-    """Where a run's local copy (`copy_run`) keeps one of its images."""
-    return Path(local_copy) / run_id / "images" / f"{asset_id}.png"
+    """Where a run's local copy (`copy_run`) keeps one of its images: as in the bucket, under `<run_id>/`."""
+    return Path(local_copy) / run_id / layout.IMAGES / f"{asset_id}.png"
 
 
 def _copy_locally(path: Path, data: bytes) -> None:
@@ -54,31 +46,32 @@ def _copy_locally(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def put_image(store: ObjectStore, assets: str, run_id: str, asset_id: str, image: Image.Image,
+def put_image(store: ObjectStore, run: RunLayout, asset_id: str, image: Image.Image,
               copy_to: str | None = None) -> Published:
     """The image's PNG under the run's `images/`, its sha256 stored beside it (metadata) so a later run can verify it.
 
     With `copy_to` (the run's local copy), the same bytes are written there too.
     """
     data = encode_png(image)
-    uri = image_uri(assets, run_id, asset_id)
+    uri = run.image(asset_id)
     sha = hashlib.sha256(data).hexdigest()
     store.put(uri, data, content_type="image/png", metadata={"sha256": sha, "asset-id": asset_id})
     if copy_to:
-        _copy_locally(local_image_path(copy_to, run_id, asset_id), data)
+        _copy_locally(local_image_path(copy_to, run.run_id, asset_id), data)
     return Published(asset_id=asset_id, uri=uri, sha256=sha, size=len(data))
 
 
-def existing_image(store: ObjectStore, assets: str, run_id: str, asset_id: str, recorder: str = "",
+def existing_image(store: ObjectStore, maker: RunLayout, asset_id: str, recorder: str = "",
                    copy_to: str | None = None) -> tuple[Published, Image.Image] | None:
-    """An image `run_id` already wrote, verified: its bytes hash to the sha256 written with them and it decodes.
+    """An image the run `maker` already wrote, verified: its bytes hash to the sha256 written with them and it decodes.
 
     None when there is none or it does not verify (cut short, overwritten, written before sha256s were
     stored). A retried shard reuses its own images this way; with `recorder` (another run), the image
-    is taken over: recorded by `recorder`, made by `run_id`. With `copy_to`, a verified image is
+    is taken over: recorded by `recorder`, made by `maker`. With `copy_to`, a verified image is
     written into the local copy of the run that records it.
     """
-    uri = image_uri(assets, run_id, asset_id)
+    run_id = maker.run_id
+    uri = maker.image(asset_id)
     try:
         data, meta = store.read(uri)
     except FileNotFoundError:
@@ -103,15 +96,11 @@ def table_bytes(table: str, rows: Sequence[dict]) -> bytes:
     return parquet_bytes(arrow)
 
 
-def staged_part_uri(assets: str, run_id: str, table: str, name: str) -> str:
-    """Where a run stages rows before it commits them: under its own folder, where no table reader looks."""
-    return run_uri(assets, run_id, STAGING, table, f"{name}.parquet")
-
-
-def stage_part(store: ObjectStore, assets: str, run_id: str, table: str, name: str, rows: Sequence[dict]) -> dict:
-    """Write one staged parquet part of `table` (a shard's rows); returns its entry (`table`, `uri`, `rows`, ...)."""
+def stage_part(store: ObjectStore, run: RunLayout, table: str, name: str, rows: Sequence[dict]) -> dict:
+    """Write one staged parquet part of `table` (a shard's rows) where no table reader looks; returns its entry
+    (`table`, `uri`, `rows`, ...)."""
     data = table_bytes(table, rows)
-    uri = staged_part_uri(assets, run_id, table, name)
+    uri = run.staged_part(table, name)
     store.put(uri, data, content_type="application/vnd.apache.parquet")
     return _entry(table, uri, data)
 
@@ -138,28 +127,32 @@ def put_text(store: ObjectStore, uri: str, text: str, content_type: str) -> None
     store.put(uri, text.encode(), content_type=content_type)
 
 
-def write_manifest(store: ObjectStore, assets: str, run_id: str, manifest: dict) -> str:
+def write_manifest(store: ObjectStore, run: RunLayout, manifest: dict) -> str:
     """The run's record, written once after its tables committed: its files and the table versions it made."""
-    uri = run_uri(assets, run_id, MANIFEST)
+    uri = run.manifest
     store.put(uri, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode(),
               content_type="application/json", if_absent=True)
     return uri
 
 
-def read_manifests(store: ObjectStore, assets: str) -> list[dict]:
+def read_manifests(store: ObjectStore, assets: AssetsLayout) -> list[dict]:
     """Every committed run's manifest under the assets prefix."""
-    prefix = join_uri(assets, "runs") + "/"
-    return [json.loads(store.get(o.uri)) for o in store.list(prefix) if o.key.endswith("/" + MANIFEST)]
+    return [json.loads(store.get(o.uri)) for o in store.list(assets.runs) if o.key.endswith("/" + layout.MANIFEST)]
 
 
-def published_asset_ids(store: ObjectStore, assets: str) -> set[str]:
+def read_manifest(store: ObjectStore, run: RunLayout) -> dict:
+    """A committed run's manifest; FileNotFoundError when the run never committed (or lives elsewhere)."""
+    return json.loads(store.get(run.manifest))
+
+
+def published_asset_ids(store: ObjectStore, assets: AssetsLayout) -> set[str]:
     """Asset ids whose row some run committed to the `generations` table."""
     return set(lake.column(lake.Lake.of(store, assets), "generations", "asset_id"))
 
 
 def read_table(store: ObjectStore, manifest: dict, table: str) -> pd.DataFrame:
     """A committed run's rows of one table, as of the version its commit made (the newest for a migrated run)."""
-    assets = manifest.get("assets") or _assets_of(manifest)
+    assets = AssetsLayout.at(manifest.get("assets") or _assets_of(manifest))
     committed = {t["table"]: t for t in manifest.get("tables", [])}
     version = committed[table]["version"] if table in committed else None
     if table in committed and version is None:  # the run had no rows for it
@@ -170,39 +163,40 @@ def read_table(store: ObjectStore, manifest: dict, table: str) -> pd.DataFrame:
 
 def _assets_of(manifest: dict) -> str:
     """The assets prefix of a manifest written before manifests named it: from its gallery's or an image's URI."""
+    runs = f"/{layout.RUNS}/"
     for uri in [manifest.get("gallery") or "", *(i["uri"] for i in manifest.get("images", []))]:
-        if "/runs/" in uri:
-            return uri.split("/runs/", 1)[0]
+        if runs in uri:
+            return uri.split(runs, 1)[0]
     raise ValueError(f"manifest of run {manifest.get('run_id')!r}: no `assets` and no URI to find it from")
 
 
-def run_history(store: ObjectStore, assets: str) -> list[dict]:
+def run_history(store: ObjectStore, assets: AssetsLayout) -> list[dict]:
     """Every committed `runs` row under the assets prefix."""
     rows = lake.read(lake.Lake.of(store, assets), "runs")
     return rows.drop_columns([lake.PARTITION]).to_pylist()
 
 
-def copy_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> Path:
+def copy_run(store: ObjectStore, run: RunLayout, out_dir: Path) -> Path:
     """Copy a committed run to `out_dir/<run_id>/` and point `out_dir/latest` at it.
 
     Images its shards already wrote there as they published them (`put_image`'s `copy_to`) are
     kept when their bytes are the manifest's; only the others are read from S3. An image there
     that the run does not record (another run took its claim over) is removed.
     """
-    manifest = json.loads(store.get(run_uri(assets, run_id, MANIFEST)))
-    target = out_dir / run_id
+    run_id = run.run_id
+    manifest = read_manifest(store, run)
+    target = out_dir / run_id  # the run's folder as in the bucket (tasks/layout.py), its tables beside it
     images = {local_image_path(out_dir, run_id, img["asset_id"]): img for img in manifest["images"]}
-    for path in (target / "images").glob("*.png"):
+    for path in (target / layout.IMAGES).glob("*.png"):
         if path not in images:
             path.unlink()
     copies = {img["uri"]: path for path, img in images.items()
               if not (path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == img["sha256"])}
-    copies |= {uri: target / "sheets" / name for name, uri in manifest.get("sheets", {}).items()}
+    copies |= {uri: target / layout.key_of(run.root, run.sheet(name)) for name, uri in manifest.get("sheets", {}).items()}
     if manifest.get("gallery"):
-        copies[manifest["gallery"]] = target / "index.html"
+        copies[manifest["gallery"]] = target / layout.key_of(run.root, run.gallery)
         # A large run's gallery pages (tasks.gallery.gallery_files), beside its index.html.
-        pages = run_uri(assets, run_id, "gallery") + "/"
-        copies |= {o.uri: target / "gallery" / o.uri.removeprefix(pages) for o in store.list(pages)}
+        copies |= {o.uri: target / layout.key_of(run.root, o.uri) for o in store.list(run.gallery_pages)}
     for local in {path.parent for path in copies.values()}:
         local.mkdir(parents=True, exist_ok=True)
     parallel_map(lambda uri: copies[uri].write_bytes(store.get(uri)), list(copies))
@@ -211,12 +205,12 @@ def copy_run(store: ObjectStore, assets: str, run_id: str, out_dir: Path) -> Pat
     for entry in manifest.get("tables", []):
         frame = read_table(store, manifest, entry["table"])
         data = pa.Table.from_pandas(frame, schema=arrow_schema(TABLES[entry["table"]]), preserve_index=False)
-        folder = target / "tables" / entry["table"] / f"{lake.PARTITION}={manifest['run_date']}"
+        folder = target / layout.TABLES / entry["table"] / f"{lake.PARTITION}={manifest['run_date']}"
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(data, folder / f"{run_id}.parquet")
         if entry["table"] == "generations":
             pq.write_table(data, target / "generations.parquet")
-    (target / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    (target / layout.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     latest = out_dir / "latest"
     tmp = out_dir / f".latest-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():

@@ -18,7 +18,7 @@ from adapters.model.draws import Draw
 from adapters.model.engine import Engine
 from adapters.model.sim_engine import SIM_PARAM
 from adapters.steps import claims, conditioning, publish
-from adapters.steps.scoring import score_batch
+from adapters.steps.scoring import Sources, score_batch
 from catalogs.models import Product
 from tasks.canny import canvas_kinds, canvas_name
 from tasks.channels import params_box
@@ -30,35 +30,37 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Machinery:
-    """What a process renders batches with: its engine and CLIP scorer (loaded once per process) and, for shards
-    in the campaign's own process, the run's local copy folder, which each image is also written into as it is
-    published (publish.local_image_path) so the copy never reads it back."""
+class Renderer:
+    """What a process renders with: its engine, its CLIP scorer (None: no CLIP scores), the run context its rows
+    record (run, device, versions, worker) and, for shards in the campaign's own process, the run's local copy
+    folder, which each image is also written into as it is published (publish.local_image_path) so the copy never
+    reads it back."""
 
     engine: Engine
+    run: RunContext
     clip: ClipScorer | None = None
     copy_to: str | None = None
 
 
-def render_batch(machinery: Machinery, store: ObjectStore, batch: Batch, shard: Shard, ctx: ShardContext,
-                 run: RunContext) -> tuple[list[dict], float]:
+def render_batch(renderer: Renderer, store: ObjectStore, batch: Batch, shard: Shard,
+                 ctx: ShardContext) -> tuple[list[dict], float]:
     """Generate one batch, publish and score its images; returns its `generations` rows and generation seconds.
 
     Each asset is claimed first (adapters/steps/claims.py): one another live run holds is left to it (no
     row here); one this run already wrote (a retried shard) is reused; one a presumed-dead run wrote
     and that verifies is taken over; only the rest is generated.
     """
-    engine, copy_to = machinery.engine, machinery.copy_to
+    engine, run, clip, copy_to = renderer.engine, renderer.run, renderer.clip, renderer.copy_to
     product, style = shard.products[batch.product_id], shard.styles[batch.style_id]
     kinds = canvas_kinds(batch.params, engine.control_types, engine.adapter_images)
-    held = claims.claim_all(store, ctx.assets, [j.asset_id for j in batch.jobs], ctx.run_id,
+    held = claims.claim_all(store, ctx.run, [j.asset_id for j in batch.jobs],
                             lease=timedelta(seconds=ctx.claim_lease_seconds))
     jobs = [j for j in batch.jobs if held[j.asset_id].run_id == ctx.run_id]
     for job in batch.jobs:
         if held[job.asset_id].run_id != ctx.run_id:
             log.info("image %s is being made by run %s: left to it", job.asset_id, held[job.asset_id].run_id)
     earlier = {j.asset_id: None if held[j.asset_id].new else publish.existing_image(
-        store, ctx.assets, held[j.asset_id].replaced or ctx.run_id, j.asset_id, recorder=ctx.run_id,
+        store, ctx.run.assets.run(held[j.asset_id].replaced or ctx.run_id), j.asset_id, recorder=ctx.run_id,
         copy_to=copy_to) for j in jobs}
     todo = [j for j in jobs if earlier[j.asset_id] is None]
     if not jobs:
@@ -79,8 +81,8 @@ def render_batch(machinery: Machinery, store: ObjectStore, batch: Batch, shard: 
     seconds = time.perf_counter() - start
     made = dict(zip([j.asset_id for j in todo], fresh, strict=True))
     # All of the batch's uploads at once (PNG encoding drops the GIL; S3 waits on latency).
-    put = dict(zip(made, parallel_map(lambda a: publish.put_image(store, ctx.assets, ctx.run_id, a, made[a],
-                                                                  copy_to=copy_to), list(made)), strict=True))
+    put = dict(zip(made, parallel_map(lambda a: publish.put_image(store, ctx.run, a, made[a], copy_to=copy_to),
+                                      list(made)), strict=True))
     outputs = [put[j.asset_id] if j.asset_id in made else earlier[j.asset_id][0] for j in jobs]
     pictures = [made[j.asset_id] if j.asset_id in made else earlier[j.asset_id][1] for j in jobs]
     batch = batch.model_copy(update={"jobs": tuple(jobs)})
@@ -92,8 +94,9 @@ def render_batch(machinery: Machinery, store: ObjectStore, batch: Batch, shard: 
         negative_reference_key=style.negative.key if style.negative else None,
     )
     rows = generation_rows(run, batch, outputs, inputs, seconds=seconds, created_at=datetime.now(UTC))
-    return score_batch(store, rows, pictures, product=product, control=canvases.get("canny"),
-                       style_input=style_input, clip=machinery.clip, white=batch.params.get("background") == "white"), seconds
+    sources = Sources(product=product, style_input=style_input, control=canvases.get("canny"),
+                      white=batch.params.get("background") == "white")
+    return score_batch(store, rows, pictures, sources, clip), seconds
 
 
 def white_preview(store: ObjectStore, product: Product, params: dict) -> Image.Image:

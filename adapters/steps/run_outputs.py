@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from PIL import Image
 
 from adapters.catalog.images import load_image
+from adapters.infra import lake
 from adapters.infra.fonts import sheet_font
 from adapters.infra.storage import ObjectStore, parallel_map
 from adapters.steps import publish
@@ -21,11 +23,23 @@ from tasks.canny import control_name
 from tasks.channels import channel_of, outline_layout, row_layout
 from tasks.consistency import CAMPAIGN, selected_spreads
 from tasks.gallery import Gallery, gallery_files
+from tasks.layout import RunLayout, key_of
 from tasks.select import OUTCOME, select_images
 from tasks.sheets import contact_sheet, overview_lines, overview_sheet, sheet_pages, tile_for
 
 SHEET_TILE = 160  # pixels of a contact sheet tile's long side
 OVERVIEW = "overview.jpg"  # the campaign's overview sheet, beside the contact sheets (no product sheet lacks `__`)
+
+
+@dataclass(frozen=True)
+class Reports:
+    """What every report of a run (contact sheets, overview, gallery) shares: where the run lives, its campaign
+    and title, and the local copy its shards wrote the images into (None: read them from S3)."""
+
+    run: RunLayout
+    campaign: str
+    title: str | None = None
+    local_copy: str | None = None
 
 
 def select_run(store: ObjectStore, parts: Sequence[dict], selection: Selection,
@@ -45,9 +59,8 @@ def select_run(store: ObjectStore, parts: Sequence[dict], selection: Selection,
     return rows
 
 
-def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[dict], products: Sequence[Product],
-                 styles: Sequence[StyleSet], controls: dict[str, str], *, title: str | None = None,
-                 local_copy: str | None = None) -> dict[str, str]:
+def write_sheets(store: ObjectStore, reports: Reports, rows: Sequence[dict], products: Sequence[Product],
+                 styles: Sequence[StyleSet], controls: dict[str, str]) -> dict[str, str]:
     """One contact sheet per product x style set (x channel, in a campaign with channels), stored under the
     run's `sheets/`; file name -> URI. A sheet too large for one picture is split into pages
     (`tasks.sheets.sheet_pages`: by rows, and across by seed), named `<...>__p01.jpg`, `__p02` ...
@@ -56,6 +69,7 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
     glyphs. A channel's sheet draws the channel's safe zones and product box over each image. The
     images are read from the run's local copy where its shards wrote them (`local_copy`), else from S3.
     """
+    run_id, title = reports.run.run_id, reports.title
     by_product = {p.product_id: p for p in products}
     by_style = {s.style_id: s for s in styles}
     groups: dict[tuple[str, str, str | None], list[dict]] = {}
@@ -70,7 +84,7 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
 
     def output(row: dict) -> Image.Image | None:
         # A finished image (upscaled, on white, pasted back) is shown in place of its source.
-        return output_image(store, run_id, row.get("finish") or row, local_copy)
+        return output_image(store, run_id, row.get("finish") or row, reports.local_copy)
 
     def one(page: tuple[tuple[str, str, str | None], list[dict], int, int]) -> tuple[str, str]:
         (product_id, style_id, channel), ordered, number, pages = page
@@ -92,7 +106,7 @@ def write_sheets(store: ObjectStore, assets: str, run_id: str, rows: Sequence[di
                               header=header, tile_size=SHEET_TILE, font=font)
         name = f"{product_id}__{style_id}" + (f"__{channel}" if channel else "") + \
             (f"__p{number:02d}" if pages > 1 else "") + ".jpg"
-        uri = publish.run_uri(assets, run_id, "sheets", name)
+        uri = reports.run.sheet(name)
         store.put(uri, publish.encode_jpeg(sheet), content_type="image/jpeg")
         return name, uri
 
@@ -125,10 +139,10 @@ def output_image(store: ObjectStore, run_id: str, row: dict, local_copy: str | N
     return load_image(store, row["output_key"]) if row.get("output_key") else None
 
 
-def write_overview(store: ObjectStore, assets: str, run_id: str, rows: Sequence[dict], *, title: str | None = None,
-                   local_copy: str | None = None) -> dict[str, str]:
-    """The campaign's overview sheet, `sheets/overview.jpg`: the image each product shows in each style set
+def write_overview(store: ObjectStore, reports: Reports, rows: Sequence[dict]) -> dict[str, str]:
+    """The campaign's overview sheet, beside the contact sheets: the image each product shows in each style set
     (its selected one), side by side, with the style set's spread (tasks/sheets.overview_sheet); file name -> URI."""
+    run_id, title, local_copy = reports.run.run_id, reports.title, reports.local_copy
     lines = overview_lines(rows)
     shown = [row for line in lines for _, row in line.picks if row is not None]
     images = dict(zip([r["asset_id"] for r in shown],
@@ -139,23 +153,24 @@ def write_overview(store: ObjectStore, assets: str, run_id: str, rows: Sequence[
                            subtitle=f"run {run_id} · spread of the selected images: {overall or '-'}"
                                     " · look = distance to the style set's look (1 = one clear difference)",
                            tile_size=SHEET_TILE, font=sheet_font())
-    uri = publish.run_uri(assets, run_id, "sheets", OVERVIEW)
+    uri = reports.run.sheet(OVERVIEW)
     store.put(uri, publish.encode_jpeg(sheet), content_type="image/jpeg")
     return {OVERVIEW: uri}
 
 
-def write_gallery(store: ObjectStore, assets: str, run_id: str, campaign: str, rows: Sequence[dict],
-                  sheets: dict[str, str], tables: Sequence[str], left_out: dict[str, str] | None = None, *,
-                  title: str | None = None, reviews: dict[str, str] | None = None) -> str:
-    """The run's `index.html` (and, for a large run, its card pages under `gallery/`: `tasks.gallery.gallery_files`);
-    returns the page's URI. `left_out` is shown as a warning at the top; `title` heads the page;
-    `reviews` (asset id -> review state) marks the images once a decision exists."""
-    links = {name.removesuffix(".jpg").replace("__", " x "): f"sheets/{name}" for name in sheets}
-    files = gallery_files(Gallery(run_id, campaign, rows, sheets=links, tables=tables, title=title,
-                                  left_out=left_out or {}, reviews=reviews or {}))
-    page = files.pop("index.html")
-    parallel_map(lambda path: publish.put_text(store, publish.run_uri(assets, run_id, path), files[path],
+def write_gallery(store: ObjectStore, reports: Reports, rows: Sequence[dict], sheets: dict[str, str], *,
+                  left_out: dict[str, str] | None = None, reviews: dict[str, str] | None = None) -> str:
+    """The run's gallery page (and, for a large run, its card pages: `tasks.gallery.gallery_files`), linking the
+    run's tables; returns the page's URI. `left_out` is shown as a warning at the top; the campaign's title heads
+    the page; `reviews` (asset id -> review state) marks the images once a decision exists."""
+    run = reports.run
+    links = {name.removesuffix(".jpg").replace("__", " x "): run.sheet_link(name) for name in sheets}
+    tables = [run.assets.table(t) for t in lake.RUN_TABLES]
+    files = gallery_files(Gallery(run.run_id, reports.campaign, rows, sheets=links, tables=tables,
+                                  title=reports.title, left_out=left_out or {}, reviews=reviews or {}))
+    uri = run.gallery
+    page = files.pop(key_of(run.root, uri))
+    parallel_map(lambda path: publish.put_text(store, run.gallery_file(path), files[path],
                                                "text/javascript; charset=utf-8"), sorted(files))
-    uri = publish.run_uri(assets, run_id, "index.html")
     publish.put_text(store, uri, page, "text/html; charset=utf-8")  # last: it names the pages
     return uri

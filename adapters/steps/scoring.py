@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -45,9 +46,19 @@ def product_view(store: ObjectStore, product: Product, width: int, height: int,
     return region, fit_to_canvas(photo, width, height, box=box), source
 
 
-def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Image], *, product: Product,
-                control: Image.Image | None, style_input: StyleInput, clip: ClipScorer | None,
-                white: bool = False) -> list[dict]:
+@dataclass(frozen=True)
+class Sources:
+    """What a batch was made from, as its scores compare against: the product, the style set's references,
+    the canny control image (None: a profile with other ControlNets) and whether it is on white by design."""
+
+    product: Product
+    style_input: StyleInput
+    control: Image.Image | None = None
+    white: bool = False
+
+
+def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Image], sources: Sources,
+                clip: ClipScorer | None = None) -> list[dict]:
     """The batch's rows with every score filled in; a blank image is marked failed.
 
     Fidelity is measured against the product photo as the control images placed it (in a channel's
@@ -57,6 +68,7 @@ def score_batch(store: ObjectStore, rows: list[dict], images: Sequence[Image.Ima
     A photo or mask that cannot be read any more leaves the fidelity scores and `product_mask` null.
     `white`: images on a white background, whose background hash is left null (they repeat no scene).
     """
+    product, style_input, control, white = sources.product, sources.style_input, sources.control, sources.white
     first = rows[0]
     width, height, low, high = (int(first[k]) for k in ("width", "height", "canny_low", "canny_high"))
     layout = row_layout(first)  # a channel's product box and safe zones; none: the product centred on the canvas

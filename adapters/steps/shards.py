@@ -18,15 +18,14 @@ def shard_part_name(run_id: str, index: int) -> str:
 def store_specs(store: ObjectStore, ctx: ShardContext, shards: Sequence[Shard]) -> None:
     """Store every shard's spec with the run, as JSON."""
     for shard in shards:
-        store.put(publish.run_uri(ctx.assets, ctx.run_id, "shards", f"{shard.index:05d}.json"),
-                  shard.model_dump_json().encode(), content_type="application/json")
+        store.put(ctx.run.shard_spec(shard.index), shard.model_dump_json().encode(), content_type="application/json")
 
 
 def read_published(store: ObjectStore, ctx: ShardContext,
                    shards: Sequence[Shard]) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
     """The finished shards' `generations` parts (manifest entries) and the images they published (asset_id, uri,
     sha256 of each), from their parts in S3."""
-    parts = tuple(publish.part_entry(store, "generations", publish.staged_part_uri(
-        ctx.assets, ctx.run_id, "generations", shard_part_name(ctx.run_id, s.index))) for s in shards)
+    parts = tuple(publish.part_entry(store, "generations", ctx.run.staged_part(
+        "generations", shard_part_name(ctx.run_id, s.index))) for s in shards)
     rows = publish.read_staged(store, parts, "generations")
     return parts, tuple({"asset_id": r.asset_id, "uri": r.output_key, "sha256": r.sha256} for r in rows.itertuples())

@@ -2,9 +2,9 @@
 and publish the curves, the probe sheet and the `style_scans` rows; then find the latest scan of
 a style set for `ip_scale: auto`.
 
-A scan is stored under `<assets>/scans/<style_id>/<scan_id>/` (curves.png, sheet.jpg) with its
+A scan is stored in its folder (`AssetsLayout.scan`: `scans/<style_id>/<scan_id>/`, curves and sheet) with its
 rows committed to the `style_scans` Delta table (one commit named `scan:<scan_id>`: a scan's rows land
-once, whoever gets there first), and counts once its `_SCAN.json` is written, last, with a
+once, whoever gets there first), and counts once its record (`ScanLayout.commit`) is written, last, with a
 conditional put.
 """
 
@@ -22,13 +22,15 @@ from PIL import Image
 
 from adapters.infra import lake
 from adapters.infra.fonts import sheet_font
-from adapters.infra.storage import ObjectStore, join_uri
+from adapters.infra.storage import ObjectStore
 from adapters.model.clip import ClipScorer
 from adapters.model.draws import Draw
 from adapters.model.engine import Engine
 from adapters.steps import conditioning, publish
 from catalogs.models import Campaign, StyleSet
+from tasks import layout
 from tasks.canny import canvas_images, canvas_kinds, fit_to_canvas
+from tasks.layout import AssetsLayout
 from tasks.scan_report import curves_plot, scan_sheet
 from tasks.scores import edge_map, pixel_scores, product_mask_on_canvas
 from tasks.style_scan import (
@@ -48,7 +50,19 @@ from tasks.style_scan import (
 
 log = logging.getLogger(__name__)
 
-SCAN_COMMIT = "_SCAN.json"
+
+
+@dataclass(frozen=True)
+class ScanOrder:
+    """Which scan to make and what its rows record: its id, where it is stored, the catalog snapshot its style
+    set came from, and who asked for it."""
+
+    scan_id: str
+    assets: AssetsLayout
+    catalog: str
+    snapshot_id: str
+    triggered_by: str
+    flow_run_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,20 +89,16 @@ class ScanResult:
                 f"{self.recommended:g}")
 
 
-def scan_uri(assets: str, style_id: str, scan_id: str, *parts: str) -> str:
-    return join_uri(assets, "scans", style_id, scan_id, *parts)
-
-
-def committed_scan(store: ObjectStore, assets: str, style_id: str, scan_id: str) -> ScanResult | None:
+def committed_scan(store: ObjectStore, assets: AssetsLayout, style_id: str, scan_id: str) -> ScanResult | None:
     """The committed scan of this id, or None when it was never made (or never finished)."""
     try:
-        record = json.loads(store.get(scan_uri(assets, style_id, scan_id, SCAN_COMMIT)))
+        record = json.loads(store.get(assets.scan(style_id, scan_id).commit))
     except FileNotFoundError:
         return None
     return _result(record, "unchanged")
 
 
-def latest_scans(store: ObjectStore, assets: str, styles: Sequence[StyleSet], style_ids: Sequence[str],
+def latest_scans(store: ObjectStore, assets: AssetsLayout, styles: Sequence[StyleSet], style_ids: Sequence[str],
                  profile: str) -> dict[str, ScanChoice | None]:
     """Per style set named, the latest committed scan with this profile of its current references
     (sha256s, weights, combine rule, preset); None when there is none."""
@@ -97,8 +107,8 @@ def latest_scans(store: ObjectStore, assets: str, styles: Sequence[StyleSet], st
     for style_id in style_ids:
         key = references_key(by_id[style_id])
         best = None
-        for info in store.list(join_uri(assets, "scans", style_id) + "/"):
-            if not info.uri.endswith("/" + SCAN_COMMIT):
+        for info in store.list(assets.scans(style_id)):
+            if not info.uri.endswith("/" + layout.SCAN_COMMIT):
                 continue
             record = json.loads(store.get(info.uri))
             if record["profile"] == profile and record["references_key"] == key and \
@@ -109,7 +119,7 @@ def latest_scans(store: ObjectStore, assets: str, styles: Sequence[StyleSet], st
     return choices
 
 
-def auto_scales(store: ObjectStore, assets: str, campaign: Campaign, styles: Sequence[StyleSet]) -> list[StyleSet]:
+def auto_scales(store: ObjectStore, assets: AssetsLayout, campaign: Campaign, styles: Sequence[StyleSet]) -> list[StyleSet]:
     """The style sets with `ip_scale: auto` replaced by each one's latest scan's recommended scale
     (`tasks.style_scan.apply_auto_scales`); unchanged when nothing is `auto`.
 
@@ -121,11 +131,12 @@ def auto_scales(store: ObjectStore, assets: str, campaign: Campaign, styles: Seq
     return apply_auto_scales(campaign, styles, choices, profile)
 
 
-def run_scan(engine: Engine, clip: ClipScorer | None, store: ObjectStore, style: StyleSet, probe: Probe, *,
-             scan_id: str, assets: str, catalog: str, snapshot_id: str, triggered_by: str,
-             flow_run_id: str = "") -> ScanResult:
+def run_scan(engine: Engine, clip: ClipScorer | None, store: ObjectStore, style: StyleSet, probe: Probe,
+             order: ScanOrder) -> ScanResult:
     """Render the probe grid at every scale of the sweep, measure it, publish the scan and commit it."""
     start = time.perf_counter()
+    scan_id, assets = order.scan_id, order.assets
+    folder = assets.scan(style.style_id, scan_id)
     style_input = conditioning.style_input(store, style)
     first = probe.params(probe.scales[0], style.preset)
     kinds = canvas_kinds(first, engine.control_types, engine.adapter_images)
@@ -165,8 +176,7 @@ def run_scan(engine: Engine, clip: ClipScorer | None, store: ObjectStore, style:
     means = scale_means(rows, probe.scales)
     verdict = find_threshold(probe.scales, means)
     title = f"style scan of {style.style_id} · profile {engine.profile} · scan {scan_id}"
-    plot = scan_uri(assets, style.style_id, scan_id, "curves.png")
-    sheet = scan_uri(assets, style.style_id, scan_id, "sheet.jpg")
+    plot, sheet = folder.curves, folder.sheet
     store.put(plot, curves_plot(probe.scales, means, verdict, title=title), content_type="image/png")
     picture = scan_sheet(rows, images, verdict, title=title, references=style_input.images, font=sheet_font())
     store.put(sheet, publish.encode_jpeg(picture), content_type="image/jpeg")
@@ -177,9 +187,9 @@ def run_scan(engine: Engine, clip: ClipScorer | None, store: ObjectStore, style:
         "scan_id": scan_id, "style_id": style.style_id, "reference_keys": [r.key for r in style.references],
         "reference_sha256s": [r.sha256 for r in style.references], "combine": style.combine,
         "ip_preset": style.preset, "profile": engine.profile, "profile_revision": engine.revision,
-        "device": engine.device_name, "dtype": engine.dtype_name, "catalog": catalog,
-        "snapshot_id": snapshot_id, "probe": json.dumps(probe.as_dict(), sort_keys=True), "plot_key": plot,
-        "sheet_key": sheet, "triggered_by": triggered_by, "flow_run_id": flow_run_id, "created_at": now,
+        "device": engine.device_name, "dtype": engine.dtype_name, "catalog": order.catalog,
+        "snapshot_id": order.snapshot_id, "probe": json.dumps(probe.as_dict(), sort_keys=True), "plot_key": plot,
+        "sheet_key": sheet, "triggered_by": order.triggered_by, "flow_run_id": order.flow_run_id, "created_at": now,
         "duration_seconds": seconds,
     }
     part = lake.commit(lake.Lake.of(store, assets), "style_scans",
@@ -194,7 +204,7 @@ def run_scan(engine: Engine, clip: ClipScorer | None, store: ObjectStore, style:
         "probe": probe.as_dict(), "curves": {"scales": list(probe.scales), **means},
     }
     try:
-        store.put(scan_uri(assets, style.style_id, scan_id, SCAN_COMMIT), json.dumps(record, indent=1).encode(),
+        store.put(folder.commit, json.dumps(record, indent=1).encode(),
                   content_type="application/json", if_absent=True)
     except FileExistsError:  # another run made the same scan at the same time and committed first
         log.info("style scan %s: scan %s was committed by another run meanwhile", style.style_id, scan_id)
