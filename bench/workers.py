@@ -29,7 +29,7 @@ from adapters.infra.settings import Settings, child_env, export_s3_endpoint  # n
 from adapters.infra.storage import S3Store  # noqa: E402
 from adapters.model.kit import ensure_tiny_kit  # noqa: E402
 from adapters.steps import publish  # noqa: E402
-from flows.serve import start_stack  # noqa: E402
+from flows.serve import PrefectStack, start_stack  # noqa: E402
 from tasks.layout import AssetsLayout  # noqa: E402
 
 
@@ -77,7 +77,8 @@ def run_once(endpoint: str, catalog: str, gpus: int, images_per_shard: int, seed
         "STYLEMATRIX_IMAGES_PER_SHARD": str(images_per_shard), "STYLEMATRIX_SHARD_POLL_SECONDS": "1",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
     })
-    stack = start_stack(tmp / f"prefect-{gpus}", free_port(), gpus=gpus, env=env, log_dir=tmp / f"logs-{gpus}")
+    stack = start_stack(PrefectStack(home=tmp / f"prefect-{gpus}", port=free_port(), env=env,
+                                     log_dir=tmp / f"logs-{gpus}"), gpus=gpus)
     try:
         with temporary_settings({PREFECT_API_URL: stack.api_url}):
             start = time.perf_counter()

@@ -229,7 +229,7 @@ def serve(
     from adapters.infra.local_s3 import LocalS3Server
     from adapters.infra.settings import child_env
     from adapters.infra.storage import S3Store, split_uri
-    from flows.serve import start_stack
+    from flows.serve import PrefectStack, start_stack
 
     settings = get_settings()
     with contextlib.ExitStack() as stack:
@@ -244,8 +244,9 @@ def serve(
             typer.echo(f"embedded S3 server: {server.endpoint} (sample catalog at {settings.catalog})")
         try:
             database = settings.prefect_database_url or _start_postgres(stack, home.resolve() / "postgres")
-            prefect = start_stack(home.resolve(), port, gpus=gpus, env=child_env(), log_dir=home.resolve() / "logs",
-                                  task_storage=AssetsLayout.at(settings.assets).task_storage, database_url=database)
+            prefect = start_stack(PrefectStack(home=home.resolve(), port=port, env=child_env(),
+                                               log_dir=home.resolve() / "logs", database_url=database),
+                                  gpus=gpus, task_storage=AssetsLayout.at(settings.assets).task_storage)
         except (RuntimeError, TimeoutError, OSError) as exc:
             fail(exc)
         stack.callback(prefect.stop)

@@ -193,18 +193,17 @@ class PrefectStack:
         self.processes.clear()
 
 
-def start_stack(home: Path, port: int, *, gpus: int, env: Mapping[str, str], log_dir: Path,
-                zombie_seconds: float | None = None, task_storage: str | None = None,
-                database_url: str | None = None) -> PrefectStack:
-    """Server, the pools, the automations (flows/zombies.py), every deployment, one cpu worker, one GPU task
-    worker per GPU and a `gpu` pool worker for style scans.
+def start_stack(stack: PrefectStack, *, gpus: int, zombie_seconds: float | None = None,
+                task_storage: str | None = None) -> PrefectStack:
+    """Start `stack` (not yet started: where it lives, its port, environment, logs and database): the server, the
+    pools, the automations (flows/zombies.py), every deployment, one cpu worker, one GPU task worker per GPU and a
+    `gpu` pool worker for style scans. Stopped again if any of it fails to start.
 
     `gpus=0` starts no GPU worker: campaigns then run their shards in their own process. `zombie_seconds`
     (default: the settings' STYLEMATRIX_ZOMBIE_SECONDS) is how long a running flow run may be silent.
     `task_storage` (s3://bucket/prefix): where shards' parameters and results go, as on a fleet; None: under
-    PREFECT_HOME. `database_url`: the server's PostgreSQL database; None: SQLite under `home`.
+    PREFECT_HOME.
     """
-    stack = PrefectStack(home=home, port=port, env=dict(env), log_dir=log_dir, database_url=database_url)
     try:
         stack.start_server()
         if task_storage:

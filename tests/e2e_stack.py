@@ -151,7 +151,7 @@ class WorkerCampaigns:
         from adapters.catalog.snapshots import refresh
         from adapters.infra.local_s3 import free_port
         from adapters.infra.settings import Settings
-        from flows.serve import start_stack
+        from flows.serve import PrefectStack, start_stack
 
         suffix = uuid.uuid4().hex[:8]
         catalog, assets = f"s3://e2e-catalog-{suffix}", f"s3://e2e-assets-{suffix}"
@@ -180,9 +180,9 @@ class WorkerCampaigns:
         }
         if self._stop.is_set():
             raise RuntimeError("the session ended before the worker stack started")
-        self._prefect = start_stack(folder / "prefect", free_port(), gpus=2, env=env, log_dir=folder / "logs",
-                                    zombie_seconds=ZOMBIE, task_storage=f"{assets}/_prefect/tasks",
-                                    database_url=database_url)
+        self._prefect = start_stack(PrefectStack(home=folder / "prefect", port=free_port(), env=env,
+                                                 log_dir=folder / "logs", database_url=database_url),
+                                    gpus=2, zombie_seconds=ZOMBIE, task_storage=f"{assets}/_prefect/tasks")
         return {"stack": self._prefect, "store": store, "catalog": catalog, "assets": assets}
 
     def _campaign_on_both_workers(self, stack: dict):
