@@ -1,9 +1,15 @@
 """Shared fixtures: one embedded S3 server and one Prefect test server per session, one model
-cache, a store and a fresh bucket per test, and the slow checks that start with the session.
+cache for the whole run, a store and a fresh bucket per test, and the slow checks that start with
+the session.
 
 Slow checks that run in other processes (the demo command, the worker stack's campaigns) start
 before the first test when a selected test is marked `early("<fixture>")`, and run while the
 in-process tests go on; the marked test then waits for the result and asserts on it.
+
+Parallel runs (`make test`: pytest-xdist, `-n N --dist loadgroup`): each test file is one unit of
+work (its module fixtures are set up once), the tests on the worker stack are one unit (the stack
+is started once), and the units that take longest are handed out first (`_unit_cost`). Under
+xdist nothing starts early: the worker that takes a unit starts what it needs when it starts it.
 """
 
 from __future__ import annotations
@@ -70,15 +76,27 @@ def fresh_bucket(store: S3Store) -> str:
     return name
 
 
+def _run_folder(tmp_path_factory) -> Path:
+    """A folder the whole run shares: the session's base temp, or under xdist its parent (xdist gives each
+    worker `<the run's base temp>/popen-gwN`)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
-    """One model cache for the session: each tiny kit is built once, by the first test that needs it.
-    The sd15 kit is built here, before the commands started in the background need it, so no
-    background command spends its time building one."""
+    """One model cache for the whole run (every xdist worker's too): each tiny kit is built once, by the
+    first test that needs it (a kit is built aside and renamed into place, so two builders never mix).
+    The sd15 kit is built here, under a lock, before the commands started in the background need it, so
+    no background command and no other worker spends its time building one."""
+    from filelock import FileLock
+
     from adapters.model.kit import ensure_tiny_kit
 
-    cache = tmp_path_factory.getbasetemp() / "models"
-    ensure_tiny_kit(cache)
+    cache = _run_folder(tmp_path_factory) / "models"
+    cache.mkdir(exist_ok=True)
+    with FileLock(str(cache.parent / "models.lock")):
+        ensure_tiny_kit(cache)
     return cache
 
 
@@ -161,7 +179,10 @@ def prefect_api_env(prefect_harness: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _early(request: pytest.FixtureRequest) -> None:
-    """Start the fixtures named by the selected tests' `early` markers now, before the first test."""
+    """Start the fixtures named by the selected tests' `early` markers now, before the first test. Not
+    under xdist: a worker collects every test but runs only the units handed to it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     for name in sorted({m.args[0] for item in request.session.items for m in item.iter_markers("early")}):
         request.getfixturevalue(name)
 
@@ -189,12 +210,39 @@ def campaign_env(s3_server, store: S3Store, model_cache, monkeypatch, prefect_ha
     get_settings.cache_clear()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# The xdist group of the tests on the worker stack (tests/e2e_stack.py): one worker runs them all, on one stack.
+WORKER_STACK = "worker-stack"
+# What a test costs, roughly, in seconds on this machine, by its markers: orders the units (longest first).
+_COST = (("e2e", 120.0), ("slow", 30.0), ("flow", 8.0), ("model", 3.0))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the tests that need the session's Prefect server `flow` and those that load the tiny
-    model kits `model`: `make test-fast` leaves both out."""
+    model kits `model`: `make test-fast` leaves both out. Then group and order them for xdist: each
+    test file is a group, the tests on the worker stack one group; the groups that take longest first."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "prefect_harness" in fixtures:
             item.add_marker(pytest.mark.flow)
         if "model_cache" in fixtures:
             item.add_marker(pytest.mark.model)
+        if not any(item.iter_markers("xdist_group")):
+            group = WORKER_STACK if "worker_campaigns" in fixtures else item.path.stem
+            item.add_marker(pytest.mark.xdist_group(group))
+    costs: dict[str, float] = {}
+    for item in items:
+        group = _group(item)
+        costs[group] = costs.get(group, 0.0) + _test_cost(item)
+    costs[WORKER_STACK] = float("inf")  # the longest chain of the run: it starts first
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-costs[_group(item)], order[id(item)]))
+
+
+def _group(item: pytest.Item) -> str:
+    mark = next(item.iter_markers("xdist_group"))
+    return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+
+
+def _test_cost(item: pytest.Item) -> float:
+    return max((cost for name, cost in _COST if item.get_closest_marker(name)), default=0.3)
