@@ -14,8 +14,10 @@ xdist nothing starts early: the worker that takes a unit starts what it needs wh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,10 +135,15 @@ def postgres() -> Iterator:
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory) -> Iterator[Path]:
     """A throwaway Prefect API for the whole session (it takes seconds to start); the value is a
-    copy of its database taken right after migration (see `_warm_prefect_home`)."""
+    copy of its database taken right after migration (see `_warm_prefect_home`). Under xdist one
+    server serves the whole run: the first worker that needs it starts it (`_shared_prefect_server`),
+    the others use it, and the controller stops it when the run ends (`pytest_sessionfinish`)."""
     from adapters.infra.settings import prepare_runtime_env
 
     prepare_runtime_env()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        yield from _shared_prefect_harness(_run_folder(tmp_path_factory))
+        return
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=90):
@@ -145,13 +152,122 @@ def prefect_harness(tmp_path_factory) -> Iterator[Path]:
         yield migrated
 
 
-def _copy_database(target: Path) -> None:
+SHARED_PREFECT = "prefect-harness"  # its folder under the run's folder, with `server.json` (address, pid, copy)
+
+
+def _shared_prefect_harness(run: Path) -> Iterator[Path]:
+    """This worker's Prefect settings pointed at the run's one test server, as `prefect_test_harness` does
+    for its own server; its log and event queues drained at the end, before the controller stops it."""
+    import json
+
+    import prefect.context
+    from filelock import FileLock
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with FileLock(str(run / f"{SHARED_PREFECT}.lock")):
+        info = run / SHARED_PREFECT / "server.json"
+        if not info.exists():
+            _start_shared_prefect_server(run / SHARED_PREFECT)
+        server = json.loads(info.read_text())
+    with temporary_settings({PREFECT_API_URL: server["api_url"]}), \
+            prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
+        yield Path(server["migrated"])
+        _drain_prefect_queues()
+
+
+def _start_shared_prefect_server(folder: Path) -> None:
+    """The server `prefect_test_harness` starts (uvicorn, SQLite, no UI, the ephemeral server's services), but
+    in a process group of its own that outlives the worker that started it; `server.json` says where it is."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import prefect
+
+    from adapters.infra.local_s3 import free_port
+
+    folder.mkdir()
+    database, port = folder / "prefect.db", free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")},
+           "PREFECT_HOME": str(folder / "home"), "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{database}",
+           "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    with open(folder / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+                                 "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                                 "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    api_url, deadline = f"http://127.0.0.1:{port}/api", time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=5) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the tests' Prefect server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    migrated = folder / "migrated.db"
+    _copy_database(migrated, database)
+    (folder / "server.json").write_text(json.dumps({"api_url": api_url, "pid": proc.pid, "migrated": str(migrated)}))
+
+
+def _drain_prefect_queues() -> None:
+    """Send what this process's log and event workers still hold, as `prefect_test_harness` does on exit."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The xdist controller, once every worker is done: stop the run's shared Prefect server."""
+    import json
+    import signal
+
+    config = session.config
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    info = config._tmp_path_factory.getbasetemp() / SHARED_PREFECT / "server.json"
+    if info.exists():
+        pid = json.loads(info.read_text())["pid"]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def _copy_database(target: Path, database: Path | None = None) -> None:
     """A consistent copy of the harness's SQLite database (its server keeps it open)."""
     import sqlite3
 
     from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
-    source = sqlite3.connect(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
+    source = sqlite3.connect(database or PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
     copy = sqlite3.connect(target)
     try:
         source.backup(copy)
