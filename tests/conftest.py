@@ -332,20 +332,24 @@ WORKER_STACK = "worker-stack"
 _COST = (("e2e", 120.0), ("slow", 30.0), ("flow", 8.0), ("model", 3.0))
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Mark the tests that need the session's Prefect server `flow` and those that load the tiny
-    model kits `model`: `make test-fast` leaves both out. Then group and order them for xdist: each
-    test file is a group, the tests on the worker stack one group; the groups that take longest first."""
-    for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        if "prefect_harness" in fixtures:
-            item.add_marker(pytest.mark.flow)
-        if "model_cache" in fixtures:
-            item.add_marker(pytest.mark.model)
-        if not any(item.iter_markers("xdist_group")):
-            group = WORKER_STACK if "worker_campaigns" in fixtures else item.path.stem
-            item.add_marker(pytest.mark.xdist_group(group))
+    model kits `model`: `make test-fast` leaves both out. Give each its xdist group (as it is collected:
+    xdist reads the groups before other `pytest_collection_modifyitems` hooks run): its test file, or
+    the worker stack's group for the tests on the stack."""
+    fixtures = getattr(item, "fixturenames", ())
+    if "prefect_harness" in fixtures:
+        item.add_marker(pytest.mark.flow)
+    if "model_cache" in fixtures:
+        item.add_marker(pytest.mark.model)
+    if not any(item.iter_markers("xdist_group")):
+        item.add_marker(pytest.mark.xdist_group(WORKER_STACK if "worker_campaigns" in fixtures else item.path.stem))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the xdist groups: the ones that take longest first, each group's tests in file order. On an
+    xdist worker under `--dist loadgroup`, each test's id then ends in `@<group>`, which is how the
+    controller's scheduler reads the groups (xdist 3.8 sets it through an attribute pytest 9.2 no longer reads)."""
     costs: dict[str, float] = {}
     for item in items:
         group = _group(item)
@@ -353,6 +357,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     costs[WORKER_STACK] = float("inf")  # the longest chain of the run: it starts first
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (-costs[_group(item)], order[id(item)]))
+    if getattr(config.option, "loadgroup", False):
+        for item in items:
+            if "@" not in item.nodeid.rsplit("::", 1)[-1]:
+                _set_nodeid(item, f"{item.nodeid}@{_group(item)}")
+
+
+def _set_nodeid(item: pytest.Item, nodeid: str) -> None:
+    if hasattr(item, "_id"):  # pytest 9.2 and later
+        from _pytest.nodeid import coerce_node_id
+
+        item._id = coerce_node_id(nodeid)
+    else:
+        item._nodeid = nodeid
 
 
 def _group(item: pytest.Item) -> str:
