@@ -36,7 +36,7 @@ system-packages:
 # together; the longest units go first (tests/conftest.py). `make test TEST_WORKERS=0` runs in one process.
 TEST_WORKERS ?= 4
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder) --durations=15
 
 # The edit loop (under a minute): tasks/ and the quick adapter tests; no Prefect flows, no model
 # kits, no commands in subprocesses, no worker stack. Markers: pyproject's [tool.pytest.ini_options].
