@@ -32,9 +32,12 @@ system-packages:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
 	  else echo "make: install the Debian packages:$$missing (apt-get install -y$$missing)"; exit 1; fi; fi
 
-# Everything, as CI runs it.
+# Everything, as CI runs it, on TEST_WORKERS xdist workers (more than the cores: most of the slow tests wait
+# on servers, windows and other processes). A unit of work is a test file, or the worker stack's tests
+# together; the longest units go first (tests/conftest.py). `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 4
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder) --durations=15
 
 # The edit loop (under a minute): tasks/ and the quick adapter tests; no Prefect flows, no model
 # kits, no commands in subprocesses, no worker stack. Markers: pyproject's [tool.pytest.ini_options].

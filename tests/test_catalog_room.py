@@ -1,4 +1,4 @@
-"""adapters.catalog_io and catalog_import: seeding, reading, entry rules, images and masks, importing, campaigns."""
+"""The catalog room (adapters/catalog): seeding, reading, entry rules, images and masks, importing, campaigns."""
 
 from __future__ import annotations
 
