@@ -211,8 +211,8 @@ def test_a_root_that_climbs_out_of_its_prefix_is_refused_in_one_line():
 
 
 def test_no_function_takes_more_than_six_parameters():
-    # What travels together is one typed value. Exempt (pyproject's per-file-ignores and `# noqa: PLR0913`):
-    # the CLI's commands and the flows whose parameters are the UI's form.
+    # What travels together is one typed value. Exempt (pyproject's per-file-ignores, and a noqa for PLR0913 on
+    # its line): the CLI's commands and the flows whose parameters are the UI's form.
     ruff = Path(sys.executable).parent / "ruff"
     result = subprocess.run([str(ruff), "check", "--select", "PLR0913", "flows", "adapters", "tasks", "catalogs"],
                             cwd=ROOT, capture_output=True, text=True)
