@@ -27,7 +27,7 @@ import pytest
 from adapters.infra.local_s3 import LocalS3Server
 from adapters.infra.settings import Settings, get_settings
 from adapters.infra.storage import S3Store
-from tests.e2e_stack import worker_campaigns  # noqa: F401 - a fixture, started early
+from tests.e2e_stack import review_stack, worker_campaigns  # noqa: F401 - fixtures, started early
 from tests.helpers import BackgroundCommand, campaign_settings_env, seed_campaign_buckets, start_cli
 
 # One torch thread: the tiny models run as fast on one as on two cores, and the commands and flow
@@ -354,7 +354,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         group = _group(item)
         costs[group] = costs.get(group, 0.0) + _test_cost(item)
-    costs[WORKER_STACK] = float("inf")  # the longest chain of the run: it starts first
+    costs[WORKER_STACK] = float("inf")  # the longest chains of the run start first: the worker stack's campaigns,
+    costs["test_review_e2e"] = 1e9  # then the reviews, on a stack of their own, that wait out zombie windows
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (-costs[_group(item)], order[id(item)]))
     if getattr(config.option, "loadgroup", False):

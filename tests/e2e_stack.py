@@ -125,8 +125,10 @@ class WorkerCampaigns:
     running shard loses its worker process.
     """
 
-    def __init__(self, s3_endpoint: str, model_cache: Path, folder: Path, env: dict[str, str], database_url: str):
+    def __init__(self, s3_endpoint: str, model_cache: Path, folder: Path, env: dict[str, str], database_url: str,
+                 campaigns: bool = True):
         self.stack: Future = Future()
+        self._campaigns = campaigns  # False: the stack only (the review tests' own; they start their campaign)
         self.on_both_workers: Future = Future()
         self.with_a_killed_worker: Future = Future()
         self._stop = threading.Event()
@@ -140,6 +142,8 @@ class WorkerCampaigns:
         try:
             stack = self._start(*self._args)
             pending.pop(0).set_result(stack)
+            if not self._campaigns:
+                return
             pending.pop(0).set_result(self._campaign_on_both_workers(stack))
             pending.pop(0).set_result(self._campaign_with_a_killed_worker(stack))
         except BaseException as exc:  # handed to every test still waiting
@@ -234,3 +238,15 @@ def worker_campaigns(s3_server, model_cache, tmp_path_factory, postgres):
                                 postgres.database("worker_campaigns"))
     yield campaigns
     campaigns.close()
+
+
+@pytest.fixture(scope="session")
+def review_stack(s3_server, model_cache, tmp_path_factory, postgres):
+    """A worker stack of its own for the review tests (tests/test_review_e2e.py), without the two campaigns: its
+    reviews wait out zombie windows, and its cpu worker is killed, while the other stack's campaigns run."""
+    from adapters.infra.settings import child_env
+
+    stack = WorkerCampaigns(s3_server.endpoint, model_cache, tmp_path_factory.mktemp("e2e-review"), child_env(),
+                            postgres.database("review_stack"), campaigns=False)
+    yield stack
+    stack.close()

@@ -1,4 +1,4 @@
-"""End to end: a campaign whose review is required, on the worker stack (tests/e2e_stack.py).
+"""End to end: a campaign whose review is required, on a worker stack of its own (tests/e2e_stack.py `review_stack`).
 
 The run commits and starts a `review` flow run, which suspends with a form and holds no worker;
 the test sees it waiting, opens the form in headless Chromium (screenshot kept), sends the
@@ -48,8 +48,8 @@ CAMPAIGN = (
 
 
 @pytest.fixture
-def stack(worker_campaigns):
-    return worker_campaigns.stack.result(timeout=WAIT)
+def stack(review_stack):
+    return review_stack.stack.result(timeout=WAIT)
 
 
 def _review_runs(stack, run_id):
@@ -110,9 +110,9 @@ def _screenshot_form(stack, flow_run_id) -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def committed(worker_campaigns):
+def committed(review_stack):
     """A committed run of the `e2e-review` campaign, started with a review: its run id and first review run."""
-    stack = worker_campaigns.stack.result(timeout=WAIT)
+    stack = review_stack.stack.result(timeout=WAIT)
     stack["store"].put(f"{stack['catalog']}/campaigns/e2e-review.yaml", CAMPAIGN.encode())
     # The spec says no review; the request switches it on (RunRequest.review).
     parent = start_campaign(stack, campaign="e2e-review", review=True, triggered_by="test")
@@ -123,7 +123,7 @@ def committed(worker_campaigns):
     return {"run_id": run_id, "review": review}
 
 
-@pytest.mark.early("worker_campaigns")
+@pytest.mark.early("review_stack")
 def test_review_in_the_prefect_ui_delivers_what_is_approved_once(stack, committed):
     from prefect.deployments import run_deployment
     from prefect.flow_runs import resume_flow_run
@@ -186,11 +186,10 @@ def test_review_in_the_prefect_ui_delivers_what_is_approved_once(stack, committe
     assert sorted((e["payload"]["delivered"], e["payload"]["already_delivered"]) for e in events) == [(0, 2), (2, 0)]
 
 
-@pytest.mark.early("worker_campaigns")
-def test_reviews_wait_for_people_and_one_whose_worker_died_is_redone(stack, committed, worker_campaigns, s3_server):
+@pytest.mark.early("review_stack")
+def test_reviews_wait_for_people_and_one_whose_worker_died_is_redone(stack, committed, s3_server):
     from prefect.flow_runs import resume_flow_run
 
-    worker_campaigns.with_a_killed_worker.result(timeout=WAIT)  # no background campaign is left on the cpu worker
     store, assets, run_id = stack["store"], stack["assets"], committed["run_id"]
     request = committed["review"].parameters["request"]
     (keep, drop), (other, fourth) = _images(stack, run_id)
