@@ -35,6 +35,7 @@ from prefect.settings import get_current_settings
 from prefect.task_worker import TaskWorker
 
 from adapters.infra.code_version import code_version
+from adapters.infra.processes import signals_interrupt
 from adapters.infra.settings import get_settings
 from adapters.infra.storage import S3Store
 from adapters.model.engine import engine_loads
@@ -117,7 +118,9 @@ async def serve() -> None:
 def main() -> None:
     if not get_current_settings().api.url:
         raise SystemExit("gpu worker: PREFECT_API_URL is not set; a task worker needs a Prefect server")
-    with contextlib.suppress(KeyboardInterrupt):
+    # SIGINT, SIGTERM and SIGHUP stop it, even where it was started with SIGINT ignored (in the background of a
+    # non-interactive shell), as a campaign's stack and the tests stop it.
+    with contextlib.suppress(KeyboardInterrupt), signals_interrupt():
         asyncio.run(serve())
 
 

@@ -328,6 +328,9 @@ def campaign_env(s3_server, store: S3Store, model_cache, monkeypatch, prefect_ha
 
 # The xdist group of the tests on the worker stack (tests/e2e_stack.py): one worker runs them all, on one stack.
 WORKER_STACK = "worker-stack"
+# Files whose tests each start servers of their own and wait out windows: each test is a unit of its own, so they
+# wait side by side on different workers rather than one after another.
+APART = ("test_review_e2e", "test_restarts")
 # What a test costs, roughly, in seconds on this machine, by its markers: orders the units (longest first).
 _COST = (("e2e", 120.0), ("slow", 30.0), ("flow", 8.0), ("model", 3.0))
 
@@ -343,7 +346,9 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     if "model_cache" in fixtures:
         item.add_marker(pytest.mark.model)
     if not any(item.iter_markers("xdist_group")):
-        item.add_marker(pytest.mark.xdist_group(WORKER_STACK if "worker_campaigns" in fixtures else item.path.stem))
+        item.add_marker(pytest.mark.xdist_group(WORKER_STACK if "worker_campaigns" in fixtures
+                                                else f"{item.path.stem}-{item.originalname}" if item.path.stem in APART
+                                                else item.path.stem))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -355,7 +360,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = _group(item)
         costs[group] = costs.get(group, 0.0) + _test_cost(item)
     costs[WORKER_STACK] = float("inf")  # the longest chains of the run start first: the worker stack's campaigns,
-    costs["test_review_e2e"] = 1e9  # then the reviews, on a stack of their own, that wait out zombie windows
+    for group in costs:  # then the reviews, on stacks of their own, that wait out zombie windows
+        if group.startswith("test_review_e2e"):
+            costs[group] = 1e9
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (-costs[_group(item)], order[id(item)]))
     if getattr(config.option, "loadgroup", False):
