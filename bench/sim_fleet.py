@@ -2,8 +2,9 @@
 
     nice -n 5 .venv/bin/python bench/sim_fleet.py --workers 1,2,4 --sim-seconds 0.25 --shards-per-worker 4 [--write-docs]
 
-Starts the embedded S3 server and a Prefect server (flows/serve.PrefectStack, the helper the
-end-to-end tests use), then for each N: N GPU task workers, each a simulated GPU that takes
+Starts the embedded S3 server, a PostgreSQL cluster (adapters/infra/postgres.py) and a Prefect server
+on it (flows/serve.PrefectStack, the helper the end-to-end tests use), with shards' parameters and
+results in S3 (the task storage block a fleet uses, flows/task_storage.py), then for each N: N GPU task workers, each a simulated GPU that takes
 `--sim-seconds` per image, and one campaign of N x `--shards-per-worker` shards of 64 images run
 from this process with shard workers on. Images/s is counted from the images' write times (first
 batch to last, so the workers' start is not counted); efficiency is images/s against N x the rate
@@ -17,6 +18,7 @@ the workers. Where those cores are the limit, the figures say so, not what N GPU
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -27,13 +29,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-TMP = Path(tempfile.mkdtemp(prefix="fleet-"))
-PORT_FILE = TMP / "port"
-# The campaign hands shards over with `.delay()`: its parameters land under PREFECT_HOME, which the
-# workers must share. Set before Prefect is imported (it reads its settings once).
+TMP = Path(tempfile.mkdtemp(prefix="stylematrix-sim-fleet-", dir="/tmp"))
+TMP.chmod(0o711)  # run as root, the PostgreSQL cluster belongs to `postgres`, which must get through
 os.environ["PREFECT_HOME"] = str(TMP / "prefect")
+# Shards' parameters and results go through the S3 block registered below (flows/task_storage.py), in this
+# process (the campaign's, which hands them out) as in the workers. Set before Prefect reads its settings.
+os.environ["PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK"] = "stylematrix-s3/shards"
 
 from adapters.infra.local_s3 import LocalS3Server, free_port  # noqa: E402
+from adapters.infra.postgres import LocalPostgres  # noqa: E402
 from adapters.infra.settings import prepare_runtime_env  # noqa: E402
 
 PREFECT_PORT = free_port()
@@ -118,22 +122,28 @@ def main() -> None:
     # SIGTERM ends the bench through its `finally`s: the workers and servers it started stop with it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     (TMP / "logs").mkdir()
-    with LocalS3Server() as server:
+    with contextlib.ExitStack() as stops:  # stopped in reverse: the Prefect server, S3, PostgreSQL, the folder
+        stops.callback(shutil.rmtree, TMP, ignore_errors=True)
+        postgres = LocalPostgres(TMP / "postgres", free_port())
+        stops.callback(postgres.stop)
+        postgres.start()
+        server = stops.enter_context(LocalS3Server())
         export_s3_endpoint(server.endpoint)
         os.environ.update({"STYLEMATRIX_CATALOG": "s3://fleet-catalog",
                            "STYLEMATRIX_SHARD_WORKERS": "true", "STYLEMATRIX_SHARD_POLL_SECONDS": "1",
                            "STYLEMATRIX_MODEL_CACHE": str(TMP / "models")})
         get_settings.cache_clear()
         store = S3Store.from_settings(Settings(s3_endpoint=server.endpoint))
-        store.ensure_bucket("fleet-catalog")
+        for bucket in ("fleet-catalog", "fleet-tasks"):
+            store.ensure_bucket(bucket)
         seed_sample_catalog(store, "s3://fleet-catalog")
-        stack = PrefectStack(home=TMP / "prefect", port=PREFECT_PORT, env=child_env(), log_dir=TMP / "logs")
-        try:
-            stack.start_server()
-            results = [one_fleet(stack, store, n, args) for n in counts]
-        finally:
-            stack.stop()
-            shutil.rmtree(TMP, ignore_errors=True)
+        stack = PrefectStack(home=TMP / "prefect", port=PREFECT_PORT, env=child_env(), log_dir=TMP / "logs",
+                             database_url=postgres.database("simfleet"))
+        stops.callback(stack.stop)
+        stack.start_server()
+        stack.register_task_storage("s3://fleet-tasks/_prefect/tasks")
+        assert stack.task_storage == os.environ["PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK"]
+        results = [one_fleet(stack, store, n, args) for n in counts]
     report(results, args)
 
 
@@ -152,7 +162,7 @@ def report(results: list[dict], args) -> None:
             f"## Simulated GPUs: {args.workers} workers at {args.sim_seconds:g} s per image (`bench/sim_fleet.py`)", "",
             f"Command: `nice -n 5 .venv/bin/python bench/sim_fleet.py --workers {args.workers} --sim-seconds "
             f"{args.sim_seconds:g} --shards-per-worker {args.shards_per_worker} --write-docs`. Prefect server "
-            "(SQLite, flows/serve.PrefectStack), moto S3, the campaign and every worker on this machine's 2 cores, "
+            "(PostgreSQL, flows/serve.PrefectStack; shards' parameters and results in S3), moto S3, the campaign and every worker on this machine's 2 cores, "
             "shared with other work; images/s from the images' write times.", "", *table, ""])
         write_section(ROOT / "docs" / "benchmarks.md", key, body)
 
