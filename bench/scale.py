@@ -79,14 +79,17 @@ class MemorySampler:
 
     def __init__(self, interval: float = 5.0) -> None:
         self.samples: list[tuple[float, float]] = []  # (seconds since start, MB)
+        self._interval = interval
         self._stop = threading.Event()
         self._start = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(5.0):
+        while not self._stop.wait(self._interval):
             self.samples.append((time.perf_counter() - self._start, rss_mb()))
+            if len(self.samples) % round(60 / self._interval) == 0:  # a line a minute, so a run stopped early still says where it was
+                print(f"memory: {self.samples[-1][0]:.0f} s, RSS {self.samples[-1][1]:.0f} MB", flush=True)
 
     def stop(self) -> None:
         self._stop.set()
