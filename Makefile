@@ -40,9 +40,10 @@ test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder) --durations=15
 
 # The edit loop (under a minute): tasks/ and the quick adapter tests; no Prefect flows, no model
-# kits, no commands in subprocesses, no worker stack. Markers: pyproject's [tool.pytest.ini_options].
+# kits, no commands in subprocesses, no worker stack, on two xdist workers (one per core: these tests
+# compute, they do not wait). Markers: pyproject's [tool.pytest.ini_options].
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not e2e and not flow and not model and not gpu"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not e2e and not flow and not model and not gpu"
 
 serve: $(STAMP) system-packages
 	$(BIN)/stylematrix serve
