@@ -95,9 +95,10 @@ class TileUpscaler:
         left, top = box[0] // LATENT_SCALE, box[1] // LATENT_SCALE
         piece = shared.noise[..., top:top + crop.height // LATENT_SCALE, left:left + crop.width // LATENT_SCALE]
 
-        def prepare_latents(image, timestep, batch_size, num_images_per_prompt, dtype, device, generator=None):  # noqa: PLR0913 (diffusers' own)
-            # The pipeline's own, same signature (it is called positionally), with the latent's mode (no
-            # sampling) and this tile's crop of the noise.
+        def prepare_latents(image, timestep, _batch_size, _per_prompt, dtype, device, *_generator):
+            # In place of the pipeline's own, which it calls positionally (image, timestep, batch size, images
+            # per prompt, dtype, device, generator): the latent's mode (no sampling, so no generator) and
+            # this tile's crop of the noise.
             image = image.to(device=device, dtype=dtype)
             init = pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
             return pipe.scheduler.add_noise(init, piece.to(device=device, dtype=dtype), timestep)
