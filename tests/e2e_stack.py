@@ -55,14 +55,16 @@ def start_campaign(stack, **request):
                               timeout=0, as_subflow=False)
 
 
-def wait_final(stack, flow_run_id, timeout: float, stop: threading.Event | None = None):
+def wait_final(stack, flow_run_id, timeout: float, stop: threading.Event | None = None, *, redone: int = 0):
+    """The flow run once its state is final. `redone`: the runs its deployment's automation hands a crashed run
+    out again for (flows/zombies.CAMPAIGN_RUNS): a crash on an earlier run is waited past, not taken as the end."""
     from prefect.client.orchestration import get_client
 
     deadline = time.monotonic() + timeout
     with api(stack), get_client(sync_client=True) as client:
         while time.monotonic() < deadline and not (stop and stop.is_set()):
             run = client.read_flow_run(flow_run_id)
-            if run.state and run.state.is_final():
+            if run.state and run.state.is_final() and not (run.state.is_crashed() and run.run_count < redone):
                 return run
             time.sleep(1)
     raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout:.0f} s; logs in {stack['stack'].log_dir}")

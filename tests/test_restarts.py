@@ -168,24 +168,6 @@ def test_a_server_restart_then_a_database_restart_mid_campaign_lose_no_shard(s3_
     assert not [s for s in secrets for blob in written if s in blob]
 
 
-def _wait_for_good(stack, flow_run_id, timeout: float):
-    """A deployed campaign's flow run once it has completed or ended for good: a crash on a run before its
-    last (flows/zombies.CAMPAIGN_RUNS) is handed out again by `redo-crashed-campaigns`, so it is waited past."""
-    from prefect.client.orchestration import get_client
-
-    from flows.zombies import CAMPAIGN_RUNS
-    from tests.e2e_stack import api
-
-    deadline = time.monotonic() + timeout
-    with api(stack), get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            run = client.read_flow_run(flow_run_id)
-            if run.state and run.state.is_final() and not (run.state.is_crashed() and run.run_count < CAMPAIGN_RUNS):
-                return run
-            time.sleep(1)
-    raise AssertionError(f"flow run {flow_run_id} did not end in {timeout:.0f} s; logs in {stack['stack'].log_dir}")
-
-
 def _check_auth(api_url: str, secret: str) -> None:
     """The API refuses a request without the auth string, and a wrong one; it takes the right one."""
     def status(headers: dict[str, str]) -> int:
@@ -221,7 +203,8 @@ def test_a_campaign_whose_worker_dies_is_rerun_by_its_deployment_and_makes_every
     from adapters.infra.local_redis import LocalRedis
     from adapters.infra.settings import Settings
     from flows.serve import PrefectStack
-    from tests.e2e_stack import api
+    from flows.zombies import CAMPAIGN_RUNS
+    from tests.e2e_stack import api, wait_final
 
     _, assets, env = _buckets_and_env(store, s3_server, model_cache)
     redis = LocalRedis(tmp_path / "redis", free_port())
@@ -248,7 +231,7 @@ def test_a_campaign_whose_worker_dies_is_rerun_by_its_deployment_and_makes_every
         assert psutil.Process(worker.pid).children(recursive=True), "the campaign's flow run is not on cpu-1"
         _kill_tree(worker)
         stack.start_worker("cpu", "cpu-2", {"STYLEMATRIX_SHARD_WORKERS": "true"})
-        final = _wait_for_good(handle, flow_run.id, timeout=500)
+        final = wait_final(handle, flow_run.id, timeout=500, redone=CAMPAIGN_RUNS)
     finally:
         stack.stop()
         redis.stop()
