@@ -1,11 +1,12 @@
 """Scale-out on simulated GPUs: N GPU task workers (`python -m flows.gpu_worker`, profile `sim`) on one Prefect server.
 
-    nice -n 5 .venv/bin/python bench/sim_fleet.py --workers 1,2,4 --sim-seconds 0.25 --shards-per-worker 4 [--write-docs]
+    nice -n 5 .venv/bin/python bench/sim_fleet.py --workers 1,2,4,8,16 --sim-seconds 1 --shards-per-worker 3 [--write-docs]
+    (--sim-seconds 0: the orchestration ceiling)
 
 Starts the embedded S3 server, a PostgreSQL cluster (adapters/infra/postgres.py) and a Prefect server
 on it (flows/serve.PrefectStack, the helper the end-to-end tests use), with shards' parameters and
-results in S3 (the task storage block a fleet uses, flows/task_storage.py), then for each N: N GPU task workers, each a simulated GPU that takes
-`--sim-seconds` per image, and one campaign of N x `--shards-per-worker` shards of 64 images run
+results in S3 (the task storage block a fleet uses, flows/task_storage.py). Then, for each N: N GPU
+task workers, each a simulated GPU that takes `--sim-seconds` per image, and one campaign of N x `--shards-per-worker` shards of 64 images run
 from this process with shard workers on. Images/s is counted from the images' write times (first
 batch to last, so the workers' start is not counted); efficiency is images/s against N x the rate
 of one worker. With `--sim-seconds 0` it measures the orchestration ceiling: what the campaign,
