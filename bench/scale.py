@@ -177,6 +177,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2048, help="a multiple of 32")
     parser.add_argument("--sim-seconds", type=float, default=0.0, help="simulated GPU time per image")
+    parser.add_argument("--claim-lease-seconds", type=int, default=None,
+                        help="the claims' lease (default: production's); shorter than the run to measure a run that "
+                             "outlives it")
     parser.add_argument("--plan-only", action="store_true")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
@@ -188,6 +191,8 @@ def main() -> None:
 
         os.environ.update({"STYLEMATRIX_CATALOG": "s3://scale-catalog", "STYLEMATRIX_ASSETS": "s3://scale-assets",
                            "STYLEMATRIX_MODEL_CACHE": str(Path(tmp) / "models"), "PREFECT_HOME": str(Path(tmp) / "prefect")})
+        if args.claim_lease_seconds:
+            os.environ["STYLEMATRIX_CLAIM_LEASE_SECONDS"] = str(args.claim_lease_seconds)
         get_settings.cache_clear()
         store = S3Store.from_settings(Settings(s3_endpoint=server.endpoint))
         for bucket in ("scale-catalog", "scale-assets"):
@@ -233,13 +238,15 @@ def report(args, times: dict, r: dict) -> None:
         body = "\n".join([
             f"## A {n:,}-image campaign on the simulated GPU (`bench/scale.py`)", "",
             f"Command: `nice -n 5 .venv/bin/python bench/scale.py --images {args.images} --sim-seconds "
-            f"{args.sim_seconds:g} --write-docs`. Profile `sim` (no model), 64 px, batches of 8, shards of 64 in the "
+            f"{args.sim_seconds:g}" + (f" --claim-lease-seconds {args.claim_lease_seconds}"
+                                       if args.claim_lease_seconds else "") + " --write-docs`. Profile `sim` (no model), 64 px, batches of 8, shards of 64 in the "
             "campaign's process (embedded default), moto S3 in a subprocess; 2 cores shared with the S3 server and "
             "other work.", "",
             f"- planning: `plan_jobs` {times['plan_jobs_s']:.2f} s; whole dry run through the flow "
             f"{times['dry_run_s']:.2f} s",
             *(f"- {line}" for line in lines), ""])
-        write_section(ROOT / "docs" / "benchmarks.md", f"scale-{n}", body)
+        lease = f"-lease{args.claim_lease_seconds}" if args.claim_lease_seconds else ""
+        write_section(ROOT / "docs" / "benchmarks.md", f"scale-{n}{lease}", body)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -175,9 +175,7 @@ def generate_and_commit(store: S3Store, plan: RunPlan, settings: Settings) -> Ru
     with claims_handed_back(store, run, todo):
         generated = run_shards(shards, ctx, store, settings, ShardRuntime(progress, local_copy=plan.request.local_copy))
         # Record only what this run holds the claim of as it commits: another run may have taken one over.
-        owner = steps.claim_owners(store, run, todo, [i["asset_id"] for i in generated.images],
-                                   since=plan.began,
-                                   lease=timedelta(seconds=settings.claim_lease_seconds)) if todo else {}
+        owner = steps.claim_owners(store, run, todo, [i["asset_id"] for i in generated.images]) if todo else {}
         generated = generated.owned_by(run_id, owner)
         out = publish_outputs(store, plan, ctx, generated)
         row = runs_row(plan, ctx, generated, out.rows, left_to={a: o for a, o in owner.items() if o not in ("", run_id)})

@@ -37,6 +37,7 @@ SHEETS = "sheets"
 GALLERY = "index.html"
 GALLERY_PAGES = "gallery"
 WORKERS = "workers"
+TAKEN = "taken"
 MANIFEST = "_MANIFEST.json"
 REPORTS = "_REPORTS.json"
 # ... of a style scan's folder.
@@ -54,7 +55,7 @@ SECTIONS = (PRODUCTS, STYLES)  # the catalog's entries: one folder per product o
 
 # Every segment above: what tests/test_layout.py looks for in the other modules.
 SEGMENTS = (TABLES, RUNS, CLAIMS, DELIVERY, SCANS, TASK_STORAGE, IMAGES, CONTROLS, SHARDS, STAGING, SHEETS, GALLERY,
-            GALLERY_PAGES, WORKERS, MANIFEST, REPORTS, SCAN_COMMIT, SCAN_CURVES, SCAN_SHEET, PRODUCTS, STYLES,
+            GALLERY_PAGES, WORKERS, TAKEN, MANIFEST, REPORTS, SCAN_COMMIT, SCAN_CURVES, SCAN_SHEET, PRODUCTS, STYLES,
             CAMPAIGNS, SNAPSHOTS, LATEST, SNAPSHOT_COMMIT)
 
 _SLUG = re.compile(ID_PATTERN)
@@ -267,6 +268,15 @@ class RunLayout(BaseModel):
         """The heartbeat of the worker running a shard's task run: `workers/<task_run_id>.json`."""
         return self.uri(WORKERS, f"{task_run_id}.json")
 
+    @property
+    def taken_notices(self) -> str:
+        """The listing prefix of the notices other runs left as they took this run's claims over: `taken/`."""
+        return self.uri(TAKEN + "/")
+
+    def taken(self, asset_id: str) -> str:
+        """The notice that another run took this run's claim of `asset_id` over: `taken/<asset_id>.json`."""
+        return self.uri(TAKEN, f"{asset_id}.json")
+
 
 class CatalogLayout(_Layout):
     """The catalog bucket: products, style sets, campaign specs and the snapshots a refresh commits."""
@@ -335,6 +345,7 @@ def describe() -> str:
         (run.shard_spec(0).replace("00000", "<index>"), "what a shard ran, stored before it runs"),
         (run.staged_part("<table>", "<part>"), "rows not yet committed"),
         (run.beat("<task_run_id>"), "a GPU worker's heartbeat"),
+        (run.taken("<asset_id>"), "notice that another run took this run's claim over"),
         (run.sheet("<product_id>__<style_id>.jpg"), "a contact sheet (and overview.jpg)"),
         (run.gallery, "the gallery page"),
         (run.gallery_pages + "<page>", "a large gallery's card pages"),

@@ -14,10 +14,10 @@ Before a batch is generated, its worker claims each asset with a conditional put
 
 A claim is only a promise. What decides is ownership when a run commits: a run records only the
 assets whose claim it holds at that moment (`owners`), so an asset has one row across runs even if
-a slow run's claim was taken over while it was still working. A claim younger than its lease cannot
-have been taken over, so a run that commits within the lease of its first claim (less the clock
-difference tolerated between machines) reads only the claims of the assets it did not make
-(`owners_at_commit`).
+a slow run's claim was taken over while it was still working. A run that takes a claim over first
+leaves a notice in the former holder's folder (`runs/<run_id>/taken/<asset_id>.json`), so a committing
+run lists its notices (one request; none on the happy path) and reads only the claims they name and
+those of the assets it left to other runs (`owners_at_commit`), however long it ran.
 """
 
 from __future__ import annotations
@@ -29,10 +29,6 @@ from datetime import UTC, datetime, timedelta
 
 from adapters.infra.storage import ObjectStore, parallel_map
 from tasks.layout import AssetsLayout, RunLayout
-
-# How far the clocks of two machines of one deployment may disagree: a claim's age is read on
-# another machine's clock than the one that wrote it.
-CLOCK_SKEW = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -81,6 +77,9 @@ def claim_one(store: ObjectStore, run: RunLayout, asset_id: str, *, lease: timed
     # run stopped: any other run takes it over at once.
     if held.run_id == run_id or (now - held.claimed_at <= lease and not held.released):
         return held
+    # The notice first: the former holder, committing, reads the claims its notices name (`owners_at_commit`).
+    store.put(assets.run(held.run_id).taken(asset_id), json.dumps({"by_run": run_id, "at": now.isoformat()}).encode(),
+              content_type="application/json")
     store.put(uri, _body(run_id, now), content_type="application/json")
     return Claim(asset_id, run_id, now, replaced=held.run_id)
 
@@ -99,19 +98,16 @@ def owners(store: ObjectStore, assets: AssetsLayout, asset_ids: Iterable[str]) -
     return {a: (c.run_id if c else "") for a, c in zip(ids, held, strict=True)}
 
 
-def owners_at_commit(store: ObjectStore, run: RunLayout, asset_ids: Iterable[str], made: Collection[str], *,
-                     since: datetime, lease: timedelta) -> dict[str, str]:
+def owners_at_commit(store: ObjectStore, run: RunLayout, asset_ids: Iterable[str], made: Collection[str]) -> dict[str, str]:
     """`owners` for a run that is committing: asset id -> the run holding its claim now.
 
-    `made` are the assets the run claimed and made (or took over), all claimed at or after `since`
-    (the run's start). Until `lease` less CLOCK_SKEW has passed since then, none of those claims
-    can have been taken over by another run: they are the run's own without a read, and only the
-    claims of the other assets (left to other runs) are read. Later, every claim is read.
+    `made` are the assets the run claimed and made (or took over). Those are still its own unless another run
+    took one over, which leaves a notice in this run's folder first (`claim_one`): the notices are listed, and
+    only the claims they name are read, with those of the other assets (left to other runs).
     """
     ids = list(asset_ids)
-    if datetime.now(UTC) - since >= lease - CLOCK_SKEW:
-        return owners(store, run.assets, ids)
-    mine = set(made)
+    taken = {info.key.rsplit("/", 1)[-1].removesuffix(".json") for info in store.list(run.taken_notices)}
+    mine = set(made) - taken
     return {a: run.run_id for a in ids if a in mine} | owners(store, run.assets, [a for a in ids if a not in mine])
 
 
