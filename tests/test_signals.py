@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -121,3 +122,29 @@ def test_serve_stops_server_workers_and_postgres_on_sigterm(s3_server, tmp_path)
     _stop_and_check(proc, log, signal.SIGTERM, {port})
     assert not (home / "postgres" / "data" / "postmaster.pid").exists(), "PostgreSQL left running"
     shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_gpu_worker_started_with_sigint_ignored_still_stops_on_sigint(prefect_api_env, tmp_path):
+    """A non-interactive shell starts a background command with SIGINT ignored (`... &` in a script); the
+    stacks stop their GPU workers with SIGINT. The worker must stop on it, cleanly, not wait for a SIGKILL."""
+    from prefect.client.orchestration import get_client
+
+    from flows.fleet import read_fleet
+
+    env = {**prefect_api_env, "STYLEMATRIX_DEVICE": "cpu", "STYLEMATRIX_WORKER_NAME": "sigint-test"}
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.gpu_worker"], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        with get_client(sync_client=True) as client:  # serving: the server sees it
+            _wait_for(lambda: "sigint-test" in {w.worker for w in read_fleet(client).seen}, 120,
+                      "the worker on the server", proc, log)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
