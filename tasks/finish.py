@@ -204,6 +204,10 @@ def render_box(row: Mapping, size: tuple[int, int]) -> Box:
 
 
 def with_finishes(rows: Sequence[Mapping], finishes: Sequence[Mapping]) -> list[dict]:
-    """The rows as the sheets and gallery show them: each finished image's size, file and checks beside its source."""
+    """The rows as the sheets and gallery show them: each finished image's size, file and checks beside its source.
+
+    A row with no finished image is the row itself, not a copy (a run's rows are most of its memory); neither
+    the sheets nor the gallery change a row."""
     by_source = {f["source_asset_id"]: f for f in finishes}
-    return [{**r, "finish": by_source[r["asset_id"]]} if r["asset_id"] in by_source else dict(r) for r in rows]
+    return [{**r, "finish": by_source[r["asset_id"]]} if r["asset_id"] in by_source
+            else r if isinstance(r, dict) else dict(r) for r in rows]

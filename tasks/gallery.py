@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tasks.channels import channel_of, params_box, row_layout
@@ -409,8 +409,15 @@ for (const id of ['f-sort', 'f-distance', 'f-outlier']) document.getElementById(
 
 
 def gallery_files(gallery: Gallery, *, inline_limit: int = INLINE_LIMIT, page_cards: int = PAGE_CARDS) -> dict[str, str]:
-    """The gallery's files by path relative to the run's folder: `index.html`, and for a run of more than
-    `inline_limit` images its card pages under `gallery/`.
+    """The gallery's files by path relative to the run's folder (`iter_gallery_files`, all at once)."""
+    return dict(iter_gallery_files(gallery, inline_limit=inline_limit, page_cards=page_cards))
+
+
+def iter_gallery_files(gallery: Gallery, *, inline_limit: int = INLINE_LIMIT,
+                       page_cards: int = PAGE_CARDS) -> Iterator[tuple[str, str]]:
+    """The gallery's files, (path relative to the run's folder, text), one at a time: `index.html`, and for a run of
+    more than `inline_limit` images its card pages under `gallery/` first, `index.html` last (it names them), so a
+    writer holds one page at a time, not the whole gallery (123 MB at 100,000 images).
 
     A paged gallery opens with its header and filters and an index of its pages (`gallery/index.js`:
     each page's product, style set, channel and counts per status), then reads the card pages the
@@ -422,12 +429,13 @@ def gallery_files(gallery: Gallery, *, inline_limit: int = INLINE_LIMIT, page_ca
     """
     rows = gallery.rows
     if len(rows) <= inline_limit:
-        return {GALLERY: render_gallery(gallery)}
+        yield GALLERY, render_gallery(gallery)
+        return
     varying, _ = varying_params(rows)
     groups: dict[tuple[str, str, str], list[Mapping]] = {}
     for r in sorted(rows, key=_order):
         groups.setdefault((r["product_id"], r["style_id"], channel_of(r) or ""), []).append(r)
-    files, index = {}, []
+    index = []
     for (product, style, channel), members in groups.items():
         for start in range(0, len(members), page_cards):
             chunk, name = members[start:start + page_cards], f"page-{len(index):05d}.js"
@@ -437,11 +445,10 @@ def gallery_files(gallery: Gallery, *, inline_limit: int = INLINE_LIMIT, page_ca
             counts = {s: sum(c[0] == s for c in cards) for s in STATUSES[1:]} | {"selected": sum(c[1] for c in cards)}
             index.append({"file": name, "product": product, "style": style, "channel": channel, "rows": len(chunk),
                           "counts": counts})
-            files[f"{PAGES}/{name}"] = f"galleryPage({len(index) - 1},{_json(cards)});\n"
-    files[f"{PAGES}/index.js"] = f"window.galleryIndex={_json({'pages': index, 'rows': len(rows)})};\n"
-    files[GALLERY] = (_head(gallery) + '<main class="grid"></main><p id="more">loading…</p>'
-                           f'<script src="{PAGES}/index.js"></script><script>{_PAGED_SCRIPT}</script></body></html>')
-    return files
+            yield f"{PAGES}/{name}", f"galleryPage({len(index) - 1},{_json(cards)});\n"
+    yield f"{PAGES}/index.js", f"window.galleryIndex={_json({'pages': index, 'rows': len(rows)})};\n"
+    yield GALLERY, (_head(gallery) + '<main class="grid"></main><p id="more">loading…</p>'
+                    f'<script src="{PAGES}/index.js"></script><script>{_PAGED_SCRIPT}</script></body></html>')
 
 
 def _json(value: object) -> str:

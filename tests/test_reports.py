@@ -43,7 +43,7 @@ def test_a_failing_sheet_and_gallery_leave_the_run_committed_and_can_be_made_aga
     with monkeypatch.context() as patched:
         patched.setattr(run_outputs, "contact_sheet", broken)
         patched.setattr(run_outputs, "overview_sheet", broken)
-        patched.setattr(run_outputs, "gallery_files", broken)
+        patched.setattr(run_outputs, "iter_gallery_files", broken)
         summary = run_campaign(RunRequest(campaign="simload", triggered_by="test"))
     # Committed: the manifest lists every image and the tables; the failed reports are named, with why.
     manifest = json.loads(store.get(summary.manifest))

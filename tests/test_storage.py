@@ -199,3 +199,34 @@ def test_local_server_listens_on_loopback_only(s3_server: LocalS3Server) -> None
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1)
         assert sock.connect_ex(("127.0.0.2", s3_server.port)) != 0
+
+
+def test_parallel_each_holds_a_bounded_part_of_a_stream_and_raises_a_calls_error():
+    import threading
+
+    from adapters.infra.storage import parallel_each
+
+    made, done, lock = [0], [0], threading.Lock()
+    ahead = []
+
+    def stream():
+        for i in range(200):
+            made[0] += 1
+            with lock:
+                ahead.append(made[0] - done[0])  # items taken from the stream and not yet written
+            yield i
+
+    def write(_):
+        time.sleep(0.001)
+        with lock:
+            done[0] += 1
+
+    assert parallel_each(write, stream(), workers=4) == 200 and done[0] == 200
+    assert max(ahead) <= 2 * 4 + 1  # never the whole stream in memory
+
+    def broken(i):
+        if i == 7:
+            raise OSError(f"item {i}: broken")
+
+    with pytest.raises(OSError, match="item 7"):
+        parallel_each(broken, iter(range(50)), workers=4)

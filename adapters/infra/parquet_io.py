@@ -10,7 +10,7 @@ the tables read here are small (a catalog snapshot, one run's rows), so nothing 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,9 +36,10 @@ def arrow_schema(columns: Iterable[Column]) -> pa.Schema:
     return pa.schema([pa.field(c.name, ARROW_TYPES[c.type]) for c in columns])
 
 
-def read_parquet_bytes(data: bytes) -> pa.Table:
+def read_parquet_bytes(data: bytes, columns: Sequence[str] | None = None) -> pa.Table:
+    """A parquet file's table (only `columns`, where named)."""
     with pq.ParquetFile(pa.BufferReader(data)) as file:
-        return file.read(use_threads=False)
+        return file.read(columns=list(columns) if columns is not None else None, use_threads=False)
 
 
 def parquet_row_count(data: bytes) -> int:

@@ -14,8 +14,8 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
@@ -137,6 +137,25 @@ def parallel_map(fn: Callable[[str], T], uris: Sequence[str], workers: int = PAR
         return [fn(u) for u in uris]
     with ThreadPoolExecutor(max_workers=min(workers, len(uris)), thread_name_prefix="s3") as pool:
         return list(pool.map(fn, uris))
+
+
+def parallel_each(fn: Callable[[T], object], items: Iterable[T], workers: int = PARALLEL_CALLS) -> int:
+    """`fn` over the items of a stream as they come, `workers` calls at once and at most twice that many items
+    held (the stream is not read ahead of the calls); the first error raised by a call is raised. Returns how
+    many items there were."""
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3") as pool:
+        pending: set[Future] = set()
+        for item in items:
+            if len(pending) >= 2 * workers:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
+            pending.add(pool.submit(fn, item))
+            done += 1
+        for future in pending:
+            future.result()
+    return done
 
 
 # --------------------------------------------------------------------------- retries

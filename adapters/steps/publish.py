@@ -115,12 +115,15 @@ def _entry(table: str, uri: str, data: bytes) -> dict:
     return {"table": table, "uri": uri, "rows": rows, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def read_staged(store: ObjectStore, parts: Sequence[dict], table: str) -> pd.DataFrame:
-    """The rows of `table` in staged parts (not yet committed)."""
-    frames = [read_parquet_bytes(store.get(p["uri"])).to_pandas() for p in parts if p["table"] == table]
+def read_staged(store: ObjectStore, parts: Sequence[dict], table: str,
+                columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows of `table` in staged parts (not yet committed): only `columns`, where named."""
+    frames = [read_parquet_bytes(store.get(p["uri"]), columns).to_pandas() for p in parts if p["table"] == table]
     if not frames:
-        return arrow_schema(TABLES[table]).empty_table().to_pandas()
+        empty = arrow_schema(TABLES[table]).empty_table()
+        return (empty.select(list(columns)) if columns is not None else empty).to_pandas()
     return pd.concat(frames, ignore_index=True)
+
 
 
 def put_text(store: ObjectStore, uri: str, text: str, content_type: str) -> None:

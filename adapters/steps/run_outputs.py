@@ -16,13 +16,13 @@ from PIL import Image
 from adapters.catalog.images import load_image
 from adapters.infra import lake
 from adapters.infra.fonts import sheet_font
-from adapters.infra.storage import ObjectStore, parallel_map
+from adapters.infra.storage import ObjectStore, parallel_each, parallel_map
 from adapters.steps import publish
 from catalogs.models import CHANNEL_AXIS, Product, Selection, StyleSet
 from tasks.canny import control_name
 from tasks.channels import channel_of, outline_layout, row_layout
 from tasks.consistency import CAMPAIGN, selected_spreads
-from tasks.gallery import Gallery, gallery_files
+from tasks.gallery import Gallery, iter_gallery_files
 from tasks.layout import RunLayout, key_of
 from tasks.select import OUTCOME, select_images
 from tasks.sheets import contact_sheet, overview_lines, overview_sheet, sheet_pages, tile_for
@@ -166,11 +166,18 @@ def write_gallery(store: ObjectStore, reports: Reports, rows: Sequence[dict], sh
     run = reports.run
     links = {name.removesuffix(".jpg").replace("__", " x "): run.sheet_link(name) for name in sheets}
     tables = [run.assets.table(t) for t in lake.RUN_TABLES]
-    files = gallery_files(Gallery(run.run_id, reports.campaign, rows, sheets=links, tables=tables,
-                                  title=reports.title, left_out=left_out or {}, reviews=reviews or {}))
-    uri = run.gallery
-    page = files.pop(key_of(run.root, uri))
-    parallel_map(lambda path: publish.put_text(store, run.gallery_file(path), files[path],
-                                               "text/javascript; charset=utf-8"), sorted(files))
-    publish.put_text(store, uri, page, "text/html; charset=utf-8")  # last: it names the pages
+    files = iter_gallery_files(Gallery(run.run_id, reports.campaign, rows, sheets=links, tables=tables,
+                                       title=reports.title, left_out=left_out or {}, reviews=reviews or {}))
+    uri, index = run.gallery, key_of(run.root, run.gallery)
+    page: list[str] = []
+
+    def put(file: tuple[str, str]) -> None:
+        path, text = file
+        if path == index:  # the stream's last file: it names the pages, so it is written after them
+            page.append(text)
+        else:
+            publish.put_text(store, run.gallery_file(path), text, "text/javascript; charset=utf-8")
+
+    parallel_each(put, files)  # a page at a time, as made: never the whole gallery in memory
+    publish.put_text(store, uri, page[0], "text/html; charset=utf-8")
     return uri

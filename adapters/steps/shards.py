@@ -27,5 +27,5 @@ def read_published(store: ObjectStore, ctx: ShardContext,
     sha256 of each), from their parts in S3."""
     parts = tuple(publish.part_entry(store, "generations", ctx.run.staged_part(
         "generations", shard_part_name(ctx.run_id, s.index))) for s in shards)
-    rows = publish.read_staged(store, parts, "generations")
+    rows = publish.read_staged(store, parts, "generations", columns=("asset_id", "output_key", "sha256"))
     return parts, tuple({"asset_id": r.asset_id, "uri": r.output_key, "sha256": r.sha256} for r in rows.itertuples())
