@@ -77,8 +77,9 @@ class RequestCounter:
 class MemorySampler:
     """This process's resident memory every `interval` seconds, and the peak the kernel recorded."""
 
-    def __init__(self, interval: float = 5.0) -> None:
+    def __init__(self, interval: float = 1.0) -> None:
         self.samples: list[tuple[float, float]] = []  # (seconds since start, MB)
+        self.clock: list[float] = []  # each sample's wall-clock time (time.time()), to match Prefect's task runs
         self._interval = interval
         self._stop = threading.Event()
         self._start = time.perf_counter()
@@ -88,6 +89,7 @@ class MemorySampler:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self.samples.append((time.perf_counter() - self._start, rss_mb()))
+            self.clock.append(time.time())
             if len(self.samples) % round(60 / self._interval) == 0:  # a line a minute, so a run stopped early still says where it was
                 print(f"memory: {self.samples[-1][0]:.0f} s, RSS {self.samples[-1][1]:.0f} MB", flush=True)
 
@@ -119,6 +121,32 @@ def task_runs_of(flow_run_id: str) -> collections.Counter[str]:
             if len(page) < 200:
                 return names
             offset += 200
+
+
+def step_memory(flow_run_id: str, memory: MemorySampler) -> list[tuple[str, float, float, float]]:
+    """Each step of the run after its shards (one task run each): (name, seconds, highest RSS while it ran, RSS at
+    its end), in order, from the task runs' start and end times and the memory samples taken meanwhile."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs, offset = [], 0
+        while page := client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                            limit=200, offset=offset):
+            runs += page
+            offset += 200
+    shards_end = max((r.end_time for r in runs if r.end_time and r.name.startswith(("generate-shard", "stage-table"))),
+                     default=None)
+    steps = sorted((r for r in runs if r.start_time and r.end_time and shards_end and r.start_time >= shards_end),
+                   key=lambda r: r.start_time)
+    out = []
+    for r in steps:
+        start, end = r.start_time.timestamp(), r.end_time.timestamp()
+        after = [mb for (_, mb), t in zip(memory.samples, memory.clock, strict=True) if t >= end][:1]
+        during = [mb for (_, mb), t in zip(memory.samples, memory.clock, strict=True) if start <= t <= end] or after
+        out.append((r.name.rsplit("-", 1)[0], end - start, max(during, default=float("nan")),
+                    after[0] if after else float("nan")))  # a step shorter than the 1 s between samples: the next one
+    return out
 
 
 def plan_times(store: S3Store, catalog: str, images: int) -> dict[str, float]:
@@ -164,6 +192,7 @@ def run(store: S3Store, assets: str, sim_seconds: float) -> dict:
     (row,) = publish.read_table(store, manifest, "runs").to_dict("records")
     return {"summary": summary, "wall_s": wall, "calls": calls, "peak_mb": peak_mb(), "samples": memory.samples,
             "images": len(images), "unique": len(set(ids)), "intact": intact, "task_runs": task_runs_of(row["flow_run_id"]),
+            "steps": step_memory(row["flow_run_id"], memory),
             "manifest_bytes": len(store.get(summary.manifest)),
             "gallery_bytes": sum(o.size for o in store.list(AssetsLayout.at(assets).run(summary.run_id).root + "/") if
                                  o.key.endswith("/index.html") or "/gallery/" in o.key),
@@ -229,6 +258,8 @@ def report(args, times: dict, r: dict) -> None:
         f"manifest {r['manifest_bytes'] / n:.0f} bytes/image; gallery files {r['gallery_bytes'] / 1e6:.1f} MB; "
         f"sheets {r['sheets']}; parts {len(r['parts'])}, largest {max(p[2] for p in r['parts']) / 1e6:.2f} MB",
         "RSS samples (s, MB): " + ", ".join(f"{t:.0f}:{m:.0f}" for t, m in r["samples"][:: max(1, len(r["samples"]) // 12)]),
+        "after the shards, each step (seconds; highest RSS while it ran, MB; RSS at its end, MB): " + "; ".join(
+            f"{name} {secs:.1f} s, {high:.0f}, {end:.0f}" for name, secs, high, end in r["steps"]),
     ]
     print(f"plan_jobs {times['plan_jobs_s']:.2f} s; dry run {times['dry_run_s']:.2f} s")
     print("\n".join(lines))

@@ -7,6 +7,7 @@ Light at import time (PIL and numpy only): torch and diffusers are imported wher
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import os
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -259,3 +262,22 @@ class ReadLog:
 
     def __getattr__(self, name: str):
         return getattr(self.store, name)
+
+
+def check_api_auth(api_url: str, secret: str) -> None:
+    """The API refuses a request without the auth string, and a wrong one; it takes the right one."""
+    def status(headers: dict[str, str]) -> int:
+        request = urllib.request.Request(f"{api_url}/flows/filter", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def basic(value: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(value.encode()).decode()}
+
+    assert status({}) == 401
+    assert status(basic("fleet:wrong")) == 401
+    assert status(basic(secret)) == 200

@@ -14,15 +14,12 @@ Either way the campaign completes with every image once, each matching its sha25
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +33,7 @@ from adapters.infra.local_s3 import free_port
 from adapters.steps import publish
 from adapters.steps.heartbeats import read_beats
 from tasks.layout import AssetsLayout
-from tests.helpers import CLI, ROOT
+from tests.helpers import CLI, ROOT, check_api_auth
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -137,7 +134,7 @@ def test_a_server_restart_then_a_database_restart_mid_campaign_lose_no_shard(s3_
 
     try:
         stack.start_server()
-        _check_auth(stack.api_url, secret)
+        check_api_auth(stack.api_url, secret)
         stack.register_task_storage(f"{assets}/_prefect/tasks")
         stack.start_gpu_worker("gpu-1")
         with open(log_file, "wb") as out:
@@ -166,25 +163,6 @@ def test_a_server_restart_then_a_database_restart_mid_campaign_lose_no_shard(s3_
     written = [p.read_bytes() for p in tmp_path.rglob("*.log")] + [store.get(o.uri) for o in store.list(f"{assets}/")]
     assert len(written) > IMAGES
     assert not [s for s in secrets for blob in written if s in blob]
-
-
-def _check_auth(api_url: str, secret: str) -> None:
-    """The API refuses a request without the auth string, and a wrong one; it takes the right one."""
-    def status(headers: dict[str, str]) -> int:
-        request = urllib.request.Request(f"{api_url}/flows/filter", data=b"{}", method="POST",
-                                         headers={"Content-Type": "application/json", **headers})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-
-    def basic(value: str) -> dict[str, str]:
-        return {"Authorization": "Basic " + base64.b64encode(value.encode()).decode()}
-
-    assert status({}) == 401
-    assert status(basic("fleet:wrong")) == 401
-    assert status(basic(secret)) == 200
 
 
 def test_a_campaign_whose_worker_dies_is_rerun_by_its_deployment_and_makes_every_image_once(
