@@ -303,10 +303,13 @@ def test_a_fleet_of_hosts_that_share_nothing_but_the_network(model_cache, monkey
         assert "cannot reach S3 endpoint" in fleet.log("gpu-host-1"), fleet.log("gpu-host-1")[-3000:]
         _every_image_once(store, assets, "fleet", IMAGES, {"gpu-host-1", "gpu-host-2"})
 
-        # The server killed while the next campaign's first shards run, and started again.
+        # The server killed while the next campaign's first two shards run (two more wait in its memory), and
+        # started again.
         store.put(f"{catalog}/campaigns/restart.yaml", RESTART_CAMPAIGN.encode())
         run = fleet.campaign("restart", "campaign-restart", common)
-        _wait(lambda: _beats(store, assets, "restart"), 300, "the restart campaign's first shard", run)
+        # Both hosts take a shard of it, the one whose link was cut included: it came back by itself.
+        _wait(lambda: {b.worker for b in _beats(store, assets, "restart")} == {"gpu-host-1", "gpu-host-2"}, 300,
+              "a shard of the restart campaign on each GPU host", run)
         before = {b.task_run_id for b in _beats(store, assets, "restart")}
         fleet.kill_server()
         fleet.stack.start_server()
@@ -315,7 +318,6 @@ def test_a_fleet_of_hosts_that_share_nothing_but_the_network(model_cache, monkey
               "a shard started after the server's restart", run)
         print(f"fleet: {time.monotonic() - answered:.1f} s from the restarted server answering to the next shard starting")
         assert run.wait(timeout=600) == 0, fleet.log("campaign-restart")[-4000:]
-        # Both hosts served this campaign: the one whose link was cut came back by itself.
         _every_image_once(store, assets, "restart", 2 * IMAGES, {"gpu-host-1", "gpu-host-2"})
         objects = [store.get(o.uri) for o in store.list(assets + "/")]  # read while the S3 server host is up
     finally:
