@@ -140,9 +140,10 @@ def commit(lake: Lake, table: str, rows: Sequence[dict], *, run_date: str | date
 def commit_arrow(lake: Lake, table: str, data: pa.Table, *, txn: str) -> Committed:
     """`commit` for rows already in Arrow, in `table_schema(table)` (the `run_date` column filled)."""
     uri = lake.uri(table)
+    written = False
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         if (version := landed_version(lake, table, txn)) is not None:
-            return Committed(table, uri, version, data.num_rows, again=True)
+            return Committed(table, uri, version, data.num_rows, again=not written)
         try:
             write_deltalake(uri, data, mode="append", partition_by=[PARTITION], schema_mode="merge",
                             storage_options=lake.options,
@@ -155,8 +156,14 @@ def commit_arrow(lake: Lake, table: str, data: pa.Table, *, txn: str) -> Committ
                 raise
             time.sleep(0.05 * attempt)
             continue
-        return Committed(table, uri, landed_version(lake, table, txn), data.num_rows)
-    raise AssertionError("unreachable")
+        written = True
+        if (version := landed_version(lake, table, txn)) is not None:
+            return Committed(table, uri, version, data.num_rows)
+        # Written, yet not in the table's log: another writer's commit of the same version replaced its log
+        # entry (a store whose conditional put is not atomic under concurrent writers, as the embedded S3
+        # server's). Never report a commit without its version: look again, and write again if it is not there.
+        time.sleep(0.2 * attempt)
+    raise CommitFailedError(f"{table}: commit {txn} did not land in {COMMIT_ATTEMPTS} attempts")
 
 
 def read(lake: Lake, table: str, *, version: int | None = None, as_of: datetime | None = None,
