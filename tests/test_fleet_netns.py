@@ -143,7 +143,7 @@ class Fleet:
         self.postgres.start()
         self.stack.database_url = self.postgres.url
         (self.folder / "logs").mkdir(exist_ok=True)
-        self.procs.append(self._spawn("srv", [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p",
+        self.procs.append(self._spawn("srv", [sys.executable, "-m", "adapters.infra.s3_server", "-H", "0.0.0.0", "-p",
                                               str(self.s3_port)], child_env(self.credentials), ROOT, "s3"))
         store = S3Store.from_settings(Settings(s3_endpoint=f"http://{self.net.server_ip()}:{self.s3_port}"))
         deadline = time.monotonic() + 60

@@ -230,3 +230,21 @@ def test_parallel_each_holds_a_bounded_part_of_a_stream_and_raises_a_calls_error
 
     with pytest.raises(OSError, match="item 7"):
         parallel_each(broken, iter(range(50)), workers=4)
+
+
+def test_the_embedded_server_lets_one_of_many_conditional_writers_win(store, fresh_bucket):
+    """As on S3: of writers putting one key with If-None-Match at once, exactly one wins (Delta commits and claims
+    rely on it); moto alone checks and writes apart, so two could both win."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(args):
+        key, writer = args
+        try:
+            store.put(f"s3://{fresh_bucket}/race/{key}", f"writer {writer}".encode(), if_absent=True)
+            return key
+        except FileExistsError:
+            return None
+
+    with ThreadPoolExecutor(8) as pool:
+        won = [k for k in pool.map(attempt, [(k, w) for k in range(30) for w in range(8)]) if k is not None]
+    assert sorted(won) == list(range(30))  # one winner per key, never two

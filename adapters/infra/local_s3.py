@@ -70,7 +70,7 @@ class LocalS3Server:
         # so its output goes to a temporary file that is read only to explain a failure.
         self._log = tempfile.TemporaryFile(prefix="stylematrix-moto-")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            [sys.executable, "-m", "adapters.infra.s3_server", "-H", self.host, "-p", str(self.port)],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
