@@ -23,6 +23,7 @@ from adapters.infra.storage import ObjectStore
 from adapters.steps import publish, run_outputs
 from tasks.finish import with_finishes
 from tasks.layout import RunLayout
+from tasks.rows import Rows, compact
 from tasks.values import first_line, is_missing
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def remake_reports(store: ObjectStore, where: RunLayout) -> dict[str, Any]:
         raise FileNotFoundError(f"run {run_id}: no manifest under {where.assets.root}: it never committed, or lives "
                                 "elsewhere") from None
     (run,) = publish.read_table(store, manifest, "runs").to_dict("records")
-    rows = publish.read_table(store, manifest, "generations").to_dict("records")
+    rows = Rows(compact(publish.read_table_arrow(store, manifest, "generations")))  # columns, not dicts (tasks/rows.py)
     state = snapshots.load_snapshot(store, run["catalog"], run["snapshot_id"])
     used_products, used_styles = {r["product_id"] for r in rows}, {r["style_id"] for r in rows}
     products = [p for p in state.products if p.product_id in used_products]

@@ -203,11 +203,10 @@ def render_box(row: Mapping, size: tuple[int, int]) -> Box:
     return scale_box(box, (width, height), size)
 
 
-def with_finishes(rows: Sequence[Mapping], finishes: Sequence[Mapping]) -> list[dict]:
+def with_finishes(rows: Sequence[Mapping], finishes: Sequence[Mapping]) -> list[Mapping]:
     """The rows as the sheets and gallery show them: each finished image's size, file and checks beside its source.
 
     A row with no finished image is the row itself, not a copy (a run's rows are most of its memory); neither
     the sheets nor the gallery change a row."""
     by_source = {f["source_asset_id"]: f for f in finishes}
-    return [{**r, "finish": by_source[r["asset_id"]]} if r["asset_id"] in by_source
-            else r if isinstance(r, dict) else dict(r) for r in rows]
+    return [{**r, "finish": by_source[r["asset_id"]]} if r["asset_id"] in by_source else r for r in rows]

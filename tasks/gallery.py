@@ -188,13 +188,17 @@ def generation_params(r: Mapping) -> dict[str, str]:
 
 def varying_params(rows: Sequence[Mapping]) -> tuple[list[str], dict[str, str]]:
     """The parameter names whose text differs between the rows, and the text of those every row shares."""
-    per_row = [generation_params(r) for r in rows]
+    seen: dict[str, set[str | None]] = {name: set() for name, _, _ in _PARAMS}
+    for r in rows:  # a row's texts at a time: a run's rows' texts are never all held
+        own = generation_params(r)
+        for name, texts in seen.items():
+            texts.add(own.get(name))
     varying, shared = [], {}
     for name, _, _ in _PARAMS:
-        texts = {p.get(name) for p in per_row}
+        texts = seen[name]
         if len(texts) > 1:
             varying.append(name)
-        elif texts != {None}:
+        elif texts and texts != {None}:
             shared[name] = texts.pop()
     return varying, shared
 

@@ -35,6 +35,7 @@ from deltalake.transaction import CommitProperties, Transaction
 
 from adapters.infra.parquet_io import arrow_schema
 from tasks.layout import AssetsLayout
+from tasks.rows import Rows
 from tasks.tables import TABLES, to_frame
 
 if TYPE_CHECKING:
@@ -85,10 +86,14 @@ def table_schema(table: str) -> pa.Schema:
     return arrow_schema(TABLES[table]).append(pa.field(PARTITION, pa.date32()))
 
 
-def arrow_rows(table: str, rows: Sequence[dict], run_date: str | date) -> pa.Table:
-    """`rows` as an Arrow table of `table`'s schema, every row in partition `run_date`."""
-    frame = to_frame(table, rows)
-    data = pa.Table.from_pandas(frame, schema=arrow_schema(TABLES[table]), preserve_index=False)
+def arrow_rows(table: str, rows: Sequence[dict] | Rows, run_date: str | date) -> pa.Table:
+    """`rows` as an Arrow table of `table`'s schema, every row in partition `run_date`. Rows already in Arrow
+    (`tasks.rows.Rows`, as a run's `generations` rows are) are taken as they are, not copied through Python."""
+    schema = arrow_schema(TABLES[table])
+    if isinstance(rows, Rows):
+        data = rows.table.select(schema.names).cast(schema)
+    else:
+        data = pa.Table.from_pandas(to_frame(table, rows), schema=schema, preserve_index=False)
     day = date.fromisoformat(run_date) if isinstance(run_date, str) else run_date
     return data.append_column(pa.field(PARTITION, pa.date32()), pa.array([day] * data.num_rows, pa.date32()))
 
@@ -126,7 +131,7 @@ def landed_version(lake: Lake, table: str, txn: str) -> int | None:
     return found if found is not None else before
 
 
-def commit(lake: Lake, table: str, rows: Sequence[dict], *, run_date: str | date, txn: str) -> Committed:
+def commit(lake: Lake, table: str, rows: Sequence[dict] | Rows, *, run_date: str | date, txn: str) -> Committed:
     """Append `rows` to `table` in one Delta commit named `txn`, unless a commit of that name already landed.
 
     Raises ValueError for rows that do not fit the table's schema; CommitFailedError when the commit
@@ -209,7 +214,7 @@ def run_txn(run_id: str) -> str:
     return f"run:{run_id}"
 
 
-def commit_run(lake: Lake, run_id: str, run_date: str, rows: dict[str, Sequence[dict]]) -> dict[str, Committed]:
+def commit_run(lake: Lake, run_id: str, run_date: str, rows: dict[str, Sequence[dict] | Rows]) -> dict[str, Committed]:
     """Commit a run's rows, one commit per table in RUN_TABLES order; safe to call again after any failure."""
     return {table: commit(lake, table, rows.get(table, ()), run_date=run_date, txn=run_txn(run_id))
             for table in RUN_TABLES}

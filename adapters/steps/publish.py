@@ -118,12 +118,23 @@ def _entry(table: str, uri: str, data: bytes) -> dict:
 def read_staged(store: ObjectStore, parts: Sequence[dict], table: str,
                 columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The rows of `table` in staged parts (not yet committed): only `columns`, where named."""
-    frames = [read_parquet_bytes(store.get(p["uri"]), columns).to_pandas() for p in parts if p["table"] == table]
-    if not frames:
-        empty = arrow_schema(TABLES[table]).empty_table()
-        return (empty.select(list(columns)) if columns is not None else empty).to_pandas()
-    return pd.concat(frames, ignore_index=True)
+    return read_staged_arrow(store, parts, table, columns).to_pandas()
 
+
+def read_staged_arrow(store: ObjectStore, parts: Sequence[dict], table: str,
+                      columns: Sequence[str] | None = None) -> pa.Table:
+    """`read_staged` in Arrow, in `table`'s schema (a column a part lacks is null), in one chunk per column."""
+    schema = arrow_schema(TABLES[table])
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
+    tables = [read_parquet_bytes(store.get(p["uri"]), columns) for p in parts if p["table"] == table]
+    if not tables:
+        return schema.empty_table()
+    data = pa.concat_tables(tables, promote_options="permissive")
+    missing = [f for f in schema if f.name not in data.column_names]
+    for f in missing:
+        data = data.append_column(f, pa.nulls(data.num_rows, f.type))
+    return data.select(schema.names).cast(schema).combine_chunks()
 
 
 def put_text(store: ObjectStore, uri: str, text: str, content_type: str) -> None:
@@ -155,13 +166,18 @@ def published_asset_ids(store: ObjectStore, assets: AssetsLayout) -> set[str]:
 
 def read_table(store: ObjectStore, manifest: dict, table: str) -> pd.DataFrame:
     """A committed run's rows of one table, as of the version its commit made (the newest for a migrated run)."""
+    return read_table_arrow(store, manifest, table).to_pandas()
+
+
+def read_table_arrow(store: ObjectStore, manifest: dict, table: str) -> pa.Table:
+    """`read_table` in Arrow."""
     assets = AssetsLayout.at(manifest.get("assets") or _assets_of(manifest))
     committed = {t["table"]: t for t in manifest.get("tables", [])}
     version = committed[table]["version"] if table in committed else None
     if table in committed and version is None:  # the run had no rows for it
-        return arrow_schema(TABLES[table]).empty_table().to_pandas()
+        return arrow_schema(TABLES[table]).empty_table()
     rows = lake.read(lake.Lake.of(store, assets), table, version=version, where=("run_id", manifest["run_id"]))
-    return rows.drop_columns([lake.PARTITION]).to_pandas()
+    return rows.drop_columns([lake.PARTITION])
 
 
 def _assets_of(manifest: dict) -> str:

@@ -11,6 +11,8 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from adapters.catalog.images import load_image
@@ -24,6 +26,7 @@ from tasks.channels import channel_of, outline_layout, row_layout
 from tasks.consistency import CAMPAIGN, selected_spreads
 from tasks.gallery import Gallery, iter_gallery_files
 from tasks.layout import RunLayout, key_of
+from tasks.rows import Rows, compact
 from tasks.select import OUTCOME, select_images
 from tasks.sheets import contact_sheet, overview_lines, overview_sheet, sheet_pages, tile_for
 
@@ -43,20 +46,21 @@ class Reports:
 
 
 def select_run(store: ObjectStore, parts: Sequence[dict], selection: Selection,
-               owned: Collection[str] | None = None) -> list[dict]:
+               owned: Collection[str] | None = None) -> Rows:
     """The run's `generations` rows from its staged parts, each with its outcome decided across the run.
 
     With `owned`, only those asset ids stay (the run holds their claims as it commits; another run
-    that took a claim over records that asset instead).
+    that took a claim over records that asset instead). The rows stay in Arrow (`tasks.rows`): the
+    table they are committed from is this one, with the outcome columns set.
     """
-    rows = publish.read_staged(store, parts, "generations").to_dict("records")
+    table = publish.read_staged_arrow(store, parts, "generations")
     if owned is not None:
-        keep = set(owned)
-        rows = [r for r in rows if r["asset_id"] in keep]
-    if rows:
-        for row, outcome in zip(rows, select_images(rows, selection), strict=True):
-            row.update({k: outcome[k] for k in OUTCOME})
-    return rows
+        table = table.filter(pc.is_in(table.column("asset_id"), value_set=pa.array(list(owned), pa.string())))
+    rows = Rows(compact(table))
+    if not rows:
+        return rows
+    outcomes = select_images(rows, selection)
+    return rows.with_columns({k: [o[k] for o in outcomes] for k in OUTCOME})
 
 
 def write_sheets(store: ObjectStore, reports: Reports, rows: Sequence[dict], products: Sequence[Product],
