@@ -46,6 +46,7 @@ TXN_KEY = "stylematrix.txn"  # commit metadata: the app transaction a commit car
 COMMIT_ATTEMPTS = 5
 # What a commit names in the history it searches for its own version: far more than commit at once.
 HISTORY_WINDOW = 200
+BATCH_ROWS = 8192  # rows cast to the table's types at a time as a commit writes them
 
 
 @dataclass(frozen=True)
@@ -87,15 +88,24 @@ def table_schema(table: str) -> pa.Schema:
 
 
 def arrow_rows(table: str, rows: Sequence[dict] | Rows, run_date: str | date) -> pa.Table:
-    """`rows` as an Arrow table of `table`'s schema, every row in partition `run_date`. Rows already in Arrow
-    (`tasks.rows.Rows`, as a run's `generations` rows are) are taken as they are, not copied through Python."""
+    """`rows` as an Arrow table of `table`'s columns, every row in partition `run_date`.
+
+    Rows already in Arrow (`tasks.rows.Rows`, as a run's `generations` rows are) are taken as they are, not
+    copied through Python; their repeated strings stay dictionary-encoded (`commit_arrow` casts them to the
+    table's schema a batch at a time)."""
     schema = arrow_schema(TABLES[table])
     if isinstance(rows, Rows):
-        data = rows.table.select(schema.names).cast(schema)
+        data = rows.table.select(schema.names)
     else:
         data = pa.Table.from_pandas(to_frame(table, rows), schema=schema, preserve_index=False)
     day = date.fromisoformat(run_date) if isinstance(run_date, str) else run_date
     return data.append_column(pa.field(PARTITION, pa.date32()), pa.array([day] * data.num_rows, pa.date32()))
+
+
+def in_batches(data: pa.Table, schema: pa.Schema) -> pa.RecordBatchReader:
+    """`data` in `schema`, cast a batch of BATCH_ROWS at a time: a run's rows are never copied whole."""
+    return pa.RecordBatchReader.from_batches(
+        schema, (batch.cast(schema) for batch in data.to_batches(max_chunksize=BATCH_ROWS)))
 
 
 def open_table(lake: Lake, table: str, version: int | None = None, as_of: datetime | None = None) -> DeltaTable | None:
@@ -143,14 +153,15 @@ def commit(lake: Lake, table: str, rows: Sequence[dict] | Rows, *, run_date: str
 
 
 def commit_arrow(lake: Lake, table: str, data: pa.Table, *, txn: str) -> Committed:
-    """`commit` for rows already in Arrow, in `table_schema(table)` (the `run_date` column filled)."""
+    """`commit` for rows already in Arrow, with `table_schema(table)`'s columns (the `run_date` column filled),
+    in its types or types that cast to them."""
     uri = lake.uri(table)
     written = False
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         if (version := landed_version(lake, table, txn)) is not None:
             return Committed(table, uri, version, data.num_rows, again=not written)
         try:
-            write_deltalake(uri, data, mode="append", partition_by=[PARTITION], schema_mode="merge",
+            write_deltalake(uri, in_batches(data, table_schema(table)), mode="append", partition_by=[PARTITION], schema_mode="merge",
                             storage_options=lake.options,
                             commit_properties=CommitProperties(app_transactions=[Transaction(app_id=txn, version=1)],
                                                                custom_metadata={TXN_KEY: txn}))
