@@ -1,10 +1,13 @@
-"""flows/ orchestrates: every function fits one screen, every Prefect task has a name of its own, and the
-runs row the campaign commits is a typed model with exactly the `runs` table's columns."""
+"""flows/ orchestrates: every function fits one screen, every Prefect task has a name of its own, the
+runs row the campaign commits is a typed model with exactly the `runs` table's columns, and loading the flows
+loads no model library."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,3 +77,17 @@ def test_the_runs_row_model_has_exactly_the_runs_columns_in_order():
         RunRow(**fields, images_made=3)  # a column the table does not have
     with pytest.raises(ValueError, match="run_id"):
         RunRow(**{k: v for k, v in fields.items() if k != "run_id"})
+
+
+def test_flows_load_without_torch_until_a_model_runs():
+    """A review, a catalog refresh, the CLI and a fleet's campaign process (its shards on GPU workers) never run
+    a model: loading their flows must not import torch (about 0.5 GB and 1.5 CPU seconds per process)."""
+    code = ("import sys; import flows.campaign, flows.review, flows.catalog, flows.style_scan, flows.gpu_worker, "
+            "flows.serve, flows.cli, flows.fleet\n"
+            "from adapters.infra.settings import Settings\n"
+            "from adapters.model.engine import get_engine, model_identity\n"
+            "assert model_identity('sim', Settings())[2] == 'sim' and get_engine('sim', Settings())\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"loaded by importing the flows: {done.stdout.strip()}"

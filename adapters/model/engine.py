@@ -17,14 +17,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image, ImageOps
 
 from adapters.infra.settings import Settings
 from adapters.model.draws import Draw, checked_draws
 from tasks.canny import canvas_kinds, cover_canvas, pad_to_square
+
+if TYPE_CHECKING:  # torch is imported where a model runs: planning, reviews and a fleet's campaign never load it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class StyleInput:
 
 def resolve_device(setting: str) -> str:
     """`auto` picks CUDA, then MPS, then CPU."""
+    import torch
     if setting != "auto":
         return setting
     if torch.cuda.is_available():
@@ -97,6 +100,7 @@ def resolve_device(setting: str) -> str:
 
 def resolve_dtype(setting: str, device: str) -> torch.dtype:
     """`auto` is float16 on an accelerator and float32 on the CPU (half precision is slow there)."""
+    import torch
     if setting != "auto":
         return getattr(torch, setting)
     return torch.float32 if device == "cpu" else torch.float16
@@ -171,6 +175,7 @@ def apply_options(pipe, options: EngineOptions) -> EngineOptions:
     `fuse_qkv_projections` puts one plain fused processor on every layer, which silently drops
     the adapter.
     """
+    import torch
     cuda = str(pipe.device).startswith("cuda")
     compiled = cuda and (options.compile or options.cuda_graphs)
     effective = replace(options, fuse_qkv=options.fuse_qkv and options.sdpa, compile=compiled,
@@ -279,6 +284,7 @@ class Engine:
 
     def _encode(self, k: int, images: Sequence[Image.Image], weights: Sequence[float], combine: str,
                 negative: Image.Image | None, cfg: bool) -> torch.Tensor:
+        import torch
         from diffusers.models.embeddings import ImageProjection
 
         projection = self.pipe.unet.encoder_hid_proj.image_projection_layers[k]
@@ -299,6 +305,7 @@ class Engine:
 
     def prompt_embeds(self, prompt: str, negative: str, cfg: bool) -> tuple[torch.Tensor | None, ...]:
         """Text embeddings of one (prompt, negative prompt) pair, cached: (pos, neg) or SDXL's (pos, neg, pooled, neg pooled)."""
+        import torch
         key = (prompt, negative, cfg)
         if key in self._prompt_embeds:
             self._prompt_embeds.move_to_end(key)
@@ -376,6 +383,7 @@ class Engine:
             return self._generate_split(dict(canvases), style, draws, params)
 
     def _generate_split(self, canvases, style, draws: list[Draw], params) -> list[Image.Image]:
+        import torch
         try:
             return self._call(canvases, style, draws, params)
         except torch.cuda.OutOfMemoryError:
@@ -394,6 +402,7 @@ class Engine:
         return self.options
 
     def _call(self, canvases, style, draws: list[Draw], params) -> list[Image.Image]:
+        import torch
         if self.options is not None and not self.options.cache_embeddings:
             # Every call embeds its prompts and references again, as a plain pipeline call does.
             self._image_embeds.clear()
@@ -442,6 +451,7 @@ class Engine:
         return images
 
     def _prompt_kwargs(self, draws: Sequence[Draw], cfg: bool) -> dict[str, Any]:
+        import torch
         embeds = [self.prompt_embeds(d.prompt, d.negative, cfg) for d in draws]
         names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
         kwargs = {}
@@ -489,6 +499,7 @@ def control_embedded_once(controlnet) -> Iterator[None]:
     row and every step sees the same image. Here the first call of a call embeds one row and
     the rest reuse it; a batch whose rows differ is embedded as given.
     """
+    import torch
     nets = getattr(controlnet, "nets", [controlnet])
     embedders = [net.controlnet_cond_embedding for net in nets]
     for embedder in embedders:
@@ -529,15 +540,16 @@ def get_engine(profile_name: str, settings: Settings) -> Engine:
     from adapters.model.weights import load_pipeline, profile_revision
     from catalogs import load_profiles
 
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
     global _LOADS
+    profile = load_profiles()[profile_name]  # a run's profile is checked where its request is applied
+    sim = profile.pipeline == "sim"  # no torch: not even to find the device
+    device = "sim" if sim else resolve_device(settings.device)
+    dtype = None if sim else resolve_dtype(settings.dtype, device)
     key = (profile_name, device, dtype, str(settings.model_cache))
     with _ENGINES_LOCK:
         if key not in _ENGINES:
             _LOADS += 1
-            profile = load_profiles()[profile_name]  # a run's profile is checked where its request is applied
-            if profile.pipeline == "sim":
+            if sim:
                 from adapters.model.sim_engine import SimEngine
 
                 _ENGINES[key] = SimEngine(profile=profile_name, seconds_per_image=settings.sim_seconds_per_image,
