@@ -18,7 +18,7 @@ from PIL import Image
 from adapters.catalog.images import load_image
 from adapters.infra import lake
 from adapters.infra.fonts import sheet_font
-from adapters.infra.storage import ObjectStore, parallel_each, parallel_map
+from adapters.infra.storage import PARALLEL_CALLS, ObjectStore, parallel_each, parallel_map
 from adapters.steps import publish
 from catalogs.models import CHANNEL_AXIS, Product, Selection, StyleSet
 from tasks.canny import control_name
@@ -31,6 +31,7 @@ from tasks.select import OUTCOME, select_images
 from tasks.sheets import contact_sheet, overview_lines, overview_sheet, sheet_pages, tile_for
 
 SHEET_TILE = 160  # pixels of a contact sheet tile's long side
+PAGES_AT_ONCE = 2  # contact sheet pages drawn at once
 OVERVIEW = "overview.jpg"  # the campaign's overview sheet, beside the contact sheets (no product sheet lacks `__`)
 
 
@@ -99,7 +100,8 @@ def write_sheets(store: ObjectStore, reports: Reports, rows: Sequence[dict], pro
         if control:
             header.append(("canny", pictures[control]))
         header += [(ref.key.rsplit("/", 1)[-1].rsplit(".", 1)[0], pictures[ref.key]) for ref in style.references]
-        shown = parallel_map(output, ordered)  # only this page's images are held
+        # Only this page's images are held; the pages at once share the store's connections between them.
+        shown = parallel_map(output, ordered, workers=PARALLEL_CALLS // PAGES_AT_ONCE)
         tiles = _tiles(ordered, shown, channel)
         selected = sum(bool(r.get("selected")) for r in members)
         where = f"{product_id} x {style_id}" + (f" · {channel} {members[0]['width']}x{members[0]['height']}"
@@ -121,7 +123,7 @@ def write_sheets(store: ObjectStore, reports: Reports, rows: Sequence[dict], pro
         pages += [(group, [ordered[i] for i in page], n, len(split)) for n, page in enumerate(split, start=1)]
     # PIL drops the GIL while it resizes and encodes: two pages at a time use two cores, and only
     # two pages' images are held at once.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sheets") as pool:
+    with ThreadPoolExecutor(max_workers=PAGES_AT_ONCE, thread_name_prefix="sheets") as pool:
         return dict(pool.map(one, pages))
 
 
