@@ -1,5 +1,6 @@
-"""A run's rows held as columns (tasks/rows.py): they read as the dicts the run's code was written against,
-selection and the commit give what they gave on dicts, and they hold a fraction of the dicts' memory."""
+"""A run's rows held as columns (tasks/rows.py): read from its parts a few at a time, they read as the dicts the
+run's code was written against, selection and the commit give what they gave on dicts, and they hold a fraction
+of the dicts' memory."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from adapters.infra import lake
 from adapters.infra.parquet_io import arrow_schema
+from adapters.steps import publish, run_outputs
 from catalogs.models import Selection
 from tasks.rows import Rows, compact
 from tasks.select import OUTCOME, select_images
@@ -145,3 +147,30 @@ def test_a_runs_rows_hold_a_fraction_of_the_memory_of_dicts():
         tracemalloc.stop()
     assert as_columns < as_dicts / 2, (as_columns, as_dicts)
     print(as_columns, as_dicts)
+
+
+class PartsStore:
+    """Staged parts in memory, by URI: what `select_run` reads."""
+
+    def __init__(self, parts: dict[str, bytes]) -> None:
+        self.parts = parts
+
+    def get(self, uri: str) -> bytes:
+        return self.parts[uri]
+
+
+def test_a_runs_rows_are_read_from_its_parts_a_few_at_a_time_in_order_and_only_those_it_owns(monkeypatch):
+    monkeypatch.setattr(publish, "STAGED_CHUNK", 2)  # five parts joined in three chunks
+    dicts = generations(50)
+    store = PartsStore({f"s3://a/part-{i}.parquet": publish.table_bytes("generations", dicts[i * 10:(i + 1) * 10])
+                        for i in range(5)})
+    parts = [{"table": "generations", "uri": uri} for uri in store.parts]
+    owned = [d["asset_id"] for d in dicts if d["seed"] % 5]  # another run took every fifth image over
+    selection = Selection(weights={"edge_f1": 1.0, "sharpness": 0.5}, top_k=2)
+    rows = run_outputs.select_run(store, parts, selection, owned)
+    assert [r["asset_id"] for r in rows] == owned
+    mine = [d for d in dicts if d["seed"] % 5]
+    expected = select_images(arrow_of(mine).to_pandas().to_dict("records"), selection)
+    assert [r["selected"] for r in rows] == [o["selected"] for o in expected]
+    assert [r["rank_in_product"] for r in rows if r["selected"]] == [o["rank_in_product"] for o in expected if o["selected"]]
+    assert sum(r["selected"] for r in rows) == 2 * 3  # top 2 of each of three products

@@ -6,7 +6,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +20,8 @@ from adapters.infra.storage import ObjectStore, parallel_map
 from tasks import layout
 from tasks.layout import AssetsLayout, RunLayout
 from tasks.tables import TABLES, Published, to_frame
+
+STAGED_CHUNK = 64  # staged parts joined into one chunk as they are read
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -121,20 +123,30 @@ def read_staged(store: ObjectStore, parts: Sequence[dict], table: str,
     return read_staged_arrow(store, parts, table, columns).to_pandas()
 
 
-def read_staged_arrow(store: ObjectStore, parts: Sequence[dict], table: str,
-                      columns: Sequence[str] | None = None) -> pa.Table:
-    """`read_staged` in Arrow, in `table`'s schema (a column a part lacks is null), in one chunk per column."""
+def read_staged_arrow(store: ObjectStore, parts: Sequence[dict], table: str, columns: Sequence[str] | None = None,
+                      keep: Callable[[pa.Table], pa.Table] | None = None) -> pa.Table:
+    """`read_staged` in Arrow, in `table`'s schema (a column a part lacks is null); `keep` narrows each part as
+    it is read. The parts are joined STAGED_CHUNK at a time: a run's parts are never all held as read (a
+    shard's part is a few dozen rows: as many small chunks cost more than the rows)."""
     schema = arrow_schema(TABLES[table])
     if columns is not None:
         schema = pa.schema([schema.field(c) for c in columns])
-    tables = [read_parquet_bytes(store.get(p["uri"]), columns) for p in parts if p["table"] == table]
-    if not tables:
-        return schema.empty_table()
-    data = pa.concat_tables(tables, promote_options="permissive")
-    missing = [f for f in schema if f.name not in data.column_names]
-    for f in missing:
-        data = data.append_column(f, pa.nulls(data.num_rows, f.type))
-    return data.select(schema.names).cast(schema).combine_chunks()
+    wanted = [p for p in parts if p["table"] == table]
+    chunks = []
+    for start in range(0, len(wanted), STAGED_CHUNK):
+        read = [_conform(read_parquet_bytes(store.get(p["uri"]), columns), schema)
+                for p in wanted[start:start + STAGED_CHUNK]]
+        chunk = pa.concat_tables(read).combine_chunks()
+        chunks.append(keep(chunk) if keep is not None else chunk)
+    return pa.concat_tables(chunks) if chunks else schema.empty_table()
+
+
+def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A part in `schema`: its columns in order and type, a column it lacks null."""
+    for field in schema:
+        if field.name not in data.column_names:
+            data = data.append_column(field, pa.nulls(data.num_rows, field.type))
+    return data.select(schema.names).cast(schema)
 
 
 def put_text(store: ObjectStore, uri: str, text: str, content_type: str) -> None:

@@ -54,9 +54,10 @@ def select_run(store: ObjectStore, parts: Sequence[dict], selection: Selection,
     that took a claim over records that asset instead). The rows stay in Arrow (`tasks.rows`): the
     table they are committed from is this one, with the outcome columns set.
     """
-    table = publish.read_staged_arrow(store, parts, "generations")
-    if owned is not None:
-        table = table.filter(pc.is_in(table.column("asset_id"), value_set=pa.array(list(owned), pa.string())))
+    kept = None if owned is None else pa.array(list(owned), pa.string())
+    table = publish.read_staged_arrow(
+        store, parts, "generations",
+        keep=None if kept is None else lambda part: part.filter(pc.is_in(part.column("asset_id"), value_set=kept)))
     rows = Rows(compact(table))
     if not rows:
         return rows
