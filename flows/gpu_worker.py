@@ -38,7 +38,7 @@ from adapters.infra.code_version import code_version
 from adapters.infra.processes import signals_interrupt
 from adapters.infra.settings import get_settings
 from adapters.infra.storage import S3Store
-from adapters.model.engine import engine_loads
+from adapters.model.engine import engine_loads, import_torch
 from adapters.steps.heartbeats import Beat, Heartbeat
 from flows.fleet import presence_key
 from flows.progress import Progress
@@ -121,6 +121,7 @@ def main() -> None:
     # SIGINT, SIGTERM and SIGHUP stop it, even where it was started with SIGINT ignored (in the background of a
     # non-interactive shell), as a campaign's stack and the tests stop it.
     with contextlib.suppress(KeyboardInterrupt), signals_interrupt():
+        import_torch()  # before it asks for shards: importing the flows imports none (a fleet's campaign runs no model)
         asyncio.run(serve())
 
 

@@ -527,6 +527,11 @@ _ENGINES_LOCK = threading.Lock()
 _LOADS = 0  # pipelines this process has loaded: a warm GPU worker reports it with every shard
 
 
+def import_torch() -> None:
+    """Import torch now: a GPU worker does as it starts, so that its first shard does not wait for it."""
+    import torch  # noqa: F401
+
+
 def engine_loads() -> int:
     """How many times this process has loaded a pipeline (once per profile, device and dtype it served)."""
     return _LOADS
