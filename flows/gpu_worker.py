@@ -121,7 +121,7 @@ def main() -> None:
     # SIGINT, SIGTERM and SIGHUP stop it, even where it was started with SIGINT ignored (in the background of a
     # non-interactive shell), as a campaign's stack and the tests stop it.
     with contextlib.suppress(KeyboardInterrupt), signals_interrupt():
-        import_torch()  # before it asks for shards: importing the flows imports none (a fleet's campaign runs no model)
+        import_torch()  # before it asks for shards: importing the flows imports none
         asyncio.run(serve())
 
 

@@ -80,8 +80,8 @@ def test_the_runs_row_model_has_exactly_the_runs_columns_in_order():
 
 
 def test_flows_load_without_torch_until_a_model_runs():
-    """A review, a catalog refresh, the CLI and a fleet's campaign process (its shards on GPU workers) never run
-    a model: loading their flows must not import torch (about 0.5 GB and 1.5 CPU seconds per process)."""
+    """A review, a catalog refresh, `serve` and the CLI never run a model: loading the flows must not import torch
+    (about 0.5 GB and 1.5 CPU seconds per process). Asking for the `sim` engine must not either."""
     code = ("import sys; import flows.campaign, flows.review, flows.catalog, flows.style_scan, flows.gpu_worker, "
             "flows.serve, flows.cli, flows.fleet\n"
             "from adapters.infra.settings import Settings\n"

@@ -25,7 +25,7 @@ from adapters.infra.settings import Settings
 from adapters.model.draws import Draw, checked_draws
 from tasks.canny import canvas_kinds, cover_canvas, pad_to_square
 
-if TYPE_CHECKING:  # torch is imported where a model runs: planning, reviews and a fleet's campaign never load it
+if TYPE_CHECKING:  # torch is imported where a model runs: importing this module (and the flows) loads none
     import torch
 
 log = logging.getLogger(__name__)
