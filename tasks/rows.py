@@ -120,6 +120,14 @@ class Row(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._rows.names)
 
+    # A row is one row of one run: equal to itself only, and usable as a key. (A mapping's own equality would
+    # compare every column, and an embedding's array has no single truth value.)
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Row) and other._rows is self._rows and other._i == self._i
+
+    def __hash__(self) -> int:
+        return hash((id(self._rows), self._i))
+
     def __repr__(self) -> str:
         return f"Row({dict(self)!r})"
 

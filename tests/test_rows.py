@@ -74,6 +74,7 @@ def test_a_row_reads_as_pandas_hands_the_same_row_back(compacted):
     assert math.isnan(rows[0]["rank_in_cell"])  # an integer column with a missing value reads as floats, as in pandas
     assert rows[-1]["asset_id"] == f"{39:064x}" and rows[2:4][1]["seed"] == 3
     assert rows[1].get("no such column", "default") == "default" and "seed" in rows[1]
+    assert rows[5] == rows[5] and rows[5] != rows[6] and len({rows[5], rows[5], rows[6]}) == 2  # a row is itself
     with pytest.raises(KeyError):
         rows[1]["no such column"]
     with pytest.raises(IndexError):
@@ -146,7 +147,6 @@ def test_a_runs_rows_hold_a_fraction_of_the_memory_of_dicts():
     finally:
         tracemalloc.stop()
     assert as_columns < as_dicts / 2, (as_columns, as_dicts)
-    print(as_columns, as_dicts)
 
 
 class PartsStore:
