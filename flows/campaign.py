@@ -175,7 +175,7 @@ def generate_and_commit(store: S3Store, plan: RunPlan, settings: Settings) -> Ru
     with claims_handed_back(store, run, todo):
         generated = run_shards(shards, ctx, store, settings, ShardRuntime(progress, local_copy=plan.request.local_copy))
         # Record only what this run holds the claim of as it commits: another run may have taken one over.
-        owner = steps.claim_owners(store, run, todo, [i["asset_id"] for i in generated.images]) if todo else {}
+        owner = steps.claim_owners(store, run, todo, generated.asset_ids) if todo else {}
         generated = generated.owned_by(run_id, owner)
         out = publish_outputs(store, plan, ctx, generated)
         row = runs_row(plan, ctx, generated, out.rows, left_to={a: o for a, o in owner.items() if o not in ("", run_id)})
@@ -288,7 +288,7 @@ def publish_outputs(store: S3Store, plan: RunPlan, ctx: ShardContext, generated:
     spec, local_copy, failed = plan.spec, plan.request.local_copy, {}
     if not generated.parts:
         return Published()
-    rows = steps.select_run(store, generated.parts, spec.selection, [i["asset_id"] for i in generated.images])
+    rows = steps.select_run(store, generated.parts, spec.selection, generated.asset_ids)
     if not rows:
         return Published()
     metrics = cell_metrics(rows, run_id=ctx.run_id, campaign=spec.name)
@@ -315,7 +315,7 @@ def commit_run(store: S3Store, summary: RunSummary, tables: dict[str, list[dict]
     steps.write_manifest(store, ctx.run, {
         "schema_version": 3, "run_id": summary.run_id, "campaign": summary.campaign, "created_at": finished.isoformat(),
         "assets": ctx.run.assets.root, "run_date": ctx.run.run_date, "left_out": summary.left_out,
-        "tables": [c.entry() for c in committed.values()], "images": [*generated.images, *finished_images],
+        "tables": [c.entry() for c in committed.values()], "images": [*generated.images.to_pylist(), *finished_images],
         "gallery": summary.gallery, "sheets": summary.sheets, "controls": ctx.controls,
         "reports_failed": summary.reports_failed,
         "counts": summary.model_dump(include={"images_planned", "images_generated", "images_skipped",

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from uuid import UUID
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
@@ -53,12 +55,17 @@ class Generated:
     """What the shards published: their `generations` parts and images, and the generation phase's wall time."""
 
     parts: tuple[dict, ...]
-    images: tuple[dict, ...]  # asset_id, uri, sha256 of every image
+    images: pa.Table  # asset_id, uri, sha256 of every image: columns, not a dict per image
     wall_seconds: float
+
+    @property
+    def asset_ids(self) -> list[str]:
+        return self.images.column("asset_id").to_pylist()
 
     def owned_by(self, run_id: str, owner: dict[str, str]) -> Generated:
         """Only the images whose claim `run_id` holds (`owner`: asset id -> claim holder)."""
-        return replace(self, images=tuple(i for i in self.images if owner.get(i["asset_id"]) == run_id))
+        mine = pa.array([asset for asset, holder in owner.items() if holder == run_id], pa.string())
+        return replace(self, images=self.images.filter(pc.is_in(self.images.column("asset_id"), value_set=mine)))
 
 
 def run_shards(shards: Sequence[Shard], ctx: ShardContext, store: ObjectStore, settings: Settings,

@@ -22,10 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from tasks.rows import Columns
+
 PALETTE_COLOURS = 5
 PALETTE_PIXELS = 2048  # background pixels sampled for a palette and the lighting (all of them when fewer)
 KMEANS_ROUNDS = 12
 EMBEDDING_UNIT = 0.1  # cosine distance between unit CLIP embeddings
+UNIT_TOLERANCE = 1e-5  # an embedding this close to unit length (float32 rounding) is used as stored
 PALETTE_UNIT = 10.0  # CIEDE2000 (2.3 is just noticeable; 10 reads as another colour)
 LIGHTNESS_UNIT = 10.0  # L*, 0 (black) to 100 (white)
 MIRED_UNIT = 50.0  # 1e6 / kelvin: about a half CTO gel
@@ -39,7 +42,7 @@ CENTRE_SAMPLE = 64  # members the medoid palette is chosen among (their pairs: 6
 _SRGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Look:
     """What an image's consistency is measured on; a part an image lacks is None."""
 
@@ -210,9 +213,13 @@ def looks_of(rows: Sequence[dict]) -> list[Look]:
     for row, palette in zip(rows, parsed, strict=True):
         embedding = row.get("clip_embedding")
         if embedding is not None and len(embedding):
-            embedding = np.asarray(embedding, dtype=np.float64)
+            # Stored at unit length already (float32): kept as the view of the rows' column it is, not copied.
+            embedding = np.asarray(embedding) if isinstance(embedding, np.ndarray) else np.asarray(embedding, np.float64)
             norm = float(np.linalg.norm(embedding))
-            embedding = embedding / norm if norm > 0 else None
+            if norm <= 0:
+                embedding = None
+            elif abs(norm - 1.0) > UNIT_TOLERANCE:
+                embedding = embedding / norm
         else:
             embedding = None
         cct = number(row, "background_cct")
@@ -259,7 +266,7 @@ def centres_without(looks: Sequence[Look], owners: Sequence[str], wanted: Sequen
         if with_embedding:
             chosen = vectors if owner is None else vectors[embedding_owner != owner]
             if len(chosen):
-                mean = chosen.mean(axis=0)
+                mean = chosen.mean(axis=0, dtype=np.float64)
                 norm = float(np.linalg.norm(mean))
                 embedding = mean / norm if norm > 0 else None
         palette = weights = None
@@ -358,7 +365,7 @@ def mean_similarity(looks: Sequence[Look]) -> float | None:
     n = len(embeddings)
     if n < 2:
         return None
-    total = np.sum(embeddings, axis=0)
+    total = np.sum(embeddings, axis=0, dtype=np.float64)
     return float((total @ total - n) / (n * (n - 1)))
 
 
@@ -377,11 +384,11 @@ def group_of(row: dict, within: str) -> tuple[str | None, str | None]:
     return (row["style_id"] if within == STYLE_SET else None, channel_of(row))
 
 
-def measure(rows: Sequence[dict], looks: Sequence[Look], statuses: Sequence[str], within: str) -> list[dict]:
+def measure(rows: Sequence[dict], looks: Sequence[Look], statuses: Sequence[str], within: str) -> Columns:
     """Each row's consistency columns (`COLUMNS`): its distance to its group's centre, by component, and
     whether it is an outlier. The centre is that of the group's images that passed the gates (ok or
     duplicate); a failed image, or one without a look, gets nulls."""
-    out = [{**dict.fromkeys(COLUMNS), "consistency_outlier": False} for _ in rows]
+    out = Columns(len(rows), {**dict.fromkeys(COLUMNS), "consistency_outlier": False})
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
         if statuses[i] != "failed" and not looks[i].empty:
@@ -392,9 +399,9 @@ def measure(rows: Sequence[dict], looks: Sequence[Look], statuses: Sequence[str]
         measured = dict(zip(members, distances([looks[i] for i in members], centre), strict=True))
         fence = outliers([measured[i].combined for i in eligible])
         for i, d in measured.items():
-            out[i].update(consistency_distance=d.combined, embedding_distance=d.embedding,
-                          palette_distance=d.palette, lighting_distance=d.lighting, consistency_within=within,
-                          consistency_outlier=bool(fence is not None and d.combined is not None and d.combined > fence))
+            out.set(i, consistency_distance=d.combined, embedding_distance=d.embedding, palette_distance=d.palette,
+                    lighting_distance=d.lighting, consistency_within=within,
+                    consistency_outlier=bool(fence is not None and d.combined is not None and d.combined > fence))
     return out
 
 

@@ -132,6 +132,43 @@ class Row(Mapping[str, Any]):
         return f"Row({dict(self)!r})"
 
 
+class Columns(Sequence[dict]):
+    """Values that a step decides for each of `n` rows (selection's outcome, say), held as one Python list per
+    column: 8 bytes a row per column, and values that repeat (a status, an empty list) are one object. A row
+    reads as a new dict of its values; `set` changes a row's values in place; `lists` hands the columns on
+    whole (to `Rows.with_columns`), never as a dict per row."""
+
+    __slots__ = ("_n", "lists")
+
+    def __init__(self, n: int, defaults: Mapping[str, Any]) -> None:
+        self._n = n
+        self.lists: dict[str, list[Any]] = {name: [value] * n for name, value in defaults.items()}
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> dict: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[dict]: ...
+
+    def __getitem__(self, i: int | slice) -> dict | list[dict]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(f"row {i} of {self._n}")
+        return {name: values[i] for name, values in self.lists.items()}
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self[i] for i in range(self._n))
+
+    def set(self, i: int, **values: Any) -> None:
+        """Row `i`'s values of the named columns."""
+        for name, value in values.items():
+            self.lists[name][i] = value
+
+
 def python_values(column: pa.ChunkedArray | pa.Array) -> Sequence[Any]:
     """A column as Python values, as pandas' `to_dict("records")` hands them back; repeats are one object.
 

@@ -8,7 +8,6 @@ thousands and a cosine near 0.2 weigh only by their weights.
 
 from __future__ import annotations
 
-import itertools
 import operator
 from collections.abc import Callable, Sequence
 
@@ -19,6 +18,7 @@ from catalogs.models import SCORES, Selection, parse_gate
 from tasks import consistency
 from tasks.channels import channel_of
 from tasks.phash import HASH_BITS, hamming
+from tasks.rows import Columns
 from tasks.scores import duplicate_groups
 from tasks.tables import SCHEMA_VERSION
 from tasks.values import is_missing
@@ -72,8 +72,9 @@ def weighted_scores(rows: Sequence[dict], weights: dict[str, float]) -> list[flo
     return list(total / weight_sum) if weight_sum else [0.0] * len(rows)
 
 
-def select_images(rows: Sequence[dict], selection: Selection) -> list[dict]:
-    """The outcome of every row, in order: the columns named in `OUTCOME`.
+def select_images(rows: Sequence[dict], selection: Selection) -> Columns:
+    """The outcome of every row, in order: the columns named in `OUTCOME`, held as columns (`outcomes[i]` reads
+    row i's as a dict; `outcomes.lists` hands them on whole).
 
     Failed rows stay failed; gates come first, then, within each product, near-duplicates
     (background hashes within `duplicate_distance`) fold into their best-scored member; the
@@ -82,48 +83,41 @@ def select_images(rows: Sequence[dict], selection: Selection) -> list[dict]:
     the score also weighs each image's agreement with the other products' picks (`consistent_scores`).
     Last, every image's distance to its group's centre is measured (`tasks.consistency.measure`).
     """
-    outcomes = [
-        {"status": "failed" if r.get("status") == "failed" else "ok",
-         "status_reason": r.get("status_reason") if r.get("status") == "failed" else None,
-         "duplicate_of": None, "gates_failed": [], "score": None, "rank_in_cell": None, "rank_in_product": None,
-         "selected": False}
-        for r in rows
-    ]
-    for row, out in zip(rows, outcomes, strict=True):
-        if out["status"] != "ok":
-            continue
-        failed = failed_gates(row, selection.gates)
-        if failed:
-            out.update(status="gated", gates_failed=[g for g, _ in failed], status_reason="; ".join(e for _, e in failed))
-
+    outcomes = Columns(len(rows), {"status": "ok", "status_reason": None, "duplicate_of": None, "gates_failed": [],
+                                   "score": None, "rank_in_cell": None, "rank_in_product": None, "selected": False})
+    status, score = outcomes.lists["status"], outcomes.lists["score"]
     # A campaign's channels are placements of their own: each product x channel is ranked and selected apart.
     placements: dict[tuple, list[int]] = {}
-    for group in dict.fromkeys(_placement(r) for r in rows):
-        live = [i for i, r in enumerate(rows) if _placement(r) == group and outcomes[i]["status"] == "ok"]
-        for i, score in zip(live, weighted_scores([rows[i] for i in live], selection.weights), strict=True):
-            outcomes[i]["score"] = float(score)
+    for i, row in enumerate(rows):
+        live = placements.setdefault(_placement(row), [])
+        if row.get("status") == "failed":
+            outcomes.set(i, status="failed", status_reason=row.get("status_reason"))
+        elif failed := failed_gates(row, selection.gates):
+            outcomes.set(i, status="gated", gates_failed=[g for g, _ in failed], status_reason="; ".join(e for _, e in failed))
+        else:
+            live.append(i)
+    for live in placements.values():
+        for i, weighted in zip(live, weighted_scores([rows[i] for i in live], selection.weights), strict=True):
+            score[i] = float(weighted)
         _fold_duplicates(rows, outcomes, live, selection.duplicate_distance)
-        placements[group] = live
-    looks = consistency.looks_of([{} if o["status"] == "failed" else r for r, o in zip(rows, outcomes, strict=True)])
+    looks = consistency.looks_of([{} if s == "failed" else r for r, s in zip(rows, status, strict=True)])
     if selection.consistency is not None:
         consistent_scores(rows, outcomes, placements, looks, selection)
     for live in placements.values():
         ok = _ranked_ok(rows, outcomes, live)
         for rank, i in enumerate(ok, start=1):
-            outcomes[i].update(rank_in_product=rank, selected=rank <= selection.top_k)
+            outcomes.set(i, rank_in_product=rank, selected=rank <= selection.top_k)
         cells: dict[tuple, int] = {}
         for i in ok:
             key = (rows[i]["style_id"], rows[i]["cell_index"])
             cells[key] = cells.get(key, 0) + 1
-            outcomes[i]["rank_in_cell"] = cells[key]
+            outcomes.set(i, rank_in_cell=cells[key])
     within = selection.consistency.within if selection.consistency is not None else consistency.STYLE_SET
-    for out, measured in zip(outcomes, consistency.measure(rows, looks, [o["status"] for o in outcomes], within),
-                             strict=True):
-        out.update(measured)
+    outcomes.lists.update(consistency.measure(rows, looks, status, within).lists)
     return outcomes
 
 
-def consistent_scores(rows: Sequence[dict], outcomes: list[dict], placements: dict[tuple, list[int]],
+def consistent_scores(rows: Sequence[dict], outcomes: Columns, placements: dict[tuple, list[int]],
                       looks: Sequence[consistency.Look], selection: Selection) -> None:
     """Rescore the live images of every placement for quality and agreement, in rounds (in place).
 
@@ -140,9 +134,10 @@ def consistent_scores(rows: Sequence[dict], outcomes: list[dict], placements: di
     """
     assert selection.consistency is not None
     within, weight = selection.consistency.within, selection.consistency.weight
+    score = outcomes.lists["score"]
     live = [i for members in placements.values() for i in members]
     home = {i: (rows[i]["product_id"], consistency.group_of(rows[i], within)) for i in live}
-    quality = {i: outcomes[i]["score"] for i in live}
+    quality = {i: score[i] for i in live}
     in_use = {key: _weight_in_use([rows[i] for i in members], selection.weights) for key, members in placements.items()}
 
     def picks() -> set[int]:
@@ -156,7 +151,7 @@ def consistent_scores(rows: Sequence[dict], outcomes: list[dict], placements: di
                 continue  # nothing to agree with (one product, no looks): quality alone, as without the key
             for i in members:
                 agrees = 0.0 if agreement[i] is None else max(0.0, 1.0 - agreement[i] / AGREEMENT_SPAN)
-                outcomes[i]["score"] = (in_use[key] * quality[i] + weight * agrees) / (in_use[key] + weight)
+                score[i] = (in_use[key] * quality[i] + weight * agrees) / (in_use[key] + weight)
         again = picks()
         if again == chosen:
             break
@@ -184,19 +179,20 @@ def _weight_in_use(rows: Sequence[dict], weights: dict[str, float]) -> float:
     return sum(w for name, w in weights.items() if w > 0 and any(_value(r, name) is not None for r in rows))
 
 
-def _ranked_ok(rows: Sequence[dict], outcomes: Sequence[dict], members: Sequence[int]) -> list[int]:
-    return sorted((i for i in members if outcomes[i]["status"] == "ok"), key=lambda i: _best_first(rows, outcomes, i))
+def _ranked_ok(rows: Sequence[dict], outcomes: Columns, members: Sequence[int]) -> list[int]:
+    status = outcomes.lists["status"]
+    return sorted((i for i in members if status[i] == "ok"), key=lambda i: _best_first(rows, outcomes, i))
 
 
 def _placement(row: dict) -> tuple[str, str | None]:
     return row["product_id"], channel_of(row)
 
 
-def _best_first(rows: Sequence[dict], outcomes: Sequence[dict], i: int) -> tuple[float, str]:
-    return (-outcomes[i]["score"], rows[i]["asset_id"])
+def _best_first(rows: Sequence[dict], outcomes: Columns, i: int) -> tuple[float, str]:
+    return (-outcomes.lists["score"][i], rows[i]["asset_id"])
 
 
-def _fold_duplicates(rows: Sequence[dict], outcomes: list[dict], members: list[int], max_distance: int) -> None:
+def _fold_duplicates(rows: Sequence[dict], outcomes: Columns, members: list[int], max_distance: int) -> None:
     groups = duplicate_groups([rows[i].get("background_hash") for i in members], max_distance)
     by_group: dict[int, list[int]] = {}
     for i, group in zip(members, groups, strict=True):
@@ -206,17 +202,24 @@ def _fold_duplicates(rows: Sequence[dict], outcomes: list[dict], members: list[i
         keep, *repeats = sorted(group, key=lambda i: _best_first(rows, outcomes, i))
         for i in repeats:
             distance = hamming(rows[i]["background_hash"], rows[keep]["background_hash"])
-            outcomes[i].update(status="duplicate", duplicate_of=rows[keep]["asset_id"],
-                               status_reason=f"near-duplicate of {rows[keep]['asset_id']} (background hash distance {distance})")
+            outcomes.set(i, status="duplicate", duplicate_of=rows[keep]["asset_id"],
+                         status_reason=f"near-duplicate of {rows[keep]['asset_id']} (background hash distance {distance})")
 
 
 def diversity(hashes: Sequence[str | None]) -> float | None:
-    """Mean pairwise Hamming distance of the hashes, as a share of 64 bits; None under two hashes."""
-    present = [h for h in hashes if h]
-    if len(present) < 2:
+    """Mean pairwise Hamming distance of the hashes, as a share of 64 bits; None under two hashes.
+
+    Counted bit by bit, not pair by pair: a bit that is set in `c` of `n` hashes differs in `c * (n - c)`
+    pairs. The same sum as every pair compared, in time and memory linear in the hashes (a cell of a large
+    run has thousands of images: millions of pairs).
+    """
+    present = [int(h, 16) for h in hashes if h]
+    n = len(present)
+    if n < 2:
         return None
-    pairs = list(itertools.combinations(present, 2))
-    return sum(hamming(a, b) for a, b in pairs) / len(pairs) / HASH_BITS
+    bits = np.array(present, dtype=np.uint64)
+    ones = np.array([int(np.count_nonzero((bits >> np.uint64(b)) & np.uint64(1))) for b in range(HASH_BITS)])
+    return int((ones * (n - ones)).sum()) / (n * (n - 1) // 2) / HASH_BITS
 
 
 def cell_metrics(rows: Sequence[dict], *, run_id: str, campaign: str) -> list[dict]:

@@ -114,6 +114,21 @@ def test_cell_metrics_count_statuses_and_measure_diversity():
                       "diversity": None, "mean_edge_f1": 0.1}
 
 
+def test_diversity_is_the_mean_distance_of_every_pair_without_listing_the_pairs():
+    import itertools
+    import random
+
+    from tasks.phash import hamming
+    from tasks.select import diversity
+
+    draw = random.Random(7)
+    hashes = [f"{draw.getrandbits(64):016x}" for _ in range(300)] + [None, "", "ffffffffffffffff", "0000000000000000"]
+    present = [h for h in hashes if h]
+    pairs = list(itertools.combinations(present, 2))
+    assert diversity(hashes) == sum(hamming(a, b) for a, b in pairs) / len(pairs) / 64  # the same figure, exactly
+    assert diversity(["00000000000000ff", None]) is None and diversity(["00000000000000ff"] * 2) == 0.0
+
+
 @pytest.mark.parametrize(("selection", "message"), [
     ("{gates: ['fidelity >= 0.3']}", "selection.gates: Value error, gate 'fidelity >= 0.3' names unknown score 'fidelity'"),
     ("{gates: ['edge_f1 at least 0.3']}", "must look like 'edge_f1 >= 0.3'"),

@@ -27,7 +27,7 @@ from tasks.consistency import CAMPAIGN, selected_spreads
 from tasks.gallery import Gallery, iter_gallery_files
 from tasks.layout import RunLayout, key_of
 from tasks.rows import Rows, compact
-from tasks.select import OUTCOME, select_images
+from tasks.select import select_images
 from tasks.sheets import contact_sheet, overview_lines, overview_sheet, sheet_pages, tile_for
 
 SHEET_TILE = 160  # pixels of a contact sheet tile's long side
@@ -61,8 +61,7 @@ def select_run(store: ObjectStore, parts: Sequence[dict], selection: Selection,
     rows = Rows(compact(table))
     if not rows:
         return rows
-    outcomes = select_images(rows, selection)
-    return rows.with_columns({k: [o[k] for o in outcomes] for k in OUTCOME})
+    return rows.with_columns(select_images(rows, selection).lists)
 
 
 def write_sheets(store: ObjectStore, reports: Reports, rows: Sequence[dict], products: Sequence[Product],

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pyarrow as pa
+
 from adapters.infra.storage import ObjectStore
 from adapters.steps import publish
 from tasks.plan import Shard, ShardContext
@@ -21,11 +23,10 @@ def store_specs(store: ObjectStore, ctx: ShardContext, shards: Sequence[Shard]) 
         store.put(ctx.run.shard_spec(shard.index), shard.model_dump_json().encode(), content_type="application/json")
 
 
-def read_published(store: ObjectStore, ctx: ShardContext,
-                   shards: Sequence[Shard]) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
+def read_published(store: ObjectStore, ctx: ShardContext, shards: Sequence[Shard]) -> tuple[tuple[dict, ...], pa.Table]:
     """The finished shards' `generations` parts (manifest entries) and the images they published (asset_id, uri,
-    sha256 of each), from their parts in S3."""
+    sha256 of each, as columns), from their parts in S3."""
     parts = tuple(publish.part_entry(store, "generations", ctx.run.staged_part(
         "generations", shard_part_name(ctx.run_id, s.index))) for s in shards)
-    rows = publish.read_staged(store, parts, "generations", columns=("asset_id", "output_key", "sha256"))
-    return parts, tuple({"asset_id": r.asset_id, "uri": r.output_key, "sha256": r.sha256} for r in rows.itertuples())
+    published = publish.read_staged_arrow(store, parts, "generations", columns=("asset_id", "output_key", "sha256"))
+    return parts, published.rename_columns(["asset_id", "uri", "sha256"])
