@@ -67,6 +67,19 @@ def test_a_run_commits_once_per_table_and_a_retry_writes_nothing(tables):
     assert lake_ops.files_per_partition(tables, "generations") == {DAY: 1}
 
 
+def test_a_large_commit_is_files_of_bounded_size_in_one_version(tables, monkeypatch):
+    # delta-rs holds a file's rows until it closes the file: a run's rows in one file were all held at once.
+    monkeypatch.setattr(lake, "FILE_BYTES", 64 << 10)
+    monkeypatch.setattr(lake, "BATCH_ROWS", 500)
+    run = run_id(9)
+    big = [r | {"prompt": f"{i:08d} " + "a mug on marble " * 40} for i, r in enumerate(rows("generations", run, 3000))]
+    committed = lake.commit(tables, "generations", big, run_date=DAY, txn=f"run:{run}")
+    assert committed.version == 0 and committed.rows == 3000 and lake.version(tables, "generations") == 0
+    files = lake_ops.files_per_partition(tables, "generations")[DAY]
+    assert files > 2, files  # about 2 MB of rows, closed at 64 KB each
+    assert sorted(lake.read(tables, "generations").column("asset_id").to_pylist()) == sorted(r["asset_id"] for r in big)
+
+
 def test_a_commit_whose_answer_was_lost_lands_once(tables, monkeypatch):
     real = lake.write_deltalake
     calls = []

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import CommitProperties, Transaction
 
@@ -46,7 +46,10 @@ TXN_KEY = "stylematrix.txn"  # commit metadata: the app transaction a commit car
 COMMIT_ATTEMPTS = 5
 # What a commit names in the history it searches for its own version: far more than commit at once.
 HISTORY_WINDOW = 200
-BATCH_ROWS = 8192  # rows cast to the table's types at a time as a commit writes them
+BATCH_ROWS = 8192  # rows cast to the table's types at a time as a commit writes them, and per row group
+# A commit's files are closed at this size: delta-rs holds a file's rows until it closes it, so a run's
+# 100,000 rows in one file held them all (docs/benchmarks.md, "Memory after generation").
+FILE_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,8 @@ def commit_arrow(lake: Lake, table: str, data: pa.Table, *, txn: str) -> Committ
             return Committed(table, uri, version, data.num_rows, again=not written)
         try:
             write_deltalake(uri, in_batches(data, table_schema(table)), mode="append", partition_by=[PARTITION], schema_mode="merge",
-                            storage_options=lake.options,
+                            storage_options=lake.options, target_file_size=FILE_BYTES,
+                            writer_properties=WriterProperties(max_row_group_size=BATCH_ROWS),
                             commit_properties=CommitProperties(app_transactions=[Transaction(app_id=txn, version=1)],
                                                                custom_metadata={TXN_KEY: txn}))
         except (CommitFailedError, DeltaError, OSError):
