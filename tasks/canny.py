@@ -1,7 +1,7 @@
 """Canvas images: the product placed on the generation canvas, and the control images made from it.
 
 Kinds of canvas image (`canvas_images`), each the generation canvas's size:
-- `canny`: controlnet_aux's canny edges of the fitted product;
+- `canny`: canny edges of the fitted product, as controlnet_aux's `CannyDetector` draws them;
 - `softedge`: soft gradient lines (a cheap stand-in for HED/PiDiNet soft-edge maps);
 - `depth`: a pseudo depth map from the product mask, near (white) at the product's middle,
   far (black) on the background (a stand-in for a depth estimator: the product stands out);
@@ -13,7 +13,6 @@ Kinds of canvas image (`canvas_images`), each the generation canvas's size:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 
 import cv2
@@ -45,27 +44,24 @@ def fit_to_canvas(image: Image.Image, width: int, height: int, background: tuple
 
 
 def canny_map(image: Image.Image, low: int, high: int) -> Image.Image:
-    """controlnet_aux's canny edges of `image`, at exactly the image's size, as RGB."""
-    with warnings.catch_warnings():
-        # controlnet_aux imports every annotator (timm, segment-anything, ...) and each one warns.
-        warnings.simplefilter("ignore")
-        from controlnet_aux import CannyDetector
+    """The canny edges of `image` as the canny ControlNet was trained on them (what controlnet_aux's
+    `CannyDetector` draws: OpenCV's Canny on the RGB image, white edges on black, as RGB), at exactly the
+    image's size.
 
+    OpenCV is called directly: controlnet_aux's package imports every annotator and torch with them (about
+    0.5 GB and 1.5 CPU seconds), in processes that run no model (a fleet's campaign, a `sim` run).
+    `CannyDetector` rounds each side to a multiple of 64, which squashes a 64x80 or 72x128 canvas: the
+    canvas is grown to multiples of 64 by repeating its edge pixels, detected, and cropped back, as the
+    control maps always were. tests/test_canny.py holds the maps pixel for pixel equal to `CannyDetector`'s.
+    """
     if low > high:
         raise ValueError(f"canny low threshold {low} is above high threshold {high}")
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    # controlnet_aux rounds each side to a multiple of 64, which squashes a 64x80 or 72x128 canvas:
-    # grown to multiples of 64 by repeating its edge pixels, it is detected unscaled and cropped back.
     pad_h, pad_w = -rgb.shape[0] % 64, -rgb.shape[1] % 64
     if pad_h or pad_w:
         rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    side = min(rgb.shape[:2])
-    edges = CannyDetector()(rgb, low_threshold=low, high_threshold=high, detect_resolution=side, image_resolution=side, output_type="np")
-    result = Image.fromarray(edges[: image.height, : image.width] if edges.shape[:2] == rgb.shape[:2] else edges)
-    if result.size != image.size:
-        # controlnet_aux rounds sizes to multiples of 64; keep the canvas size exact.
-        result = result.resize(image.size, Image.Resampling.NEAREST)
-    return result
+    edges = cv2.Canny(rgb, low, high)[: image.height, : image.width]
+    return Image.fromarray(np.ascontiguousarray(edges)).convert("RGB")
 
 
 def control_image(product: Image.Image, width: int, height: int, low: int, high: int) -> Image.Image:

@@ -81,12 +81,16 @@ def test_the_runs_row_model_has_exactly_the_runs_columns_in_order():
 
 def test_flows_load_without_torch_until_a_model_runs():
     """A review, a catalog refresh, `serve` and the CLI never run a model: loading the flows must not import torch
-    (about 0.5 GB and 1.5 CPU seconds per process). Asking for the `sim` engine must not either."""
+    (about 0.5 GB and 1.5 CPU seconds per process). Asking for the `sim` engine must not either, nor drawing a
+    campaign's canny control maps (a fleet's campaign process draws them and runs no model)."""
     code = ("import sys; import flows.campaign, flows.review, flows.catalog, flows.style_scan, flows.gpu_worker, "
             "flows.serve, flows.cli, flows.fleet\n"
+            "from PIL import Image\n"
             "from adapters.infra.settings import Settings\n"
             "from adapters.model.engine import get_engine, model_identity\n"
+            "from tasks.canny import control_image\n"
             "assert model_identity('sim', Settings())[2] == 'sim' and get_engine('sim', Settings())\n"
+            "assert control_image(Image.new('RGB', (40, 30), 'navy'), 64, 80, 100, 200).size == (64, 80)\n"
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
