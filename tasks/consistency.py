@@ -16,18 +16,23 @@ image has (CLIP scoring may be off), so 1.0 is one clear difference from the cen
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
-from tasks.rows import Columns
+from tasks.rows import Columns, Rows
 
 PALETTE_COLOURS = 5
 PALETTE_PIXELS = 2048  # background pixels sampled for a palette and the lighting (all of them when fewer)
 KMEANS_ROUNDS = 12
 EMBEDDING_UNIT = 0.1  # cosine distance between unit CLIP embeddings
+PALETTES_AT_ONCE = 2048  # palettes compared with a centre in one call (`distances`)
+COLOURS_AT_ONCE = 16384  # palette colours converted to CIELAB in one call
 UNIT_TOLERANCE = 1e-5  # an embedding this close to unit length (float32 rounding) is used as stored
 PALETTE_UNIT = 10.0  # CIEDE2000 (2.3 is just noticeable; 10 reads as another colour)
 LIGHTNESS_UNIT = 10.0  # L*, 0 (black) to 100 (white)
@@ -179,13 +184,22 @@ def _parse_texts(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
 
 def _lab_of(colours: Sequence[str]) -> dict[str, np.ndarray]:
     """CIELAB of `#rrggbb` colours, converted in one call."""
-    from skimage.color import rgb2lab
-
     unique = sorted(set(colours))
     if not unique:
         return {}
     rgb = np.asarray([[int(c[i:i + 2], 16) / 255.0 for i in (1, 3, 5)] for c in unique], dtype=np.float64)
-    return dict(zip(unique, rgb2lab(rgb[None])[0], strict=True))
+    return dict(zip(unique, _rgb_to_lab(rgb), strict=True))
+
+
+def _rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(m, 3) sRGB in 0..1 as (m, 3) CIELAB (D65), converted COLOURS_AT_ONCE at a time (each call makes a few
+    temporaries of its input's size)."""
+    from skimage.color import rgb2lab
+
+    lab = np.empty((len(rgb), 3))
+    for start in range(0, len(rgb), COLOURS_AT_ONCE):
+        lab[start:start + COLOURS_AT_ONCE] = rgb2lab(rgb[start:start + COLOURS_AT_ONCE].reshape(1, -1, 3))[0]
+    return lab
 
 
 def parse_palette(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -200,34 +214,144 @@ def look_of(row: dict) -> Look:
     return looks_of([row])[0]
 
 
-def looks_of(rows: Sequence[dict]) -> list[Look]:
-    """Each row's look (what scoring stored), every palette colour of the rows converted to CIELAB at once."""
-    def number(row: dict, name: str) -> float | None:
-        value = row.get(name)
-        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+LOOK_COLUMNS = ("clip_embedding", "background_palette", "background_lightness", "background_cct")
 
-    parsed = [_parse_texts(list(t)) if (t := row.get("background_palette")) is not None and len(t) else None
-              for row in rows]
-    lab = _lab_of([c for p in parsed if p is not None for c in p[0]])
-    looks = []
-    for row, palette in zip(rows, parsed, strict=True):
-        embedding = row.get("clip_embedding")
-        if embedding is not None and len(embedding):
-            # Stored at unit length already (float32): kept as the view of the rows' column it is, not copied.
-            embedding = np.asarray(embedding) if isinstance(embedding, np.ndarray) else np.asarray(embedding, np.float64)
-            norm = float(np.linalg.norm(embedding))
-            if norm <= 0:
-                embedding = None
-            elif abs(norm - 1.0) > UNIT_TOLERANCE:
-                embedding = embedding / norm
-        else:
-            embedding = None
-        cct = number(row, "background_cct")
-        looks.append(Look(embedding=embedding,
-                          palette=None if palette is None else np.asarray([lab[c] for c in palette[0]]),
-                          weights=None if palette is None else palette[1],
-                          lightness=number(row, "background_lightness"), mired=None if cct is None else 1e6 / cct))
-    return looks
+
+class Looks(Sequence[Look]):
+    """The looks of a run's rows held as arrays, not an object per image: every palette colour of every row in one
+    (m, 3) CIELAB array and its shares in one (m,) array, a row's colours a slice of them; the embeddings as the
+    rows' own column (a row's one a view into it); lightness and colour temperature one float array each.
+    `looks[i]` is row i's `Look`, made as it is read, its arrays views into these.
+    """
+
+    def __init__(self, embeddings: pa.Array, palettes: pa.Array, lightness: np.ndarray, cct: np.ndarray) -> None:
+        n = len(lightness)
+        self._n = n
+        # Embeddings: a row's values are flat[offsets[i]:offsets[i + 1]] (Arrow's list layout, no copy).
+        self._vectors = embeddings.flatten().to_numpy(zero_copy_only=False)
+        self._vector_offsets = embeddings.offsets.to_numpy()
+        lengths = np.diff(self._vector_offsets)
+        valid = embeddings.is_valid().to_numpy(zero_copy_only=False) & (lengths > 0)
+        rows_of = np.repeat(np.arange(n), lengths)
+        norms = np.sqrt(np.bincount(rows_of, weights=self._vectors.astype(np.float64) ** 2, minlength=n))
+        self._has_vector = valid & (norms > 0)
+        # Stored at unit length already (float32 rounding aside): used as stored; any other is normalised here.
+        self._normalised = {int(i): self._vector(int(i)) / norms[i]
+                            for i in np.flatnonzero(self._has_vector & (np.abs(norms - 1.0) > UNIT_TOLERANCE))}
+        # Palettes: every `#rrggbb share` of every row parsed and converted at once.
+        texts = palettes.flatten()
+        self._colour_offsets = palettes.offsets.to_numpy()
+        counts = np.diff(self._colour_offsets)
+        self._has_palette = palettes.is_valid().to_numpy(zero_copy_only=False) & (counts > 0)
+        self._lab, shares = _parse_flat(texts)
+        totals = np.bincount(np.repeat(np.arange(n), counts), weights=shares, minlength=n)
+        self._shares = shares / np.maximum(np.repeat(totals, counts), 1e-12)
+        self._lightness = lightness
+        with np.errstate(divide="ignore"):
+            self._mired = 1e6 / cct
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _vector(self, i: int) -> np.ndarray:
+        return self._vectors[self._vector_offsets[i]:self._vector_offsets[i + 1]]
+
+    @overload
+    def __getitem__(self, i: int) -> Look: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Look]: ...
+
+    def __getitem__(self, i: int | slice) -> Look | list[Look]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(f"look {i} of {self._n}")
+        i %= self._n
+        embedding = None
+        if self._has_vector[i]:
+            embedding = self._normalised.get(i)
+            if embedding is None:
+                embedding = self._vector(i)
+        palette = weights = None
+        if self._has_palette[i]:
+            start, stop = self._colour_offsets[i], self._colour_offsets[i + 1]
+            palette, weights = self._lab[start:stop], self._shares[start:stop]
+        lightness, mired = self._lightness[i], self._mired[i]
+        return Look(embedding=embedding, palette=palette, weights=weights,
+                    lightness=None if math.isnan(lightness) else float(lightness),
+                    mired=None if math.isnan(mired) else float(mired))
+
+    def __iter__(self) -> Iterator[Look]:
+        return (self[i] for i in range(self._n))
+
+
+def _parse_flat(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Every `#rrggbb share` palette entry as (CIELAB colours (m, 3), shares (m,)), all at once; raises ValueError
+    naming the first malformed entry."""
+    if pa.types.is_dictionary(texts.type):
+        texts = texts.dictionary_decode()
+    texts = texts.fill_null("")
+    shape = pc.match_substring_regex(texts, r"^\s*#[0-9a-fA-F]{6}\s+\S+\s*$")
+    try:
+        if not pc.all(shape).as_py() and len(texts):
+            raise ValueError
+        trimmed = pc.utf8_trim_whitespace(texts)
+        shares = pc.cast(pc.utf8_trim_whitespace(pc.utf8_slice_codeunits(trimmed, 7)), pa.float64())
+    except (ValueError, pa.ArrowInvalid):
+        for text in texts.to_pylist():  # the slow way, once, for the message that names the entry
+            _parse_texts([text])
+        raise
+    # `#rrggbb` as bytes, six hex digits each, read as numbers all at once (no Python string per colour).
+    colours = pc.utf8_slice_codeunits(trimmed, 1, 7).cast(pa.binary())
+    offsets = np.frombuffer(colours.buffers()[1], dtype=np.int32)[colours.offset:colours.offset + len(colours) + 1]
+    data = np.frombuffer(colours.buffers()[2], dtype=np.uint8) if len(colours) else np.zeros(0, np.uint8)
+    digits = data[offsets[:-1, None] + np.arange(6)].astype(np.int64)
+    digits = np.where(digits <= ord("9"), digits - ord("0"), (digits | 0x20) - ord("a") + 10)
+    rgb = (digits[:, 0::2] * 16 + digits[:, 1::2]) / 255.0
+    return _rgb_to_lab(rgb), shares.to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def looks_of(rows: Sequence[dict], skip: Sequence[bool] | None = None) -> Looks:
+    """Each row's look (what scoring stored), as `Looks`; a row marked in `skip` (a failed image) has none.
+
+    Read straight from the rows' Arrow columns where they are `tasks.rows.Rows` (no Python value per image),
+    else from the dicts' values.
+    """
+    if isinstance(rows, Rows):
+        table = rows.table
+        column = {name: table.column(name).combine_chunks() if name in table.column_names else None
+                  for name in LOOK_COLUMNS}
+    else:
+        column = {name: pa.array([_plain(row.get(name)) for row in rows], type=kind, from_pandas=True)
+                  if any(row.get(name) is not None for row in rows) else None
+                  for name, kind in zip(LOOK_COLUMNS, LOOK_TYPES, strict=True)}
+    n = len(rows)
+    blank = np.zeros(n, dtype=bool) if skip is None else np.asarray(skip, dtype=bool)
+    keep = pa.array(~blank)
+
+    def listed(name: str, kind: pa.DataType) -> pa.Array:
+        values = column[name]
+        if values is None:
+            return pa.nulls(n, kind)
+        return pc.if_else(keep, values, pa.scalar(None, values.type)) if blank.any() else values
+
+    def floats(name: str) -> np.ndarray:
+        values = column[name]
+        out = np.full(n, np.nan) if values is None else values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        out = np.where(blank, np.nan, out) if blank.any() else out
+        return out
+
+    return Looks(listed("clip_embedding", LOOK_TYPES[0]), listed("background_palette", LOOK_TYPES[1]),
+                 floats("background_lightness"), floats("background_cct"))
+
+
+LOOK_TYPES = (pa.list_(pa.float64()), pa.list_(pa.string()), pa.float64(), pa.float64())
+
+
+def _plain(value: object) -> object:
+    """A dict row's value as Arrow takes it (a numpy array as a list)."""
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 # --------------------------------------------------------------------------- a group of images
@@ -317,8 +441,11 @@ def distances(looks: Sequence[Look], centre: Look | None) -> list[Distance]:
     palettes = [i for i, lk in enumerate(looks) if lk.palette is not None]
     palette = {}
     if palettes and centre.palette is not None:
-        column = palette_distances([looks[i] for i in palettes], [centre])[:, 0] / PALETTE_UNIT
-        palette = dict(zip(palettes, column.tolist(), strict=True))
+        # CIEDE2000 makes a dozen temporaries per colour pair: a few thousand palettes at a time bound them.
+        for start in range(0, len(palettes), PALETTES_AT_ONCE):
+            some = palettes[start:start + PALETTES_AT_ONCE]
+            column = palette_distances([looks[i] for i in some], [centre])[:, 0] / PALETTE_UNIT
+            palette.update(zip(some, column.tolist(), strict=True))
     out = []
     for i, look in enumerate(looks):
         embedding = lighting = None

@@ -100,7 +100,7 @@ def select_images(rows: Sequence[dict], selection: Selection) -> Columns:
         for i, weighted in zip(live, weighted_scores([rows[i] for i in live], selection.weights), strict=True):
             score[i] = float(weighted)
         _fold_duplicates(rows, outcomes, live, selection.duplicate_distance)
-    looks = consistency.looks_of([{} if s == "failed" else r for r, s in zip(rows, status, strict=True)])
+    looks = consistency.looks_of(rows, skip=[s == "failed" for s in status])
     if selection.consistency is not None:
         consistent_scores(rows, outcomes, placements, looks, selection)
     for live in placements.values():

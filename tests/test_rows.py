@@ -8,6 +8,7 @@ import math
 import tracemalloc
 from datetime import date
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -174,3 +175,37 @@ def test_a_runs_rows_are_read_from_its_parts_a_few_at_a_time_in_order_and_only_t
     assert [r["selected"] for r in rows] == [o["selected"] for o in expected]
     assert [r["rank_in_product"] for r in rows if r["selected"]] == [o["rank_in_product"] for o in expected if o["selected"]]
     assert sum(r["selected"] for r in rows) == 2 * 3  # top 2 of each of three products
+
+
+def test_looks_read_from_a_runs_columns_are_the_looks_of_its_rows_without_an_object_per_image():
+    from tasks.consistency import look_of, looks_of, parse_palette
+
+    dicts = generations(60)
+    for i, d in enumerate(dicts):
+        d["background_palette"] = [f"#{i * 40503 % 0xFFFFFF:06X} 3", f"#{i * 7919 % 0xFFFFFF:06x} 1"] if i % 11 else None
+        if i % 3 == 0:  # stored at unit length, as the scorer stores it
+            d["clip_embedding"] = [0.6, 0.8] + [0.0] * 6
+        if i % 13 == 0:
+            d["background_lightness"] = None
+    rows = Rows(compact(arrow_of(dicts)))
+    failed = [d["status"] == "failed" for d in dicts]
+    from_columns, from_dicts = looks_of(rows, skip=failed), looks_of(dicts, skip=failed)
+    assert len(from_columns) == len(from_dicts) == 60
+    for i, (a, b, d) in enumerate(zip(from_columns, from_dicts, dicts, strict=True)):
+        alone = look_of({} if failed[i] else d)  # one row alone: what scoring stored, read back
+        for look in (a, b):
+            assert (look.palette is None) == (alone.palette is None) and (look.embedding is None) == (alone.embedding is None)
+            assert look.lightness == (None if failed[i] else d["background_lightness"])
+            assert look.mired == (None if failed[i] else 1e6 / d["background_cct"])
+            if alone.palette is not None:
+                lab, shares = parse_palette(d["background_palette"])
+                assert np.allclose(look.palette, lab) and np.allclose(look.weights, shares / shares.sum())
+            if alone.embedding is not None:
+                expected = np.asarray(d["clip_embedding"], dtype=np.float64)
+                assert np.allclose(look.embedding, expected / np.linalg.norm(expected), atol=1e-6)
+        assert a.empty == failed[i]
+    # A unit embedding is read in place: the looks' embeddings are views into the column, not copies.
+    unit = [from_columns[i].embedding for i in range(3, 60, 3) if not failed[i]]
+    assert all(e.base is not None and e.base is unit[0].base for e in unit)
+    with pytest.raises(ValueError, match="palette entry 'teal 0.5' is not '#rrggbb share'"):
+        looks_of(Rows(arrow_of([{**dicts[1], "background_palette": ["#ffffff 1", "teal 0.5"]}])))
