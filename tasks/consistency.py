@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from tasks.rows import Columns, Rows
+from tasks.rows import Columns, Rows, list_layout
 
 PALETTE_COLOURS = 5
 PALETTE_PIXELS = 2048  # background pixels sampled for a palette and the lighting (all of them when fewer)
@@ -228,8 +228,8 @@ class Looks(Sequence[Look]):
         n = len(lightness)
         self._n = n
         # Embeddings: a row's values are flat[offsets[i]:offsets[i + 1]] (Arrow's list layout, no copy).
-        self._vectors = embeddings.flatten().to_numpy(zero_copy_only=False)
-        self._vector_offsets = embeddings.offsets.to_numpy()
+        vectors, self._vector_offsets = list_layout(embeddings)
+        self._vectors = vectors.to_numpy(zero_copy_only=False)
         lengths = np.diff(self._vector_offsets)
         valid = embeddings.is_valid().to_numpy(zero_copy_only=False) & (lengths > 0)
         rows_of = np.repeat(np.arange(n), lengths)
@@ -239,8 +239,7 @@ class Looks(Sequence[Look]):
         self._normalised = {int(i): self._vector(int(i)) / norms[i]
                             for i in np.flatnonzero(self._has_vector & (np.abs(norms - 1.0) > UNIT_TOLERANCE))}
         # Palettes: every `#rrggbb share` of every row parsed and converted at once.
-        texts = palettes.flatten()
-        self._colour_offsets = palettes.offsets.to_numpy()
+        texts, self._colour_offsets = list_layout(palettes)
         counts = np.diff(self._colour_offsets)
         self._has_palette = palettes.is_valid().to_numpy(zero_copy_only=False) & (counts > 0)
         self._lab, shares = _parse_flat(texts)

@@ -183,11 +183,20 @@ def python_values(column: pa.ChunkedArray | pa.Array) -> Sequence[Any]:
     if pa.types.is_integer(kind) or (pa.types.is_boolean(kind) and not column.null_count):
         return column.to_numpy(zero_copy_only=False).tolist()
     if pa.types.is_list(kind) and pa.types.is_floating(kind.value_type):
-        flat = column.flatten().to_numpy(zero_copy_only=False)
-        offsets = column.offsets.to_numpy()
+        values, offsets = list_layout(column)
+        flat = values.to_numpy(zero_copy_only=False)
         valid = column.is_valid().to_numpy(zero_copy_only=False)
         return [flat[offsets[i]:offsets[i + 1]] if valid[i] else None for i in range(len(column))]
     return _shared(column.to_pylist())
+
+
+def list_layout(column: pa.ListArray) -> tuple[pa.Array, Any]:
+    """A list column's values and offsets, row i's values at `values[offsets[i]:offsets[i + 1]]` (no copy), for any
+    list array: one sliced out of a larger one, or one whose null rows still span values."""
+    offsets = column.offsets.to_numpy()
+    start = int(offsets[0]) if len(offsets) else 0
+    values = column.values.slice(start, int(offsets[-1]) - start if len(offsets) else 0)
+    return values, offsets - start
 
 
 def _shared(values: list) -> list:

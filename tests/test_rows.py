@@ -209,3 +209,14 @@ def test_looks_read_from_a_runs_columns_are_the_looks_of_its_rows_without_an_obj
     assert all(e.base is not None and e.base is unit[0].base for e in unit)
     with pytest.raises(ValueError, match="palette entry 'teal 0.5' is not '#rrggbb share'"):
         looks_of(Rows(arrow_of([{**dicts[1], "background_palette": ["#ffffff 1", "teal 0.5"]}])))
+
+
+def test_a_list_column_sliced_out_of_a_larger_one_reads_its_own_rows():
+    from tasks.rows import list_layout, python_values
+
+    lists = [[float(i), 1.0] if i % 4 else None for i in range(30)]
+    sliced = pa.array(lists, pa.list_(pa.float32())).slice(10, 12)  # offsets start mid-values
+    values, offsets = list_layout(sliced)
+    assert [values.slice(offsets[i], offsets[i + 1] - offsets[i]).to_pylist() for i in range(12)] == \
+        [v or [] for v in lists[10:22]]
+    assert [None if v is None else v.tolist() for v in python_values(sliced)] == lists[10:22]
