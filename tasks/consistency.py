@@ -16,16 +16,15 @@ image has (CLIP scoring may be off), so 1.0 is one clear difference from the cen
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import overload
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from tasks.rows import Columns, Rows, list_layout
+from tasks.rows import Columns, Indexed, Rows, list_layout
 
 PALETTE_COLOURS = 5
 PALETTE_PIXELS = 2048  # background pixels sampled for a palette and the lighting (all of them when fewer)
@@ -217,7 +216,7 @@ def look_of(row: dict) -> Look:
 LOOK_COLUMNS = ("clip_embedding", "background_palette", "background_lightness", "background_cct")
 
 
-class Looks(Sequence[Look]):
+class Looks(Indexed[Look]):
     """The looks of a run's rows held as arrays, not an object per image: every palette colour of every row in one
     (m, 3) CIELAB array and its shares in one (m,) array, a row's colours a slice of them; the embeddings as the
     rows' own column (a row's one a view into it); lightness and colour temperature one float array each.
@@ -255,18 +254,7 @@ class Looks(Sequence[Look]):
     def _vector(self, i: int) -> np.ndarray:
         return self._vectors[self._vector_offsets[i]:self._vector_offsets[i + 1]]
 
-    @overload
-    def __getitem__(self, i: int) -> Look: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[Look]: ...
-
-    def __getitem__(self, i: int | slice) -> Look | list[Look]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._n))]
-        if not -self._n <= i < self._n:
-            raise IndexError(f"look {i} of {self._n}")
-        i %= self._n
+    def _item(self, i: int) -> Look:
         embedding = None
         if self._has_vector[i]:
             embedding = self._normalised.get(i)
@@ -280,9 +268,6 @@ class Looks(Sequence[Look]):
         return Look(embedding=embedding, palette=palette, weights=weights,
                     lightness=None if math.isnan(lightness) else float(lightness),
                     mired=None if math.isnan(mired) else float(mired))
-
-    def __iter__(self) -> Iterator[Look]:
-        return (self[i] for i in range(self._n))
 
 
 def _parse_flat(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:

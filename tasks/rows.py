@@ -15,11 +15,12 @@ missing values are None; a map is a list of (key, value) pairs.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+T = TypeVar("T")
 REPEATS = 4  # a string column whose values repeat this many times on average is stored once per value
 
 
@@ -33,7 +34,34 @@ def compact(table: pa.Table) -> pa.Table:
     return table
 
 
-class Rows(Sequence["Row"]):
+class Indexed(Sequence[T]):
+    """A sequence whose items are made as they are read, from an index (`_item(i)`, 0 <= i < len): the indexing,
+    negative indices, slices and iteration of `Rows`, `Columns` and `tasks.consistency.Looks` in one place."""
+
+    __slots__ = ()
+
+    def _item(self, i: int) -> T:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        n = len(self)
+        if isinstance(i, slice):
+            return [self._item(j) for j in range(*i.indices(n))]
+        if not -n <= i < n:
+            raise IndexError(f"{i} of {n}")
+        return self._item(i % n)
+
+    def __iter__(self) -> Iterator[T]:
+        return (self._item(i) for i in range(len(self)))
+
+
+class Rows(Indexed["Row"]):
     """Rows of one Arrow table, each a read-only `Row`; a column's values are made once, on first read."""
 
     __slots__ = ("_columns", "_index", "table")
@@ -46,23 +74,8 @@ class Rows(Sequence["Row"]):
     def __len__(self) -> int:
         return self.table.num_rows
 
-    @overload
-    def __getitem__(self, i: int) -> Row: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[Row]: ...
-
-    def __getitem__(self, i: int | slice) -> Row | list[Row]:
-        if isinstance(i, slice):
-            return [Row(self, j) for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"row {i} of {len(self)}")
+    def _item(self, i: int) -> Row:
         return Row(self, i)
-
-    def __iter__(self) -> Iterator[Row]:
-        return (Row(self, i) for i in range(len(self)))
 
     def has(self, name: str) -> bool:
         return name in self._index
@@ -132,7 +145,7 @@ class Row(Mapping[str, Any]):
         return f"Row({dict(self)!r})"
 
 
-class Columns(Sequence[dict]):
+class Columns(Indexed[dict]):
     """Values that a step decides for each of `n` rows (selection's outcome, say), held as one Python list per
     column: 8 bytes a row per column, and values that repeat (a status, an empty list) are one object. A row
     reads as a new dict of its values; `set` changes a row's values in place; `lists` hands the columns on
@@ -147,21 +160,8 @@ class Columns(Sequence[dict]):
     def __len__(self) -> int:
         return self._n
 
-    @overload
-    def __getitem__(self, i: int) -> dict: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[dict]: ...
-
-    def __getitem__(self, i: int | slice) -> dict | list[dict]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._n))]
-        if not -self._n <= i < self._n:
-            raise IndexError(f"row {i} of {self._n}")
+    def _item(self, i: int) -> dict:
         return {name: values[i] for name, values in self.lists.items()}
-
-    def __iter__(self) -> Iterator[dict]:
-        return (self[i] for i in range(self._n))
 
     def set(self, i: int, **values: Any) -> None:
         """Row `i`'s values of the named columns."""

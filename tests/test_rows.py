@@ -220,3 +220,24 @@ def test_a_list_column_sliced_out_of_a_larger_one_reads_its_own_rows():
     assert [values.slice(offsets[i], offsets[i + 1] - offsets[i]).to_pylist() for i in range(12)] == \
         [v or [] for v in lists[10:22]]
     assert [None if v is None else v.tolist() for v in python_values(sliced)] == lists[10:22]
+
+
+def test_rows_outcomes_and_looks_index_slice_and_iterate_alike():
+    from tasks.consistency import looks_of
+    from tasks.rows import Columns
+
+    rows = Rows(arrow_of(generations(5)))
+    outcomes = Columns(5, {"status": "ok", "score": None})
+    for i in range(5):
+        outcomes.set(i, score=float(i))
+    looks = looks_of(rows)
+    for items, read in ((rows, lambda r: r["seed"]), (outcomes, lambda o: o["score"]),
+                        (looks, lambda lk: lk.lightness)):
+        every = [read(x) for x in items]
+        assert len(every) == 5 and read(items[-1]) == every[4] and read(items[-5]) == every[0]
+        assert [read(x) for x in items[1:4]] == every[1:4] and [read(x) for x in items[::-2]] == every[::-2]
+        with pytest.raises(IndexError):
+            items[5]
+        with pytest.raises(IndexError):
+            items[-6]
+    assert [o["score"] for o in outcomes] == [0.0, 1.0, 2.0, 3.0, 4.0]
